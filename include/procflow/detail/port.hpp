@@ -1,0 +1,119 @@
+// The two ends of a stage boundary as typed stage code sees them: an output_port that items are
+// encoded into, and an input_port that batches of encoded items come out of.
+//
+// The per-item fast path (reserve/commit) is inline pointer arithmetic on the slot currently
+// open in shared memory; only when a slot is full does it call into the runtime (reserve_slow),
+// which publishes the slot, picks the next consumer and, if every ring is full, sleeps.
+// Implementations live in lib/channel (Outbox, Inbox); nothing here includes OS headers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <span>
+
+namespace procflow::detail {
+
+// Where a batch of items came from. Carried in every slot header.
+struct batch_meta {
+  std::uint64_t seq = 0;         // sequence number of the source batch (ordering)
+  std::uint64_t first_item = 0;  // source position of the first item, when dense
+  bool dense = false;            // items are consecutive source items starting at first_item
+};
+
+struct write_cursor {
+  std::byte* pos = nullptr;  // next free byte of the open slot (nullptr: no slot open)
+  std::byte* end = nullptr;  // end of the open slot's payload
+  std::uint32_t items = 0;   // items committed to the open slot
+};
+
+// Producer side. One per producing replica, used by one thread.
+class output_port {
+ public:
+  static constexpr std::size_t any_lane = std::numeric_limits<std::size_t>::max();
+
+  virtual ~output_port() = default;
+
+  // Space for one item of `n` bytes (n <= max_item_bytes()) in the slot open for the current
+  // lane, chosen by the dispatch policy. May block while every eligible ring is full.
+  std::byte* reserve(std::size_t n) {
+    if (n <= static_cast<std::size_t>(current_->end - current_->pos)) return current_->pos;
+    return reserve_slow(any_lane, n);
+  }
+  // Commits the item written at the pointer reserve() returned.
+  void commit(std::size_t n) noexcept {
+    current_->pos += n;
+    ++current_->items;
+  }
+
+  // The same for an explicit lane (key-hash dispatch: the caller picked the consumer).
+  std::byte* reserve_lane(std::size_t lane, std::size_t n) {
+    write_cursor& c = cursors_[lane];
+    if (n <= static_cast<std::size_t>(c.end - c.pos)) return c.pos;
+    return reserve_slow(lane, n);
+  }
+  void commit_lane(std::size_t lane, std::size_t n) noexcept {
+    cursors_[lane].pos += n;
+    ++cursors_[lane].items;
+  }
+
+  // Bulk path for fixed-size items: all the room left in the current slot (at least `min_bytes`).
+  std::span<std::byte> reserve_bulk(std::size_t min_bytes) {
+    if (min_bytes > static_cast<std::size_t>(current_->end - current_->pos)) reserve_slow(any_lane, min_bytes);
+    return {current_->pos, current_->end};
+  }
+  void commit_bulk(std::size_t bytes, std::uint32_t items) noexcept {
+    current_->pos += bytes;
+    current_->items += items;
+  }
+
+  // Largest item that fits one slot; larger ones go through write_large().
+  std::size_t max_item_bytes() const noexcept { return max_item_bytes_; }
+  std::size_t lane_count() const noexcept { return lane_count_; }
+
+  // Sends one item of any size, split over as many slots as it needs.
+  virtual void write_large(std::size_t lane, std::span<const std::byte> item) = 0;
+  // Items committed from now on derive from the input batch `meta`.
+  virtual void begin_batch(const batch_meta& meta) = 0;
+  // The input batch is done. For ordered output this publishes its last slot (even an empty
+  // one, so the consumer sees no gap in sequence numbers); otherwise slots keep filling.
+  virtual void end_batch() = 0;
+  // Publishes every partly filled slot.
+  virtual void flush() = 0;
+  // Flushes and marks end of stream on every lane. Idempotent.
+  virtual void close() = 0;
+
+ protected:
+  // Publishes the full slot of `lane` (any_lane: the current one), opens a slot with room for
+  // `n` bytes (blocking while needed), points current_ / cursors_ at it and returns its start.
+  virtual std::byte* reserve_slow(std::size_t lane, std::size_t n) = 0;
+
+  write_cursor* cursors_ = nullptr;  // one per lane
+  write_cursor* current_ = nullptr;  // cursor of the lane batch dispatch writes to
+  std::size_t lane_count_ = 0;
+  std::size_t max_item_bytes_ = 0;
+};
+
+// One batch as delivered by an input_port: valid until release() or the next receive.
+struct batch_view {
+  std::span<const std::byte> bytes;  // encoded items, back to back
+  std::uint32_t items = 0;
+  batch_meta meta;
+  bool batch_end = false;            // last batch of meta.seq (ordered streams)
+};
+
+// Consumer side. One per consuming replica, used by one thread.
+class input_port {
+ public:
+  virtual ~input_port() = default;
+  // The next batch if one is ready; never blocks. False when none is (see at_end()).
+  virtual bool try_receive(batch_view& out) = 0;
+  // The next batch, sleeping while none is ready. False at end of stream: every producer
+  // closed and everything was delivered; later calls keep returning false.
+  virtual bool receive(batch_view& out) = 0;
+  // Done with the batch last delivered: its slot goes back to its producer.
+  virtual void release() = 0;
+  virtual bool at_end() const = 0;
+};
+
+}  // namespace procflow::detail

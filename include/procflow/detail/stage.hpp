@@ -1,0 +1,178 @@
+// The type-erased stage interfaces the runtime (lib/runtime) drives, and the helpers typed
+// stages use to move items between std::vector batches and ports.
+//
+// A declared stage is an immutable stage_base shared by every copy of the pipeline. In each
+// replica process the runtime asks it for a stage_instance (buffers, accumulators) and runs
+// batches through it: decode -> apply -> hand over to the next fused stage -> encode for the
+// next process group. Per-item work happens inside the typed templates; the runtime only makes
+// one virtual call per stage per batch.
+#pragma once
+
+#include <procflow/codec.hpp>
+#include <procflow/detail/port.hpp>
+#include <procflow/options.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace procflow::detail {
+
+enum class stage_kind : std::uint8_t { source, map, filter, flat_map, reduce, reduce_by_key, collect, sink };
+
+constexpr const char* kind_name(stage_kind k) noexcept {
+  switch (k) {
+    case stage_kind::source: return "source";
+    case stage_kind::map: return "map";
+    case stage_kind::filter: return "filter";
+    case stage_kind::flat_map: return "flat_map";
+    case stage_kind::reduce: return "reduce";
+    case stage_kind::reduce_by_key: return "reduce_by_key";
+    case stage_kind::collect: return "collect";
+    case stage_kind::sink: return "sink";
+  }
+  return "?";
+}
+
+// Filled by a stage when user code throws: the index of the failing item in the stage's input.
+struct item_cursor {
+  std::size_t index = 0;
+};
+
+// Per-replica state of one non-source stage.
+class stage_instance {
+ public:
+  virtual ~stage_instance() = default;
+  // Decodes `batch` into this stage's input buffer; returns the item count.
+  virtual std::size_t decode(const batch_view& batch) = 0;
+  // Runs the stage over its input buffer. Returns the number of items produced (terminals: 0).
+  // On an exception from user code, sets cursor.index to the failing item and rethrows.
+  virtual std::size_t apply(item_cursor& cursor) = 0;
+  // Moves this stage's output into `next`'s input buffer (fused stages; same item type).
+  virtual void hand_over(stage_instance& next) = 0;
+  // Pointer to this stage's input buffer (a std::vector of the stage's input type).
+  virtual void* input_buffer() noexcept = 0;
+  // Pointer to this stage's output buffer (a std::vector of its output type; terminals: null).
+  virtual void* output_buffer() noexcept = 0;
+
+  // Terminals only. Ordered runs fold each source batch separately and emit one partial per
+  // batch at end_batch(); unordered runs emit one partial per replica at finish().
+  virtual void begin_batch() {}
+  virtual void end_batch(output_port& /*results*/) {}
+  virtual void finish(output_port& /*results*/) {}
+};
+
+// A source: produces every item into `out` (its own process), or, when splittable, the items
+// [first, last) of its range (fused into the next stage's replicas, which claim chunks).
+class source_base {
+ public:
+  virtual ~source_base() = default;
+  virtual void produce(output_port& out) const = 0;
+  // Splittable sources (a range, a vector) know their size and can fill an input buffer
+  // directly with items [first, last) — no ring between source and first stage.
+  virtual bool splittable() const noexcept { return false; }
+  virtual std::uint64_t size() const noexcept { return 0; }
+  virtual void fill(std::uint64_t /*first*/, std::uint64_t /*last*/, void* /*vector*/) const {}
+};
+
+// Supervisor side of a terminal: turns what the last processes send into the run's value.
+class result_collector {
+ public:
+  virtual ~result_collector() = default;
+  virtual void consume(const batch_view& batch) = 0;
+  virtual void finish() {}
+};
+
+class stage_base {
+ public:
+  stage_base(std::string name, stage_kind kind, stage_options options)
+      : name_(std::move(name)), kind_(kind), options_(options) {}
+  virtual ~stage_base() = default;
+
+  const std::string& name() const noexcept { return name_; }
+  stage_kind kind() const noexcept { return kind_; }
+  const stage_options& options() const noexcept { return options_; }
+  bool is_terminal() const noexcept { return kind_ >= stage_kind::reduce; }
+  // True for stages whose output items are their input items one for one (maps): a failing
+  // item's source position is then still known.
+  bool one_to_one() const noexcept { return kind_ == stage_kind::map; }
+
+  // Sources only.
+  virtual const source_base* source() const noexcept { return nullptr; }
+  // Everything else: per-replica state.
+  // `ordered`: terminals fold per source batch (see stage_instance::begin_batch).
+  virtual std::unique_ptr<stage_instance> instantiate(bool /*ordered*/) const { return nullptr; }
+  // Encodes a std::vector of this stage's *input* type (what the previous stage produced) into
+  // a port. `keyed`: the port dispatches by key hash (reduce_by_key in its own processes).
+  virtual void encode_input(void* /*vector*/, output_port& /*out*/, bool /*keyed*/) const {}
+  // Terminals with a value (reduce, reduce_by_key, collect): the supervisor side.
+  virtual std::unique_ptr<result_collector> make_collector(bool /*ordered*/) const { return nullptr; }
+  // True when the stage must run where the supervisor is (collect).
+  bool runs_in_supervisor() const noexcept { return kind_ == stage_kind::collect; }
+
+ private:
+  std::string name_;
+  stage_kind kind_;
+  stage_options options_;
+};
+
+// ------------------------------------------------------------------ item <-> bytes helpers
+
+// Encodes one item into the port (split over slots if it is larger than one).
+template <encodable T>
+void encode_item(const T& item, output_port& out, std::size_t lane = output_port::any_lane) {
+  const std::size_t n = codec<T>::encoded_size(item);
+  if (n > out.max_item_bytes()) {
+    const auto bytes = encode_to_bytes(item);
+    out.write_large(lane, bytes);
+    return;
+  }
+  if (lane == output_port::any_lane) {
+    codec<T>::encode(item, out.reserve(n));
+    out.commit(n);
+  } else {
+    codec<T>::encode(item, out.reserve_lane(lane, n));
+    out.commit_lane(lane, n);
+  }
+}
+
+// Encodes a batch of items; raw (trivially copyable) items are copied slot-sized at a time.
+template <encodable T>
+void encode_items(const std::vector<T>& items, output_port& out) {
+  if constexpr (is_raw_codec_v<T>) {
+    std::size_t done = 0;
+    while (done < items.size()) {
+      const std::span<std::byte> room = out.reserve_bulk(sizeof(T));
+      const std::size_t fit = std::min(items.size() - done, room.size() / sizeof(T));
+      std::memcpy(room.data(), items.data() + done, fit * sizeof(T));
+      out.commit_bulk(fit * sizeof(T), static_cast<std::uint32_t>(fit));
+      done += fit;
+    }
+  } else {
+    for (const T& item : items) encode_item(item, out);
+  }
+}
+
+// Decodes a batch into `items` (cleared first). Throws codec_error on corrupt input.
+template <encodable T>
+std::size_t decode_items(const batch_view& batch, std::vector<T>& items) {
+  items.clear();
+  if constexpr (is_raw_codec_v<T> && std::is_default_constructible_v<T>) {
+    if (batch.bytes.size() != std::size_t{batch.items} * sizeof(T))
+      throw codec_error("batch of " + std::to_string(batch.items) + " fixed-size items has " +
+                        std::to_string(batch.bytes.size()) + " bytes");
+    items.resize(batch.items);
+    if (batch.items) std::memcpy(items.data(), batch.bytes.data(), batch.bytes.size());
+  } else {
+    decoder in(batch.bytes);
+    items.reserve(batch.items);
+    for (std::uint32_t i = 0; i < batch.items; ++i) items.push_back(codec<T>::decode(in));
+    if (!in.empty()) throw codec_error("batch has " + std::to_string(in.remaining()) + " bytes after its last item");
+  }
+  return items.size();
+}
+
+}  // namespace procflow::detail

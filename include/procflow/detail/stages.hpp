@@ -1,0 +1,426 @@
+// The typed stages behind pipeline.hpp's builder: each wraps a user callable in the
+// stage_base / stage_instance interfaces of detail/stage.hpp.
+#pragma once
+
+#include <procflow/codec.hpp>
+#include <procflow/detail/stage.hpp>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace procflow {
+
+// Passed to a flat_map callable of the form (item, emit): emit(value) appends one output item.
+template <class T>
+class emitter {
+ public:
+  explicit emitter(std::vector<T>& out) noexcept : out_(&out) {}
+  void operator()(const T& value) { out_->push_back(value); }
+  void operator()(T&& value) { out_->push_back(std::move(value)); }
+
+ private:
+  std::vector<T>* out_;
+};
+
+namespace detail {
+
+// Calls a stage function with an item, moving it in when the function accepts an rvalue.
+template <class F, class T>
+constexpr bool callable_with_item_v = std::is_invocable_v<F&, T&&> || std::is_invocable_v<F&, T&>;
+
+template <class F, class T>
+decltype(auto) call_with_item(F& fn, T& item) {
+  if constexpr (std::is_invocable_v<F&, T&&>) {
+    return std::invoke(fn, std::move(item));
+  } else {
+    return std::invoke(fn, item);
+  }
+}
+
+template <class F, class T>
+using item_result_t = std::decay_t<decltype(call_with_item(std::declval<F&>(), std::declval<T&>()))>;
+
+// acc = fold(std::move(acc), x), or fold(acc, x) for folds that update in place and return void.
+template <class Acc, class Fold, class T>
+void fold_into(Acc& acc, Fold& fold, T&& value) {
+  if constexpr (std::is_invocable_v<Fold&, Acc&, T&&> && std::is_void_v<std::invoke_result_t<Fold&, Acc&, T&&>>) {
+    std::invoke(fold, acc, std::forward<T>(value));
+  } else {
+    acc = std::invoke(fold, std::move(acc), std::forward<T>(value));
+  }
+}
+
+template <class Acc, class Fold, class T>
+constexpr bool fold_callable_v = std::is_invocable_v<Fold&, Acc&, T&&> || std::is_invocable_r_v<Acc, Fold&, Acc&&, T&&>;
+
+// ------------------------------------------------------------------ common typed bases
+
+// A stage whose input items are In: knows how to encode them for the port in front of it.
+template <class In>
+class input_stage : public stage_base {
+ public:
+  using stage_base::stage_base;
+  void encode_input(void* vector, output_port& out, bool /*keyed*/) const override {
+    encode_items(*static_cast<std::vector<In>*>(vector), out);
+  }
+};
+
+template <class In, class Out>
+class instance_base : public stage_instance {
+ public:
+  std::size_t decode(const batch_view& batch) override { return decode_items(batch, in_); }
+  void hand_over(stage_instance& next) override { std::swap(out_, *static_cast<std::vector<Out>*>(next.input_buffer())); }
+  void* input_buffer() noexcept override { return &in_; }
+  void* output_buffer() noexcept override { return &out_; }
+
+ protected:
+  std::vector<In> in_;
+  std::vector<Out> out_;
+};
+
+// Terminals have no output buffer.
+template <class In>
+class terminal_instance_base : public stage_instance {
+ public:
+  std::size_t decode(const batch_view& batch) override { return decode_items(batch, in_); }
+  void hand_over(stage_instance&) override {}
+  void* input_buffer() noexcept override { return &in_; }
+  void* output_buffer() noexcept override { return nullptr; }
+
+ protected:
+  std::vector<In> in_;
+};
+
+template <class R>
+class typed_collector : public result_collector {
+ public:
+  virtual R take() = 0;
+};
+
+// ------------------------------------------------------------------ map / filter / flat_map
+
+template <class In, class Out, class F>
+class map_stage final : public input_stage<In> {
+ public:
+  map_stage(std::string name, F fn, stage_options options)
+      : input_stage<In>(std::move(name), stage_kind::map, options), fn_(std::move(fn)) {}
+
+  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(fn_); }
+
+ private:
+  class instance final : public instance_base<In, Out> {
+   public:
+    explicit instance(const F& fn) : fn_(fn) {}
+    std::size_t apply(item_cursor& cursor) override {
+      auto& in = this->in_;
+      auto& out = this->out_;
+      out.clear();
+      out.reserve(in.size());
+      std::size_t i = 0;
+      try {
+        for (; i < in.size(); ++i) out.push_back(call_with_item(fn_, in[i]));
+      } catch (...) {
+        cursor.index = i;
+        throw;
+      }
+      return out.size();
+    }
+
+   private:
+    F fn_;  // a copy per replica: stateful callables keep their state per process
+  };
+  F fn_;
+};
+
+template <class T, class F>
+class filter_stage final : public input_stage<T> {
+ public:
+  filter_stage(std::string name, F pred, stage_options options)
+      : input_stage<T>(std::move(name), stage_kind::filter, options), pred_(std::move(pred)) {}
+
+  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(pred_); }
+
+ private:
+  class instance final : public instance_base<T, T> {
+   public:
+    explicit instance(const F& pred) : pred_(pred) {}
+    std::size_t apply(item_cursor& cursor) override {
+      auto& in = this->in_;
+      auto& out = this->out_;
+      out.clear();
+      std::size_t i = 0;
+      try {
+        for (; i < in.size(); ++i)
+          if (std::invoke(pred_, std::as_const(in[i]))) out.push_back(std::move(in[i]));
+      } catch (...) {
+        cursor.index = i;
+        throw;
+      }
+      return out.size();
+    }
+
+   private:
+    F pred_;
+  };
+  F pred_;
+};
+
+template <class In, class Out, class F>
+class flat_map_stage final : public input_stage<In> {
+ public:
+  flat_map_stage(std::string name, F fn, stage_options options)
+      : input_stage<In>(std::move(name), stage_kind::flat_map, options), fn_(std::move(fn)) {}
+
+  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(fn_); }
+
+ private:
+  class instance final : public instance_base<In, Out> {
+   public:
+    explicit instance(const F& fn) : fn_(fn) {}
+    std::size_t apply(item_cursor& cursor) override {
+      auto& in = this->in_;
+      auto& out = this->out_;
+      out.clear();
+      std::size_t i = 0;
+      try {
+        for (; i < in.size(); ++i) {
+          if constexpr (std::is_invocable_v<F&, const In&, emitter<Out>&>) {
+            emitter<Out> emit(out);
+            std::invoke(fn_, std::as_const(in[i]), emit);
+          } else {
+            auto produced = call_with_item(fn_, in[i]);
+            for (auto& value : produced) out.push_back(std::move(value));
+          }
+        }
+      } catch (...) {
+        cursor.index = i;
+        throw;
+      }
+      return out.size();
+    }
+
+   private:
+    F fn_;
+  };
+  F fn_;
+};
+
+// ------------------------------------------------------------------ terminals
+
+// Shared by reduce and reduce_by_key: a Partial per replica (or per batch when ordered) that the
+// supervisor merges in order.
+template <class Partial, class Merge>
+class partial_collector final : public typed_collector<Partial> {
+ public:
+  partial_collector(Partial init, Merge merge, bool ordered)
+      : total_(std::move(init)), merge_(std::move(merge)), ordered_(ordered) {}
+
+  void consume(const batch_view& batch) override {
+    std::vector<Partial> partials;
+    decode_items(batch, partials);
+    for (auto& p : partials) {
+      if (ordered_) {
+        merge_(total_, std::move(p));  // batches arrive in source order
+      } else {
+        pending_.emplace(batch.meta.seq, std::move(p));  // seq = replica index
+      }
+    }
+  }
+  void finish() override {
+    for (auto& [replica, p] : pending_) merge_(total_, std::move(p));
+    pending_.clear();
+  }
+  Partial take() override { return std::move(total_); }
+
+ private:
+  Partial total_;
+  Merge merge_;
+  bool ordered_;
+  std::multimap<std::uint64_t, Partial> pending_;
+};
+
+template <class T, class Acc, class Fold, class Combine>
+class reduce_stage final : public input_stage<T> {
+ public:
+  reduce_stage(std::string name, Acc init, Fold fold, Combine combine, stage_options options)
+      : input_stage<T>(std::move(name), stage_kind::reduce, options),
+        init_(std::move(init)), fold_(std::move(fold)), combine_(std::move(combine)) {}
+
+  std::unique_ptr<stage_instance> instantiate(bool ordered) const override {
+    return std::make_unique<instance>(*this, ordered);
+  }
+  std::unique_ptr<result_collector> make_collector(bool ordered) const override {
+    auto merge = [combine = combine_](Acc& total, Acc&& partial) mutable { fold_into(total, combine, std::move(partial)); };
+    return std::make_unique<partial_collector<Acc, decltype(merge)>>(init_, std::move(merge), ordered);
+  }
+
+ private:
+  class instance final : public terminal_instance_base<T> {
+   public:
+    instance(const reduce_stage& s, bool ordered) : fold_(s.fold_), init_(s.init_), acc_(s.init_), ordered_(ordered) {}
+    std::size_t apply(item_cursor& cursor) override {
+      auto& in = this->in_;
+      std::size_t i = 0;
+      try {
+        for (; i < in.size(); ++i) fold_into(acc_, fold_, std::move(in[i]));
+      } catch (...) {
+        cursor.index = i;
+        throw;
+      }
+      return 0;
+    }
+    void begin_batch() override { acc_ = init_; }
+    void end_batch(output_port& results) override { encode_item(acc_, results); }
+    void finish(output_port& results) override {
+      if (!ordered_) encode_item(acc_, results);
+    }
+
+   private:
+    Fold fold_;
+    const Acc& init_;
+    Acc acc_;
+    bool ordered_;
+  };
+
+  Acc init_;
+  Fold fold_;
+  Combine combine_;
+};
+
+template <class T, class KeyFn, class Acc, class Fold, class Combine>
+class reduce_by_key_stage final : public input_stage<T> {
+ public:
+  using key_type = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+  using map_type = std::unordered_map<key_type, Acc>;
+
+  reduce_by_key_stage(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, stage_options options)
+      : input_stage<T>(std::move(name), stage_kind::reduce_by_key, options),
+        key_(std::move(key)), init_(std::move(init)), fold_(std::move(fold)), combine_(std::move(combine)) {}
+
+  // In processes of its own, items travel to the replica that owns their key.
+  void encode_input(void* vector, output_port& out, bool keyed) const override {
+    auto& items = *static_cast<std::vector<T>*>(vector);
+    if (!keyed) return encode_items(items, out);
+    const std::size_t lanes = out.lane_count();
+    for (const T& item : items)
+      encode_item(item, out, std::hash<key_type>{}(std::invoke(key_, item)) % lanes);
+  }
+
+  std::unique_ptr<stage_instance> instantiate(bool ordered) const override {
+    return std::make_unique<instance>(*this, ordered);
+  }
+  std::unique_ptr<result_collector> make_collector(bool ordered) const override {
+    auto merge = [combine = combine_](map_type& total, map_type&& partial) mutable {
+      if (total.empty()) {
+        total = std::move(partial);
+        return;
+      }
+      for (auto& [k, v] : partial) {
+        auto [it, inserted] = total.try_emplace(k, std::move(v));
+        if (!inserted) fold_into(it->second, combine, std::move(v));
+      }
+    };
+    return std::make_unique<partial_collector<map_type, decltype(merge)>>(map_type{}, std::move(merge), ordered);
+  }
+
+ private:
+  class instance final : public terminal_instance_base<T> {
+   public:
+    instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), ordered_(ordered) {}
+    std::size_t apply(item_cursor& cursor) override {
+      auto& in = this->in_;
+      std::size_t i = 0;
+      try {
+        for (; i < in.size(); ++i) {
+          auto [it, inserted] = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_);
+          fold_into(it->second, fold_, std::move(in[i]));
+        }
+      } catch (...) {
+        cursor.index = i;
+        throw;
+      }
+      return 0;
+    }
+    void begin_batch() override { groups_.clear(); }
+    void end_batch(output_port& results) override { encode_item(groups_, results); }
+    void finish(output_port& results) override {
+      if (!ordered_) encode_item(groups_, results);
+    }
+
+   private:
+    const reduce_by_key_stage& stage_;
+    Fold fold_;
+    map_type groups_;
+    bool ordered_;
+  };
+
+  KeyFn key_;
+  Acc init_;
+  Fold fold_;
+  Combine combine_;
+};
+
+template <class T>
+class collect_stage final : public input_stage<T> {
+ public:
+  explicit collect_stage(std::string name, stage_options options)
+      : input_stage<T>(std::move(name), stage_kind::collect, options) {}
+
+  std::unique_ptr<result_collector> make_collector(bool) const override { return std::make_unique<collector>(); }
+
+ private:
+  class collector final : public typed_collector<std::vector<T>> {
+   public:
+    void consume(const batch_view& batch) override {
+      decode_items(batch, scratch_);
+      if (items_.empty()) {
+        std::swap(items_, scratch_);
+      } else {
+        items_.insert(items_.end(), std::make_move_iterator(scratch_.begin()), std::make_move_iterator(scratch_.end()));
+      }
+    }
+    std::vector<T> take() override { return std::move(items_); }
+
+   private:
+    std::vector<T> items_;
+    std::vector<T> scratch_;
+  };
+};
+
+template <class T, class F>
+class sink_stage final : public input_stage<T> {
+ public:
+  sink_stage(std::string name, F fn, stage_options options)
+      : input_stage<T>(std::move(name), stage_kind::sink, options), fn_(std::move(fn)) {}
+
+  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(fn_); }
+
+ private:
+  class instance final : public terminal_instance_base<T> {
+   public:
+    explicit instance(const F& fn) : fn_(fn) {}
+    std::size_t apply(item_cursor& cursor) override {
+      auto& in = this->in_;
+      std::size_t i = 0;
+      try {
+        for (; i < in.size(); ++i) call_with_item(fn_, in[i]);
+      } catch (...) {
+        cursor.index = i;
+        throw;
+      }
+      return 0;
+    }
+
+   private:
+    F fn_;
+  };
+  F fn_;
+};
+
+}  // namespace detail
+}  // namespace procflow

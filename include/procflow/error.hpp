@@ -1,0 +1,85 @@
+// procflow's exception types. Every error procflow throws derives from procflow::error
+// (a std::runtime_error); OS failures also carry their errno as a std::error_code.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+namespace procflow {
+
+// Base of every procflow exception.
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// An operating-system call failed (shm, fork, futex, ...). what() names the call and the
+// resource; code() holds errno.
+class system_error : public error {
+ public:
+  system_error(int errno_value, const std::string& message);
+  const std::error_code& code() const noexcept { return code_; }
+
+ private:
+  std::error_code code_;
+};
+
+// Encoded bytes could not be decoded: truncated, corrupt, or larger than a configured limit.
+class codec_error : public error {
+ public:
+  using error::error;
+};
+
+// Shared memory failed validation: bad magic/version, an index or length out of bounds.
+// Raised instead of ever touching memory outside the segment.
+class shm_error : public error {
+ public:
+  using error::error;
+};
+
+// A stage failed while a pipeline ran. Names the stage, the replica, the process and the item.
+class stage_error : public error {
+ public:
+  enum class cause : std::uint8_t {
+    exception,    // user code threw; exception_type() and message() say what
+    signal,       // the replica died by a signal; signal_number() says which
+    exit,         // the replica exited without finishing its input (exit status in exit_code())
+    lost,         // the replica vanished without a record (e.g. reaped by someone else)
+  };
+
+  struct details {
+    std::string stage;
+    std::uint32_t replica = 0;
+    std::int32_t pid = 0;
+    cause kind = cause::exception;
+    bool has_item = false;           // item_seq is meaningful
+    std::uint64_t item_seq = 0;      // see stage_error::item_seq()
+    std::string exception_type;      // demangled type of the thrown exception, if any
+    std::string message;             // what() of the exception, or a description
+    int signal_number = 0;
+    int exit_code = 0;
+  };
+
+  explicit stage_error(details d);
+
+  const std::string& stage() const noexcept { return d_.stage; }
+  std::uint32_t replica() const noexcept { return d_.replica; }
+  std::int32_t pid() const noexcept { return d_.pid; }
+  cause kind() const noexcept { return d_.kind; }
+  bool has_item() const noexcept { return d_.has_item; }
+  // Sequence number of the failing item: its position in the source when the item reached the
+  // stage through maps only (1:1 lineage), otherwise its position in the stream that replica
+  // received. Meaningful only when has_item().
+  std::uint64_t item_seq() const noexcept { return d_.item_seq; }
+  const std::string& exception_type() const noexcept { return d_.exception_type; }
+  const std::string& message() const noexcept { return d_.message; }
+  int signal_number() const noexcept { return d_.signal_number; }
+  int exit_code() const noexcept { return d_.exit_code; }
+
+ private:
+  details d_;
+};
+
+}  // namespace procflow

@@ -1,0 +1,104 @@
+// Options for stages and pipelines: pf::replicas(n), pf::ordered, pf::batch_bytes(n), ...
+// Pass any number of them after a stage's function, or to pf::pipeline().
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace procflow {
+
+// How a producer picks the consumer replica for its next batch.
+enum class dispatch : std::uint8_t {
+  least_loaded,  // the replica whose input ring is shortest (default for stateless stages)
+  round_robin,   // each replica in turn
+};
+
+// Number of processes running a stage. A stage without it inherits the previous stage's count
+// (the source counts as 1), so `.map(f, replicas(4)).filter(g)` runs both with 4 replicas.
+struct replicas {
+  explicit replicas(std::uint32_t n) : count(n) {
+    if (n == 0) throw std::invalid_argument("procflow::replicas: need at least 1 replica");
+  }
+  std::uint32_t count;
+};
+
+// Restore source order at the next consumer. On a pipeline: everywhere.
+struct ordered_t {
+  explicit constexpr ordered_t() = default;
+};
+inline constexpr ordered_t ordered{};
+
+// Bytes of encoded items per batch (one ring slot). Larger batches cost fewer wake-ups and
+// index updates; smaller ones lower latency. Default: 64 KiB.
+struct batch_bytes {
+  explicit batch_bytes(std::uint32_t n) : bytes(n) {
+    if (n < 64) throw std::invalid_argument("procflow::batch_bytes: a batch needs at least 64 bytes");
+  }
+  std::uint32_t bytes;
+};
+
+// Slots per ring (a power of two). Default: 16.
+struct ring_slots {
+  explicit ring_slots(std::uint32_t n) : slots(n) {
+    if (n == 0 || (n & (n - 1)) != 0) throw std::invalid_argument("procflow::ring_slots: need a power of two >= 1");
+  }
+  std::uint32_t slots;
+};
+
+// Run a stage in processes of its own instead of fusing it into the previous stage's.
+struct own_process_t {
+  explicit constexpr own_process_t() = default;
+};
+inline constexpr own_process_t own_process{};
+
+// Pipeline-wide: fuse adjacent stages with equal replica counts into one process (the
+// default), or give every stage its own processes.
+struct fusion {
+  explicit fusion(bool on) : enabled(on) {}
+  bool enabled;
+};
+
+struct stage_options {
+  std::optional<std::uint32_t> replicas;
+  std::optional<std::uint32_t> batch_bytes;
+  std::optional<std::uint32_t> ring_slots;
+  std::optional<procflow::dispatch> dispatch;
+  bool ordered = false;
+  bool own_process = false;
+};
+
+struct pipeline_options {
+  stage_options defaults;  // batch_bytes, ring_slots, ordered apply to every stage
+  bool fusion = true;
+};
+
+namespace detail {
+
+inline void apply_option(stage_options& o, const replicas& r) { o.replicas = r.count; }
+inline void apply_option(stage_options& o, const batch_bytes& b) { o.batch_bytes = b.bytes; }
+inline void apply_option(stage_options& o, const ring_slots& s) { o.ring_slots = s.slots; }
+inline void apply_option(stage_options& o, dispatch d) { o.dispatch = d; }
+inline void apply_option(stage_options& o, ordered_t) { o.ordered = true; }
+inline void apply_option(stage_options& o, own_process_t) { o.own_process = true; }
+
+template <class T>
+concept stage_option = requires(stage_options& o, const T& t) { apply_option(o, t); };
+
+template <class... Opts>
+stage_options make_stage_options(const Opts&... opts) {
+  static_assert((stage_option<Opts> && ...),
+                "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
+                "dispatch::..., own_process");
+  stage_options o;
+  (apply_option(o, opts), ...);
+  return o;
+}
+
+inline void apply_pipeline_option(pipeline_options& o, const fusion& f) { o.fusion = f.enabled; }
+template <stage_option T>
+void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
+
+}  // namespace detail
+}  // namespace procflow

@@ -1,0 +1,226 @@
+// The typed pipeline builder:
+//
+//   auto r = pf::pipeline("name")
+//       .source("numbers", pf::iota<std::int64_t>(0, n))
+//       .map("square", [](std::int64_t x) { return x * x; }, pf::replicas(2))
+//       .filter("div3", [](std::int64_t x) { return x % 3 == 0; })
+//       .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{})
+//       .run();            // r.value, r.report
+//
+// Every builder call returns a new immutable value (stages are shared, never copied), so a
+// partial pipeline can be extended in several ways. Nothing runs until run(): then the calling
+// process becomes the supervisor and forks the replicas. Stage callables therefore need no
+// registration: they exist in every child as they were at run().
+//
+// Fork rule: call run() while no other thread of your program is running (threads do not
+// survive fork(), and a lock held by one would stay locked in every child).
+#pragma once
+
+#include <procflow/codec.hpp>
+#include <procflow/detail/stages.hpp>
+#include <procflow/error.hpp>
+#include <procflow/options.hpp>
+#include <procflow/report.hpp>
+#include <procflow/sources.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace procflow {
+
+template <class R>
+struct result {
+  R value;
+  run_report report;
+};
+
+template <>
+struct result<void> {
+  run_report report;
+};
+
+namespace detail {
+
+struct pipeline_def {
+  std::string name;
+  pipeline_options options;
+  std::vector<std::shared_ptr<const stage_base>> stages;  // source first, terminal last
+};
+
+// Runs a complete pipeline in processes (lib/runtime/supervisor.cpp). `collector` receives what
+// the terminal sends back (null for sink). Throws stage_error if a stage fails.
+run_report run_in_processes(const pipeline_def& def, result_collector* collector);
+
+}  // namespace detail
+
+template <class R>
+class runnable {
+ public:
+  explicit runnable(detail::pipeline_def def) : def_(std::move(def)) {}
+
+  // Runs the pipeline to completion: blocks, returns the terminal's value and the report.
+  // Throws stage_error naming stage, replica, pid and item when any stage fails; every process
+  // is stopped and reaped and all shared memory released before it does.
+  result<R> run() const {
+    const bool is_ordered = def_.options.defaults.ordered ||
+                         std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
+    if constexpr (std::is_void_v<R>) {
+      return {detail::run_in_processes(def_, nullptr)};
+    } else {
+      auto collector = def_.stages.back()->make_collector(is_ordered);
+      auto* typed = static_cast<detail::typed_collector<R>*>(collector.get());
+      run_report report = detail::run_in_processes(def_, typed);
+      return {typed->take(), std::move(report)};
+    }
+  }
+
+  const detail::pipeline_def& definition() const noexcept { return def_; }
+
+ private:
+  detail::pipeline_def def_;
+};
+
+template <class T>
+class flow {
+  static_assert(encodable<T>, "procflow: items crossing a process boundary need procflow::codec<T>; "
+                              "specialize procflow::codec<YourType> (see codec.hpp)");
+
+ public:
+  using item_type = T;
+
+  explicit flow(detail::pipeline_def def) : def_(std::move(def)) {}
+
+  // item -> fn(item)
+  template <class F, class... Opts>
+  auto map(std::string name, F fn, const Opts&... opts) const {
+    static_assert(detail::callable_with_item_v<F, T>,
+                  "procflow: map(): the function cannot be called with the previous stage's item type");
+    using U = detail::item_result_t<F, T>;
+    static_assert(!std::is_void_v<U>, "procflow: map(): the function must return the new item (use sink() to consume)");
+    static_assert(encodable<U>, "procflow: map(): its result type has no procflow::codec<> (specialize it)");
+    return then<flow<U>>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+  }
+
+  // keeps the items for which pred(item) is true
+  template <class F, class... Opts>
+  flow<T> filter(std::string name, F pred, const Opts&... opts) const {
+    static_assert(std::is_invocable_r_v<bool, F&, const T&>,
+                  "procflow: filter(): the predicate must take the previous stage's item (const T&) and return bool");
+    return then<flow<T>>(std::make_shared<detail::filter_stage<T, F>>(std::move(name), std::move(pred), detail::make_stage_options(opts...)));
+  }
+
+  // item -> any number of items. Either fn(item) returns a range (e.g. std::vector<U>), or,
+  // with the output type given explicitly, flat_map<U>(name, fn) where fn(const T&, emit)
+  // calls emit(u) for each output.
+  template <class U = void, class F, class... Opts>
+  auto flat_map(std::string name, F fn, const Opts&... opts) const {
+    if constexpr (std::is_void_v<U>) {
+      static_assert(detail::callable_with_item_v<F, T>,
+                    "procflow: flat_map(): the function cannot be called with the previous stage's item type "
+                    "(for the fn(item, emit) form, name the output type: flat_map<U>(...))");
+      using range = detail::item_result_t<F, T>;
+      using V = std::decay_t<decltype(*std::begin(std::declval<range&>()))>;
+      static_assert(encodable<V>, "procflow: flat_map(): its output item type has no procflow::codec<>");
+      return then<flow<V>>(std::make_shared<detail::flat_map_stage<T, V, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+    } else {
+      static_assert(std::is_invocable_v<F&, const T&, emitter<U>&>,
+                    "procflow: flat_map<U>(): the function must take (const T& item, procflow::emitter<U>& emit)");
+      static_assert(encodable<U>, "procflow: flat_map<U>(): U has no procflow::codec<>");
+      return then<flow<U>>(std::make_shared<detail::flat_map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+    }
+  }
+
+  // Terminal: folds every item into an Acc. fold is acc = fold(acc, item) (or void fold(acc&,
+  // item)); combine merges the partial results of replicas (acc = combine(acc, other)). `init`
+  // must be an identity of combine. With pf::ordered, partials combine in source order, so an
+  // associative but non-commutative combine is correct.
+  template <class Acc, class Fold, class Combine, class... Opts>
+  runnable<Acc> reduce(std::string name, Acc init, Fold fold, Combine combine, const Opts&... opts) const {
+    static_assert(detail::fold_callable_v<Acc, Fold, T>,
+                  "procflow: reduce(): fold must be Acc fold(Acc, T) or void fold(Acc&, T)");
+    static_assert(detail::fold_callable_v<Acc, Combine, Acc>,
+                  "procflow: reduce(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
+    static_assert(encodable<Acc>, "procflow: reduce(): the accumulator type has no procflow::codec<>");
+    return then<runnable<Acc>>(std::make_shared<detail::reduce_stage<T, Acc, Fold, Combine>>(
+        std::move(name), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));
+  }
+
+  // Terminal: groups items by key(item) (a callable or a pointer to member) and folds each
+  // group; returns an unordered_map from key to Acc. In processes of its own, items are sent to
+  // the replica owning their key (key-hash dispatch).
+  template <class KeyFn, class Acc, class Fold, class Combine, class... Opts>
+  auto reduce_by_key(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, const Opts&... opts) const {
+    static_assert(std::is_invocable_v<const KeyFn&, const T&>,
+                  "procflow: reduce_by_key(): key must be callable with (const T&) or be a pointer to a member of T");
+    using K = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+    static_assert(requires(const K& k) { std::hash<K>{}(k); }, "procflow: reduce_by_key(): the key type needs std::hash");
+    static_assert(detail::fold_callable_v<Acc, Fold, T>, "procflow: reduce_by_key(): fold must be Acc fold(Acc, T) or void fold(Acc&, T)");
+    static_assert(detail::fold_callable_v<Acc, Combine, Acc>, "procflow: reduce_by_key(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
+    static_assert(encodable<K> && encodable<Acc>, "procflow: reduce_by_key(): key and accumulator types need procflow::codec<>");
+    using stage = detail::reduce_by_key_stage<T, KeyFn, Acc, Fold, Combine>;
+    return then<runnable<typename stage::map_type>>(std::make_shared<stage>(
+        std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));
+  }
+
+  // Terminal: every item, in a vector (in source order with pf::ordered).
+  template <class... Opts>
+  runnable<std::vector<T>> collect(const Opts&... opts) const {
+    return then<runnable<std::vector<T>>>(std::make_shared<detail::collect_stage<T>>("collect", detail::make_stage_options(opts...)));
+  }
+
+  // Terminal: fn(item) for every item, in a process of its own (e.g. writing a file).
+  template <class F, class... Opts>
+  runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
+    static_assert(detail::callable_with_item_v<F, T>, "procflow: sink(): the function cannot be called with the previous stage's item type");
+    return then<runnable<void>>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+  }
+
+ private:
+  template <class Next>
+  Next then(std::shared_ptr<const detail::stage_base> stage) const {
+    detail::pipeline_def def = def_;
+    def.stages.push_back(std::move(stage));
+    return Next(std::move(def));
+  }
+
+  detail::pipeline_def def_;
+};
+
+class pipeline_builder {
+ public:
+  explicit pipeline_builder(detail::pipeline_def def) : def_(std::move(def)) {}
+
+  // The first stage. `src` is pf::iota(a, b), pf::from(vector), pf::generate(fn), or a callable
+  // returning std::optional<T> (same as pf::generate).
+  template <class Src, class... Opts>
+  auto source(std::string name, Src src, const Opts&... opts) const {
+    if constexpr (requires(Src& s) { s(); }) {
+      return source(std::move(name), generate(std::move(src)), opts...);
+    } else {
+      using stage = detail::source_stage<Src>;
+      detail::pipeline_def def = def_;
+      def.stages.push_back(std::make_shared<stage>(std::move(name), std::move(src), detail::make_stage_options(opts...)));
+      return flow<typename stage::item_type>(std::move(def));
+    }
+  }
+
+ private:
+  detail::pipeline_def def_;
+};
+
+// Starts declaring a pipeline. Options given here (ordered, batch_bytes, ring_slots,
+// fusion(false)) apply to every stage.
+template <class... Opts>
+pipeline_builder pipeline(std::string name, const Opts&... opts) {
+  detail::pipeline_def def;
+  def.name = std::move(name);
+  (detail::apply_pipeline_option(def.options, opts), ...);
+  return pipeline_builder(std::move(def));
+}
+
+}  // namespace procflow

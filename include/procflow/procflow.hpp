@@ -1,0 +1,9 @@
+// procflow: multi-process dataflow pipelines over shared-memory rings. The one header to include.
+#pragma once
+
+#include <procflow/codec.hpp>
+#include <procflow/error.hpp>
+#include <procflow/options.hpp>
+#include <procflow/pipeline.hpp>
+#include <procflow/report.hpp>
+#include <procflow/sources.hpp>

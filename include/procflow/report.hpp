@@ -1,0 +1,49 @@
+// run_report: what a pipeline run did, per stage — items in and out, time busy in user code,
+// starved (waiting for input) and blocked (waiting for room downstream), summed over replicas.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace procflow {
+
+struct stage_report {
+  std::string name;
+  std::string kind;             // "source", "map", "filter", ...
+  std::uint32_t replicas = 0;
+  std::uint32_t process_group = 0;  // stages with the same group run fused in the same processes
+  std::uint64_t items_in = 0;
+  std::uint64_t items_out = 0;
+  std::uint64_t batches_in = 0;
+  std::uint64_t bytes_in = 0;
+  double busy_s = 0;     // in user code (and encoding/decoding), summed over replicas
+  double starved_s = 0;  // waiting for input (per process group)
+  double blocked_s = 0;  // waiting for room downstream (per process group)
+};
+
+struct run_report {
+  std::string pipeline;
+  double wall_s = 0;
+  std::uint32_t processes = 0;  // replicas forked
+  std::vector<stage_report> stages;
+
+  // The stage whose replicas were busiest relative to their count (nullptr if none ran).
+  const stage_report* bottleneck() const;
+  // A table, one row per stage (what fmt::print("{}", report) prints).
+  std::string to_string() const;
+  // One JSON object.
+  std::string to_json() const;
+};
+
+}  // namespace procflow
+
+template <>
+struct fmt::formatter<procflow::run_report> : fmt::formatter<std::string_view> {
+  template <class Context>
+  auto format(const procflow::run_report& r, Context& ctx) const {
+    return fmt::formatter<std::string_view>::format(r.to_string(), ctx);
+  }
+};

@@ -1,0 +1,82 @@
+// Inbox: consumer replica q's side of a Channel, implementing detail::input_port.
+//
+// Batches are handed out in place (a view into the slot in shared memory) and given back with
+// release(), so the consumer never copies a batch; only an item larger than a slot is
+// reassembled into a local buffer. Unordered inboxes take the next ready slot round-robin over
+// their P rings; ordered ones deliver batches strictly by sequence number (the rings themselves
+// are the bounded reorder buffer). When nothing is ready the consumer spins briefly, then sleeps
+// on its data event; end of stream is reported once every producer closed and all is delivered.
+#pragma once
+
+#include "channel/channel.hpp"
+
+#include <procflow/detail/port.hpp>
+
+#include <cstdint>
+#include <vector>
+
+namespace procflow::channel {
+
+struct InboxOptions {
+  // Deliver batches in sequence order: first_seq, first_seq + seq_stride, ... (a consumer q of
+  // Q replicas behind by_sequence dispatch receives the batches with seq % Q == q).
+  bool ordered = false;
+  std::uint64_t first_seq = 0;
+  std::uint64_t seq_stride = 1;
+  std::uint32_t spin = default_spin_iterations;
+  // Largest item accepted from a peer (an item split over slots is reassembled in memory).
+  std::uint64_t max_item_bytes = std::uint64_t{1} << 30;
+};
+
+struct InboxStats {
+  std::uint64_t slots = 0;
+  std::uint64_t items = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t starved_ns = 0;  // time spent waiting for input
+};
+
+class Inbox final : public detail::input_port {
+ public:
+  Inbox(const Channel& channel, std::uint32_t consumer, const InboxOptions& options = {});
+  Inbox(const Inbox&) = delete;
+  Inbox& operator=(const Inbox&) = delete;
+
+  bool try_receive(detail::batch_view& out) override;
+  bool receive(detail::batch_view& out) override;
+  void release() override;
+  // receive() that gives up at `deadline`: false on timeout or at end of stream (see at_end()).
+  bool receive_until(detail::batch_view& out, Clock::time_point deadline);
+  bool at_end() const override { return end_; }
+
+  const InboxStats& stats() const noexcept { return stats_; }
+
+ private:
+  struct Source {
+    RingReader ring;
+    EventShared* space_event = nullptr;  // the producer's
+    bool drained = false;
+  };
+
+  bool try_receive_unordered(detail::batch_view& out);
+  bool try_receive_ordered(detail::batch_view& out);
+  bool deliver(std::size_t ring, const SlotHeader* slot, detail::batch_view& out);
+  void reassemble(std::size_t ring, const SlotHeader* first, detail::batch_view& out);
+  void release_slot(std::size_t ring);
+  bool update_end();
+
+  std::vector<Source> sources_;
+  EventShared* data_event_ = nullptr;
+  InboxOptions options_;
+  std::size_t next_ = 0;             // round-robin start
+  static constexpr std::size_t none = ~std::size_t{0};
+  std::size_t held_ = none;          // ring whose slot is out with the caller
+  bool held_large_ = false;          // the caller holds the reassembly buffer instead
+  bool held_batch_end_ = false;
+  std::size_t ordered_ring_ = none;  // ordered: ring the current batch continues on
+  std::uint64_t expected_seq_ = 0;
+  std::vector<std::byte> large_;
+  bool end_ = false;
+  InboxStats stats_;
+};
+
+}  // namespace procflow::channel

@@ -1,0 +1,183 @@
+#include "channel/outbox.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace procflow::channel {
+
+Outbox::Outbox(const Channel& channel, std::uint32_t producer, const OutboxOptions& options)
+    : space_event_(&channel.space_event(producer)), options_(options) {
+  const std::uint32_t consumers = channel.consumers();
+  lanes_.resize(consumers);
+  cursor_storage_.resize(consumers);
+  for (std::uint32_t q = 0; q < consumers; ++q) {
+    lanes_[q].ring = RingWriter(channel.ring(producer, q));
+    lanes_[q].data_event = &channel.data_event(q);
+  }
+  cursors_ = cursor_storage_.data();
+  current_ = &no_slot_;
+  lane_count_ = consumers;
+  max_item_bytes_ = channel.geometry().payload_bytes;
+  rotation_ = producer % consumers;  // spread producers' first choices
+}
+
+std::size_t Outbox::pick_lane() {
+  const std::size_t n = lanes_.size();
+  switch (options_.dispatch) {
+    case Dispatch::round_robin:
+      rotation_ = (rotation_ + 1) % n;
+      return rotation_;
+    case Dispatch::least_loaded: {
+      // One relaxed head load per lane, once per slot: cheap next to a slot's worth of items.
+      rotation_ = (rotation_ + 1) % n;
+      std::size_t best = rotation_;
+      std::uint64_t best_size = lanes_[best].ring.size_approx();
+      for (std::size_t k = 1; k < n && best_size > 0; ++k) {
+        const std::size_t lane = (rotation_ + k) % n;
+        const std::uint64_t size = lanes_[lane].ring.size_approx();
+        if (size < best_size) {
+          best = lane;
+          best_size = size;
+        }
+      }
+      return best;
+    }
+    case Dispatch::by_sequence:
+      // Source mode numbers slots as it opens them: the next one gets source_seq_.
+      return static_cast<std::size_t>((options_.source ? source_seq_ : batch_.seq) % n);
+    case Dispatch::by_key:
+      break;
+  }
+  throw std::logic_error("Outbox: by_key dispatch needs an explicit lane");
+}
+
+std::size_t Outbox::lane_for(std::size_t lane) { return lane == any_lane ? pick_lane() : lane; }
+
+void Outbox::open(std::size_t lane) {
+  Lane& l = lanes_[lane];
+  if (!l.open) {
+    SlotHeader* slot = l.ring.try_claim();
+    if (!slot) {
+      const auto t0 = Clock::now();
+      wait(*space_event_, [&] { return (slot = l.ring.try_claim()) != nullptr; }, Clock::time_point::max(), options_.spin);
+      stats_.blocked_ns += static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+    }
+    l.open = slot;
+    std::byte* payload = l.ring.payload(slot);
+    cursors_[lane] = {payload, payload + l.ring.payload_bytes(), 0};
+  } else if (cursors_[lane].items > 0) {
+    return;  // keeps filling the slot it has
+  }
+  // A fresh (or still empty) slot takes the meta of what will go into it.
+  if (options_.source) {
+    if (!in_fragments_) l.meta = {source_seq_++, source_items_, true};
+  } else {
+    l.meta = {batch_.seq, 0, false};
+  }
+}
+
+void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t large_total) {
+  Lane& l = lanes_[lane];
+  detail::write_cursor& c = cursors_[lane];
+  SlotHeader* slot = l.open;
+  const auto bytes = static_cast<std::uint32_t>(c.pos - l.ring.payload(slot));
+  slot->bytes = bytes;
+  slot->items = c.items;
+  slot->seq = l.meta.seq;
+  slot->first_item = l.meta.first_item;
+  slot->large_total = large_total;
+  std::uint32_t flags = extra_flags;
+  if (l.meta.dense) flags |= slot_dense;
+  // Every source slot is a batch of its own (a fragmented item: its last slot ends the batch).
+  if (options_.source && (!(flags & slot_fragment) || (flags & slot_fragment_last))) flags |= slot_batch_end;
+  slot->flags = flags;
+  slot->reserved = 0;
+  l.ring.publish();  // release: the header and payload written above become visible
+  notify(*l.data_event);
+  stats_.slots += 1;
+  stats_.items += c.items;
+  stats_.bytes += bytes;
+  if (options_.source) source_items_ += c.items;
+  l.open = nullptr;
+  c = {};
+  if (current_ == &c) current_ = &no_slot_;
+}
+
+void Outbox::publish_current_if_used() {
+  if (lanes_[current_lane_].open && cursors_[current_lane_].items > 0) publish(current_lane_);
+}
+
+std::byte* Outbox::reserve_slow(std::size_t lane, std::size_t n) {
+  if (closed_) throw std::logic_error("Outbox: write after close()");
+  if (n > max_item_bytes_)
+    throw std::logic_error(fmt::format("Outbox: item of {} bytes exceeds the {}-byte slot; use write_large", n, max_item_bytes_));
+  if (lane == any_lane) {
+    // The current slot lacks room: publish it, then let dispatch choose where the next goes.
+    publish_current_if_used();
+    current_lane_ = pick_lane();
+    open(current_lane_);
+    current_ = &cursors_[current_lane_];
+    return current_->pos;
+  }
+  if (lane >= lanes_.size()) throw std::out_of_range(fmt::format("Outbox: no lane {} (have {})", lane, lanes_.size()));
+  if (lanes_[lane].open && cursors_[lane].items > 0) publish(lane);
+  open(lane);
+  return cursors_[lane].pos;
+}
+
+void Outbox::write_large(std::size_t lane, std::span<const std::byte> item) {
+  if (closed_) throw std::logic_error("Outbox: write after close()");
+  if (lane == any_lane) {
+    publish_current_if_used();  // items written before this one go first
+    lane = pick_lane();
+  } else if (lanes_[lane].open && cursors_[lane].items > 0) {
+    publish(lane);
+  }
+  std::size_t done = 0;
+  do {
+    open(lane);
+    in_fragments_ = true;
+    detail::write_cursor& c = cursors_[lane];
+    const std::size_t chunk = std::min(item.size() - done, static_cast<std::size_t>(c.end - c.pos));
+    std::memcpy(c.pos, item.data() + done, chunk);
+    c.pos += chunk;
+    const bool first = done == 0;
+    done += chunk;
+    const bool last = done == item.size();
+    c.items = last ? 1 : 0;
+    publish(lane, slot_fragment | (last ? slot_fragment_last : 0u), first ? item.size() : 0);
+  } while (done < item.size());
+  in_fragments_ = false;
+}
+
+void Outbox::begin_batch(const detail::batch_meta& meta) { batch_ = meta; }
+
+void Outbox::end_batch() {
+  if (options_.dispatch != Dispatch::by_sequence || options_.source) return;
+  const std::size_t lane = pick_lane();
+  open(lane);  // an empty slot still carries the batch_end mark: no gap in sequence numbers
+  publish(lane, slot_batch_end);
+}
+
+void Outbox::flush() {
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane)
+    if (lanes_[lane].open && cursors_[lane].items > 0) publish(lane);
+}
+
+void Outbox::close() {
+  if (closed_) return;
+  flush();
+  closed_ = true;
+  current_ = &no_slot_;
+  for (auto& l : lanes_) {
+    l.open = nullptr;  // a claimed but empty slot is simply never published
+    l.ring.close();
+    notify(*l.data_event);
+  }
+}
+
+}  // namespace procflow::channel

@@ -1,0 +1,90 @@
+// Outbox: producer replica p's side of a Channel, implementing detail::output_port.
+//
+// Items are encoded straight into the slot open for a lane (one lane per consumer replica).
+// A full slot is published with one release store and one notify() of the consumer (no syscall
+// unless it sleeps); only when the chosen ring is full does the producer spin briefly, then
+// sleep on its space event. Which lane the next slot goes to is the dispatch policy.
+#pragma once
+
+#include "channel/channel.hpp"
+
+#include <procflow/detail/port.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+namespace procflow::channel {
+
+enum class Dispatch : std::uint8_t {
+  round_robin,   // next lane in turn
+  least_loaded,  // the lane whose ring holds the fewest slots (default for stateless stages)
+  by_sequence,   // lane = batch seq mod consumers; every slot of a batch to one lane (ordered)
+  by_key,        // the caller picks the lane per item (reserve_lane: key-hash dispatch)
+};
+
+struct OutboxOptions {
+  Dispatch dispatch = Dispatch::least_loaded;
+  // Source mode: every published slot is a batch of its own, numbered 0, 1, 2, ... and marked
+  // dense (its items are consecutive source items), which is what ordering and error reports
+  // downstream key on.
+  bool source = false;
+  std::uint32_t spin = default_spin_iterations;
+};
+
+// Counters kept by the Outbox itself (process-local; the runtime copies them to shared memory).
+struct OutboxStats {
+  std::uint64_t slots = 0;       // slots published
+  std::uint64_t items = 0;       // items published
+  std::uint64_t bytes = 0;       // payload bytes published
+  std::uint64_t blocked_ns = 0;  // time spent waiting for a free slot (back-pressure)
+};
+
+class Outbox final : public detail::output_port {
+ public:
+  Outbox(const Channel& channel, std::uint32_t producer, const OutboxOptions& options = {});
+  ~Outbox() override = default;
+  Outbox(const Outbox&) = delete;
+  Outbox& operator=(const Outbox&) = delete;
+
+  void write_large(std::size_t lane, std::span<const std::byte> item) override;
+  void begin_batch(const detail::batch_meta& meta) override;
+  void end_batch() override;
+  void flush() override;
+  void close() override;
+
+  const OutboxStats& stats() const noexcept { return stats_; }
+
+ protected:
+  std::byte* reserve_slow(std::size_t lane, std::size_t n) override;
+
+ private:
+  struct Lane {
+    RingWriter ring;
+    EventShared* data_event = nullptr;  // the consumer's
+    SlotHeader* open = nullptr;         // claimed, not yet published
+    detail::batch_meta meta;            // meta of the open slot
+  };
+
+  std::size_t pick_lane();
+  std::size_t lane_for(std::size_t lane);  // resolves any_lane for the current batch
+  void open(std::size_t lane);
+  void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
+  void publish_current_if_used();
+
+  std::vector<Lane> lanes_;
+  std::vector<detail::write_cursor> cursor_storage_;
+  detail::write_cursor no_slot_;  // current_ before anything is open: always "full"
+  EventShared* space_event_ = nullptr;
+  OutboxOptions options_;
+  detail::batch_meta batch_;      // current input batch
+  std::uint64_t source_seq_ = 0;  // source mode: next batch number
+  std::uint64_t source_items_ = 0;
+  std::size_t current_lane_ = 0;
+  std::size_t rotation_ = 0;      // round-robin / tie-break position
+  bool in_fragments_ = false;    // source mode: fragments of one item share one batch number
+  bool closed_ = false;
+  OutboxStats stats_;
+};
+
+}  // namespace procflow::channel

@@ -1,0 +1,33 @@
+#include <procflow/error.hpp>
+
+#include <cstring>
+#include <utility>
+
+namespace procflow {
+
+system_error::system_error(int errno_value, const std::string& message)
+    : error(message + ": " + std::strerror(errno_value)), code_(errno_value, std::generic_category()) {}
+
+stage_error::stage_error(details d) : error(""), d_(std::move(d)) {
+  std::string what = "stage '" + d_.stage + "' replica " + std::to_string(d_.replica) + " (pid " + std::to_string(d_.pid) + ")";
+  if (d_.has_item) what += " on item " + std::to_string(d_.item_seq);
+  switch (d_.kind) {
+    case cause::exception:
+      what += ": " + (d_.exception_type.empty() ? std::string("exception") : d_.exception_type) + ": " + d_.message;
+      break;
+    case cause::signal:
+      what += ": killed by signal " + std::to_string(d_.signal_number) + " (" + strsignal(d_.signal_number) + ")";
+      if (!d_.message.empty()) what += "; " + d_.message;
+      break;
+    case cause::exit:
+      what += ": exited with status " + std::to_string(d_.exit_code) + " before finishing its input";
+      if (!d_.message.empty()) what += "; " + d_.message;
+      break;
+    case cause::lost:
+      what += ": " + d_.message;
+      break;
+  }
+  static_cast<std::runtime_error&>(*this) = std::runtime_error(what);
+}
+
+}  // namespace procflow

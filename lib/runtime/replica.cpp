@@ -1,0 +1,280 @@
+#include "runtime/replica.hpp"
+
+#include "channel/inbox.hpp"
+#include "channel/outbox.hpp"
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+#include <typeinfo>
+
+namespace procflow::runtime {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::uint64_t ns_since(Clock::time_point t0) noexcept {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+}
+
+// Copies `text` into a fixed-size record field, always NUL-terminated.
+template <std::size_t N>
+void put_text(char (&field)[N], const std::string& text) noexcept {
+  const std::size_t n = std::min(text.size(), N - 1);
+  std::memcpy(field, text.data(), n);
+  field[n] = '\0';
+}
+
+std::string current_exception_type() {
+  const std::type_info* type = abi::__cxa_current_exception_type();
+  if (!type) return "unknown exception";
+  int status = 0;
+  std::unique_ptr<char, decltype(&std::free)> name(abi::__cxa_demangle(type->name(), nullptr, nullptr, &status), &std::free);
+  return status == 0 && name ? std::string(name.get()) : std::string(type->name());
+}
+
+std::string current_exception_message() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "(not a std::exception)";
+  }
+}
+
+// Local tallies of one stage in this replica, mirrored to shared memory after every batch.
+struct Tally {
+  std::uint64_t items_in = 0;
+  std::uint64_t items_out = 0;
+  std::uint64_t batches_in = 0;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t busy_ns = 0;
+};
+
+class Replica {
+ public:
+  Replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group, std::uint32_t replica)
+      : def_(def), plan_(plan), state_(state), group_(plan.groups[group]), group_index_(group), replica_(replica),
+        tallies_(def.stages.size()) {}
+
+  void run() {
+    const auto& stages = def_.stages;
+    const std::size_t first_worker = group_.input == GroupInput::channel ? group_.first_stage : group_.first_stage + 1;
+    for (std::size_t i = first_worker; i < group_.end_stage; ++i) {
+      stage_ = i;
+      instances_.push_back(stages[i]->instantiate(plan_.ordered));
+    }
+    if (group_.input == GroupInput::channel) {
+      channel::InboxOptions o;
+      o.ordered = plan_.ordered;
+      o.first_seq = replica_;
+      o.seq_stride = group_.replicas;
+      inbox_.emplace(state_.input_of(group_index_), replica_, o);
+    }
+    if (group_.output != GroupOutput::none) {
+      channel::OutboxOptions o;
+      o.dispatch = group_.dispatch;
+      o.source = group_.input == GroupInput::generator && group_.end_stage == 1;
+      outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
+    }
+    first_worker_ = first_worker;
+
+    switch (group_.input) {
+      case GroupInput::generator: run_generator(); break;
+      case GroupInput::chunks: run_chunks(); break;
+      case GroupInput::channel: run_channel(); break;
+    }
+    finish();
+  }
+
+  // Fills the replica record for the exception being handled.
+  void record_failure() noexcept {
+    ReplicaRecord& r = state_.record(state_.first_replica(group_index_) + replica_);
+    try {
+      r.stage = static_cast<std::uint32_t>(stage_);
+      r.has_item = has_item_ ? 1 : 0;
+      r.item_seq = item_seq_;
+      put_text(r.exception_type, current_exception_type());
+      put_text(r.message, current_exception_message());
+    } catch (...) {
+      put_text(r.exception_type, "std::bad_alloc");
+      put_text(r.message, "out of memory while recording a failure");
+    }
+    // SYNC POINT (release): the fields above are complete before the supervisor sees `failed`.
+    r.status.store(static_cast<std::uint32_t>(ReplicaStatus::failed), std::memory_order_release);
+    flush_counters();
+  }
+
+  void record_completed() noexcept {
+    ReplicaRecord& r = state_.record(state_.first_replica(group_index_) + replica_);
+    r.status.store(static_cast<std::uint32_t>(ReplicaStatus::completed), std::memory_order_release);
+  }
+
+ private:
+  bool ends_in_terminal() const { return def_.stages[group_.end_stage - 1]->is_terminal(); }
+
+  void run_generator() {
+    stage_ = 0;
+    const auto t0 = Clock::now();
+    if (group_.end_stage == 1) {
+      def_.stages[0]->source()->produce(*outbox_);
+      tallies_[0].busy_ns = ns_since(t0) - outbox_->stats().blocked_ns;
+    }
+  }
+
+  void run_chunks() {
+    const detail::source_base& src = *def_.stages[0]->source();
+    const std::uint64_t total = src.size();
+    RunHeader& header = state_.header();
+    for (;;) {
+      // Relaxed: see RunHeader::next_chunk.
+      const std::uint64_t chunk = header.next_chunk.fetch_add(1, std::memory_order_relaxed);
+      if (chunk >= plan_.chunks) break;
+      const std::uint64_t first = chunk * plan_.chunk_items;
+      const std::uint64_t last = std::min(total, first + plan_.chunk_items);
+      stage_ = 0;
+      const auto t0 = Clock::now();
+      src.fill(first, last, instances_.front()->input_buffer());
+      Tally& t = tallies_[0];
+      t.items_out += last - first;
+      t.busy_ns += ns_since(t0);
+      process({chunk, first, true}, last - first, /*batch_end=*/true, /*batch_start=*/true, 0);
+    }
+  }
+
+  void run_channel() {
+    detail::batch_view batch;
+    bool in_batch = false;
+    for (;;) {
+      if (!inbox_->try_receive(batch)) {
+        // About to wait: hand on what this replica has produced so far (latency).
+        if (outbox_) outbox_->flush();
+        if (!inbox_->receive(batch)) break;
+      }
+      stage_ = first_worker_;
+      const auto t0 = Clock::now();
+      const std::size_t n = instances_.front()->decode(batch);
+      const std::uint64_t decode_ns = ns_since(t0);
+      const bool batch_start = !in_batch;
+      in_batch = !batch.batch_end;
+      process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
+      tallies_[first_worker_].bytes_in += batch.bytes.size();
+      inbox_->release();
+    }
+  }
+
+  // Runs one decoded batch through the fused stages and sends the result on.
+  void process(const detail::batch_meta& meta, std::size_t n, bool batch_end, bool batch_start, std::uint64_t extra_ns) {
+    const bool ordered = plan_.ordered;
+    if (outbox_ && (batch_start || !ordered)) outbox_->begin_batch(meta);
+    if (ordered && batch_start && ends_in_terminal()) instances_.back()->begin_batch();
+    bool lineage_dense = meta.dense;
+    for (std::size_t k = 0; k < instances_.size(); ++k) {
+      const std::size_t stage = first_worker_ + k;
+      stage_ = stage;
+      Tally& t = tallies_[stage];
+      t.items_in += n;
+      t.batches_in += 1;
+      const auto t0 = Clock::now();
+      detail::item_cursor cursor;
+      try {
+        n = instances_[k]->apply(cursor);
+      } catch (...) {
+        has_item_ = true;
+        item_seq_ = lineage_dense ? meta.first_item + cursor.index : t.items_in - (n - cursor.index);
+        throw;
+      }
+      if (k + 1 < instances_.size()) instances_[k]->hand_over(*instances_[k + 1]);
+      t.items_out += n;
+      t.busy_ns += ns_since(t0) + (k == 0 ? extra_ns : 0);
+      lineage_dense = lineage_dense && def_.stages[stage]->one_to_one();
+    }
+    if (outbox_) {
+      const auto t0 = Clock::now();
+      if (!ends_in_terminal()) {
+        stage_ = group_.encoder_stage;
+        void* out = instances_.empty() ? nullptr : instances_.back()->output_buffer();
+        def_.stages[group_.encoder_stage]->encode_input(out, *outbox_, group_.keyed);
+      }
+      if (ordered && batch_end) {
+        if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
+        outbox_->end_batch();
+      }
+      tallies_[group_.end_stage - 1].busy_ns += ns_since(t0);
+    }
+    flush_counters();
+  }
+
+  void finish() {
+    if (outbox_) {
+      if (group_.input == GroupInput::generator) stage_ = 0;
+      if (ends_in_terminal() && !plan_.ordered) {
+        stage_ = group_.end_stage - 1;
+        outbox_->begin_batch({replica_, 0, false});  // partials are merged in replica order
+        instances_.back()->finish(*outbox_);
+      }
+      outbox_->close();
+      if (group_.input == GroupInput::generator) tallies_[0].items_out = outbox_->stats().items;
+    }
+    flush_counters();
+  }
+
+  void flush_counters() noexcept {
+    // Relaxed: single writer, independent values (see run_state.hpp).
+    for (std::size_t i = group_.first_stage; i < group_.end_stage; ++i) {
+      StageCounters& c = state_.counters(i, replica_);
+      const Tally& t = tallies_[i];
+      c.items_in.store(t.items_in, std::memory_order_relaxed);
+      c.items_out.store(t.items_out, std::memory_order_relaxed);
+      c.batches_in.store(t.batches_in, std::memory_order_relaxed);
+      c.bytes_in.store(t.bytes_in, std::memory_order_relaxed);
+      c.busy_ns.store(t.busy_ns, std::memory_order_relaxed);
+    }
+    if (inbox_)
+      state_.counters(group_.first_stage, replica_).starved_ns.store(inbox_->stats().starved_ns, std::memory_order_relaxed);
+    if (outbox_)
+      state_.counters(group_.end_stage - 1, replica_).blocked_ns.store(outbox_->stats().blocked_ns, std::memory_order_relaxed);
+  }
+
+  const detail::pipeline_def& def_;
+  const Plan& plan_;
+  const RunState& state_;
+  const Group& group_;
+  std::size_t group_index_;
+  std::uint32_t replica_;
+  std::size_t first_worker_ = 0;
+  std::vector<std::unique_ptr<detail::stage_instance>> instances_;
+  std::optional<channel::Inbox> inbox_;
+  std::optional<channel::Outbox> outbox_;
+  std::vector<Tally> tallies_;
+  std::size_t stage_ = 0;  // stage running now (named in a failure)
+  bool has_item_ = false;
+  std::uint64_t item_seq_ = 0;
+};
+
+}  // namespace
+
+int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group,
+                std::uint32_t replica) noexcept {
+  std::optional<Replica> r;
+  try {
+    r.emplace(def, plan, state, group, replica);
+    r->run();
+    r->record_completed();
+    return exit_completed;
+  } catch (...) {
+    if (r) r->record_failure();
+    return exit_failed;
+  }
+}
+
+}  // namespace procflow::runtime

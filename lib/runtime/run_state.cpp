@@ -1,0 +1,63 @@
+#include "runtime/run_state.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <new>
+
+namespace procflow::runtime {
+
+namespace {
+
+// Builds the layout first (the segment's size must be known before it is mapped).
+shm::SegmentLayout& plan_layout(shm::SegmentLayout& layout, std::uint64_t& header, std::uint64_t& counters,
+                                std::uint64_t& records, std::size_t stages, std::uint32_t max_replicas,
+                                std::uint32_t total_replicas) {
+  header = layout.add(sizeof(RunHeader), alignof(RunHeader));
+  counters = layout.add(sizeof(StageCounters) * stages * max_replicas, alignof(StageCounters));
+  records = layout.add(sizeof(ReplicaRecord) * total_replicas, alignof(ReplicaRecord));
+  return layout;
+}
+
+}  // namespace
+
+RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
+    : stages_(def.stages.size()), total_replicas_(plan.total_replicas) {
+  for (const auto& g : plan.groups) max_replicas_ = std::max(max_replicas_, g.replicas);
+  plan_layout(layout_, header_offset_, counters_offset_, records_offset_, stages_, max_replicas_, total_replicas_);
+  std::uint32_t base = 0;
+  for (std::size_t k = 0; k < plan.groups.size(); ++k) {
+    replica_base_.push_back(base);
+    base += plan.groups[k].replicas;
+    if (k + 1 < plan.groups.size())
+      channels_.emplace_back(layout_, plan.groups[k].replicas, plan.groups[k + 1].replicas, plan.groups[k].out_geometry);
+  }
+  if (plan.has_results) results_ = channel::Channel(layout_, plan.groups.back().replicas, 1, plan.groups.back().out_geometry);
+
+  segment_ = shm::Segment(layout_);
+  segment_.validate();
+  auto* h = new (segment_.at<RunHeader>(header_offset_)) RunHeader{};
+  h->magic = run_magic;
+  h->stages = static_cast<std::uint32_t>(stages_);
+  h->replicas = total_replicas_;
+  h->next_chunk.store(0, std::memory_order_relaxed);
+  auto* c = segment_.at<StageCounters>(counters_offset_, stages_ * max_replicas_);
+  for (std::size_t i = 0; i < stages_ * max_replicas_; ++i) new (c + i) StageCounters{};
+  auto* r = segment_.at<ReplicaRecord>(records_offset_, total_replicas_);
+  for (std::uint32_t i = 0; i < total_replicas_; ++i) new (r + i) ReplicaRecord{};
+  for (auto& ch : channels_) ch.create(segment_);
+  if (plan.has_results) results_.create(segment_);
+}
+
+StageCounters& RunState::counters(std::size_t stage, std::uint32_t replica) const {
+  if (stage >= stages_ || replica >= max_replicas_)
+    throw shm_error(fmt::format("no counters for stage {} replica {}", stage, replica));
+  return segment_.at<StageCounters>(counters_offset_, stages_ * max_replicas_)[stage * max_replicas_ + replica];
+}
+
+ReplicaRecord& RunState::record(std::uint32_t global_replica) const {
+  if (global_replica >= total_replicas_) throw shm_error(fmt::format("no record for replica {}", global_replica));
+  return segment_.at<ReplicaRecord>(records_offset_, total_replicas_)[global_replica];
+}
+
+}  // namespace procflow::runtime

@@ -1,0 +1,92 @@
+// RunState: the shared memory of one pipeline run, laid out before fork.
+//
+//   Segment
+//   +------------+----------------------------+------------------------+------------------+
+//   | RunHeader  | StageCounters[stage][rep]  | ReplicaRecord[replica] | Channels (rings, |
+//   | chunk ctr  | one cache line each        | status + failure text  | events) ...      |
+//   +------------+----------------------------+------------------------+------------------+
+//
+// Counters have exactly one writer (their replica) and are read by the supervisor at any time,
+// so they are relaxed atomics: each value is independent and only needs to be untorn.
+#pragma once
+
+#include "channel/channel.hpp"
+#include "runtime/plan.hpp"
+#include "shm/segment.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+namespace procflow::runtime {
+
+inline constexpr std::uint64_t run_magic = 0x4e55525746434f52ULL;  // "ROCFWRUN"
+
+struct alignas(shm::cache_line) RunHeader {
+  std::uint64_t magic;
+  std::uint32_t stages;
+  std::uint32_t replicas;
+  // Next chunk of a splittable source to claim (fetch_add by the first group's replicas).
+  // Relaxed: the counter only hands out distinct numbers; the chunk's items are computed from
+  // the number, nothing is published through it.
+  alignas(shm::cache_line) std::atomic<std::uint64_t> next_chunk;
+};
+static_assert(std::is_standard_layout_v<RunHeader>);
+
+struct alignas(shm::cache_line) StageCounters {
+  std::atomic<std::uint64_t> items_in;
+  std::atomic<std::uint64_t> items_out;
+  std::atomic<std::uint64_t> batches_in;
+  std::atomic<std::uint64_t> bytes_in;
+  std::atomic<std::uint64_t> busy_ns;
+  std::atomic<std::uint64_t> starved_ns;
+  std::atomic<std::uint64_t> blocked_ns;
+};
+static_assert(std::is_standard_layout_v<StageCounters> && sizeof(StageCounters) == shm::cache_line);
+
+enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 2 };
+
+// Written by its replica only, read by the supervisor after the replica was reaped.
+struct ReplicaRecord {
+  // Release-stored last, after the fields below; acquire-loaded by the supervisor (SYNC POINT).
+  std::atomic<std::uint32_t> status;
+  std::uint32_t stage;        // pipeline stage index that failed
+  std::uint32_t has_item;
+  std::uint32_t reserved;
+  std::uint64_t item_seq;
+  char exception_type[160];   // NUL-terminated (the supervisor forces termination anyway)
+  char message[1024];
+};
+static_assert(std::is_standard_layout_v<ReplicaRecord>);
+
+// Process-local description of where everything is; built before fork, inherited by children.
+class RunState {
+ public:
+  RunState(const detail::pipeline_def& def, const Plan& plan);
+
+  const shm::Segment& segment() const noexcept { return segment_; }
+  RunHeader& header() const { return *segment_.at<RunHeader>(header_offset_); }
+  StageCounters& counters(std::size_t stage, std::uint32_t replica) const;
+  ReplicaRecord& record(std::uint32_t global_replica) const;
+  // Channel feeding group `g` (g >= 1), and the results channel to the supervisor.
+  const channel::Channel& input_of(std::size_t group) const { return channels_.at(group - 1); }
+  const channel::Channel& results() const { return results_; }
+  // First global replica number of group g.
+  std::uint32_t first_replica(std::size_t group) const { return replica_base_.at(group); }
+  std::uint32_t max_replicas() const noexcept { return max_replicas_; }
+
+ private:
+  shm::SegmentLayout layout_;
+  std::uint64_t header_offset_ = 0;
+  std::uint64_t counters_offset_ = 0;
+  std::uint64_t records_offset_ = 0;
+  std::size_t stages_ = 0;
+  std::uint32_t max_replicas_ = 0;
+  std::uint32_t total_replicas_ = 0;
+  std::vector<std::uint32_t> replica_base_;
+  std::vector<channel::Channel> channels_;
+  channel::Channel results_;
+  shm::Segment segment_;
+};
+
+}  // namespace procflow::runtime

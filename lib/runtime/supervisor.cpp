@@ -1,0 +1,174 @@
+// The supervisor: the process that called run(). It lays out the shared memory, forks every
+// replica, drains the results channel, watches the children through pidfds and turns the first
+// failure into a stage_error after stopping and reaping everybody.
+#include "channel/inbox.hpp"
+#include "process/child.hpp"
+#include "runtime/plan.hpp"
+#include "runtime/replica.hpp"
+#include "runtime/run_state.hpp"
+
+#include <procflow/pipeline.hpp>
+
+#include <fmt/format.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <string>
+
+namespace procflow::detail {
+
+namespace {
+
+using namespace procflow::runtime;
+using Clock = std::chrono::steady_clock;
+
+// Who runs in each child: group and replica within it.
+struct ReplicaId {
+  std::size_t group;
+  std::uint32_t replica;
+};
+
+class Supervisor {
+ public:
+  Supervisor(const pipeline_def& def, result_collector* collector)
+      : def_(def), collector_(collector), plan_(make_plan(def)), state_(def, plan_) {}
+
+  run_report run() {
+    const auto t0 = Clock::now();
+    for (std::size_t g = 0; g < plan_.groups.size(); ++g) {
+      for (std::uint32_t r = 0; r < plan_.groups[g].replicas; ++r) {
+        ids_.push_back({g, r});
+        children_.spawn([&, g, r] { return run_replica(def_, plan_, state_, g, r); });
+      }
+    }
+    if (plan_.has_results) drain_results();
+    while (children_.running() > 0)
+      if (auto exit = children_.wait_any(std::chrono::milliseconds(1000))) check(*exit);
+    if (collector_) collector_->finish();
+    return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+
+ private:
+  // Reads the results channel until end of stream, checking on the children at least every
+  // `tick` so that a dead replica is noticed while the channel is quiet.
+  void drain_results() {
+    channel::InboxOptions o;
+    o.ordered = plan_.ordered;
+    channel::Inbox results(state_.results(), 0, o);
+    constexpr auto tick = std::chrono::milliseconds(50);
+    auto next_check = Clock::now() + tick;
+    batch_view batch;
+    for (;;) {
+      if (results.receive_until(batch, next_check)) {
+        collector_->consume(batch);
+        results.release();
+      } else if (results.at_end()) {
+        return;
+      }
+      if (Clock::now() >= next_check) {
+        while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) check(*exit);
+        next_check = Clock::now() + tick;
+      }
+    }
+  }
+
+  // Throws stage_error (after stopping everybody) if `exit` is not a clean completion.
+  void check(const process::ExitInfo& exit) {
+    const ReplicaId id = ids_[exit.index];
+    const Group& g = plan_.groups[id.group];
+    const std::uint32_t global = state_.first_replica(id.group) + id.replica;
+    ReplicaRecord& record = state_.record(global);
+    // SYNC POINT (acquire): pairs with the replica's release store of its status.
+    const auto status = static_cast<ReplicaStatus>(record.status.load(std::memory_order_acquire));
+    if (WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == exit_completed && status == ReplicaStatus::completed) return;
+
+    stage_error::details d;
+    d.replica = id.replica;
+    d.pid = exit.pid;
+    d.stage = def_.stages[g.first_stage]->name();
+    if (status == ReplicaStatus::failed) {
+      record.exception_type[sizeof record.exception_type - 1] = '\0';  // never trust shared memory
+      record.message[sizeof record.message - 1] = '\0';
+      const std::size_t stage = record.stage < def_.stages.size() ? record.stage : g.first_stage;
+      d.stage = def_.stages[stage]->name();
+      d.kind = stage_error::cause::exception;
+      d.has_item = record.has_item != 0;
+      d.item_seq = record.item_seq;
+      d.exception_type = record.exception_type;
+      d.message = record.message;
+    } else if (WIFSIGNALED(exit.status)) {
+      d.kind = stage_error::cause::signal;
+      d.signal_number = WTERMSIG(exit.status);
+    } else if (WIFEXITED(exit.status)) {
+      d.kind = stage_error::cause::exit;
+      d.exit_code = WEXITSTATUS(exit.status);
+      if (d.exit_code == 0) d.message = "user code called exit()";
+    } else {
+      d.kind = stage_error::cause::lost;
+      d.message = "the process was reaped by someone else (a SIGCHLD handler?)";
+    }
+    if (g.end_stage - g.first_stage > 1) {
+      std::string fused;
+      for (std::size_t i = g.first_stage; i < g.end_stage; ++i) fused += (fused.empty() ? "" : ", ") + def_.stages[i]->name();
+      if (d.kind != stage_error::cause::exception) d.message += (d.message.empty() ? "" : "; ") + fmt::format("process runs stages {}", fused);
+    }
+    children_.kill_and_reap_all();
+    throw stage_error(std::move(d));
+  }
+
+  run_report make_report(double wall_s) const {
+    run_report report;
+    report.pipeline = def_.name;
+    report.wall_s = wall_s;
+    report.processes = plan_.total_replicas;
+    for (std::size_t i = 0; i < def_.stages.size(); ++i) {
+      const auto& s = *def_.stages[i];
+      stage_report r;
+      r.name = s.name();
+      r.kind = kind_name(s.kind());
+      r.process_group = plan_.stage_group[i];
+      if (r.process_group < plan_.groups.size()) {
+        r.replicas = plan_.groups[r.process_group].replicas;
+        for (std::uint32_t k = 0; k < r.replicas; ++k) {
+          const StageCounters& c = state_.counters(i, k);
+          r.items_in += c.items_in.load(std::memory_order_relaxed);
+          r.items_out += c.items_out.load(std::memory_order_relaxed);
+          r.batches_in += c.batches_in.load(std::memory_order_relaxed);
+          r.bytes_in += c.bytes_in.load(std::memory_order_relaxed);
+          r.busy_s += static_cast<double>(c.busy_ns.load(std::memory_order_relaxed)) / 1e9;
+          r.starved_s += static_cast<double>(c.starved_ns.load(std::memory_order_relaxed)) / 1e9;
+          r.blocked_s += static_cast<double>(c.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
+        }
+      } else {
+        r.replicas = 0;  // runs in the supervisor (collect)
+      }
+      if (i == 0 && r.items_in == 0) r.items_in = r.items_out;
+      report.stages.push_back(std::move(r));
+    }
+    if (def_.stages.back()->runs_in_supervisor() && report.stages.size() >= 2) {
+      auto& collect = report.stages.back();
+      collect.items_in = collect.items_out = report.stages[report.stages.size() - 2].items_out;
+    }
+    return report;
+  }
+
+  const pipeline_def& def_;
+  result_collector* collector_;
+  Plan plan_;
+  RunState state_;
+  process::ChildSet children_;  // destroyed first: children die before the shared memory goes
+  std::vector<ReplicaId> ids_;
+};
+
+}  // namespace
+
+run_report run_in_processes(const pipeline_def& def, result_collector* collector) {
+  Supervisor supervisor(def, collector);
+  return supervisor.run();
+}
+
+}  // namespace procflow::detail
