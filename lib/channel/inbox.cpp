@@ -56,6 +56,9 @@ bool Inbox::try_receive_ordered(detail::batch_view& out) {
     return false;
   }
   bool any_pending = false;
+  // Every ring not yet drained is closed and holds a later batch at its head: only heads are ever
+  // delivered, so the expected batch can no longer arrive (a gap), and waiting would hang.
+  bool all_stuck = true;
   for (std::size_t i = 0; i < sources_.size(); ++i) {
     if (sources_[i].drained) continue;
     if (const SlotHeader* slot = sources_[i].ring.try_peek()) {
@@ -66,10 +69,15 @@ bool Inbox::try_receive_ordered(detail::batch_view& out) {
       if (slot->seq < expected_seq_ || (slot->seq - expected_seq_) % options_.seq_stride != 0)
         throw shm_error(fmt::format("ordered channel: unexpected batch {} while waiting for {}", slot->seq, expected_seq_));
       any_pending = true;
+      // Read after the peek: once closed is seen, the slot peeked is final at the head.
+      if (!sources_[i].ring.closed()) all_stuck = false;
+    } else {
+      all_stuck = false;  // empty: more may come (or it is drained, checked below)
     }
   }
   end_ = update_end();
-  if (end_ && any_pending) throw shm_error(fmt::format("ordered channel: batch {} never arrived", expected_seq_));
+  if (any_pending && (end_ || all_stuck))
+    throw shm_error(fmt::format("ordered channel: batch {} never arrived", expected_seq_));
   return false;
 }
 

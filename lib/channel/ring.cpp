@@ -132,6 +132,12 @@ bool RingReader::drained() const noexcept {
   return ring_->tail.load(std::memory_order_acquire) == head_;
 }
 
+bool RingReader::closed() const noexcept {
+  // SYNC POINT (end of stream, acquire): pairs with the release store in RingWriter::close();
+  // after it, the tail (and so every slot this ring will ever hold) is final.
+  return ring_->closed.load(std::memory_order_acquire) != 0;
+}
+
 std::uint64_t RingReader::size_approx() const noexcept {
   // Relaxed: an observer.
   return ring_->tail.load(std::memory_order_relaxed) - head_;

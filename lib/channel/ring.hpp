@@ -147,6 +147,8 @@ class RingReader {
   void release() noexcept;
   // True once the producer closed the ring and every slot was released: end of stream.
   bool drained() const noexcept;
+  // True once the producer closed the ring (slots may still be waiting to be read).
+  bool closed() const noexcept;
 
   const std::byte* payload(const SlotHeader* slot) const noexcept {
     return reinterpret_cast<const std::byte*>(slot) + slot_header_bytes;

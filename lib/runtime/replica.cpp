@@ -132,7 +132,9 @@ class Replica {
   }
 
   void run_chunks() {
-    const detail::source_base& src = *def_.stages[0]->source();
+    const detail::source_base* source = def_.stages[0]->source();
+    if (!source) throw std::logic_error("procflow: chunked group without a source");
+    const detail::source_base& src = *source;
     const std::uint64_t total = src.size();
     RunHeader& header = state_.header();
     for (;;) {
@@ -141,7 +143,7 @@ class Replica {
       if (chunk >= plan_.chunks) break;
       const std::uint64_t first = chunk * plan_.chunk_items;
       const std::uint64_t last = std::min(total, first + plan_.chunk_items);
-      stage_ = 0;
+      set_stage(0);
       const auto t0 = Clock::now();
       src.fill(first, last, instances_.front()->input_buffer());
       Tally& t = tallies_[0];
@@ -160,7 +162,7 @@ class Replica {
         if (outbox_) outbox_->flush();
         if (!inbox_->receive(batch)) break;
       }
-      stage_ = first_worker_;
+      set_stage(first_worker_);
       const auto t0 = Clock::now();
       const std::size_t n = instances_.front()->decode(batch);
       const std::uint64_t decode_ns = ns_since(t0);
@@ -180,7 +182,7 @@ class Replica {
     bool lineage_dense = meta.dense;
     for (std::size_t k = 0; k < instances_.size(); ++k) {
       const std::size_t stage = first_worker_ + k;
-      stage_ = stage;
+      set_stage(stage);
       Tally& t = tallies_[stage];
       t.items_in += n;
       t.batches_in += 1;
@@ -201,7 +203,7 @@ class Replica {
     if (outbox_) {
       const auto t0 = Clock::now();
       if (!ends_in_terminal()) {
-        stage_ = group_.encoder_stage;
+        set_stage(group_.end_stage - 1);
         void* out = instances_.empty() ? nullptr : instances_.back()->output_buffer();
         def_.stages[group_.encoder_stage]->encode_input(out, *outbox_, group_.keyed);
       }
@@ -227,6 +229,14 @@ class Replica {
     }
     flush_counters();
   }
+
+  void set_stage(std::size_t stage) noexcept {
+    stage_ = stage;
+    // Relaxed: see ReplicaRecord::current_stage.
+    record().current_stage.store(static_cast<std::uint32_t>(stage), std::memory_order_relaxed);
+  }
+
+  ReplicaRecord& record() const { return state_.record(state_.first_replica(group_index_) + replica_); }
 
   void flush_counters() noexcept {
     // Relaxed: single writer, independent values (see run_state.hpp).

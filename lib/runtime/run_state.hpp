@@ -50,9 +50,11 @@ enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 
 struct ReplicaRecord {
   // Release-stored last, after the fields below; acquire-loaded by the supervisor (SYNC POINT).
   std::atomic<std::uint32_t> status;
+  // Stage the replica is running now, so a replica killed by a signal is reported with the
+  // stage it died in. Relaxed: read after the process is reaped (wait4 orders it).
+  std::atomic<std::uint32_t> current_stage;
   std::uint32_t stage;        // pipeline stage index that failed
   std::uint32_t has_item;
-  std::uint32_t reserved;
   std::uint64_t item_seq;
   char exception_type[160];   // NUL-terminated (the supervisor forces termination anyway)
   char message[1024];

@@ -639,3 +639,15 @@ double futex_pingpong(uint64_t round_trips) {
 }
 
 }  // namespace bench::peers
+
+namespace bench::peers {
+
+TransferResult timed_transfer(uint64_t items, const std::function<int(const TransferHooks&)>& producer,
+                              const std::function<int(const TransferHooks&)>& consumer) {
+  Shared<StartLine> start;
+  StartLine& line = *start;
+  const TransferHooks hooks{[&line] { wait_for_go(line); }, [&line] { mark_end(line); }};
+  return to_result(items, run_pair(line, [&] { return producer(hooks); }, [&] { return consumer(hooks); }));
+}
+
+}  // namespace bench::peers

@@ -62,3 +62,19 @@ double semaphore_pingpong(uint64_t round_trips);
 double futex_pingpong(uint64_t round_trips);
 
 }  // namespace bench::peers
+
+#include <functional>
+
+namespace bench::peers {
+
+// The same timing harness for any transport under test (procflow's channel uses it): forks
+// `producer` and `consumer`, each receiving the hooks; both call go() once set up, and the
+// consumer calls done() after verifying the last item. Returns items / (go -> done).
+struct TransferHooks {
+  std::function<void()> go;
+  std::function<void()> done;
+};
+TransferResult timed_transfer(uint64_t items, const std::function<int(const TransferHooks&)>& producer,
+                              const std::function<int(const TransferHooks&)>& consumer);
+
+}  // namespace bench::peers
