@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace procflow::runtime {
@@ -118,9 +119,14 @@ Plan make_plan(const detail::pipeline_def& def) {
     for (std::size_t i = plan.groups[k].first_stage; i < plan.groups[k].end_stage; ++i) plan.stage_group[i] = k;
 
   if (chunked) {
-    // One chunk is about one batch of the first group's input.
+    // A chunk is at most one batch worth of 8-byte items, and small enough that every replica
+    // claims many (dynamic load balance: a slow item or a busy core holds up one chunk, not a
+    // static share).
     const auto geometry = geometry_for(def, stages[0]->options());
-    plan.chunk_items = std::max<std::uint64_t>(1, geometry.payload_bytes / 8);
+    // Up to 8192 items (measured: 4096-8192 beat both 512 and 16384 on the trivial pipeline).
+    const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
+    const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().replicas} * 64);
+    plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
     plan.chunks = (src->size() + plan.chunk_items - 1) / plan.chunk_items;
   }
   return plan;

@@ -119,11 +119,19 @@ class map_stage final : public input_stage<In> {
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
       auto& out = this->out_;
-      out.clear();
-      out.reserve(in.size());
+      const std::size_t n = in.size();
       std::size_t i = 0;
       try {
-        for (; i < in.size(); ++i) out.push_back(call_with_item(fn_, in[i]));
+        if constexpr (std::is_trivially_copyable_v<Out> && std::is_default_constructible_v<Out>) {
+          // Plain stores into a sized buffer: no capacity check per item, so simple maps vectorize.
+          out.resize(n);
+          Out* dst = out.data();
+          for (; i < n; ++i) dst[i] = call_with_item(fn_, in[i]);
+        } else {
+          out.clear();
+          out.reserve(n);
+          for (; i < n; ++i) out.push_back(call_with_item(fn_, in[i]));
+        }
       } catch (...) {
         cursor.index = i;
         throw;
@@ -152,11 +160,24 @@ class filter_stage final : public input_stage<T> {
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
       auto& out = this->out_;
-      out.clear();
+      const std::size_t n = in.size();
       std::size_t i = 0;
       try {
-        for (; i < in.size(); ++i)
-          if (std::invoke(pred_, std::as_const(in[i]))) out.push_back(std::move(in[i]));
+        if constexpr (std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>) {
+          // Branch-free compaction: copy every item, advance only past the kept ones.
+          out.resize(n);
+          T* dst = out.data();
+          std::size_t kept = 0;
+          for (; i < n; ++i) {
+            dst[kept] = in[i];
+            kept += std::invoke(pred_, std::as_const(in[i])) ? 1 : 0;
+          }
+          out.resize(kept);
+        } else {
+          out.clear();
+          for (; i < n; ++i)
+            if (std::invoke(pred_, std::as_const(in[i]))) out.push_back(std::move(in[i]));
+        }
       } catch (...) {
         cursor.index = i;
         throw;

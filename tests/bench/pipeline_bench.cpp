@@ -1,0 +1,130 @@
+// pipeline_bench: source -> map(x*x) -> filter(x%3==0) -> reduce(sum) over int64 items, procflow
+// in processes against a plain sequential loop and tbb::parallel_pipeline (batched tokens and one
+// item per token) in the same run (SPEC §5, "pipeline overhead"). Also: peak RSS for 10x the
+// input (bounded memory).
+//
+//   pipeline_bench [--json] [--quick] [--repeats=N] [--only=...]
+#include "bench_support.hpp"
+#include "pipeline_peers.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <thread>
+
+namespace pf = procflow;
+
+namespace {
+
+std::uint64_t square(std::int64_t x) { return static_cast<std::uint64_t>(x) * static_cast<std::uint64_t>(x); }
+
+struct Run {
+  std::uint64_t sum;
+  double seconds;
+};
+
+// The benchmark pipeline. `splittable`: an iota source claimed in chunks by the replicas (no ring
+// before the first stage); otherwise a generator source in its own process feeding them.
+Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto start = pf::pipeline("trivial", pf::fusion(fusion));
+  auto run = [&](auto flow) {
+    return flow.map("square", square, pf::replicas(replicas))
+        .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
+        .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{})
+        .run();
+  };
+  std::uint64_t sum = 0;
+  if (splittable) {
+    sum = run(start.source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n)))).value;
+  } else {
+    sum = run(start.source("numbers", [i = std::int64_t{0}, end = static_cast<std::int64_t>(n)]() mutable -> std::optional<std::int64_t> {
+            if (i == end) return std::nullopt;
+            return i++;
+          })).value;
+  }
+  return {sum, bench::seconds_since(t0)};
+}
+
+// Runs the generator-fed pipeline over `n` items in a fresh child and returns the peak RSS (KiB)
+// of the child (supervisor) and of its largest replica.
+std::pair<long, long> peak_rss_kib(std::uint64_t n) {
+  int fds[2];
+  if (::pipe(fds) != 0) std::exit(1);
+  const pid_t pid = bench::fork_child([&] {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::close(fds[0]);
+    procflow_trivial(n, 2, /*splittable=*/false, true);
+    rusage self{}, kids{};
+    getrusage(RUSAGE_SELF, &self);
+    getrusage(RUSAGE_CHILDREN, &kids);
+    long v[2] = {self.ru_maxrss, kids.ru_maxrss};
+    if (::write(fds[1], v, sizeof v) != static_cast<ssize_t>(sizeof v)) return 1;
+    return 0;
+  });
+  ::close(fds[1]);
+  long v[2] = {0, 0};
+  if (::read(fds[0], v, sizeof v) != static_cast<ssize_t>(sizeof v)) std::exit(1);
+  ::close(fds[0]);
+  bench::wait_child(pid);
+  return {v[0], v[1]};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const auto o = bench::parse_options(argc, argv);
+  const auto n = static_cast<std::uint64_t>(100e6 * o.scale);
+  const std::uint64_t expected = bench::peers::trivial_expected(n);
+  const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<bench::Row> rows;
+  double sequential_rate = 0;
+
+  auto measure = [&](const std::string& variant, std::uint64_t items, const std::function<Run()>& once, const std::string& note) {
+    if (!o.wants(variant)) return;
+    std::vector<double> rates;
+    for (int i = 0; i < o.repeats; ++i) {
+      const Run r = once();
+      if (r.sum != (items == n ? expected : bench::peers::trivial_expected(items))) {
+        fmt::print(stderr, "{}: wrong sum {}\n", variant, r.sum);
+        std::exit(1);
+      }
+      rates.push_back(static_cast<double>(items) / r.seconds);
+    }
+    const double rate = bench::median(rates);
+    if (variant == "sequential") sequential_rate = rate;
+    bench::Row row{"pipeline", variant, rate, {}, note};
+    if (sequential_rate > 0) row.extra = {{"speedup", rate / sequential_rate}};
+    rows.push_back(row);
+  };
+  auto wrap = [](bench::peers::TrivialResult r) { return Run{r.sum, r.seconds}; };
+
+  measure("sequential", n, [&] { return wrap(bench::peers::sequential_trivial(n)); }, "plain loop");
+  measure("tbb_batched", n, [&] { return wrap(bench::peers::tbb_trivial(n, 1024, cores)); }, "parallel_pipeline, 1024 items/token");
+  const std::uint64_t n_small = std::max<std::uint64_t>(1, n / 100);
+  measure("tbb_per_item", n_small, [&] { return wrap(bench::peers::tbb_trivial(n_small, 1, cores)); }, "one item per token (n/100)");
+  const auto r = static_cast<std::uint32_t>(cores);
+  measure("procflow", n, [&] { return procflow_trivial(n, r, true, true); }, fmt::format("iota claimed in chunks, {} fused replicas", r));
+  measure("procflow_1_replica", n, [&] { return procflow_trivial(n, 1, true, true); }, "iota chunks, 1 fused replica");
+  measure("procflow_generator", n, [&] { return procflow_trivial(n, r, false, true); }, "generator process -> rings -> fused replicas");
+  measure("procflow_unfused", n_small * 10, [&] { return procflow_trivial(n_small * 10, r, false, false); },
+          "every stage in its own processes (n/10)");
+  bench::report(o, rows, "tbb_batched");
+
+  if (o.wants("rss")) {
+    std::vector<bench::Row> rss;
+    const auto [sup1, rep1] = peak_rss_kib(n);
+    const auto [sup10, rep10] = peak_rss_kib(n * 10);
+    rss.push_back({"memory", "procflow_rss_1x", static_cast<double>(n), {{"supervisor_kib", double(sup1)}, {"replica_kib", double(rep1)}}, "generator pipeline"});
+    rss.push_back({"memory", "procflow_rss_10x", static_cast<double>(n * 10),
+                   {{"supervisor_kib", double(sup10)}, {"replica_kib", double(rep10)}, {"growth", double(std::max(sup10, rep10)) / double(std::max(sup1, rep1))}},
+                   "10x the items"});
+    if (!o.json) fmt::print("\n");
+    bench::report(o, rss);
+  }
+  return 0;
+}
