@@ -95,7 +95,9 @@ class source_stage final : public stage_base, public source_base {
         encode_items(chunk, out);
       }
     } else {
-      auto next = src_.next;  // a private copy: the generator's state lives in this process
+      // Runs in the source's own process (a forked copy of this object), so advancing the
+      // generator in place touches no other process's state.
+      auto& next = src_.next;
       while (auto item = next()) encode_item(*item, out);
     }
   }
@@ -124,7 +126,7 @@ class source_stage final : public stage_base, public source_base {
  private:
   static constexpr bool is_iota = requires(const Src& s) { s.first; s.last; };
   static constexpr bool splittable_v = is_iota || requires(const Src& s) { s.items; };
-  Src src_;
+  mutable Src src_;  // mutable: a generator advances (only ever in the source's own process)
 };
 
 }  // namespace detail

@@ -170,7 +170,7 @@ class filter_stage final : public input_stage<T> {
           std::size_t kept = 0;
           for (; i < n; ++i) {
             dst[kept] = in[i];
-            kept += std::invoke(pred_, std::as_const(in[i])) ? 1 : 0;
+            kept += std::invoke(pred_, std::as_const(in[i])) ? std::size_t{1} : std::size_t{0};
           }
           out.resize(kept);
         } else {
