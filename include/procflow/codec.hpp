@@ -120,9 +120,13 @@ concept encodable = requires(const T& value, std::byte* out, decoder& in) {
 template <class T>
 inline constexpr bool is_raw_codec_v = false;
 
-// Trivially copyable types travel as their object representation.
+// Trivially copyable types travel as their object representation. Pointers do not: an address
+// means nothing in another process (send what it points to instead).
 template <class T>
-  requires std::is_trivially_copyable_v<T> && (!std::is_same_v<T, bool>)
+concept raw_encodable = std::is_trivially_copyable_v<T> && !std::is_same_v<T, bool> && !std::is_pointer_v<T> &&
+                        !std::is_member_pointer_v<T>;
+
+template <raw_encodable T>
 struct codec<T> {
   static constexpr std::size_t encoded_size(const T&) noexcept { return sizeof(T); }
   static std::byte* encode(const T& value, std::byte* out) noexcept {
@@ -136,8 +140,7 @@ struct codec<T> {
   }
 };
 
-template <class T>
-  requires std::is_trivially_copyable_v<T> && (!std::is_same_v<T, bool>)
+template <raw_encodable T>
 inline constexpr bool is_raw_codec_v<T> = true;
 
 // bool is checked on decode: any byte other than 0 or 1 is corrupt (and would be UB as a bool).
@@ -299,7 +302,7 @@ struct codec<std::unordered_map<K, V, Hash, Eq, Alloc>>
 template <encodable T>
 std::vector<std::byte> encode_to_bytes(const T& value) {
   std::vector<std::byte> bytes(codec<T>::encoded_size(value));
-  codec<T>::encode(value, bytes.data());
+  if (std::byte* out = bytes.data()) codec<T>::encode(value, out);
   return bytes;
 }
 

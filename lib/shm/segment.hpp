@@ -78,7 +78,8 @@ class Segment {
   template <class T>
   [[gnu::returns_nonnull]] T* at(std::uint64_t offset, std::size_t count = 1) const {
     // A count whose byte size would overflow size_t saturates (and so fails the range check).
-    const std::size_t bytes = count > std::numeric_limits<std::size_t>::max() / sizeof(T) ? std::numeric_limits<std::size_t>::max() : sizeof(T) * count;
+    constexpr std::size_t saturated = std::numeric_limits<std::size_t>::max();
+    const std::size_t bytes = count > saturated / sizeof(T) ? saturated : sizeof(T) * count;
     check_range(offset, bytes, alignof(T));
     return reinterpret_cast<T*>(base_ + offset);
   }

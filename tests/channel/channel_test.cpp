@@ -43,10 +43,14 @@ constexpr auto any_lane = output_port::any_lane;
 
 const char* dispatch_name(Dispatch d) {
   switch (d) {
-    case Dispatch::round_robin: return "round_robin";
-    case Dispatch::least_loaded: return "least_loaded";
-    case Dispatch::by_sequence: return "by_sequence";
-    case Dispatch::by_key: return "by_key";
+    case Dispatch::round_robin:
+      return "round_robin";
+    case Dispatch::least_loaded:
+      return "least_loaded";
+    case Dispatch::by_sequence:
+      return "by_sequence";
+    case Dispatch::by_key:
+      return "by_key";
   }
   return "?";
 }
@@ -96,25 +100,29 @@ struct Plan {
     return n;
   }
   std::string describe() const {
-    return fmt::format("{}x{} {} slots={} payload={} initial_index={:#x} items={}", producers, consumers, dispatch_name(dispatch),
-                       geometry.slot_count, geometry.payload_bytes, initial_index, total_items());
+    return fmt::format("{}x{} {} slots={} payload={} initial_index={:#x} items={}", producers, consumers,
+                       dispatch_name(dispatch), geometry.slot_count, geometry.payload_bytes, initial_index,
+                       total_items());
   }
 };
 
-Plan make_plan(std::uint64_t seed, std::uint32_t producers, std::uint32_t consumers, Dispatch dispatch) {
+// `run` cycles the slot count through 1, 2, 4, ..., 64 so every seed covers each of them.
+Plan make_plan(std::uint64_t seed, std::uint64_t run, std::uint32_t producers, std::uint32_t consumers,
+               Dispatch dispatch) {
   std::mt19937_64 rng(mix(seed ^ mix(producers * 131 + consumers * 17 + static_cast<std::uint64_t>(dispatch))));
   Plan plan;
   plan.producers = producers;
   plan.consumers = consumers;
   plan.dispatch = dispatch;
-  plan.geometry.slot_count = 1u << (rng() % 7);                                   // 1 .. 64
-  plan.geometry.payload_bytes = static_cast<std::uint32_t>(64 << (rng() % 11));    // 64 B .. 64 KiB
-  plan.geometry.payload_bytes += static_cast<std::uint32_t>(rng() % 64);           // not always a power of two
+  plan.geometry.slot_count = 1u << ((seed + run) % 7);                           // 1 .. 64
+  plan.geometry.payload_bytes = static_cast<std::uint32_t>(64 << (rng() % 11));  // 64 B .. 64 KiB
+  plan.geometry.payload_bytes += static_cast<std::uint32_t>(rng() % 64);         // not always a power of two
   if (plan.geometry.payload_bytes > 64 * 1024) plan.geometry.payload_bytes = 64 * 1024;
   plan.initial_index = rng() % 2 ? std::numeric_limits<std::uint64_t>::max() - rng() % 200 : rng() % 1000;
 
   const std::size_t payload = plan.geometry.payload_bytes;
-  const std::size_t small_max = std::max<std::size_t>(pt::item_header_bytes + 1, std::min<std::size_t>(400, payload / 3));
+  const std::size_t small_max =
+      std::max<std::size_t>(pt::item_header_bytes + 1, std::min<std::size_t>(400, payload / 3));
   const auto random_length = [&]() -> std::size_t {
     const auto r = rng() % 100;
     if (r < 3) return std::min<std::size_t>(payload + rng() % (2 * payload), 200 * 1024);  // split over slots
@@ -123,7 +131,7 @@ Plan make_plan(std::uint64_t seed, std::uint32_t producers, std::uint32_t consum
   };
   plan.lengths.resize(producers);
   if (plan.ordered()) {
-    const std::uint64_t batch_count = 300 + rng() % 300;
+    const std::uint64_t batch_count = 1000 + rng() % 1000;
     std::vector<std::uint64_t> next(producers, 0);
     for (std::uint64_t s = 0; s < batch_count; ++s) {
       const auto p = static_cast<std::uint32_t>(s % producers);
@@ -134,7 +142,7 @@ Plan make_plan(std::uint64_t seed, std::uint32_t producers, std::uint32_t consum
     }
   } else {
     for (auto& l : plan.lengths) {
-      const std::uint64_t n = 1000 + rng() % 1500;
+      const std::uint64_t n = 3000 + rng() % 5000;
       for (std::uint64_t i = 0; i < n; ++i) l.push_back(random_length());
     }
   }
@@ -150,7 +158,8 @@ int run_producer(const Plan& plan, const Channel& ch, std::uint32_t p) {
     for (std::uint64_t s = p; s < plan.batches.size(); s += plan.producers) {
       const auto& batch = plan.batches[s];
       out.begin_batch({s, 0, false});
-      for (std::uint64_t i = batch.first; i < batch.first + batch.count; ++i) pt::send_item(out, any_lane, pt::make_item(p, i, lengths[i]));
+      for (std::uint64_t i = batch.first; i < batch.first + batch.count; ++i)
+        pt::send_item(out, any_lane, pt::make_item(p, i, lengths[i]));
       out.end_batch();
     }
   } else {
@@ -160,7 +169,8 @@ int run_producer(const Plan& plan, const Channel& ch, std::uint32_t p) {
     }
   }
   out.close();
-  if (out.stats().items != lengths.size()) return fail("producer {} published {} of {} items", p, out.stats().items, lengths.size());
+  if (out.stats().items != lengths.size())
+    return fail("producer {} published {} of {} items", p, out.stats().items, lengths.size());
   return 0;
 }
 
@@ -210,7 +220,8 @@ int run_consumer(const Plan& plan, const Channel& ch, std::uint32_t q, std::atom
       if (id.producer >= plan.producers || id.index >= plan.lengths[id.producer].size())
         return fail("consumer {}: item {}/{} was never sent", q, id.producer, id.index);
       if (id.length != plan.lengths[id.producer][id.index])
-        return fail("consumer {}: item {}/{} has {} bytes, sent {}", q, id.producer, id.index, id.length, plan.lengths[id.producer][id.index]);
+        return fail("consumer {}: item {}/{} has {} bytes, sent {}", q, id.producer, id.index, id.length,
+                    plan.lengths[id.producer][id.index]);
       if (plan.ordered()) {
         const auto& batch = plan.batches[seq];
         if (id.producer != batch.producer || id.index != batch.first + in_batch)
@@ -218,12 +229,14 @@ int run_consumer(const Plan& plan, const Channel& ch, std::uint32_t q, std::atom
         ++in_batch;
       } else {
         if (id.index < next_min[id.producer])
-          return fail("consumer {}: item {}/{} after {}/{}", q, id.producer, id.index, id.producer, next_min[id.producer] - 1);
+          return fail("consumer {}: item {}/{} after {}/{}", q, id.producer, id.index, id.producer,
+                      next_min[id.producer] - 1);
         if (plan.producers == 1 && plan.consumers == 1 && id.index != next_min[0])
           return fail("1x1: item {} arrived while expecting {}", id.index, next_min[0]);
         next_min[id.producer] = id.index + 1;
         if (plan.dispatch == Dispatch::by_key && plan.key_lane(id.producer, id.index) != q)
-          return fail("consumer {}: item {}/{} belongs to lane {}", q, id.producer, id.index, plan.key_lane(id.producer, id.index));
+          return fail("consumer {}: item {}/{} belongs to lane {}", q, id.producer, id.index,
+                      plan.key_lane(id.producer, id.index));
       }
       seen[seen_base[id.producer] + id.index].fetch_add(1, std::memory_order_relaxed);
       ++received;
@@ -238,7 +251,8 @@ int run_consumer(const Plan& plan, const Channel& ch, std::uint32_t q, std::atom
     }
   }
   if (plan.ordered() && seq < plan.batches.size()) return fail("consumer {}: stream ended before batch {}", q, seq);
-  if (in.stats().items != received) return fail("consumer {}: stats say {} items, counted {}", q, in.stats().items, received);
+  if (in.stats().items != received)
+    return fail("consumer {}: stats say {} items, counted {}", q, in.stats().items, received);
   return check_end_is_sticky(in);
 }
 
@@ -263,7 +277,8 @@ void run_plan(const Plan& plan) {
 
     std::vector<std::unique_ptr<pt::ChildProcess>> children;
     for (std::uint32_t q = 0; q < plan.consumers; ++q)
-      children.push_back(std::make_unique<pt::ChildProcess>([&, q] { return run_consumer(plan, ch, q, seen, seen_base); }));
+      children.push_back(
+          std::make_unique<pt::ChildProcess>([&, q] { return run_consumer(plan, ch, q, seen, seen_base); }));
     for (std::uint32_t p = 0; p < plan.producers; ++p)
       children.push_back(std::make_unique<pt::ChildProcess>([&, p] { return run_producer(plan, ch, p); }));
     const auto failures = pt::wait_all(children, 20s);
@@ -290,7 +305,8 @@ struct Topology {
   std::uint32_t consumers;
 };
 constexpr Topology topologies[] = {{1, 1}, {2, 1}, {1, 3}, {2, 2}};
-constexpr Dispatch policies[] = {Dispatch::round_robin, Dispatch::least_loaded, Dispatch::by_sequence, Dispatch::by_key};
+constexpr Dispatch policies[] = {Dispatch::round_robin, Dispatch::least_loaded, Dispatch::by_sequence,
+                                 Dispatch::by_key};
 
 }  // namespace
 
@@ -298,8 +314,9 @@ TEST_CASE("channel: every item arrives exactly once for every topology, dispatch
   for (const auto seed : seeds()) {
     MESSAGE("seed " << seed << " (set PROCFLOW_SEED to add one)");
     CAPTURE(seed);
+    std::uint64_t run = 0;
     for (const auto& t : topologies)
-      for (const auto d : policies) run_plan(make_plan(seed, t.producers, t.consumers, d));
+      for (const auto d : policies) run_plan(make_plan(seed, run++, t.producers, t.consumers, d));
   }
 }
 

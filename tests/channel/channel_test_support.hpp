@@ -46,7 +46,8 @@ struct item_id {
 
 // Checks an item's filler against its header; throws std::runtime_error naming the damage.
 inline item_id check_item(const std::string& s) {
-  if (s.size() < item_header_bytes) throw std::runtime_error("item of " + std::to_string(s.size()) + " bytes is too short");
+  if (s.size() < item_header_bytes)
+    throw std::runtime_error("item of " + std::to_string(s.size()) + " bytes is too short");
   item_id id{};
   std::memcpy(&id.index, s.data(), 8);
   std::memcpy(&id.producer, s.data() + 8, 4);
@@ -101,17 +102,20 @@ inline std::vector<std::string> wait_all(std::vector<std::unique_ptr<ChildProces
       if (done[i]) continue;
       siginfo_t info{};
       // WNOWAIT: look without reaping; ChildProcess::wait_for reaps (and records CPU time).
-      const bool exited = ::waitid(P_PID, static_cast<id_t>(children[i]->pid()), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-                          info.si_pid == children[i]->pid();
+      const bool exited =
+          ::waitid(P_PID, static_cast<id_t>(children[i]->pid()), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+          info.si_pid == children[i]->pid();
       if (!exited && !abort) continue;
       const auto status = children[i]->wait_for(exited ? milliseconds(5000) : milliseconds(0));
       done[i] = true;
       --remaining;
       if (!status) {
-        failures.push_back("child " + std::to_string(i) + (abort ? " killed after another failed or timed out" : " hung"));
+        failures.push_back("child " + std::to_string(i) +
+                           (abort ? " killed after another failed or timed out" : " hung"));
       } else if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
-        failures.push_back("child " + std::to_string(i) + (WIFSIGNALED(*status) ? " died by signal " + std::to_string(WTERMSIG(*status))
-                                                                                  : " exited with " + std::to_string(WEXITSTATUS(*status))));
+        failures.push_back("child " + std::to_string(i) +
+                           (WIFSIGNALED(*status) ? " died by signal " + std::to_string(WTERMSIG(*status))
+                                                 : " exited with " + std::to_string(WEXITSTATUS(*status))));
         abort = true;
       }
     }

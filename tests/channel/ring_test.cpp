@@ -1,9 +1,9 @@
 // Checks lib/channel/ring.hpp in one process: FIFO order, full/empty detection at capacities 1, 2
 // and 8, indices that wrap at 2^64, end of stream, and that corrupt shared state (impossible
 // indices, oversized slots, bad geometry or magic) is refused rather than followed.
+#include "channel/ring.hpp"
 #include "channel/channel.hpp"
 #include "channel/inbox.hpp"
-#include "channel/ring.hpp"
 #include "shm/segment.hpp"
 
 #include <doctest/doctest.h>
@@ -99,7 +99,7 @@ TEST_CASE("ring: FIFO with full and empty detection at capacities 1, 2 and 8") {
         REQUIRE(try_push(w, next_in++));
       }
       CHECK(f.ring->tail.load() - f.ring->head.load() == capacity);
-      CHECK(f.ring->tail.load() == initial + next_in);  // wraps modulo 2^64
+      CHECK(f.ring->tail.load() == initial + next_in);              // wraps modulo 2^64
       if (initial == near_wrap) CHECK(f.ring->tail.load() < 1000);  // it really crossed 2^64
     }
   }

@@ -108,7 +108,8 @@ TEST_CASE("ring threads: RingWriter and RingReader keep FIFO under concurrency")
         std::uint64_t i = 0;
         std::memcpy(&i, r.payload(slot), 8);
         if (i != expected || slot->seq != expected || slot->bytes != bytes || slot->items != 1)
-          throw std::runtime_error("slot " + std::to_string(expected) + " out of order or malformed (got " + std::to_string(i) + ")");
+          throw std::runtime_error("slot " + std::to_string(expected) + " out of order or malformed (got " +
+                                   std::to_string(i) + ")");
         for (std::uint32_t k = 8; k < bytes; ++k)
           if (r.payload(slot)[k] != static_cast<std::byte>(i + k)) throw std::runtime_error("slot payload corrupt");
         r.release();
@@ -138,7 +139,8 @@ TEST_CASE("ring threads: Outbox to Inbox, random item sizes including split item
       options.spin = 16;  // sleep often: exercises the futex path
       Outbox out(ch, 0, options);
       std::mt19937_64 rng(99);
-      for (std::uint64_t i = 0; i < count; ++i) pt::send_item(out, output_port::any_lane, pt::make_item(0, i, length_of(rng)));
+      for (std::uint64_t i = 0; i < count; ++i)
+        pt::send_item(out, output_port::any_lane, pt::make_item(0, i, length_of(rng)));
       out.close();
       out.close();  // idempotent
     });
@@ -181,7 +183,8 @@ TEST_CASE("ring threads: 2 producers x 2 consumers, least-loaded, nothing lost o
       Outbox out(ch, p);
       std::mt19937_64 rng(p);
       for (std::uint64_t i = 0; i < count; ++i)
-        pt::send_item(out, output_port::any_lane, pt::make_item(p, i, rng() % 40 == 0 ? 600 + rng() % 800 : 12 + rng() % 100));
+        pt::send_item(out, output_port::any_lane,
+                      pt::make_item(p, i, rng() % 40 == 0 ? 600 + rng() % 800 : 12 + rng() % 100));
       out.close();
     }));
   for (std::uint32_t q = 0; q < 2; ++q)
@@ -247,12 +250,14 @@ TEST_CASE("ring threads: ordered 1 producer x 2 consumers by sequence") {
       std::uint64_t items_of_batch = 0;
       batch_view b;
       while (in.receive(b)) {
-        if (b.meta.seq != seq) throw std::runtime_error("batch " + std::to_string(b.meta.seq) + " while expecting " + std::to_string(seq));
+        if (b.meta.seq != seq)
+          throw std::runtime_error("batch " + std::to_string(b.meta.seq) + " while expecting " + std::to_string(seq));
         items_of_batch += pt::decode_batch(b).size();
         const bool end = b.batch_end;
         in.release();
         if (end) {
-          if (items_of_batch != items_in(seq)) throw std::runtime_error("batch " + std::to_string(seq) + " has wrong item count");
+          if (items_of_batch != items_in(seq))
+            throw std::runtime_error("batch " + std::to_string(seq) + " has wrong item count");
           items_of_batch = 0;
           seq += 2;
         }

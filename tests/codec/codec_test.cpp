@@ -88,8 +88,8 @@ namespace {
 
 using procflow::codec_error;
 using procflow::decode_from_bytes;
-using procflow::encode_to_bytes;
 using procflow::encodable;
+using procflow::encode_to_bytes;
 
 static_assert(encodable<int> && encodable<double> && encodable<Pod> && encodable<bool>);
 static_assert(encodable<std::string> && encodable<std::vector<std::string>>);
@@ -99,6 +99,8 @@ static_assert(encodable<Tracked> && encodable<std::vector<Tracked>>);
 static_assert(!encodable<NoCodec>);
 static_assert(!encodable<std::vector<NoCodec>>);
 static_assert(!encodable<std::pair<int, NoCodec>>);
+static_assert(!encodable<int*>, "an address means nothing in another process");
+static_assert(!encodable<const char*>);
 static_assert(!encodable<std::optional<NoCodec>>);
 static_assert(!encodable<std::map<std::string, NoCodec>>);
 
@@ -239,8 +241,8 @@ TEST_CASE("codec: truncated input at every prefix length throws codec_error") {
   check_every_prefix_rejected(std::pair<std::string, std::int64_t>{"k", 9});
   check_every_prefix_rejected(std::tuple<int, std::string, std::optional<std::string>>{1, "x", "y"});
   check_every_prefix_rejected(std::optional<std::string>{"opt"});
-  check_every_prefix_rejected(std::map<std::string, std::vector<std::pair<int, std::string>>>{
-      {"x", {{1, "a"}, {2, "bb"}}}, {"y", {}}});
+  check_every_prefix_rejected(
+      std::map<std::string, std::vector<std::pair<int, std::string>>>{{"x", {{1, "a"}, {2, "bb"}}}, {"y", {}}});
   check_every_prefix_rejected(std::unordered_map<int, std::string>{{1, "one"}, {2, "two"}});
 }
 

@@ -47,6 +47,7 @@ class output_port {
   }
 
   // The same for an explicit lane (key-hash dispatch: the caller picked the consumer).
+  // Precondition: lane < lane_count() (unchecked: this is the per-item path).
   std::byte* reserve_lane(std::size_t lane, std::size_t n) {
     write_cursor& c = cursors_[lane];
     if (n <= static_cast<std::size_t>(c.end - c.pos)) return c.pos;
