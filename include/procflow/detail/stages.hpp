@@ -102,134 +102,137 @@ class typed_collector : public result_collector {
   virtual R take() = 0;
 };
 
-// ------------------------------------------------------------------ map / filter / flat_map
+// Runs body(i) for every item index, recording the failing index if user code throws.
+template <class Body>
+void for_each_item(std::size_t n, item_cursor& cursor, Body&& body) {
+  std::size_t i = 0;
+  try {
+    for (; i < n; ++i) body(i);
+  } catch (...) {
+    cursor.index = i;
+    throw;
+  }
+}
 
-template <class In, class Out, class F>
-class map_stage final : public input_stage<In> {
+// A stage defined by one user callable; Instance (which names its stage_kind) does the work.
+// Every replica gets its own copy of the callable, so a stateful one keeps its state per process.
+template <class In, class Instance, class F>
+class callable_stage final : public input_stage<In> {
  public:
-  map_stage(std::string name, F fn, stage_options options)
-      : input_stage<In>(std::move(name), stage_kind::map, options), fn_(std::move(fn)) {}
-
-  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(fn_); }
+  callable_stage(std::string name, F fn, stage_options options)
+      : input_stage<In>(std::move(name), Instance::kind, options), fn_(std::move(fn)) {}
+  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<Instance>(fn_); }
 
  private:
-  class instance final : public instance_base<In, Out> {
-   public:
-    explicit instance(const F& fn) : fn_(fn) {}
-    std::size_t apply(item_cursor& cursor) override {
-      auto& in = this->in_;
-      auto& out = this->out_;
-      const std::size_t n = in.size();
-      std::size_t i = 0;
-      try {
-        if constexpr (std::is_trivially_copyable_v<Out> && std::is_default_constructible_v<Out>) {
-          // Plain stores into a sized buffer: no capacity check per item, so simple maps vectorize.
-          out.resize(n);
-          Out* dst = out.data();
-          for (; i < n; ++i) dst[i] = call_with_item(fn_, in[i]);
-        } else {
-          out.clear();
-          out.reserve(n);
-          for (; i < n; ++i) out.push_back(call_with_item(fn_, in[i]));
-        }
-      } catch (...) {
-        cursor.index = i;
-        throw;
-      }
-      return out.size();
-    }
+  F fn_;
+};
 
-   private:
-    F fn_;  // a copy per replica: stateful callables keep their state per process
-  };
+// ------------------------------------------------------------------ map / filter / flat_map / sink
+
+template <class In, class Out, class F>
+class map_instance final : public instance_base<In, Out> {
+ public:
+  static constexpr stage_kind kind = stage_kind::map;
+  explicit map_instance(const F& fn) : fn_(fn) {}
+  std::size_t apply(item_cursor& cursor) override {
+    auto& in = this->in_;
+    auto& out = this->out_;
+    if constexpr (std::is_trivially_copyable_v<Out> && std::is_default_constructible_v<Out>) {
+      // Plain stores into a sized buffer: no capacity check per item, so simple maps vectorize.
+      out.resize(in.size());
+      Out* dst = out.data();
+      for_each_item(in.size(), cursor, [&](std::size_t i) { dst[i] = call_with_item(fn_, in[i]); });
+    } else {
+      out.clear();
+      out.reserve(in.size());
+      for_each_item(in.size(), cursor, [&](std::size_t i) { out.push_back(call_with_item(fn_, in[i])); });
+    }
+    return out.size();
+  }
+
+ private:
   F fn_;
 };
 
 template <class T, class F>
-class filter_stage final : public input_stage<T> {
+class filter_instance final : public instance_base<T, T> {
  public:
-  filter_stage(std::string name, F pred, stage_options options)
-      : input_stage<T>(std::move(name), stage_kind::filter, options), pred_(std::move(pred)) {}
-
-  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(pred_); }
+  static constexpr stage_kind kind = stage_kind::filter;
+  explicit filter_instance(const F& pred) : pred_(pred) {}
+  std::size_t apply(item_cursor& cursor) override {
+    auto& in = this->in_;
+    auto& out = this->out_;
+    if constexpr (std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>) {
+      // Branch-free compaction: copy every item, advance only past the kept ones.
+      out.resize(in.size());
+      T* dst = out.data();
+      std::size_t kept = 0;
+      for_each_item(in.size(), cursor, [&](std::size_t i) {
+        dst[kept] = in[i];
+        kept += std::invoke(pred_, std::as_const(in[i])) ? std::size_t{1} : std::size_t{0};
+      });
+      out.resize(kept);
+    } else {
+      out.clear();
+      for_each_item(in.size(), cursor, [&](std::size_t i) {
+        if (std::invoke(pred_, std::as_const(in[i]))) out.push_back(std::move(in[i]));
+      });
+    }
+    return out.size();
+  }
 
  private:
-  class instance final : public instance_base<T, T> {
-   public:
-    explicit instance(const F& pred) : pred_(pred) {}
-    std::size_t apply(item_cursor& cursor) override {
-      auto& in = this->in_;
-      auto& out = this->out_;
-      const std::size_t n = in.size();
-      std::size_t i = 0;
-      try {
-        if constexpr (std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>) {
-          // Branch-free compaction: copy every item, advance only past the kept ones.
-          out.resize(n);
-          T* dst = out.data();
-          std::size_t kept = 0;
-          for (; i < n; ++i) {
-            dst[kept] = in[i];
-            kept += std::invoke(pred_, std::as_const(in[i])) ? std::size_t{1} : std::size_t{0};
-          }
-          out.resize(kept);
-        } else {
-          out.clear();
-          for (; i < n; ++i)
-            if (std::invoke(pred_, std::as_const(in[i]))) out.push_back(std::move(in[i]));
-        }
-      } catch (...) {
-        cursor.index = i;
-        throw;
-      }
-      return out.size();
-    }
-
-   private:
-    F pred_;
-  };
   F pred_;
 };
 
 template <class In, class Out, class F>
-class flat_map_stage final : public input_stage<In> {
+class flat_map_instance final : public instance_base<In, Out> {
  public:
-  flat_map_stage(std::string name, F fn, stage_options options)
-      : input_stage<In>(std::move(name), stage_kind::flat_map, options), fn_(std::move(fn)) {}
-
-  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(fn_); }
+  static constexpr stage_kind kind = stage_kind::flat_map;
+  explicit flat_map_instance(const F& fn) : fn_(fn) {}
+  std::size_t apply(item_cursor& cursor) override {
+    auto& in = this->in_;
+    auto& out = this->out_;
+    out.clear();
+    emitter<Out> emit(out);
+    for_each_item(in.size(), cursor, [&](std::size_t i) {
+      if constexpr (std::is_invocable_v<F&, const In&, emitter<Out>&>) {
+        std::invoke(fn_, std::as_const(in[i]), emit);
+      } else {
+        auto produced = call_with_item(fn_, in[i]);
+        for (auto& value : produced) out.push_back(std::move(value));
+      }
+    });
+    return out.size();
+  }
 
  private:
-  class instance final : public instance_base<In, Out> {
-   public:
-    explicit instance(const F& fn) : fn_(fn) {}
-    std::size_t apply(item_cursor& cursor) override {
-      auto& in = this->in_;
-      auto& out = this->out_;
-      out.clear();
-      std::size_t i = 0;
-      try {
-        for (; i < in.size(); ++i) {
-          if constexpr (std::is_invocable_v<F&, const In&, emitter<Out>&>) {
-            emitter<Out> emit(out);
-            std::invoke(fn_, std::as_const(in[i]), emit);
-          } else {
-            auto produced = call_with_item(fn_, in[i]);
-            for (auto& value : produced) out.push_back(std::move(value));
-          }
-        }
-      } catch (...) {
-        cursor.index = i;
-        throw;
-      }
-      return out.size();
-    }
-
-   private:
-    F fn_;
-  };
   F fn_;
 };
+
+template <class T, class F>
+class sink_instance final : public terminal_instance_base<T> {
+ public:
+  static constexpr stage_kind kind = stage_kind::sink;
+  explicit sink_instance(const F& fn) : fn_(fn) {}
+  std::size_t apply(item_cursor& cursor) override {
+    auto& in = this->in_;
+    for_each_item(in.size(), cursor, [&](std::size_t i) { call_with_item(fn_, in[i]); });
+    return 0;
+  }
+
+ private:
+  F fn_;
+};
+
+template <class In, class Out, class F>
+using map_stage = callable_stage<In, map_instance<In, Out, F>, F>;
+template <class T, class F>
+using filter_stage = callable_stage<T, filter_instance<T, F>, F>;
+template <class In, class Out, class F>
+using flat_map_stage = callable_stage<In, flat_map_instance<In, Out, F>, F>;
+template <class T, class F>
+using sink_stage = callable_stage<T, sink_instance<T, F>, F>;
 
 // ------------------------------------------------------------------ terminals
 
@@ -286,13 +289,7 @@ class reduce_stage final : public input_stage<T> {
     instance(const reduce_stage& s, bool ordered) : fold_(s.fold_), init_(s.init_), acc_(s.init_), ordered_(ordered) {}
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
-      std::size_t i = 0;
-      try {
-        for (; i < in.size(); ++i) fold_into(acc_, fold_, std::move(in[i]));
-      } catch (...) {
-        cursor.index = i;
-        throw;
-      }
+      for_each_item(in.size(), cursor, [&](std::size_t i) { fold_into(acc_, fold_, std::move(in[i])); });
       return 0;
     }
     void begin_batch() override { acc_ = init_; }
@@ -355,16 +352,10 @@ class reduce_by_key_stage final : public input_stage<T> {
     instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), ordered_(ordered) {}
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
-      std::size_t i = 0;
-      try {
-        for (; i < in.size(); ++i) {
-          auto [it, inserted] = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_);
-          fold_into(it->second, fold_, std::move(in[i]));
-        }
-      } catch (...) {
-        cursor.index = i;
-        throw;
-      }
+      for_each_item(in.size(), cursor, [&](std::size_t i) {
+        auto it = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_).first;
+        fold_into(it->second, fold_, std::move(in[i]));
+      });
       return 0;
     }
     void begin_batch() override { groups_.clear(); }
@@ -411,36 +402,6 @@ class collect_stage final : public input_stage<T> {
     std::vector<T> items_;
     std::vector<T> scratch_;
   };
-};
-
-template <class T, class F>
-class sink_stage final : public input_stage<T> {
- public:
-  sink_stage(std::string name, F fn, stage_options options)
-      : input_stage<T>(std::move(name), stage_kind::sink, options), fn_(std::move(fn)) {}
-
-  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<instance>(fn_); }
-
- private:
-  class instance final : public terminal_instance_base<T> {
-   public:
-    explicit instance(const F& fn) : fn_(fn) {}
-    std::size_t apply(item_cursor& cursor) override {
-      auto& in = this->in_;
-      std::size_t i = 0;
-      try {
-        for (; i < in.size(); ++i) call_with_item(fn_, in[i]);
-      } catch (...) {
-        cursor.index = i;
-        throw;
-      }
-      return 0;
-    }
-
-   private:
-    F fn_;
-  };
-  F fn_;
 };
 
 }  // namespace detail
