@@ -125,7 +125,7 @@ Plan make_plan(const detail::pipeline_def& def) {
     const auto geometry = geometry_for(def, stages[0]->options());
     // Up to 8192 items (measured: 4096-8192 beat both 512 and 16384 on the trivial pipeline).
     const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
-    const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().replicas} * 64);
+    const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().replicas} * 256);
     plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
     plan.chunks = (src->size() + plan.chunk_items - 1) / plan.chunk_items;
   }

@@ -20,7 +20,8 @@ namespace pf = procflow;
 
 namespace {
 
-std::uint64_t square(std::int64_t x) { return static_cast<std::uint64_t>(x) * static_cast<std::uint64_t>(x); }
+// A lambda, not a function: a function pointer cannot be inlined into the stage's batch loop.
+constexpr auto square = [](std::int64_t x) { return static_cast<std::uint64_t>(x) * static_cast<std::uint64_t>(x); };
 
 struct Run {
   std::uint64_t sum;
