@@ -203,7 +203,8 @@ class Replica {
     if (outbox_) {
       const auto t0 = Clock::now();
       if (!ends_in_terminal()) {
-        set_stage(group_.end_stage - 1);
+        // Keyed dispatch runs the next stage's key function here: errors are that stage's.
+        set_stage(group_.keyed ? group_.encoder_stage : group_.end_stage - 1);
         void* out = instances_.empty() ? nullptr : instances_.back()->output_buffer();
         def_.stages[group_.encoder_stage]->encode_input(out, *outbox_, group_.keyed);
       }

@@ -90,7 +90,7 @@ class Supervisor {
     d.replica = id.replica;
     d.pid = exit.pid;
     const std::uint32_t current = record.current_stage.load(std::memory_order_relaxed);
-    d.stage = def_.stages[current >= g.first_stage && current < g.end_stage ? current : g.first_stage]->name();
+    d.stage = def_.stages[current < def_.stages.size() ? current : g.first_stage]->name();
     if (status == ReplicaStatus::failed) {
       record.exception_type[sizeof record.exception_type - 1] = '\0';  // never trust shared memory
       record.message[sizeof record.message - 1] = '\0';

@@ -146,6 +146,20 @@ int main(int argc, char** argv) {
   add("pipe_per_item", small, [&] { return bench::peers::pipe_per_item(small); }, "one 8-byte write per item");
   bench::report(o, rows, "minimal_ring");
 
+  // How the default slot size (64 KiB, 16 slots = 1 MiB per ring) was chosen: throughput by slot
+  // size at a constant 1 MiB of ring.
+  std::vector<bench::Row> sweep;
+  if (o.wants("slot_sweep")) {
+    for (std::uint32_t kib : {4u, 16u, 64u, 256u}) {
+      const channel::RingGeometry g{1024 / kib, kib * 1024};
+      sweep.push_back({"slot_size", fmt::format("procflow_{}k_x{}", kib, g.slot_count),
+                       bench::median_of(o.repeats, [&] { return procflow_transfer(big, g, Writer::bulk).items_per_s; }),
+                       {{"slot_kib", double(kib)}}, "1 MiB ring"});
+    }
+    if (!o.json) fmt::print("\n");
+    bench::report(o, sweep);
+  }
+
   // Blocking path: the consumer spends ~200 ns per item, so the producer waits most of the time.
   std::vector<bench::Row> blocking;
   if (o.wants("slow_consumer")) {

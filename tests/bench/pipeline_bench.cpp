@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
 
   measure("sequential", n, [&] { return wrap(bench::peers::sequential_trivial(n)); }, "plain loop");
   measure("tbb_batched", n, [&] { return wrap(bench::peers::tbb_trivial(n, 1024, cores)); }, "parallel_pipeline, 1024 items/token");
+  measure("tbb_batched_8k", n, [&] { return wrap(bench::peers::tbb_trivial(n, 8192, cores)); }, "parallel_pipeline, 8192 items/token (procflow's chunk)");
   const std::uint64_t n_small = std::max<std::uint64_t>(1, n / 100);
   measure("tbb_per_item", n_small, [&] { return wrap(bench::peers::tbb_trivial(n_small, 1, cores)); }, "one item per token (n/100)");
   const auto r = static_cast<std::uint32_t>(cores);
