@@ -174,6 +174,10 @@ class flow {
   }
 
   // Terminal: fn(item) for every item, in a process of its own (e.g. writing a file).
+  // That process ends with _exit(), so a stream of the caller captured by reference is a copy
+  // there and is never flushed: let fn own what it writes through (open it on the first item,
+  // e.g. in a std::shared_ptr captured by value). Each replica's copy of fn is destroyed when its
+  // input ends, which flushes and closes what it owns.
   template <class F, class... Opts>
   runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
     static_assert(detail::callable_with_item_v<F, T>, "procflow: sink(): the function cannot be called with the previous stage's item type");

@@ -94,6 +94,10 @@ class Replica {
       case GroupInput::channel: run_channel(); break;
     }
     finish();
+    // The process leaves with _exit(), so nothing else would ever destroy this replica's copies
+    // of the stage callables: destroy them now, so that what they own (a file a sink opened, a
+    // buffer) is flushed and closed like in any C++ scope.
+    instances_.clear();
   }
 
   // Fills the replica record for the exception being handled.
