@@ -2,18 +2,17 @@
 //
 //   word_count [FILE]     counts the words of FILE (default: a generated 400 000-line corpus)
 //
-// A generator source reads lines in its own process; a flat_map splits them into lower-cased
+// A line reader (procflow::stages::lines) runs in its own process; a flat_map splits them into lower-cased
 // words on every core; reduce_by_key counts each word (partial counts per replica, merged by
 // the supervisor). Prints the 10 most frequent words and the per-stage report.
 #include <procflow/procflow.hpp>
+#include <procflow/stages/lines.hpp>
 
 #include <fmt/core.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
-#include <fstream>
-#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -56,25 +55,6 @@ class corpus {
   std::uint64_t state_ = 0x9e3779b97f4a7c15ULL;
 };
 
-// Lines of a file; opened lazily, in the source process.
-class file_lines {
- public:
-  explicit file_lines(std::string path) : path_(std::move(path)) {}
-  std::optional<std::string> operator()() {
-    if (!in_) {
-      in_ = std::make_shared<std::ifstream>(path_);
-      if (!*in_) throw std::runtime_error("cannot open '" + path_ + "'");
-    }
-    std::string line;
-    if (!std::getline(*in_, line)) return std::nullopt;
-    return line;
-  }
-
- private:
-  std::string path_;
-  std::shared_ptr<std::ifstream> in_;
-};
-
 std::vector<std::string> split_words(const std::string& line) {
   std::vector<std::string> words;
   std::string word;
@@ -110,7 +90,7 @@ int count_words(Source source) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc > 1) return count_words(file_lines(argv[1]));
+    if (argc > 1) return count_words(pf::stages::lines(argv[1]));
     return count_words(corpus(400'000));
   } catch (const pf::stage_error& e) {
     fmt::print(stderr, "word_count: {}\n", e.what());

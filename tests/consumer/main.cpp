@@ -1,5 +1,6 @@
 // Proves a consumer project can build and run a pipeline against procflow::procflow.
 #include <procflow/procflow.hpp>
+#include <procflow/stages/lines.hpp>  // procflow::stages is installed too
 
 #include <cstdio>
 #include <functional>

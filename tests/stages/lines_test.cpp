@@ -1,0 +1,80 @@
+// Checks stages/include/procflow/stages/lines.hpp (SPEC §6 line reader, §4 bad input): every
+// line arrives once, missing files and over-long lines are clear errors naming file and line.
+#include "support/child_process.hpp"
+
+#include <procflow/procflow.hpp>
+#include <procflow/stages/lines.hpp>
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+namespace pf = procflow;
+
+namespace {
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::temp_directory_path() / (name + "." + std::to_string(::getpid()));
+  std::ofstream(path, std::ios::binary) << text;
+  return path.string();
+}
+
+std::vector<std::string> read_all(pf::stages::line_reader reader) {
+  std::vector<std::string> out;
+  while (auto line = reader()) out.push_back(*line);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("line_reader splits on newlines, with or without a final one") {
+  const auto a = write_temp("lines_a", "one\ntwo\n\nfour\n");
+  const auto b = write_temp("lines_b", "one\ntwo");
+  const auto empty = write_temp("lines_empty", "");
+  CHECK(read_all(pf::stages::line_reader(a)) == std::vector<std::string>{"one", "two", "", "four"});
+  CHECK(read_all(pf::stages::line_reader(b)) == std::vector<std::string>{"one", "two"});
+  CHECK(read_all(pf::stages::line_reader(empty)).empty());
+  for (const auto& p : {a, b, empty}) std::filesystem::remove(p);
+}
+
+TEST_CASE("a missing file names the file") {
+  pf::stages::line_reader reader("/nonexistent/procflow-input.txt");
+  CHECK_THROWS_WITH_AS(reader(), doctest::Contains("cannot open '/nonexistent/procflow-input.txt'"), pf::system_error);
+}
+
+TEST_CASE("an over-long line names file and line instead of allocating without bound") {
+  const auto path = write_temp("lines_long", "short\n" + std::string(100, 'x') + "\n");
+  pf::stages::line_reader reader(path, 64);
+  CHECK(reader() == std::optional<std::string>("short"));
+  CHECK_THROWS_WITH_AS(reader(), doctest::Contains("line 2: longer than 64 bytes"), pf::error);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("lines() as a pipeline source: every line once; a missing file is a stage_error") {
+  const auto before = procflow::test::dev_shm_entries();
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += "line " + std::to_string(i) + "\n";
+  const auto path = write_temp("lines_pipeline", text);
+  const auto r = pf::pipeline("lines")
+                     .source("read", pf::stages::lines(path))
+                     .map("length", [](const std::string& s) { return s.size(); }, pf::replicas(2))
+                     .reduce("total", std::size_t{0}, std::plus<>{}, std::plus<>{})
+                     .run();
+  CHECK(r.value + 20000 == text.size());
+  CHECK(r.report.stages[0].items_out == 20000);
+  std::filesystem::remove(path);
+
+  try {
+    pf::pipeline("missing").source("read", pf::stages::lines("/nonexistent/x.csv")).collect().run();
+    FAIL("no error for a missing file");
+  } catch (const pf::stage_error& e) {
+    CHECK(e.stage() == "read");
+    CHECK(std::string(e.what()).find("cannot open '/nonexistent/x.csv'") != std::string::npos);
+  }
+  CHECK(procflow::test::count_children() == 0);
+  CHECK(procflow::test::dev_shm_entries() == before);
+}
