@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   const double procflow_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   fmt::print("{}\n", result.report);
-  fmt::print("sum of the squares divisible by 3 below {}^2: {}\n", n, result.value);
+  fmt::print("sum of x*x over x in [0, {}) where x*x % 3 == 0 (mod 2^64): {}\n", n, result.value);
   fmt::print("plain loop: {:.3f} s ({:.3g} items/s)   procflow, {} processes: {:.3f} s ({:.3g} items/s)\n", loop_s,
              static_cast<double>(n) / loop_s, result.report.processes, procflow_s, static_cast<double>(n) / procflow_s);
   if (result.value != expected) {
