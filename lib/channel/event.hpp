@@ -68,20 +68,18 @@ bool wait(EventShared& event, Ready&& ready, Clock::time_point deadline = Clock:
     // SYNC POINT (waiter side): register, then full fence, then read epoch and state. Pairs
     // with the fence in notify(): the notifier either sees waiters != 0, or we see its state.
     event.waiters.fetch_add(1, std::memory_order_seq_cst);
+    // Leaves on every path, an exception from ready() included. Relaxed: `waiters` is only a
+    // hint to notifiers; a stale non-zero value costs one needless wake.
+    struct registration {
+      EventShared& event;
+      ~registration() { event.waiters.fetch_sub(1, std::memory_order_relaxed); }
+    } registered{event};
     std::atomic_thread_fence(std::memory_order_seq_cst);
     const std::uint32_t seen = event.epoch.load(std::memory_order_acquire);
-    bool done = ready();
-    if (!done) {
-      if (Clock::now() >= deadline) {
-        event.waiters.fetch_sub(1, std::memory_order_relaxed);
-        return false;
-      }
-      impl::futex_sleep(event, seen, deadline);
-      done = ready();
-    }
-    // Relaxed: only a hint to notifiers; a stale non-zero value costs one needless wake.
-    event.waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (done) return true;
+    if (ready()) return true;
+    if (Clock::now() >= deadline) return false;
+    impl::futex_sleep(event, seen, deadline);
+    if (ready()) return true;
   }
 }
 
