@@ -42,6 +42,11 @@ Plan make_plan(const detail::pipeline_def& def) {
       replicas[i] = replicas[i - 1];
     }
   }
+  constexpr std::uint32_t max_replicas = 256;  // P x Q rings per boundary: keep the segment sane
+  for (std::size_t i = 1; i < stages.size(); ++i)
+    if (replicas[i] > max_replicas)
+      throw std::invalid_argument(fmt::format("pipeline '{}': stage '{}' asks for {} replicas (at most {})", def.name,
+                                              stages[i]->name(), replicas[i], max_replicas));
   if (stages.front()->options().replicas && *stages.front()->options().replicas != 1)
     throw std::invalid_argument(fmt::format("pipeline '{}': source '{}' runs in one process; give replicas to the stages after it",
                                             def.name, stages.front()->name()));

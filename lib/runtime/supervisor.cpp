@@ -85,6 +85,9 @@ class Supervisor {
     // SYNC POINT (acquire): pairs with the replica's release store of its status.
     const auto status = static_cast<ReplicaStatus>(record.status.load(std::memory_order_acquire));
     if (WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == exit_completed && status == ReplicaStatus::completed) return;
+    // Reaped by somebody else (SIGCHLD set to SIG_IGN, a handler calling wait()): the record
+    // still tells whether the replica finished.
+    if (exit.status == -1 && status == ReplicaStatus::completed) return;
 
     stage_error::details d;
     d.replica = id.replica;

@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -599,4 +600,27 @@ TEST_CASE("the report counts items in and out of every stage") {
   CHECK(collected.report.stages[2].kind == "collect");
   CHECK(collected.report.stages[2].items_in == 388);
   CHECK(collected.report.processes == 1 + 2);
+}
+
+TEST_CASE("a declaration that cannot run is a clear error naming the stage") {
+  CleanupCheck cleanup;
+  auto too_many = pf::pipeline("huge").source("n", pf::iota(0, 10)).map("m", [](int x) { return x; }, pf::replicas(100000)).collect();
+  CHECK_THROWS_WITH_AS(too_many.run(), doctest::Contains("stage 'm' asks for 100000 replicas"), std::invalid_argument);
+  CHECK_THROWS_AS(pf::replicas(0), std::invalid_argument);
+}
+
+TEST_CASE("run() still works when the program ignores SIGCHLD (children are reaped by the kernel)") {
+  CleanupCheck cleanup;
+  struct sigaction old_action {};
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  ::sigaction(SIGCHLD, &ignore, &old_action);
+  const auto r = pf::pipeline("ignored")
+                     .source("n", pf::iota(0, 1000))
+                     .map("m", [](int x) { return x + 1; }, pf::replicas(2))
+                     .reduce("sum", 0, std::plus<>{}, std::plus<>{})
+                     .run();
+  ::sigaction(SIGCHLD, &old_action, nullptr);
+  CHECK(r.value == 500500);
 }
