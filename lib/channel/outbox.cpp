@@ -54,7 +54,6 @@ std::size_t Outbox::pick_lane() {
   throw std::logic_error("Outbox: by_key dispatch needs an explicit lane");
 }
 
-std::size_t Outbox::lane_for(std::size_t lane) { return lane == any_lane ? pick_lane() : lane; }
 
 void Outbox::open(std::size_t lane) {
   Lane& l = lanes_[lane];

@@ -67,7 +67,6 @@ class Outbox final : public detail::output_port {
   };
 
   std::size_t pick_lane();
-  std::size_t lane_for(std::size_t lane);  // resolves any_lane for the current batch
   void open(std::size_t lane);
   void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
   void publish_current_if_used();

@@ -64,7 +64,7 @@ class Replica {
  public:
   Replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group, std::uint32_t replica)
       : def_(def), plan_(plan), state_(state), group_(plan.groups[group]), group_index_(group), replica_(replica),
-        tallies_(def.stages.size()) {}
+        tallies_(def.stages.size()), record_(&state.record(state.first_replica(group) + replica)) {}
 
   void run() {
     const auto& stages = def_.stages;
@@ -102,7 +102,7 @@ class Replica {
 
   // Fills the replica record for the exception being handled.
   void record_failure() noexcept {
-    ReplicaRecord& r = state_.record(state_.first_replica(group_index_) + replica_);
+    ReplicaRecord& r = record();
     try {
       r.stage = static_cast<std::uint32_t>(stage_);
       r.has_item = has_item_ ? 1 : 0;
@@ -119,7 +119,7 @@ class Replica {
   }
 
   void record_completed() noexcept {
-    ReplicaRecord& r = state_.record(state_.first_replica(group_index_) + replica_);
+    ReplicaRecord& r = record();
     r.status.store(static_cast<std::uint32_t>(ReplicaStatus::completed), std::memory_order_release);
   }
 
@@ -241,7 +241,8 @@ class Replica {
     record().current_stage.store(static_cast<std::uint32_t>(stage), std::memory_order_relaxed);
   }
 
-  ReplicaRecord& record() const { return state_.record(state_.first_replica(group_index_) + replica_); }
+  // Validated when the replica starts (run_replica), so it cannot throw later.
+  ReplicaRecord& record() const noexcept { return *record_; }
 
   void flush_counters() noexcept {
     // Relaxed: single writer, independent values (see run_state.hpp).
@@ -271,6 +272,7 @@ class Replica {
   std::optional<channel::Inbox> inbox_;
   std::optional<channel::Outbox> outbox_;
   std::vector<Tally> tallies_;
+  ReplicaRecord* record_;
   std::size_t stage_ = 0;  // stage running now (named in a failure)
   bool has_item_ = false;
   std::uint64_t item_seq_ = 0;
