@@ -87,7 +87,7 @@ class source_stage final : public stage_base, public source_base {
 
   void produce(output_port& out) const override {
     if constexpr (splittable_v) {
-      std::vector<item_type> chunk;
+      batch_buffer<item_type> chunk;
       const std::uint64_t n = size();
       constexpr std::uint64_t step = 4096;
       for (std::uint64_t i = 0; i < n; i += step) {
@@ -113,7 +113,7 @@ class source_stage final : public stage_base, public source_base {
     }
   }
   void fill(std::uint64_t first, std::uint64_t last, void* vector) const override {
-    auto& out = *static_cast<std::vector<item_type>*>(vector);
+    auto& out = *static_cast<batch_buffer<item_type>*>(vector);
     if constexpr (is_iota) {
       out.resize(static_cast<std::size_t>(last - first));
       const auto base = static_cast<item_type>(static_cast<std::uint64_t>(src_.first) + first);

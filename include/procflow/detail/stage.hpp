@@ -16,6 +16,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
+#include <type_traits>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -119,6 +122,34 @@ class stage_base {
   stage_options options_;
 };
 
+// ------------------------------------------------------------------ batch buffers
+
+// Allocator whose default construction leaves trivial types uninitialized: growing a stage's
+// reused batch buffer (resize) then costs no zero-filling pass over memory it is about to overwrite.
+template <class T>
+struct default_init_allocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = default_init_allocator<U>;
+  };
+  default_init_allocator() noexcept = default;
+  template <class U>
+  default_init_allocator(const default_init_allocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+// The item buffer every stage reads and writes a batch through (the runtime passes them around
+// as void*: a stage's input buffer is always a batch_buffer of its input type).
+template <class T>
+using batch_buffer = std::vector<T, default_init_allocator<T>>;
+
 // ------------------------------------------------------------------ item <-> bytes helpers
 
 // Encodes one item into the port (split over slots if it is larger than one).
@@ -140,8 +171,8 @@ void encode_item(const T& item, output_port& out, std::size_t lane = output_port
 }
 
 // Encodes a batch of items; raw (trivially copyable) items are copied slot-sized at a time.
-template <encodable T>
-void encode_items(const std::vector<T>& items, output_port& out) {
+template <encodable T, class Alloc>
+void encode_items(const std::vector<T, Alloc>& items, output_port& out) {
   if constexpr (is_raw_codec_v<T>) {
     std::size_t done = 0;
     while (done < items.size()) {
@@ -157,8 +188,8 @@ void encode_items(const std::vector<T>& items, output_port& out) {
 }
 
 // Decodes a batch into `items` (cleared first). Throws codec_error on corrupt input.
-template <encodable T>
-std::size_t decode_items(const batch_view& batch, std::vector<T>& items) {
+template <encodable T, class Alloc>
+std::size_t decode_items(const batch_view& batch, std::vector<T, Alloc>& items) {
   items.clear();
   if constexpr (is_raw_codec_v<T> && std::is_default_constructible_v<T>) {
     if (batch.bytes.size() != std::size_t{batch.items} * sizeof(T))

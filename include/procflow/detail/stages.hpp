@@ -19,12 +19,12 @@ namespace procflow {
 template <class T>
 class emitter {
  public:
-  explicit emitter(std::vector<T>& out) noexcept : out_(&out) {}
+  explicit emitter(detail::batch_buffer<T>& out) noexcept : out_(&out) {}
   void operator()(const T& value) { out_->push_back(value); }
   void operator()(T&& value) { out_->push_back(std::move(value)); }
 
  private:
-  std::vector<T>* out_;
+  detail::batch_buffer<T>* out_;
 };
 
 namespace detail {
@@ -66,7 +66,7 @@ class input_stage : public stage_base {
  public:
   using stage_base::stage_base;
   void encode_input(void* vector, output_port& out, bool /*keyed*/) const override {
-    encode_items(*static_cast<std::vector<In>*>(vector), out);
+    encode_items(*static_cast<batch_buffer<In>*>(vector), out);
   }
 };
 
@@ -74,13 +74,13 @@ template <class In, class Out>
 class instance_base : public stage_instance {
  public:
   std::size_t decode(const batch_view& batch) override { return decode_items(batch, in_); }
-  void hand_over(stage_instance& next) override { std::swap(out_, *static_cast<std::vector<Out>*>(next.input_buffer())); }
+  void hand_over(stage_instance& next) override { std::swap(out_, *static_cast<batch_buffer<Out>*>(next.input_buffer())); }
   void* input_buffer() noexcept override { return &in_; }
   void* output_buffer() noexcept override { return &out_; }
 
  protected:
-  std::vector<In> in_;
-  std::vector<Out> out_;
+  batch_buffer<In> in_;
+  batch_buffer<Out> out_;
 };
 
 // Terminals have no output buffer.
@@ -93,7 +93,7 @@ class terminal_instance_base : public stage_instance {
   void* output_buffer() noexcept override { return nullptr; }
 
  protected:
-  std::vector<In> in_;
+  batch_buffer<In> in_;
 };
 
 template <class R>
@@ -322,7 +322,7 @@ class reduce_by_key_stage final : public input_stage<T> {
 
   // In processes of its own, items travel to the replica that owns their key.
   void encode_input(void* vector, output_port& out, bool keyed) const override {
-    auto& items = *static_cast<std::vector<T>*>(vector);
+    auto& items = *static_cast<batch_buffer<T>*>(vector);
     if (!keyed) return encode_items(items, out);
     const std::size_t lanes = out.lane_count();
     for (const T& item : items)
