@@ -24,8 +24,14 @@ bool Inbox::update_end() {
 }
 
 bool Inbox::try_receive(detail::batch_view& out) {
+  deadline_ = Clock::now();  // a split item whose next fragment is not there yet: no waiting
+  return poll(out);
+}
+
+bool Inbox::poll(detail::batch_view& out) {
   if (held_ != none || held_large_) throw std::logic_error("Inbox: receive before release() of the previous batch");
   if (end_) return false;
+  if (partial_.ring != none) return reassemble(partial_.ring, nullptr, out);
   return options_.ordered ? try_receive_ordered(out) : try_receive_unordered(out);
 }
 
@@ -81,75 +87,95 @@ bool Inbox::try_receive_ordered(detail::batch_view& out) {
   return false;
 }
 
+// A snapshot of a slot header, checked once: the peer may keep writing shared memory, so nothing
+// is read from the header again after it was validated.
+SlotHeader Inbox::checked_header(std::size_t ring, const SlotHeader* slot) const {
+  SlotHeader h;
+  std::memcpy(&h, slot, sizeof h);
+  if (h.bytes > sources_[ring].ring.payload_bytes())
+    throw shm_error(fmt::format("channel: slot claims {} payload bytes, slots hold {}", h.bytes, sources_[ring].ring.payload_bytes()));
+  if (!(h.flags & slot_fragment) && h.items > h.bytes)
+    throw shm_error(fmt::format("channel: slot claims {} items in {} bytes", h.items, h.bytes));
+  return h;
+}
+
 bool Inbox::deliver(std::size_t ring, const SlotHeader* slot, detail::batch_view& out) {
-  const std::uint32_t flags = slot->flags;
-  if (flags & slot_fragment) {
-    reassemble(ring, slot, out);
-    return true;
-  }
-  if (slot->items > slot->bytes)
-    throw shm_error(fmt::format("channel: slot claims {} items in {} bytes", slot->items, slot->bytes));
-  out.bytes = {sources_[ring].ring.payload(slot), slot->bytes};
-  out.items = slot->items;
-  out.meta = {slot->seq, slot->first_item, (flags & slot_dense) != 0};
-  out.batch_end = (flags & slot_batch_end) != 0;
+  const SlotHeader h = checked_header(ring, slot);
+  if (h.flags & slot_fragment) return reassemble(ring, slot, out);
+  out.bytes = {sources_[ring].ring.payload(slot), h.bytes};
+  out.items = h.items;
+  out.meta = {h.seq, h.first_item, (h.flags & slot_dense) != 0};
+  out.batch_end = (h.flags & slot_batch_end) != 0;
   held_ = ring;
   held_batch_end_ = out.batch_end;
   stats_.slots += 1;
-  stats_.items += slot->items;
-  stats_.bytes += slot->bytes;
+  stats_.items += h.items;
+  stats_.bytes += h.bytes;
   return true;
 }
 
-void Inbox::reassemble(std::size_t ring, const SlotHeader* first, detail::batch_view& out) {
-  const std::uint64_t total = first->large_total;
-  if (total == 0 || total > options_.max_item_bytes)
-    throw shm_error(fmt::format("channel: split item of {} bytes (limit {})", total, options_.max_item_bytes));
+// Copies the fragments of one split item into large_. `first` is its first slot, or null to
+// resume an item whose next fragment had not arrived by the deadline last time: waiting for a
+// fragment is bounded by deadline_, so a producer that died mid-item cannot hold the caller
+// forever (the supervisor must get back to checking its children).
+bool Inbox::reassemble(std::size_t ring, const SlotHeader* first, detail::batch_view& out) {
   Source& s = sources_[ring];
-  large_.resize(total);
-  std::uint64_t done = 0;
+  if (first) {
+    const SlotHeader h = checked_header(ring, first);
+    if (h.large_total == 0 || h.large_total > options_.max_item_bytes)
+      throw shm_error(fmt::format("channel: split item of {} bytes (limit {})", h.large_total, options_.max_item_bytes));
+    large_.resize(h.large_total);
+    partial_ = {ring, h.large_total, 0, {h.seq, h.first_item, (h.flags & slot_dense) != 0}};
+  }
   const SlotHeader* slot = first;
-  const detail::batch_meta meta{first->seq, first->first_item, (first->flags & slot_dense) != 0};
   bool batch_end = false;
   for (;;) {
-    if (!(slot->flags & slot_fragment) || slot->seq != meta.seq || (slot != first && slot->large_total != 0))
+    if (!slot) {
+      const SlotHeader* next = nullptr;
+      const auto t0 = Clock::now();
+      const bool ready = wait(*data_event_, [&] { return (next = s.ring.try_peek()) != nullptr || s.ring.drained(); }, deadline_, options_.spin);
+      stats_.starved_ns += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+      if (!ready) return false;  // progress is kept in partial_; the next receive resumes
+      if (!next) throw shm_error("channel: stream ended inside a split item");
+      slot = next;
+    }
+    const SlotHeader h = checked_header(ring, slot);
+    if (!(h.flags & slot_fragment) || h.seq != partial_.meta.seq || (slot != first && h.large_total != 0))
       throw shm_error("channel: split item interrupted by another slot");
-    if (slot->bytes > total - done) throw shm_error("channel: split item longer than announced");
-    std::memcpy(large_.data() + done, s.ring.payload(slot), slot->bytes);
-    done += slot->bytes;
+    if (h.bytes > partial_.total - partial_.done) throw shm_error("channel: split item longer than announced");
+    std::memcpy(large_.data() + partial_.done, s.ring.payload(slot), h.bytes);
+    partial_.done += h.bytes;
     stats_.slots += 1;
-    stats_.bytes += slot->bytes;
-    const bool last = (slot->flags & slot_fragment_last) != 0;
-    batch_end = (slot->flags & slot_batch_end) != 0;
+    stats_.bytes += h.bytes;
+    const bool last = (h.flags & slot_fragment_last) != 0;
+    batch_end = (h.flags & slot_batch_end) != 0;
     release_slot(ring);
+    slot = nullptr;
     if (last) break;
-    if (done == total) throw shm_error("channel: split item has no last fragment");
-    // The producer is writing the next fragment right now; wait for it.
-    const SlotHeader* next = nullptr;
-    const auto t0 = Clock::now();
-    wait(*data_event_, [&] { return (next = s.ring.try_peek()) != nullptr || s.ring.drained(); }, Clock::time_point::max(), options_.spin);
-    stats_.starved_ns += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
-    if (!next) throw shm_error("channel: stream ended inside a split item");
-    slot = next;
+    if (partial_.done == partial_.total) throw shm_error("channel: split item has no last fragment");
   }
-  if (done != total) throw shm_error(fmt::format("channel: split item has {} of {} bytes", done, total));
+  if (partial_.done != partial_.total)
+    throw shm_error(fmt::format("channel: split item has {} of {} bytes", partial_.done, partial_.total));
+  partial_.ring = none;
   out.bytes = {large_.data(), large_.size()};
   out.items = 1;
-  out.meta = meta;
+  out.meta = partial_.meta;
   out.batch_end = batch_end;
   held_large_ = true;
   held_batch_end_ = batch_end;
   stats_.items += 1;
+  return true;
 }
 
 bool Inbox::receive(detail::batch_view& out) { return receive_until(out, Clock::time_point::max()); }
 
 bool Inbox::receive_until(detail::batch_view& out, Clock::time_point deadline) {
-  if (try_receive(out)) return true;
+  deadline_ = deadline;
+  if (poll(out)) return true;
   if (end_) return false;
   bool got = false;
   const auto t0 = Clock::now();
-  wait(*data_event_, [&] { return (got = try_receive(out)) || end_; }, deadline, options_.spin);
+  wait(*data_event_, [&] { return (got = poll(out)) || end_; }, deadline, options_.spin);
   stats_.starved_ns += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
   return got;
 }

@@ -59,8 +59,10 @@ class Inbox final : public detail::input_port {
 
   bool try_receive_unordered(detail::batch_view& out);
   bool try_receive_ordered(detail::batch_view& out);
+  SlotHeader checked_header(std::size_t ring, const SlotHeader* slot) const;
   bool deliver(std::size_t ring, const SlotHeader* slot, detail::batch_view& out);
-  void reassemble(std::size_t ring, const SlotHeader* first, detail::batch_view& out);
+  bool reassemble(std::size_t ring, const SlotHeader* first, detail::batch_view& out);
+  bool poll(detail::batch_view& out);  // try_receive with the current deadline_
   void release_slot(std::size_t ring);
   bool update_end();
 
@@ -75,6 +77,15 @@ class Inbox final : public detail::input_port {
   std::size_t ordered_ring_ = none;  // ordered: ring the current batch continues on
   std::uint64_t expected_seq_ = 0;
   std::vector<std::byte> large_;
+  // A split item in progress (ring == none: none). Kept across calls when its next fragment is late.
+  struct Reassembly {
+    std::size_t ring = none;
+    std::uint64_t total = 0;
+    std::uint64_t done = 0;
+    detail::batch_meta meta;
+  };
+  Reassembly partial_;
+  Clock::time_point deadline_ = Clock::time_point::max();  // how long reassembly may wait
   bool end_ = false;
   InboxStats stats_;
 };

@@ -106,7 +106,11 @@ Plan make_plan(const detail::pipeline_def& def) {
       grp.encoder_stage = plan.groups[k + 1].first_stage;
     }
     const auto& consumer = *stages[grp.output == GroupOutput::channel ? grp.encoder_stage : stages.size() - 1];
-    if (grp.output == GroupOutput::channel && consumer.kind() == detail::stage_kind::reduce_by_key && !plan.ordered) {
+    // Key-hash dispatch needs a producer that encodes per item with the key (encode_input);
+    // a source in its own process writes through produce(), so it dispatches by load instead
+    // (still correct: the supervisor merges the partial maps by key).
+    if (grp.output == GroupOutput::channel && consumer.kind() == detail::stage_kind::reduce_by_key && !plan.ordered &&
+        grp.input != GroupInput::generator) {
       grp.dispatch = channel::Dispatch::by_key;
       grp.keyed = true;
     } else if (plan.ordered) {

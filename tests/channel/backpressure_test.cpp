@@ -298,3 +298,34 @@ TEST_CASE("backpressure: a producer asleep on a full ring wakes when the consume
   }
   check_clean(shm_before);
 }
+
+// Regression (review): a producer that dies after publishing part of a split item must not hold
+// its consumer past the consumer's deadline (the supervisor has to get back to its children).
+TEST_CASE("receive_until returns at its deadline when a split item's producer died mid-item") {
+  const auto before = pt::dev_shm_entries();
+  shm::SegmentLayout layout;
+  Channel ch(layout, 1, 1, {4, 64});
+  shm::Segment segment(layout);
+  ch.create(segment);
+  {
+    pt::ChildProcess producer([&] {
+      RingWriter w(ch.ring(0, 0));
+      SlotHeader* s = w.try_claim();
+      *s = SlotHeader{64, 0, 0, 0, 1000, slot_fragment, 0};  // first 64 of 1000 bytes, then nothing
+      w.publish();
+      notify(ch.data_event(0));
+      return 0;
+    });
+    REQUIRE(producer.succeeded_within(5s));
+  }
+  Inbox in(ch, 0);
+  batch_view batch;
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(in.receive_until(batch, Clock::now() + 200ms));
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(waited >= 150ms);
+  CHECK(waited < 2s);
+  CHECK_FALSE(in.receive_until(batch, Clock::now() + 50ms));  // still resumable, still bounded
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == before);
+}

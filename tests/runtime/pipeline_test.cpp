@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <ranges>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -623,4 +625,59 @@ TEST_CASE("run() still works when the program ignores SIGCHLD (children are reap
                      .run();
   ::sigaction(SIGCHLD, &old_action, nullptr);
   CHECK(r.value == 500500);
+}
+
+// Regressions found in review.
+TEST_CASE("reduce_by_key straight after a source process (generator, or iota unfused)") {
+  CleanupCheck cleanup;
+  auto fold = [](long a, int x) { return a + x; };
+  const auto from_generator = pf::pipeline("g")
+                                  .source("gen", [i = 0]() mutable -> std::optional<int> {
+                                    if (i < 1000) return i++;
+                                    return std::nullopt;
+                                  })
+                                  .reduce_by_key("rbk", [](int x) { return x % 7; }, 0L, fold, std::plus<>{}, pf::replicas(2))
+                                  .run();
+  const auto from_iota = pf::pipeline("i")
+                             .source("n", pf::iota(0, 1000))
+                             .reduce_by_key("rbk", [](int x) { return x % 7; }, 0L, fold, std::plus<>{}, pf::replicas(2), pf::own_process)
+                             .run();
+  std::unordered_map<int, long> want;
+  for (int x = 0; x < 1000; ++x) want[x % 7] += x;
+  CHECK(from_generator.value == want);
+  CHECK(from_iota.value == want);
+}
+
+TEST_CASE("trivially copyable items larger than a slot are split like any other") {
+  CleanupCheck cleanup;
+  const auto big = pf::pipeline("big")
+                       .source("n", pf::iota(0, 10))
+                       .map("array", [](int x) { std::array<char, 70000> a{}; a[0] = static_cast<char>(x); a[69999] = 7; return a; })
+                       .collect()
+                       .run();
+  REQUIRE(big.value.size() == 10);
+  int seen = 0;
+  for (const auto& a : big.value) {
+    seen += a[0];
+    CHECK(a[69999] == 7);
+  }
+  CHECK(seen == 45);
+  const auto small_slots = pf::pipeline("tiny", pf::batch_bytes(64))
+                               .source("n", pf::iota(0, 10))
+                               .map("array", [](int x) { std::array<char, 100> a{}; a[0] = static_cast<char>(x); return a; })
+                               .collect()
+                               .run();
+  CHECK(small_slots.value.size() == 10);
+}
+
+TEST_CASE("flat_map accepts ranges that yield values (views)") {
+  CleanupCheck cleanup;
+  const auto r = pf::pipeline("views")
+                     .source("n", pf::iota(0, 100))
+                     .flat_map("upto", [](int x) { return std::views::iota(0, x); }, pf::replicas(2))
+                     .reduce("sum", 0L, [](long a, int x) { return a + x; }, std::plus<>{})
+                     .run();
+  long want = 0;
+  for (int x = 0; x < 100; ++x) want += static_cast<long>(x) * (x - 1) / 2;
+  CHECK(r.value == want);
 }

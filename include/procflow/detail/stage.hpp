@@ -174,6 +174,10 @@ void encode_item(const T& item, output_port& out, std::size_t lane = output_port
 template <encodable T, class Alloc>
 void encode_items(const std::vector<T, Alloc>& items, output_port& out) {
   if constexpr (is_raw_codec_v<T>) {
+    if (sizeof(T) > out.max_item_bytes()) {  // each item needs several slots
+      for (const T& item : items) encode_item(item, out);
+      return;
+    }
     std::size_t done = 0;
     while (done < items.size()) {
       const std::span<std::byte> room = out.reserve_bulk(sizeof(T));

@@ -200,7 +200,7 @@ class flat_map_instance final : public instance_base<In, Out> {
         std::invoke(fn_, std::as_const(in[i]), emit);
       } else {
         auto produced = call_with_item(fn_, in[i]);
-        for (auto& value : produced) out.push_back(std::move(value));
+        for (auto&& value : produced) out.push_back(std::forward<decltype(value)>(value));
       }
     });
     return out.size();
