@@ -145,8 +145,7 @@ class Replica {
       // Relaxed: see RunHeader::next_chunk.
       const std::uint64_t chunk = header.next_chunk.fetch_add(1, std::memory_order_relaxed);
       if (chunk >= plan_.chunks) break;
-      const std::uint64_t first = chunk * plan_.chunk_items;
-      const std::uint64_t last = std::min(total, first + plan_.chunk_items);
+      const auto [first, last] = chunk_range(plan_, chunk, total);
       set_stage(0);
       const auto t0 = Clock::now();
       src.fill(first, last, instances_.front()->input_buffer());
