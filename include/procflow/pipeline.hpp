@@ -67,6 +67,11 @@ class runnable {
   // Runs the pipeline to completion: blocks, returns the terminal's value and the report.
   // Throws stage_error naming stage, replica, pid and item when any stage fails; every process
   // is stopped and reaped and all shared memory released before it does.
+  // Errors raised here, in the calling process (decoding a collected item or a partial result,
+  // a combine merging the replicas' partials), follow one rule: a stage_error naming the
+  // terminal stage with in_supervisor() true, replica() == stage_error::no_replica, the result
+  // batch when known, and the original exception's type and message; the original is nested
+  // (std::rethrow_if_nested(e) rethrows it).
   result<R> run() const {
     const bool is_ordered = def_.options.defaults.ordered ||
                          std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
