@@ -245,9 +245,9 @@ TEST_CASE("ChildSet reports exit codes and signals, signals through pidfds, and 
 // ------------------------------------------------------------------ point 5: SIGCHLD set up by the host
 
 TEST_CASE("run() succeeds every time when the host ignores SIGCHLD or reaps every child (pidfd race)") {
-  // 1000 runs of each were checked while fixing the race; the suite keeps a bounded loop
-  // (PROCFLOW_SIGCHLD_RUNS overrides it).
-  const int runs = runs_from_env("PROCFLOW_SIGCHLD_RUNS", 300);
+  // Before the fix about a third of the runs failed ("cannot open a pidfd for replica process N:
+  // No such process"). PROCFLOW_SIGCHLD_RUNS overrides the count.
+  const int runs = runs_from_env("PROCFLOW_SIGCHLD_RUNS", 1000);
   for (const Host host : {Host::sigchld_ignored, Host::sigchld_reaped}) {
     CAPTURE(name(host));
     expect_child_succeeds(
