@@ -70,7 +70,7 @@ TEST_CASE("block reading equals a sequential split for random files and block si
   pt::temp_dir dir("lines_split");
   for (int round = 0; round < 300; ++round) {
     const std::string text = random_text(rng);
-    const std::string path = dir.write("f" + std::to_string(round % 5) + ".txt", text);
+    const std::string path = dir.write(std::to_string(round % 5).append(".txt"), text);
     pf::stages::line_options o;
     o.block_bytes = std::uniform_int_distribution<std::uint64_t>(1, 512)(rng);
     const pf::stages::lines_source src(path, o);
