@@ -12,7 +12,7 @@
 // whitespace) is appended after a '\n'. Lines starting with `comment` (when set) are skipped.
 // A line that is neither is a procflow::error naming "file:line".
 //
-// Plain files are SPLITTABLE like lines(): a record belongs to the block where its first line
+// Plain files (without `comment` set) are SPLITTABLE like lines(): a record belongs to the block where its first line
 // starts (a record starts after a blank line), and the reader finishes it past the block's end.
 // stdin and .gz files are read in a source process. record::line is the file's line of the
 // record's first field (split files: counted once per block, from the file's start).
@@ -66,7 +66,9 @@ class records_source {
 
   records_source(std::string input, record_options options);
 
-  bool splittable() const noexcept { return input_->splittable(); }
+  // With comment lines the file is read in one process (a comment line between a blank line and
+  // a record would hide the record's start from the block after it).
+  bool splittable() const noexcept { return input_->splittable() && options_.comment == '\0'; }
   std::uint64_t size() const noexcept { return input_->blocks(); }
   std::uint64_t preferred_chunk() const noexcept { return 1; }
   bool units_are_items() const noexcept { return false; }
