@@ -200,7 +200,8 @@ class csv_stream {
         if (file_ == input_.files().size()) return std::nullopt;
         reader_ = std::make_unique<Reader>(input_.files()[file_], 0, /*sequential=*/true);
         cursor_ = std::make_unique<RowCursor>(*reader_, options_, columns_, UINT64_MAX, 1);
-        if (options_.header && !cursor_->next(row)) {  // the header (checked at declaration)
+        // The header (checked at declaration, where stdin's was already consumed).
+        if (options_.header && input_.files()[file_].path != "-" && !cursor_->next(row)) {
           drop();
           continue;
         }

@@ -6,10 +6,13 @@
 #include "support/child_process.hpp"
 
 #include <procflow/procflow.hpp>
+#include <procflow/stages/csv.hpp>
 #include <procflow/stages/lines.hpp>
 
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -169,4 +172,29 @@ TEST_CASE("an over-long line in a split file names file and line") {
     CHECK(std::string(e.what()).find(path + ":4: line longer than 1000 bytes") != std::string::npos);
   }
   CHECK(pt::count_children() == 0);
+}
+
+TEST_CASE("\"-\" reads standard input in a source process (and csv_rows takes its header from it)") {
+  pt::temp_dir dir("lines_stdin");
+  const std::string path = dir.write("in.txt", "h1,h2\nx,1\r\ny,2\nz,3");
+  pt::ChildProcess child([&] {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0 || ::dup2(fd, STDIN_FILENO) < 0) return 10;
+    pf::stages::lines_source src("-", {});
+    if (src.splittable()) return 11;
+    const auto got = pf::pipeline("stdin").source("read", src).map("id", [](std::string s) { return s; }, pf::replicas(2))
+                         .collect(pf::ordered).run().value;
+    if (got != std::vector<std::string>{"h1,h2", "x,1", "y,2", "z,3"}) return 12;
+    if (::lseek(STDIN_FILENO, 0, SEEK_SET) != 0) return 13;
+    auto rows = pf::stages::csv_rows("-");
+    if (rows.columns() != std::vector<std::string>{"h1", "h2"}) return 14;
+    const auto sums = pf::pipeline("stdin_csv").source("rows", rows)
+                          .map("n", [](const pf::stages::csv_row& r) { return r.get<int>("h2"); }, pf::replicas(2))
+                          .reduce("sum", 0, std::plus<>{}, std::plus<>{}).run().value;
+    return sums == 6 ? 0 : 15;
+  });
+  const auto status = child.wait_for(std::chrono::seconds(60));
+  REQUIRE(status);
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 0);
 }
