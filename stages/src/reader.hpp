@@ -6,6 +6,7 @@
 #include <procflow/stages/input.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -20,7 +21,7 @@ class Reader {
   Reader(const Reader&) = delete;
   Reader& operator=(const Reader&) = delete;
 
-  std::string_view window() const noexcept { return std::string_view(buffer_).substr(pos_); }
+  std::string_view window() const noexcept { return std::string_view(data_.get() + pos_, size_ - pos_); }
   // File offset of window()[0] (uncompressed for gzip).
   std::uint64_t offset() const noexcept { return base_ + pos_; }
   void advance(std::size_t n) noexcept { pos_ += n; }
@@ -31,9 +32,13 @@ class Reader {
 
  private:
   const input_file* file_;
-  std::string buffer_;
+  // The bytes read (not zero-filled when grown). A Reader takes the process's spare buffer and
+  // gives it back when it ends, so reading block after block touches no fresh pages.
+  std::unique_ptr<char[]> data_;
+  std::size_t capacity_ = 0;
+  std::size_t size_ = 0;
   std::size_t pos_ = 0;
-  std::uint64_t base_ = 0;  // file offset of buffer_[0]
+  std::uint64_t base_ = 0;  // file offset of data_[0]
   int fd_ = -1;
   void* gz_ = nullptr;       // gzFile
   bool owns_fd_ = false;
