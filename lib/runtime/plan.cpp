@@ -136,6 +136,7 @@ Plan make_plan(const detail::pipeline_def& def) {
     const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
     const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().replicas} * 256);
     plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
+    if (const std::uint64_t preferred = src->preferred_chunk_units()) plan.chunk_items = preferred;  // e.g. file blocks
     // Rounded up without forming size + chunk_items - 1, which wraps for ranges near 2^64 items
     // (iota<uint64_t>(0, UINT64_MAX) has 2^64 - 1).
     const std::uint64_t size = src->size();

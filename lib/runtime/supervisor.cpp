@@ -16,7 +16,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cxxabi.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <typeinfo>
 #include <cstring>
 #include <exception>
 #include <optional>
@@ -51,7 +57,7 @@ class Supervisor {
     if (plan_.has_results) drain_results();
     while (children_.running() > 0)
       if (auto exit = children_.wait_any(std::chrono::milliseconds(1000))) check(*exit);
-    if (collector_) on_caller_side("merging the replicas' partial results", [&] { collector_->finish(); });
+    if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
     return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
   }
 
@@ -68,7 +74,7 @@ class Supervisor {
     for (;;) {
       if (results.receive_until(batch, next_check)) {
         on_caller_side([&] {
-          return fmt::format("decoding or merging result batch {} ({} items{})", batch.meta.seq, batch.items,
+          return fmt::format("result batch {} ({} items{})", batch.meta.seq, batch.items,
                              batch.meta.dense ? fmt::format(", source items from {}", batch.meta.first_item) : "");
         }, [&] { collector_->consume(batch); });
         results.release();
@@ -90,6 +96,9 @@ class Supervisor {
   void on_caller_side(const Where& where, Work&& work) {
     try {
       work();
+    } catch (const stage_error&) {
+      children_.kill_and_reap_all();
+      throw;  // already names its stage
     } catch (...) {
       stage_error::details d;
       d.stage = def_.stages.back()->name();
