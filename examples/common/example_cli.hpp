@@ -58,23 +58,29 @@ inline std::string data_dir() {
 struct description {
   std::string name;           // binary name
   std::string summary;        // the dataflow line and one sentence
-  std::string default_input;  // full path of the real data set
+  std::string default_input;  // full path of the real data set; empty: the example takes no input
   std::string how_to_get;     // what to run when the default input is missing
   std::string output_columns; // the --output header
   std::string extra_help;     // further options, may be empty
 };
 
 inline void print_help(const description& d) {
+  if (d.default_input.empty()) {
+    fmt::print("usage: {0} [--output FILE] [--replicas N] [options] [--help]\n\n{1}\n\n", d.name, d.summary);
+  } else {
+    fmt::print(
+        "usage: {0} [INPUT] [--output FILE] [--replicas N] [--help]\n\n{1}\n\n"
+        "  INPUT          a file, a directory (every file under it) or - for stdin\n"
+        "                 (default: {2})\n",
+        d.name, d.summary, d.default_input);
+  }
   fmt::print(
-      "usage: {0} [INPUT] [--output FILE] [--replicas N] [--help]\n\n{1}\n\n"
-      "  INPUT          a file, a directory (every file under it) or - for stdin\n"
-      "                 (default: {2})\n"
-      "  --output FILE  write the full result as CSV: {3}\n"
+      "  --output FILE  write the full result as CSV: {0}\n"
       "  --replicas N   processes per parallel stage (default: the number of cores)\n"
-      "{4}"
+      "{1}"
       "  --help         this text\n\n"
       "exit status: 0 ok, 1 pipeline error, 2 bad usage or missing data, 130/143 interrupted\n",
-      d.name, d.summary, d.default_input, d.output_columns, d.extra_help);
+      d.output_columns, d.extra_help);
 }
 
 inline std::uint64_t parse_count(std::string_view flag, std::string_view text, std::uint64_t max) {
@@ -111,6 +117,8 @@ inline std::optional<options> parse(
       i += used - 1;
     } else if (a.size() > 1 && a[0] == '-') {
       throw usage_error(fmt::format("unknown option '{}'", a));
+    } else if (d.default_input.empty()) {
+      throw usage_error(fmt::format("takes no input file, got '{}'", a));
     } else if (o.input_given) {
       throw usage_error(fmt::format("more than one input ('{}' and '{}')", o.input, a));
     } else {
@@ -118,7 +126,7 @@ inline std::optional<options> parse(
       o.input_given = true;
     }
   }
-  if (!o.input_given) {
+  if (!o.input_given && !d.default_input.empty()) {
     o.input = d.default_input;
     std::error_code ec;
     if (!std::filesystem::exists(o.input, ec))
