@@ -252,9 +252,57 @@ def cli_convention(job, binary, tmp):
         check(not leftovers, f"{job}: a failed run leaves no output file (found {leftovers})")
 
 
+def processes_running(binary):
+    """pids of live processes running `binary` (the example and its forked replicas)."""
+    pids = []
+    target = os.path.realpath(binary)
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.readlink(f"/proc/{pid}/exe") == target:
+                    with open(f"/proc/{pid}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                            pids.append(int(pid))
+            except OSError:
+                pass
+    return pids
+
+
+def interrupted(job, binary, tmp):
+    """Reading stdin that never ends, the example is interrupted: it dies of the signal (the shell
+    reports 128 + signal: 130 / 143), its replicas die with it, and --output is not written."""
+    import signal
+    import time
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        out = os.path.join(tmp, "interrupted.csv")
+        p = subprocess.Popen([binary, "-", "--output", out], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        p.stdin.write(b"Package: a\nSection: b\nInstalled-Size: 1\n\n1,2,AU\n" * 1000)
+        p.stdin.flush()
+        time.sleep(0.5)
+        p.send_signal(sig)
+        try:
+            rc = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+            check(False, f"{job}: still running 30 s after {sig.name}")
+        p.stdin.close()
+        check(rc == -sig, f"{job}: {sig.name} ends it by that signal, exit status {128 + sig} in a shell (got {rc})")
+        deadline = time.time() + 10
+        while processes_running(binary) and time.time() < deadline:
+            time.sleep(0.1)
+        left = processes_running(binary)
+        check(not left, f"{job}: no replica survives {sig.name} (left: {left})")
+        leftovers = [n for n in os.listdir(tmp) if n.startswith("interrupted.csv")]
+        check(not leftovers, f"{job}: an interrupted run writes no --output (found {leftovers})")
+
+
 def crafted(job, binary):
     with tempfile.TemporaryDirectory() as tmp:
         cli_convention(job, binary, tmp)
+        if job != "cpu_bound":
+            interrupted(job, binary, tmp)
         if job == "cpu_bound":
             out = os.path.join(tmp, "rows.csv")
             w, h, limit = 61, 47, 150
