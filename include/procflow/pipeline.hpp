@@ -70,7 +70,9 @@ class runnable {
     const bool is_ordered = def_.options.defaults.ordered ||
                          std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
     if constexpr (std::is_void_v<R>) {
-      return {detail::run_in_processes(def_, nullptr)};
+      // A sink running in this process (see stage_base::runs_in_supervisor) has a collector.
+      auto collector = def_.stages.back()->make_collector(is_ordered);
+      return {detail::run_in_processes(def_, collector.get())};
     } else {
       auto collector = def_.stages.back()->make_collector(is_ordered);
       auto* typed = static_cast<detail::typed_collector<R>*>(collector.get());

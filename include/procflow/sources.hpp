@@ -12,7 +12,9 @@
 
 #include <procflow/detail/stage.hpp>
 
+#include <algorithm>
 #include <concepts>
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -52,10 +54,34 @@ generator_source<F> generate(F next) {
   return {std::move(next)};
 }
 
+// A source type of your own (the readers of procflow::stages are written this way): a class with
+//   using item_type = T;
+//   bool splittable() const;                 // decided when the source is declared
+//   std::uint64_t size() const;              // splittable: units of work (items, byte blocks, ...)
+//   std::uint64_t preferred_chunk() const;   // units per claim (0: the runtime decides)
+//   bool units_are_items() const;            // unit i is item i (error positions are source positions)
+//   std::size_t fill(std::uint64_t first, std::uint64_t last, detail::batch_buffer<T>& out) const;
+//                                            // splittable: the items of units [first, last)
+//   std::optional<T> next();                 // not splittable: pulled in the source's own process
+template <class S>
+concept custom_source = requires(S& s, const S& cs, detail::batch_buffer<typename S::item_type>& out) {
+  typename S::item_type;
+  { cs.splittable() } -> std::convertible_to<bool>;
+  { cs.size() } -> std::convertible_to<std::uint64_t>;
+  { cs.preferred_chunk() } -> std::convertible_to<std::uint64_t>;
+  { cs.units_are_items() } -> std::convertible_to<bool>;
+  { cs.fill(std::uint64_t{}, std::uint64_t{}, out) } -> std::convertible_to<std::size_t>;
+  { s.next() };
+};
+
 namespace detail {
 
 template <class T>
 struct source_item;
+template <custom_source S>
+struct source_item<S> {
+  using type = typename S::item_type;
+};
 template <class T>
 struct source_item<iota_source<T>> {
   using type = T;
@@ -86,7 +112,20 @@ class source_stage final : public stage_base, public source_base {
   const source_base* source() const noexcept override { return this; }
 
   void produce(output_port& out) const override {
-    if constexpr (splittable_v) {
+    if constexpr (is_custom) {
+      if (src_.splittable()) {
+        // Not fused (e.g. fusion(false)): this process reads every unit in order.
+        batch_buffer<item_type> chunk;
+        const std::uint64_t n = src_.size();
+        const std::uint64_t step = std::max<std::uint64_t>(1, src_.preferred_chunk());
+        for (std::uint64_t i = 0; i < n; i += step) {
+          src_.fill(i, std::min(n, i + step), chunk);
+          encode_items(chunk, out);
+        }
+      } else {
+        while (auto item = src_.next()) encode_item(*item, out);
+      }
+    } else if constexpr (splittable_v) {
       batch_buffer<item_type> chunk;
       const std::uint64_t n = size();
       constexpr std::uint64_t step = 4096;
@@ -102,9 +141,39 @@ class source_stage final : public stage_base, public source_base {
     }
   }
 
-  bool splittable() const noexcept override { return splittable_v; }
+  bool splittable() const noexcept override {
+    if constexpr (is_custom) {
+      return src_.splittable();
+    } else {
+      return splittable_v;
+    }
+  }
+  std::uint64_t preferred_chunk_units() const noexcept override {
+    if constexpr (is_custom) {
+      return src_.preferred_chunk();
+    } else {
+      return 0;
+    }
+  }
+  bool units_are_items() const noexcept override {
+    if constexpr (is_custom) {
+      return src_.units_are_items();
+    } else {
+      return true;
+    }
+  }
+  std::size_t fill_items(std::uint64_t first, std::uint64_t last, void* vector) const override {
+    if constexpr (is_custom) {
+      return src_.fill(first, last, *static_cast<batch_buffer<item_type>*>(vector));
+    } else {
+      fill(first, last, vector);
+      return static_cast<std::size_t>(last - first);
+    }
+  }
   std::uint64_t size() const noexcept override {
-    if constexpr (is_iota) {
+    if constexpr (is_custom) {
+      return src_.size();
+    } else if constexpr (is_iota) {
       return static_cast<std::uint64_t>(src_.last) - static_cast<std::uint64_t>(src_.first);
     } else if constexpr (splittable_v) {
       return src_.items.size();
@@ -114,7 +183,9 @@ class source_stage final : public stage_base, public source_base {
   }
   void fill(std::uint64_t first, std::uint64_t last, void* vector) const override {
     auto& out = *static_cast<batch_buffer<item_type>*>(vector);
-    if constexpr (is_iota) {
+    if constexpr (is_custom) {
+      src_.fill(first, last, out);
+    } else if constexpr (is_iota) {
       out.resize(static_cast<std::size_t>(last - first));
       const auto base = static_cast<item_type>(static_cast<std::uint64_t>(src_.first) + first);
       for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<item_type>(base + static_cast<item_type>(i));
@@ -124,8 +195,9 @@ class source_stage final : public stage_base, public source_base {
   }
 
  private:
-  static constexpr bool is_iota = requires(const Src& s) { s.first; s.last; };
-  static constexpr bool splittable_v = is_iota || requires(const Src& s) { s.items; };
+  static constexpr bool is_custom = custom_source<Src>;
+  static constexpr bool is_iota = !is_custom && requires(const Src& s) { s.first; s.last; };
+  static constexpr bool splittable_v = is_iota || (!is_custom && requires(const Src& s) { s.items; });
   mutable Src src_;  // mutable: a generator advances (only ever in the source's own process)
 };
 

@@ -136,6 +136,7 @@ Plan make_plan(const detail::pipeline_def& def) {
     const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
     const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().replicas} * 256);
     plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
+    if (const std::uint64_t preferred = src->preferred_chunk_units()) plan.chunk_items = preferred;  // e.g. file blocks
     plan.chunks = (src->size() + plan.chunk_items - 1) / plan.chunk_items;
   }
   return plan;

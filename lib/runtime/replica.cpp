@@ -149,11 +149,11 @@ class Replica {
       const std::uint64_t last = std::min(total, first + plan_.chunk_items);
       set_stage(0);
       const auto t0 = Clock::now();
-      src.fill(first, last, instances_.front()->input_buffer());
+      const std::size_t n = src.fill_items(first, last, instances_.front()->input_buffer());
       Tally& t = tallies_[0];
-      t.items_out += last - first;
+      t.items_out += n;
       t.busy_ns += ns_since(t0);
-      process({chunk, first, true}, last - first, /*batch_end=*/true, /*batch_start=*/true, 0);
+      process({chunk, first, src.units_are_items()}, n, /*batch_end=*/true, /*batch_start=*/true, 0);
     }
   }
 
@@ -222,6 +222,10 @@ class Replica {
   }
 
   void finish() {
+    if (ends_in_terminal() && def_.stages[group_.end_stage - 1]->kind() == detail::stage_kind::sink) {
+      set_stage(group_.end_stage - 1);
+      instances_.back()->end_of_stream();  // the sink's finish(): before end of stream goes on
+    }
     if (outbox_) {
       if (group_.input == GroupInput::generator) stage_ = 0;
       if (ends_in_terminal() && !plan_.ordered) {

@@ -14,7 +14,13 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <cxxabi.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <typeinfo>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -48,7 +54,7 @@ class Supervisor {
     if (plan_.has_results) drain_results();
     while (children_.running() > 0)
       if (auto exit = children_.wait_any(std::chrono::milliseconds(1000))) check(*exit);
-    if (collector_) collector_->finish();
+    if (collector_) in_supervisor([&] { collector_->finish(); }, "");
     return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
   }
 
@@ -64,7 +70,7 @@ class Supervisor {
     batch_view batch;
     for (;;) {
       if (results.receive_until(batch, next_check)) {
-        collector_->consume(batch);
+        in_supervisor([&] { collector_->consume(batch); }, "");
         results.release();
       } else if (results.at_end()) {
         return;
@@ -74,6 +80,40 @@ class Supervisor {
         next_check = Clock::now() + tick;
       }
     }
+  }
+
+  // Runs the terminal's supervisor side (collect, or a sink in this process). An exception from
+  // it (user code of a sink) stops everybody and becomes a stage_error naming the terminal.
+  template <class Body>
+  void in_supervisor(Body&& body, const char* when) {
+    try {
+      body();
+    } catch (const stage_error&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail_in_supervisor(when, e.what(), demangled_current_type());
+    } catch (...) {
+      fail_in_supervisor(when, "unknown exception", "");
+    }
+  }
+
+  [[noreturn]] void fail_in_supervisor(const char* when, const std::string& what, std::string type) {
+    children_.kill_and_reap_all();
+    stage_error::details d;
+    d.stage = def_.stages.back()->name();
+    d.pid = static_cast<std::int32_t>(::getpid());
+    d.kind = stage_error::cause::exception;
+    d.exception_type = std::move(type);
+    d.message = std::string(when) + what;
+    throw stage_error(std::move(d));
+  }
+
+  static std::string demangled_current_type() {
+    const std::type_info* type = abi::__cxa_current_exception_type();
+    if (!type) return {};
+    int status = 0;
+    std::unique_ptr<char, decltype(&std::free)> name(abi::__cxa_demangle(type->name(), nullptr, nullptr, &status), &std::free);
+    return status == 0 && name ? name.get() : type->name();
   }
 
   // Throws stage_error (after stopping everybody) if `exit` is not a clean completion.

@@ -66,6 +66,8 @@ class stage_instance {
   virtual void begin_batch() {}
   virtual void end_batch(output_port& /*results*/) {}
   virtual void finish(output_port& /*results*/) {}
+  // Sinks only: the replica's input has ended (calls the sink callable's finish(), if any).
+  virtual void end_of_stream() {}
 };
 
 // A source: produces every item into `out` (its own process), or, when splittable, the items
@@ -79,6 +81,16 @@ class source_base {
   virtual bool splittable() const noexcept { return false; }
   virtual std::uint64_t size() const noexcept { return 0; }
   virtual void fill(std::uint64_t /*first*/, std::uint64_t /*last*/, void* /*vector*/) const {}
+  // Fills units [first, last) and returns how many items that gave. A unit is one item for a
+  // range or a vector; a file reader's unit is a block of bytes holding any number of items.
+  virtual std::size_t fill_items(std::uint64_t first, std::uint64_t last, void* vector) const {
+    fill(first, last, vector);
+    return static_cast<std::size_t>(last - first);
+  }
+  // Units per claimed chunk this source prefers (0: the runtime sizes chunks for balance).
+  virtual std::uint64_t preferred_chunk_units() const noexcept { return 0; }
+  // True when unit i is item i of the stream (item positions in errors are then source positions).
+  virtual bool units_are_items() const noexcept { return true; }
 };
 
 // Supervisor side of a terminal: turns what the last processes send into the run's value.
@@ -113,8 +125,13 @@ class stage_base {
   virtual void encode_input(void* /*vector*/, output_port& /*out*/, bool /*keyed*/) const {}
   // Terminals with a value (reduce, reduce_by_key, collect): the supervisor side.
   virtual std::unique_ptr<result_collector> make_collector(bool /*ordered*/) const { return nullptr; }
-  // True when the stage must run where the supervisor is (collect).
-  bool runs_in_supervisor() const noexcept { return kind_ == stage_kind::collect; }
+  // True when the stage runs in the process that called run(), fed by the results channel:
+  // collect, and a sink without replicas(n > 1) or own_process (so that what its callable
+  // captured by reference from the caller is the caller's).
+  bool runs_in_supervisor() const noexcept {
+    return kind_ == stage_kind::collect ||
+           (kind_ == stage_kind::sink && !options_.own_process && !(options_.replicas && *options_.replicas > 1));
+  }
 
  private:
   std::string name_;

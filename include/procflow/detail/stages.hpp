@@ -3,6 +3,7 @@
 #pragma once
 
 #include <procflow/codec.hpp>
+#include <procflow/error.hpp>
 #include <procflow/detail/stage.hpp>
 
 #include <functional>
@@ -210,6 +211,19 @@ class flat_map_instance final : public instance_base<In, Out> {
   F fn_;
 };
 
+// Calls fn.finish() when the sink callable has one (the built-in file writers flush, close and
+// rename there). A throw becomes a procflow::error saying it happened at teardown.
+template <class F>
+void finish_sink(F& fn) {
+  if constexpr (requires { fn.finish(); }) {
+    try {
+      fn.finish();
+    } catch (const std::exception& e) {
+      throw procflow::error(std::string("teardown (finish()): ") + e.what());
+    }
+  }
+}
+
 template <class T, class F>
 class sink_instance final : public terminal_instance_base<T> {
  public:
@@ -220,8 +234,48 @@ class sink_instance final : public terminal_instance_base<T> {
     for_each_item(in.size(), cursor, [&](std::size_t i) { call_with_item(fn_, in[i]); });
     return 0;
   }
+  void end_of_stream() override { finish_sink(fn_); }
 
  private:
+  F fn_;
+};
+
+// A sink: in its own processes (replicas(n > 1), own_process), or, by default, in the process
+// that called run(), where the collector below feeds it from the results channel.
+template <class T, class F>
+class sink_stage final : public input_stage<T> {
+ public:
+  sink_stage(std::string name, F fn, stage_options options)
+      : input_stage<T>(std::move(name), stage_kind::sink, options), fn_(std::move(fn)) {}
+  std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<sink_instance<T, F>>(fn_); }
+  std::unique_ptr<result_collector> make_collector(bool) const override {
+    if (!this->runs_in_supervisor()) return nullptr;
+    return std::make_unique<collector>(fn_);
+  }
+
+ private:
+  class collector final : public result_collector {
+   public:
+    explicit collector(const F& fn) : fn_(fn) {}
+    ~collector() override {
+      if constexpr (requires { fn_.abort(); })
+        if (!finished_) fn_.abort();  // a failed run: e.g. a file writer removes its temporary file
+    }
+    void consume(const batch_view& batch) override {
+      decode_items(batch, items_);
+      for (auto& item : items_) call_with_item(fn_, item);
+    }
+    void finish() override {
+      finished_ = true;
+      finish_sink(fn_);
+    }
+
+   private:
+    F fn_;
+    batch_buffer<T> items_;
+    bool finished_ = false;
+  };
+
   F fn_;
 };
 
@@ -231,8 +285,6 @@ template <class T, class F>
 using filter_stage = callable_stage<T, filter_instance<T, F>, F>;
 template <class In, class Out, class F>
 using flat_map_stage = callable_stage<In, flat_map_instance<In, Out, F>, F>;
-template <class T, class F>
-using sink_stage = callable_stage<T, sink_instance<T, F>, F>;
 
 // ------------------------------------------------------------------ terminals
 

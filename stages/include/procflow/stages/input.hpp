@@ -1,0 +1,72 @@
+// procflow::stages input resolution: what a reader's `input` argument names, and how a set of
+// plain files is cut into byte blocks that replicas claim (the unit of a splittable reader).
+//
+//   "data.csv"        one file
+//   "logs/"           every regular file under the directory, recursively, sorted by path
+//   "logs/*.txt"      a glob(3) pattern (sorted; no match is an error)
+//   "-"               standard input (read in the source's own process)
+//   "x.gz"            gzip-compressed (zlib; read in the source's own process)
+//
+// The input is resolved when the reader is declared (before run() forks), so a missing file is
+// a procflow::system_error naming it, thrown by the declaration.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace procflow::stages {
+
+// Default block size: 1 MiB of a file per claimed chunk (a line belongs to the block it starts in).
+inline constexpr std::uint64_t default_block_bytes = std::uint64_t{1} << 20;
+
+struct input_file {
+  std::string path;        // as resolved ("-" for stdin)
+  std::uint64_t size = 0;  // bytes when the input was declared (plain files)
+  bool plain = true;       // false: stdin or gzip, read sequentially in a source process
+  std::uint32_t id = 0;    // index in the process-wide name table (detail::file_name)
+};
+
+// Resolves an input spec into its files. Throws procflow::system_error / procflow::error naming
+// the path when nothing can be read.
+std::vector<input_file> resolve_input(const std::string& spec);
+
+namespace detail {
+
+// A resolved input cut into blocks: block b of the set is bytes [begin, end) of one file.
+class input_set {
+ public:
+  input_set(const std::string& spec, std::uint64_t block_bytes);
+
+  struct block {
+    const input_file* file;
+    std::uint64_t begin;
+    std::uint64_t end;
+  };
+
+  const std::vector<input_file>& files() const noexcept { return files_; }
+  // True when every file is plain (replicas can read byte ranges of it).
+  bool splittable() const noexcept { return splittable_; }
+  std::uint64_t blocks() const noexcept { return first_block_.empty() ? 0 : first_block_.back(); }
+  block at(std::uint64_t b) const;
+  std::uint64_t block_bytes() const noexcept { return block_bytes_; }
+
+ private:
+  std::vector<input_file> files_;
+  std::vector<std::uint64_t> first_block_;  // prefix sums: blocks before file i+1
+  std::uint64_t block_bytes_;
+  bool splittable_ = true;
+};
+
+// Process-wide table of input file names: items carry a 4-byte id instead of the path. Filled
+// when readers are declared, so every replica forked afterwards knows every id.
+std::uint32_t register_file_name(const std::string& path);
+const std::string& file_name(std::uint32_t id);
+
+// The 1-based line number of the byte at `offset` of a plain file (counts newlines from the
+// start; cached per process, so each file prefix is read at most once per process).
+std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset);
+
+}  // namespace detail
+}  // namespace procflow::stages

@@ -1,0 +1,177 @@
+#include <procflow/error.hpp>
+#include <procflow/stages/input.hpp>
+
+#include <glob.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <fcntl.h>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <unistd.h>
+
+namespace procflow::stages {
+
+namespace {
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+input_file make_file(const std::string& path, std::uint64_t size) {
+  input_file f;
+  f.path = path;
+  f.size = size;
+  f.plain = !ends_with(path, ".gz");
+  f.id = detail::register_file_name(path);
+  return f;
+}
+
+// Name table: a deque keeps references stable while it grows.
+struct NameTable {
+  std::mutex mutex;
+  std::deque<std::string> names;
+  std::map<std::string, std::uint32_t, std::less<>> ids;
+};
+NameTable& names() {
+  static NameTable table;
+  return table;
+}
+
+}  // namespace
+
+std::vector<input_file> resolve_input(const std::string& spec) {
+  std::vector<input_file> files;
+  if (spec == "-") {
+    input_file f;
+    f.path = "-";
+    f.plain = false;
+    f.id = detail::register_file_name("-");
+    files.push_back(std::move(f));
+    return files;
+  }
+  if (spec.empty()) throw procflow::error("no input given (an empty path)");
+  struct stat st {};
+  if (::stat(spec.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) {
+      std::vector<std::string> paths;
+      std::error_code ec;
+      for (auto it = std::filesystem::recursive_directory_iterator(spec, ec);
+           !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
+        if (it->is_regular_file(ec)) paths.push_back(it->path().string());
+      if (ec) throw procflow::system_error(ec.value(), "cannot list directory '" + spec + "'");
+      std::sort(paths.begin(), paths.end());
+      for (const auto& p : paths) {
+        struct stat fs {};
+        if (::stat(p.c_str(), &fs) != 0) throw procflow::system_error(errno, "cannot open '" + p + "'");
+        files.push_back(make_file(p, static_cast<std::uint64_t>(fs.st_size)));
+      }
+      return files;
+    }
+    if (::access(spec.c_str(), R_OK) != 0) throw procflow::system_error(errno, "cannot open '" + spec + "'");
+    files.push_back(make_file(spec, S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0));
+    if (!S_ISREG(st.st_mode)) files.back().plain = false;  // a pipe or device: read it in order
+    return files;
+  }
+  const int stat_errno = errno;
+  if (spec.find_first_of("*?[") != std::string::npos) {
+    glob_t g{};
+    const int rc = ::glob(spec.c_str(), 0, nullptr, &g);
+    if (rc == GLOB_NOMATCH) {
+      ::globfree(&g);
+      throw procflow::error("no file matches '" + spec + "'");
+    }
+    if (rc != 0) {
+      ::globfree(&g);
+      throw procflow::error("cannot expand '" + spec + "'");
+    }
+    std::vector<std::string> paths(g.gl_pathv, g.gl_pathv + g.gl_pathc);
+    ::globfree(&g);
+    std::sort(paths.begin(), paths.end());
+    for (const auto& p : paths) {
+      struct stat fs {};
+      if (::stat(p.c_str(), &fs) != 0) throw procflow::system_error(errno, "cannot open '" + p + "'");
+      if (S_ISDIR(fs.st_mode)) continue;
+      files.push_back(make_file(p, static_cast<std::uint64_t>(fs.st_size)));
+    }
+    return files;
+  }
+  throw procflow::system_error(stat_errno, "cannot open '" + spec + "'");
+}
+
+namespace detail {
+
+input_set::input_set(const std::string& spec, std::uint64_t block_bytes)
+    : files_(resolve_input(spec)), block_bytes_(std::max<std::uint64_t>(block_bytes, 1)) {
+  std::uint64_t total = 0;
+  for (const auto& f : files_) {
+    splittable_ = splittable_ && f.plain;
+    total += (f.size + block_bytes_ - 1) / block_bytes_;
+    first_block_.push_back(total);
+  }
+}
+
+input_set::block input_set::at(std::uint64_t b) const {
+  const auto it = std::upper_bound(first_block_.begin(), first_block_.end(), b);
+  if (it == first_block_.end()) throw procflow::error("block " + std::to_string(b) + " is past the end of the input");
+  const std::size_t i = static_cast<std::size_t>(it - first_block_.begin());
+  const std::uint64_t before = i == 0 ? 0 : first_block_[i - 1];
+  const std::uint64_t begin = (b - before) * block_bytes_;
+  return {&files_[i], begin, std::min(files_[i].size, begin + block_bytes_)};
+}
+
+std::uint32_t register_file_name(const std::string& path) {
+  NameTable& t = names();
+  std::lock_guard lock(t.mutex);
+  if (auto it = t.ids.find(path); it != t.ids.end()) return it->second;
+  const auto id = static_cast<std::uint32_t>(t.names.size());
+  t.names.push_back(path);
+  t.ids.emplace(path, id);
+  return id;
+}
+
+const std::string& file_name(std::uint32_t id) {
+  NameTable& t = names();
+  std::lock_guard lock(t.mutex);
+  static const std::string unknown = "<input>";
+  return id < t.names.size() ? t.names[id] : unknown;
+}
+
+std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset) {
+  // newlines_before[k]: newlines in bytes [0, k * piece) of the file (this process's cache).
+  constexpr std::uint64_t piece = std::uint64_t{1} << 20;
+  static std::mutex mutex;
+  static std::map<std::uint32_t, std::vector<std::uint64_t>> cache;
+  const std::string path = file_name(file_id);
+  std::lock_guard lock(mutex);
+  auto& counts = cache[file_id];
+  if (counts.empty()) counts.push_back(0);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  std::string buffer(piece, '\0');
+  auto count_range = [&](std::uint64_t from, std::uint64_t to) -> std::uint64_t {
+    std::uint64_t n = 0;
+    while (from < to) {
+      const ssize_t got = ::pread(fd, buffer.data(), static_cast<std::size_t>(std::min(piece, to - from)), static_cast<off_t>(from));
+      if (got <= 0) break;
+      n += static_cast<std::uint64_t>(std::count(buffer.data(), buffer.data() + got, '\n'));
+      from += static_cast<std::uint64_t>(got);
+    }
+    return n;
+  };
+  const std::uint64_t k = offset / piece;
+  while (counts.size() <= k) {
+    const std::uint64_t start = (counts.size() - 1) * piece;
+    counts.push_back(counts.back() + count_range(start, start + piece));
+  }
+  const std::uint64_t line = counts[k] + count_range(k * piece, offset) + 1;
+  ::close(fd);
+  return line;
+}
+
+}  // namespace detail
+}  // namespace procflow::stages

@@ -1,0 +1,207 @@
+#include "reader.hpp"
+#include "scan.hpp"
+
+#include <procflow/error.hpp>
+#include <procflow/stages/records.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <memory>
+
+namespace procflow::stages {
+namespace detail {
+
+namespace {
+
+bool blank(std::string_view line) noexcept {
+  for (char c : line)
+    if (c != ' ' && c != '\t' && c != '\r') return false;
+  return true;
+}
+
+std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  return s;
+}
+
+// True when the line ending just before file offset `at` (at > 0, byte at-1 is '\n') is blank:
+// reads backwards until a non-blank byte or the previous '\n'.
+bool previous_line_blank(const input_file& f, std::uint64_t at) {
+  const int fd = ::open(f.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw procflow::system_error(errno, "cannot open '" + f.path + "'");
+  char buf[4096];
+  std::uint64_t end = at - 1;  // the '\n' ending the previous line
+  bool result = true;
+  for (;;) {
+    if (end == 0) break;  // the previous line starts the file
+    const std::uint64_t from = end > sizeof buf ? end - sizeof buf : 0;
+    const ssize_t got = ::pread(fd, buf, static_cast<std::size_t>(end - from), static_cast<off_t>(from));
+    if (got <= 0) break;
+    bool decided = false;
+    for (std::size_t i = static_cast<std::size_t>(got); i-- > 0;) {
+      const char c = buf[i];
+      if (c == '\n') {
+        decided = true;
+        break;
+      }
+      if (c != ' ' && c != '\t' && c != '\r') {
+        result = false;
+        decided = true;
+        break;
+      }
+    }
+    if (decided) break;
+    end = from;
+  }
+  ::close(fd);
+  return result;
+}
+
+}  // namespace
+
+// Reads records that start before `limit` from a Reader positioned at a line start.
+class RecordCursor {
+ public:
+  RecordCursor(Reader& r, const record_options& o, std::uint64_t limit, std::uint64_t line, bool after_blank)
+      : r_(r), o_(o), limit_(limit), line_(line), after_blank_(after_blank) {}
+
+  bool next(record& out) {
+    // Find the next record start (a non-blank line after a blank one) before the limit.
+    for (;;) {
+      if (r_.offset() >= limit_) return false;
+      std::string_view line;
+      bool nl = false;
+      if (!read_line(line, nl)) return false;
+      const bool is_blank = blank(line);
+      const bool is_comment = o_.comment != '\0' && !line.empty() && line[0] == o_.comment;
+      if (is_blank) {
+        after_blank_ = true;
+        consume(line.size(), nl);
+        continue;
+      }
+      if (!after_blank_ || is_comment) {  // the tail of a record owned by an earlier block, or a comment
+        consume(line.size(), nl);
+        continue;
+      }
+      break;
+    }
+    // The record: up to a blank line or the end of input (past the limit if need be).
+    out.fields.clear();
+    out.line = 0;
+    const std::uint64_t record_start = r_.offset();
+    for (;;) {
+      std::string_view line;
+      bool nl = false;
+      if (!read_line(line, nl)) break;
+      if (blank(line)) {
+        consume(line.size(), nl);
+        after_blank_ = true;
+        break;
+      }
+      if (r_.offset() - record_start > o_.max_record_bytes)
+        fail(r_.offset(), "record longer than " + std::to_string(o_.max_record_bytes) + " bytes");
+      if (o_.comment != '\0' && line[0] == o_.comment) {
+        consume(line.size(), nl);
+        continue;
+      }
+      if (line[0] == ' ' || line[0] == '\t') {
+        if (out.fields.empty()) fail(r_.offset(), "continuation line before any field");
+        auto& value = out.fields.back().second;
+        value += '\n';
+        value.append(trim(line));
+      } else {
+        const std::size_t colon = line.find(':');
+        if (colon == std::string_view::npos || colon == 0) fail(r_.offset(), "expected 'Key: value'");
+        if (out.fields.empty()) out.line = current_line();
+        out.fields.emplace_back(std::string(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+      }
+      consume(line.size(), nl);
+    }
+    return !out.fields.empty() || next(out);
+  }
+
+ private:
+  bool read_line(std::string_view& line, bool& nl) {
+    const std::size_t len = find_line(r_, o_.max_record_bytes, nl, [&] {
+      fail(r_.offset(), "line longer than " + std::to_string(o_.max_record_bytes) + " bytes");
+    });
+    if (len == std::string_view::npos) return false;
+    line = r_.window().substr(0, len);
+    return true;
+  }
+  void consume(std::size_t len, bool nl) {
+    r_.advance(len + (nl ? 1 : 0));
+    if (line_ != 0 && nl) ++line_;
+  }
+  // Line of the reader's position; in a split block counted from the file start once.
+  std::uint64_t current_line() {
+    if (line_ == 0) line_ = line_at(r_.file().id, r_.offset());
+    return line_;
+  }
+  [[noreturn]] void fail(std::uint64_t, const std::string& what) {
+    throw procflow::error(r_.file().path + ":" + std::to_string(current_line()) + ": " + what);
+  }
+
+  Reader& r_;
+  const record_options& o_;
+  std::uint64_t limit_;
+  std::uint64_t line_;
+  bool after_blank_;
+};
+
+class record_stream {
+ public:
+  record_stream(const input_set& input, const record_options& options) : input_(input), options_(options) {}
+
+  std::optional<record> next() {
+    record r;
+    for (;;) {
+      if (!reader_) {
+        if (file_ == input_.files().size()) return std::nullopt;
+        reader_ = std::make_unique<Reader>(input_.files()[file_], 0, /*sequential=*/true);
+        cursor_ = std::make_unique<RecordCursor>(*reader_, options_, UINT64_MAX, 1, true);
+      }
+      if (cursor_->next(r)) return r;
+      cursor_.reset();
+      reader_.reset();
+      ++file_;
+    }
+  }
+
+ private:
+  const input_set& input_;
+  record_options options_;
+  std::size_t file_ = 0;
+  std::unique_ptr<Reader> reader_;
+  std::unique_ptr<RecordCursor> cursor_;
+};
+
+}  // namespace detail
+
+records_source::records_source(std::string input, record_options options)
+    : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {}
+
+std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const {
+  out.clear();
+  record rec;
+  for (std::uint64_t b = first; b < last; ++b) {
+    const auto block = input_->at(b);
+    if (block.begin >= block.end) continue;
+    detail::Reader r(*block.file, block.begin == 0 ? 0 : block.begin - 1);
+    if (!r.more(static_cast<std::size_t>(block.end - block.begin) + 1)) continue;
+    if (block.begin > 0 && !detail::seek_line_start(r, block.end)) continue;
+    const bool after_blank = block.begin == 0 || detail::previous_line_blank(*block.file, r.offset());
+    detail::RecordCursor cursor(r, options_, block.end, block.begin == 0 ? 1 : 0, after_blank);
+    while (cursor.next(rec)) out.push_back(std::move(rec));
+  }
+  return out.size();
+}
+
+std::optional<record> records_source::next() {
+  if (!stream_) stream_ = std::make_shared<detail::record_stream>(*input_, options_);
+  return stream_->next();
+}
+
+}  // namespace procflow::stages
