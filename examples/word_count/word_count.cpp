@@ -1,4 +1,4 @@
-// lines -> words -> (word, 1) -> counts
+// lines -> words counted per replica -> merged counts
 //
 //   word_count [INPUT] [--output FILE] [--replicas N] [--top K]
 //
@@ -7,10 +7,12 @@
 // the default is the King James Bible from Debian's bible-kjv package, written to
 // $PROCFLOW_DATA/bible-kjv.txt by cmake/fetch-data.sh (`bible -f gen1:1-rev22:21`).
 //
-// procflow::stages::lines is a splittable source: each replica of `words` claims byte ranges of the file
-// (cut at line boundaries) and reads them itself; `count` is fused into the same processes and keeps a
-// partial count per replica, which the supervisor merges. Prints the top 20 on stdout; --output writes
-// every word,count row (count descending, then word).
+// procflow::stages::lines is a splittable source: each replica of `count words` claims byte ranges of
+// the file (cut at line boundaries) and reads them itself, so there is no reader process; each replica
+// folds its lines into its own word -> count table, and the supervisor merges the tables. (Emitting every
+// word as an item, flat_map -> reduce_by_key, gives the same result for 1.45x the CPU: a std::string per
+// word through a batch.) Prints the top 20 on stdout; --output writes every word,count row (count
+// descending, then word).
 #include <procflow/procflow.hpp>
 #include <procflow/stages/lines.hpp>
 
@@ -22,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace pf = procflow;
@@ -30,30 +33,32 @@ namespace {
 
 std::size_t top = 20;
 
-// Emits the words of one line: maximal runs of ASCII letters, lower-cased.
-void split_words(const std::string& line, pf::emitter<std::string>& emit) {
+using word_counts = std::unordered_map<std::string, std::uint64_t>;
+
+// Counts the words of one line: maximal runs of ASCII letters, lower-cased.
+void count_words(word_counts& counts, const std::string& line) {
   std::string word;
   for (const char c : line) {
     const auto lower = static_cast<unsigned char>(static_cast<unsigned char>(c) | 0x20);  // 'A'..'Z' -> 'a'..'z'
     if (lower >= 'a' && lower <= 'z') {
       word.push_back(static_cast<char>(lower));
     } else if (!word.empty()) {
-      emit(word);
+      ++counts[word];
       word.clear();
     }
   }
-  if (!word.empty()) emit(word);
+  if (!word.empty()) ++counts[word];
 }
 
 int run(const example::options& o) {
   const auto result = pf::pipeline("word_count")
                           .source("lines", pf::stages::lines(o.input))
-                          .flat_map<std::string>(
-                              "words", [](const std::string& line, pf::emitter<std::string>& emit) { split_words(line, emit); },
+                          .reduce(
+                              "count words", word_counts{}, [](word_counts& c, const std::string& line) { count_words(c, line); },
+                              [](word_counts& into, const word_counts& other) {
+                                for (const auto& [w, n] : other) into[w] += n;
+                              },
                               pf::replicas(o.replicas))
-                          .reduce_by_key(
-                              "count", [](const std::string& w) -> const std::string& { return w; }, std::uint64_t{0},
-                              [](std::uint64_t& n, const std::string&) { ++n; }, [](std::uint64_t& a, std::uint64_t b) { a += b; })
                           .run();
 
   std::vector<std::pair<std::string, std::uint64_t>> rows(result.value.begin(), result.value.end());
@@ -77,7 +82,7 @@ int run(const example::options& o) {
 int main(int argc, char** argv) {
   const std::string data = example::data_dir();
   return example::main_guard(
-      {"word_count", "lines -> words -> (word, 1) -> counts: the words of a text, the most frequent first.",
+      {"word_count", "lines -> words counted per replica -> merged counts: the words of a text, the most frequent first.",
        data + "/bible-kjv.txt",
        "bash cmake/fetch-data.sh   (or: apt-get install bible-kjv && bible -f gen1:1-rev22:21 > " + data + "/bible-kjv.txt)",
        "word,count", "  --top K        how many words to print on stdout (default 20)\n"},

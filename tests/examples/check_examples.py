@@ -62,7 +62,7 @@ def ref_packages(data):
 
     for raw in lines:
         line = raw[:-1] if raw.endswith("\r") else raw
-        if line == "":
+        if line.strip(" \t") == "":  # a blank line: empty or only spaces and tabs
             close(record)
             record = None
             continue
@@ -177,7 +177,7 @@ PACKAGES = (
     b"Package: zeta\nSection: admin\nInstalled-Size: 100\nDescription: first line\n continuation: not a field\n .\n"
     b"\n"
     b"Package: alpha\nSection: admin\nInstalled-Size: 100\n"                      # ties zeta: alpha wins
-    b"\n\n\n"                                                                     # several blank lines
+    b"\n \t\n\n"                                                                 # blank lines, one of spaces/tabs
     b"Package: nosize\nSection: admin\n"                                          # no Installed-Size: 0
     b"\n"
     b"Package: nosection\nInstalled-Size: 7\n"                                    # no Section: unknown
@@ -277,7 +277,7 @@ def interrupted(job, binary, tmp):
         out = os.path.join(tmp, "interrupted.csv")
         p = subprocess.Popen([binary, "-", "--output", out], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        p.stdin.write(b"Package: a\nSection: b\nInstalled-Size: 1\n\n1,2,AU\n" * 1000)
+        p.stdin.write((CRAFTED[job] + b"\n\n") * 100)
         p.stdin.flush()
         time.sleep(0.5)
         p.send_signal(sig)
