@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """The ETL examples side by side with the tools people use today, on the same file, in one run.
 
-    python3 tests/bench/etl_compare.py [--scale K] [--repeats R] [--jobs a,b] [--json] [--build DIR]
+    python3 tests/bench/etl_compare.py [--target-mb M | --scale K] [--repeats R] [--jobs a,b] [--json] [--build DIR]
 
 For each job (packages_etl, word_count, geoip_etl) on its real data set (cmake/fetch-data.sh; the
 directory is $PROCFLOW_DATA, default /var/tmp/procflow-data), replicated K times into a temporary
-file so that times are measurable, runs every variant R times and reports the median:
+file so that times are measurable (by default K makes about 100 MB: Packages x2, the Bible x23,
+geoip x11), runs every variant R times and reports the median:
 
   sequential     tests/bench/etl_peers/etl_sequential.cpp: a plain C++ loop (1 MiB reads, in-place
                  parsing, one hash map)
@@ -92,7 +93,10 @@ def scaled_copy(src, k, tmpdir, name):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=int, default=4, help="replicate each input K times (default 4)")
+    ap.add_argument("--scale", type=int, default=0,
+                    help="replicate each input K times (default: as many times as make about --target-mb)")
+    ap.add_argument("--target-mb", type=float, default=100.0,
+                    help="without --scale, replicate each input to about this size (default 100 MB)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per variant; the median is reported (default 3)")
     ap.add_argument("--jobs", default="packages_etl,word_count,geoip_etl")
     ap.add_argument("--variants", default="sequential,procflow,python_pool,unix_pipeline")
@@ -120,7 +124,7 @@ def main():
         load = (float("nan"),) * 3
     if not args.json:
         print(f"etl_compare: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-              f"scale {args.scale}, median of {args.repeats}")
+              f"median of {args.repeats}")
 
     failed = False
     tmpdir = tempfile.mkdtemp(prefix="procflow-etl-")
@@ -129,7 +133,8 @@ def main():
             src = os.path.join(args.data, DATA_FILES[job])
             if not os.path.isfile(src):
                 sys.exit(f"etl_compare: {src} is missing; run: bash cmake/fetch-data.sh")
-            inp = scaled_copy(src, args.scale, tmpdir, job)
+            scale = args.scale or max(1, round(args.target_mb * 1e6 / os.path.getsize(src)))
+            inp = scaled_copy(src, scale, tmpdir, job)
             size = os.path.getsize(inp)
             commands = {
                 "sequential": [sequential, job, inp, "--output"],
@@ -173,7 +178,7 @@ def main():
                 continue
             base = results["sequential"][0]
             if not args.json:
-                print(f"\n{job}: {os.path.basename(src)} x{args.scale} = {size / 1e6:.1f} MB")
+                print(f"\n{job}: {os.path.basename(src)} x{scale} = {size / 1e6:.1f} MB")
                 print(f"  {'variant':<14} {'wall s':>8} {'cpu s':>8} {'MB/s':>8} {'speedup':>8}")
             for variant in variants:
                 if variant not in results:
@@ -181,7 +186,7 @@ def main():
                 wall, cpu = results[variant]
                 row = {"bench": job, "variant": variant, "wall_s": round(wall, 4), "cpu_s": round(cpu, 4),
                        "mb_per_s": round(size / 1e6 / wall, 2), "speedup": round(base / wall, 3),
-                       "scale": args.scale, "input_bytes": size, "replicas": args.replicas,
+                       "scale": scale, "input_bytes": size, "replicas": args.replicas,
                        "loadavg_1min": round(load[0], 2)}
                 if args.json:
                     print(json.dumps(row), flush=True)
