@@ -17,7 +17,9 @@ geoip x11), runs every variant R times and reports the median:
 Every variant writes its --output; a variant whose output differs from the sequential loop's fails the
 run (exit 1) instead of reporting a time. Wall time and CPU time (user + system of the process and all
 its reaped descendants, from wait4) are both reported: on a machine shared with other work, wall
-ratios move with the load, CPU seconds much less. `speedup` is sequential wall / variant wall.
+ratios move with the load, CPU seconds much less. `speedup` is sequential wall / variant wall;
+`cpu/seq` is the variant's CPU seconds / the sequential loop's (the work it spends on the same job: on
+2 idle cores the best wall speedup is 2 / cpu/seq).
 With --json, one JSON object per line: {"bench", "variant", "wall_s", "cpu_s", "speedup", ...}.
 """
 
@@ -179,19 +181,21 @@ def main():
             base = results["sequential"][0]
             if not args.json:
                 print(f"\n{job}: {os.path.basename(src)} x{scale} = {size / 1e6:.1f} MB")
-                print(f"  {'variant':<14} {'wall s':>8} {'cpu s':>8} {'MB/s':>8} {'speedup':>8}")
+                print(f"  {'variant':<14} {'wall s':>8} {'cpu s':>8} {'MB/s':>8} {'speedup':>8} {'cpu/seq':>8}")
             for variant in variants:
                 if variant not in results:
                     continue
                 wall, cpu = results[variant]
                 row = {"bench": job, "variant": variant, "wall_s": round(wall, 4), "cpu_s": round(cpu, 4),
                        "mb_per_s": round(size / 1e6 / wall, 2), "speedup": round(base / wall, 3),
+                       "cpu_vs_sequential": round(cpu / results["sequential"][1], 3) if results["sequential"][1] else None,
                        "scale": scale, "input_bytes": size, "replicas": args.replicas,
                        "loadavg_1min": round(load[0], 2)}
                 if args.json:
                     print(json.dumps(row), flush=True)
                 else:
-                    print(f"  {variant:<14} {wall:8.3f} {cpu:8.3f} {row['mb_per_s']:8.1f} {row['speedup']:7.2f}x")
+                    print(f"  {variant:<14} {wall:8.3f} {cpu:8.3f} {row['mb_per_s']:8.1f} {row['speedup']:7.2f}x "
+                          f"{row['cpu_vs_sequential'] or 0:7.2f}x")
             if not args.json and "procflow" in results and "python_pool" in results:
                 print(f"  procflow vs python_pool: {results['python_pool'][0] / results['procflow'][0]:.1f}x")
     finally:
