@@ -175,11 +175,14 @@ class flow {
     return then<runnable<std::vector<T>>>(std::make_shared<detail::collect_stage<T>>("collect", detail::make_stage_options(opts...)));
   }
 
-  // Terminal: fn(item) for every item, in a process of its own (e.g. writing a file).
-  // That process ends with _exit(), so a stream of the caller captured by reference is a copy
-  // there and is never flushed: let fn own what it writes through (open it on the first item,
-  // e.g. in a std::shared_ptr captured by value). Each replica's copy of fn is destroyed when its
-  // input ends, which flushes and closes what it owns.
+  // Terminal: fn(item) for every item (e.g. writing a file). By default the sink runs in the
+  // process that called run(), fed through the results channel like collect, so whatever fn
+  // captured by reference (a std::ofstream, a vector) is the caller's. With pf::replicas(n > 1)
+  // or pf::own_process it runs in processes of its own, which end with _exit(): there a stream of
+  // the caller captured by reference is a copy that is never flushed, so let fn own what it writes
+  // through (pf::stages::csv_writer / jsonl_writer, or open it on the first item). If fn has a
+  // finish() member, it is called once at the end of a successful stream (in each sink replica,
+  // before its end of stream); a throw from it fails run() with a stage_error saying "teardown".
   template <class F, class... Opts>
   runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
     static_assert(detail::callable_with_item_v<F, T>, "procflow: sink(): the function cannot be called with the previous stage's item type");

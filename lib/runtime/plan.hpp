@@ -4,7 +4,8 @@
 // fused into one process per replica (like operator chaining in stream engines), unless a stage
 // asks for its own processes or the pipeline turns fusion off. A splittable source (a range, a
 // vector) joins the first group: its replicas claim chunks of it through a shared counter. A
-// generator source has a group of its own (one process). collect runs in the supervisor.
+// generator source has a group of its own (one process). collect, and a sink without
+// replicas(n > 1) or own_process, run in the supervisor (fed by the results channel).
 //
 //   source -> map -> filter -> reduce        (default: fused)
 //   [ group 0: source chunks + map + filter + reduce ] x R  --results-->  supervisor

@@ -138,7 +138,8 @@ std::uint32_t register_columns(std::vector<std::string> names) {
 }
 
 const std::vector<std::string>& columns(std::uint32_t id) {
-  std::lock_guard lock(column_mutex);
+  // No lock: names are registered when readers are declared, before run() forks and while no
+  // other thread runs (the fork rule); lookups happen per row and must stay cheap.
   auto& t = column_table();
   return id < t.size() ? t[id] : t[0];
 }
@@ -161,7 +162,7 @@ class RowCursor {
       if (p == Parsed::more) {
         if (r_.window().size() > o_.max_row_bytes)
           fail(start, row.size(), "row longer than " + std::to_string(o_.max_row_bytes) + " bytes");
-        r_.more(std::max<std::size_t>(std::size_t{1} << 16, r_.window().size()));
+        r_.more(std::max<std::size_t>(std::size_t{1} << 12, r_.window().size()));
         continue;
       }
       if (p == Parsed::end) return false;
@@ -309,7 +310,8 @@ csv_source::csv_source(std::string input, csv_options options)
 }
 
 std::size_t csv_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<csv_row>& out) const {
-  out.clear();
+  // The previous chunk's rows are reused as storage (no allocation per row once warm).
+  std::size_t n = 0;
   csv_row row;
   for (std::uint64_t b = first; b < last; ++b) {
     const auto block = input_->at(b);
@@ -319,9 +321,14 @@ std::size_t csv_source::fill(std::uint64_t first, std::uint64_t last, procflow::
     if (block.begin > 0 && !detail::seek_line_start(r, block.end)) continue;
     detail::RowCursor cursor(r, options_, columns_, block.end, block.begin == 0 ? 1 : 0);
     if (block.begin == 0 && options_.header && !cursor.next(row)) continue;  // skip the header
-    while (cursor.next(row)) out.push_back(std::move(row));
+    for (;;) {
+      if (n == out.size()) out.emplace_back();
+      if (!cursor.next(out[n])) break;
+      ++n;
+    }
   }
-  return out.size();
+  out.resize(n);
+  return n;
 }
 
 std::optional<csv_row> csv_source::next() {

@@ -135,8 +135,7 @@ std::uint32_t register_file_name(const std::string& path) {
 }
 
 const std::string& file_name(std::uint32_t id) {
-  NameTable& t = names();
-  std::lock_guard lock(t.mutex);
+  NameTable& t = names();  // read without the lock: see detail::columns (registered before fork)
   static const std::string unknown = "<input>";
   return id < t.names.size() ? t.names[id] : unknown;
 }

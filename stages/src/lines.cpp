@@ -52,7 +52,9 @@ lines_source::lines_source(std::string input, line_options options)
     : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {}
 
 std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<std::string>& out) const {
-  out.clear();
+  // Items of the previous chunk are reused as storage: assigning into a string that has the
+  // capacity already costs no allocation (a batch of lines allocates only while it grows).
+  std::size_t n = 0;
   for (std::uint64_t b = first; b < last; ++b) {
     const auto block = input_->at(b);
     if (block.begin >= block.end) continue;
@@ -66,11 +68,18 @@ std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow
                               std::to_string(options_.max_line_bytes) + " bytes");
       });
       if (len == std::string_view::npos) break;
-      out.emplace_back(detail::strip_cr(r.window().substr(0, len)));
+      const std::string_view line = detail::strip_cr(r.window().substr(0, len));
+      if (n < out.size()) {
+        out[n].assign(line);
+      } else {
+        out.emplace_back(line);
+      }
+      ++n;
       r.advance(len + (nl ? 1 : 0));
     }
   }
-  return out.size();
+  out.resize(n);
+  return n;
 }
 
 std::optional<std::string> lines_source::next() {

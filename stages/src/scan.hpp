@@ -39,7 +39,7 @@ std::size_t find_line(Reader& r, std::size_t max_bytes, bool& has_newline, TooLo
     }
     scanned = w.size();
     if (scanned > max_bytes + 1) too_long();
-    if (!r.more(std::max<std::size_t>(std::size_t{1} << 16, scanned))) {
+    if (!r.more(std::max<std::size_t>(std::size_t{1} << 12, scanned))) {
       has_newline = false;
       const std::string_view rest = r.window();
       if (rest.empty()) return std::string_view::npos;

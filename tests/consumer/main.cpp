@@ -1,9 +1,12 @@
-// Proves a consumer project can build and run a pipeline against procflow::procflow.
+// Proves a consumer project can build and run a pipeline against procflow::procflow and
+// procflow::stages (a compiled library since the readers: its link dependencies must resolve).
 #include <procflow/procflow.hpp>
-#include <procflow/stages/lines.hpp>  // procflow::stages is installed too
+#include <procflow/stages/lines.hpp>
 
 #include <cstdio>
 #include <functional>
+#include <string>
+#include <unistd.h>
 
 int main() {
   namespace pf = procflow;
@@ -13,5 +16,18 @@ int main() {
                      .reduce("sum", 0, std::plus<>{}, std::plus<>{})
                      .run();
   std::printf("sum=%d\n", r.value);
-  return r.value == 999000 ? 0 : 1;
+
+  const std::string path = "/tmp/procflow_consumer_" + std::to_string(::getpid()) + ".txt";
+  if (std::FILE* f = std::fopen(path.c_str(), "w")) {
+    std::fputs("one\ntwo\nthree\n", f);
+    std::fclose(f);
+  }
+  const auto lines = pf::pipeline("consumer_lines")
+                         .source("read", pf::stages::lines(path))
+                         .map("length", [](const std::string& s) { return s.size(); }, pf::replicas(2))
+                         .reduce("total", std::size_t{0}, std::plus<>{}, std::plus<>{})
+                         .run();
+  std::remove(path.c_str());
+  std::printf("line bytes=%zu\n", lines.value);
+  return r.value == 999000 && lines.value == 11 ? 0 : 1;
 }

@@ -1,0 +1,203 @@
+// Checks stages/include/procflow/stages/csv.hpp (issue 9, csv_rows): RFC 4180 quoting, header
+// names, typed access, errors naming file:line:column, the quoted-newline rule of the split
+// reader, and that split reading over replicas equals sequential reading.
+#include "stage_test_support.hpp"
+#include "support/child_process.hpp"
+
+#include <procflow/procflow.hpp>
+#include <procflow/stages/csv.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace pf = procflow;
+namespace pt = procflow::test;
+using fields = std::vector<std::string>;
+
+namespace {
+
+fields to_fields(const pf::stages::csv_row& r) {
+  fields f;
+  for (std::size_t i = 0; i < r.size(); ++i) f.emplace_back(r[i]);
+  return f;
+}
+
+// Every row, read block by block in this process.
+std::vector<fields> read_split(const pf::stages::csv_source& src) {
+  std::vector<fields> out;
+  pf::detail::batch_buffer<pf::stages::csv_row> rows;
+  for (std::uint64_t b = 0; b < src.size(); ++b) {
+    src.fill(b, b + 1, rows);
+    for (const auto& r : rows) out.push_back(to_fields(r));
+  }
+  return out;
+}
+
+// Every row, read sequentially (the source-process path).
+std::vector<fields> read_sequential(pf::stages::csv_source src) {
+  std::vector<fields> out;
+  while (auto r = src.next()) out.push_back(to_fields(*r));
+  return out;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+pf::stages::csv_options multiline() {
+  pf::stages::csv_options o;
+  o.multiline = true;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("RFC 4180: quotes, embedded delimiters and quotes, CRLF, empty fields, no final newline") {
+  pt::temp_dir dir("csv_rfc");
+  const std::string path = dir.write("a.csv",
+                                     "name,comment,n\r\n"
+                                     "plain,\"a, b\",1\r\n"
+                                     "\"quoted \"\"word\"\"\",,2\n"
+                                     "\n"
+                                     "empty last,\"\",\n"
+                                     "x,y,3");
+  const std::vector<fields> want{{"plain", "a, b", "1"}, {"quoted \"word\"", "", "2"}, {"empty last", "", ""}, {"x", "y", "3"}};
+  pf::stages::csv_options o;
+  for (const std::uint64_t block : {std::uint64_t{1}, std::uint64_t{5}, std::uint64_t{17}, std::uint64_t{1} << 20}) {
+    o.block_bytes = block;
+    CAPTURE(block);
+    pf::stages::csv_source src(path, o);
+    CHECK(src.columns() == fields{"name", "comment", "n"});
+    CHECK(read_split(src) == want);
+    CHECK(read_sequential(src) == want);
+  }
+}
+
+TEST_CASE("typed access by name and index; errors name file:line:column and the text") {
+  pt::temp_dir dir("csv_typed");
+  const std::string path = dir.write("t.csv", "id,delay,origin\n1,2.5,JFK\n2,abc,LAX\n3,99999999999,SFO\n");
+  pf::stages::csv_source src(path, {});
+  auto rows = src.next();
+  REQUIRE(rows);
+  CHECK(rows->get<int>("id") == 1);
+  CHECK(rows->get<double>(1) == doctest::Approx(2.5));
+  CHECK(rows->get<std::string>("origin") == "JFK");
+  CHECK(rows->get<std::string_view>(2) == "JFK");
+  CHECK(rows->line() == 2);
+  auto bad = src.next();
+  REQUIRE(bad);
+  CHECK(error_of([&] { bad->get<double>("delay"); }) == path + ":3:2 (delay): cannot read \"abc\" as a number");
+  CHECK(error_of([&] { bad->get<int>("nope"); }).find("no column named 'nope'") != std::string::npos);
+  CHECK(error_of([&] { bad->get<int>(7); }) == path + ":3:8: the row has only 3 fields");
+  auto big = src.next();
+  REQUIRE(big);
+  CHECK(error_of([&] { big->get<std::int32_t>("delay"); }).find(path + ":4:2 (delay): cannot read \"99999999999\" as an integer") == 0);
+  CHECK(big->get<std::int64_t>("delay") == 99999999999);
+
+  // In a split file the line is counted on demand, and rows keep their names across processes.
+  pf::stages::csv_options o;
+  o.block_bytes = 8;
+  try {
+    pf::pipeline("typed")
+        .source("rows", pf::stages::csv_rows(path, o))
+        .map("delay", [](const pf::stages::csv_row& r) { return r.get<double>("delay"); }, pf::replicas(2))
+        .collect()
+        .run();
+    FAIL("no error");
+  } catch (const pf::stage_error& e) {
+    CHECK(e.stage() == "delay");
+    CHECK(std::string(e.what()).find(path + ":3:2 (delay): cannot read \"abc\" as a number") != std::string::npos);
+  }
+  CHECK(pt::count_children() == 0);
+}
+
+TEST_CASE("malformed CSV is an error with file:line:column, never a crash") {
+  pt::temp_dir dir("csv_bad");
+  const std::string unterminated = dir.write("u.csv", "a,b\n1,2\n3,\"never closed\n");
+  CHECK(error_of([&] { read_sequential(pf::stages::csv_source(unterminated, multiline())); }) ==
+        unterminated + ":3:2: unterminated quoted field");
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(unterminated, {})); }).find(unterminated + ":3:2:") == 0);
+  const std::string after_quote = dir.write("q.csv", "a,b\n\"x\"y,2\n");
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(after_quote, {})); }) ==
+        after_quote + ":2:1: unexpected character after a closing quote");
+  const std::string empty = dir.write("e.csv", "");
+  pf::stages::csv_source e(empty, {});
+  CHECK(e.columns().empty());
+  CHECK(read_split(e).empty());
+  CHECK(read_sequential(e).empty());
+}
+
+TEST_CASE("a quoted line break: an error when splitting, data with multiline") {
+  pt::temp_dir dir("csv_multiline");
+  const std::string path = dir.write("m.csv", "k,text\n1,\"two\nlines\"\n2,plain\n");
+  pf::stages::csv_options o;
+  o.block_bytes = 4;
+  const std::string err = error_of([&] { read_split(pf::stages::csv_source(path, o)); });
+  CHECK(err.find(path + ":2:2: quoted field spans lines") == 0);
+  CHECK(err.find("csv_options::multiline") != std::string::npos);
+  o.multiline = true;
+  pf::stages::csv_source src(path, o);
+  CHECK_FALSE(src.splittable());
+  const auto r = pf::pipeline("ml").source("rows", src).map("f", [](const pf::stages::csv_row& row) {
+    return row.get<std::string>("text") + "@" + std::to_string(row.line());
+  }, pf::replicas(2)).collect(pf::ordered).run();
+  CHECK(r.value == fields{"two\nlines@2", "plain@4"});
+}
+
+TEST_CASE("delimiter, comment lines, no header with given column names") {
+  pt::temp_dir dir("csv_options");
+  const std::string path = dir.write("g.txt", "# tor geoip\n16777216;16777471;AU\n# more\n16777472;16778239;CN\n");
+  pf::stages::csv_options o;
+  o.delimiter = ';';
+  o.comment = '#';
+  o.header = false;
+  o.columns = {"start", "end", "country"};
+  pf::stages::csv_source src(path, o);
+  CHECK(read_split(src) == std::vector<fields>{{"16777216", "16777471", "AU"}, {"16777472", "16778239", "CN"}});
+  auto first = pf::stages::csv_source(path, o).next();
+  REQUIRE(first);
+  CHECK(first->get<std::uint64_t>("end") - first->get<std::uint64_t>("start") + 1 == 256);
+  CHECK(first->line() == 2);
+}
+
+TEST_CASE("split reading over 1..3 replicas equals sequential reading (random quoted CSV)") {
+  std::mt19937_64 rng(99);
+  pt::temp_dir dir("csv_random");
+  std::string text = "a,b,c\n";
+  for (int i = 0; i < 4000; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      if (c) text += ',';
+      switch (rng() % 5) {
+        case 0: text += "\"q,\"\"" + std::to_string(rng() % 1000) + "\""; break;
+        case 1: break;
+        case 2: text += std::string(rng() % 40, 'x'); break;
+        default: text += std::to_string(rng() % 100000); break;
+      }
+    }
+    text += rng() % 4 ? "\n" : "\r\n";
+  }
+  const std::string path = dir.write("r.csv", text);
+  pf::stages::csv_options o;
+  o.block_bytes = 777;
+  const auto want = read_sequential(pf::stages::csv_source(path, multiline()));
+  REQUIRE(want.size() == 4000);
+  CHECK(read_split(pf::stages::csv_source(path, o)) == want);
+  for (std::uint32_t replicas = 1; replicas <= 3; ++replicas) {
+    CAPTURE(replicas);
+    const auto got = pf::pipeline("csv").source("rows", pf::stages::csv_rows(path, o))
+                         .map("fields", [](const pf::stages::csv_row& r) { return to_fields(r); }, pf::replicas(replicas))
+                         .collect(pf::ordered).run();
+    CHECK(got.value == want);
+    CHECK(got.report.stages[0].items_out == 4000);
+  }
+  CHECK(pt::count_children() == 0);
+}

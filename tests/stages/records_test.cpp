@@ -1,0 +1,128 @@
+// Checks stages/include/procflow/stages/records.hpp (issue 9, records): Key: value records with
+// continuation lines, blank-line separation, line numbers, errors naming file:line, and that
+// split reading over replicas equals sequential reading.
+#include "stage_test_support.hpp"
+#include "support/child_process.hpp"
+
+#include <procflow/procflow.hpp>
+#include <procflow/stages/records.hpp>
+
+#include <doctest/doctest.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+namespace pf = procflow;
+namespace pt = procflow::test;
+using pf::stages::record;
+
+namespace {
+
+std::vector<record> read_split(const pf::stages::records_source& src) {
+  std::vector<record> out;
+  pf::detail::batch_buffer<record> chunk;
+  for (std::uint64_t b = 0; b < src.size(); ++b) {
+    src.fill(b, b + 1, chunk);
+    out.insert(out.end(), chunk.begin(), chunk.end());
+  }
+  return out;
+}
+
+std::vector<record> read_sequential(pf::stages::records_source src) {
+  std::vector<record> out;
+  while (auto r = src.next()) out.push_back(*r);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("records: fields, continuation lines, blank lines with spaces, line numbers") {
+  pt::temp_dir dir("records_basic");
+  const std::string path = dir.write("Packages",
+                                     "\n"
+                                     "Package: bash\n"
+                                     "Section: shells\n"
+                                     "Description: GNU Bourne Again SHell\n"
+                                     " Bash is an sh-compatible\n"
+                                     " .\n"
+                                     "\tinterpreter\n"
+                                     "  \t\n"
+                                     "\n"
+                                     "Package: zsh\r\n"
+                                     "Installed-Size:   2048  \r\n"
+                                     "\r\n"
+                                     "Package: last\n"
+                                     "Section: misc");
+  const std::vector<record> want{
+      {{{"Package", "bash"}, {"Section", "shells"}, {"Description", "GNU Bourne Again SHell\nBash is an sh-compatible\n.\ninterpreter"}}, 2},
+      {{{"Package", "zsh"}, {"Installed-Size", "2048"}}, 10},
+      {{{"Package", "last"}, {"Section", "misc"}}, 13}};
+  for (const std::uint64_t block : {std::uint64_t{1}, std::uint64_t{7}, std::uint64_t{64}, std::uint64_t{1} << 20}) {
+    CAPTURE(block);
+    pf::stages::record_options o;
+    o.block_bytes = block;
+    CHECK(read_split(pf::stages::records_source(path, o)) == want);
+    CHECK(read_sequential(pf::stages::records_source(path, o)) == want);
+  }
+  CHECK(want[1].get("Installed-Size") == "2048");
+  CHECK(want[1].get("Section", "unknown") == "unknown");
+  CHECK(want[1].find("Package") != nullptr);
+  CHECK(want[1].find("package") == nullptr);  // exact keys
+}
+
+TEST_CASE("a line that is not Key: value names file and line") {
+  pt::temp_dir dir("records_bad");
+  const std::string path = dir.write("bad", "A: 1\n\nB: 2\nthis is not a field\n");
+  pf::stages::record_options o;
+  o.block_bytes = 5;
+  for (const bool split : {true, false}) {
+    CAPTURE(split);
+    try {
+      if (split) {
+        read_split(pf::stages::records_source(path, o));
+      } else {
+        read_sequential(pf::stages::records_source(path, o));
+      }
+      FAIL("no error");
+    } catch (const pf::error& e) {
+      CHECK(std::string(e.what()) == path + ":4: expected 'Key: value'");
+    }
+  }
+}
+
+TEST_CASE("split records over 1..3 replicas equal sequential reading (random file)") {
+  std::mt19937_64 rng(4242);
+  pt::temp_dir dir("records_random");
+  std::string text;
+  for (int i = 0; i < 2000; ++i) {
+    const int fields = 1 + static_cast<int>(rng() % 6);
+    for (int f = 0; f < fields; ++f) {
+      text += "Key";
+      text += std::to_string(f);
+      text += ": value ";
+      text += std::to_string(rng() % 100000);
+      text += '\n';
+      for (std::uint64_t c = rng() % 3; c > 0; --c) {  // a continuation line has text (a blank one separates records)
+        text += rng() % 2 ? ' ' : '\t';
+        text.append(1 + rng() % 30, 'c');
+        text += '\n';
+      }
+    }
+    for (std::uint64_t b = 1 + rng() % 3; b > 0; --b) text += rng() % 4 ? "\n" : "   \n";
+  }
+  const std::string path = dir.write("random", text);
+  pf::stages::record_options o;
+  o.block_bytes = 501;
+  const auto want = read_sequential(pf::stages::records_source(path, o));
+  REQUIRE(want.size() == 2000);
+  CHECK(read_split(pf::stages::records_source(path, o)) == want);
+  for (std::uint32_t replicas = 1; replicas <= 3; ++replicas) {
+    CAPTURE(replicas);
+    const auto got = pf::pipeline("records").source("read", pf::stages::records(path, o))
+                         .map("id", [](record r) { return r; }, pf::replicas(replicas))
+                         .collect(pf::ordered).run();
+    CHECK(got.value == want);
+  }
+  CHECK(pt::count_children() == 0);
+}
