@@ -41,10 +41,10 @@ MembershipShared& Channel::membership() const { return *segment_->at<MembershipS
 
 MembershipAck& Channel::ack(std::uint32_t producer) const { return *segment_->at<MembershipAck>(ack_offsets_.at(producer)); }
 
-RingShared& Channel::ring(std::uint32_t producer, std::uint32_t consumer) const {
+RingView Channel::ring(std::uint32_t producer, std::uint32_t consumer) const {
   if (producer >= producers_ || consumer >= consumers_)
     throw std::out_of_range(fmt::format("channel has no ring {} -> {} ({} x {})", producer, consumer, producers_, consumers_));
-  return attach_ring(*segment_, ring_offsets_[std::size_t{producer} * consumers_ + consumer]);
+  return attach_ring(*segment_, ring_offsets_[std::size_t{producer} * consumers_ + consumer], geometry_);
 }
 
 EventShared& Channel::data_event(std::uint32_t consumer) const {

@@ -3,6 +3,7 @@
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
 #include "process/child.hpp"
+#include "runtime/exception_info.hpp"
 #include "runtime/plan.hpp"
 #include "runtime/replica.hpp"
 #include "runtime/run_state.hpp"
@@ -14,9 +15,11 @@
 
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <optional>
 #include <string>
 
@@ -52,7 +55,7 @@ class Supervisor {
       if (auto exit = children_.wait_any(tick)) on_exit(*exit);
       elastic_.tick();
     }
-    if (collector_) collector_->finish();
+    if (collector_) on_caller_side("merging the replicas' partial results", [&] { collector_->finish(); });
     return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
   }
 
@@ -68,7 +71,10 @@ class Supervisor {
     batch_view batch;
     for (;;) {
       if (results.receive_until(batch, next_check)) {
-        collector_->consume(batch);
+        on_caller_side([&] {
+          return fmt::format("decoding or merging result batch {} ({} items{})", batch.meta.seq, batch.items,
+                             batch.meta.dense ? fmt::format(", source items from {}", batch.meta.first_item) : "");
+        }, [&] { collector_->consume(batch); });
         results.release();
       } else if (results.at_end()) {
         return;
@@ -87,6 +93,32 @@ class Supervisor {
     elastic_.on_exit(ids_[exit.index].group, ids_[exit.index].replica);
   }
 
+  // Runs the terminal stage's caller-side work (decoding results, merging partials with the
+  // user's combine). Whatever it throws becomes a stage_error naming the terminal stage "in the
+  // supervisor", with the original nested (the rule documented at stage_error), after every
+  // child was stopped and reaped.
+  template <class Where, class Work>
+  void on_caller_side(const Where& where, Work&& work) {
+    try {
+      work();
+    } catch (...) {
+      stage_error::details d;
+      d.stage = def_.stages.back()->name();
+      d.in_supervisor = true;
+      d.replica = stage_error::no_replica;
+      d.pid = static_cast<std::int32_t>(::getpid());
+      d.kind = stage_error::cause::exception;
+      d.exception_type = current_exception_type();
+      if constexpr (std::is_invocable_v<const Where&>) {
+        d.message = where() + ": " + current_exception_message();
+      } else {
+        d.message = std::string(where) + ": " + current_exception_message();
+      }
+      children_.kill_and_reap_all();
+      std::throw_with_nested(stage_error(std::move(d)));
+    }
+  }
+
   // Throws stage_error (after stopping everybody) if `exit` is not a clean completion.
   void check(const process::ExitInfo& exit) {
     const ReplicaId id = ids_[exit.index];
@@ -95,10 +127,12 @@ class Supervisor {
     ReplicaRecord& record = state_.record(global);
     // SYNC POINT (acquire): pairs with the replica's release store of its status.
     const auto status = static_cast<ReplicaStatus>(record.status.load(std::memory_order_acquire));
-    if (WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == exit_completed && status == ReplicaStatus::completed) return;
+    if (exit.status_known && WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == exit_completed &&
+        status == ReplicaStatus::completed)
+      return;
     // Reaped by somebody else (SIGCHLD set to SIG_IGN, a handler calling wait()): the record
-    // still tells whether the replica finished.
-    if (exit.status == -1 && status == ReplicaStatus::completed) return;
+    // still tells whether the replica finished; anything short of `completed` is a failure.
+    if (!exit.status_known && status == ReplicaStatus::completed) return;
 
     stage_error::details d;
     d.replica = id.replica;
@@ -115,6 +149,11 @@ class Supervisor {
       d.item_seq = record.item_seq;
       d.exception_type = record.exception_type;
       d.message = record.message;
+    } else if (!exit.status_known) {
+      d.kind = stage_error::cause::lost;
+      d.message =
+          "the process ended before finishing its input; its exit status was taken by someone else "
+          "(SIGCHLD ignored, or a SIGCHLD handler that calls wait), so the signal or exit code is unknown";
     } else if (WIFSIGNALED(exit.status)) {
       d.kind = stage_error::cause::signal;
       d.signal_number = WTERMSIG(exit.status);
@@ -124,7 +163,7 @@ class Supervisor {
       if (d.exit_code == 0) d.message = "user code called exit()";
     } else {
       d.kind = stage_error::cause::lost;
-      d.message = "the process was reaped by someone else (a SIGCHLD handler?)";
+      d.message = fmt::format("the process ended with an unexpected wait status {:#x}", exit.status);
     }
     if (g.end_stage - g.first_stage > 1) {
       std::string fused;
