@@ -27,7 +27,7 @@ constexpr std::uint32_t max_slots = 64;  // active-lane masks are 64 bits
 
 void fit_boundary(channel::RingGeometry& g, std::uint64_t rings) {
   auto bytes = [&] { return rings * g.slot_count * std::uint64_t{g.payload_bytes}; };
-  while (bytes() > scalable_boundary_bytes && g.slot_count > 4) g.slot_count /= 2;
+  while (bytes() > scalable_boundary_bytes && g.slot_count > 2) g.slot_count /= 2;
   while (bytes() > scalable_boundary_bytes && g.payload_bytes > 8192) g.payload_bytes /= 2;
 }
 
