@@ -124,7 +124,7 @@ void Elastic::retire_slot(std::size_t group, std::uint32_t slot) {
 }
 
 void Elastic::apply(std::size_t group, std::uint32_t target) {
-  if (input_done_[group]) return;  // its input ended: nothing left to share
+  if (input_done_[group] || !plan_.groups[group].scalable) return;  // ended, or not safe to change (see README)
   target = std::max<std::uint32_t>(target, 1);
   while (active_[group] < target && next_slot_[group] < plan_.groups[group].slots) start_slot(group);
   for (std::uint32_t slot = next_slot_[group]; slot-- > 0 && active_[group] > target;) {

@@ -217,16 +217,17 @@ bool chance(Rng& rng, double p) { return std::bernoulli_distribution(p)(rng); }
 StageSpec random_stage_spec(Rng& rng) {
   StageSpec s;
   if (chance(rng, 0.5)) s.replicas = std::uniform_int_distribution<std::uint32_t>(1, 4)(rng);
-  if (chance(rng, 0.15)) {
-    s.automatic = true;
-    s.replicas.reset();
-  }
+  const bool automatic = chance(rng, 0.15);
   const double roll = std::uniform_real_distribution<double>(0, 1)(rng);
   if (roll < 0.2) {
     s.own = true;
   } else if (roll < 0.45) {
     s.bytes = random_bytes(rng);
     s.slots = random_slots(rng);
+  }
+  if (automatic) {  // its own option profile (see with_stage_options)
+    s = StageSpec{};
+    s.automatic = true;
   }
   return s;
 }
