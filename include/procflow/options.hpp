@@ -15,11 +15,31 @@ enum class dispatch : std::uint8_t {
   round_robin,   // each replica in turn
 };
 
+// Let the scheduler choose (and change while running) how many processes run a stage:
+// `replicas(auto_scale)` on a stage, or `auto_scale` on the pipeline for every stage without an
+// explicit count. The scheduler shares the core budget (see cores) by each stage's measured cost.
+struct auto_scale_t {
+  explicit constexpr auto_scale_t() = default;
+};
+inline constexpr auto_scale_t auto_scale{};
+
 // Number of processes running a stage. A stage without it inherits the previous stage's count
 // (the source counts as 1), so `.map(f, replicas(4)).filter(g)` runs both with 4 replicas.
+// An explicit count is fixed: the scheduler never changes it.
 struct replicas {
   explicit replicas(std::uint32_t n) : count(n) {
     if (n == 0) throw std::invalid_argument("procflow::replicas: need at least 1 replica");
+  }
+  explicit replicas(auto_scale_t) : count(0), automatic(true) {}
+  std::uint32_t count;
+  bool automatic = false;
+};
+
+// Pipeline-wide: the core budget the scheduler shares out among auto-scaled stages. Default: the
+// CPUs this process may run on (sched_getaffinity).
+struct cores {
+  explicit cores(std::uint32_t n) : count(n) {
+    if (n == 0) throw std::invalid_argument("procflow::cores: need at least 1 core");
   }
   std::uint32_t count;
 };
@@ -67,16 +87,30 @@ struct stage_options {
   std::optional<procflow::dispatch> dispatch;
   bool ordered = false;
   bool own_process = false;
+  bool auto_scale = false;  // replicas(auto_scale); on the pipeline: stages without a count
 };
 
 struct pipeline_options {
   stage_options defaults;  // batch_bytes, ring_slots, ordered apply to every stage
   bool fusion = true;
+  std::optional<std::uint32_t> cores;  // core budget; default: sched_getaffinity
 };
 
 namespace detail {
 
-inline void apply_option(stage_options& o, const replicas& r) { o.replicas = r.count; }
+inline void apply_option(stage_options& o, const replicas& r) {
+  if (r.automatic) {
+    o.auto_scale = true;
+    o.replicas.reset();
+  } else {
+    o.replicas = r.count;
+    o.auto_scale = false;
+  }
+}
+inline void apply_option(stage_options& o, auto_scale_t) {
+  o.auto_scale = true;
+  o.replicas.reset();
+}
 inline void apply_option(stage_options& o, const batch_bytes& b) { o.batch_bytes = b.bytes; }
 inline void apply_option(stage_options& o, const ring_slots& s) { o.ring_slots = s.slots; }
 inline void apply_option(stage_options& o, dispatch d) { o.dispatch = d; }
@@ -90,13 +124,14 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process");
+                "dispatch::..., own_process, auto_scale");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;
 }
 
 inline void apply_pipeline_option(pipeline_options& o, const fusion& f) { o.fusion = f.enabled; }
+inline void apply_pipeline_option(pipeline_options& o, const cores& c) { o.cores = c.count; }
 template <stage_option T>
 void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
 

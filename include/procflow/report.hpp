@@ -13,7 +13,8 @@ namespace procflow {
 struct stage_report {
   std::string name;
   std::string kind;             // "source", "map", "filter", ...
-  std::uint32_t replicas = 0;
+  std::uint32_t replicas = 0;       // at the end of the run
+  std::uint32_t peak_replicas = 0;  // the most running at once (auto_scale may change the count)
   std::uint32_t process_group = 0;  // stages with the same group run fused in the same processes
   std::uint64_t items_in = 0;
   std::uint64_t items_out = 0;
@@ -24,11 +25,28 @@ struct stage_report {
   double blocked_s = 0;  // waiting for room downstream (per process group)
 };
 
+// One change the scheduler made: a process group (its stages) went from `from` to `to` replicas,
+// because one replica takes `true_rate` items per second of busy time and the group must take
+// `required_rate` items per second for the planned throughput (it took `observed_rate`).
+struct scheduler_decision {
+  double time_s = 0;  // since the run started
+  std::uint32_t process_group = 0;
+  std::string stages;  // "parse+filter"
+  std::uint32_t from = 0;
+  std::uint32_t to = 0;
+  double true_rate = 0;
+  double required_rate = 0;
+  double observed_rate = 0;
+  bool forced = false;  // made by a test hook, not the policy
+};
+
 struct run_report {
   std::string pipeline;
   double wall_s = 0;
-  std::uint32_t processes = 0;  // replicas forked
+  std::uint32_t processes = 0;  // replicas forked (auto_scale: over the whole run)
+  std::uint32_t cores = 0;      // the core budget the scheduler shared out
   std::vector<stage_report> stages;
+  std::vector<scheduler_decision> decisions;
 
   // The stage whose replicas were busiest relative to their count (nullptr if none ran).
   const stage_report* bottleneck() const;

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <new>
 #include <stdexcept>
 
@@ -14,6 +15,8 @@ Channel::Channel(shm::SegmentLayout& layout, std::uint32_t producers, std::uint3
   for (std::uint32_t i = 0; i < producers * consumers; ++i) ring_offsets_.push_back(reserve_ring(layout, geometry));
   for (std::uint32_t q = 0; q < consumers; ++q) data_event_offsets_.push_back(layout.add(sizeof(EventShared), shm::cache_line));
   for (std::uint32_t p = 0; p < producers; ++p) space_event_offsets_.push_back(layout.add(sizeof(EventShared), shm::cache_line));
+  membership_offset_ = layout.add(sizeof(MembershipShared), shm::cache_line);
+  for (std::uint32_t p = 0; p < producers; ++p) ack_offsets_.push_back(layout.add(sizeof(MembershipAck), shm::cache_line));
 }
 
 void Channel::create(const shm::Segment& segment, std::uint64_t initial_index) {
@@ -21,7 +24,22 @@ void Channel::create(const shm::Segment& segment, std::uint64_t initial_index) {
   for (auto offset : ring_offsets_) create_ring(segment, offset, geometry_, initial_index);
   for (auto offset : data_event_offsets_) new (segment.at<EventShared>(offset)) EventShared{};
   for (auto offset : space_event_offsets_) new (segment.at<EventShared>(offset)) EventShared{};
+  new (segment.at<MembershipShared>(membership_offset_)) MembershipShared{};
+  for (auto offset : ack_offsets_) new (segment.at<MembershipAck>(offset)) MembershipAck{};
+  set_initial_membership(consumers_, producers_);
 }
+
+void Channel::set_initial_membership(std::uint32_t active_consumers, std::uint32_t started_producers) const {
+  // Before fork: nobody else reads these yet.
+  membership().active.store(lane_mask(std::min(active_consumers, consumers_)), std::memory_order_relaxed);
+  membership().epoch.store(1, std::memory_order_relaxed);
+  for (std::uint32_t p = 0; p < producers_; ++p)
+    ack(p).epoch.store(p < started_producers ? 0 : MembershipAck::never_started, std::memory_order_relaxed);
+}
+
+MembershipShared& Channel::membership() const { return *segment_->at<MembershipShared>(membership_offset_); }
+
+MembershipAck& Channel::ack(std::uint32_t producer) const { return *segment_->at<MembershipAck>(ack_offsets_.at(producer)); }
 
 RingView Channel::ring(std::uint32_t producer, std::uint32_t consumer) const {
   if (producer >= producers_ || consumer >= consumers_)

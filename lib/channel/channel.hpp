@@ -11,6 +11,7 @@
 #pragma once
 
 #include "channel/event.hpp"
+#include "channel/membership.hpp"
 #include "channel/ring.hpp"
 #include "shm/segment.hpp"
 
@@ -38,6 +39,11 @@ class Channel {
   RingView ring(std::uint32_t producer, std::uint32_t consumer) const;
   EventShared& data_event(std::uint32_t consumer) const;
   EventShared& space_event(std::uint32_t producer) const;
+  // Which consumers get new batches (see membership.hpp). create() makes every lane active and
+  // every producer started; set_initial_membership() narrows that before fork.
+  MembershipShared& membership() const;
+  MembershipAck& ack(std::uint32_t producer) const;
+  void set_initial_membership(std::uint32_t active_consumers, std::uint32_t started_producers) const;
 
  private:
   const shm::Segment* segment_ = nullptr;
@@ -47,6 +53,8 @@ class Channel {
   std::vector<std::uint64_t> ring_offsets_;         // producer-major: [p * consumers + q]
   std::vector<std::uint64_t> data_event_offsets_;   // per consumer
   std::vector<std::uint64_t> space_event_offsets_;  // per producer
+  std::uint64_t membership_offset_ = 0;
+  std::vector<std::uint64_t> ack_offsets_;          // per producer
 };
 
 }  // namespace procflow::channel

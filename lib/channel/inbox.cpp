@@ -11,7 +11,7 @@ Inbox::Inbox(const Channel& channel, std::uint32_t consumer, const InboxOptions&
     : data_event_(&channel.data_event(consumer)), options_(options), expected_seq_(options.first_seq) {
   if (options.seq_stride == 0) throw std::invalid_argument("Inbox: seq_stride must be >= 1");
   for (std::uint32_t p = 0; p < channel.producers(); ++p)
-    sources_.push_back({RingReader(channel.ring(p, consumer)), &channel.space_event(p), false});
+    sources_.push_back({RingReader(channel.ring(p, consumer)), &channel.space_event(p), &channel.ack(p), false});
 }
 
 bool Inbox::update_end() {
@@ -21,6 +21,18 @@ bool Inbox::update_end() {
     all = all && s.drained;
   }
   return all;
+}
+
+bool Inbox::try_retire(std::uint64_t epoch) {
+  if (held_ != none || held_large_ || partial_.ring != none) return false;
+  for (auto& s : sources_) {
+    if (s.drained) continue;
+    // SYNC POINT (acquire): pairs with the producer's release of its ack in
+    // Outbox::refresh_membership(): every slot it sent here is visible to the peek below.
+    const bool quiet = s.ack->epoch.load(std::memory_order_acquire) >= epoch || s.ring.closed();
+    if (!quiet || s.ring.try_peek()) return false;
+  }
+  return true;
 }
 
 bool Inbox::try_receive(detail::batch_view& out) {

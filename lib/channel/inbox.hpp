@@ -47,6 +47,10 @@ class Inbox final : public detail::input_port {
   // receive() that gives up at `deadline`: false on timeout or at end of stream (see at_end()).
   bool receive_until(detail::batch_view& out, Clock::time_point deadline);
   bool at_end() const override { return end_; }
+  // A retiring consumer: true once no producer can send it anything any more — every producer
+  // acknowledged membership epoch `epoch` (which excluded this consumer) or closed its ring, and
+  // every ring is empty — and nothing is held. Never blocks.
+  bool try_retire(std::uint64_t epoch);
 
   const InboxStats& stats() const noexcept { return stats_; }
 
@@ -54,6 +58,7 @@ class Inbox final : public detail::input_port {
   struct Source {
     RingReader ring;
     EventShared* space_event = nullptr;  // the producer's
+    MembershipAck* ack = nullptr;        // the producer's acknowledgement of membership changes
     bool drained = false;
   };
 

@@ -22,21 +22,51 @@ Outbox::Outbox(const Channel& channel, std::uint32_t producer, const OutboxOptio
   lane_count_ = consumers;
   max_item_bytes_ = channel.geometry().payload_bytes;
   rotation_ = producer % consumers;  // spread producers' first choices
+  if (consumers <= max_masked_lanes) {
+    membership_ = &channel.membership();
+    ack_ = &channel.ack(producer);
+    refresh_membership();
+  }
+}
+
+void Outbox::refresh_membership() {
+  if (!membership_) return;
+  // SYNC POINT (acquire): pairs with the release in publish_membership(); `active` is then at
+  // least as new as this epoch.
+  const std::uint64_t epoch = membership_->epoch.load(std::memory_order_acquire);
+  if (epoch == seen_epoch_) return;
+  std::uint64_t active = membership_->active.load(std::memory_order_relaxed) & lane_mask(static_cast<std::uint32_t>(lanes_.size()));
+  if (active == 0) active = lane_mask(static_cast<std::uint32_t>(lanes_.size()));  // never dispatch to nobody
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane)
+    if (!(active >> lane & 1) && lanes_[lane].open && cursors_[lane].items > 0) publish(lane);
+  active_ = active;
+  seen_epoch_ = epoch;
+  // SYNC POINT (release): every slot this producer sends to a lane that left is published
+  // above or earlier; pairs with the acquire in Inbox::try_retire().
+  ack_->epoch.store(epoch, std::memory_order_release);
 }
 
 std::size_t Outbox::pick_lane() {
   const std::size_t n = lanes_.size();
+  // Membership only changes lanes under load / turn dispatch (the scheduler does not scale the
+  // consumers of ordered or keyed channels); one acquire load per slot.
+  auto active = [&](std::size_t lane) { return lane >= max_masked_lanes || (active_ >> lane & 1) != 0; };
   switch (options_.dispatch) {
     case Dispatch::round_robin:
-      rotation_ = (rotation_ + 1) % n;
+      refresh_membership();
+      do rotation_ = (rotation_ + 1) % n;
+      while (!active(rotation_));
       return rotation_;
     case Dispatch::least_loaded: {
+      refresh_membership();
       // One relaxed head load per lane, once per slot: cheap next to a slot's worth of items.
-      rotation_ = (rotation_ + 1) % n;
+      do rotation_ = (rotation_ + 1) % n;
+      while (!active(rotation_));
       std::size_t best = rotation_;
       std::uint64_t best_size = lanes_[best].ring.size_approx();
       for (std::size_t k = 1; k < n && best_size > 0; ++k) {
         const std::size_t lane = (rotation_ + k) % n;
+        if (!active(lane)) continue;
         const std::uint64_t size = lanes_[lane].ring.size_approx();
         if (size < best_size) {
           best = lane;
@@ -104,6 +134,7 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   l.open = nullptr;
   c = {};
   if (current_ == &c) current_ = &no_slot_;
+  if (options_.on_publish) options_.on_publish(options_.publish_context);
 }
 
 void Outbox::publish_current_if_used() {
@@ -165,6 +196,9 @@ void Outbox::end_batch() {
 void Outbox::flush() {
   for (std::size_t lane = 0; lane < lanes_.size(); ++lane)
     if (lanes_[lane].open && cursors_[lane].items > 0) publish(lane);
+  // Nothing is open with items now: a producer about to wait acknowledges a change at once, so a
+  // retiring consumer does not wait for this producer's next slot.
+  if (options_.dispatch == Dispatch::round_robin || options_.dispatch == Dispatch::least_loaded) refresh_membership();
 }
 
 void Outbox::close() {

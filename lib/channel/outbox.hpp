@@ -30,6 +30,9 @@ struct OutboxOptions {
   // downstream key on.
   bool source = false;
   std::uint32_t spin = default_spin_iterations;
+  // Called after every published slot (e.g. to mirror stats() to live counters); may be null.
+  void (*on_publish)(void* context) = nullptr;
+  void* publish_context = nullptr;
 };
 
 // Counters kept by the Outbox itself (process-local; the runtime copies them to shared memory).
@@ -67,6 +70,9 @@ class Outbox final : public detail::output_port {
   };
 
   std::size_t pick_lane();
+  // Reads the channel's membership when it changed: lanes that left get no new slot; a slot
+  // still open on one is published first, then the change is acknowledged.
+  void refresh_membership();
   void open(std::size_t lane);
   void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
   void publish_current_if_used();
@@ -84,6 +90,10 @@ class Outbox final : public detail::output_port {
   bool in_fragments_ = false;    // source mode: fragments of one item share one batch number
   bool closed_ = false;
   OutboxStats stats_;
+  MembershipShared* membership_ = nullptr;  // null: more lanes than a mask holds, all active
+  MembershipAck* ack_ = nullptr;
+  std::uint64_t seen_epoch_ = ~std::uint64_t{0};
+  std::uint64_t active_ = ~std::uint64_t{0};  // lanes that get new slots (dispatch by load/turn)
 };
 
 }  // namespace procflow::channel

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <sched.h>
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -18,7 +20,60 @@ channel::RingGeometry geometry_for(const detail::pipeline_def& def, const stage_
           s.batch_bytes.value_or(d.batch_bytes.value_or(default_batch_bytes))};
 }
 
+// A boundary where a side can grow has P x Q rings of slots x batch bytes; keep it within this
+// (smaller rings before smaller batches: the batch size is what the stages' throughput feels).
+constexpr std::uint64_t scalable_boundary_bytes = 64ull << 20;
+constexpr std::uint32_t max_slots = 64;  // active-lane masks are 64 bits
+
+void fit_boundary(channel::RingGeometry& g, std::uint64_t rings) {
+  auto bytes = [&] { return rings * g.slot_count * std::uint64_t{g.payload_bytes}; };
+  while (bytes() > scalable_boundary_bytes && g.slot_count > 2) g.slot_count /= 2;
+  while (bytes() > scalable_boundary_bytes && g.payload_bytes > 8192) g.payload_bytes /= 2;
+}
+
 }  // namespace
+
+// Which auto groups may change while running, how many replicas they start with (an even share
+// of the budget left by fixed groups) and how many slots they get.
+void size_groups(Plan& plan) {
+  std::uint32_t fixed = 0;
+  std::uint32_t automatic = 0;
+  for (std::size_t k = 0; k < plan.groups.size(); ++k) {
+    Group& g = plan.groups[k];
+    // What stays correct when replicas come and go (see lib/scheduler/README.md): stateless
+    // stages and reduce (per-replica partials) scale; a generator is one process; ordered
+    // pipelines number batches by replica count; keyed dispatch pins keys to replicas.
+    const bool keyed_input = k > 0 && plan.groups[k - 1].keyed;
+    g.scalable = g.auto_scale && g.input != GroupInput::generator && !plan.ordered && !keyed_input;
+    if (g.auto_scale && g.input != GroupInput::generator) {
+      ++automatic;
+    } else {
+      fixed += g.input == GroupInput::generator ? 1 : g.replicas;
+    }
+  }
+  const std::uint32_t share = automatic ? std::max<std::uint32_t>(1, (plan.cores > fixed ? plan.cores - fixed : 0) / automatic) : 1;
+  std::uint32_t minimum = 0;
+  for (auto& g : plan.groups) {
+    if (g.auto_scale && g.input != GroupInput::generator) g.replicas = std::min(share, max_slots);
+    if (g.input == GroupInput::generator) g.replicas = 1;
+    minimum += g.scalable ? 1 : g.replicas;
+  }
+  for (auto& g : plan.groups) {
+    g.slots = g.replicas;
+    if (!g.scalable) continue;
+    const std::uint32_t reach = std::max(g.replicas, plan.cores > minimum ? plan.cores - minimum + 1 : 1);
+    // Retired slots are not reused: room for the budget twice over (at least 4).
+    g.slots = std::min(max_slots, std::max({g.replicas, 2 * reach, 4u}));
+    plan.scheduled = true;
+  }
+}
+
+std::uint32_t available_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return static_cast<std::uint32_t>(std::max(1, CPU_COUNT(&set)));
+}
 
 Plan make_plan(const detail::pipeline_def& def) {
   const auto& stages = def.stages;
@@ -31,15 +86,27 @@ Plan make_plan(const detail::pipeline_def& def) {
 
   // Replica counts: explicit, else inherited from the previous stage (source = 1); sinks
   // default to one process (a file written by several would interleave).
+  // auto_scale (on the stage, or on the pipeline for a stage without a count) is inherited the
+  // same way; a sink is auto-scaled only when it asks itself.
+  plan.cores = def.options.cores.value_or(available_cores());
   std::vector<std::uint32_t> replicas(stages.size(), 1);
+  std::vector<bool> automatic(stages.size(), false);
   for (std::size_t i = 1; i < stages.size(); ++i) {
     const auto& o = stages[i]->options();
+    const bool sink = stages[i]->kind() == detail::stage_kind::sink;
     if (o.replicas) {
       replicas[i] = *o.replicas;
-    } else if (stages[i]->kind() == detail::stage_kind::sink || stages[i]->runs_in_supervisor()) {
+    } else if (stages[i]->runs_in_supervisor()) {
       replicas[i] = 1;
+    } else if (o.auto_scale) {
+      automatic[i] = true;
+    } else if (sink) {
+      replicas[i] = 1;
+    } else if (def.options.defaults.auto_scale) {
+      automatic[i] = true;
     } else {
       replicas[i] = replicas[i - 1];
+      automatic[i] = automatic[i - 1];
     }
   }
   constexpr std::uint32_t max_replicas = 256;  // P x Q rings per boundary: keep the segment sane
@@ -64,6 +131,7 @@ Plan make_plan(const detail::pipeline_def& def) {
   if (chunked) {
     g.input = GroupInput::chunks;
     g.replicas = replicas[1];
+    g.auto_scale = automatic[1];
     replicas[0] = replicas[1];
   } else {
     g.input = GroupInput::generator;
@@ -75,7 +143,8 @@ Plan make_plan(const detail::pipeline_def& def) {
     const auto& s = *stages[i];
     Group& cur = plan.groups.back();
     const bool joins = fuse && !s.options().own_process && s.kind() != detail::stage_kind::sink &&
-                       replicas[i] == cur.replicas && (cur.input != GroupInput::generator);
+                       automatic[i] == cur.auto_scale && (automatic[i] || replicas[i] == cur.replicas) &&
+                       (cur.input != GroupInput::generator);
     if (joins) {
       cur.end_stage = i + 1;
       continue;
@@ -84,6 +153,7 @@ Plan make_plan(const detail::pipeline_def& def) {
     next.first_stage = i;
     next.end_stage = i + 1;
     next.replicas = replicas[i];
+    next.auto_scale = automatic[i];
     next.input = GroupInput::channel;
     plan.groups.push_back(next);
   }
@@ -120,7 +190,14 @@ Plan make_plan(const detail::pipeline_def& def) {
                                                                           : channel::Dispatch::least_loaded;
     }
     grp.out_geometry = geometry_for(def, stages[grp.end_stage - 1]->options());
+  }
+  size_groups(plan);
+  for (std::size_t k = 0; k < plan.groups.size(); ++k) {
+    Group& grp = plan.groups[k];
+    const bool grows = grp.scalable || (k + 1 < plan.groups.size() && plan.groups[k + 1].scalable);
+    if (grows) fit_boundary(grp.out_geometry, std::uint64_t{grp.slots} * (k + 1 < plan.groups.size() ? plan.groups[k + 1].slots : 1));
     plan.total_replicas += grp.replicas;
+    plan.total_slots += grp.slots;
   }
 
   plan.stage_group.assign(stages.size(), static_cast<std::uint32_t>(plan.groups.size()));
@@ -134,7 +211,7 @@ Plan make_plan(const detail::pipeline_def& def) {
     const auto geometry = geometry_for(def, stages[0]->options());
     // Up to 8192 items (measured: 4096-8192 beat both 512 and 16384 on the trivial pipeline).
     const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
-    const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().replicas} * 256);
+    const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().slots} * 256);
     plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
     if (const std::uint64_t preferred = src->preferred_chunk_units()) plan.chunk_items = preferred;  // e.g. file blocks
     // Rounded up without forming size + chunk_items - 1, which wraps for ranges near 2^64 items

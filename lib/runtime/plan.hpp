@@ -26,7 +26,13 @@ enum class GroupOutput : std::uint8_t { channel, results, none };
 struct Group {
   std::size_t first_stage = 0;  // [first_stage, end_stage) index into pipeline_def::stages
   std::size_t end_stage = 0;
-  std::uint32_t replicas = 1;
+  std::uint32_t replicas = 1;   // replicas started with
+  // Replica slots laid out in shared memory (counters, records, rings): the most replicas the
+  // group may ever have started, including retired ones (a slot is never reused). == replicas
+  // unless the group is scalable.
+  std::uint32_t slots = 1;
+  bool scalable = false;        // the scheduler may start and retire replicas while it runs
+  bool auto_scale = false;      // the user asked for auto_scale (scalable, or not when unsafe)
   GroupInput input = GroupInput::channel;
   GroupOutput output = GroupOutput::channel;
   // For output == channel/results: the stage whose encode_input() writes the port (the next
@@ -45,8 +51,14 @@ struct Plan {
   bool has_results = false;                // the last group sends results to the supervisor
   std::uint64_t chunk_items = 0;           // chunked source: items per claim
   std::uint64_t chunks = 0;
-  std::uint32_t total_replicas = 0;
+  std::uint32_t total_replicas = 0;       // replicas started with
+  std::uint32_t total_slots = 0;          // replica slots laid out (>= total_replicas)
+  std::uint32_t cores = 1;                // the core budget
+  bool scheduled = false;                 // some group is scalable: run the scheduler
 };
+
+// The CPUs this process may run on (sched_getaffinity), at least 1.
+std::uint32_t available_cores();
 
 // Throws std::invalid_argument naming the stage when the declaration cannot run.
 Plan make_plan(const detail::pipeline_def& def);

@@ -65,6 +65,12 @@ class Replica {
       channel::OutboxOptions o;
       o.dispatch = group_.dispatch;
       o.source = group_.input == GroupInput::generator && group_.end_stage == 1;
+      if (o.source) {
+        // A generator only returns at the end: mirror its counters after every slot so the
+        // scheduler sees its rate while it runs.
+        o.on_publish = [](void* self) { static_cast<Replica*>(self)->generator_progress(); };
+        o.publish_context = this;
+      }
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
     }
     first_worker_ = first_worker;
@@ -107,9 +113,20 @@ class Replica {
  private:
   bool ends_in_terminal() const { return def_.stages[group_.end_stage - 1]->is_terminal(); }
 
+  void generator_progress() noexcept {
+    tallies_[0].items_out = outbox_->stats().items;
+    const std::uint64_t elapsed = ns_since(generator_start_);
+    const std::uint64_t blocked = outbox_->stats().blocked_ns;
+    tallies_[0].busy_ns = elapsed > blocked ? elapsed - blocked : 0;
+    flush_counters();
+  }
+
+  bool retiring() const noexcept { return record_->retire.load(std::memory_order_acquire) != 0; }
+
   void run_generator() {
     stage_ = 0;
     const auto t0 = Clock::now();
+    generator_start_ = t0;
     if (group_.end_stage == 1) {
       def_.stages[0]->source()->produce(*outbox_);
       tallies_[0].busy_ns = ns_since(t0) - outbox_->stats().blocked_ns;
@@ -123,6 +140,7 @@ class Replica {
     const std::uint64_t total = src.size();
     RunHeader& header = state_.header();
     for (;;) {
+      if (group_.scalable && retiring()) break;  // another replica claims the rest
       // Relaxed: see RunHeader::next_chunk.
       const std::uint64_t chunk = header.next_chunk.fetch_add(1, std::memory_order_relaxed);
       if (chunk >= plan_.chunks) break;
@@ -137,15 +155,27 @@ class Replica {
     }
   }
 
+  // Waits for the next batch; false at end of stream, or when this replica retires and nothing
+  // can reach it any more. A scalable replica waits in short steps to notice a retirement.
+  bool next_batch(detail::batch_view& batch) {
+    for (;;) {
+      const std::uint64_t retire = group_.scalable ? record_->retire.load(std::memory_order_acquire) : 0;
+      if (retire != 0 && inbox_->try_retire(retire)) return false;
+      if (inbox_->try_receive(batch)) return true;
+      // About to wait: hand on what this replica has produced so far (latency).
+      if (outbox_) outbox_->flush();
+      if (!group_.scalable) return inbox_->receive(batch);
+      const auto step = retire != 0 ? std::chrono::milliseconds(2) : std::chrono::milliseconds(50);
+      if (inbox_->receive_until(batch, Clock::now() + step)) return true;
+      if (inbox_->at_end()) return false;
+    }
+  }
+
   void run_channel() {
     detail::batch_view batch;
     bool in_batch = false;
     for (;;) {
-      if (!inbox_->try_receive(batch)) {
-        // About to wait: hand on what this replica has produced so far (latency).
-        if (outbox_) outbox_->flush();
-        if (!inbox_->receive(batch)) break;
-      }
+      if (!next_batch(batch)) break;
       set_stage(first_worker_);
       const auto t0 = Clock::now();
       const std::size_t n = instances_.front()->decode(batch);
@@ -171,6 +201,7 @@ class Replica {
       t.items_in += n;
       t.batches_in += 1;
       const auto t0 = Clock::now();
+      const std::uint64_t blocked_before = outbox_ ? outbox_->stats().blocked_ns : 0;  // a flat_map may emit straight out
       detail::item_cursor cursor;
       try {
         n = instances_[k]->apply(cursor);
@@ -181,11 +212,16 @@ class Replica {
       }
       if (k + 1 < instances_.size()) instances_[k]->hand_over(*instances_[k + 1]);
       t.items_out += n;
-      t.busy_ns += ns_since(t0) + (k == 0 ? extra_ns : 0);
+      const std::uint64_t elapsed = ns_since(t0);
+      const std::uint64_t blocked = outbox_ ? outbox_->stats().blocked_ns - blocked_before : 0;
+      t.busy_ns += (elapsed > blocked ? elapsed - blocked : 0) + (k == 0 ? extra_ns : 0);
       lineage_dense = lineage_dense && def_.stages[stage]->one_to_one();
     }
     if (outbox_) {
       const auto t0 = Clock::now();
+      // Waiting for room downstream is blocked time, not busy time: the scheduler's true rate
+      // (items per busy second) must not count it.
+      const std::uint64_t blocked_before = outbox_->stats().blocked_ns;
       if (!ends_in_terminal()) {
         // Keyed dispatch runs the next stage's key function here: errors are that stage's.
         set_stage(group_.keyed ? group_.encoder_stage : group_.end_stage - 1);
@@ -196,7 +232,9 @@ class Replica {
         if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
         outbox_->end_batch();
       }
-      tallies_[group_.end_stage - 1].busy_ns += ns_since(t0);
+      const std::uint64_t elapsed = ns_since(t0);
+      const std::uint64_t blocked = outbox_->stats().blocked_ns - blocked_before;
+      tallies_[group_.end_stage - 1].busy_ns += elapsed > blocked ? elapsed - blocked : 0;
     }
     flush_counters();
   }
@@ -258,6 +296,7 @@ class Replica {
   std::vector<Tally> tallies_;
   ReplicaRecord* record_;
   std::size_t stage_ = 0;  // stage running now (named in a failure)
+  Clock::time_point generator_start_{};
   bool has_item_ = false;
   std::uint64_t item_seq_ = 0;
 };

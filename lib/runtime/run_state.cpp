@@ -22,17 +22,17 @@ shm::SegmentLayout& plan_layout(shm::SegmentLayout& layout, std::uint64_t& heade
 }  // namespace
 
 RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
-    : stages_(def.stages.size()), total_replicas_(plan.total_replicas) {
-  for (const auto& g : plan.groups) max_replicas_ = std::max(max_replicas_, g.replicas);
+    : stages_(def.stages.size()), total_replicas_(plan.total_slots) {
+  for (const auto& g : plan.groups) max_replicas_ = std::max(max_replicas_, g.slots);
   plan_layout(layout_, header_offset_, counters_offset_, records_offset_, stages_, max_replicas_, total_replicas_);
   std::uint32_t base = 0;
   for (std::size_t k = 0; k < plan.groups.size(); ++k) {
     replica_base_.push_back(base);
-    base += plan.groups[k].replicas;
+    base += plan.groups[k].slots;
     if (k + 1 < plan.groups.size())
-      channels_.emplace_back(layout_, plan.groups[k].replicas, plan.groups[k + 1].replicas, plan.groups[k].out_geometry);
+      channels_.emplace_back(layout_, plan.groups[k].slots, plan.groups[k + 1].slots, plan.groups[k].out_geometry);
   }
-  if (plan.has_results) results_ = channel::Channel(layout_, plan.groups.back().replicas, 1, plan.groups.back().out_geometry);
+  if (plan.has_results) results_ = channel::Channel(layout_, plan.groups.back().slots, 1, plan.groups.back().out_geometry);
 
   segment_ = shm::Segment(layout_);
   segment_.validate();
@@ -45,8 +45,16 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
   for (std::size_t i = 0; i < stages_ * max_replicas_; ++i) new (c + i) StageCounters{};
   auto* r = segment_.at<ReplicaRecord>(records_offset_, total_replicas_);
   for (std::uint32_t i = 0; i < total_replicas_; ++i) new (r + i) ReplicaRecord{};
-  for (auto& ch : channels_) ch.create(segment_);
-  if (plan.has_results) results_.create(segment_);
+  for (std::size_t k = 0; k < channels_.size(); ++k) {
+    channels_[k].create(segment_);
+    // Lanes to consumer replicas that exist from the start; producer slots not yet started
+    // need not acknowledge membership changes (see channel/membership.hpp).
+    channels_[k].set_initial_membership(plan.groups[k + 1].replicas, plan.groups[k].replicas);
+  }
+  if (plan.has_results) {
+    results_.create(segment_);
+    results_.set_initial_membership(1, plan.groups.back().replicas);
+  }
 }
 
 StageCounters& RunState::counters(std::size_t stage, std::uint32_t replica) const {

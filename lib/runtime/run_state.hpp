@@ -53,6 +53,12 @@ struct ReplicaRecord {
   // Stage the replica is running now, so a replica killed by a signal is reported with the
   // stage it died in. Relaxed: read after the process is reaped (wait4 orders it).
   std::atomic<std::uint32_t> current_stage;
+  // Set by the supervisor to retire this replica (0: keep running). For a channel input, the
+  // membership epoch from which on no producer sends it new batches (it drains and exits, see
+  // channel/membership.hpp); for a chunked source, any value: claim no further chunk. Relaxed
+  // would do for the flag itself; acquire keeps the epoch reading simple to reason about
+  // (pairs with the supervisor's release store).
+  std::atomic<std::uint64_t> retire;
   std::uint32_t stage;        // pipeline stage index that failed
   std::uint32_t has_item;
   std::uint64_t item_seq;

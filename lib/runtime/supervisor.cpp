@@ -7,6 +7,7 @@
 #include "runtime/plan.hpp"
 #include "runtime/replica.hpp"
 #include "runtime/run_state.hpp"
+#include "scheduler/elastic.hpp"
 
 #include <procflow/pipeline.hpp>
 
@@ -44,19 +45,22 @@ struct ReplicaId {
 class Supervisor {
  public:
   Supervisor(const pipeline_def& def, result_collector* collector)
-      : def_(def), collector_(collector), plan_(make_plan(def)), state_(def, plan_) {}
+      : def_(def), collector_(collector), plan_(make_plan(def)), state_(def, plan_),
+        elastic_(def_, plan_, state_, [this](std::size_t g, std::uint32_t r) {
+          ids_.push_back({g, r});
+          children_.spawn([this, g, r] { return run_replica(def_, plan_, state_, g, r); });
+        }) {}
 
   run_report run() {
     const auto t0 = Clock::now();
-    for (std::size_t g = 0; g < plan_.groups.size(); ++g) {
-      for (std::uint32_t r = 0; r < plan_.groups[g].replicas; ++r) {
-        ids_.push_back({g, r});
-        children_.spawn([&, g, r] { return run_replica(def_, plan_, state_, g, r); });
-      }
-    }
+    elastic_.start();
     if (plan_.has_results) drain_results();
-    while (children_.running() > 0)
-      if (auto exit = children_.wait_any(std::chrono::milliseconds(1000))) check(*exit);
+    // The scheduler (and closing the lanes of replica slots never started) needs short ticks.
+    const auto tick = elastic_.scheduling() ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000);
+    while (children_.running() > 0) {
+      if (auto exit = children_.wait_any(tick)) on_exit(*exit);
+      elastic_.tick();
+    }
     if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
     return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
   }
@@ -82,10 +86,17 @@ class Supervisor {
         return;
       }
       if (Clock::now() >= next_check) {
-        while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) check(*exit);
+        while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) on_exit(*exit);
+        elastic_.tick();
         next_check = Clock::now() + tick;
       }
     }
+  }
+
+  // A replica ended: a failure throws (check), a completion may end its group.
+  void on_exit(const process::ExitInfo& exit) {
+    check(exit);
+    elastic_.on_exit(ids_[exit.index].group, ids_[exit.index].replica);
   }
 
   // Runs the terminal stage's caller-side work (decoding results, merging partials with the
@@ -176,7 +187,9 @@ class Supervisor {
     run_report report;
     report.pipeline = def_.name;
     report.wall_s = wall_s;
-    report.processes = plan_.total_replicas;
+    report.processes = elastic_.processes();
+    report.cores = plan_.cores;
+    report.decisions = elastic_.decisions();
     for (std::size_t i = 0; i < def_.stages.size(); ++i) {
       const auto& s = *def_.stages[i];
       stage_report r;
@@ -184,8 +197,9 @@ class Supervisor {
       r.kind = kind_name(s.kind());
       r.process_group = plan_.stage_group[i];
       if (r.process_group < plan_.groups.size()) {
-        r.replicas = plan_.groups[r.process_group].replicas;
-        for (std::uint32_t k = 0; k < r.replicas; ++k) {
+        r.replicas = elastic_.final_replicas(r.process_group);
+        r.peak_replicas = elastic_.peak_replicas(r.process_group);
+        for (std::uint32_t k = 0; k < plan_.groups[r.process_group].slots; ++k) {
           const StageCounters& c = state_.counters(i, k);
           r.items_in += c.items_in.load(std::memory_order_relaxed);
           r.items_out += c.items_out.load(std::memory_order_relaxed);
@@ -212,8 +226,9 @@ class Supervisor {
   result_collector* collector_;
   Plan plan_;
   RunState state_;
-  process::ChildSet children_;  // destroyed first: children die before the shared memory goes
   std::vector<ReplicaId> ids_;
+  scheduler::Elastic elastic_;
+  process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };
 
 }  // namespace

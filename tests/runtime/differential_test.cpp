@@ -18,6 +18,8 @@
 
 #include <procflow/procflow.hpp>
 
+#include "scheduler/elastic.hpp"
+
 #include <doctest/doctest.h>
 #include <fmt/core.h>
 
@@ -187,6 +189,7 @@ struct StageSpec {
   std::optional<std::uint32_t> slots;
   bool own = false;
   bool ordered = false;
+  bool automatic = false;  // replicas(auto_scale)
 };
 
 struct PipeSpec {
@@ -214,6 +217,7 @@ bool chance(Rng& rng, double p) { return std::bernoulli_distribution(p)(rng); }
 StageSpec random_stage_spec(Rng& rng) {
   StageSpec s;
   if (chance(rng, 0.5)) s.replicas = std::uniform_int_distribution<std::uint32_t>(1, 4)(rng);
+  const bool automatic = chance(rng, 0.15);
   const double roll = std::uniform_real_distribution<double>(0, 1)(rng);
   if (roll < 0.2) {
     s.own = true;
@@ -221,12 +225,17 @@ StageSpec random_stage_spec(Rng& rng) {
     s.bytes = random_bytes(rng);
     s.slots = random_slots(rng);
   }
+  if (automatic) {  // its own option profile (see with_stage_options)
+    s = StageSpec{};
+    s.automatic = true;
+  }
   return s;
 }
 
 // Ordered, possibly with replicas: the only profile with pf::ordered (see with_stage_options).
 void make_ordered(StageSpec& s) {
   s.ordered = true;
+  s.automatic = false;
   s.own = false;
   s.bytes.reset();
   s.slots.reset();
@@ -235,6 +244,7 @@ void make_ordered(StageSpec& s) {
 std::string describe(const StageSpec& s) {
   std::string d;
   if (s.replicas) d += fmt::format(" replicas({})", *s.replicas);
+  if (s.automatic) d += " replicas(auto_scale)";
   if (s.bytes) d += fmt::format(" batch_bytes({})", *s.bytes);
   if (s.slots) d += fmt::format(" ring_slots({})", *s.slots);
   if (s.own) d += " own_process";
@@ -261,6 +271,7 @@ auto with_stage_options(const StageSpec& s, K&& k) {
   // A few option profiles rather than every combination: each combination of option types is a
   // separate instantiation of the whole builder call, and compile time matters.
   if (s.ordered) return s.replicas ? k(pf::replicas(*s.replicas), pf::ordered) : k(pf::ordered);
+  if (s.automatic) return k(pf::replicas(pf::auto_scale));
   if (s.bytes) {
     const pf::batch_bytes bytes(*s.bytes);
     const pf::ring_slots slots(s.slots.value_or(16));
@@ -519,6 +530,18 @@ void run_case(Rng& rng, std::uint64_t seed) {
     }
   }
   if constexpr (std::is_same_v<S, T>) seq_t = seq_s;
+
+  // Auto-scaled stages: the scheduler's test hook starts and retires replicas at the first ticks.
+  bool any_auto = terminal_spec.automatic;
+  for (const auto& st : steps) any_auto = any_auto || st.spec.automatic;
+  if (any_auto) {
+    std::vector<procflow::scheduler::ForcedStep> forced;
+    for (int k = 0; k < 2; ++k)
+      forced.push_back({0, std::uniform_int_distribution<std::uint64_t>(0, n / 2)(rng), std::uniform_int_distribution<std::size_t>(0, 3)(rng),
+                        std::uniform_int_distribution<std::uint32_t>(1, 3)(rng)});
+    for (const auto& f : forced) desc += fmt::format("\n  forced: group {} -> {} replicas at {} items", f.group, f.replicas, f.at_items);
+    procflow::scheduler::force_next_run(forced);
+  }
 
   // The same declaration for procflow.
   auto builder = with_pipeline_options(pipe, [&](auto... o) { return pf::pipeline("differential", o...); });

@@ -1,0 +1,97 @@
+// Elastic: the supervisor's side of the scheduler. It starts the replicas of every process group,
+// keeps track of which replica slots run, and — every few hundred milliseconds, from the
+// supervisor's drain loop — reads the live counters, asks the Policy for target counts and starts
+// or retires replicas to reach them:
+//
+//   start (slot s of group g):  input lane s joins the channel's membership; s's acknowledgement
+//                               of its output channel is reset; fork.
+//   retire (slot s of group g): input lane s leaves the membership (producers stop choosing it
+//                               and acknowledge), the replica drains its rings, sends any partial
+//                               result, closes its own output lanes and exits. A chunk-claiming
+//                               replica just stops claiming.
+//   a group whose replicas all ended: the output lanes of slots never started are closed, so the
+//                               consumers' end of stream counts only lanes that were ever active.
+//
+// Single-threaded, like the supervisor. Slots are never reused (a retired replica's closed
+// output rings stay closed); a group has Group::slots of them.
+#pragma once
+
+#include "runtime/plan.hpp"
+#include "runtime/run_state.hpp"
+#include "scheduler/policy.hpp"
+
+#include <procflow/pipeline.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace procflow::scheduler {
+
+// Test hook: scripted decisions instead of the policy for the next run() in this process.
+// Step k applies once group `watch` has taken at least `at_items` items in.
+struct ForcedStep {
+  std::size_t watch = 0;
+  std::uint64_t at_items = 0;
+  std::size_t group = 0;
+  std::uint32_t replicas = 1;
+};
+void force_next_run(std::vector<ForcedStep> steps);
+
+class Elastic {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // Forks replica `slot` of `group` (the supervisor's ChildSet and bookkeeping).
+  using Spawn = std::function<void(std::size_t group, std::uint32_t slot)>;
+
+  Elastic(const detail::pipeline_def& def, const runtime::Plan& plan, const runtime::RunState& state, Spawn spawn);
+
+  void start();
+  // A replica ended and completed cleanly.
+  void on_exit(std::size_t group, std::uint32_t slot);
+  // Called often (every ~50 ms) from the supervisor's loop; acts every `interval`.
+  void tick();
+  bool scheduling() const noexcept { return policy_.has_value() || !forced_.empty(); }
+
+  std::uint32_t final_replicas(std::size_t group) const { return final_.at(group); }
+  std::uint32_t peak_replicas(std::size_t group) const { return peak_.at(group); }
+  std::uint32_t processes() const noexcept { return processes_; }
+  std::vector<scheduler_decision> decisions() const { return decisions_; }
+
+ private:
+  struct SlotState {
+    bool started = false;
+    bool retiring = false;
+    bool ended = false;
+  };
+  Snapshot snapshot() const;
+  void apply(std::size_t group, std::uint32_t target);
+  void start_slot(std::size_t group);
+  void retire_slot(std::size_t group, std::uint32_t slot);
+  void close_unstarted_outputs(std::size_t group);
+  const channel::Channel* output_of(std::size_t group) const;
+  std::uint32_t first_worker(std::size_t group) const;
+
+  const detail::pipeline_def& def_;
+  const runtime::Plan& plan_;
+  const runtime::RunState& state_;
+  Spawn spawn_;
+  Clock::time_point t0_;
+  Clock::time_point next_tick_;
+  std::optional<Policy> policy_;
+  std::vector<ForcedStep> forced_;
+  std::vector<std::vector<SlotState>> slots_;
+  std::vector<std::uint32_t> active_;    // started, not retiring, not ended
+  std::vector<std::uint32_t> alive_;     // started, not ended
+  std::vector<std::uint32_t> peak_;
+  std::vector<std::uint32_t> final_;
+  std::vector<std::uint32_t> next_slot_;
+  std::vector<std::uint64_t> lanes_;     // active input lanes of a channel-fed group
+  std::vector<bool> input_done_;         // a replica ended on its own: the group's input is finished
+  std::vector<scheduler_decision> decisions_;
+  std::uint32_t processes_ = 0;
+};
+
+}  // namespace procflow::scheduler

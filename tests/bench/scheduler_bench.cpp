@@ -1,0 +1,164 @@
+// scheduler_bench: the auto scheduler (pf::auto_scale) against every static split of the same core
+// budget, in the same run (SPEC §5: auto >= 90-95% of the best hand-picked replica counts).
+//
+// Workloads (stages that cannot all be fused away: a generator process feeds three CPU-bound maps
+// in processes of their own, then a reduce):
+//   cost_4_1_2  map costs 4:1:2 (units of --unit-us microseconds of CPU work per item)
+//   phase_swap  4:1:2 for the first half of the items, then the first two maps swap costs (1:4:2)
+// Variants: one_each; static_A_B_C for every split of the budget left after the generator;
+// oversubscribed (every map at budget replicas, the kernel shares); fused (the three maps in one
+// process group of budget-1 replicas); best_static (the best of those); auto.
+//
+//   scheduler_bench [--json] [--quick] [--repeats=N] [--cores=6] [--unit-us=5] [--only=...]
+//
+// The budget defaults to 6 cores whatever the machine has: on a 2-core machine every variant is
+// oversubscribed relative to the hardware and the figures measure how well each split shares it.
+#include "bench_support.hpp"
+#include "pipeline_peers.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <optional>
+
+namespace pf = procflow;
+
+namespace {
+
+struct Result {
+  double items_per_s = 0;
+  std::string split;       // replicas of the three maps ("4/1/2"; auto: peak counts)
+  std::uint32_t processes = 0;
+  std::string decisions;
+};
+
+struct Workload {
+  std::string name;
+  bool swap = false;
+};
+
+struct Costs {
+  std::uint32_t unit = 1;  // burn() iterations per cost unit
+  std::uint64_t n = 0;
+  bool swap = false;
+  std::uint32_t iters(int map, std::uint64_t x) const {
+    static constexpr int base[3] = {4, 1, 2};
+    int k = base[map];
+    if (swap && x >= n / 2 && map < 2) k = base[1 - map];
+    return unit * static_cast<std::uint32_t>(k);
+  }
+};
+
+Result run_pipeline(const Costs& c, std::uint32_t cores, bool fused, pf::replicas ra, pf::replicas rb, pf::replicas rc) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // Each item carries its id (for the phase) and accumulates its work into a checksum.
+  using Item = std::pair<std::uint64_t, std::uint64_t>;
+  auto gen = [i = std::uint64_t{0}, n = c.n]() mutable -> std::optional<Item> {
+    if (i == n) return std::nullopt;
+    return Item{i++, 0};
+  };
+  auto step = [c](int map) {
+    return [c, map](Item v) { return Item{v.first, v.second + bench::peers::burn(v.first, c.iters(map, v.first))}; };
+  };
+  auto sum_fold = [](std::uint64_t a, const Item& v) { return a + v.second; };
+  auto start = pf::pipeline("scheduler_bench", pf::cores(cores), pf::batch_bytes(4096), pf::ring_slots(8)).source("gen", gen);
+  std::optional<pf::run_report> report;
+  if (fused) {
+    auto r = start.map("a", step(0), ra).map("b", step(1)).map("c", step(2)).reduce("sum", std::uint64_t{0}, sum_fold, std::plus<>{}).run();
+    report = r.report;
+  } else {
+    auto r = start.map("a", step(0), ra, pf::own_process)
+                 .map("b", step(1), rb, pf::own_process)
+                 .map("c", step(2), rc, pf::own_process)
+                 .reduce("sum", std::uint64_t{0}, sum_fold, std::plus<>{})
+                 .run();
+    report = r.report;
+  }
+  Result res;
+  res.items_per_s = static_cast<double>(c.n) / bench::seconds_since(t0);
+  std::uint32_t peaks[3] = {0, 0, 0};
+  for (const auto& s : report->stages) {
+    if (s.name == "a") peaks[0] = s.peak_replicas;
+    if (s.name == "b") peaks[1] = s.peak_replicas;
+    if (s.name == "c") peaks[2] = s.peak_replicas;
+  }
+  res.split = fmt::format("{}/{}/{}", peaks[0], peaks[1], peaks[2]);
+  res.processes = report->processes;
+  for (const auto& d : report->decisions) res.decisions += fmt::format("{}@{:.2f}s:{}->{} ", d.stages, d.time_s, d.from, d.to);
+  return res;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::uint32_t cores = 6;
+  double unit_us = 5;
+  std::vector<char*> rest{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a.rfind("--cores=", 0) == 0) {
+      cores = static_cast<std::uint32_t>(std::max(2, std::atoi(argv[i] + 8)));
+    } else if (a.rfind("--unit-us=", 0) == 0) {
+      unit_us = std::atof(argv[i] + 10);
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  auto o = bench::parse_options(static_cast<int>(rest.size()), rest.data());
+  if (o.repeats == 5) o.repeats = 1;  // each run is a second or more of CPU work: once, by default
+  Costs costs;
+  costs.unit = bench::peers::calibrate_burn(unit_us);
+  costs.n = static_cast<std::uint64_t>(60'000 * o.scale);
+  const std::uint32_t maps_budget = cores - 1;  // the generator takes one
+
+  for (const Workload& w : {Workload{"cost_4_1_2", false}, Workload{"phase_swap", true}}) {
+    costs.swap = w.swap;
+    struct Line {
+      std::string variant;
+      Result r;
+      bool oversubscribes = false;
+    };
+    std::vector<Line> lines;
+    auto measure = [&](const std::string& variant, bool over, const std::function<Result()>& once) {
+      if (!o.wants(variant)) return;
+      std::vector<Result> runs;
+      for (int i = 0; i < o.repeats; ++i) runs.push_back(once());
+      std::sort(runs.begin(), runs.end(), [](const Result& a, const Result& b) { return a.items_per_s < b.items_per_s; });
+      lines.push_back({variant, runs[runs.size() / 2], over});
+    };
+    auto fixed = [&](std::uint32_t a, std::uint32_t b, std::uint32_t c) {
+      return [&, a, b, c] { return run_pipeline(costs, cores, false, pf::replicas(a), pf::replicas(b), pf::replicas(c)); };
+    };
+    measure("one_each", false, fixed(1, 1, 1));
+    for (std::uint32_t a = 1; a + 2 <= maps_budget; ++a)
+      for (std::uint32_t b = 1; a + b + 1 <= maps_budget; ++b) {
+        const std::uint32_t c = maps_budget - a - b;
+        measure(fmt::format("static_{}_{}_{}", a, b, c), false, fixed(a, b, c));
+      }
+    measure("oversubscribed", true, fixed(maps_budget, maps_budget, maps_budget));
+    measure("fused", false, [&] { return run_pipeline(costs, cores, true, pf::replicas(maps_budget), pf::replicas(1), pf::replicas(1)); });
+    measure("auto", false, [&] {
+      const pf::replicas automatic(pf::auto_scale);
+      return run_pipeline(costs, cores, false, automatic, automatic, automatic);
+    });
+    const Line* best = nullptr;
+    for (const auto& l : lines)
+      if (l.variant != "auto" && (!best || l.r.items_per_s > best->r.items_per_s)) best = &l;
+    if (best) lines.push_back({"best_static", best->r, best->oversubscribes});
+    const Line* auto_line = nullptr;
+    for (const auto& l : lines)
+      if (l.variant == "auto") auto_line = &l;
+    for (const auto& l : lines) {
+      if (o.json) {
+        fmt::print("{{\"bench\":\"scheduler_bench\",\"workload\":\"{}\",\"variant\":\"{}\",\"items_per_s\":{:.1f},\"replicas\":\"{}\","
+                   "\"processes\":{},\"cores\":{}{}}}\n",
+                   w.name, l.variant, l.r.items_per_s, l.r.split, l.r.processes, cores,
+                   l.variant == "best_static" ? fmt::format(",\"of\":\"{}\"", best->variant) : "");
+      } else {
+        fmt::print("{:<11} {:<16} {:>11.4g} items/s  maps {:<9} {:>2} processes{}{}\n", w.name, l.variant, l.r.items_per_s, l.r.split,
+                   l.r.processes, auto_line && l.variant != "auto" ? fmt::format("  auto/this {:.2f}", auto_line->r.items_per_s / l.r.items_per_s) : "",
+                   l.r.decisions.empty() ? "" : "  decisions: " + l.r.decisions);
+      }
+    }
+  }
+  return 0;
+}
