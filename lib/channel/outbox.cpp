@@ -22,6 +22,14 @@ Outbox::Outbox(const Channel& channel, std::uint32_t producer, const OutboxOptio
   lane_count_ = consumers;
   max_item_bytes_ = channel.geometry().payload_bytes;
   rotation_ = producer % consumers;  // spread producers' first choices
+  gate_ = &gate_storage_;
+  publish_each_item_ = options.publish_each_item;
+}
+
+bool Outbox::has_pending() const noexcept {
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane)
+    if (lanes_[lane].open && cursors_[lane].items > 0) return true;
+  return false;
 }
 
 std::size_t Outbox::pick_lane() {

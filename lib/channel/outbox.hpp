@@ -30,6 +30,8 @@ struct OutboxOptions {
   // downstream key on.
   bool source = false;
   std::uint32_t spin = default_spin_iterations;
+  // Latency bound 0: the producer publishes every item as soon as it is written.
+  bool publish_each_item = false;
 };
 
 // Counters kept by the Outbox itself (process-local; the runtime copies them to shared memory).
@@ -55,6 +57,11 @@ class Outbox final : public detail::output_port {
 
   const OutboxStats& stats() const noexcept { return stats_; }
 
+  // For the Flusher, which calls these (and flush()) only while it holds the gate.
+  detail::flush_gate& gate() noexcept { return gate_storage_; }
+  // Some open slot holds items not yet published.
+  bool has_pending() const noexcept;
+
  protected:
   std::byte* reserve_slow(std::size_t lane, std::size_t n) override;
 
@@ -74,6 +81,7 @@ class Outbox final : public detail::output_port {
   std::vector<Lane> lanes_;
   std::vector<detail::write_cursor> cursor_storage_;
   detail::write_cursor no_slot_;  // current_ before anything is open: always "full"
+  detail::flush_gate gate_storage_;
   EventShared* space_event_ = nullptr;
   OutboxOptions options_;
   detail::batch_meta batch_;      // current input batch

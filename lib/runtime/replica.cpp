@@ -1,5 +1,6 @@
 #include "runtime/replica.hpp"
 
+#include "channel/flusher.hpp"
 #include "channel/inbox.hpp"
 #include "channel/outbox.hpp"
 
@@ -84,7 +85,10 @@ class Replica {
       channel::OutboxOptions o;
       o.dispatch = group_.dispatch;
       o.source = group_.input == GroupInput::generator && group_.end_stage == 1;
+      o.publish_each_item = group_.out_latency_ns == 0;
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
+      if (group_.out_latency_ns > 0)
+        flusher_.emplace(*outbox_, std::chrono::nanoseconds(group_.out_latency_ns));
     }
     first_worker_ = first_worker;
 
@@ -184,6 +188,10 @@ class Replica {
     if (outbox_ && (batch_start || !ordered)) outbox_->begin_batch(meta);
     if (ordered && batch_start && ends_in_terminal()) instances_.back()->begin_batch();
     bool lineage_dense = meta.dense;
+    // While the stages run user code, the flusher may publish what earlier batches left in the
+    // open slots (latency bound).
+    std::optional<detail::user_code_scope> user;
+    if (outbox_) user.emplace(*outbox_);
     for (std::size_t k = 0; k < instances_.size(); ++k) {
       const std::size_t stage = first_worker_ + k;
       set_stage(stage);
@@ -204,6 +212,7 @@ class Replica {
       t.busy_ns += ns_since(t0) + (k == 0 ? extra_ns : 0);
       lineage_dense = lineage_dense && def_.stages[stage]->one_to_one();
     }
+    user.reset();
     if (outbox_) {
       const auto t0 = Clock::now();
       if (!ends_in_terminal()) {
@@ -216,12 +225,14 @@ class Replica {
         if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
         outbox_->end_batch();
       }
+      if (outbox_->publish_each_item()) outbox_->flush();
       tallies_[group_.end_stage - 1].busy_ns += ns_since(t0);
     }
     flush_counters();
   }
 
   void finish() {
+    flusher_.reset();  // before the last writes: the Outbox is the producer's alone again
     if (outbox_) {
       if (group_.input == GroupInput::generator) stage_ = 0;
       if (ends_in_terminal() && !plan_.ordered) {
@@ -271,6 +282,7 @@ class Replica {
   std::vector<std::unique_ptr<detail::stage_instance>> instances_;
   std::optional<channel::Inbox> inbox_;
   std::optional<channel::Outbox> outbox_;
+  std::optional<channel::Flusher> flusher_;  // after outbox_: stops before it is destroyed
   std::vector<Tally> tallies_;
   ReplicaRecord* record_;
   std::size_t stage_ = 0;  // stage running now (named in a failure)

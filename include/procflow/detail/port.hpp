@@ -7,10 +7,12 @@
 // Implementations live in lib/channel (Outbox, Inbox); nothing here includes OS headers.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <thread>
 
 namespace procflow::detail {
 
@@ -25,6 +27,25 @@ struct write_cursor {
   std::byte* pos = nullptr;  // next free byte of the open slot (nullptr: no slot open)
   std::byte* end = nullptr;  // end of the open slot's payload
   std::uint32_t items = 0;   // items committed to the open slot
+};
+
+// The hand-off between a producer and the flusher thread that publishes its partly filled slots
+// when they get older than the latency bound (lib/channel/flusher.hpp). The flusher may touch
+// the port only while the producer runs user code (a generator call, a stage's batch): the
+// producer says so with two plain stores per call, and the flusher pays for the ordering with
+// one membarrier() (an asymmetric Dekker handshake; see flusher.cpp for the argument).
+struct flush_gate {
+  // 1 while the producer is inside user code and will not touch the port. Stored by the
+  // producer: release on entry (its port writes are visible to a flusher that reads 1, SYNC
+  // POINT with the flusher's acquire load), relaxed on exit (ordered by the barrier below).
+  std::atomic<std::uint32_t> in_user{0};
+  // 1 while the flusher claims the port. Stored by the flusher (relaxed before its heavy
+  // barrier, release when done: SYNC POINT with the producer's acquire load on exit, which
+  // makes what the flusher published visible to the producer).
+  std::atomic<std::uint32_t> flusher_owns{0};
+  // membarrier() is available: the producer needs only a compiler barrier on exit. Otherwise
+  // both sides use a full fence. Written once before the flusher starts.
+  bool asymmetric = false;
 };
 
 // Producer side. One per producing replica, used by one thread.
@@ -68,6 +89,24 @@ class output_port {
     current_->items += items;
   }
 
+  // Brackets user code that runs between items (a generator call, a stage's batch): while in
+  // it, the flusher may publish the open slots. Cheap: two stores and a load per call.
+  void enter_user() noexcept { gate_->in_user.store(1, std::memory_order_release); }
+  void leave_user() noexcept {
+    gate_->in_user.store(0, std::memory_order_relaxed);
+    // SYNC POINT (store-load, the producer's half of the Dekker handshake): our in_user = 0 is
+    // ordered before reading flusher_owns, either by the flusher's membarrier() (which acts as a
+    // full fence on this thread) plus a compiler barrier here, or by a full fence.
+    if (gate_->asymmetric) {
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
+    while (gate_->flusher_owns.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  }
+  // True when the latency bound is 0: every item is published as soon as it is written.
+  bool publish_each_item() const noexcept { return publish_each_item_; }
+
   // Largest item that fits one slot; larger ones go through write_large().
   std::size_t max_item_bytes() const noexcept { return max_item_bytes_; }
   std::size_t lane_count() const noexcept { return lane_count_; }
@@ -93,6 +132,20 @@ class output_port {
   write_cursor* current_ = nullptr;  // cursor of the lane batch dispatch writes to
   std::size_t lane_count_ = 0;
   std::size_t max_item_bytes_ = 0;
+  flush_gate* gate_ = nullptr;  // never null once constructed
+  bool publish_each_item_ = false;
+};
+
+// enter_user() for a scope, leave_user() on every way out of it (exceptions included).
+class user_code_scope {
+ public:
+  explicit user_code_scope(output_port& out) noexcept : out_(out) { out_.enter_user(); }
+  ~user_code_scope() { out_.leave_user(); }
+  user_code_scope(const user_code_scope&) = delete;
+  user_code_scope& operator=(const user_code_scope&) = delete;
+
+ private:
+  output_port& out_;
 };
 
 // One batch as delivered by an input_port: valid until release() or the next receive.
