@@ -64,6 +64,15 @@ void Flusher::run() {
 // stores in_user = 1 (its release makes its cursor writes visible to our acquire load).
 void Flusher::tick() {
   detail::flush_gate& gate = outbox_.gate();
+  // Relaxed: a progress hint (see flush_gate::published).
+  const std::uint64_t published = gate.published.load(std::memory_order_relaxed);
+  if (published != last_published_) {
+    // The producer publishes by itself. What it has open now may date from just after its
+    // last publish: if it is still there at the next tick, it is old enough to go.
+    last_published_ = published;
+    last_pending_ = true;
+    return;
+  }
   // Relaxed: only a hint, to skip the barrier while the producer is in our own code.
   if (gate.in_user.load(std::memory_order_relaxed) == 0) return;
   gate.flusher_owns.store(1, std::memory_order_relaxed);
@@ -72,15 +81,14 @@ void Flusher::tick() {
   if (gate.in_user.load(std::memory_order_acquire) == 1) {
     // The Outbox is ours until we release the gate.
     const bool pending = outbox_.has_pending();
-    const std::uint64_t slots = outbox_.stats().slots;
-    if (pending && last_pending_ && slots == last_slots_) {
+    if (pending && last_pending_) {
       outbox_.flush();
       flushes_.fetch_add(1, std::memory_order_relaxed);
+      last_published_ = outbox_.stats().slots;  // our own publishing is no sign of progress
       last_pending_ = false;
     } else {
       last_pending_ = pending;
     }
-    last_slots_ = outbox_.stats().slots;
   }
   // SYNC POINT (release): what we published is visible to the producer's acquire in leave_user().
   gate.flusher_owns.store(0, std::memory_order_release);

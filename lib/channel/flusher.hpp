@@ -4,10 +4,11 @@
 //
 // The port's write cursor belongs to the producer thread. The flusher touches the Outbox only
 // while the producer is inside user code, claimed through the port's flush_gate (see port.hpp
-// and the handshake in flusher.cpp). It ticks every bound/2 and publishes a slot it has seen
-// holding items at two consecutive ticks (the same slot generation: nothing was published in
-// between), so an item waits at most about one bound, and at full rate (slots fill within a
-// tick) it never publishes anything.
+// and the handshake in flusher.cpp). It ticks every bound/2. When the producer published a slot
+// since the last tick (full rate), it does nothing more. Otherwise it claims the port and
+// publishes the open slots if they already held items at the previous tick (or a slot was
+// published just before it, whose successor may be as old): an item waits at most about one
+// bound, and a stream that fills its slots within a tick never pays more than the wake-up.
 #pragma once
 
 #include "channel/outbox.hpp"
@@ -42,7 +43,7 @@ class Flusher {
   std::condition_variable stop_cv_;
   bool stop_ = false;  // guarded by mutex_
   // Flusher-thread state: what the last claimed tick saw.
-  std::uint64_t last_slots_ = ~std::uint64_t{0};
+  std::uint64_t last_published_ = 0;
   bool last_pending_ = false;
   // Relaxed: a statistic, read by tests after join.
   std::atomic<std::uint64_t> flushes_{0};

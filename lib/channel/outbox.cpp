@@ -106,6 +106,7 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   l.ring.publish();  // release: the header and payload written above become visible
   notify(*l.data_event);
   stats_.slots += 1;
+  gate_storage_.published.store(stats_.slots, std::memory_order_relaxed);
   stats_.items += c.items;
   stats_.bytes += bytes;
   if (options_.source) source_items_ += c.items;

@@ -87,7 +87,8 @@ class Replica {
       o.source = group_.input == GroupInput::generator && group_.end_stage == 1;
       o.publish_each_item = group_.out_latency_ns == 0;
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
-      if (group_.out_latency_ns > 0)
+      // A group ending in its terminal only sends partials at the end (or per ordered batch).
+      if (group_.out_latency_ns > 0 && !ends_in_terminal())
         flusher_.emplace(*outbox_, std::chrono::nanoseconds(group_.out_latency_ns));
     }
     first_worker_ = first_worker;

@@ -30,9 +30,12 @@ struct Run {
 
 // The benchmark pipeline. `splittable`: an iota source claimed in chunks by the replicas (no ring
 // before the first stage); otherwise a generator source in its own process feeding them.
-Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion) {
+// `latency_off`: pf::max_latency(pf::latency_off) instead of the default bound (the peer that
+// shows what the latency flusher costs at full rate).
+Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto start = pf::pipeline("trivial", pf::fusion(fusion));
+  auto start = latency_off ? pf::pipeline("trivial", pf::fusion(fusion), pf::max_latency(pf::latency_off))
+                           : pf::pipeline("trivial", pf::fusion(fusion));
   auto run = [&](auto flow) {
     return flow.map("square", square, pf::replicas(replicas))
         .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
@@ -115,6 +118,24 @@ int main(int argc, char** argv) {
   measure("procflow_generator", n, [&] { return procflow_trivial(n, r, false, true); }, "generator process -> rings -> fused replicas");
   measure("procflow_unfused", n_small * 10, [&] { return procflow_trivial(n_small * 10, r, false, false); },
           "every stage in its own processes (n/10)");
+  // The latency bound at full rate: each procflow variant against the same with the bound off,
+  // runs interleaved (the machine's load drifts), medians of the per-pair ratios.
+  auto measure_bound = [&](const std::string& variant, std::uint64_t items, bool splittable, bool fusion) {
+    if (!o.wants(variant + "_latency")) return;
+    std::vector<double> with, without, ratio;
+    for (int i = 0; i < o.repeats; ++i) {
+      const Run a = procflow_trivial(items, r, splittable, fusion, false);
+      const Run b = procflow_trivial(items, r, splittable, fusion, true);
+      with.push_back(static_cast<double>(items) / a.seconds);
+      without.push_back(static_cast<double>(items) / b.seconds);
+      ratio.push_back(b.seconds / a.seconds);
+    }
+    rows.push_back({"pipeline", variant + "_latency_default", bench::median(with), {{"vs_off", bench::median(ratio)}}, "default bound (5 ms)"});
+    rows.push_back({"pipeline", variant + "_latency_off", bench::median(without), {}, "max_latency(latency_off), same run"});
+  };
+  measure_bound("procflow", n, true, true);
+  measure_bound("procflow_generator", n, false, true);
+  measure_bound("procflow_unfused", n_small * 10, false, false);
   bench::report(o, rows, "tbb_batched");
 
   if (o.wants("rss")) {

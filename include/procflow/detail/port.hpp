@@ -43,6 +43,10 @@ struct flush_gate {
   // barrier, release when done: SYNC POINT with the producer's acquire load on exit, which
   // makes what the flusher published visible to the producer).
   std::atomic<std::uint32_t> flusher_owns{0};
+  // Slots the producer published so far. Relaxed, stored once per slot: the flusher only
+  // compares it between ticks to see that the producer is publishing by itself (full rate),
+  // and then leaves it alone without claiming anything.
+  std::atomic<std::uint64_t> published{0};
   // membarrier() is available: the producer needs only a compiler barrier on exit. Otherwise
   // both sides use a full fence. Written once before the flusher starts.
   bool asymmetric = false;
