@@ -100,8 +100,9 @@ class source_stage final : public stage_base, public source_base {
       // While the generator runs (it may sleep: a tailed log, a socket), the flusher beside
       // this process may publish the items written so far (latency bound, see output_port).
       auto& next = src_.next;
+      const user_code_gate gate(out);
       const auto call = [&] {
-        user_code_scope user(out);
+        user_code_scope user(gate);
         return next();
       };
       if (out.publish_each_item()) {

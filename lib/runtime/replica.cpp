@@ -191,8 +191,9 @@ class Replica {
     bool lineage_dense = meta.dense;
     // While the stages run user code, the flusher may publish what earlier batches left in the
     // open slots (latency bound).
+    std::optional<detail::user_code_gate> gate;
     std::optional<detail::user_code_scope> user;
-    if (outbox_) user.emplace(*outbox_);
+    if (outbox_) user.emplace(gate.emplace(*outbox_));
     for (std::size_t k = 0; k < instances_.size(); ++k) {
       const std::size_t stage = first_worker_ + k;
       set_stage(stage);

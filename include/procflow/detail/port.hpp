@@ -47,9 +47,10 @@ struct flush_gate {
   // compares it between ticks to see that the producer is publishing by itself (full rate),
   // and then leaves it alone without claiming anything.
   std::atomic<std::uint64_t> published{0};
-  // membarrier() is available: the producer needs only a compiler barrier on exit. Otherwise
-  // both sides use a full fence. Written once before the flusher starts.
-  bool asymmetric = false;
+  // The producer needs only a compiler barrier on exit: membarrier() is available, or there is
+  // no flusher at all. Otherwise both sides use a full fence. Written once, by the producer
+  // thread, when its flusher starts (before the producer's next bracket).
+  bool asymmetric = true;
 };
 
 // Producer side. One per producing replica, used by one thread.
@@ -93,21 +94,8 @@ class output_port {
     current_->items += items;
   }
 
-  // Brackets user code that runs between items (a generator call, a stage's batch): while in
-  // it, the flusher may publish the open slots. Cheap: two stores and a load per call.
-  void enter_user() noexcept { gate_->in_user.store(1, std::memory_order_release); }
-  void leave_user() noexcept {
-    gate_->in_user.store(0, std::memory_order_relaxed);
-    // SYNC POINT (store-load, the producer's half of the Dekker handshake): our in_user = 0 is
-    // ordered before reading flusher_owns, either by the flusher's membarrier() (which acts as a
-    // full fence on this thread) plus a compiler barrier here, or by a full fence.
-    if (gate_->asymmetric) {
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-    } else {
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-    }
-    while (gate_->flusher_owns.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-  }
+  // The flusher hand-off for user code that runs between items (see user_code_gate).
+  flush_gate& gate() noexcept { return *gate_; }
   // True when the latency bound is 0: every item is published as soon as it is written.
   bool publish_each_item() const noexcept { return publish_each_item_; }
 
@@ -140,16 +128,44 @@ class output_port {
   bool publish_each_item_ = false;
 };
 
-// enter_user() for a scope, leave_user() on every way out of it (exceptions included).
+// Brackets user code that runs between items (a generator call, a stage's batch): between
+// enter() and leave() the flusher may publish the port's open slots. Take one per loop, not per
+// item: it keeps the gate in registers, so a bracket costs two stores and a load.
+class user_code_gate {
+ public:
+  explicit user_code_gate(output_port& out) noexcept : gate_(&out.gate()), asymmetric_(out.gate().asymmetric) {}
+  void enter() const noexcept { gate_->in_user.store(1, std::memory_order_release); }
+  void leave() const noexcept {
+    gate_->in_user.store(0, std::memory_order_relaxed);
+    // SYNC POINT (store-load, the producer's half of the Dekker handshake): our in_user = 0 is
+    // ordered before reading flusher_owns, either by the flusher's membarrier() (which acts as a
+    // full fence on this thread) plus a compiler barrier here, or by a full fence.
+    if (asymmetric_) {
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
+    if (gate_->flusher_owns.load(std::memory_order_acquire) != 0) wait_for_flusher();
+  }
+
+ private:
+  void wait_for_flusher() const noexcept {
+    while (gate_->flusher_owns.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  }
+  flush_gate* gate_;
+  bool asymmetric_;
+};
+
+// gate.enter() for a scope, gate.leave() on every way out of it (exceptions included).
 class user_code_scope {
  public:
-  explicit user_code_scope(output_port& out) noexcept : out_(out) { out_.enter_user(); }
-  ~user_code_scope() { out_.leave_user(); }
+  explicit user_code_scope(const user_code_gate& gate) noexcept : gate_(gate) { gate_.enter(); }
+  ~user_code_scope() { gate_.leave(); }
   user_code_scope(const user_code_scope&) = delete;
   user_code_scope& operator=(const user_code_scope&) = delete;
 
  private:
-  output_port& out_;
+  const user_code_gate& gate_;
 };
 
 // One batch as delivered by an input_port: valid until release() or the next receive.
