@@ -74,7 +74,8 @@ class Outbox final : public detail::output_port {
   };
 
   std::size_t pick_lane();
-  void open(std::size_t lane);
+  void open(std::size_t lane, std::size_t n = 0);
+  std::size_t slot_room(std::size_t n);
   void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
   void publish_current_if_used();
 
@@ -90,6 +91,11 @@ class Outbox final : public detail::output_port {
   std::size_t current_lane_ = 0;
   std::size_t rotation_ = 0;      // round-robin / tie-break position
   bool in_fragments_ = false;    // source mode: fragments of one item share one batch number
+  // Ordered source: room of the next slots (bytes; 0 = the first item's size), doubled after
+  // every lane got a slot of this size, until a whole slot (then 0 and done_slow_start_).
+  std::size_t slow_start_bytes_ = 0;
+  std::size_t slow_start_slots_ = 0;  // slots published at the current size
+  bool done_slow_start_ = false;
   bool closed_ = false;
   OutboxStats stats_;
 };
