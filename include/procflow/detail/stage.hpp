@@ -12,6 +12,7 @@
 #include <procflow/detail/port.hpp>
 #include <procflow/options.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -45,10 +46,31 @@ struct item_cursor {
   std::size_t index = 0;
 };
 
+// What a stage can hand a full output buffer to in the middle of its batch (the replica's
+// runtime: the rest of the fused chain, then the port). See stage_instance::spill().
+class downstream {
+ public:
+  virtual ~downstream() = default;
+  // Sends instance `position`'s output buffer on and leaves it empty. May block (back-pressure).
+  virtual void spill(std::size_t position) = 0;
+};
+
+// Output items a stage gathers before it spills them (one slot's worth of small items).
+template <class T>
+inline constexpr std::size_t spill_items_v = std::clamp<std::size_t>(65536 / sizeof(T), 64, 8192);
+
 // Per-replica state of one non-source stage.
 class stage_instance {
  public:
   virtual ~stage_instance() = default;
+  // Where a stage that produces many items per input (flat_map) spills full output buffers.
+  void attach(downstream* d, std::size_t position) noexcept {
+    downstream_ = d;
+    position_ = position;
+  }
+  // Items in the output buffer / empties it (after a spill).
+  virtual std::size_t output_size() const noexcept { return 0; }
+  virtual void clear_output() noexcept {}
   // Decodes `batch` into this stage's input buffer; returns the item count.
   virtual std::size_t decode(const batch_view& batch) = 0;
   // Runs the stage over its input buffer. Returns the number of items produced (terminals: 0).
@@ -66,6 +88,10 @@ class stage_instance {
   virtual void begin_batch() {}
   virtual void end_batch(output_port& /*results*/) {}
   virtual void finish(output_port& /*results*/) {}
+
+ protected:
+  downstream* downstream_ = nullptr;  // null: no spilling (output grows with the batch)
+  std::size_t position_ = 0;
 };
 
 // A source: produces every item into `out` (its own process), or, when splittable, the items
