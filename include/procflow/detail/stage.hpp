@@ -178,13 +178,29 @@ using batch_buffer = std::vector<T, default_init_allocator<T>>;
 
 // ------------------------------------------------------------------ item <-> bytes helpers
 
+// An item larger than a slot: its encoding is copied slot by slot (write_large). Raw items go
+// straight from the object; others are encoded into a buffer kept for the next large item, so a
+// stream of large items costs no allocation, zero-filling or page faults per item.
+template <encodable T>
+void encode_large(const T& item, std::size_t n, output_port& out, std::size_t lane) {
+  if constexpr (is_raw_codec_v<T>) {
+    out.write_large(lane, {reinterpret_cast<const std::byte*>(&item), sizeof(T)});
+  } else {
+    static thread_local batch_buffer<std::byte> buffer;
+    buffer.resize(n);
+    codec<T>::encode(item, buffer.data());
+    out.write_large(lane, {buffer.data(), n});
+    // Keep at most 64 MiB between items: one huge item does not pin its size for the rest of the run.
+    if (buffer.capacity() > (std::size_t{64} << 20)) batch_buffer<std::byte>().swap(buffer);
+  }
+}
+
 // Encodes one item into the port (split over slots if it is larger than one).
 template <encodable T>
 void encode_item(const T& item, output_port& out, std::size_t lane = output_port::any_lane) {
   const std::size_t n = codec<T>::encoded_size(item);
   if (n > out.max_item_bytes()) {
-    const auto bytes = encode_to_bytes(item);
-    out.write_large(lane, bytes);
+    encode_large(item, n, out, lane);
     return;
   }
   if (lane == output_port::any_lane) {

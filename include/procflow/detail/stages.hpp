@@ -26,16 +26,22 @@ class emitter {
   explicit emitter(detail::batch_buffer<T>& out, std::size_t limit = ~std::size_t{0}, spill_fn spill = nullptr,
                    void* context = nullptr) noexcept
       : out_(&out), limit_(limit), spill_(spill), context_(context) {}
+  // The full-buffer test is push_back's own capacity test (the compiler merges them), so an
+  // emit costs what a push_back does; the stage reserves `limit` items up front.
   void operator()(const T& value) {
+    if (out_->size() == out_->capacity()) [[unlikely]] full();
     out_->push_back(value);
-    if (out_->size() >= limit_) spill_(context_);
   }
   void operator()(T&& value) {
+    if (out_->size() == out_->capacity()) [[unlikely]] full();
     out_->push_back(std::move(value));
-    if (out_->size() >= limit_) spill_(context_);
   }
 
  private:
+  void full() {
+    if (spill_ && out_->size() >= limit_) spill_(context_);  // otherwise push_back grows it
+  }
+
   detail::batch_buffer<T>* out_;
   std::size_t limit_;  // spill at this many items (never without a spill_)
   spill_fn spill_;
@@ -212,6 +218,7 @@ class flat_map_instance final : public instance_base<In, Out> {
     auto& out = this->out_;
     out.clear();
     const std::size_t limit = this->downstream_ ? spill_items_v<Out> : ~std::size_t{0};
+    if (this->downstream_) out.reserve(limit);
     emitter<Out> emit(out, limit, &spill, this);
     for_each_item(in.size(), cursor, [&](std::size_t i) {
       if constexpr (std::is_invocable_v<F&, const In&, emitter<Out>&>) {
