@@ -87,9 +87,9 @@ std::uint64_t pipe_job(std::size_t bytes, std::size_t n) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       ::close(data[r][1]);
       ::close(back[r][0]);
-      if (r == 1) {
-        ::close(data[0][0]);
-        ::close(back[0][1]);
+      if (r == 1) {  // the parent's ends towards reader 0 (else reader 0 never sees EOF)
+        ::close(data[0][1]);
+        ::close(back[0][0]);
       }
       std::uint64_t sum = 0;
       std::string item;
