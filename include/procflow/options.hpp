@@ -2,6 +2,7 @@
 // Pass any number of them after a stage's function, or to pf::pipeline().
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -80,8 +81,29 @@ struct fusion {
   bool enabled;
 };
 
+// How long an item may wait in a partly filled batch before it is handed on. A slow stream (a
+// tailed log, a socket) flows with it; at full rate batches fill long before the bound and it
+// costs nothing. `max_latency(0ms)` hands on every item at once; `max_latency(latency_off)` waits
+// for full batches (and for the producer to go idle). Default: 5 ms. Applies to the port a stage
+// writes (on a pipeline: to every stage).
+struct latency_off_t {
+  explicit constexpr latency_off_t() = default;
+};
+inline constexpr latency_off_t latency_off{};
+
+struct max_latency {
+  template <class Rep, class Period>
+  explicit max_latency(std::chrono::duration<Rep, Period> d)
+      : ns(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()) {
+    if (ns < 0) throw std::invalid_argument("procflow::max_latency: the bound cannot be negative");
+  }
+  explicit max_latency(latency_off_t) : ns(-1) {}
+  std::int64_t ns;  // -1: off
+};
+
 struct stage_options {
   std::optional<std::uint32_t> replicas;
+  std::optional<std::int64_t> max_latency_ns;  // -1: off
   std::optional<std::uint32_t> batch_bytes;
   std::optional<std::uint32_t> ring_slots;
   std::optional<procflow::dispatch> dispatch;
@@ -116,6 +138,7 @@ inline void apply_option(stage_options& o, const ring_slots& s) { o.ring_slots =
 inline void apply_option(stage_options& o, dispatch d) { o.dispatch = d; }
 inline void apply_option(stage_options& o, ordered_t) { o.ordered = true; }
 inline void apply_option(stage_options& o, own_process_t) { o.own_process = true; }
+inline void apply_option(stage_options& o, const max_latency& l) { o.max_latency_ns = l.ns; }
 
 template <class T>
 concept stage_option = requires(stage_options& o, const T& t) { apply_option(o, t); };
@@ -124,7 +147,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale");
+                "dispatch::..., own_process, auto_scale, max_latency(d)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;

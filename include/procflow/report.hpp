@@ -23,6 +23,7 @@ struct stage_report {
   double busy_s = 0;     // in user code (and encoding/decoding), summed over replicas
   double starved_s = 0;  // waiting for input (per process group)
   double blocked_s = 0;  // waiting for room downstream (per process group)
+  std::vector<std::uint64_t> replica_items_in;  // items_in of each replica (how evenly work spread)
 };
 
 // One change the scheduler made: a process group (its stages) went from `from` to `to` replicas,

@@ -139,8 +139,22 @@ class source_stage final : public stage_base, public source_base {
     } else {
       // Runs in the source's own process (a forked copy of this object), so advancing the
       // generator in place touches no other process's state.
+      // While the generator runs (it may sleep: a tailed log, a socket), the flusher beside
+      // this process may publish the items written so far (latency bound, see output_port).
       auto& next = src_.next;
-      while (auto item = next()) encode_item(*item, out);
+      const user_code_gate gate(out);
+      const auto call = [&] {
+        user_code_scope user(gate);
+        return next();
+      };
+      if (out.publish_each_item()) {
+        while (auto item = call()) {
+          encode_item(*item, out);
+          out.flush();
+        }
+      } else {
+        while (auto item = call()) encode_item(*item, out);
+      }
     }
   }
 

@@ -11,6 +11,7 @@
 #include "channel/channel.hpp"
 
 #include <procflow/detail/port.hpp>
+#include <procflow/detail/stage.hpp>
 
 #include <cstdint>
 #include <vector>
@@ -81,7 +82,8 @@ class Inbox final : public detail::input_port {
   bool held_batch_end_ = false;
   std::size_t ordered_ring_ = none;  // ordered: ring the current batch continues on
   std::uint64_t expected_seq_ = 0;
-  std::vector<std::byte> large_;
+  // Reassembly buffer of split items, reused from item to item; growing it does not zero-fill.
+  detail::batch_buffer<std::byte> large_;
   // A split item in progress (ring == none: none). Kept across calls when its next fragment is late.
   struct Reassembly {
     std::size_t ring = none;

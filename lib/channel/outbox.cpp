@@ -22,11 +22,19 @@ Outbox::Outbox(const Channel& channel, std::uint32_t producer, const OutboxOptio
   lane_count_ = consumers;
   max_item_bytes_ = channel.geometry().payload_bytes;
   rotation_ = producer % consumers;  // spread producers' first choices
+  gate_ = &gate_storage_;
+  publish_each_item_ = options.publish_each_item;
   if (consumers <= max_masked_lanes) {
     membership_ = &channel.membership();
     ack_ = &channel.ack(producer);
     refresh_membership();
   }
+}
+
+bool Outbox::has_pending() const noexcept {
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane)
+    if (lanes_[lane].open && cursors_[lane].items > 0) return true;
+  return false;
 }
 
 void Outbox::refresh_membership() {
@@ -85,7 +93,22 @@ std::size_t Outbox::pick_lane() {
 }
 
 
-void Outbox::open(std::size_t lane) {
+// Ordered sources start small: with by_sequence dispatch a whole slot goes to one replica, so a
+// fast generator of a few expensive items would otherwise hand all of them to replica 0. The
+// first slots hold one item, then 2x, 4x, ... that size, each size once per lane, until slots
+// are full size (a fine-grained stream gets there within a few dozen slots).
+std::size_t Outbox::slot_room(std::size_t n) {
+  const std::size_t full = lanes_.front().ring.payload_bytes();
+  if (done_slow_start_ || !options_.source || options_.dispatch != Dispatch::by_sequence || n >= full) return full;
+  if (slow_start_bytes_ == 0) slow_start_bytes_ = std::max<std::size_t>(n, 1);
+  if (slow_start_bytes_ >= full) {
+    done_slow_start_ = true;
+    return full;
+  }
+  return std::max(n, slow_start_bytes_);
+}
+
+void Outbox::open(std::size_t lane, std::size_t n) {
   Lane& l = lanes_[lane];
   if (!l.open) {
     SlotHeader* slot = l.ring.try_claim();
@@ -97,9 +120,13 @@ void Outbox::open(std::size_t lane) {
     }
     l.open = slot;
     std::byte* payload = l.ring.payload(slot);
-    cursors_[lane] = {payload, payload + l.ring.payload_bytes(), 0};
+    cursors_[lane] = {payload, payload + slot_room(n), 0};
   } else if (cursors_[lane].items > 0) {
     return;  // keeps filling the slot it has
+  } else {
+    // Claimed earlier but still empty: its room is decided now, for this item.
+    std::byte* payload = l.ring.payload(l.open);
+    cursors_[lane] = {payload, payload + slot_room(n), 0};
   }
   // A fresh (or still empty) slot takes the meta of what will go into it.
   if (options_.source) {
@@ -128,9 +155,14 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   l.ring.publish();  // release: the header and payload written above become visible
   notify(*l.data_event);
   stats_.slots += 1;
+  gate_storage_.published.store(stats_.slots, std::memory_order_relaxed);
   stats_.items += c.items;
   stats_.bytes += bytes;
   if (options_.source) source_items_ += c.items;
+  if (slow_start_bytes_ != 0 && !done_slow_start_ && ++slow_start_slots_ == lanes_.size()) {
+    slow_start_slots_ = 0;
+    slow_start_bytes_ *= 2;
+  }
   l.open = nullptr;
   c = {};
   if (current_ == &c) current_ = &no_slot_;
@@ -149,13 +181,13 @@ std::byte* Outbox::reserve_slow(std::size_t lane, std::size_t n) {
     // The current slot lacks room: publish it, then let dispatch choose where the next goes.
     publish_current_if_used();
     current_lane_ = pick_lane();
-    open(current_lane_);
+    open(current_lane_, n);
     current_ = &cursors_[current_lane_];
     return current_->pos;
   }
   if (lane >= lanes_.size()) throw std::out_of_range(fmt::format("Outbox: no lane {} (have {})", lane, lanes_.size()));
   if (lanes_[lane].open && cursors_[lane].items > 0) publish(lane);
-  open(lane);
+  open(lane, n);
   return cursors_[lane].pos;
 }
 
@@ -169,7 +201,7 @@ void Outbox::write_large(std::size_t lane, std::span<const std::byte> item) {
   }
   std::size_t done = 0;
   do {
-    open(lane);
+    open(lane, max_item_bytes_);  // fragments fill whole slots
     in_fragments_ = true;
     detail::write_cursor& c = cursors_[lane];
     const std::size_t chunk = std::min(item.size() - done, static_cast<std::size_t>(c.end - c.pos));

@@ -33,6 +33,8 @@ struct OutboxOptions {
   // Called after every published slot (e.g. to mirror stats() to live counters); may be null.
   void (*on_publish)(void* context) = nullptr;
   void* publish_context = nullptr;
+  // Latency bound 0: the producer publishes every item as soon as it is written.
+  bool publish_each_item = false;
 };
 
 // Counters kept by the Outbox itself (process-local; the runtime copies them to shared memory).
@@ -58,6 +60,11 @@ class Outbox final : public detail::output_port {
 
   const OutboxStats& stats() const noexcept { return stats_; }
 
+  // For the Flusher, which calls these (and flush()) only while it holds the gate.
+  detail::flush_gate& gate() noexcept { return gate_storage_; }
+  // Some open slot holds items not yet published.
+  bool has_pending() const noexcept;
+
  protected:
   std::byte* reserve_slow(std::size_t lane, std::size_t n) override;
 
@@ -74,12 +81,15 @@ class Outbox final : public detail::output_port {
   // still open on one is published first, then the change is acknowledged.
   void refresh_membership();
   void open(std::size_t lane);
+  void open(std::size_t lane, std::size_t n = 0);
+  std::size_t slot_room(std::size_t n);
   void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
   void publish_current_if_used();
 
   std::vector<Lane> lanes_;
   std::vector<detail::write_cursor> cursor_storage_;
   detail::write_cursor no_slot_;  // current_ before anything is open: always "full"
+  detail::flush_gate gate_storage_;
   EventShared* space_event_ = nullptr;
   OutboxOptions options_;
   detail::batch_meta batch_;      // current input batch
@@ -88,6 +98,11 @@ class Outbox final : public detail::output_port {
   std::size_t current_lane_ = 0;
   std::size_t rotation_ = 0;      // round-robin / tie-break position
   bool in_fragments_ = false;    // source mode: fragments of one item share one batch number
+  // Ordered source: room of the next slots (bytes; 0 = the first item's size), doubled after
+  // every lane got a slot of this size, until a whole slot (then 0 and done_slow_start_).
+  std::size_t slow_start_bytes_ = 0;
+  std::size_t slow_start_slots_ = 0;  // slots published at the current size
+  bool done_slow_start_ = false;
   bool closed_ = false;
   OutboxStats stats_;
   MembershipShared* membership_ = nullptr;  // null: more lanes than a mask holds, all active

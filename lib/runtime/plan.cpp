@@ -13,6 +13,9 @@ namespace {
 
 constexpr std::uint32_t default_batch_bytes = 64 * 1024;
 constexpr std::uint32_t default_ring_slots = 16;
+// Like Kafka's linger.ms: long enough that a full-rate stream fills its slots first (a 64 KiB
+// slot of 8-byte items fills in about 10 us), short next to what a person or a paced API waits.
+constexpr std::int64_t default_max_latency_ns = 5'000'000;
 
 channel::RingGeometry geometry_for(const detail::pipeline_def& def, const stage_options& s) {
   const auto& d = def.options.defaults;
@@ -190,6 +193,8 @@ Plan make_plan(const detail::pipeline_def& def) {
                                                                           : channel::Dispatch::least_loaded;
     }
     grp.out_geometry = geometry_for(def, stages[grp.end_stage - 1]->options());
+    grp.out_latency_ns = stages[grp.end_stage - 1]->options().max_latency_ns.value_or(
+        def.options.defaults.max_latency_ns.value_or(default_max_latency_ns));
   }
   size_groups(plan);
   for (std::size_t k = 0; k < plan.groups.size(); ++k) {

@@ -42,6 +42,8 @@ struct Group {
   bool keyed = false;
   // Batch geometry of the port this group writes.
   channel::RingGeometry out_geometry;
+  // Latency bound of that port in ns (-1: off, 0: publish every item).
+  std::int64_t out_latency_ns = 0;
 };
 
 struct Plan {

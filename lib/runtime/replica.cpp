@@ -1,5 +1,6 @@
 #include "runtime/replica.hpp"
 
+#include "channel/flusher.hpp"
 #include "channel/inbox.hpp"
 #include "channel/outbox.hpp"
 #include "runtime/exception_info.hpp"
@@ -41,7 +42,7 @@ struct Tally {
   std::uint64_t busy_ns = 0;
 };
 
-class Replica {
+class Replica final : public detail::downstream {
  public:
   Replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group, std::uint32_t replica)
       : def_(def), plan_(plan), state_(state), group_(plan.groups[group]), group_index_(group), replica_(replica),
@@ -71,8 +72,14 @@ class Replica {
         o.on_publish = [](void* self) { static_cast<Replica*>(self)->generator_progress(); };
         o.publish_context = this;
       }
+      o.publish_each_item = group_.out_latency_ns == 0;
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
+      // A group ending in its terminal only sends partials at the end (or per ordered batch).
+      if (group_.out_latency_ns > 0 && !ends_in_terminal())
+        flusher_.emplace(*outbox_, std::chrono::nanoseconds(group_.out_latency_ns));
+      gate_.emplace(*outbox_);  // after the flusher: it decides how the gate fences
     }
+    for (std::size_t k = 0; k < instances_.size(); ++k) instances_[k]->attach(this, k);
     first_worker_ = first_worker;
 
     switch (group_.input) {
@@ -193,53 +200,93 @@ class Replica {
     const bool ordered = plan_.ordered;
     if (outbox_ && (batch_start || !ordered)) outbox_->begin_batch(meta);
     if (ordered && batch_start && ends_in_terminal()) instances_.back()->begin_batch();
-    bool lineage_dense = meta.dense;
-    for (std::size_t k = 0; k < instances_.size(); ++k) {
-      const std::size_t stage = first_worker_ + k;
-      set_stage(stage);
-      Tally& t = tallies_[stage];
-      t.items_in += n;
-      t.batches_in += 1;
-      const auto t0 = Clock::now();
-      const std::uint64_t blocked_before = outbox_ ? outbox_->stats().blocked_ns : 0;  // a flat_map may emit straight out
-      detail::item_cursor cursor;
-      try {
-        n = instances_[k]->apply(cursor);
-      } catch (...) {
-        has_item_ = true;
-        item_seq_ = lineage_dense ? meta.first_item + cursor.index : t.items_in - (n - cursor.index);
-        throw;
-      }
-      if (k + 1 < instances_.size()) instances_[k]->hand_over(*instances_[k + 1]);
-      t.items_out += n;
-      const std::uint64_t elapsed = ns_since(t0);
-      const std::uint64_t blocked = outbox_ ? outbox_->stats().blocked_ns - blocked_before : 0;
-      t.busy_ns += (elapsed > blocked ? elapsed - blocked : 0) + (k == 0 ? extra_ns : 0);
-      lineage_dense = lineage_dense && def_.stages[stage]->one_to_one();
-    }
+    meta_ = meta;
+    run_chain(0, n, meta.dense, extra_ns);
     if (outbox_) {
       const auto t0 = Clock::now();
       // Waiting for room downstream is blocked time, not busy time: the scheduler's true rate
       // (items per busy second) must not count it.
       const std::uint64_t blocked_before = outbox_->stats().blocked_ns;
-      if (!ends_in_terminal()) {
-        // Keyed dispatch runs the next stage's key function here: errors are that stage's.
-        set_stage(group_.keyed ? group_.encoder_stage : group_.end_stage - 1);
-        void* out = instances_.empty() ? nullptr : instances_.back()->output_buffer();
-        def_.stages[group_.encoder_stage]->encode_input(out, *outbox_, group_.keyed);
-      }
       if (ordered && batch_end) {
         if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
         outbox_->end_batch();
       }
       const std::uint64_t elapsed = ns_since(t0);
       const std::uint64_t blocked = outbox_->stats().blocked_ns - blocked_before;
+      if (outbox_->publish_each_item()) outbox_->flush();
       tallies_[group_.end_stage - 1].busy_ns += elapsed > blocked ? elapsed - blocked : 0;
     }
     flush_counters();
   }
 
+  // Runs `n` items in instance `first`'s input buffer through instances first.. and encodes
+  // what comes out for the port.
+  void run_chain(std::size_t first, std::size_t n, bool lineage_dense, std::uint64_t extra_ns) {
+    {
+      // While the stages run user code, the flusher may publish what earlier batches left in
+      // the open slots (latency bound).
+      std::optional<detail::user_code_scope> user;
+      if (gate_) user.emplace(*gate_);
+      for (std::size_t k = first; k < instances_.size(); ++k) {
+        const std::size_t stage = first_worker_ + k;
+        set_stage(stage);
+        Tally& t = tallies_[stage];
+        t.items_in += n;
+        t.batches_in += 1;
+        const auto t0 = Clock::now();
+        const std::uint64_t nested0 = spilled_ns_;
+        detail::item_cursor cursor;
+        try {
+          n = instances_[k]->apply(cursor);
+        } catch (...) {
+          if (!has_item_) {  // the innermost failing stage names the item (spills nest)
+            has_item_ = true;
+            item_seq_ = lineage_dense ? meta_.first_item + cursor.index : t.items_in - (n - cursor.index);
+          }
+          throw;
+        }
+        if (k + 1 < instances_.size()) instances_[k]->hand_over(*instances_[k + 1]);
+        t.items_out += n;
+        // Time spent in spills of this stage's output (see spill()) belongs to the stages after it.
+        t.busy_ns += ns_since(t0) - (spilled_ns_ - nested0) + (k == first ? extra_ns : 0);
+        lineage_dense = lineage_dense && def_.stages[stage]->one_to_one();
+      }
+    }
+    if (outbox_ && !ends_in_terminal()) {
+      const auto t0 = Clock::now();
+      // Keyed dispatch runs the next stage's key function here: errors are that stage's.
+      set_stage(group_.keyed ? group_.encoder_stage : group_.end_stage - 1);
+      void* out = instances_.empty() ? nullptr : instances_.back()->output_buffer();
+      const std::uint64_t blocked_before = outbox_->stats().blocked_ns;
+      def_.stages[group_.encoder_stage]->encode_input(out, *outbox_, group_.keyed);
+      // Blocked on a full ring is not busy time (see process()).
+      const std::uint64_t elapsed = ns_since(t0);
+      const std::uint64_t blocked = outbox_->stats().blocked_ns - blocked_before;
+      tallies_[group_.end_stage - 1].busy_ns += elapsed > blocked ? elapsed - blocked : 0;
+    }
+  }
+
+ public:
+  // A stage whose output buffer filled up in the middle of its batch (a flat_map fanning one
+  // input out to many items): the full buffer goes through the rest of the chain and into the
+  // port now (blocking on back-pressure like any producer), so memory stays bounded.
+  void spill(std::size_t k) override {
+    const auto t0 = Clock::now();
+    if (gate_) gate_->leave();  // the port is ours again: the flusher must keep off
+    detail::stage_instance& from = *instances_[k];
+    const std::size_t n = from.output_size();
+    tallies_[first_worker_ + k].items_out += n;
+    if (k + 1 < instances_.size()) from.hand_over(*instances_[k + 1]);
+    run_chain(k + 1, n, false, 0);
+    from.clear_output();
+    set_stage(first_worker_ + k);
+    if (gate_) gate_->enter();
+    spilled_ns_ += ns_since(t0);
+  }
+
+ private:
   void finish() {
+    flusher_.reset();  // before the last writes: the Outbox is the producer's alone again
     if (ends_in_terminal() && def_.stages[group_.end_stage - 1]->kind() == detail::stage_kind::sink) {
       set_stage(group_.end_stage - 1);
       instances_.back()->end_of_stream();  // the sink's finish(): before end of stream goes on
@@ -293,6 +340,10 @@ class Replica {
   std::vector<std::unique_ptr<detail::stage_instance>> instances_;
   std::optional<channel::Inbox> inbox_;
   std::optional<channel::Outbox> outbox_;
+  std::optional<channel::Flusher> flusher_;  // after outbox_: stops before it is destroyed
+  std::optional<detail::user_code_gate> gate_;
+  detail::batch_meta meta_;          // batch being processed
+  std::uint64_t spilled_ns_ = 0;     // time spent in spill() so far
   std::vector<Tally> tallies_;
   ReplicaRecord* record_;
   std::size_t stage_ = 0;  // stage running now (named in a failure)

@@ -201,7 +201,8 @@ class Supervisor {
         r.peak_replicas = elastic_.peak_replicas(r.process_group);
         for (std::uint32_t k = 0; k < plan_.groups[r.process_group].slots; ++k) {
           const StageCounters& c = state_.counters(i, k);
-          r.items_in += c.items_in.load(std::memory_order_relaxed);
+          r.replica_items_in.push_back(c.items_in.load(std::memory_order_relaxed));
+          r.items_in += r.replica_items_in.back();
           r.items_out += c.items_out.load(std::memory_order_relaxed);
           r.batches_in += c.batches_in.load(std::memory_order_relaxed);
           r.bytes_in += c.bytes_in.load(std::memory_order_relaxed);

@@ -9,6 +9,7 @@
 #include "bench_support.hpp"
 #include "channel_peers.hpp"
 
+#include "channel/flusher.hpp"
 #include "channel/inbox.hpp"
 #include "channel/outbox.hpp"
 
@@ -17,6 +18,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <optional>
 
 namespace {
 
@@ -26,18 +28,27 @@ enum class Writer { bulk, per_item };
 
 // Sends `items` values 0..items-1 through a 1x1 channel; the consumer verifies every value.
 // `consumer_ns_per_item` > 0 makes the consumer deliberately slow (busy work per item).
+// `flusher`: a latency Flusher (5 ms, the pipeline default) runs beside the producer, which
+// brackets every write (each item, or each bulk fill) as "user code" the way a generator does.
 bench::peers::TransferResult procflow_transfer(std::uint64_t items, channel::RingGeometry geometry, Writer writer,
-                                               std::uint64_t consumer_ns_per_item = 0) {
+                                               std::uint64_t consumer_ns_per_item = 0, bool flusher = false) {
   shm::SegmentLayout layout;
   channel::Channel ch(layout, 1, 1, geometry);
   shm::Segment segment(layout);
   ch.create(segment);
   auto producer = [&](const bench::peers::TransferHooks& hooks) {
     channel::Outbox out(ch, 0);
+    std::optional<channel::Flusher> flush;
+    if (flusher) flush.emplace(out, std::chrono::milliseconds(5));
+    const detail::user_code_gate gate(out);
     hooks.go();
     std::uint64_t next = 0;
     if (writer == Writer::bulk) {
       while (next < items) {
+        if (flusher) {
+          gate.enter();
+          gate.leave();
+        }
         const std::span<std::byte> room = out.reserve_bulk(8);
         const std::uint64_t fit = std::min<std::uint64_t>(items - next, room.size() / 8);
         auto* p = reinterpret_cast<std::uint64_t*>(room.data());
@@ -47,10 +58,15 @@ bench::peers::TransferResult procflow_transfer(std::uint64_t items, channel::Rin
       }
     } else {
       for (; next < items; ++next) {
+        if (flusher) {
+          gate.enter();
+          gate.leave();
+        }
         std::memcpy(out.reserve(8), &next, 8);
         out.commit(8);
       }
     }
+    flush.reset();
     out.close();
     return 0;
   };
@@ -136,6 +152,10 @@ int main(int argc, char** argv) {
   const channel::RingGeometry standard{16, 64 * 1024};  // the pipeline default: 16 x 64 KiB = 1 MiB
   add("procflow", big, [&] { return procflow_transfer(big, standard, Writer::bulk); }, "16 x 64 KiB slots, bulk writes");
   add("procflow_per_item", big, [&] { return procflow_transfer(big, standard, Writer::per_item); }, "16 x 64 KiB slots, reserve/commit per item");
+  add("procflow_flusher", big, [&] { return procflow_transfer(big, standard, Writer::bulk, 0, true); },
+      "same, with the 5 ms latency flusher beside the producer");
+  add("procflow_per_item_flusher", big, [&] { return procflow_transfer(big, standard, Writer::per_item, 0, true); },
+      "reserve/commit per item, flusher, enter/leave user code per item");
   add("procflow_small_slots", big, [&] { return procflow_transfer(big, {64, 4096}, Writer::bulk); }, "64 x 4 KiB slots");
   add("minimal_ring", big, [&] { return bench::peers::minimal_ring(big, 1 << 20, 256, false); }, "1 MiB, batches of 256, spinning");
   add("minimal_ring_pinned", big, [&] { return bench::peers::minimal_ring(big, 1 << 20, 256, true); }, "same, pinned to cpus 0/1");

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <thread>
 
 namespace pf = procflow;
@@ -30,9 +31,12 @@ struct Run {
 
 // The benchmark pipeline. `splittable`: an iota source claimed in chunks by the replicas (no ring
 // before the first stage); otherwise a generator source in its own process feeding them.
-Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion) {
+// `latency_off`: pf::max_latency(pf::latency_off) instead of the default bound (the peer that
+// shows what the latency flusher costs at full rate).
+Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto start = pf::pipeline("trivial", pf::fusion(fusion));
+  auto start = latency_off ? pf::pipeline("trivial", pf::fusion(fusion), pf::max_latency(pf::latency_off))
+                           : pf::pipeline("trivial", pf::fusion(fusion));
   auto run = [&](auto flow) {
     return flow.map("square", square, pf::replicas(replicas))
         .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
@@ -113,8 +117,53 @@ int main(int argc, char** argv) {
   measure("procflow", n, [&] { return procflow_trivial(n, r, true, true); }, fmt::format("iota claimed in chunks, {} fused replicas", r));
   measure("procflow_1_replica", n, [&] { return procflow_trivial(n, 1, true, true); }, "iota chunks, 1 fused replica");
   measure("procflow_generator", n, [&] { return procflow_trivial(n, r, false, true); }, "generator process -> rings -> fused replicas");
+  // flat_map: every item fans out to 4 (x, x+1, x+2, x+3) through the emitter, and through a
+  // returned range; fused with the reduce, 2 replicas claiming iota chunks. 4n items summed.
+  auto flat = [&](bool emitter) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto src = pf::pipeline("flat").source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n / 4)));
+    auto red = [&](auto f) {
+      return f.reduce("sum", std::uint64_t{0}, [](std::uint64_t a, std::int64_t x) { return a + static_cast<std::uint64_t>(x); }, std::plus<>{}).run().value;
+    };
+    const std::uint64_t sum =
+        emitter ? red(src.flat_map<std::int64_t>("fan4", [](std::int64_t x, pf::emitter<std::int64_t>& emit) {
+                    for (std::int64_t k = 0; k < 4; ++k) emit(x + k);
+                  }, pf::replicas(r)))
+                : red(src.flat_map("fan4", [](std::int64_t x) { return std::array<std::int64_t, 4>{x, x + 1, x + 2, x + 3}; }, pf::replicas(r)));
+    const std::uint64_t m = n / 4;
+    if (sum != 4 * (m * (m - 1) / 2) + 6 * m) {
+      fmt::print(stderr, "flat_map: wrong sum {}\n", sum);
+      std::exit(1);
+    }
+    return bench::seconds_since(t0);
+  };
+  for (const bool emitter : {true, false}) {
+    const std::string variant = emitter ? "procflow_flat_map_emitter" : "procflow_flat_map_range";
+    if (!o.wants(variant)) continue;
+    std::vector<double> rates;
+    for (int i = 0; i < o.repeats; ++i) rates.push_back(static_cast<double>(n / 4 * 4) / flat(emitter));
+    rows.push_back({"pipeline", variant, bench::median(rates), {}, "iota -> flat_map x4 -> reduce, 2 fused replicas (output items/s)"});
+  }
   measure("procflow_unfused", n_small * 10, [&] { return procflow_trivial(n_small * 10, r, false, false); },
           "every stage in its own processes (n/10)");
+  // The latency bound at full rate: each procflow variant against the same with the bound off,
+  // runs interleaved (the machine's load drifts), medians of the per-pair ratios.
+  auto measure_bound = [&](const std::string& variant, std::uint64_t items, bool splittable, bool fusion) {
+    if (!o.wants(variant + "_latency")) return;
+    std::vector<double> with, without, ratio;
+    for (int i = 0; i < o.repeats; ++i) {
+      const Run a = procflow_trivial(items, r, splittable, fusion, false);
+      const Run b = procflow_trivial(items, r, splittable, fusion, true);
+      with.push_back(static_cast<double>(items) / a.seconds);
+      without.push_back(static_cast<double>(items) / b.seconds);
+      ratio.push_back(b.seconds / a.seconds);
+    }
+    rows.push_back({"pipeline", variant + "_latency_default", bench::median(with), {{"vs_off", bench::median(ratio)}}, "default bound (5 ms)"});
+    rows.push_back({"pipeline", variant + "_latency_off", bench::median(without), {}, "max_latency(latency_off), same run"});
+  };
+  measure_bound("procflow", n, true, true);
+  measure_bound("procflow_generator", n, false, true);
+  measure_bound("procflow_unfused", n_small * 10, false, false);
   bench::report(o, rows, "tbb_batched");
 
   if (o.wants("rss")) {

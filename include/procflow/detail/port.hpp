@@ -7,10 +7,12 @@
 // Implementations live in lib/channel (Outbox, Inbox); nothing here includes OS headers.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <thread>
 
 namespace procflow::detail {
 
@@ -32,6 +34,29 @@ struct write_cursor {
   std::uint32_t items = 0;   // items committed to the open slot
 };
 
+// The hand-off between a producer and the flusher thread that publishes its partly filled slots
+// when they get older than the latency bound (lib/channel/flusher.hpp). The flusher may touch
+// the port only while the producer runs user code (a generator call, a stage's batch): the
+// producer says so with two plain stores per call, and the flusher pays for the ordering with
+// one membarrier() (an asymmetric Dekker handshake; see flusher.cpp for the argument).
+struct flush_gate {
+  // 1 while the producer is inside user code and will not touch the port. Stored by the
+  // producer: release on entry (its port writes are visible to a flusher that reads 1, SYNC
+  // POINT with the flusher's acquire load), relaxed on exit (ordered by the barrier below).
+  std::atomic<std::uint32_t> in_user{0};
+  // 1 while the flusher claims the port. Stored by the flusher (relaxed before its heavy
+  // barrier, release when done: SYNC POINT with the producer's acquire load on exit, which
+  // makes what the flusher published visible to the producer).
+  std::atomic<std::uint32_t> flusher_owns{0};
+  // Slots the producer published so far. Relaxed, stored once per slot: the flusher only
+  // compares it between ticks to see that the producer is publishing by itself (full rate),
+  // and then leaves it alone without claiming anything.
+  std::atomic<std::uint64_t> published{0};
+  // The producer needs only a compiler barrier on exit: membarrier() is available, or there is
+  // no flusher at all. Otherwise both sides use a full fence. Written once, by the producer
+  // thread, when its flusher starts (before the producer's next bracket).
+  bool asymmetric = true;
+};
 // Room an item of `n` encoded bytes needs in a slot (see write_cursor).
 constexpr std::size_t slot_cost(std::size_t n) noexcept { return n + (n == 0); }
 
@@ -80,6 +105,11 @@ class output_port {
     current_->items += items;
   }
 
+  // The flusher hand-off for user code that runs between items (see user_code_gate).
+  flush_gate& gate() noexcept { return *gate_; }
+  // True when the latency bound is 0: every item is published as soon as it is written.
+  bool publish_each_item() const noexcept { return publish_each_item_; }
+
   // Largest item that fits one slot; larger ones go through write_large(). A slot also holds at
   // most this many items (see write_cursor).
   std::size_t max_item_bytes() const noexcept { return max_item_bytes_; }
@@ -106,6 +136,48 @@ class output_port {
   write_cursor* current_ = nullptr;  // cursor of the lane batch dispatch writes to
   std::size_t lane_count_ = 0;
   std::size_t max_item_bytes_ = 0;
+  flush_gate* gate_ = nullptr;  // never null once constructed
+  bool publish_each_item_ = false;
+};
+
+// Brackets user code that runs between items (a generator call, a stage's batch): between
+// enter() and leave() the flusher may publish the port's open slots. Take one per loop, not per
+// item: it keeps the gate in registers, so a bracket costs two stores and a load.
+class user_code_gate {
+ public:
+  explicit user_code_gate(output_port& out) noexcept : gate_(&out.gate()), asymmetric_(out.gate().asymmetric) {}
+  void enter() const noexcept { gate_->in_user.store(1, std::memory_order_release); }
+  void leave() const noexcept {
+    gate_->in_user.store(0, std::memory_order_relaxed);
+    // SYNC POINT (store-load, the producer's half of the Dekker handshake): our in_user = 0 is
+    // ordered before reading flusher_owns, either by the flusher's membarrier() (which acts as a
+    // full fence on this thread) plus a compiler barrier here, or by a full fence.
+    if (asymmetric_) {
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
+    if (gate_->flusher_owns.load(std::memory_order_acquire) != 0) wait_for_flusher();
+  }
+
+ private:
+  void wait_for_flusher() const noexcept {
+    while (gate_->flusher_owns.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  }
+  flush_gate* gate_;
+  bool asymmetric_;
+};
+
+// gate.enter() for a scope, gate.leave() on every way out of it (exceptions included).
+class user_code_scope {
+ public:
+  explicit user_code_scope(const user_code_gate& gate) noexcept : gate_(gate) { gate_.enter(); }
+  ~user_code_scope() { gate_.leave(); }
+  user_code_scope(const user_code_scope&) = delete;
+  user_code_scope& operator=(const user_code_scope&) = delete;
+
+ private:
+  const user_code_gate& gate_;
 };
 
 // One batch as delivered by an input_port: valid until release() or the next receive.

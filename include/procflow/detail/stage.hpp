@@ -46,10 +46,31 @@ struct item_cursor {
   std::size_t index = 0;
 };
 
+// What a stage can hand a full output buffer to in the middle of its batch (the replica's
+// runtime: the rest of the fused chain, then the port). See stage_instance::spill().
+class downstream {
+ public:
+  virtual ~downstream() = default;
+  // Sends instance `position`'s output buffer on and leaves it empty. May block (back-pressure).
+  virtual void spill(std::size_t position) = 0;
+};
+
+// Output items a stage gathers before it spills them (one slot's worth of small items).
+template <class T>
+inline constexpr std::size_t spill_items_v = std::clamp<std::size_t>(65536 / sizeof(T), 64, 8192);
+
 // Per-replica state of one non-source stage.
 class stage_instance {
  public:
   virtual ~stage_instance() = default;
+  // Where a stage that produces many items per input (flat_map) spills full output buffers.
+  void attach(downstream* d, std::size_t position) noexcept {
+    downstream_ = d;
+    position_ = position;
+  }
+  // Items in the output buffer / empties it (after a spill).
+  virtual std::size_t output_size() const noexcept { return 0; }
+  virtual void clear_output() noexcept {}
   // Decodes `batch` into this stage's input buffer; returns the item count.
   virtual std::size_t decode(const batch_view& batch) = 0;
   // Runs the stage over its input buffer. Returns the number of items produced (terminals: 0).
@@ -69,6 +90,10 @@ class stage_instance {
   virtual void finish(output_port& /*results*/) {}
   // Sinks only: the replica's input has ended (calls the sink callable's finish(), if any).
   virtual void end_of_stream() {}
+
+ protected:
+  downstream* downstream_ = nullptr;  // null: no spilling (output grows with the batch)
+  std::size_t position_ = 0;
 };
 
 // A source: produces every item into `out` (its own process), or, when splittable, the items
@@ -170,13 +195,29 @@ using batch_buffer = std::vector<T, default_init_allocator<T>>;
 
 // ------------------------------------------------------------------ item <-> bytes helpers
 
+// An item larger than a slot: its encoding is copied slot by slot (write_large). Raw items go
+// straight from the object; others are encoded into a buffer kept for the next large item, so a
+// stream of large items costs no allocation, zero-filling or page faults per item.
+template <encodable T>
+void encode_large(const T& item, std::size_t n, output_port& out, std::size_t lane) {
+  if constexpr (is_raw_codec_v<T>) {
+    out.write_large(lane, {reinterpret_cast<const std::byte*>(&item), sizeof(T)});
+  } else {
+    static thread_local batch_buffer<std::byte> buffer;
+    buffer.resize(n);
+    codec<T>::encode(item, buffer.data());
+    out.write_large(lane, {buffer.data(), n});
+    // Keep at most 64 MiB between items: one huge item does not pin its size for the rest of the run.
+    if (buffer.capacity() > (std::size_t{64} << 20)) batch_buffer<std::byte>().swap(buffer);
+  }
+}
+
 // Encodes one item into the port (split over slots if it is larger than one).
 template <encodable T>
 void encode_item(const T& item, output_port& out, std::size_t lane = output_port::any_lane) {
   const std::size_t n = codec<T>::encoded_size(item);
   if (n > out.max_item_bytes()) {
-    const auto bytes = encode_to_bytes(item);
-    out.write_large(lane, bytes);
+    encode_large(item, n, out, lane);
     return;
   }
   if (lane == output_port::any_lane) {

@@ -18,15 +18,36 @@
 namespace procflow {
 
 // Passed to a flat_map callable of the form (item, emit): emit(value) appends one output item.
+// A full batch of outputs is handed on at once (through the following stages and to the next
+// process, which may block on back-pressure), so one input may emit any number of items in
+// bounded memory.
 template <class T>
 class emitter {
  public:
-  explicit emitter(detail::batch_buffer<T>& out) noexcept : out_(&out) {}
-  void operator()(const T& value) { out_->push_back(value); }
-  void operator()(T&& value) { out_->push_back(std::move(value)); }
+  using spill_fn = void (*)(void*);
+  explicit emitter(detail::batch_buffer<T>& out, std::size_t limit = ~std::size_t{0}, spill_fn spill = nullptr,
+                   void* context = nullptr) noexcept
+      : out_(&out), limit_(limit), spill_(spill), context_(context) {}
+  // The full-buffer test is push_back's own capacity test (the compiler merges them), so an
+  // emit costs what a push_back does; the stage reserves `limit` items up front.
+  void operator()(const T& value) {
+    if (out_->size() == out_->capacity()) [[unlikely]] full();
+    out_->push_back(value);
+  }
+  void operator()(T&& value) {
+    if (out_->size() == out_->capacity()) [[unlikely]] full();
+    out_->push_back(std::move(value));
+  }
 
  private:
+  void full() {
+    if (spill_ && out_->size() >= limit_) spill_(context_);  // otherwise push_back grows it
+  }
+
   detail::batch_buffer<T>* out_;
+  std::size_t limit_;  // spill at this many items (never without a spill_)
+  spill_fn spill_;
+  void* context_;
 };
 
 namespace detail {
@@ -79,6 +100,8 @@ class instance_base : public stage_instance {
   void hand_over(stage_instance& next) override { std::swap(out_, *static_cast<batch_buffer<Out>*>(next.input_buffer())); }
   void* input_buffer() noexcept override { return &in_; }
   void* output_buffer() noexcept override { return &out_; }
+  std::size_t output_size() const noexcept override { return out_.size(); }
+  void clear_output() noexcept override { out_.clear(); }
 
  protected:
   batch_buffer<In> in_;
@@ -196,19 +219,26 @@ class flat_map_instance final : public instance_base<In, Out> {
     auto& in = this->in_;
     auto& out = this->out_;
     out.clear();
-    emitter<Out> emit(out);
+    const std::size_t limit = this->downstream_ ? spill_items_v<Out> : ~std::size_t{0};
+    if (this->downstream_) out.reserve(limit);
+    emitter<Out> emit(out, limit, &spill, this);
     for_each_item(in.size(), cursor, [&](std::size_t i) {
       if constexpr (std::is_invocable_v<F&, const In&, emitter<Out>&>) {
         std::invoke(fn_, std::as_const(in[i]), emit);
       } else {
-        auto produced = call_with_item(fn_, in[i]);
-        for (auto&& value : produced) out.push_back(std::forward<decltype(value)>(value));
+        // A range is consumed lazily: a view is never materialized beyond one spill.
+        auto&& produced = call_with_item(fn_, in[i]);
+        for (auto&& value : produced) emit(static_cast<Out>(std::forward<decltype(value)>(value)));
       }
     });
     return out.size();
   }
 
  private:
+  static void spill(void* self) {
+    auto* me = static_cast<flat_map_instance*>(self);
+    me->downstream_->spill(me->position_);
+  }
   F fn_;
 };
 

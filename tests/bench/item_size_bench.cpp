@@ -1,0 +1,173 @@
+// item_size_bench: throughput by item size (issue 14). Job: a generator making N strings of S
+// bytes -> map with 2 replicas computing a checksum -> reduce(sum). Peers in the same run:
+//   procflow    the pipeline above (items larger than a 64 KiB slot are split and reassembled)
+//   pipe        the same job with a pipe per reader: the parent writes length-prefixed items to 2
+//               forked readers in turn, each reassembles and checksums them
+//   sequential  make and checksum every item in one loop
+// Each size moves about 256 MiB (--quick: 32 MiB). Rows: bytes, gb_per_s, vs_pipe.
+#include "bench_support.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstring>
+#include <optional>
+#include <string>
+
+namespace pf = procflow;
+
+namespace {
+
+std::string make_item(std::size_t bytes, std::size_t i) {
+  return std::string(bytes, static_cast<char>('a' + i % 26));
+}
+
+std::uint64_t checksum(const std::string& s) {
+  std::uint64_t sum = 0;
+  const std::size_t words = s.size() / 8;
+  for (std::size_t k = 0; k < words; ++k) {
+    std::uint64_t w;
+    std::memcpy(&w, s.data() + 8 * k, 8);
+    sum += w;
+  }
+  for (std::size_t k = words * 8; k < s.size(); ++k) sum += static_cast<unsigned char>(s[k]);
+  return sum;
+}
+
+std::uint64_t procflow_job(std::size_t bytes, std::size_t n) {
+  std::size_t i = 0;
+  return pf::pipeline("item size")
+      .source("gen", [&i, n, bytes]() -> std::optional<std::string> {
+        if (i == n) return std::nullopt;
+        return make_item(bytes, i++);
+      })
+      .map("checksum", [](const std::string& s) { return checksum(s); }, pf::replicas(2))
+      .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{})
+      .run()
+      .value;
+}
+
+bool write_all(int fd, const void* p, std::size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    const ssize_t w = ::write(fd, c, n);
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR) continue;
+      return false;
+    }
+    c += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* p, std::size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n) {
+    const ssize_t r = ::read(fd, c, n);
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR) continue;
+      return false;
+    }
+    c += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+std::uint64_t pipe_job(std::size_t bytes, std::size_t n) {
+  int data[2][2], back[2][2];
+  pid_t pids[2];
+  for (int r = 0; r < 2; ++r) {
+    if (::pipe(data[r]) != 0 || ::pipe(back[r]) != 0) std::exit(1);
+    pids[r] = bench::fork_child([&, r] {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::close(data[r][1]);
+      ::close(back[r][0]);
+      if (r == 1) {  // the parent's ends towards reader 0 (else reader 0 never sees EOF)
+        ::close(data[0][1]);
+        ::close(back[0][0]);
+      }
+      std::uint64_t sum = 0;
+      std::string item;
+      std::uint64_t len = 0;
+      while (read_all(data[r][0], &len, sizeof len)) {
+        item.resize(len);
+        if (!read_all(data[r][0], item.data(), len)) return 1;
+        sum += checksum(item);
+      }
+      return write_all(back[r][1], &sum, sizeof sum) ? 0 : 1;
+    });
+    ::close(data[r][0]);
+    ::close(back[r][1]);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string item = make_item(bytes, i);
+    const std::uint64_t len = item.size();
+    const int fd = data[i % 2][1];
+    if (!write_all(fd, &len, sizeof len) || !write_all(fd, item.data(), item.size())) std::exit(1);
+  }
+  std::uint64_t total = 0;
+  for (int r = 0; r < 2; ++r) {
+    ::close(data[r][1]);
+    std::uint64_t sum = 0;
+    if (!read_all(back[r][0], &sum, sizeof sum)) std::exit(1);
+    ::close(back[r][0]);
+    bench::wait_child(pids[r]);
+    total += sum;
+  }
+  return total;
+}
+
+std::uint64_t sequential_job(std::size_t bytes, std::size_t n) {
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < n; ++i) sum += checksum(make_item(bytes, i));
+  return sum;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bench::Options o = bench::parse_options(argc, argv);
+  const double volume = (o.scale < 1.0 ? 32.0 : 256.0) * 1024 * 1024;
+  const std::size_t sizes[] = {1024, 60 * 1024, 70 * 1024, 1 << 20, 8 << 20, 64 << 20};
+  std::vector<bench::Row> rows;
+  for (const std::size_t bytes : sizes) {
+    const std::size_t n = std::max<std::size_t>(2, static_cast<std::size_t>(volume / static_cast<double>(bytes)));
+    const std::uint64_t want = sequential_job(bytes, n);
+    struct Variant {
+      const char* name;
+      std::uint64_t (*job)(std::size_t, std::size_t);
+    };
+    const Variant variants[] = {{"procflow", procflow_job}, {"pipe", pipe_job}, {"sequential", sequential_job}};
+    double pipe_rate = 0;
+    std::vector<bench::Row> here;
+    for (const auto& v : variants) {
+      if (!o.wants(v.name)) continue;
+      std::vector<double> rates;
+      for (int r = 0; r < o.repeats; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const std::uint64_t got = v.job(bytes, n);
+        const double secs = bench::seconds_since(t0);
+        if (got != want) {
+          fmt::print(stderr, "{} at {} bytes: wrong checksum\n", v.name, bytes);
+          return 1;
+        }
+        rates.push_back(static_cast<double>(n) / secs);
+      }
+      const double rate = bench::median(rates);
+      if (std::string(v.name) == "pipe") pipe_rate = rate;
+      here.push_back({"item_size_bench", v.name, rate,
+                      {{"bytes", static_cast<double>(bytes)}, {"gb_per_s", rate * static_cast<double>(bytes) / 1e9}}, ""});
+    }
+    for (auto& r : here) {
+      if (pipe_rate > 0) r.extra.push_back({"vs_pipe", r.items_per_s / pipe_rate});
+      rows.push_back(r);
+    }
+  }
+  bench::report(o, rows);
+  return 0;
+}
