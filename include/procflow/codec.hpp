@@ -14,14 +14,17 @@
 
 #include <procflow/error.hpp>
 
+#include <array>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <unordered_map>
@@ -115,33 +118,101 @@ concept encodable = requires(const T& value, std::byte* out, decoder& in) {
   { codec<T>::decode(in) } -> std::same_as<T>;
 };
 
-// True when every value of T encodes to exactly sizeof(T) raw bytes, so a batch of T is a plain
-// array and can be copied in bulk.
+// The raw codec: a value travels as its object representation, sizeof(T) bytes. Correct only for
+// a trivially copyable T whose every bit pattern is a valid value and that points nowhere; procflow
+// uses it for arithmetic types (not bool), enums, std::array of raw types, and PROCFLOW_CODEC
+// structs whose fields are all raw and that have no padding. A codec<T> deriving from
+// raw_codec<T> tells procflow that batches of T may be copied in bulk (is_raw_codec_v).
 template <class T>
-inline constexpr bool is_raw_codec_v = false;
-
-// Trivially copyable types travel as their object representation. Pointers do not: an address
-// means nothing in another process (send what it points to instead).
-template <class T>
-concept raw_encodable = std::is_trivially_copyable_v<T> && !std::is_same_v<T, bool> && !std::is_pointer_v<T> &&
-                        !std::is_member_pointer_v<T>;
-
-template <raw_encodable T>
-struct codec<T> {
+struct raw_codec {
   static constexpr std::size_t encoded_size(const T&) noexcept { return sizeof(T); }
   static std::byte* encode(const T& value, std::byte* out) noexcept {
+    static_assert(std::is_trivially_copyable_v<T>, "procflow::raw_codec<T> needs a trivially copyable T");
     std::memcpy(out, &value, sizeof(T));
     return out + sizeof(T);
   }
   static T decode(decoder& in) {
+    static_assert(std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>,
+                  "procflow::raw_codec<T> needs a trivially copyable, default constructible T");
     T value;
     std::memcpy(&value, in.take(sizeof(T)), sizeof(T));
     return value;
   }
 };
 
-template <raw_encodable T>
-inline constexpr bool is_raw_codec_v<T> = true;
+// True when the codec in force for T *is* the raw codec (codec<T> derives from raw_codec<T>):
+// every value then encodes to exactly sizeof(T) bytes equal to its object representation, so a
+// batch of T is a plain array and can be copied in bulk. A user's own codec<T> is never raw
+// unless it says so by deriving from raw_codec<T>.
+template <class T>
+inline constexpr bool is_raw_codec_v = false;
+template <encodable T>
+inline constexpr bool is_raw_codec_v<T> = std::is_base_of_v<raw_codec<T>, codec<T>>;
+
+namespace detail {
+
+// Types whose every bit pattern is a valid value and that point nowhere: arithmetic types except
+// bool (only 0 and 1 are valid bools) and enums whose underlying type is not bool.
+template <class T, bool = std::is_enum_v<T>>
+struct is_raw_scalar : std::bool_constant<std::is_arithmetic_v<T> && !std::is_same_v<std::remove_cv_t<T>, bool>> {};
+template <class T>
+struct is_raw_scalar<T, true> : std::bool_constant<!std::is_same_v<std::underlying_type_t<T>, bool>> {};
+
+// Types that point or view into the memory of the process that made them. Their address means
+// nothing in another process, so procflow refuses them (unless a user codec says otherwise).
+template <class T>
+struct holds_address : std::false_type {};
+template <class T>
+struct holds_address<T*> : std::true_type {};
+template <class T, class C>
+struct holds_address<T C::*> : std::true_type {};
+template <class C, class Traits>
+struct holds_address<std::basic_string_view<C, Traits>> : std::true_type {};
+template <class T, std::size_t Extent>
+struct holds_address<std::span<T, Extent>> : std::true_type {};
+template <class T>
+struct holds_address<std::reference_wrapper<T>> : std::true_type {};
+template <class T, std::size_t N>
+struct holds_address<std::array<T, N>> : holds_address<T> {};
+template <class T, std::size_t N>
+struct holds_address<T[N]> : holds_address<T> {};
+template <template <class...> class Template, class... Ts>
+struct holds_address<Template<Ts...>> : std::disjunction<holds_address<Ts>...> {};
+template <class T>
+inline constexpr bool holds_address_v = holds_address<std::remove_cv_t<T>>::value;
+
+// What procflow refuses: every function deleted, so `encodable` is false (and a stage using the
+// type fails with the message of checked_encodable_v below).
+template <class T>
+struct refused_codec {
+  static std::size_t encoded_size(const T&) noexcept = delete;   // points into this process:
+  static std::byte* encode(const T&, std::byte*) noexcept = delete;  // send the owned data
+  static T decode(decoder&) = delete;                             // (std::string, std::vector)
+};
+
+// Instantiated for every item type of a pipeline: a type procflow cannot send fails to compile
+// here, with a message that says why and what to do.
+template <class T>
+struct item_type_check {
+  static_assert(encodable<T> || !holds_address_v<T>,
+                "procflow: this item type is or holds a pointer or a view (T*, std::string_view, std::span, "
+                "std::reference_wrapper): the address means nothing in another process. Send the owned data "
+                "instead (std::string, std::vector, a struct of values), or specialize procflow::codec<T>");
+  static_assert(encodable<T> || holds_address_v<T>,
+                "procflow: this item type has no procflow::codec<T>. For a plain struct add "
+                "PROCFLOW_CODEC(Type, field1, field2, ...) after it, in its namespace; or specialize "
+                "procflow::codec<Type> (see procflow/codec.hpp)");
+  static constexpr bool value = encodable<T>;
+};
+template <class T>
+inline constexpr bool checked_encodable_v = item_type_check<T>::value;
+
+}  // namespace detail
+
+// Numbers and enums travel as raw bytes.
+template <class T>
+  requires detail::is_raw_scalar<T>::value
+struct codec<T> : raw_codec<T> {};
 
 // bool is checked on decode: any byte other than 0 or 1 is corrupt (and would be UB as a bool).
 template <>
@@ -157,6 +228,25 @@ struct codec<bool> {
     return b == 1;
   }
 };
+
+// An enum over bool is checked like bool.
+template <class T>
+  requires(std::is_enum_v<T> && !detail::is_raw_scalar<T>::value)
+struct codec<T> {
+  static constexpr std::size_t encoded_size(T) noexcept { return 1; }
+  static std::byte* encode(T value, std::byte* out) noexcept { return codec<bool>::encode(static_cast<bool>(value), out); }
+  static T decode(decoder& in) { return static_cast<T>(codec<bool>::decode(in)); }
+};
+
+// Pointers and views are refused (see detail::refused_codec).
+template <class T>
+struct codec<T*> : detail::refused_codec<T*> {};
+template <class T, class C>
+struct codec<T C::*> : detail::refused_codec<T C::*> {};
+template <class C, class Traits>
+struct codec<std::basic_string_view<C, Traits>> : detail::refused_codec<std::basic_string_view<C, Traits>> {};
+template <class T, std::size_t Extent>
+struct codec<std::span<T, Extent>> : detail::refused_codec<std::span<T, Extent>> {};
 
 // std::string: varint length, then the bytes.
 template <class Traits, class Alloc>
@@ -229,23 +319,21 @@ struct codec<std::pair<A, B>> {
 };
 
 template <encodable... Ts>
-  requires(sizeof...(Ts) > 0 && !std::is_trivially_copyable_v<std::tuple<Ts...>>)
 struct codec<std::tuple<Ts...>> {
   static std::size_t encoded_size(const std::tuple<Ts...>& t) noexcept {
-    return std::apply([](const Ts&... e) { return (codec<Ts>::encoded_size(e) + ...); }, t);
+    return std::apply([](const Ts&... e) { return (std::size_t{0} + ... + codec<Ts>::encoded_size(e)); }, t);
   }
   static std::byte* encode(const std::tuple<Ts...>& t, std::byte* out) noexcept {
-    std::apply([&out](const Ts&... e) { ((out = codec<Ts>::encode(e, out)), ...); }, t);
+    std::apply([&out]([[maybe_unused]] const Ts&... e) { ((out = codec<Ts>::encode(e, out)), ...); }, t);
     return out;
   }
-  static std::tuple<Ts...> decode(decoder& in) {
+  static std::tuple<Ts...> decode([[maybe_unused]] decoder& in) {
     // Braced initialisation evaluates left to right, so the elements are read in order.
     return std::tuple<Ts...>{codec<Ts>::decode(in)...};
   }
 };
 
 template <encodable T>
-  requires(!std::is_trivially_copyable_v<std::optional<T>>)
 struct codec<std::optional<T>> {
   static std::size_t encoded_size(const std::optional<T>& o) noexcept {
     return 1 + (o ? codec<T>::encoded_size(*o) : 0);
@@ -259,6 +347,36 @@ struct codec<std::optional<T>> {
     return codec<T>::decode(in);
   }
 };
+
+namespace detail {
+
+// std::array of non-raw elements (or with padding): its N elements back to back, no count.
+template <class T, std::size_t N>
+struct array_codec {
+  using array = std::array<T, N>;
+  static std::size_t encoded_size(const array& a) noexcept {
+    std::size_t n = 0;
+    for (const auto& e : a) n += codec<T>::encoded_size(e);
+    return n;
+  }
+  static std::byte* encode(const array& a, std::byte* out) noexcept {
+    for (const auto& e : a) out = codec<T>::encode(e, out);
+    return out;
+  }
+  static array decode(decoder& in) {
+    array a{};
+    for (auto& e : a) e = codec<T>::decode(in);
+    return a;
+  }
+};
+
+}  // namespace detail
+
+// std::array: raw when its elements are raw (one memcpy), element by element otherwise.
+template <encodable T, std::size_t N>
+struct codec<std::array<T, N>>
+    : std::conditional_t<(N > 0 && is_raw_codec_v<T> && sizeof(std::array<T, N>) == N * sizeof(T)),
+                         raw_codec<std::array<T, N>>, detail::array_codec<T, N>> {};
 
 namespace detail {
 
@@ -297,6 +415,171 @@ struct codec<std::map<K, V, Compare, Alloc>> : detail::map_codec<std::map<K, V, 
 template <encodable K, encodable V, class Hash, class Eq, class Alloc>
 struct codec<std::unordered_map<K, V, Hash, Eq, Alloc>>
     : detail::map_codec<std::unordered_map<K, V, Hash, Eq, Alloc>> {};
+
+// ------------------------------------------------------------------ PROCFLOW_CODEC
+
+namespace detail {
+
+template <class T>
+struct record_tag {};
+template <class T, auto... Members>
+struct record_fields;
+
+// Found by argument-dependent lookup in the namespace of the struct: PROCFLOW_CODEC declares it.
+template <class T>
+void procflow_record_fields(T) = delete;
+
+template <class T>
+concept has_record_fields = requires { procflow_record_fields(record_tag<T>{}); };
+
+template <class T, auto Member>
+using member_t = std::remove_cvref_t<decltype(std::declval<T&>().*Member)>;
+
+// A field may also be a C array (char name[16]): its elements back to back.
+template <class F>
+inline constexpr bool field_encodable_v = encodable<F>;
+template <class E, std::size_t N>
+inline constexpr bool field_encodable_v<E[N]> = field_encodable_v<E>;
+template <class F>
+inline constexpr bool field_raw_v = is_raw_codec_v<F>;
+template <class E, std::size_t N>
+inline constexpr bool field_raw_v<E[N]> = field_raw_v<E>;
+
+template <class F>
+constexpr std::size_t field_size(const F& field) noexcept {
+  if constexpr (std::is_array_v<F>) {
+    if constexpr (field_raw_v<F>) {
+      return sizeof(F);
+    } else {
+      std::size_t n = 0;
+      for (const auto& e : field) n += field_size(e);
+      return n;
+    }
+  } else {
+    return codec<F>::encoded_size(field);
+  }
+}
+
+template <class F>
+std::byte* field_encode(const F& field, std::byte* out) noexcept {
+  if constexpr (std::is_array_v<F>) {
+    for (const auto& e : field) out = field_encode(e, out);
+    return out;
+  } else {
+    return codec<F>::encode(field, out);
+  }
+}
+
+template <class F>
+void field_decode(F& field, decoder& in) {
+  if constexpr (std::is_array_v<F>) {
+    for (auto& e : field) field_decode(e, in);
+  } else {
+    field = codec<F>::decode(in);
+  }
+}
+
+template <auto A, auto B>
+constexpr bool same_member() noexcept {
+  if constexpr (std::is_same_v<decltype(A), decltype(B)>) {
+    return A == B;
+  } else {
+    return false;
+  }
+}
+template <auto M, auto... Ms>
+inline constexpr std::size_t occurrences = (std::size_t{0} + ... + std::size_t{same_member<M, Ms>()});
+
+// The checked field list of a struct, as PROCFLOW_CODEC(T, fields...) names it.
+template <class T, auto... Members>
+struct record_fields {
+  static constexpr bool check() {
+    static_assert((std::is_member_object_pointer_v<decltype(Members)> && ...),
+                  "procflow: PROCFLOW_CODEC: every name listed must be a data member of the struct");
+    static_assert(((field_encodable_v<member_t<T, Members>> || !holds_address_v<member_t<T, Members>>) && ...),
+                  "procflow: PROCFLOW_CODEC: a field is or holds a pointer or a view (T*, std::string_view, "
+                  "std::span): the address means nothing in another process. Store the owned data instead "
+                  "(std::string, std::vector, values)");
+    static_assert(((field_encodable_v<member_t<T, Members>> || holds_address_v<member_t<T, Members>>) && ...),
+                  "procflow: PROCFLOW_CODEC: every field needs a procflow::codec (numbers, enums, std::string, "
+                  "std::vector, std::optional, ..., or a struct with PROCFLOW_CODEC of its own)");
+    static_assert(((occurrences<Members, Members...> == 1) && ...), "procflow: PROCFLOW_CODEC lists a field twice");
+    static_assert(sizeof...(Members) > 0 || std::is_empty_v<T>,
+                  "procflow: PROCFLOW_CODEC(Type) without fields is only for an empty struct");
+    static_assert(std::is_default_constructible_v<T>,
+                  "procflow: PROCFLOW_CODEC needs a default constructible struct (decode fills a T{} field by field)");
+    return true;
+  }
+
+  // Raw (bulk-copied) when the struct is exactly its fields, each raw: trivially copyable, no
+  // padding (sum of the field sizes == sizeof(T)), nothing that can hold an invalid bit pattern.
+  static constexpr bool raw = sizeof...(Members) > 0 && std::is_trivially_copyable_v<T> &&
+                              (field_raw_v<member_t<T, Members>> && ...) &&
+                              (std::size_t{0} + ... + sizeof(member_t<T, Members>)) == sizeof(T);
+
+  struct fieldwise {
+    static constexpr std::size_t encoded_size([[maybe_unused]] const T& value) noexcept {
+      return (std::size_t{0} + ... + field_size(value.*Members));
+    }
+    static std::byte* encode([[maybe_unused]] const T& value, std::byte* out) noexcept {
+      ((out = field_encode(value.*Members, out)), ...);
+      return out;
+    }
+    static T decode([[maybe_unused]] decoder& in) {
+      T value{};
+      (field_decode(value.*Members, in), ...);  // comma fold: fields in the order listed
+      return value;
+    }
+  };
+  using codec_base = std::conditional_t<raw, raw_codec<T>, fieldwise>;
+};
+
+template <class T>
+using record_fields_of = decltype(procflow_record_fields(record_tag<T>{}));
+
+template <class T>
+constexpr bool record_check() {
+  return record_fields_of<T>::check();
+}
+
+}  // namespace detail
+
+// A struct opted in with PROCFLOW_CODEC: field by field, or raw when that is exactly the same.
+template <class T>
+  requires detail::has_record_fields<T>
+struct codec<T> : detail::record_fields_of<T>::codec_base {};
+
+}  // namespace procflow
+
+// PROCFLOW_CODEC(Type, field1, field2, ...): the codec of a plain struct, derived from its fields.
+// Place it after the struct, at namespace scope in the struct's own namespace; list every field
+// (a forgotten one is a compile error), in the order they should travel. See the header comment.
+#define PROCFLOW_CODEC(Type, ...)                                                                        \
+  [[maybe_unused]] constexpr ::procflow::detail::record_fields<Type PROCFLOW_DETAIL_FOR_EACH(            \
+      PROCFLOW_DETAIL_MEMBER_POINTER, Type __VA_OPT__(, ) __VA_ARGS__)>                                  \
+  procflow_record_fields(::procflow::detail::record_tag<Type>) noexcept {                                \
+    return {};                                                                                           \
+  }                                                                                                      \
+  __VA_OPT__([[maybe_unused]] inline void procflow_record_arity(const Type& procflow_record) {           \
+    /* every field listed: a struct with more fields than names does not decompose */                   \
+    [[maybe_unused]] const auto& [__VA_ARGS__] = procflow_record;                                        \
+  })                                                                                                     \
+  static_assert(::procflow::detail::record_check<Type>(), "procflow: PROCFLOW_CODEC(" #Type ", ...)")
+
+// Preprocessor iteration (C++20 __VA_OPT__): MACRO(Type, name) for every name.
+#define PROCFLOW_DETAIL_MEMBER_POINTER(Type, name) , &Type::name
+#define PROCFLOW_DETAIL_PARENS ()
+#define PROCFLOW_DETAIL_EXPAND(...) PROCFLOW_DETAIL_EXPAND3(PROCFLOW_DETAIL_EXPAND3(PROCFLOW_DETAIL_EXPAND3(__VA_ARGS__)))
+#define PROCFLOW_DETAIL_EXPAND3(...) PROCFLOW_DETAIL_EXPAND2(PROCFLOW_DETAIL_EXPAND2(PROCFLOW_DETAIL_EXPAND2(__VA_ARGS__)))
+#define PROCFLOW_DETAIL_EXPAND2(...) PROCFLOW_DETAIL_EXPAND1(PROCFLOW_DETAIL_EXPAND1(PROCFLOW_DETAIL_EXPAND1(__VA_ARGS__)))
+#define PROCFLOW_DETAIL_EXPAND1(...) __VA_ARGS__
+#define PROCFLOW_DETAIL_FOR_EACH(macro, Type, ...) \
+  __VA_OPT__(PROCFLOW_DETAIL_EXPAND(PROCFLOW_DETAIL_FOR_EACH_STEP(macro, Type, __VA_ARGS__)))
+#define PROCFLOW_DETAIL_FOR_EACH_STEP(macro, Type, name, ...) \
+  macro(Type, name) __VA_OPT__(PROCFLOW_DETAIL_FOR_EACH_AGAIN PROCFLOW_DETAIL_PARENS(macro, Type, __VA_ARGS__))
+#define PROCFLOW_DETAIL_FOR_EACH_AGAIN() PROCFLOW_DETAIL_FOR_EACH_STEP
+
+namespace procflow {
 
 // Convenience: encodes one value into a fresh byte vector.
 template <encodable T>

@@ -87,8 +87,8 @@ class runnable {
 
 template <class T>
 class flow {
-  static_assert(encodable<T>, "procflow: items crossing a process boundary need procflow::codec<T>; "
-                              "specialize procflow::codec<YourType> (see codec.hpp)");
+  static_assert(detail::checked_encodable_v<T>, "procflow: items crossing a process boundary need procflow::codec<T>; "
+                                                "add PROCFLOW_CODEC(YourType, fields...) or specialize procflow::codec<YourType> (see codec.hpp)");
 
  public:
   using item_type = T;
@@ -102,7 +102,7 @@ class flow {
                   "procflow: map(): the function cannot be called with the previous stage's item type");
     using U = detail::item_result_t<F, T>;
     static_assert(!std::is_void_v<U>, "procflow: map(): the function must return the new item (use sink() to consume)");
-    static_assert(encodable<U>, "procflow: map(): its result type has no procflow::codec<> (specialize it)");
+    static_assert(detail::checked_encodable_v<U>, "procflow: map(): its result type cannot cross a process boundary (see above)");
     return then<flow<U>>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
   }
 
@@ -125,12 +125,12 @@ class flow {
                     "(for the fn(item, emit) form, name the output type: flat_map<U>(...))");
       using range = detail::item_result_t<F, T>;
       using V = std::decay_t<decltype(*std::begin(std::declval<range&>()))>;
-      static_assert(encodable<V>, "procflow: flat_map(): its output item type has no procflow::codec<>");
+      static_assert(detail::checked_encodable_v<V>, "procflow: flat_map(): its output item type cannot cross a process boundary (see above)");
       return then<flow<V>>(std::make_shared<detail::flat_map_stage<T, V, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
     } else {
       static_assert(std::is_invocable_v<F&, const T&, emitter<U>&>,
                     "procflow: flat_map<U>(): the function must take (const T& item, procflow::emitter<U>& emit)");
-      static_assert(encodable<U>, "procflow: flat_map<U>(): U has no procflow::codec<>");
+      static_assert(detail::checked_encodable_v<U>, "procflow: flat_map<U>(): U cannot cross a process boundary (see above)");
       return then<flow<U>>(std::make_shared<detail::flat_map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
     }
   }
@@ -145,7 +145,7 @@ class flow {
                   "procflow: reduce(): fold must be Acc fold(Acc, T) or void fold(Acc&, T)");
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>,
                   "procflow: reduce(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
-    static_assert(encodable<Acc>, "procflow: reduce(): the accumulator type has no procflow::codec<>");
+    static_assert(detail::checked_encodable_v<Acc>, "procflow: reduce(): the accumulator type cannot cross a process boundary (see above)");
     return then<runnable<Acc>>(std::make_shared<detail::reduce_stage<T, Acc, Fold, Combine>>(
         std::move(name), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));
   }
@@ -161,7 +161,7 @@ class flow {
     static_assert(requires(const K& k) { std::hash<K>{}(k); }, "procflow: reduce_by_key(): the key type needs std::hash");
     static_assert(detail::fold_callable_v<Acc, Fold, T>, "procflow: reduce_by_key(): fold must be Acc fold(Acc, T) or void fold(Acc&, T)");
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>, "procflow: reduce_by_key(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
-    static_assert(encodable<K> && encodable<Acc>, "procflow: reduce_by_key(): key and accumulator types need procflow::codec<>");
+    static_assert(detail::checked_encodable_v<K> && detail::checked_encodable_v<Acc>, "procflow: reduce_by_key(): key and accumulator types need procflow::codec<> (see above)");
     using stage = detail::reduce_by_key_stage<T, KeyFn, Acc, Fold, Combine>;
     return then<runnable<typename stage::map_type>>(std::make_shared<stage>(
         std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));

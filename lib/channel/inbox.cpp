@@ -94,8 +94,12 @@ SlotHeader Inbox::checked_header(std::size_t ring, const SlotHeader* slot) const
   std::memcpy(&h, slot, sizeof h);
   if (h.bytes > sources_[ring].ring.payload_bytes())
     throw shm_error(fmt::format("channel: slot claims {} payload bytes, slots hold {}", h.bytes, sources_[ring].ring.payload_bytes()));
-  if (!(h.flags & slot_fragment) && h.items > h.bytes)
-    throw shm_error(fmt::format("channel: slot claims {} items in {} bytes", h.items, h.bytes));
+  // Every item takes at least one unit of a slot's room (a zero-byte item too, see write_cursor in
+  // detail/port.hpp), so a slot holds at most payload_bytes items: a larger count is corrupt and
+  // must not size anything. A fragment slot carries at most its item's one count.
+  const std::uint32_t max_items = (h.flags & slot_fragment) ? 1u : sources_[ring].ring.payload_bytes();
+  if (h.items > max_items)
+    throw shm_error(fmt::format("channel: slot claims {} items in {} bytes (a slot holds at most {})", h.items, h.bytes, max_items));
   return h;
 }
 

@@ -5,9 +5,13 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <span>
+#include <string_view>
 #include <map>
 #include <new>
 #include <optional>
@@ -53,7 +57,8 @@ struct Tracked {
   friend bool operator==(const Tracked& a, const Tracked& b) { return a.id == b.id && a.name == b.name; }
 };
 
-// A trivially copyable struct travels as raw bytes.
+// A plain struct of numbers opts in with one line. It has padding (after `a` and after `c`), so
+// its derived codec goes field by field: 4 + 8 + 5 bytes, the padding never travels.
 struct Pod {
   std::int32_t a;
   double b;
@@ -62,11 +67,79 @@ struct Pod {
     return x.a == y.a && x.b == y.b && std::string(x.c, 5) == std::string(y.c, 5);
   }
 };
+PROCFLOW_CODEC(Pod, a, b, c);
 
 // Not trivially copyable and no codec: must not be encodable.
 struct NoCodec {
   std::string s;
 };
+
+// Trivially copyable structs without an opt-in: no codec (a bool or a pointer inside would make a
+// raw copy unsound, and procflow cannot see inside a struct without being told its fields).
+struct BoolInt {
+  bool b;
+  std::int32_t i;
+};
+struct HoldsPointer {
+  const char* p;
+};
+struct PlainNumbers {
+  std::int32_t a;
+  std::int32_t b;
+};
+
+// The same shapes opted in.
+struct CheckedBoolInt {
+  bool b;
+  std::int32_t i;
+  friend bool operator==(const CheckedBoolInt&, const CheckedBoolInt&) = default;
+};
+PROCFLOW_CODEC(CheckedBoolInt, b, i);
+
+struct Point {  // no padding, all raw: the derived codec is the raw codec
+  std::int32_t x;
+  std::int32_t y;
+  float z[2];
+  friend bool operator==(const Point&, const Point&) = default;
+};
+PROCFLOW_CODEC(Point, x, y, z);
+
+enum class Color : std::uint8_t { red, green, blue };
+enum class Flag : bool { off, on };
+
+// A record with a string, nested containers, an enum, an optional, a C array of strings, and
+// another record; listed in an order other than declaration order.
+struct Trip {
+  std::string origin;
+  std::int32_t delay = 0;
+  std::optional<double> miles;
+  Color color = Color::red;
+  std::vector<Point> stops;
+  std::string tags[2];
+  CheckedBoolInt extra{};
+  friend bool operator==(const Trip&, const Trip&) = default;
+};
+PROCFLOW_CODEC(Trip, delay, origin, miles, color, stops, tags, extra);
+
+struct Empty {};
+PROCFLOW_CODEC(Empty);
+
+// A user's codec for a trivially copyable type that transforms it (stores the value negated): it
+// must be used everywhere, including inside containers whose raw path would bypass it.
+struct Celsius {
+  std::int32_t degrees;
+};
+
+}  // namespace
+
+template <>
+struct procflow::codec<Celsius> {
+  static std::size_t encoded_size(const Celsius&) noexcept { return 4; }
+  static std::byte* encode(const Celsius& c, std::byte* out) noexcept { return codec<std::int32_t>::encode(-c.degrees, out); }
+  static Celsius decode(procflow::decoder& in) { return {-codec<std::int32_t>::decode(in)}; }
+};
+
+namespace {
 
 }  // namespace
 
@@ -141,11 +214,13 @@ TEST_CASE("codec: trivially copyable scalars and POD structs round-trip as raw b
   CHECK(round_trip(3.25) == 3.25);
   CHECK(round_trip('x') == 'x');
   CHECK(procflow::codec<std::uint64_t>::encoded_size(0) == 8);
-  static_assert(procflow::is_raw_codec_v<Pod>);
+  static_assert(procflow::is_raw_codec_v<std::uint64_t> && procflow::is_raw_codec_v<double>);
+  static_assert(!procflow::is_raw_codec_v<Pod>, "padded: field by field");
 
   const Pod pod{-7, 2.5, {'a', '\0', 'b', 'c', '\xff'}};
-  CHECK(procflow::codec<Pod>::encoded_size(pod) == sizeof(Pod));
+  CHECK(procflow::codec<Pod>::encoded_size(pod) == 4 + 8 + 5);
   CHECK(round_trip(pod) == pod);
+  check_every_prefix_rejected(pod);
 }
 
 TEST_CASE("codec: bool round-trips and a corrupt bool byte is rejected") {
@@ -294,4 +369,96 @@ TEST_CASE("codec: decode_from_bytes rejects trailing bytes") {
   CHECK(procflow::codec<std::string>::decode(in) == "first");
   CHECK(procflow::codec<std::string>::decode(in) == "second");
   CHECK(in.empty());
+}
+
+TEST_CASE("codec: raw bytes only for types whose every bit pattern is valid and that point nowhere") {
+  using procflow::is_raw_codec_v;
+  static_assert(is_raw_codec_v<int> && is_raw_codec_v<char> && is_raw_codec_v<double> && is_raw_codec_v<std::byte>);
+  static_assert(is_raw_codec_v<Color> && is_raw_codec_v<std::array<std::int16_t, 3>> && is_raw_codec_v<std::array<Color, 2>>);
+  static_assert(is_raw_codec_v<Point> && is_raw_codec_v<std::array<Point, 2>>);
+  // Checked, not raw: bool, an enum over bool, optional, pair, a user's own codec.
+  static_assert(!is_raw_codec_v<bool> && !is_raw_codec_v<Flag> && encodable<Flag>);
+  static_assert(!is_raw_codec_v<std::optional<int>> && encodable<std::optional<int>>);
+  static_assert(!is_raw_codec_v<std::pair<int, int>> && !is_raw_codec_v<std::array<bool, 4>>);
+  static_assert(!is_raw_codec_v<Celsius> && std::is_trivially_copyable_v<Celsius>);
+  static_assert(!is_raw_codec_v<CheckedBoolInt> && !is_raw_codec_v<Trip> && !is_raw_codec_v<Empty>);
+  // Refused: pointers and views (alone or inside), and structs that did not opt in.
+  static_assert(!encodable<std::string_view> && !encodable<std::span<const int>> && !encodable<const char*>);
+  static_assert(!encodable<std::optional<const char*>> && !encodable<std::vector<std::string_view>>);
+  static_assert(!encodable<int Pod::*>);
+  static_assert(!encodable<BoolInt> && !encodable<HoldsPointer> && !encodable<PlainNumbers>);
+  static_assert(procflow::detail::holds_address_v<std::optional<const char*>>);
+  static_assert(procflow::detail::holds_address_v<std::pair<int, std::span<const int>>>);
+  static_assert(!procflow::detail::holds_address_v<std::map<std::string, std::vector<int>>>);
+
+  CHECK(encode_to_bytes(Color::blue) == bytes_of({2}));
+  CHECK(round_trip(std::array<std::int16_t, 3>{1, -2, 3}) == std::array<std::int16_t, 3>{1, -2, 3});
+  CHECK(round_trip(std::array<std::string, 2>{"a", ""}) == std::array<std::string, 2>{"a", ""});
+  CHECK(encode_to_bytes(std::array<int, 0>{}).empty());
+  CHECK(round_trip(Flag::on) == Flag::on);
+  CHECK_THROWS_AS(decode_from_bytes<Flag>(bytes_of({2})), codec_error);
+}
+
+TEST_CASE("codec: a bool inside optional<int> or a {bool, int} struct refuses the byte 0x02") {
+  // Both the 5-byte encoding and the 8-byte object representation of an engaged optional whose
+  // flag is 0x02: neither may decode (a bool holding 2 is undefined behaviour).
+  CHECK(encode_to_bytes(std::optional<int>{5}) == bytes_of({1, 5, 0, 0, 0}));
+  CHECK_THROWS_AS(decode_from_bytes<std::optional<int>>(bytes_of({2, 5, 0, 0, 0})), codec_error);
+  CHECK_THROWS_AS(decode_from_bytes<std::optional<int>>(bytes_of({5, 0, 0, 0, 2, 0, 0, 0})), codec_error);
+  CHECK(round_trip(std::optional<int>{-9}) == std::optional<int>{-9});
+
+  CHECK(encode_to_bytes(CheckedBoolInt{true, 7}) == bytes_of({1, 7, 0, 0, 0}));
+  CHECK(round_trip(CheckedBoolInt{true, 7}) == CheckedBoolInt{true, 7});
+  CHECK_THROWS_WITH_AS(decode_from_bytes<CheckedBoolInt>(bytes_of({2, 7, 0, 0, 0})), doctest::Contains("bool"), codec_error);
+  CHECK_THROWS_AS(decode_from_bytes<std::vector<CheckedBoolInt>>(bytes_of({1, 2, 7, 0, 0, 0})), codec_error);
+}
+
+TEST_CASE("codec: PROCFLOW_CODEC derives a checked codec from the fields, raw when that is the same") {
+  SUBCASE("a record with a string, containers, an enum, an optional, a C array and a nested record") {
+    Trip t;
+    t.origin = "SFO";
+    t.delay = -12;
+    t.miles = 339.5;
+    t.color = Color::green;
+    t.stops = {{1, 2, {0.5f, 1.5f}}, {3, 4, {2.5f, 3.5f}}};
+    t.tags[0] = "red-eye";
+    t.extra = {true, 99};
+    // Fields travel in the order listed: delay first.
+    const auto bytes = encode_to_bytes(t);
+    CHECK(bytes.size() == procflow::codec<Trip>::encoded_size(t));
+    CHECK(std::vector<std::byte>(bytes.begin(), bytes.begin() + 4) == bytes_of({0xf4, 0xff, 0xff, 0xff}));
+    CHECK(round_trip(t) == t);
+    CHECK(round_trip(Trip{}) == Trip{});
+    check_every_prefix_rejected(t);
+    const std::vector<Trip> many(3, t);
+    CHECK(round_trip(many) == many);
+  }
+  SUBCASE("no padding and raw fields: the raw codec, bytes equal to the object") {
+    const Point p{-1, 2, {0.25f, -8.0f}};
+    static_assert(sizeof(Point) == 16 && procflow::codec<Point>::encoded_size(Point{}) == 16);
+    const auto bytes = encode_to_bytes(p);
+    CHECK(std::memcmp(bytes.data(), &p, sizeof p) == 0);
+    CHECK(round_trip(p) == p);
+    const std::vector<Point> v{p, {3, 4, {5.0f, 6.0f}}};
+    CHECK(round_trip(v) == v);
+  }
+  SUBCASE("an empty struct encodes to nothing") {
+    CHECK(encode_to_bytes(Empty{}).empty());
+    CHECK_NOTHROW(decode_from_bytes<Empty>({}));
+    CHECK(encode_to_bytes(std::tuple<>{}).empty());
+  }
+}
+
+TEST_CASE("codec: a user codec for a trivially copyable type is used inside containers too") {
+  CHECK(encode_to_bytes(Celsius{5}) == bytes_of({0xfb, 0xff, 0xff, 0xff}));
+  const std::vector<Celsius> v{{5}, {-3}};
+  const auto bytes = encode_to_bytes(v);
+  CHECK(bytes == bytes_of({2, 0xfb, 0xff, 0xff, 0xff, 3, 0, 0, 0}));
+  const auto back = decode_from_bytes<std::vector<Celsius>>(bytes);
+  REQUIRE(back.size() == 2);
+  CHECK(back[0].degrees == 5);
+  CHECK(back[1].degrees == -3);
+  const auto arr = decode_from_bytes<std::array<Celsius, 2>>(encode_to_bytes(std::array<Celsius, 2>{{{7}, {8}}}));
+  CHECK(arr[0].degrees == 7);
+  CHECK(arr[1].degrees == 8);
 }

@@ -21,11 +21,19 @@ struct batch_meta {
   bool dense = false;            // items are consecutive source items starting at first_item
 };
 
+// Every item costs its bytes and at least one unit of a slot's room: an item that encodes to zero
+// bytes (a tag, an empty struct) is charged one unit by moving `end` back, so a slot of P payload
+// bytes holds at most P items (the consumer rejects a header claiming more), and a cursor with no
+// slot open (pos == end) reports too little room for any item, zero-byte ones included. The check
+// `n + (n == 0) <= end - pos` and the charge `end -= (n == 0)` are branch-free.
 struct write_cursor {
   std::byte* pos = nullptr;  // next free byte of the open slot (nullptr: no slot open)
-  std::byte* end = nullptr;  // end of the open slot's payload
+  std::byte* end = nullptr;  // end of the open slot's payload, less one per zero-byte item
   std::uint32_t items = 0;   // items committed to the open slot
 };
+
+// Room an item of `n` encoded bytes needs in a slot (see write_cursor).
+constexpr std::size_t slot_cost(std::size_t n) noexcept { return n + (n == 0); }
 
 // Producer side. One per producing replica, used by one thread.
 class output_port {
@@ -37,12 +45,13 @@ class output_port {
   // Space for one item of `n` bytes (n <= max_item_bytes()) in the slot open for the current
   // lane, chosen by the dispatch policy. May block while every eligible ring is full.
   std::byte* reserve(std::size_t n) {
-    if (n <= static_cast<std::size_t>(current_->end - current_->pos)) return current_->pos;
+    if (slot_cost(n) <= static_cast<std::size_t>(current_->end - current_->pos)) return current_->pos;
     return reserve_slow(any_lane, n);
   }
   // Commits the item written at the pointer reserve() returned.
   void commit(std::size_t n) noexcept {
     current_->pos += n;
+    current_->end -= (n == 0);  // a zero-byte item still takes one unit of room
     ++current_->items;
   }
 
@@ -50,15 +59,18 @@ class output_port {
   // Precondition: lane < lane_count() (unchecked: this is the per-item path).
   std::byte* reserve_lane(std::size_t lane, std::size_t n) {
     write_cursor& c = cursors_[lane];
-    if (n <= static_cast<std::size_t>(c.end - c.pos)) return c.pos;
+    if (slot_cost(n) <= static_cast<std::size_t>(c.end - c.pos)) return c.pos;
     return reserve_slow(lane, n);
   }
   void commit_lane(std::size_t lane, std::size_t n) noexcept {
-    cursors_[lane].pos += n;
-    ++cursors_[lane].items;
+    write_cursor& c = cursors_[lane];
+    c.pos += n;
+    c.end -= (n == 0);
+    ++c.items;
   }
 
-  // Bulk path for fixed-size items: all the room left in the current slot (at least `min_bytes`).
+  // Bulk path for fixed-size items of at least one byte: all the room left in the current slot
+  // (at least `min_bytes`, which must be > 0).
   std::span<std::byte> reserve_bulk(std::size_t min_bytes) {
     if (min_bytes > static_cast<std::size_t>(current_->end - current_->pos)) reserve_slow(any_lane, min_bytes);
     return {current_->pos, current_->end};
@@ -68,7 +80,8 @@ class output_port {
     current_->items += items;
   }
 
-  // Largest item that fits one slot; larger ones go through write_large().
+  // Largest item that fits one slot; larger ones go through write_large(). A slot also holds at
+  // most this many items (see write_cursor).
   std::size_t max_item_bytes() const noexcept { return max_item_bytes_; }
   std::size_t lane_count() const noexcept { return lane_count_; }
 

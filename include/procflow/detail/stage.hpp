@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -170,10 +171,12 @@ void encode_item(const T& item, output_port& out, std::size_t lane = output_port
   }
 }
 
-// Encodes a batch of items; raw (trivially copyable) items are copied slot-sized at a time.
+// Encodes a batch of items. Items whose codec in force is the raw codec (is_raw_codec_v: numbers,
+// enums, raw PROCFLOW_CODEC structs; never a user's own codec) are copied slot-sized at a time.
 template <encodable T, class Alloc>
 void encode_items(const std::vector<T, Alloc>& items, output_port& out) {
   if constexpr (is_raw_codec_v<T>) {
+    static_assert(sizeof(T) > 0);
     if (sizeof(T) > out.max_item_bytes()) {  // each item needs several slots
       for (const T& item : items) encode_item(item, out);
       return;
@@ -203,7 +206,9 @@ std::size_t decode_items(const batch_view& batch, std::vector<T, Alloc>& items) 
     if (batch.items) std::memcpy(items.data(), batch.bytes.data(), batch.bytes.size());
   } else {
     decoder in(batch.bytes);
-    items.reserve(batch.items);
+    // The count was validated against the slot's capacity; reserve no more than the bytes can
+    // justify (zero-byte items grow the buffer as they decode).
+    items.reserve(std::min<std::size_t>(batch.items, batch.bytes.size()));
     for (std::uint32_t i = 0; i < batch.items; ++i) items.push_back(codec<T>::decode(in));
     if (!in.empty()) throw codec_error("batch has " + std::to_string(in.remaining()) + " bytes after its last item");
   }

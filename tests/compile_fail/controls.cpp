@@ -1,0 +1,7 @@
+// The control: every snippet with its bad line switched off must compile, so each compile-fail
+// test fails for the reason it names and not for a typo in the snippet.
+#include "filter_not_bool.cpp"
+#include "mismatched_stage.cpp"
+#include "pointer_field_record.cpp"
+#include "pointer_struct_item.cpp"
+#include "view_item.cpp"
