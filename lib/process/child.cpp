@@ -5,25 +5,100 @@
 #include <fmt/format.h>
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <iostream>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3  // <linux/wait.h>; glibc 2.36's <sys/wait.h> does not define it
+#endif
 
 namespace procflow::process {
 
 namespace {
 
+// Exit statuses of a child that never ran its body.
+constexpr int exit_orphaned = 72;     // the parent died before the child could start
+constexpr int exit_not_started = 73;  // the parent could not watch the child and called it off
+
+// Values written to a child's start eventfd.
+constexpr std::uint64_t start_go = 1;
+constexpr std::uint64_t start_abort = 2;
+
 int pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+int pidfd_send_signal(int pidfd, int signal) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0));
+}
+
+// waitid(P_PIDFD, ...) with the resource usage glibc's wrapper does not return. Waiting on the
+// pidfd rather than the pid cannot wait for another process that reuses the number.
+int waitid_pidfd(int pidfd, siginfo_t* info, int options, rusage* usage) noexcept {
+  return static_cast<int>(::syscall(SYS_waitid, P_PIDFD, pidfd, info, options, usage));
+}
+
+void write_start(int fd, std::uint64_t value) noexcept {
+  while (::write(fd, &value, sizeof value) < 0 && errno == EINTR) {
+  }
+}
+
+// The wait status waitpid would have returned, rebuilt from waitid's siginfo.
+int wait_status(const siginfo_t& info) noexcept {
+  switch (info.si_code) {
+    case CLD_EXITED: return (info.si_status & 0xff) << 8;
+    case CLD_KILLED: return info.si_status & 0x7f;
+    case CLD_DUMPED: return (info.si_status & 0x7f) | 0x80;
+    default: return 0;
+  }
+}
 
 double seconds(const timeval& tv) noexcept {
   return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+}
+
+// Flushes the C++ standard streams (they hold their own buffers under
+// std::ios::sync_with_stdio(false)), then every C stdio stream.
+void flush_standard_streams() noexcept {
+  for (std::ostream* s : {&std::cout, &std::cerr, &std::clog}) {
+    try {
+      s->flush();
+    } catch (...) {  // a stream with exceptions() set; nothing to report it to
+    }
+  }
+  for (std::wostream* s : {&std::wcout, &std::wcerr, &std::wclog}) {
+    try {
+      s->flush();
+    } catch (...) {
+    }
+  }
+  std::fflush(nullptr);
+}
+
+// The signals that stop a program (and SIGPIPE / SIGCHLD, whose inherited setting would change
+// how a stage's own I/O and children behave): default disposition and unblocked in a replica,
+// whatever the host program installed. The rest of the host's mask is kept.
+void reset_stop_signals(const sigset_t& host_mask) noexcept {
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  sigemptyset(&default_action.sa_mask);
+  sigset_t mask = host_mask;
+  for (const int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD}) {
+    ::sigaction(s, &default_action, nullptr);
+    sigdelset(&mask, s);
+  }
+  ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
 }
 
 }  // namespace
@@ -31,13 +106,29 @@ double seconds(const timeval& tv) noexcept {
 ChildSet::~ChildSet() { kill_and_reap_all(); }
 
 std::size_t ChildSet::spawn(const std::function<int()>& body) {
-  std::fflush(nullptr);  // nothing buffered may be written twice
+  flush_standard_streams();  // nothing buffered may be written twice
+  children_.reserve(children_.size() + 1);  // no allocation failure after the fork
+  const int start_fd = ::eventfd(0, EFD_CLOEXEC);
+  if (start_fd < 0) throw procflow::system_error(errno, "cannot create the start eventfd of a replica process");
+  // Fork with every signal blocked, as posix_spawn does: no host handler runs in the child, and
+  // nothing but SIGKILL can end it before its parent holds its pidfd.
+  sigset_t all;
+  sigset_t host_mask;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &host_mask);
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
-  if (pid < 0) throw procflow::system_error(errno, "cannot fork a replica process");
   if (pid == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(72);  // the parent died before prctl took effect
+    if (::getppid() != parent) ::_exit(exit_orphaned);  // the parent died before prctl took effect
+    std::uint64_t start = 0;
+    while (::read(start_fd, &start, sizeof start) < 0 && errno == EINTR) {
+    }
+    ::close(start_fd);
+    if (start != start_go) ::_exit(exit_not_started);
+    for (const Child& sibling : children_)
+      if (sibling.pidfd >= 0) ::close(sibling.pidfd);
+    reset_stop_signals(host_mask);
     int status = 71;
     try {
       status = body();
@@ -45,16 +136,39 @@ std::size_t ChildSet::spawn(const std::function<int()>& body) {
       // body() reports its own failures; this is a last resort that must not unwind into the
       // parent's stack frames (that would run the caller's code twice).
     }
-    std::fflush(nullptr);
+    flush_standard_streams();
     ::_exit(status);
   }
-  const int fd = pidfd_open(pid);
-  if (fd < 0) {
-    const int err = errno;
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    throw procflow::system_error(err, fmt::format("cannot open a pidfd for replica process {}", pid));
+  const int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &host_mask, nullptr);
+  if (pid < 0) {
+    ::close(start_fd);
+    throw procflow::system_error(fork_errno, "cannot fork a replica process");
   }
+  // The child is blocked on start_fd: it can only have ended if somebody SIGKILLed it, and then
+  // the number may already name another process. waitid(P_PIDFD) tells: it only sees our children.
+  const int fd = pidfd_open(pid);
+  int err = fd < 0 ? errno : 0;
+  if (fd >= 0) {
+    siginfo_t info{};
+    if (waitid_pidfd(fd, &info, WEXITED | WNOHANG | WNOWAIT, nullptr) < 0 && errno == ECHILD) err = ESRCH;
+  }
+  if (err != 0) {
+    write_start(start_fd, start_abort);
+    ::close(start_fd);
+    if (fd >= 0) {
+      ::close(fd);
+    } else if (err != ESRCH) {
+      // The child is ours and alive (pidfd_open failed for want of a descriptor, say): it exits on
+      // its own once told to; waiting by pid is safe for a live child of ours.
+      while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
+    }
+    throw procflow::system_error(err, err == ESRCH ? fmt::format("replica process {} was killed before it started", pid)
+                                                   : fmt::format("cannot open a pidfd for replica process {}", pid));
+  }
+  write_start(start_fd, start_go);
+  ::close(start_fd);
   children_.push_back({pid, fd, false});
   return children_.size() - 1;
 }
@@ -64,13 +178,16 @@ ExitInfo ChildSet::reap(std::size_t index) {
   ExitInfo info;
   info.index = index;
   info.pid = c.pid;
+  siginfo_t si{};
   rusage ru{};
   for (;;) {
-    const pid_t r = ::wait4(c.pid, &info.status, 0, &ru);
-    if (r == c.pid) break;
-    if (r < 0 && errno == EINTR) continue;
-    // ECHILD: somebody else (a SIGCHLD handler of the program) reaped it.
-    info.status = -1;
+    if (waitid_pidfd(c.pidfd, &si, WEXITED, &ru) == 0) {
+      info.status = wait_status(si);
+      break;
+    }
+    if (errno == EINTR) continue;
+    // ECHILD: somebody else (SIGCHLD set to SIG_IGN, a SIGCHLD handler of the program) reaped it.
+    info.status_known = false;
     break;
   }
   info.cpu_user_s = seconds(ru.ru_utime);
@@ -104,8 +221,9 @@ std::optional<ExitInfo> ChildSet::wait_any(std::chrono::milliseconds timeout) {
 }
 
 void ChildSet::signal_all(int signal) noexcept {
+  // ESRCH (the child ended, maybe reaped by someone else) is the only expected failure: fine.
   for (const Child& c : children_)
-    if (!c.reaped) ::kill(c.pid, signal);
+    if (!c.reaped) pidfd_send_signal(c.pidfd, signal);
 }
 
 void ChildSet::kill_and_reap_all() noexcept {

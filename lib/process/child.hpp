@@ -1,9 +1,24 @@
-// Forking replicas and reaping them: the only place procflow calls fork() and waitpid().
+// Forking replicas and reaping them: the only place procflow calls fork() and waits for a child.
 //
-// Every child gets PR_SET_PDEATHSIG(SIGKILL) (and re-checks its parent afterwards, closing the
-// race with a parent that died before the prctl), leaves with _exit() so the parent's atexit
-// handlers and stdio buffers are not run twice, and is watched through a pidfd so the
-// supervisor can sleep in poll() until a child ends — no polling loop burning CPU.
+// A child is watched and signalled only through its pidfd, never through its pid number, which
+// the host program may have reaped and the kernel reused. The pidfd is obtained race-free: the
+// child is forked with every signal blocked and waits on an eventfd until the parent holds its
+// pidfd, so it cannot end (and be reaped by SIGCHLD = SIG_IGN or by a host's SIGCHLD handler)
+// before that; only an outside SIGKILL could, and the parent then checks that the pidfd names
+// its own child (waitid(P_PIDFD) answers ECHILD otherwise). A raw clone3(CLONE_PIDFD) would do it
+// in one call but bypasses glibc's fork bookkeeping (cached TID, atfork handlers, malloc locks).
+//
+// Before running its body, a child:
+//  - gets PR_SET_PDEATHSIG(SIGKILL) (and re-checks its parent, closing the race with a parent
+//    that died before the prctl);
+//  - closes the pidfds of the siblings forked before it;
+//  - resets SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE and SIGCHLD to their default disposition
+//    and unblocks them, whatever the host program installed (other signals keep the host's
+//    setting, as across execve).
+// It leaves with _exit(), so the parent's atexit handlers and destructors do not run twice, after
+// flushing C stdio and the C++ standard streams (which hold their own buffers under
+// std::ios::sync_with_stdio(false)); the parent flushes both before forking so that nothing
+// buffered is written twice.
 #pragma once
 
 #include <sys/types.h>
@@ -18,6 +33,9 @@ namespace procflow::process {
 struct ExitInfo {
   std::size_t index = 0;  // position in the ChildSet
   pid_t pid = 0;
+  // False when somebody else reaped the child first (SIGCHLD set to SIG_IGN, or a host's SIGCHLD
+  // handler calling wait): its exit status and resource usage are then unknown (status 0).
+  bool status_known = true;
   int status = 0;         // as from waitpid
   double cpu_user_s = 0;
   double cpu_system_s = 0;
@@ -32,13 +50,14 @@ class ChildSet {
   ChildSet& operator=(const ChildSet&) = delete;
 
   // Forks a child running `body`; the child exits with body's return value (or 71 if it throws).
-  // Returns the child's index. Throws procflow::system_error if fork or pidfd_open fails.
+  // Returns the child's index. Throws procflow::system_error if the child cannot be forked or
+  // watched (no child is left behind then).
   std::size_t spawn(const std::function<int()>& body);
 
   // Waits up to `timeout` for one child to end and reaps it. nullopt: none ended in time.
   std::optional<ExitInfo> wait_any(std::chrono::milliseconds timeout);
 
-  // Sends `signal` to every child still running.
+  // Sends `signal` to every child still running (through its pidfd).
   void signal_all(int signal) noexcept;
   // SIGKILLs and reaps every child still running (blocking; they cannot refuse).
   void kill_and_reap_all() noexcept;

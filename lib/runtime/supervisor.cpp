@@ -84,10 +84,12 @@ class Supervisor {
     ReplicaRecord& record = state_.record(global);
     // SYNC POINT (acquire): pairs with the replica's release store of its status.
     const auto status = static_cast<ReplicaStatus>(record.status.load(std::memory_order_acquire));
-    if (WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == exit_completed && status == ReplicaStatus::completed) return;
+    if (exit.status_known && WIFEXITED(exit.status) && WEXITSTATUS(exit.status) == exit_completed &&
+        status == ReplicaStatus::completed)
+      return;
     // Reaped by somebody else (SIGCHLD set to SIG_IGN, a handler calling wait()): the record
-    // still tells whether the replica finished.
-    if (exit.status == -1 && status == ReplicaStatus::completed) return;
+    // still tells whether the replica finished; anything short of `completed` is a failure.
+    if (!exit.status_known && status == ReplicaStatus::completed) return;
 
     stage_error::details d;
     d.replica = id.replica;
@@ -104,6 +106,11 @@ class Supervisor {
       d.item_seq = record.item_seq;
       d.exception_type = record.exception_type;
       d.message = record.message;
+    } else if (!exit.status_known) {
+      d.kind = stage_error::cause::lost;
+      d.message =
+          "the process ended before finishing its input; its exit status was taken by someone else "
+          "(SIGCHLD ignored, or a SIGCHLD handler that calls wait), so the signal or exit code is unknown";
     } else if (WIFSIGNALED(exit.status)) {
       d.kind = stage_error::cause::signal;
       d.signal_number = WTERMSIG(exit.status);
@@ -113,7 +120,7 @@ class Supervisor {
       if (d.exit_code == 0) d.message = "user code called exit()";
     } else {
       d.kind = stage_error::cause::lost;
-      d.message = "the process was reaped by someone else (a SIGCHLD handler?)";
+      d.message = fmt::format("the process ended with an unexpected wait status {:#x}", exit.status);
     }
     if (g.end_stage - g.first_stage > 1) {
       std::string fused;
