@@ -9,7 +9,9 @@ system_error::system_error(int errno_value, const std::string& message)
     : error(message + ": " + std::strerror(errno_value)), code_(errno_value, std::generic_category()) {}
 
 stage_error::stage_error(details d) : error(""), d_(std::move(d)) {
-  std::string what = "stage '" + d_.stage + "' replica " + std::to_string(d_.replica) + " (pid " + std::to_string(d_.pid) + ")";
+  std::string what = "stage '" + d_.stage + "'";
+  what += d_.in_supervisor ? std::string(" in the supervisor (the process that called run())")
+                           : " replica " + std::to_string(d_.replica) + " (pid " + std::to_string(d_.pid) + ")";
   if (d_.has_item) what += " on item " + std::to_string(d_.item_seq);
   switch (d_.kind) {
     case cause::exception:

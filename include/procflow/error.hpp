@@ -40,6 +40,14 @@ class shm_error : public error {
 };
 
 // A stage failed while a pipeline ran. Names the stage, the replica, the process and the item.
+//
+// The rule for errors raised in the caller's own process (the supervisor): decoding a partial
+// result or a collected item (codec_error), or a user's combine merging the replicas' partials,
+// is the terminal stage's work done on the caller's side. Such an error becomes a stage_error
+// naming the terminal stage, with in_supervisor() true (replica() is no_replica, pid() the
+// caller's), the result batch when known, and the original
+// exception's type and message; the original itself stays reachable as a nested exception
+// (std::throw_with_nested): std::rethrow_if_nested(e) inside `catch (const stage_error& e)`.
 class stage_error : public error {
  public:
   enum class cause : std::uint8_t {
@@ -48,6 +56,9 @@ class stage_error : public error {
     exit,         // the replica exited without finishing its input (exit status in exit_code())
     lost,         // the replica vanished without a record (e.g. reaped by someone else)
   };
+
+  // replica() of an error raised in the supervisor.
+  static constexpr std::uint32_t no_replica = 0xffffffffu;
 
   struct details {
     std::string stage;
@@ -60,6 +71,7 @@ class stage_error : public error {
     std::string message;             // what() of the exception, or a description
     int signal_number = 0;
     int exit_code = 0;
+    bool in_supervisor = false;      // raised in the caller's process: no replica (see above)
   };
 
   explicit stage_error(details d);
@@ -77,6 +89,8 @@ class stage_error : public error {
   const std::string& message() const noexcept { return d_.message; }
   int signal_number() const noexcept { return d_.signal_number; }
   int exit_code() const noexcept { return d_.exit_code; }
+  // True when the error was raised in the process that called run() (see the rule above).
+  bool in_supervisor() const noexcept { return d_.in_supervisor; }
 
  private:
   details d_;

@@ -19,6 +19,7 @@
 #include <procflow/codec.hpp>
 #include <procflow/detail/stages.hpp>
 #include <procflow/error.hpp>
+#include <procflow/hash.hpp>
 #include <procflow/options.hpp>
 #include <procflow/report.hpp>
 #include <procflow/sources.hpp>
@@ -66,6 +67,11 @@ class runnable {
   // Runs the pipeline to completion: blocks, returns the terminal's value and the report.
   // Throws stage_error naming stage, replica, pid and item when any stage fails; every process
   // is stopped and reaped and all shared memory released before it does.
+  // Errors raised here, in the calling process (decoding a collected item or a partial result,
+  // a combine merging the replicas' partials), follow one rule: a stage_error naming the
+  // terminal stage with in_supervisor() true, replica() == stage_error::no_replica, the result
+  // batch when known, and the original exception's type and message; the original is nested
+  // (std::rethrow_if_nested(e) rethrows it).
   result<R> run() const {
     const bool is_ordered = def_.options.defaults.ordered ||
                          std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
@@ -152,19 +158,42 @@ class flow {
 
   // Terminal: groups items by key(item) (a callable or a pointer to member) and folds each
   // group; returns an unordered_map from key to Acc. In processes of its own, items are sent to
-  // the replica owning their key (key-hash dispatch).
+  // the replica owning their key (key-hash dispatch: the hash is mixed before it picks a replica,
+  // so keys 0, 4, 8, ... spread over 4 replicas). The key is hashed with std::hash<K> where one
+  // exists (the result is then std::unordered_map<K, Acc>); std::pair and std::tuple keys use
+  // procflow::hash<K> (hash.hpp). An optional hasher may follow combine: reduce_by_key(name, key,
+  // init, fold, combine, hasher, opts...); the result map uses it too.
   template <class KeyFn, class Acc, class Fold, class Combine, class... Opts>
+    requires(detail::stage_option<Opts> && ...)
   auto reduce_by_key(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, const Opts&... opts) const {
     static_assert(std::is_invocable_v<const KeyFn&, const T&>,
                   "procflow: reduce_by_key(): key must be callable with (const T&) or be a pointer to a member of T");
     using K = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
-    static_assert(requires(const K& k) { std::hash<K>{}(k); }, "procflow: reduce_by_key(): the key type needs std::hash");
+    static_assert(hashable_v<K>,
+                  "procflow: reduce_by_key(): the key type needs std::hash (or is a std::pair / std::tuple of such); "
+                  "otherwise pass a hasher after combine");
+    return reduce_by_key(std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine),
+                         default_hash_t<K>{}, opts...);
+  }
+
+  // The same with an explicit hasher: hash(const K&) -> std::size_t, default constructible (the
+  // partial maps are decoded with a default-constructed one).
+  template <class KeyFn, class Acc, class Fold, class Combine, class Hash, class... Opts>
+    requires(!detail::stage_option<Hash> && (detail::stage_option<Opts> && ...))
+  auto reduce_by_key(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, Hash hash, const Opts&... opts) const {
+    static_assert(std::is_invocable_v<const KeyFn&, const T&>,
+                  "procflow: reduce_by_key(): key must be callable with (const T&) or be a pointer to a member of T");
+    using K = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+    static_assert(std::is_invocable_r_v<std::size_t, const Hash&, const K&>,
+                  "procflow: reduce_by_key(): the hasher must be callable as hash(const K&) -> std::size_t");
+    static_assert(std::is_default_constructible_v<Hash>, "procflow: reduce_by_key(): the hasher must be default constructible");
     static_assert(detail::fold_callable_v<Acc, Fold, T>, "procflow: reduce_by_key(): fold must be Acc fold(Acc, T) or void fold(Acc&, T)");
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>, "procflow: reduce_by_key(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
     static_assert(detail::checked_encodable_v<K> && detail::checked_encodable_v<Acc>, "procflow: reduce_by_key(): key and accumulator types need procflow::codec<> (see above)");
-    using stage = detail::reduce_by_key_stage<T, KeyFn, Acc, Fold, Combine>;
+    using stage = detail::reduce_by_key_stage<T, KeyFn, Acc, Fold, Combine, Hash>;
     return then<runnable<typename stage::map_type>>(std::make_shared<stage>(
-        std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));
+        std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine), std::move(hash),
+        detail::make_stage_options(opts...)));
   }
 
   // Terminal: every item, in a vector (in source order with pf::ordered).

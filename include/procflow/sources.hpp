@@ -90,9 +90,12 @@ class source_stage final : public stage_base, public source_base {
       batch_buffer<item_type> chunk;
       const std::uint64_t n = size();
       constexpr std::uint64_t step = 4096;
-      for (std::uint64_t i = 0; i < n; i += step) {
-        fill(i, std::min(n, i + step), &chunk);
+      // Advances by what is left, never past n: `i + step` would wrap for n near 2^64.
+      for (std::uint64_t i = 0; i < n;) {
+        const std::uint64_t len = std::min(step, n - i);
+        fill(i, i + len, &chunk);
         encode_items(chunk, out);
+        i += len;
       }
     } else {
       // Runs in the source's own process (a forked copy of this object), so advancing the

@@ -23,10 +23,10 @@ void Channel::create(const shm::Segment& segment, std::uint64_t initial_index) {
   for (auto offset : space_event_offsets_) new (segment.at<EventShared>(offset)) EventShared{};
 }
 
-RingShared& Channel::ring(std::uint32_t producer, std::uint32_t consumer) const {
+RingView Channel::ring(std::uint32_t producer, std::uint32_t consumer) const {
   if (producer >= producers_ || consumer >= consumers_)
     throw std::out_of_range(fmt::format("channel has no ring {} -> {} ({} x {})", producer, consumer, producers_, consumers_));
-  return attach_ring(*segment_, ring_offsets_[std::size_t{producer} * consumers_ + consumer]);
+  return attach_ring(*segment_, ring_offsets_[std::size_t{producer} * consumers_ + consumer], geometry_);
 }
 
 EventShared& Channel::data_event(std::uint32_t consumer) const {

@@ -33,8 +33,9 @@ class Channel {
   std::uint32_t consumers() const noexcept { return consumers_; }
   const RingGeometry& geometry() const noexcept { return geometry_; }
 
-  // Validated accessors (bounds and magic checked against the segment).
-  RingShared& ring(std::uint32_t producer, std::uint32_t consumer) const;
+  // Validated accessors (bounds and magic checked against the segment). A ring's header must
+  // match the planned geometry; the returned view keeps that geometry process-local.
+  RingView ring(std::uint32_t producer, std::uint32_t consumer) const;
   EventShared& data_event(std::uint32_t consumer) const;
   EventShared& space_event(std::uint32_t producer) const;
 

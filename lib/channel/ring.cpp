@@ -20,8 +20,8 @@ std::uint64_t reserve_ring(shm::SegmentLayout& layout, const RingGeometry& g) {
   return layout.add(RingShared::bytes_for(g.slot_count, g.payload_bytes), shm::cache_line);
 }
 
-RingShared& create_ring(const shm::Segment& segment, std::uint64_t offset, const RingGeometry& g,
-                        std::uint64_t initial_index) {
+RingView create_ring(const shm::Segment& segment, std::uint64_t offset, const RingGeometry& g,
+                     std::uint64_t initial_index) {
   check_geometry(g);
   const std::size_t bytes = RingShared::bytes_for(g.slot_count, g.payload_bytes);
   auto* ring = new (segment.at<std::byte>(offset, bytes)) RingShared{};
@@ -34,35 +34,61 @@ RingShared& create_ring(const shm::Segment& segment, std::uint64_t offset, const
   ring->tail.store(initial_index, std::memory_order_relaxed);
   ring->head.store(initial_index, std::memory_order_relaxed);
   ring->closed.store(0, std::memory_order_relaxed);
-  return *ring;
+  return {ring, g, slot_stride_for(g.payload_bytes)};
 }
 
-RingShared& attach_ring(const shm::Segment& segment, std::uint64_t offset) {
-  auto* ring = segment.at<RingShared>(offset);
-  if (ring->magic != ring_magic) throw shm_error(fmt::format("ring at offset {}: bad magic {:#x}", offset, ring->magic));
+namespace {
+
+// Reads one header field exactly once (volatile: the compiler may not re-load it later from
+// shared memory, where a peer may have changed it since it was checked).
+template <class T>
+T read_once(const T& field) noexcept {
+  return *static_cast<const volatile T*>(&field);
+}
+
+}  // namespace
+
+RingView attach_ring(const shm::Segment& segment, std::uint64_t offset) {
+  const auto* ring = segment.at<RingShared>(offset);
+  const std::uint64_t magic = read_once(ring->magic);
+  if (magic != ring_magic) throw shm_error(fmt::format("ring at offset {}: bad magic {:#x}", offset, magic));
+  const RingGeometry g{read_once(ring->slot_count), read_once(ring->payload_bytes)};
+  const std::uint64_t stride = read_once(ring->slot_stride);
+  const std::uint64_t total = read_once(ring->total_bytes);
   try {
-    check_geometry({ring->slot_count, ring->payload_bytes});
+    check_geometry(g);
   } catch (const std::invalid_argument& e) {
     throw shm_error(fmt::format("ring at offset {}: {}", offset, e.what()));
   }
-  if (ring->slot_stride != slot_stride_for(ring->payload_bytes) ||
-      ring->total_bytes != RingShared::bytes_for(ring->slot_count, ring->payload_bytes))
-    throw shm_error(fmt::format("ring at offset {}: inconsistent stride {} / size {}", offset, ring->slot_stride, ring->total_bytes));
-  segment.at<std::byte>(offset, ring->total_bytes);  // the whole ring must lie inside the segment
-  return *ring;
+  if (stride != slot_stride_for(g.payload_bytes) || total != RingShared::bytes_for(g.slot_count, g.payload_bytes))
+    throw shm_error(fmt::format("ring at offset {}: inconsistent stride {} / size {}", offset, stride, total));
+  segment.at<std::byte>(offset, total);  // the whole ring must lie inside the segment
+  return {const_cast<RingShared*>(ring), g, stride};
+}
+
+RingView attach_ring(const shm::Segment& segment, std::uint64_t offset, const RingGeometry& expected) {
+  RingView view = attach_ring(segment, offset);
+  if (view.geometry.slot_count != expected.slot_count || view.geometry.payload_bytes != expected.payload_bytes)
+    throw shm_error(fmt::format("ring at offset {}: header says {} slots of {} bytes, the plan {} of {}", offset,
+                                view.geometry.slot_count, view.geometry.payload_bytes, expected.slot_count,
+                                expected.payload_bytes));
+  return view;
 }
 
 // ---------------------------------------------------------------- RingWriter
 
-RingWriter::RingWriter(RingShared& ring) noexcept
-    : ring_(&ring),
-      slots_(reinterpret_cast<std::byte*>(&ring) + sizeof(RingShared)),
+RingWriter::RingWriter(const RingView& ring) noexcept
+    : ring_(ring.shared),
+      slots_(reinterpret_cast<std::byte*>(ring.shared) + sizeof(RingShared)),
+      slot_count_(ring.geometry.slot_count),
+      payload_bytes_(ring.geometry.payload_bytes),
+      slot_stride_(ring.slot_stride),
       // Relaxed: only this process writes tail; head is re-read with acquire before use.
-      tail_(ring.tail.load(std::memory_order_relaxed)),
-      head_cache_(ring.head.load(std::memory_order_acquire)) {}
+      tail_(ring.shared->tail.load(std::memory_order_relaxed)),
+      head_cache_(ring.shared->head.load(std::memory_order_acquire)) {}
 
 SlotHeader* RingWriter::try_claim() {
-  const std::uint64_t capacity = ring_->slot_count;
+  const std::uint64_t capacity = slot_count_;
   if (tail_ - head_cache_ >= capacity) {
     // SYNC POINT (slot reuse, acquire): pairs with the consumer's release store of head in
     // RingReader::release(); after it, the consumer no longer reads the slot we overwrite.
@@ -73,7 +99,7 @@ SlotHeader* RingWriter::try_claim() {
     if (used == capacity) return nullptr;
   }
   const std::uint64_t index = tail_ & (capacity - 1);
-  return reinterpret_cast<SlotHeader*>(slots_ + index * ring_->slot_stride);
+  return reinterpret_cast<SlotHeader*>(slots_ + index * slot_stride_);
 }
 
 void RingWriter::publish() noexcept {
@@ -96,15 +122,18 @@ std::uint64_t RingWriter::size_approx() const noexcept {
 
 // ---------------------------------------------------------------- RingReader
 
-RingReader::RingReader(RingShared& ring) noexcept
-    : ring_(&ring),
-      slots_(reinterpret_cast<const std::byte*>(&ring) + sizeof(RingShared)),
+RingReader::RingReader(const RingView& ring) noexcept
+    : ring_(ring.shared),
+      slots_(reinterpret_cast<const std::byte*>(ring.shared) + sizeof(RingShared)),
+      slot_count_(ring.geometry.slot_count),
+      payload_bytes_(ring.geometry.payload_bytes),
+      slot_stride_(ring.slot_stride),
       // Relaxed: only this process writes head; tail is re-read with acquire before use.
-      head_(ring.head.load(std::memory_order_relaxed)),
-      tail_cache_(ring.tail.load(std::memory_order_acquire)) {}
+      head_(ring.shared->head.load(std::memory_order_relaxed)),
+      tail_cache_(ring.shared->tail.load(std::memory_order_acquire)) {}
 
 const SlotHeader* RingReader::try_peek() {
-  const std::uint64_t capacity = ring_->slot_count;
+  const std::uint64_t capacity = slot_count_;
   if (head_ == tail_cache_) {
     // SYNC POINT (slot contents, acquire): pairs with the release store in RingWriter::publish().
     tail_cache_ = ring_->tail.load(std::memory_order_acquire);
@@ -113,9 +142,10 @@ const SlotHeader* RingReader::try_peek() {
     if (head_ == tail_cache_) return nullptr;
   }
   const std::uint64_t index = head_ & (capacity - 1);
-  const auto* slot = reinterpret_cast<const SlotHeader*>(slots_ + index * ring_->slot_stride);
-  if (slot->bytes > ring_->payload_bytes)
-    throw shm_error(fmt::format("ring: slot {} claims {} payload bytes, slots hold {}", head_, slot->bytes, ring_->payload_bytes));
+  const auto* slot = reinterpret_cast<const SlotHeader*>(slots_ + index * slot_stride_);
+  const std::uint32_t bytes = read_once(slot->bytes);
+  if (bytes > payload_bytes_)
+    throw shm_error(fmt::format("ring: slot {} claims {} payload bytes, slots hold {}", head_, bytes, payload_bytes_));
   return slot;
 }
 

@@ -50,7 +50,8 @@ static_assert(sizeof(SlotHeader) == 40);
 inline constexpr std::size_t slot_header_bytes = 64;  // payload starts 64-byte aligned
 
 struct RingShared {
-  // --- line 0: geometry, written once by the creator before any fork, read-only after ---
+  // --- line 0: geometry, written once by the creator before any fork, read-only after. ---
+  // Read by attach_ring() only (once per field), never by the handles: see RingView.
   std::uint64_t magic;
   std::uint32_t slot_count;     // power of two, >= 1
   std::uint32_t payload_bytes;  // usable bytes per slot
@@ -98,19 +99,31 @@ void check_geometry(const RingGeometry& g);
 // Reserves room for a ring in `layout`; returns its offset.
 std::uint64_t reserve_ring(shm::SegmentLayout& layout, const RingGeometry& g);
 
+// A ring as one process sees it: where its shared part lies, and its geometry, validated once
+// when attached and kept in process memory from then on. The handles below compute every slot
+// address and bound from this copy, never from the shared header, so a peer that rewrites the
+// header later cannot move a read or write outside the ring (the header is only read at attach).
+struct RingView {
+  RingShared* shared = nullptr;
+  RingGeometry geometry;
+  std::uint64_t slot_stride = 0;  // slot_stride_for(geometry.payload_bytes)
+};
+
 // Constructs the ring at `offset` (before fork). `initial_index` lets tests start near 2^64.
-RingShared& create_ring(const shm::Segment& segment, std::uint64_t offset, const RingGeometry& g,
-                        std::uint64_t initial_index = 0);
+RingView create_ring(const shm::Segment& segment, std::uint64_t offset, const RingGeometry& g,
+                     std::uint64_t initial_index = 0);
 
 // Resolves and validates a ring at `offset`: magic, geometry, and that the whole ring lies inside
-// the segment. Throws shm_error.
-RingShared& attach_ring(const shm::Segment& segment, std::uint64_t offset);
+// the segment. Each header field is read from shared memory once. Throws shm_error.
+RingView attach_ring(const shm::Segment& segment, std::uint64_t offset);
+// The same, and the header must describe exactly `expected` (the geometry the process planned).
+RingView attach_ring(const shm::Segment& segment, std::uint64_t offset, const RingGeometry& expected);
 
 // Producer handle. One per ring, used by one thread of one process.
 class RingWriter {
  public:
   RingWriter() = default;
-  explicit RingWriter(RingShared& ring) noexcept;
+  explicit RingWriter(const RingView& ring) noexcept;
 
   // The slot at tail if the ring has room, else nullptr. Never blocks. Calling it again before
   // publish() returns the same slot. Throws shm_error if the consumer's index is impossible.
@@ -121,8 +134,8 @@ class RingWriter {
   void close() noexcept;
 
   std::byte* payload(SlotHeader* slot) const noexcept { return reinterpret_cast<std::byte*>(slot) + slot_header_bytes; }
-  std::uint32_t payload_bytes() const noexcept { return ring_->payload_bytes; }
-  std::uint32_t slot_count() const noexcept { return ring_->slot_count; }
+  std::uint32_t payload_bytes() const noexcept { return payload_bytes_; }
+  std::uint32_t slot_count() const noexcept { return slot_count_; }
   // Slots published and not yet released. Racy: the consumer moves on concurrently.
   std::uint64_t size_approx() const noexcept;
   bool valid() const noexcept { return ring_ != nullptr; }
@@ -130,6 +143,10 @@ class RingWriter {
  private:
   RingShared* ring_ = nullptr;
   std::byte* slots_ = nullptr;
+  // Geometry: process-local copies, validated at attach (RingView); never re-read from shm.
+  std::uint32_t slot_count_ = 0;
+  std::uint32_t payload_bytes_ = 0;
+  std::uint64_t slot_stride_ = 0;
   std::uint64_t tail_ = 0;        // our own index: only we write ring_->tail
   std::uint64_t head_cache_ = 0;  // last head we read; refreshed only when the ring looks full
 };
@@ -138,7 +155,7 @@ class RingWriter {
 class RingReader {
  public:
   RingReader() = default;
-  explicit RingReader(RingShared& ring) noexcept;
+  explicit RingReader(const RingView& ring) noexcept;
 
   // The slot at head if one is published, else nullptr. Never blocks. Throws shm_error if the
   // producer's index or the slot header is impossible (corrupt or hostile peer).
@@ -153,13 +170,17 @@ class RingReader {
   const std::byte* payload(const SlotHeader* slot) const noexcept {
     return reinterpret_cast<const std::byte*>(slot) + slot_header_bytes;
   }
-  std::uint32_t payload_bytes() const noexcept { return ring_->payload_bytes; }
+  std::uint32_t payload_bytes() const noexcept { return payload_bytes_; }
   std::uint64_t size_approx() const noexcept;
   bool valid() const noexcept { return ring_ != nullptr; }
 
  private:
   RingShared* ring_ = nullptr;
   const std::byte* slots_ = nullptr;
+  // Geometry: process-local copies, validated at attach (RingView); never re-read from shm.
+  std::uint32_t slot_count_ = 0;
+  std::uint32_t payload_bytes_ = 0;
+  std::uint64_t slot_stride_ = 0;
   std::uint64_t head_ = 0;        // our own index: only we write ring_->head
   std::uint64_t tail_cache_ = 0;  // last tail we read; refreshed only when the ring looks empty
 };

@@ -136,9 +136,21 @@ Plan make_plan(const detail::pipeline_def& def) {
     const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
     const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().replicas} * 256);
     plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
-    plan.chunks = (src->size() + plan.chunk_items - 1) / plan.chunk_items;
+    // Rounded up without forming size + chunk_items - 1, which wraps for ranges near 2^64 items
+    // (iota<uint64_t>(0, UINT64_MAX) has 2^64 - 1).
+    const std::uint64_t size = src->size();
+    plan.chunks = size / plan.chunk_items + (size % plan.chunk_items != 0 ? 1 : 0);
   }
   return plan;
+}
+
+ChunkRange chunk_range(const Plan& plan, std::uint64_t chunk, std::uint64_t total) noexcept {
+  if (chunk >= plan.chunks || plan.chunk_items == 0) return {total, total};
+  // chunk < chunks, so first < total; first + chunk_items may exceed 2^64 for the last chunk of a
+  // range near 2^64 items, hence the length is clamped by what is left, not the end by total.
+  const std::uint64_t first = chunk * plan.chunk_items;
+  if (first >= total) return {total, total};
+  return {first, first + std::min(plan.chunk_items, total - first)};
 }
 
 }  // namespace procflow::runtime

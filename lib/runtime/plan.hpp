@@ -50,4 +50,12 @@ struct Plan {
 // Throws std::invalid_argument naming the stage when the declaration cannot run.
 Plan make_plan(const detail::pipeline_def& def);
 
+// Items [first, last) of a chunked source's chunk number `chunk` (of `total` items); empty
+// (first == last == total) past the last chunk. Exact for every total up to 2^64 - 1.
+struct ChunkRange {
+  std::uint64_t first;
+  std::uint64_t last;
+};
+ChunkRange chunk_range(const Plan& plan, std::uint64_t chunk, std::uint64_t total) noexcept;
+
 }  // namespace procflow::runtime

@@ -2,8 +2,7 @@
 
 #include "channel/inbox.hpp"
 #include "channel/outbox.hpp"
-
-#include <cxxabi.h>
+#include "runtime/exception_info.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -31,24 +30,6 @@ void put_text(char (&field)[N], const std::string& text) noexcept {
   const std::size_t n = std::min(text.size(), N - 1);
   std::memcpy(field, text.data(), n);
   field[n] = '\0';
-}
-
-std::string current_exception_type() {
-  const std::type_info* type = abi::__cxa_current_exception_type();
-  if (!type) return "unknown exception";
-  int status = 0;
-  std::unique_ptr<char, decltype(&std::free)> name(abi::__cxa_demangle(type->name(), nullptr, nullptr, &status), &std::free);
-  return status == 0 && name ? std::string(name.get()) : std::string(type->name());
-}
-
-std::string current_exception_message() {
-  try {
-    throw;
-  } catch (const std::exception& e) {
-    return e.what();
-  } catch (...) {
-    return "(not a std::exception)";
-  }
 }
 
 // Local tallies of one stage in this replica, mirrored to shared memory after every batch.
@@ -145,8 +126,7 @@ class Replica {
       // Relaxed: see RunHeader::next_chunk.
       const std::uint64_t chunk = header.next_chunk.fetch_add(1, std::memory_order_relaxed);
       if (chunk >= plan_.chunks) break;
-      const std::uint64_t first = chunk * plan_.chunk_items;
-      const std::uint64_t last = std::min(total, first + plan_.chunk_items);
+      const auto [first, last] = chunk_range(plan_, chunk, total);
       set_stage(0);
       const auto t0 = Clock::now();
       src.fill(first, last, instances_.front()->input_buffer());

@@ -3,6 +3,7 @@
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
 #include "process/child.hpp"
+#include "runtime/exception_info.hpp"
 #include "runtime/plan.hpp"
 #include "runtime/replica.hpp"
 #include "runtime/run_state.hpp"
@@ -13,9 +14,11 @@
 
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <optional>
 #include <string>
 
@@ -48,7 +51,7 @@ class Supervisor {
     if (plan_.has_results) drain_results();
     while (children_.running() > 0)
       if (auto exit = children_.wait_any(std::chrono::milliseconds(1000))) check(*exit);
-    if (collector_) collector_->finish();
+    if (collector_) on_caller_side("merging the replicas' partial results", [&] { collector_->finish(); });
     return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
   }
 
@@ -64,7 +67,10 @@ class Supervisor {
     batch_view batch;
     for (;;) {
       if (results.receive_until(batch, next_check)) {
-        collector_->consume(batch);
+        on_caller_side([&] {
+          return fmt::format("decoding or merging result batch {} ({} items{})", batch.meta.seq, batch.items,
+                             batch.meta.dense ? fmt::format(", source items from {}", batch.meta.first_item) : "");
+        }, [&] { collector_->consume(batch); });
         results.release();
       } else if (results.at_end()) {
         return;
@@ -73,6 +79,32 @@ class Supervisor {
         while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) check(*exit);
         next_check = Clock::now() + tick;
       }
+    }
+  }
+
+  // Runs the terminal stage's caller-side work (decoding results, merging partials with the
+  // user's combine). Whatever it throws becomes a stage_error naming the terminal stage "in the
+  // supervisor", with the original nested (the rule documented at stage_error), after every
+  // child was stopped and reaped.
+  template <class Where, class Work>
+  void on_caller_side(const Where& where, Work&& work) {
+    try {
+      work();
+    } catch (...) {
+      stage_error::details d;
+      d.stage = def_.stages.back()->name();
+      d.in_supervisor = true;
+      d.replica = stage_error::no_replica;
+      d.pid = static_cast<std::int32_t>(::getpid());
+      d.kind = stage_error::cause::exception;
+      d.exception_type = current_exception_type();
+      if constexpr (std::is_invocable_v<const Where&>) {
+        d.message = where() + ": " + current_exception_message();
+      } else {
+        d.message = std::string(where) + ": " + current_exception_message();
+      }
+      children_.kill_and_reap_all();
+      std::throw_with_nested(stage_error(std::move(d)));
     }
   }
 

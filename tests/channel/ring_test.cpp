@@ -25,10 +25,10 @@ struct RingFixture {
   shm::SegmentLayout layout;
   std::uint64_t offset;
   shm::Segment segment;
-  RingShared* ring;
+  RingView ring;
 
   explicit RingFixture(RingGeometry g, std::uint64_t initial_index = 0)
-      : offset(reserve_ring(layout, g)), segment(layout), ring(&create_ring(segment, offset, g, initial_index)) {}
+      : offset(reserve_ring(layout, g)), segment(layout), ring(create_ring(segment, offset, g, initial_index)) {}
 };
 
 // Writes one 8-byte item into a claimed slot; false if the ring is full.
@@ -64,8 +64,8 @@ TEST_CASE("ring: FIFO with full and empty detection at capacities 1, 2 and 8") {
       CAPTURE(capacity);
       CAPTURE(initial);
       RingFixture f({capacity, 64}, initial);
-      RingWriter w(*f.ring);
-      RingReader r(*f.ring);
+      RingWriter w(f.ring);
+      RingReader r(f.ring);
       CHECK(w.slot_count() == capacity);
       CHECK(w.payload_bytes() == 64);
 
@@ -98,17 +98,17 @@ TEST_CASE("ring: FIFO with full and empty detection at capacities 1, 2 and 8") {
         CHECK(value == next_out++);
         REQUIRE(try_push(w, next_in++));
       }
-      CHECK(f.ring->tail.load() - f.ring->head.load() == capacity);
-      CHECK(f.ring->tail.load() == initial + next_in);              // wraps modulo 2^64
-      if (initial == near_wrap) CHECK(f.ring->tail.load() < 1000);  // it really crossed 2^64
+      CHECK(f.ring.shared->tail.load() - f.ring.shared->head.load() == capacity);
+      CHECK(f.ring.shared->tail.load() == initial + next_in);              // wraps modulo 2^64
+      if (initial == near_wrap) CHECK(f.ring.shared->tail.load() < 1000);  // it really crossed 2^64
     }
   }
 }
 
 TEST_CASE("ring: claiming twice before publish returns the same slot") {
   RingFixture f({4, 128});
-  RingWriter w(*f.ring);
-  RingReader r(*f.ring);
+  RingWriter w(f.ring);
+  RingReader r(f.ring);
   SlotHeader* a = w.try_claim();
   REQUIRE(a != nullptr);
   CHECK(w.try_claim() == a);
@@ -126,8 +126,8 @@ TEST_CASE("ring: claiming twice before publish returns the same slot") {
 
 TEST_CASE("ring: end of stream after close and the last release") {
   RingFixture f({2, 64}, near_wrap + 3);
-  RingWriter w(*f.ring);
-  RingReader r(*f.ring);
+  RingWriter w(f.ring);
+  RingReader r(f.ring);
   CHECK_FALSE(r.drained());
   REQUIRE(try_push(w, 1));
   REQUIRE(try_push(w, 2));
@@ -150,9 +150,9 @@ TEST_CASE("ring: the whole ring of a channel starts at initial_index") {
   ch.create(segment, near_wrap);
   for (std::uint32_t p = 0; p < 2; ++p)
     for (std::uint32_t q = 0; q < 3; ++q) {
-      CHECK(ch.ring(p, q).head.load() == near_wrap);
-      CHECK(ch.ring(p, q).tail.load() == near_wrap);
-      CHECK(ch.ring(p, q).slot_count == 4);
+      CHECK(ch.ring(p, q).shared->head.load() == near_wrap);
+      CHECK(ch.ring(p, q).shared->tail.load() == near_wrap);
+      CHECK(ch.ring(p, q).geometry.slot_count == 4);
     }
   CHECK_THROWS_AS(ch.ring(2, 0), std::out_of_range);
   CHECK_THROWS_AS(ch.ring(0, 3), std::out_of_range);
@@ -162,33 +162,33 @@ TEST_CASE("ring: the whole ring of a channel starts at initial_index") {
 
 TEST_CASE("ring: an impossible consumer index is refused by the producer") {
   RingFixture f({4, 64}, near_wrap);
-  RingWriter w(*f.ring);
+  RingWriter w(f.ring);
   for (std::uint64_t i = 0; i < 4; ++i) REQUIRE(try_push(w, i));
   // The ring is full, so the producer re-reads head: make it claim the consumer is ahead of us.
-  f.ring->head.store(f.ring->tail.load() + 1);
+  f.ring.shared->head.store(f.ring.shared->tail.load() + 1);
   CHECK_THROWS_WITH_AS(w.try_claim(), doctest::Contains("consumer index"), shm_error);
   // ... or so far behind that more than capacity slots would be in use.
-  f.ring->head.store(f.ring->tail.load() - 5);
+  f.ring.shared->head.store(f.ring.shared->tail.load() - 5);
   CHECK_THROWS_AS(w.try_claim(), shm_error);
 }
 
 TEST_CASE("ring: an impossible producer index is refused by the consumer") {
   RingFixture f({4, 64}, near_wrap);
-  RingReader r(*f.ring);
+  RingReader r(f.ring);
   SUBCASE("more than capacity published") {
-    f.ring->tail.store(f.ring->head.load() + 5);
+    f.ring.shared->tail.store(f.ring.shared->head.load() + 5);
     CHECK_THROWS_WITH_AS(r.try_peek(), doctest::Contains("producer index"), shm_error);
   }
   SUBCASE("tail behind head") {
-    f.ring->tail.store(f.ring->head.load() - 1);
+    f.ring.shared->tail.store(f.ring.shared->head.load() - 1);
     CHECK_THROWS_AS(r.try_peek(), shm_error);
   }
 }
 
 TEST_CASE("ring: a slot claiming more bytes than its payload is refused") {
   RingFixture f({2, 256});
-  RingWriter w(*f.ring);
-  RingReader r(*f.ring);
+  RingWriter w(f.ring);
+  RingReader r(f.ring);
   SlotHeader* slot = w.try_claim();
   REQUIRE(slot != nullptr);
   slot->bytes = 257;
@@ -238,8 +238,8 @@ TEST_CASE("ring: bad geometry is std::invalid_argument") {
 
 TEST_CASE("ring: attach validates magic, geometry and extent") {
   RingFixture f({4, 1024});
-  CHECK(&attach_ring(f.segment, f.offset) == f.ring);
-  RingShared& ring = *f.ring;
+  CHECK(attach_ring(f.segment, f.offset).shared == f.ring.shared);
+  RingShared& ring = *f.ring.shared;
   const auto magic = ring.magic;
   const auto slot_count = ring.slot_count;
   const auto slot_stride = ring.slot_stride;

@@ -72,7 +72,7 @@ TEST_CASE("ring threads: RingWriter and RingReader keep FIFO under concurrency")
     shm::SegmentLayout layout;
     const auto offset = reserve_ring(layout, g);
     const shm::Segment segment(layout);
-    RingShared& ring = create_ring(segment, offset, g, std::numeric_limits<std::uint64_t>::max() - 1000);
+    const RingView ring = create_ring(segment, offset, g, std::numeric_limits<std::uint64_t>::max() - 1000);
     const std::uint64_t count = 20000 * scale;
 
     Worker producer([&] {

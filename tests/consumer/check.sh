@@ -6,7 +6,18 @@ src=$1 build=$2 work=$3.$$   # per run: concurrent ctest invocations must not sh
 rm -rf "$work" && mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
-cmake -S "$src/tests/consumer" -B "$work/package" -DPROCFLOW_CONSUME=package -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+# The installed package requires exactly what the library uses: a consumer finds it with oneTBB
+# and Boost hidden (neither is used by libprocflow or by a public header).
+cmake -S "$src/tests/consumer" -B "$work/package" -DPROCFLOW_CONSUME=package -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release \
+  --no-warn-unused-cli -DCMAKE_DISABLE_FIND_PACKAGE_TBB=ON -DCMAKE_DISABLE_FIND_PACKAGE_Boost=ON >/dev/null
+if grep -rlE 'find_dependency\((TBB|Boost)|TBB::|Boost::' "$work/prefix/lib"*/cmake/procflow/ >&2; then
+  echo "the installed package still refers to TBB or Boost (files above)" >&2
+  exit 1
+fi
+if grep -rlE '#include <(boost|tbb|oneapi)/' "$work/prefix/include/procflow" >&2; then
+  echo "a public header includes Boost or oneTBB (files above)" >&2
+  exit 1
+fi
 cmake --build "$work/package" -j2 >/dev/null
 "$work/package/consumer"
 cmake -S "$src/tests/consumer" -B "$work/subdir" -DPROCFLOW_CONSUME=subdir -DPROCFLOW_SOURCE_DIR="$src" -DCMAKE_BUILD_TYPE=Release >/dev/null

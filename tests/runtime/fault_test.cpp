@@ -306,7 +306,7 @@ TEST_CASE("a throwing reduce_by_key key function is reported against the reduce_
   }); }
 }
 
-TEST_CASE("a throwing combine (run by the supervisor) propagates and still cleans up") {
+TEST_CASE("a throwing combine (run by the supervisor) is a stage_error naming the reduce, and still cleans up") {
   isolated([&] {
   const std::set<std::string> shm_before = pt::dev_shm_entries();
   for (const bool ordered : {false, true}) {
@@ -315,19 +315,23 @@ TEST_CASE("a throwing combine (run by the supervisor) propagates and still clean
       if (b != 0) throw std::overflow_error("combine refused");
       return a + b;
     };
-    if (ordered) {
-      CHECK_THROWS_WITH(pf::pipeline("bad_combine", pf::ordered)
-                            .source("numbers", pf::iota<i64>(1, 100'000))
-                            .reduce("sum", i64{0}, std::plus<>{}, combine, pf::replicas(2))
-                            .run(),
-                        doctest::Contains("combine refused"));
-    } else {
-      CHECK_THROWS_WITH(pf::pipeline("bad_combine")
-                            .source("numbers", pf::iota<i64>(1, 100'000))
-                            .reduce("sum", i64{0}, std::plus<>{}, combine, pf::replicas(2))
-                            .run(),
-                        doctest::Contains("combine refused"));
+    // The rule for errors raised in the caller's process (see procflow::stage_error): the
+    // terminal stage is named, "in the supervisor", and the original stays nested.
+    bool thrown = false;
+    try {
+      (ordered ? pf::pipeline("bad_combine", pf::ordered) : pf::pipeline("bad_combine"))
+          .source("numbers", pf::iota<i64>(1, 100'000))
+          .reduce("sum", i64{0}, std::plus<>{}, combine, pf::replicas(2))
+          .run();
+    } catch (const pf::stage_error& e) {
+      thrown = true;
+      CHECK(e.stage() == "sum");
+      CHECK(e.in_supervisor());
+      CHECK(e.exception_type() == "std::overflow_error");
+      CHECK(std::string(e.what()).find("combine refused") != std::string::npos);
+      CHECK_THROWS_AS(std::rethrow_if_nested(e), std::overflow_error);  // the original, nested
     }
+    CHECK(thrown);
     CHECK(pt::count_children() == 0);
   }
   CHECK(pt::dev_shm_entries() == shm_before);

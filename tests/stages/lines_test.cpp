@@ -41,6 +41,15 @@ TEST_CASE("line_reader splits on newlines, with or without a final one") {
   for (const auto& p : {a, b, empty}) std::filesystem::remove(p);
 }
 
+TEST_CASE("line_reader strips one '\\r' before the newline: CRLF files read like LF files") {
+  const auto crlf = write_temp("lines_crlf", "alpha\r\nbeta\r\n\r\nlast\r");
+  const auto inner = write_temp("lines_inner_cr", "a\rb\r\r\nc\n");
+  CHECK(read_all(pf::stages::line_reader(crlf)) == std::vector<std::string>{"alpha", "beta", "", "last"});
+  // Only one '\r' at the end of a line goes; a '\r' inside a line is data.
+  CHECK(read_all(pf::stages::line_reader(inner)) == std::vector<std::string>{"a\rb\r", "c"});
+  for (const auto& p : {crlf, inner}) std::filesystem::remove(p);
+}
+
 TEST_CASE("a missing file names the file") {
   pf::stages::line_reader reader("/nonexistent/procflow-input.txt");
   CHECK_THROWS_WITH_AS(reader(), doctest::Contains("cannot open '/nonexistent/procflow-input.txt'"), pf::system_error);

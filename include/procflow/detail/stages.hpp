@@ -4,6 +4,7 @@
 
 #include <procflow/codec.hpp>
 #include <procflow/detail/stage.hpp>
+#include <procflow/hash.hpp>
 
 #include <functional>
 #include <map>
@@ -310,23 +311,25 @@ class reduce_stage final : public input_stage<T> {
   Combine combine_;
 };
 
-template <class T, class KeyFn, class Acc, class Fold, class Combine>
+template <class T, class KeyFn, class Acc, class Fold, class Combine, class Hash>
 class reduce_by_key_stage final : public input_stage<T> {
  public:
   using key_type = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
-  using map_type = std::unordered_map<key_type, Acc>;
+  using map_type = std::unordered_map<key_type, Acc, Hash>;
 
-  reduce_by_key_stage(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, stage_options options)
+  reduce_by_key_stage(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, Hash hash, stage_options options)
       : input_stage<T>(std::move(name), stage_kind::reduce_by_key, options),
-        key_(std::move(key)), init_(std::move(init)), fold_(std::move(fold)), combine_(std::move(combine)) {}
+        key_(std::move(key)), init_(std::move(init)), fold_(std::move(fold)), combine_(std::move(combine)),
+        hash_(std::move(hash)) {}
 
-  // In processes of its own, items travel to the replica that owns their key.
+  // In processes of its own, items travel to the replica that owns their key: the key's hash,
+  // mixed (an identity hash of structured keys would pick one lane), modulo the lanes.
   void encode_input(void* vector, output_port& out, bool keyed) const override {
     auto& items = *static_cast<batch_buffer<T>*>(vector);
     if (!keyed) return encode_items(items, out);
     const std::size_t lanes = out.lane_count();
     for (const T& item : items)
-      encode_item(item, out, std::hash<key_type>{}(std::invoke(key_, item)) % lanes);
+      encode_item(item, out, static_cast<std::size_t>(mix_hash(hash_(std::invoke(key_, item))) % lanes));
   }
 
   std::unique_ptr<stage_instance> instantiate(bool ordered) const override {
@@ -343,13 +346,13 @@ class reduce_by_key_stage final : public input_stage<T> {
         if (!inserted) fold_into(it->second, combine, std::move(v));
       }
     };
-    return std::make_unique<partial_collector<map_type, decltype(merge)>>(map_type{}, std::move(merge), ordered);
+    return std::make_unique<partial_collector<map_type, decltype(merge)>>(map_type(0, hash_), std::move(merge), ordered);
   }
 
  private:
   class instance final : public terminal_instance_base<T> {
    public:
-    instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), ordered_(ordered) {}
+    instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), groups_(0, s.hash_), ordered_(ordered) {}
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
       for_each_item(in.size(), cursor, [&](std::size_t i) {
@@ -375,6 +378,7 @@ class reduce_by_key_stage final : public input_stage<T> {
   Acc init_;
   Fold fold_;
   Combine combine_;
+  Hash hash_;
 };
 
 template <class T>

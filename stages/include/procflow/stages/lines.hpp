@@ -3,7 +3,9 @@
 //   pf::pipeline("p").source("read", pf::stages::lines("input.txt")) ...
 //
 // The file is opened on the first item, in the source's own process, and read with one buffered
-// stream. Lines come without their '\n'. A file that cannot be opened is a procflow::system_error
+// stream. Lines come without their '\n', and without one '\r' before it (or at the end of the
+// file): CRLF files read like LF files, as with Python's universal newlines. A '\r' elsewhere in
+// a line is kept (unlike Python, a lone '\r' does not end a line). A file that cannot be opened is a procflow::system_error
 // naming it; a line longer than `max_line_bytes` (default 64 MiB) is a procflow::error naming the
 // file and line, instead of an unbounded allocation.
 #pragma once
@@ -42,6 +44,7 @@ class line_reader {
       if (std::ferror(file_.get())) throw procflow::system_error(errno, "cannot read '" + path_ + "'");
       if (line.empty()) return std::nullopt;  // no text after the last '\n'
     }
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF (see above)
     ++line_number_;
     return line;
   }

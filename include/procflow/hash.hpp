@@ -1,0 +1,90 @@
+// Key hashing for reduce_by_key.
+//
+//   procflow::hash<K>          std::hash<K> where the standard library has one; for std::pair and
+//                              std::tuple (of anything procflow::hash handles) a combination of
+//                              the elements' hashes, so composite keys work out of the box
+//   procflow::default_hash_t<K> the hasher reduce_by_key uses when none is given: std::hash<K> if
+//                              it exists (so the result stays std::unordered_map<K, Acc>),
+//                              otherwise procflow::hash<K>
+//   procflow::mix_hash(h)      a strong 64-bit finalizer (murmur3's fmix64)
+//
+// Keyed dispatch sends a key to replica mix_hash(hasher(key)) % replicas. The mix matters:
+// libstdc++'s integer hash is the identity, so keys 0, 4, 8, ... would all land on one of 4
+// replicas with a plain `hash % replicas`.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace procflow {
+
+// murmur3's 64-bit finalizer: every input bit affects every output bit (avalanche).
+constexpr std::uint64_t mix_hash(std::uint64_t h) noexcept {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+// True when std::hash<K> is enabled (a disabled specialization is not default constructible).
+template <class K>
+inline constexpr bool has_std_hash_v =
+    std::is_default_constructible_v<std::hash<K>> && std::is_invocable_r_v<std::size_t, const std::hash<K>&, const K&>;
+
+template <class K>
+struct hash {
+  static_assert(has_std_hash_v<K>,
+                "procflow::hash<K>: K has no std::hash and is not a std::pair or std::tuple of hashable types; "
+                "specialize std::hash<K> or pass a hasher to reduce_by_key()");
+  std::size_t operator()(const K& key) const noexcept(noexcept(std::hash<K>{}(key))) { return std::hash<K>{}(key); }
+};
+
+namespace detail {
+// Folds one element's hash into a running seed; the element hash is mixed first so that
+// identity hashes of small integers do not cancel out.
+constexpr std::size_t combine_hash(std::size_t seed, std::size_t element) noexcept {
+  return static_cast<std::size_t>(mix_hash(seed ^ (mix_hash(element) + 0x9e3779b97f4a7c15ULL + (seed << 6) + (seed >> 2))));
+}
+
+template <class K>
+struct is_hashable : std::bool_constant<has_std_hash_v<K>> {};
+template <class A, class B>
+struct is_hashable<std::pair<A, B>> : std::bool_constant<is_hashable<A>::value && is_hashable<B>::value> {};
+template <class... Ts>
+struct is_hashable<std::tuple<Ts...>> : std::bool_constant<(is_hashable<Ts>::value && ...)> {};
+}  // namespace detail
+
+// True when procflow::hash<K> works: std::hash<K>, or pairs/tuples (nested) of such.
+template <class K>
+inline constexpr bool hashable_v = detail::is_hashable<K>::value;
+
+template <class A, class B>
+struct hash<std::pair<A, B>> {
+  std::size_t operator()(const std::pair<A, B>& key) const {
+    return detail::combine_hash(detail::combine_hash(0, hash<A>{}(key.first)), hash<B>{}(key.second));
+  }
+};
+
+template <class... Ts>
+struct hash<std::tuple<Ts...>> {
+  std::size_t operator()(const std::tuple<Ts...>& key) const {
+    return std::apply(
+        [](const Ts&... element) {
+          std::size_t seed = 0;
+          ((seed = detail::combine_hash(seed, hash<Ts>{}(element))), ...);
+          return seed;
+        },
+        key);
+  }
+};
+
+template <class K>
+using default_hash_t = std::conditional_t<has_std_hash_v<K>, std::hash<K>, hash<K>>;
+
+}  // namespace procflow

@@ -1,0 +1,87 @@
+// Checks lib/runtime/plan.hpp's chunking of a splittable source (issue 13, point 10): for every
+// integral type, the full range iota(min, max) is planned into chunks that cover exactly its
+// size() items, up to iota<uint64_t>(0, UINT64_MAX) and iota<int64_t>(INT64_MIN, INT64_MAX)
+// (2^64 - 1 items), without running them: the chunk count, the first and the last chunk's
+// range, and that claiming past the last chunk yields nothing.
+#include "runtime/plan.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace pf = procflow;
+using procflow::runtime::chunk_range;
+using procflow::runtime::make_plan;
+
+namespace {
+
+template <class T>
+pf::detail::pipeline_def iota_pipeline(T first, T last, std::uint32_t replicas) {
+  return pf::pipeline("limits")
+      .source("numbers", pf::iota<T>(first, last))
+      .map("id", [](T x) { return x; }, pf::replicas(replicas))
+      .reduce("count", std::uint64_t{0}, [](std::uint64_t n, T) { return n + 1; }, std::plus<>{})
+      .definition();
+}
+
+// The plan covers [0, size) with chunks: every item in exactly one chunk, none past the end.
+void check_chunks(const pf::detail::pipeline_def& def, std::uint64_t size) {
+  CAPTURE(size);
+  const auto plan = make_plan(def);
+  REQUIRE(plan.chunk_items >= 1);
+  const std::uint64_t want = size / plan.chunk_items + (size % plan.chunk_items != 0 ? 1 : 0);
+  CHECK(plan.chunks == want);
+  if (size == 0) return;
+  REQUIRE(plan.chunks >= 1);
+  const auto first = chunk_range(plan, 0, size);
+  CHECK(first.first == 0);
+  CHECK(first.last == std::min(size, plan.chunk_items));
+  const auto last = chunk_range(plan, plan.chunks - 1, size);
+  CHECK(last.first == (plan.chunks - 1) * plan.chunk_items);  // no wrap: (chunks-1)*chunk_items < size
+  CHECK(last.first < size);
+  CHECK(last.last == size);
+  CHECK(last.last - last.first <= plan.chunk_items);
+  if (plan.chunks >= 2) {
+    const auto before = chunk_range(plan, plan.chunks - 2, size);
+    CHECK(before.last == last.first);  // contiguous
+    CHECK(before.last - before.first == plan.chunk_items);
+  }
+  // A replica claiming past the end gets nothing (the counter keeps counting up).
+  const auto past = chunk_range(plan, plan.chunks, size);
+  CHECK(past.first == past.last);
+  const auto far = chunk_range(plan, std::numeric_limits<std::uint64_t>::max(), size);
+  CHECK(far.first == far.last);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("plan: iota over the full range of every integral type is chunked exactly", T, char,
+                   signed char, unsigned char, wchar_t, char16_t, char32_t, std::int8_t, std::uint8_t,
+                   std::int16_t, std::uint16_t, std::int32_t, std::uint32_t, std::int64_t, std::uint64_t, long,
+                   unsigned long, long long, unsigned long long) {
+  constexpr T lo = std::numeric_limits<T>::min();
+  constexpr T hi = std::numeric_limits<T>::max();
+  // [lo, hi) has hi - lo items, computed without overflow in 64-bit unsigned arithmetic.
+  const std::uint64_t full = static_cast<std::uint64_t>(hi) - static_cast<std::uint64_t>(lo);
+  for (std::uint32_t replicas : {1u, 2u, 7u}) {
+    CAPTURE(replicas);
+    check_chunks(iota_pipeline<T>(lo, hi, replicas), full);
+    check_chunks(iota_pipeline<T>(lo, lo, replicas), 0);
+    check_chunks(iota_pipeline<T>(static_cast<T>(hi - 1), hi, replicas), 1);
+  }
+}
+
+TEST_CASE("plan: the two ranges of the report have 2^64 - 1 items, not 0 chunks") {
+  constexpr auto u64_max = std::numeric_limits<std::uint64_t>::max();
+  const auto u = make_plan(iota_pipeline<std::uint64_t>(0, u64_max, 2));
+  CHECK(u.chunks > 0);
+  CHECK(u.chunks == u64_max / u.chunk_items + (u64_max % u.chunk_items != 0));
+  const auto s = make_plan(iota_pipeline<std::int64_t>(std::numeric_limits<std::int64_t>::min(),
+                                                        std::numeric_limits<std::int64_t>::max(), 2));
+  CHECK(s.chunks == u.chunks);
+  // Chunk sizes that do not divide 2^64 - 1 evenly still end exactly at the last item.
+  for (std::uint32_t replicas : {1u, 3u, 5u, 256u}) check_chunks(iota_pipeline<std::uint64_t>(0, u64_max, replicas), u64_max);
+}
