@@ -74,6 +74,17 @@ using Rng = std::mt19937_64;
 // Fixed-size raw: an array of numbers, encoded by memcpy.
 using Raw = std::array<std::int32_t, 4>;
 
+// A plain struct of numbers opted in to raw encoding with one line (PROCFLOW_CODEC).
+struct Record {
+  std::int64_t id = 0;
+  double x = 0;
+  std::int32_t a = 0;
+  std::int32_t b = 0;
+  friend bool operator==(const Record&, const Record&) = default;
+  friend auto operator<=>(const Record&, const Record&) = default;
+};
+PROCFLOW_CODEC(Record, id, x, a, b);
+
 // Trivially copyable, with a codec of its own that transforms the value (a version byte, then the
 // value XOR a key): a runtime that memcpy'd it instead of calling the codec delivers wrong values.
 struct Tagged {
@@ -190,6 +201,10 @@ inline std::uint64_t weight(const Raw& r) {
   for (const auto e : r) h = mix(h ^ static_cast<std::uint32_t>(e));
   return h;
 }
+inline std::uint64_t weight(const Record& r) {
+  return mix(static_cast<std::uint64_t>(r.id) ^ mix(static_cast<std::uint64_t>(r.a) << 32 ^ static_cast<std::uint32_t>(r.b)) ^
+             static_cast<std::uint64_t>(static_cast<i64>(r.x * 1024)));
+}
 inline std::uint64_t weight(const Tagged& t) { return mix(static_cast<std::uint64_t>(t.v) ^ 0x7467); }
 inline std::uint64_t weight(const Labeled& l) { return mix(weight(l.label) ^ static_cast<std::uint64_t>(l.v)); }
 inline std::uint64_t weight(const Empty&) { return 0x656d707479ULL; }
@@ -200,6 +215,7 @@ const char* type_name() {
   else if constexpr (std::is_same_v<T, std::string>) return "string";
   else if constexpr (std::is_same_v<T, vec>) return "vector<int>";
   else if constexpr (std::is_same_v<T, Raw>) return "raw array<int32,4>";
+  else if constexpr (std::is_same_v<T, Record>) return "Record (PROCFLOW_CODEC raw struct)";
   else if constexpr (std::is_same_v<T, Tagged>) return "Tagged (trivially copyable, user codec)";
   else if constexpr (std::is_same_v<T, Labeled>) return "Labeled (user codec)";
   else return "Empty (zero-byte codec)";
@@ -265,6 +281,9 @@ inline Raw op_map(const Op& op, const Raw& r) {
   }
   return out;
 }
+inline Record op_map(const Op& op, const Record& r) {
+  return op.variant % 2 ? Record{r.id + 1, r.x * 0.5, r.b, r.a} : Record{r.id ^ static_cast<i64>(op.salt & 0xfff), r.x + 1.0, r.a + 1, r.b};
+}
 inline Tagged op_map(const Op& op, const Tagged& t) { return {op.variant % 2 ? t.v ^ static_cast<i64>(op.salt) : t.v / 3 - 1}; }
 inline Labeled op_map(const Op& op, const Labeled& l) {
   return op.variant % 2 ? Labeled{l.label + static_cast<char>('a' + op.salt % 26), l.v} : Labeled{l.label.substr(0, l.label.size() / 2), l.v + 1};
@@ -290,6 +309,8 @@ T make_item(std::uint64_t i, std::uint64_t salt) {
     return v;
   } else if constexpr (std::is_same_v<T, Raw>) {
     return Raw{static_cast<std::int32_t>(r), static_cast<std::int32_t>(r >> 32), static_cast<std::int32_t>(r % 1000), -static_cast<std::int32_t>(r % 77)};
+  } else if constexpr (std::is_same_v<T, Record>) {
+    return Record{static_cast<i64>(r % 1000000), static_cast<double>(r % 4096) / 8.0, static_cast<std::int32_t>(r >> 40), static_cast<std::int32_t>(r % 77)};
   } else if constexpr (std::is_same_v<T, Tagged>) {
     return Tagged{static_cast<i64>(r % 2000001) - 1000000};
   } else if constexpr (std::is_same_v<T, Labeled>) {
@@ -327,6 +348,7 @@ inline Raw vary(const Raw& x, std::uint64_t j) {
   r[j % r.size()] += static_cast<std::int32_t>(j);
   return r;
 }
+inline Record vary(const Record& x, std::uint64_t j) { return {x.id, x.x, x.a, x.b + static_cast<std::int32_t>(j)}; }
 inline Tagged vary(const Tagged& x, std::uint64_t j) { return {x.v + static_cast<i64>(j)}; }
 inline Labeled vary(const Labeled& x, std::uint64_t j) { return {x.label, x.v + static_cast<i64>(j)}; }
 inline Empty vary(const Empty&, std::uint64_t) { return {}; }
