@@ -2,13 +2,35 @@
 //
 // A codec is a struct with three static functions:
 //
-//   static std::size_t encoded_size(const T&) noexcept;          // exact byte count
+//   static std::size_t encoded_size(const T&) noexcept;          // exact byte count (may be 0)
 //   static std::byte*  encode(const T&, std::byte* out) noexcept; // writes it, returns the end
 //   static T           decode(procflow::decoder& in);            // throws codec_error if bad
 //
-// Built in: trivially copyable types (raw bytes), std::string, std::vector, std::pair,
-// std::tuple, std::optional, std::map, std::unordered_map, and any nesting of those.
-// Users specialize procflow::codec<MyType> for their own types (see tests/codec/codec_test.cpp).
+// Built in:
+//   * raw bytes (raw_codec<T>, batches copied in bulk) for the types whose every bit pattern is a
+//     valid value and that point nowhere: arithmetic types except bool, enums, std::array of them;
+//   * checked: bool and enums over bool (a byte other than 0/1 is refused), std::string,
+//     std::vector, std::array, std::pair, std::tuple, std::optional, std::map,
+//     std::unordered_map, and any nesting of those.
+// Refused at compile time: pointers, member pointers, std::string_view, std::span (and anything
+// holding one, e.g. std::optional<const char*>): an address means nothing in another process, so
+// send the owned data (std::string, std::vector). A user's struct has no codec until it opts in.
+//
+// A plain struct opts in with one line after it, in its own namespace:
+//
+//   struct Trip { std::string origin; std::int32_t delay; double miles; };
+//   PROCFLOW_CODEC(Trip, origin, delay, miles);
+//
+// It lists every field (a forgotten or repeated one is a compile error), in the order they travel;
+// each must itself be encodable (a C array of encodable elements works too), so a pointer field
+// fails to compile with a message naming the remedy. The derived codec goes field by field with the
+// built-ins' bounds checks and no allocation in encoded_size; when every field is raw and the
+// struct is trivially copyable without padding (sum of field sizes == sizeof), it *is* the raw
+// codec and batches are copied in bulk. The struct must be default constructible (decode fills a
+// T{} field by field).
+//
+// Or write codec<MyType> yourself (see tests/codec/codec_test.cpp): a user's codec always wins,
+// on every path; it is treated as raw only if it derives from raw_codec<MyType>.
 // Decoding never reads past its input: every length is checked against the bytes left.
 #pragma once
 

@@ -199,7 +199,9 @@ TEST_CASE("ring: a slot claiming more bytes than its payload is refused") {
   CHECK(r.try_peek() == slot);
 }
 
-TEST_CASE("ring: the Inbox refuses a slot with more items than bytes") {
+// Zero-byte items make 4 items in 3 bytes legitimate; the bound is the slot's capacity (every item
+// takes at least one unit of room, see write_cursor): more than 128 items in a 128-byte slot.
+TEST_CASE("ring: the Inbox refuses a slot with more items than it can hold") {
   shm::SegmentLayout layout;
   Channel ch(layout, 1, 1, {2, 128});
   shm::Segment segment(layout);
@@ -208,7 +210,7 @@ TEST_CASE("ring: the Inbox refuses a slot with more items than bytes") {
   SlotHeader* slot = w.try_claim();
   REQUIRE(slot != nullptr);
   slot->bytes = 3;
-  slot->items = 4;
+  slot->items = 129;
   slot->flags = 0;
   w.publish();
   Inbox in(ch, 0);

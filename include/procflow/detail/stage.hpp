@@ -12,9 +12,9 @@
 #include <procflow/detail/port.hpp>
 #include <procflow/options.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
