@@ -245,8 +245,9 @@ TEST_CASE("ChildSet reports exit codes and signals, signals through pidfds, and 
 // ------------------------------------------------------------------ point 5: SIGCHLD set up by the host
 
 TEST_CASE("run() succeeds every time when the host ignores SIGCHLD or reaps every child (pidfd race)") {
-  // 1000 runs of each were checked while fixing the race; the suite keeps a bounded loop
-  // (PROCFLOW_SIGCHLD_RUNS overrides it).
+  // Before the fix most of these runs failed ("cannot open a pidfd for replica process N: No
+  // such process"); after it, 1000 of 1000 of each passed (PROCFLOW_SIGCHLD_RUNS=1000). The
+  // suite keeps 300 of each: a run costs ~40 ms under ASan on a loaded machine.
   const int runs = runs_from_env("PROCFLOW_SIGCHLD_RUNS", 300);
   for (const Host host : {Host::sigchld_ignored, Host::sigchld_reaped}) {
     CAPTURE(name(host));
