@@ -80,7 +80,6 @@ class Outbox final : public detail::output_port {
   // Reads the channel's membership when it changed: lanes that left get no new slot; a slot
   // still open on one is published first, then the change is acknowledged.
   void refresh_membership();
-  void open(std::size_t lane);
   void open(std::size_t lane, std::size_t n = 0);
   std::size_t slot_room(std::size_t n);
   void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
