@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <memory>
 
 namespace procflow::stages {
@@ -88,8 +89,12 @@ class RecordCursor {
       break;
     }
     // The record: up to a blank line or the end of input (past the limit if need be).
-    out.fields.clear();
+    // Fields are assigned into out's existing strings (a reused record keeps their capacity: no
+    // allocation per field in steady state); `n` counts the fields of this record.
+    std::size_t n = 0;
     out.line = 0;
+    // A fresh record gets room for as many fields as the last one (no regrowth per field).
+    if (out.fields.capacity() < last_fields_) out.fields.reserve(last_fields_);
     const std::uint64_t record_start = r_.offset();
     for (;;) {
       std::string_view line;
@@ -107,19 +112,30 @@ class RecordCursor {
         continue;
       }
       if (line[0] == ' ' || line[0] == '\t') {
-        if (out.fields.empty()) fail(r_.offset(), "continuation line before any field");
-        auto& value = out.fields.back().second;
+        if (n == 0) fail(r_.offset(), "continuation line before any field");
+        auto& value = out.fields[n - 1].second;
         value += '\n';
         value.append(trim(line));
       } else {
-        const std::size_t colon = line.find(':');
-        if (colon == std::string_view::npos || colon == 0) fail(r_.offset(), "expected 'Key: value'");
-        if (out.fields.empty()) out.line = current_line();
-        out.fields.emplace_back(std::string(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+        const void* c = std::memchr(line.data(), ':', line.size());
+        if (c == nullptr || c == line.data()) fail(r_.offset(), "expected 'Key: value'");
+        const std::size_t colon = static_cast<std::size_t>(static_cast<const char*>(c) - line.data());
+        if (n == 0) out.line = current_line();
+        const std::string_view key = trim(line.substr(0, colon));
+        const std::string_view value = trim(line.substr(colon + 1));
+        if (n < out.fields.size()) {
+          out.fields[n].first.assign(key);
+          out.fields[n].second.assign(value);
+        } else {
+          out.fields.emplace_back(std::string(key), std::string(value));
+        }
+        ++n;
       }
       consume(line.size(), nl);
     }
-    return !out.fields.empty() || next(out);
+    out.fields.resize(n);
+    if (n > last_fields_) last_fields_ = n;
+    return n != 0 || next(out);
   }
 
  private:
@@ -149,6 +165,7 @@ class RecordCursor {
   std::uint64_t limit_;
   std::uint64_t line_;
   bool after_blank_;
+  std::size_t last_fields_ = 0;  // most fields seen in one record so far
 };
 
 class record_stream {
@@ -184,8 +201,13 @@ records_source::records_source(std::string input, record_options options)
     : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {}
 
 std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const {
-  out.clear();
-  record rec;
+  // Records are parsed into out's existing elements (left from an earlier batch when the buffer
+  // comes back), reusing their strings; the surplus is dropped at the end.
+  std::size_t n = 0;
+  auto slot = [&]() -> record& {
+    if (n == out.size()) out.emplace_back();
+    return out[n];
+  };
   for (std::uint64_t b = first; b < last; ++b) {
     const auto block = input_->at(b);
     if (block.begin >= block.end) continue;
@@ -194,9 +216,10 @@ std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procfl
     if (block.begin > 0 && !detail::seek_line_start(r, block.end)) continue;
     const bool after_blank = block.begin == 0 || detail::previous_line_blank(*block.file, r.offset());
     detail::RecordCursor cursor(r, options_, block.end, block.begin == 0 ? 1 : 0, after_blank);
-    while (cursor.next(rec)) out.push_back(std::move(rec));
+    while (cursor.next(slot())) ++n;
   }
-  return out.size();
+  out.resize(n);
+  return n;
 }
 
 std::optional<record> records_source::next() {
