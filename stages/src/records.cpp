@@ -89,12 +89,9 @@ class RecordCursor {
       break;
     }
     // The record: up to a blank line or the end of input (past the limit if need be).
-    // Fields are assigned into out's existing strings (a reused record keeps their capacity: no
-    // allocation per field in steady state); `n` counts the fields of this record.
-    std::size_t n = 0;
-    out.line = 0;
-    // A fresh record gets room for as many fields as the last one (no regrowth per field).
-    if (out.fields.capacity() < last_fields_) out.fields.reserve(last_fields_);
+    // A reused record keeps its capacity; a fresh one gets room for the last record's size.
+    out.clear();
+    out.reserve(last_fields_, last_bytes_);
     const std::uint64_t record_start = r_.offset();
     for (;;) {
       std::string_view line;
@@ -112,30 +109,22 @@ class RecordCursor {
         continue;
       }
       if (line[0] == ' ' || line[0] == '\t') {
-        if (n == 0) fail(r_.offset(), "continuation line before any field");
-        auto& value = out.fields[n - 1].second;
-        value += '\n';
-        value.append(trim(line));
+        if (out.empty()) fail(r_.offset(), "continuation line before any field");
+        out.continue_value(trim(line));
       } else {
         const void* c = std::memchr(line.data(), ':', line.size());
         if (c == nullptr || c == line.data()) fail(r_.offset(), "expected 'Key: value'");
         const std::size_t colon = static_cast<std::size_t>(static_cast<const char*>(c) - line.data());
-        if (n == 0) out.line = current_line();
-        const std::string_view key = trim(line.substr(0, colon));
-        const std::string_view value = trim(line.substr(colon + 1));
-        if (n < out.fields.size()) {
-          out.fields[n].first.assign(key);
-          out.fields[n].second.assign(value);
-        } else {
-          out.fields.emplace_back(std::string(key), std::string(value));
-        }
-        ++n;
+        if (out.empty()) out.line = current_line();
+        out.add(trim(line.substr(0, colon)), trim(line.substr(colon + 1)));
       }
       consume(line.size(), nl);
     }
-    out.fields.resize(n);
-    if (n > last_fields_) last_fields_ = n;
-    return n != 0 || next(out);
+    if (!out.empty()) {
+      last_fields_ = out.size();
+      last_bytes_ = static_cast<std::size_t>(r_.offset() - record_start);  // >= its text
+    }
+    return !out.empty() || next(out);
   }
 
  private:
@@ -165,7 +154,8 @@ class RecordCursor {
   std::uint64_t limit_;
   std::uint64_t line_;
   bool after_blank_;
-  std::size_t last_fields_ = 0;  // most fields seen in one record so far
+  std::size_t last_fields_ = 0;  // fields of the last record
+  std::size_t last_bytes_ = 0;   // bytes of the last record in the file (its text is no longer)
 };
 
 class record_stream {
