@@ -66,7 +66,7 @@ bool previous_line_blank(const input_file& f, std::uint64_t at) {
 class RecordCursor {
  public:
   RecordCursor(Reader& r, const record_options& o, std::uint64_t limit, std::uint64_t line, bool after_blank)
-      : r_(r), o_(o), limit_(limit), line_(line), after_blank_(after_blank) {}
+      : r_(r), o_(o), limit_(limit), start_(r.offset()), base_line_(line), after_blank_(after_blank) {}
 
   bool next(record& out) {
     // Find the next record start (a non-blank line after a blank one) before the limit.
@@ -115,7 +115,13 @@ class RecordCursor {
         const void* c = std::memchr(line.data(), ':', line.size());
         if (c == nullptr || c == line.data()) fail(r_.offset(), "expected 'Key: value'");
         const std::size_t colon = static_cast<std::size_t>(static_cast<const char*>(c) - line.data());
-        if (out.empty()) out.line = current_line();
+        if (out.empty()) {
+          if (base_line_ != 0) {
+            out.set_line(base_line_ + rel_);
+          } else {
+            out.set_line_after(r_.file().id, start_, rel_);
+          }
+        }
         out.add(trim(line.substr(0, colon)), trim(line.substr(colon + 1)));
       }
       consume(line.size(), nl);
@@ -138,12 +144,12 @@ class RecordCursor {
   }
   void consume(std::size_t len, bool nl) {
     r_.advance(len + (nl ? 1 : 0));
-    if (line_ != 0 && nl) ++line_;
+    if (nl) ++rel_;
   }
-  // Line of the reader's position; in a split block counted from the file start once.
+  // Line of the reader's position; in a split block counted from the file start (only for errors).
   std::uint64_t current_line() {
-    if (line_ == 0) line_ = line_at(r_.file().id, r_.offset());
-    return line_;
+    if (base_line_ == 0) base_line_ = line_at(r_.file().id, start_);
+    return base_line_ + rel_;
   }
   [[noreturn]] void fail(std::uint64_t, const std::string& what) {
     throw procflow::error(r_.file().path + ":" + std::to_string(current_line()) + ": " + what);
@@ -152,7 +158,9 @@ class RecordCursor {
   Reader& r_;
   const record_options& o_;
   std::uint64_t limit_;
-  std::uint64_t line_;
+  std::uint64_t start_;      // file offset where this cursor started (a line start)
+  std::uint64_t base_line_;  // line of start_, or 0 until needed (split blocks)
+  std::uint64_t rel_ = 0;    // newlines consumed since start_
   bool after_blank_;
   std::size_t last_fields_ = 0;  // fields of the last record
   std::size_t last_bytes_ = 0;   // bytes of the last record in the file (its text is no longer)

@@ -14,8 +14,8 @@
 //
 // Plain files (without `comment` set) are SPLITTABLE like lines(): a record belongs to the block where its first line
 // starts (a record starts after a blank line), and the reader finishes it past the block's end.
-// stdin and .gz files are read in a source process. record::line is the file's line of the
-// record's first field (split files: counted once per block, from the file's start).
+// stdin and .gz files are read in a source process. record::line() is the file's line of the
+// record's first field (split files: computed on first use, counting the file's newlines up to the block).
 #pragma once
 
 #include <procflow/codec.hpp>
@@ -45,11 +45,9 @@ struct record_options {
 // and value (one allocation per record, not two per field).
 class record {
  public:
-  std::uint64_t line = 0;  // line of the record's first field
-
   record() = default;
   record(std::initializer_list<std::pair<std::string_view, std::string_view>> fields, std::uint64_t first_line = 0)
-      : line(first_line) {
+      : line_(first_line) {
     for (const auto& [k, v] : fields) add(k, v);
   }
 
@@ -81,13 +79,37 @@ class record {
   void clear() noexcept {
     text_.clear();
     ends_.clear();
-    line = 0;
+    line_ = 0;
+    lazy_ = false;
+  }
+
+  // Line of the record's first field (0 if unknown). In a split file it is computed on first use
+  // (counting the file's newlines up to the block once per process), not for every record read.
+  std::uint64_t line() const {
+    if (lazy_) {
+      line_ = detail::line_at(file_, from_) + rel_;
+      lazy_ = false;
+    }
+    return line_;
+  }
+  void set_line(std::uint64_t line) noexcept {
+    line_ = line;
+    lazy_ = false;
+  }
+  // The line is `newlines` after the line starting at byte `from` of input file `file`.
+  void set_line_after(std::uint32_t file, std::uint64_t from, std::uint64_t newlines) noexcept {
+    file_ = file;
+    from_ = from;
+    rel_ = newlines;
+    lazy_ = true;
   }
   void reserve(std::size_t fields, std::size_t bytes) {
     ends_.reserve(2 * fields);
     text_.reserve(bytes);
   }
-  friend bool operator==(const record&, const record&) = default;
+  friend bool operator==(const record& a, const record& b) {
+    return a.text_ == b.text_ && a.ends_ == b.ends_ && a.line() == b.line();
+  }
 
  private:
   friend struct procflow::codec<record>;
@@ -96,6 +118,11 @@ class record {
   }
   std::string text_;
   std::vector<std::uint64_t> ends_;  // per field: end of key, end of value (offsets into text_)
+  mutable std::uint64_t line_ = 0;
+  mutable bool lazy_ = false;  // line_ not computed yet: it is line_at(file_, from_) + rel_
+  std::uint32_t file_ = 0;
+  std::uint64_t from_ = 0;
+  std::uint64_t rel_ = 0;
 };
 
 namespace detail {
@@ -133,18 +160,26 @@ inline records_source records(std::string input, record_options options = {}) {
 template <>
 struct procflow::codec<procflow::stages::record> {
   static std::size_t encoded_size(const procflow::stages::record& r) noexcept {
-    return codec<std::string>::encoded_size(r.text_) + codec<std::vector<std::uint64_t>>::encoded_size(r.ends_) + 8;
+    return codec<std::string>::encoded_size(r.text_) + codec<std::vector<std::uint64_t>>::encoded_size(r.ends_) + 1 + 4 + 3 * 8;
   }
   static std::byte* encode(const procflow::stages::record& r, std::byte* out) noexcept {
     out = codec<std::string>::encode(r.text_, out);
     out = codec<std::vector<std::uint64_t>>::encode(r.ends_, out);
-    return codec<std::uint64_t>::encode(r.line, out);
+    out = codec<bool>::encode(r.lazy_, out);
+    out = codec<std::uint32_t>::encode(r.file_, out);
+    out = codec<std::uint64_t>::encode(r.from_, out);
+    out = codec<std::uint64_t>::encode(r.rel_, out);
+    return codec<std::uint64_t>::encode(r.line_, out);
   }
   static procflow::stages::record decode(decoder& in) {
     procflow::stages::record r;
     r.text_ = codec<std::string>::decode(in);
     r.ends_ = codec<std::vector<std::uint64_t>>::decode(in);
-    r.line = codec<std::uint64_t>::decode(in);
+    r.lazy_ = codec<bool>::decode(in);
+    r.file_ = codec<std::uint32_t>::decode(in);
+    r.from_ = codec<std::uint64_t>::decode(in);
+    r.rel_ = codec<std::uint64_t>::decode(in);
+    r.line_ = codec<std::uint64_t>::decode(in);
     if (r.ends_.size() % 2 != 0 || (!r.ends_.empty() && r.ends_.back() != r.text_.size()) ||
         !std::is_sorted(r.ends_.begin(), r.ends_.end()))
       throw procflow::error("corrupt record in a batch");
