@@ -38,7 +38,7 @@ std::uint64_t installed_size(const pf::stages::record& r) {
   std::uint64_t v = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
   if (ec != std::errc{} || end != text.data() + text.size())
-    throw pf::error(fmt::format("record at line {} (Package '{}'): Installed-Size '{}' is not a whole number", r.line,
+    throw pf::error(fmt::format("record at line {} (Package '{}'): Installed-Size '{}' is not a whole number", r.line(),
                                 r.get("Package"), text));
   return v;
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <memory>
 
 namespace procflow::stages {
@@ -65,7 +66,7 @@ bool previous_line_blank(const input_file& f, std::uint64_t at) {
 class RecordCursor {
  public:
   RecordCursor(Reader& r, const record_options& o, std::uint64_t limit, std::uint64_t line, bool after_blank)
-      : r_(r), o_(o), limit_(limit), line_(line), after_blank_(after_blank) {}
+      : r_(r), o_(o), limit_(limit), start_(r.offset()), base_line_(line), after_blank_(after_blank) {}
 
   bool next(record& out) {
     // Find the next record start (a non-blank line after a blank one) before the limit.
@@ -88,8 +89,9 @@ class RecordCursor {
       break;
     }
     // The record: up to a blank line or the end of input (past the limit if need be).
-    out.fields.clear();
-    out.line = 0;
+    // A reused record keeps its capacity; a fresh one gets room for the last record's size.
+    out.clear();
+    out.reserve(last_fields_, last_bytes_);
     const std::uint64_t record_start = r_.offset();
     for (;;) {
       std::string_view line;
@@ -107,19 +109,28 @@ class RecordCursor {
         continue;
       }
       if (line[0] == ' ' || line[0] == '\t') {
-        if (out.fields.empty()) fail(r_.offset(), "continuation line before any field");
-        auto& value = out.fields.back().second;
-        value += '\n';
-        value.append(trim(line));
+        if (out.empty()) fail(r_.offset(), "continuation line before any field");
+        out.continue_value(trim(line));
       } else {
-        const std::size_t colon = line.find(':');
-        if (colon == std::string_view::npos || colon == 0) fail(r_.offset(), "expected 'Key: value'");
-        if (out.fields.empty()) out.line = current_line();
-        out.fields.emplace_back(std::string(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+        const void* c = std::memchr(line.data(), ':', line.size());
+        if (c == nullptr || c == line.data()) fail(r_.offset(), "expected 'Key: value'");
+        const std::size_t colon = static_cast<std::size_t>(static_cast<const char*>(c) - line.data());
+        if (out.empty()) {
+          if (base_line_ != 0) {
+            out.set_line(base_line_ + rel_);
+          } else {
+            out.set_line_after(r_.file().id, start_, rel_);
+          }
+        }
+        out.add(trim(line.substr(0, colon)), trim(line.substr(colon + 1)));
       }
       consume(line.size(), nl);
     }
-    return !out.fields.empty() || next(out);
+    if (!out.empty()) {
+      last_fields_ = out.size();
+      last_bytes_ = static_cast<std::size_t>(r_.offset() - record_start);  // >= its text
+    }
+    return !out.empty() || next(out);
   }
 
  private:
@@ -133,12 +144,12 @@ class RecordCursor {
   }
   void consume(std::size_t len, bool nl) {
     r_.advance(len + (nl ? 1 : 0));
-    if (line_ != 0 && nl) ++line_;
+    if (nl) ++rel_;
   }
-  // Line of the reader's position; in a split block counted from the file start once.
+  // Line of the reader's position; in a split block counted from the file start (only for errors).
   std::uint64_t current_line() {
-    if (line_ == 0) line_ = line_at(r_.file().id, r_.offset());
-    return line_;
+    if (base_line_ == 0) base_line_ = line_at(r_.file().id, start_);
+    return base_line_ + rel_;
   }
   [[noreturn]] void fail(std::uint64_t, const std::string& what) {
     throw procflow::error(r_.file().path + ":" + std::to_string(current_line()) + ": " + what);
@@ -147,8 +158,12 @@ class RecordCursor {
   Reader& r_;
   const record_options& o_;
   std::uint64_t limit_;
-  std::uint64_t line_;
+  std::uint64_t start_;      // file offset where this cursor started (a line start)
+  std::uint64_t base_line_;  // line of start_, or 0 until needed (split blocks)
+  std::uint64_t rel_ = 0;    // newlines consumed since start_
   bool after_blank_;
+  std::size_t last_fields_ = 0;  // fields of the last record
+  std::size_t last_bytes_ = 0;   // bytes of the last record in the file (its text is no longer)
 };
 
 class record_stream {
@@ -184,8 +199,13 @@ records_source::records_source(std::string input, record_options options)
     : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {}
 
 std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const {
-  out.clear();
-  record rec;
+  // Records are parsed into out's existing elements (left from an earlier batch when the buffer
+  // comes back), reusing their strings; the surplus is dropped at the end.
+  std::size_t n = 0;
+  auto slot = [&]() -> record& {
+    if (n == out.size()) out.emplace_back();
+    return out[n];
+  };
   for (std::uint64_t b = first; b < last; ++b) {
     const auto block = input_->at(b);
     if (block.begin >= block.end) continue;
@@ -194,9 +214,10 @@ std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procfl
     if (block.begin > 0 && !detail::seek_line_start(r, block.end)) continue;
     const bool after_blank = block.begin == 0 || detail::previous_line_blank(*block.file, r.offset());
     detail::RecordCursor cursor(r, options_, block.end, block.begin == 0 ? 1 : 0, after_blank);
-    while (cursor.next(rec)) out.push_back(std::move(rec));
+    while (cursor.next(slot())) ++n;
   }
-  return out.size();
+  out.resize(n);
+  return n;
 }
 
 std::optional<record> records_source::next() {

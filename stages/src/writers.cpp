@@ -206,6 +206,21 @@ void jsonl_writer::operator()(const std::vector<std::pair<std::string, std::stri
   state_->file->write(line);
 }
 
+void jsonl_writer::operator()(const record& r) {
+  if (!state_->file) state_->file = std::make_unique<detail::file_writer>(state_->path);
+  std::string& line = state_->line;
+  line.clear();
+  line += '{';
+  for (std::size_t i = 0; i < r.size(); ++i) {
+    if (i) line += ',';
+    detail::append_json_string(line, r.key(i));
+    line += ':';
+    detail::append_json_string(line, r.value(i));
+  }
+  line += "}\n";
+  state_->file->write(line);
+}
+
 void jsonl_writer::finish() {
   if (!state_->file) state_->file = std::make_unique<detail::file_writer>(state_->path);
   try {

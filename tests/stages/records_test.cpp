@@ -67,8 +67,8 @@ TEST_CASE("records: fields, continuation lines, blank lines with spaces, line nu
   }
   CHECK(want[1].get("Installed-Size") == "2048");
   CHECK(want[1].get("Section", "unknown") == "unknown");
-  CHECK(want[1].find("Package") != nullptr);
-  CHECK(want[1].find("package") == nullptr);  // exact keys
+  CHECK(want[1].find("Package").has_value());
+  CHECK(!want[1].find("package").has_value());  // exact keys
 }
 
 TEST_CASE("a line that is not Key: value names file and line") {

@@ -57,7 +57,7 @@ TEST_CASE("jsonl_writer escapes quotes, backslashes and control characters; UTF-
   pf::stages::jsonl_writer w(path);
   w(std::vector<std::pair<std::string, std::string>>{{"k\"1", "a\\b"}, {"ctl", std::string("\n\t\x01\x1f", 4)}, {"utf8", "d\xc3\xa9j\xc3\xa0 \xe2\x82\xac"}});
   pf::stages::record r;
-  r.fields = {{"Package", "bash"}};
+  r.add("Package", "bash");
   w(r);
   w.finish();
   CHECK(pt::read_text(path) ==

@@ -14,15 +14,18 @@
 //
 // Plain files (without `comment` set) are SPLITTABLE like lines(): a record belongs to the block where its first line
 // starts (a record starts after a blank line), and the reader finishes it past the block's end.
-// stdin and .gz files are read in a source process. record::line is the file's line of the
-// record's first field (split files: counted once per block, from the file's start).
+// stdin and .gz files are read in a source process. record::line() is the file's line of the
+// record's first field (split files: computed on first use, counting the file's newlines up to the block).
 #pragma once
 
 #include <procflow/codec.hpp>
+#include <procflow/error.hpp>
 #include <procflow/sources.hpp>
 #include <procflow/stages/input.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,21 +41,88 @@ struct record_options {
   std::uint64_t block_bytes = default_block_bytes;
 };
 
-struct record {
-  std::vector<std::pair<std::string, std::string>> fields;  // in file order
-  std::uint64_t line = 0;                                    // line of the record's first field
+// One record: its fields' keys and values back to back in one string, with the end of every key
+// and value (one allocation per record, not two per field).
+class record {
+ public:
+  record() = default;
+  record(std::initializer_list<std::pair<std::string_view, std::string_view>> fields, std::uint64_t first_line = 0)
+      : line_(first_line) {
+    for (const auto& [k, v] : fields) add(k, v);
+  }
 
-  // The value of the first field named exactly `key`, or nullptr.
-  const std::string* find(std::string_view key) const noexcept {
-    for (const auto& [k, v] : fields)
-      if (k == key) return &v;
-    return nullptr;
+  std::size_t size() const noexcept { return ends_.size() / 2; }  // fields, in file order
+  bool empty() const noexcept { return ends_.empty(); }
+  std::string_view key(std::size_t i) const noexcept { return slice(i == 0 ? 0 : ends_[2 * i - 1], ends_[2 * i]); }
+  std::string_view value(std::size_t i) const noexcept { return slice(ends_[2 * i], ends_[2 * i + 1]); }
+
+  // The value of the first field named exactly `key`, or nullopt.
+  std::optional<std::string_view> find(std::string_view k) const noexcept {
+    for (std::size_t i = 0; i < size(); ++i)
+      if (key(i) == k) return value(i);
+    return std::nullopt;
   }
-  std::string_view get(std::string_view key, std::string_view fallback = {}) const noexcept {
-    const std::string* v = find(key);
-    return v ? std::string_view(*v) : fallback;
+  std::string_view get(std::string_view k, std::string_view fallback = {}) const noexcept { return find(k).value_or(fallback); }
+
+  void add(std::string_view k, std::string_view v) {
+    text_.append(k);
+    ends_.push_back(text_.size());
+    text_.append(v);
+    ends_.push_back(text_.size());
   }
-  friend bool operator==(const record&, const record&) = default;
+  // Appends '\n' and `more` to the last field's value (a continuation line); needs a field.
+  void continue_value(std::string_view more) {
+    text_ += '\n';
+    text_.append(more);
+    ends_.back() = text_.size();
+  }
+  void clear() noexcept {
+    text_.clear();
+    ends_.clear();
+    line_ = 0;
+    lazy_ = false;
+  }
+
+  // Line of the record's first field (0 if unknown). In a split file it is computed on first use
+  // (counting the file's newlines up to the block once per process), not for every record read.
+  std::uint64_t line() const {
+    if (lazy_) {
+      line_ = detail::line_at(file_, from_) + rel_;
+      lazy_ = false;
+    }
+    return line_;
+  }
+  void set_line(std::uint64_t line) noexcept {
+    line_ = line;
+    lazy_ = false;
+  }
+  // The line is `newlines` after the line starting at byte `from` of input file `file`.
+  void set_line_after(std::uint32_t file, std::uint64_t from, std::uint64_t newlines) noexcept {
+    file_ = file;
+    from_ = from;
+    rel_ = newlines;
+    lazy_ = true;
+  }
+  void reserve(std::size_t fields, std::size_t bytes) {
+    ends_.reserve(2 * fields);
+    text_.reserve(bytes);
+  }
+  friend bool operator==(const record& a, const record& b) {
+    return a.text_ == b.text_ && a.ends_ == b.ends_ && a.line() == b.line();
+  }
+
+ private:
+  friend struct procflow::codec<record>;
+  std::string_view slice(std::uint64_t from, std::uint64_t to) const noexcept {
+    return std::string_view(text_).substr(static_cast<std::size_t>(from), static_cast<std::size_t>(to - from));
+  }
+  std::string text_;
+  std::vector<std::uint64_t> ends_;  // per field: end of key, end of value (offsets into text_)
+  mutable std::uint64_t line_ = 0;
+  mutable bool lazy_ = false;  // line_ not computed yet: it is line_at(file_, from_) + rel_
+  std::uint32_t file_ = 0;
+  std::uint64_t from_ = 0;
+  std::uint64_t rel_ = 0;
 };
 
 namespace detail {
@@ -89,15 +159,30 @@ inline records_source records(std::string input, record_options options = {}) {
 
 template <>
 struct procflow::codec<procflow::stages::record> {
-  using fields_codec = codec<std::vector<std::pair<std::string, std::string>>>;
-  static std::size_t encoded_size(const procflow::stages::record& r) noexcept { return fields_codec::encoded_size(r.fields) + 8; }
+  static std::size_t encoded_size(const procflow::stages::record& r) noexcept {
+    return codec<std::string>::encoded_size(r.text_) + codec<std::vector<std::uint64_t>>::encoded_size(r.ends_) + 1 + 4 + 3 * 8;
+  }
   static std::byte* encode(const procflow::stages::record& r, std::byte* out) noexcept {
-    return codec<std::uint64_t>::encode(r.line, fields_codec::encode(r.fields, out));
+    out = codec<std::string>::encode(r.text_, out);
+    out = codec<std::vector<std::uint64_t>>::encode(r.ends_, out);
+    out = codec<bool>::encode(r.lazy_, out);
+    out = codec<std::uint32_t>::encode(r.file_, out);
+    out = codec<std::uint64_t>::encode(r.from_, out);
+    out = codec<std::uint64_t>::encode(r.rel_, out);
+    return codec<std::uint64_t>::encode(r.line_, out);
   }
   static procflow::stages::record decode(decoder& in) {
     procflow::stages::record r;
-    r.fields = fields_codec::decode(in);
-    r.line = codec<std::uint64_t>::decode(in);
+    r.text_ = codec<std::string>::decode(in);
+    r.ends_ = codec<std::vector<std::uint64_t>>::decode(in);
+    r.lazy_ = codec<bool>::decode(in);
+    r.file_ = codec<std::uint32_t>::decode(in);
+    r.from_ = codec<std::uint64_t>::decode(in);
+    r.rel_ = codec<std::uint64_t>::decode(in);
+    r.line_ = codec<std::uint64_t>::decode(in);
+    if (r.ends_.size() % 2 != 0 || (!r.ends_.empty() && r.ends_.back() != r.text_.size()) ||
+        !std::is_sorted(r.ends_.begin(), r.ends_.end()))
+      throw procflow::error("corrupt record in a batch");
     return r;
   }
 };

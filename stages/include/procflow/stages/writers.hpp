@@ -136,7 +136,7 @@ class jsonl_writer {
   explicit jsonl_writer(std::string path);
 
   void operator()(const std::vector<std::pair<std::string, std::string>>& fields);
-  void operator()(const record& r) { (*this)(r.fields); }
+  void operator()(const record& r);
   void finish();
   void abort() noexcept;
 
