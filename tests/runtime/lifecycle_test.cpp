@@ -202,10 +202,11 @@ TEST_CASE("back-to-back small runs leak no process, descriptor, mapping or share
 
     CHECK(pt::count_children() == 0);
     CHECK(fds_after == fds_before);
-    // Equal or fewer: a leak of one mapping per run would show as +runs. A small slack absorbs an
-    // allocator growing into a new region once.
+    // A leak of one mapping per run would show as +runs. The slack absorbs an allocator growing
+    // into new regions (ASan's allocator maps ~7 more over 1000 runs; glibc's 0-2).
     INFO("mappings before ", maps_before, ", after ", maps_after);
-    CHECK(maps_after <= maps_before + 2);
+    const std::size_t slack = std::min<std::size_t>(16, static_cast<std::size_t>(runs) / 4);
+    CHECK(maps_after <= maps_before + std::max<std::size_t>(slack, 2));
     CHECK(pt::dev_shm_entries() == shm_before);
   });
 }
