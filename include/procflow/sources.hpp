@@ -13,7 +13,6 @@
 #include <procflow/detail/stage.hpp>
 
 #include <algorithm>
-#include <chrono>
 #include <concepts>
 #include <cstdint>
 #include <memory>
@@ -170,11 +169,13 @@ class source_stage final : public stage_base, public source_base {
     }
   }
 
-  std::size_t pull(void* vector, std::size_t max, std::chrono::steady_clock::time_point deadline) const override {
+  std::size_t pull(void* vector, std::size_t max, std::int64_t deadline_ns) const override {
     auto& out = *static_cast<batch_buffer<item_type>*>(vector);
     out.clear();
     if constexpr (is_custom || !splittable_v) {
-      // A custom source's next() or a generator's callable: both spelled src_.next().
+      // A custom source's next() or a generator's callable: both spelled src_.next(). The clock
+      // is the coarse one (an atomic load): read after every item, since a generator may turn
+      // slow at any moment (a tailed log going quiet).
       while (!pulled_all_ && out.size() < max) {
         auto item = src_.next();
         if (!item) {
@@ -182,7 +183,7 @@ class source_stage final : public stage_base, public source_base {
           break;
         }
         out.push_back(std::move(*item));
-        if (std::chrono::steady_clock::now() >= deadline) break;
+        if (coarse_clock_ns() >= deadline_ns) break;
       }
       return out.size();
     } else {

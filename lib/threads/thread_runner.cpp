@@ -29,6 +29,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -47,6 +49,50 @@ using runtime::GroupInput;
 using runtime::GroupOutput;
 using runtime::Plan;
 using Clock = std::chrono::steady_clock;
+
+std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+// What coarse_clock_ns() reads: steady_clock in ns, stored by the Ticker of every run in threads
+// pulling a generator. Relaxed: a time stamp, nothing else is published through it (two runs'
+// tickers may store out of order by a tick, which only moves a batch boundary).
+std::atomic<std::int64_t> ticker_now_ns{0};
+
+namespace {
+
+// Keeps ticker_now_ns current while a generator is pulled, so that checking the latency bound
+// after every item costs a load, not a clock read.
+class Ticker {
+ public:
+  explicit Ticker(std::chrono::nanoseconds period) : period_(period) {
+    ticker_now_ns.store(steady_ns(), std::memory_order_relaxed);
+    thread_ = std::thread([this] { tick(); });
+  }
+  ~Ticker() {
+    {
+      const std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  Ticker(const Ticker&) = delete;
+  Ticker& operator=(const Ticker&) = delete;
+
+ private:
+  void tick() {
+    std::unique_lock lock(mutex_);
+    while (!wake_.wait_for(lock, period_, [this] { return stop_; })) ticker_now_ns.store(steady_ns(), std::memory_order_relaxed);
+  }
+  std::chrono::nanoseconds period_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 std::uint64_t ns_since(Clock::time_point t0) noexcept {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
@@ -159,6 +205,9 @@ class ThreadRun {
     const auto t0 = Clock::now();
     // Tokens in flight: enough to keep every thread busy with some slack for in-order stages.
     const std::size_t tokens = 2 * concurrency_ + 2;
+    std::optional<Ticker> ticker;
+    if (plan_.groups[0].input == GroupInput::generator && pull_latency_ < std::chrono::hours(24))
+      ticker.emplace(std::clamp<std::chrono::nanoseconds>(pull_latency_ / 4, std::chrono::microseconds(50), std::chrono::milliseconds(1)));
     tbb::task_arena arena(static_cast<int>(concurrency_));
     arena.execute([&] { tbb::parallel_pipeline(tokens, make_filters()); });
     finish_terminals();
@@ -214,7 +263,7 @@ class ThreadRun {
       const auto t0 = Clock::now();
       std::size_t n = 0;
       try {
-        n = source_->pull(t->buffers[1].get(), pull_items_, t0 + pull_latency_);
+        n = source_->pull(t->buffers[1].get(), pull_items_, coarse_clock_ns() + pull_latency_.count());
       } catch (...) {
         fail(0, 0, false, 0);
       }
@@ -452,8 +501,9 @@ class ThreadRun {
           s.replicas = 1;
         }
       } else {
-        s.items_in = caller_items_;
+        s.items_in = s.items_out = caller_items_;  // collect, a sink in the caller (as in process mode)
       }
+      if (i == 0 && s.items_in == 0) s.items_in = s.items_out;  // as in process mode's report
       s.peak_replicas = s.replicas;
       r.stages.push_back(std::move(s));
     }
@@ -478,6 +528,8 @@ class ThreadRun {
 };
 
 }  // namespace
+
+std::int64_t coarse_clock_ns() noexcept { return ticker_now_ns.load(std::memory_order_relaxed); }
 
 run_report run_in_threads(const pipeline_def& def, result_collector* collector) {
   return ThreadRun(def, collector).run();

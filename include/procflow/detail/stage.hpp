@@ -13,7 +13,6 @@
 #include <procflow/options.hpp>
 
 #include <algorithm>
-#include <chrono>
 #include <stdexcept>
 #include <cstddef>
 #include <cstdint>
@@ -98,6 +97,10 @@ class stage_instance {
   std::size_t position_ = 0;
 };
 
+// A monotonic clock in ns that is cheap to read per item (an atomic load: a thread-mode run pulling
+// a generator keeps it current to a quarter of the latency bound). Defined in lib/threads.
+std::int64_t coarse_clock_ns() noexcept;
+
 // A source: produces every item into `out` (its own process), or, when splittable, the items
 // [first, last) of its range (fused into the next stage's replicas, which claim chunks).
 class source_base {
@@ -120,11 +123,12 @@ class source_base {
   // True when unit i is item i of the stream (item positions in errors are then source positions).
   virtual bool units_are_items() const noexcept { return true; }
   // Thread mode, sources that are not splittable (a generator): replaces `vector`'s content by
-  // the next items, at most `max`, returning early once `deadline` has passed with at least one
-  // item (a slow stream still flows). Returns the item count: 0 once the stream has ended.
+  // the next items, at most `max`, returning early once coarse_clock_ns() has reached
+  // `deadline_ns` with at least one item (a slow stream still flows). Returns the item count: 0
+  // once the stream has ended.
   // A copy with its own generator state (null when the source cannot be copied).
   virtual std::shared_ptr<const source_base> fresh_copy() const { return nullptr; }
-  virtual std::size_t pull(void* /*vector*/, std::size_t /*max*/, std::chrono::steady_clock::time_point /*deadline*/) const {
+  virtual std::size_t pull(void* /*vector*/, std::size_t /*max*/, std::int64_t /*deadline_ns*/) const {
     return 0;
   }
 };
