@@ -19,6 +19,7 @@
 #include <procflow/codec.hpp>
 #include <procflow/detail/stages.hpp>
 #include <procflow/error.hpp>
+#include <procflow/execution.hpp>
 #include <procflow/hash.hpp>
 #include <procflow/options.hpp>
 #include <procflow/report.hpp>
@@ -56,6 +57,8 @@ struct pipeline_def {
 // Runs a complete pipeline in processes (lib/runtime/supervisor.cpp). `collector` receives what
 // the terminal sends back (null for sink). Throws stage_error if a stage fails.
 run_report run_in_processes(const pipeline_def& def, result_collector* collector);
+// The same in threads of the calling process, on oneTBB (lib/threads/thread_runner.cpp).
+run_report run_in_threads(const pipeline_def& def, result_collector* collector);
 
 }  // namespace detail
 
@@ -72,24 +75,30 @@ class runnable {
   // terminal stage with in_supervisor() true, replica() == stage_error::no_replica, the result
   // batch when known, and the original exception's type and message; the original is nested
   // (std::rethrow_if_nested(e) rethrows it).
-  result<R> run() const {
-    const bool is_ordered = def_.options.defaults.ordered ||
-                         std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
-    if constexpr (std::is_void_v<R>) {
-      // A sink running in this process (see stage_base::runs_in_supervisor) has a collector.
-      auto collector = def_.stages.back()->make_collector(is_ordered);
-      return {detail::run_in_processes(def_, collector.get())};
-    } else {
-      auto collector = def_.stages.back()->make_collector(is_ordered);
-      auto* typed = static_cast<detail::typed_collector<R>*>(collector.get());
-      run_report report = detail::run_in_processes(def_, typed);
-      return {typed->take(), std::move(report)};
-    }
-  }
+  result<R> run() const { return run_with(&detail::run_in_processes); }
+
+  // The same pipeline in threads of this process (see execution.hpp): same result, same
+  // stage_error for a throwing stage (with the original exception nested), same report counters.
+  result<R> run(in_threads_t) const { return run_with(&detail::run_in_threads); }
 
   const detail::pipeline_def& definition() const noexcept { return def_; }
 
  private:
+  using runner = run_report (*)(const detail::pipeline_def&, detail::result_collector*);
+  result<R> run_with(runner run_pipeline) const {
+    const bool is_ordered = def_.options.defaults.ordered ||
+                         std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
+    auto collector = def_.stages.back()->make_collector(is_ordered);
+    if constexpr (std::is_void_v<R>) {
+      // A sink running in this process (see stage_base::runs_in_supervisor) has a collector.
+      return {run_pipeline(def_, collector.get())};
+    } else {
+      auto* typed = static_cast<detail::typed_collector<R>*>(collector.get());
+      run_report report = run_pipeline(def_, typed);
+      return {typed->take(), std::move(report)};
+    }
+  }
+
   detail::pipeline_def def_;
 };
 

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -158,6 +159,43 @@ class source_stage final : public stage_base, public source_base {
     }
   }
 
+  // Thread mode pulls from a copy, so that the declaration's generator stays as declared (a
+  // second run starts from the beginning, as in process mode where the source is a forked copy).
+  std::shared_ptr<const source_base> fresh_copy() const override {
+    if constexpr (std::is_copy_constructible_v<Src>) {
+      return std::make_shared<source_stage>(*this);
+    } else {
+      return nullptr;
+    }
+  }
+
+  std::size_t pull(void* vector, std::size_t max, std::int64_t deadline_ns) const override {
+    auto& out = *static_cast<batch_buffer<item_type>*>(vector);
+    out.clear();
+    if constexpr (is_custom || !splittable_v) {
+      // A custom source's next() or a generator's callable: both spelled src_.next(). The clock
+      // is the coarse one (an atomic load): read after every item, since a generator may turn
+      // slow at any moment (a tailed log going quiet).
+      while (!pulled_all_ && out.size() < max) {
+        auto item = src_.next();
+        if (!item) {
+          pulled_all_ = true;  // never call a finished generator again
+          break;
+        }
+        out.push_back(std::move(*item));
+        if (coarse_clock_ns() >= deadline_ns) break;
+      }
+      return out.size();
+    } else {
+      // Splittable but read in order by one puller (fusion(false)): the next `max` items.
+      const std::uint64_t n = size();
+      const std::uint64_t len = std::min<std::uint64_t>(max, n - pulled_);
+      if (len > 0) fill(pulled_, pulled_ + len, vector);
+      pulled_ += len;
+      return static_cast<std::size_t>(len);
+    }
+  }
+
   bool splittable() const noexcept override {
     if constexpr (is_custom) {
       return src_.splittable();
@@ -215,7 +253,10 @@ class source_stage final : public stage_base, public source_base {
   static constexpr bool is_custom = custom_source<Src>;
   static constexpr bool is_iota = !is_custom && requires(const Src& s) { s.first; s.last; };
   static constexpr bool splittable_v = is_iota || (!is_custom && requires(const Src& s) { s.items; });
-  mutable Src src_;  // mutable: a generator advances (only ever in the source's own process)
+  mutable Src src_;  // mutable: a generator advances (only ever in the source's own process,
+                    // or, in thread mode, in the one serial filter that pulls it)
+  mutable bool pulled_all_ = false;  // thread mode: the generator returned nullopt
+  mutable std::uint64_t pulled_ = 0;  // thread mode: items pulled from a splittable source
 };
 
 }  // namespace detail

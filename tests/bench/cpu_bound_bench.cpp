@@ -55,6 +55,16 @@ int main(int argc, char** argv) {
                        .run();
     return bench::peers::CpuResult{r.value, bench::seconds_since(t0)};
   }, fmt::format("{} replicas, iota claimed in chunks", cores));
+  measure("procflow_threads", [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = pf::pipeline("cpu_bound")
+                       .source("numbers", pf::iota<std::uint64_t>(0, n))
+                       .map("burn", [iters](std::uint64_t x) { return bench::peers::burn(x, iters); },
+                            pf::replicas(static_cast<std::uint32_t>(cores)))
+                       .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{})
+                       .run(pf::in_threads);
+    return bench::peers::CpuResult{r.value, bench::seconds_since(t0)};
+  }, fmt::format("run(pf::in_threads): {} replicas as a parallel oneTBB filter, iota in chunks", cores));
   measure("procflow_generator", [&] {
     const auto t0 = std::chrono::steady_clock::now();
     const auto r = pf::pipeline("cpu_bound")

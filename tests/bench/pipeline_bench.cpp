@@ -33,21 +33,21 @@ struct Run {
 // before the first stage); otherwise a generator source in its own process feeding them.
 // `latency_off`: pf::max_latency(pf::latency_off) instead of the default bound (the peer that
 // shows what the latency flusher costs at full rate).
-Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false) {
+Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false, bool threads = false) {
   const auto t0 = std::chrono::steady_clock::now();
   auto start = latency_off ? pf::pipeline("trivial", pf::fusion(fusion), pf::max_latency(pf::latency_off))
                            : pf::pipeline("trivial", pf::fusion(fusion));
   auto run = [&](auto flow) {
     return flow.map("square", square, pf::replicas(replicas))
         .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
-        .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{})
-        .run();
+        .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{});
   };
+  auto go = [&](auto flow) { return threads ? run(flow).run(pf::in_threads) : run(flow).run(); };
   std::uint64_t sum = 0;
   if (splittable) {
-    sum = run(start.source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n)))).value;
+    sum = go(start.source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n)))).value;
   } else {
-    sum = run(start.source("numbers", [i = std::int64_t{0}, end = static_cast<std::int64_t>(n)]() mutable -> std::optional<std::int64_t> {
+    sum = go(start.source("numbers", [i = std::int64_t{0}, end = static_cast<std::int64_t>(n)]() mutable -> std::optional<std::int64_t> {
             if (i == end) return std::nullopt;
             return i++;
           })).value;
@@ -117,6 +117,10 @@ int main(int argc, char** argv) {
   measure("procflow", n, [&] { return procflow_trivial(n, r, true, true); }, fmt::format("iota claimed in chunks, {} fused replicas", r));
   measure("procflow_1_replica", n, [&] { return procflow_trivial(n, 1, true, true); }, "iota chunks, 1 fused replica");
   measure("procflow_generator", n, [&] { return procflow_trivial(n, r, false, true); }, "generator process -> rings -> fused replicas");
+  measure("procflow_threads", n, [&] { return procflow_trivial(n, r, true, true, false, true); },
+          fmt::format("run(pf::in_threads): iota chunks, {} replicas as oneTBB parallel_pipeline filters", r));
+  measure("procflow_threads_generator", n, [&] { return procflow_trivial(n, r, false, true, false, true); },
+          "run(pf::in_threads): generator pulled by a serial filter");
   // flat_map: every item fans out to 4 (x, x+1, x+2, x+3) through the emitter, and through a
   // returned range; fused with the reduce, 2 replicas claiming iota chunks. 4n items summed.
   auto flat = [&](bool emitter) {

@@ -695,7 +695,14 @@ struct Features {
   bool faults = true;    // one seed in ten injects a fault
   bool cout_sink = false;  // the sink writes with std::cout (env test: fd 1 is a file)
   void (*stage_probe)() = nullptr;  // run by every chain stage on every item (env test's checks)
+  bool in_threads = false;  // run(pf::in_threads) instead of processes (thread mode)
 };
+
+// run() in the mode the test asks for.
+template <class Runnable>
+auto run_mode(const Runnable& r, const Features& features) {
+  return features.in_threads ? r.run(pf::in_threads) : r.run();
+}
 
 struct Terminal_spec {
   Terminal terminal = Terminal::collect;
@@ -711,7 +718,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
   const StageSpec& spec = term.spec;
   switch (term.terminal) {
     case Terminal::collect: {
-      auto r = with_stage_options(spec, [&](auto... o) { return f.collect(o...); }).run();
+      auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.collect(o...); }), features);
       std::vector<T> got = std::move(r.value);
       std::vector<T> want = seq;
       if (!ordered) {
@@ -729,7 +736,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
         auto combine = [](std::vector<std::uint64_t>& acc, std::vector<std::uint64_t> other) {
           acc.insert(acc.end(), other.begin(), other.end());
         };
-        auto r = with_stage_options(spec, [&](auto... o) { return f.reduce("total", std::vector<std::uint64_t>{}, fold, combine, o...); }).run();
+        auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.reduce("total", std::vector<std::uint64_t>{}, fold, combine, o...); }), features);
         std::vector<std::uint64_t> want;
         for (const T& x : seq) want.push_back(weight(x));
         CHECK(r.value.size() == want.size());
@@ -737,7 +744,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
         return r.report;
       }
       auto fold = [](Sum acc, const T& x) { return acc + weight(x); };
-      auto r = with_stage_options(spec, [&](auto... o) { return f.reduce("total", Sum{0}, fold, std::plus<>{}, o...); }).run();
+      auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.reduce("total", Sum{0}, fold, std::plus<>{}, o...); }), features);
       Sum want = 0;
       for (const T& x : seq) want += weight(x);
       CHECK(r.value == want);
@@ -749,7 +756,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
         using K = std::decay_t<decltype(key(std::declval<const T&>()))>;
         auto fold = [](Group g, const T& x) { return fold_group(g, weight(x)); };
         auto combine = [](Group a, Group b) { return combine_group(a, b); };
-        auto r = with_stage_options(spec, [&](auto... o) { return f.reduce_by_key("groups", key, Group{0, 0, 0}, fold, combine, o...); }).run();
+        auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.reduce_by_key("groups", key, Group{0, 0, 0}, fold, combine, o...); }), features);
         std::unordered_map<K, Group> want;
         for (const T& x : seq) want[key(x)] = fold_group(want[key(x)], weight(x));
         return std::pair{keyed_answer(r.value), std::pair{keyed_answer(want), r.report}};
@@ -768,7 +775,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
       // Key-hash dispatch happens when the reduce runs in processes of its own, unordered, fed by
       // a group that encodes per item (not straight from a generator's process: lib/runtime/plan.cpp).
       const std::size_t last = report.stages.size() - 1;
-      const bool keyed = !ordered && last >= 2 && report.stages[last].process_group != report.stages[last - 1].process_group &&
+      const bool keyed = !features.in_threads && !ordered && last >= 2 && report.stages[last].process_group != report.stages[last - 1].process_group &&
                          !(term.generator_source && report.stages[last - 1].process_group == report.stages[1].process_group);
       if (keyed) {
         // Key-hash dispatch: every key met exactly one accumulator ...
@@ -791,11 +798,11 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
       pf::run_report report;
       if (features.cout_sink) {
         // One replica: lines from several buffered writers sharing the file could interleave.
-        report = f.sink("print", [](const T& x) { std::cout << fmt::format("{:x}\n", weight(x)); }, pf::replicas(1)).run().report;
+        report = run_mode(f.sink("print", [](const T& x) { std::cout << fmt::format("{:x}\n", weight(x)); }, pf::replicas(1)), features).report;
         std::cout.flush();  // in case the sink ran in this process
       } else {
         auto write = [fd](const T& x) { write_line(fd, weight(x)); };
-        report = with_stage_options(spec, [&](auto... o) { return f.sink("write", write, o...); }).run().report;
+        report = run_mode(with_stage_options(spec, [&](auto... o) { return f.sink("write", write, o...); }), features).report;
       }
       if (!features.cout_sink) {
         std::vector<std::uint64_t> want;
@@ -1041,7 +1048,9 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
     CAPTURE(i);
     CHECK(report.stages[i].items_in == counts[i - 1]);
     CHECK(report.stages[i].items_out == counts[i]);
-    if (steps[i - 1].spec.replicas) CHECK(report.stages[i].replicas == *steps[i - 1].spec.replicas);
+    // Thread mode: replicas(n) bounds the instances (one per worker thread that ran the stage).
+    if (steps[i - 1].spec.replicas && !features.in_threads) CHECK(report.stages[i].replicas == *steps[i - 1].spec.replicas);
+    if (steps[i - 1].spec.replicas && features.in_threads) CHECK(report.stages[i].replicas <= std::max<std::uint32_t>(1, *steps[i - 1].spec.replicas));
     if (steps[i - 1].spec.own || pipe.no_fusion) CHECK(report.stages[i].process_group != report.stages[i - 1].process_group);
   }
   CHECK(report.stages.back().items_in == counts.back());

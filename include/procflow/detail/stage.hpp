@@ -13,6 +13,7 @@
 #include <procflow/options.hpp>
 
 #include <algorithm>
+#include <stdexcept>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -96,6 +97,10 @@ class stage_instance {
   std::size_t position_ = 0;
 };
 
+// A monotonic clock in ns that is cheap to read per item (an atomic load: a thread-mode run pulling
+// a generator keeps it current to a quarter of the latency bound). Defined in lib/threads.
+std::int64_t coarse_clock_ns() noexcept;
+
 // A source: produces every item into `out` (its own process), or, when splittable, the items
 // [first, last) of its range (fused into the next stage's replicas, which claim chunks).
 class source_base {
@@ -117,6 +122,15 @@ class source_base {
   virtual std::uint64_t preferred_chunk_units() const noexcept { return 0; }
   // True when unit i is item i of the stream (item positions in errors are then source positions).
   virtual bool units_are_items() const noexcept { return true; }
+  // Thread mode, sources that are not splittable (a generator): replaces `vector`'s content by
+  // the next items, at most `max`, returning early once coarse_clock_ns() has reached
+  // `deadline_ns` with at least one item (a slow stream still flows). Returns the item count: 0
+  // once the stream has ended.
+  // A copy with its own generator state (null when the source cannot be copied).
+  virtual std::shared_ptr<const source_base> fresh_copy() const { return nullptr; }
+  virtual std::size_t pull(void* /*vector*/, std::size_t /*max*/, std::int64_t /*deadline_ns*/) const {
+    return 0;
+  }
 };
 
 // Supervisor side of a terminal: turns what the last processes send into the run's value.
@@ -124,6 +138,9 @@ class result_collector {
  public:
   virtual ~result_collector() = default;
   virtual void consume(const batch_view& batch) = 0;
+  // Thread mode: the terminal's input items themselves (a batch_buffer of its input type), moved
+  // from; collect and a sink running in the caller take them without encoding.
+  virtual void consume_items(void* /*vector*/) { throw std::logic_error("procflow: this terminal takes encoded batches only"); }
   virtual void finish() {}
 };
 
@@ -149,6 +166,11 @@ class stage_base {
   // Encodes a std::vector of this stage's *input* type (what the previous stage produced) into
   // a port. `keyed`: the port dispatches by key hash (reduce_by_key in its own processes).
   virtual void encode_input(void* /*vector*/, output_port& /*out*/, bool /*keyed*/) const {}
+  // Thread mode (items move by value): a new empty batch_buffer of this stage's input type, and
+  // swapping two of them (returns the size of what `into` holds afterwards).
+  virtual std::shared_ptr<void> new_input_buffer() const { return nullptr; }
+  virtual std::size_t swap_input_buffers(void* /*from*/, void* /*into*/) const { return 0; }
+  virtual std::size_t input_buffer_size(const void* /*buffer*/) const { return 0; }
   // Terminals with a value (reduce, reduce_by_key, collect): the supervisor side.
   virtual std::unique_ptr<result_collector> make_collector(bool /*ordered*/) const { return nullptr; }
   // True when the stage runs in the process that called run(), fed by the results channel:

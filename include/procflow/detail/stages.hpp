@@ -91,6 +91,13 @@ class input_stage : public stage_base {
   void encode_input(void* vector, output_port& out, bool /*keyed*/) const override {
     encode_items(*static_cast<batch_buffer<In>*>(vector), out);
   }
+  std::shared_ptr<void> new_input_buffer() const override { return std::make_shared<batch_buffer<In>>(); }
+  std::size_t swap_input_buffers(void* from, void* into) const override {
+    auto& to = *static_cast<batch_buffer<In>*>(into);
+    std::swap(*static_cast<batch_buffer<In>*>(from), to);
+    return to.size();
+  }
+  std::size_t input_buffer_size(const void* buffer) const override { return static_cast<const batch_buffer<In>*>(buffer)->size(); }
 };
 
 template <class In, class Out>
@@ -296,6 +303,11 @@ class sink_stage final : public input_stage<T> {
       decode_items(batch, items_);
       for (auto& item : items_) call_with_item(fn_, item);
     }
+    void consume_items(void* vector) override {
+      auto& items = *static_cast<batch_buffer<T>*>(vector);
+      for (auto& item : items) call_with_item(fn_, item);
+      items.clear();
+    }
     void finish() override {
       finished_ = true;
       finish_sink(fn_);
@@ -481,6 +493,11 @@ class collect_stage final : public input_stage<T> {
       } else {
         items_.insert(items_.end(), std::make_move_iterator(scratch_.begin()), std::make_move_iterator(scratch_.end()));
       }
+    }
+    void consume_items(void* vector) override {
+      auto& items = *static_cast<batch_buffer<T>*>(vector);
+      items_.insert(items_.end(), std::make_move_iterator(items.begin()), std::make_move_iterator(items.end()));
+      items.clear();
     }
     std::vector<T> take() override { return std::move(items_); }
 
