@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <numeric>
 #include <optional>
 #include <stdexcept>
@@ -189,5 +190,25 @@ TEST_CASE("an error on the caller's side names the terminal, in_supervisor, orig
       CHECK(e.replica() == pf::stage_error::no_replica);
       CHECK_THROWS_AS(std::rethrow_if_nested(e), std::domain_error);
     }
+  });
+}
+
+TEST_CASE("oneTBB's worker threads end with the run: the program is single-threaded again") {
+  isolated([] {
+    auto threads = [] {
+      std::size_t n = 0;
+      for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.is_directory() ? 1 : 0;
+      return n;
+    };
+    REQUIRE(threads() == 1);
+    const auto r = pf::pipeline("workers")
+                       .source("numbers", pf::iota<i64>(0, 1'000'000))
+                       .map("sq", [](i64 x) { return x * x; }, pf::replicas(2))
+                       .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                       .run(pf::in_threads);
+    CHECK(r.value > 0);
+    CHECK(threads() == 1);
+    // So a process-mode run may fork right after.
+    CHECK(pf::pipeline("after").source("numbers", pf::iota<i64>(0, 1000)).collect().run().value.size() == 1000);
   });
 }
