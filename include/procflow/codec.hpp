@@ -31,11 +31,15 @@
 //
 // Or write codec<MyType> yourself (see tests/codec/codec_test.cpp): a user's codec always wins,
 // on every path; it is treated as raw only if it derives from raw_codec<MyType>.
+// It may declare `static constexpr std::size_t min_encoded_size` (the fewest bytes a value
+// encodes to), which lets containers of it refuse a corrupt count early; without it procflow
+// assumes a value may encode to nothing.
 // Decoding never reads past its input: every length is checked against the bytes left.
 #pragma once
 
 #include <procflow/error.hpp>
 
+#include <algorithm>
 #include <array>
 #include <concepts>
 #include <cstddef>
@@ -85,13 +89,27 @@ class decoder {
     throw codec_error("codec: malformed varint (more than 10 bytes)");
   }
 
-  // Reads an element count and checks it is plausible: every encoded element takes at least
-  // one byte, so a count larger than the bytes left is corrupt (and must not drive an allocation).
-  std::size_t take_count() {
+  // Most elements a container of zero-byte elements (empty structs, std::tuple<>) may claim
+  // beyond the bytes left: their count cannot be checked against the input, so it is bounded.
+  static constexpr std::size_t max_zero_byte_elements = std::size_t{1} << 20;
+
+  // Reads an element count and checks it is plausible: each element encodes to at least
+  // `min_element_bytes` (codec<T>::min_encoded_size, see min_encoded_size_v), so a count whose
+  // elements cannot fit in the bytes left is corrupt (and must not drive an allocation). When
+  // elements may encode to nothing (min_element_bytes 0), the count is bounded by the bytes left
+  // or max_zero_byte_elements, whichever is larger.
+  std::size_t take_count(std::size_t min_element_bytes = 1) {
     const std::uint64_t n = take_varint();
-    if (n > remaining())
-      throw codec_error("codec: element count " + std::to_string(n) + " exceeds the " +
-                        std::to_string(remaining()) + " bytes left");
+    if (min_element_bytes > 0) {
+      if (n > remaining() / min_element_bytes)
+        throw codec_error("codec: element count " + std::to_string(n) + " (at least " +
+                          std::to_string(min_element_bytes) + " bytes each) exceeds the " +
+                          std::to_string(remaining()) + " bytes left");
+    } else if (n > remaining() && n > max_zero_byte_elements) {
+      throw codec_error("codec: element count " + std::to_string(n) + " of possibly zero-byte elements exceeds the " +
+                        std::to_string(remaining()) + " bytes left and the limit of " +
+                        std::to_string(max_zero_byte_elements));
+    }
     return static_cast<std::size_t>(n);
   }
 
@@ -147,6 +165,7 @@ concept encodable = requires(const T& value, std::byte* out, decoder& in) {
 // raw_codec<T> tells procflow that batches of T may be copied in bulk (is_raw_codec_v).
 template <class T>
 struct raw_codec {
+  static constexpr std::size_t min_encoded_size = sizeof(T);
   static constexpr std::size_t encoded_size(const T&) noexcept { return sizeof(T); }
   static std::byte* encode(const T& value, std::byte* out) noexcept {
     static_assert(std::is_trivially_copyable_v<T>, "procflow::raw_codec<T> needs a trivially copyable T");
@@ -170,6 +189,20 @@ template <class T>
 inline constexpr bool is_raw_codec_v = false;
 template <encodable T>
 inline constexpr bool is_raw_codec_v<T> = std::is_base_of_v<raw_codec<T>, codec<T>>;
+
+// The fewest bytes any value of T encodes to: codec<T>::min_encoded_size when the codec declares
+// it (every built-in does), else 0 (a user's codec may encode a value to nothing). Containers use
+// it to check an element count against the bytes left (decoder::take_count).
+template <class T>
+constexpr std::size_t min_encoded_size_of() noexcept {
+  if constexpr (requires { std::size_t{codec<T>::min_encoded_size}; }) {
+    return codec<T>::min_encoded_size;
+  } else {
+    return 0;
+  }
+}
+template <class T>
+inline constexpr std::size_t min_encoded_size_v = min_encoded_size_of<T>();
 
 namespace detail {
 
@@ -239,6 +272,7 @@ struct codec<T> : raw_codec<T> {};
 // bool is checked on decode: any byte other than 0 or 1 is corrupt (and would be UB as a bool).
 template <>
 struct codec<bool> {
+  static constexpr std::size_t min_encoded_size = 1;
   static constexpr std::size_t encoded_size(bool) noexcept { return 1; }
   static std::byte* encode(bool value, std::byte* out) noexcept {
     *out = static_cast<std::byte>(value ? 1 : 0);
@@ -255,6 +289,7 @@ struct codec<bool> {
 template <class T>
   requires(std::is_enum_v<T> && !detail::is_raw_scalar<T>::value)
 struct codec<T> {
+  static constexpr std::size_t min_encoded_size = 1;
   static constexpr std::size_t encoded_size(T) noexcept { return 1; }
   static std::byte* encode(T value, std::byte* out) noexcept { return codec<bool>::encode(static_cast<bool>(value), out); }
   static T decode(decoder& in) { return static_cast<T>(codec<bool>::decode(in)); }
@@ -274,6 +309,7 @@ struct codec<std::span<T, Extent>> : detail::refused_codec<std::span<T, Extent>>
 template <class Traits, class Alloc>
 struct codec<std::basic_string<char, Traits, Alloc>> {
   using string = std::basic_string<char, Traits, Alloc>;
+  static constexpr std::size_t min_encoded_size = 1;  // the length
   static std::size_t encoded_size(const string& s) noexcept { return detail::varint_size(s.size()) + s.size(); }
   static std::byte* encode(const string& s, std::byte* out) noexcept {
     out = detail::put_varint(s.size(), out);
@@ -291,6 +327,7 @@ struct codec<std::basic_string<char, Traits, Alloc>> {
 template <encodable T, class Alloc>
 struct codec<std::vector<T, Alloc>> {
   using vector = std::vector<T, Alloc>;
+  static constexpr std::size_t min_encoded_size = 1;  // the count
   static std::size_t encoded_size(const vector& v) noexcept {
     std::size_t n = detail::varint_size(v.size());
     if constexpr (is_raw_codec_v<T>) {
@@ -311,14 +348,14 @@ struct codec<std::vector<T, Alloc>> {
     }
   }
   static vector decode(decoder& in) {
-    const std::size_t n = in.take_count();
+    const std::size_t n = in.take_count(min_encoded_size_v<T>);
     vector v;
     if constexpr (is_raw_codec_v<T>) {
-      if (n > in.remaining() / sizeof(T)) throw codec_error("codec: vector longer than its input");
-      v.resize(n);
+      v.resize(n);  // take_count checked n * sizeof(T) against the bytes left
       if (n) std::memcpy(v.data(), in.take(n * sizeof(T)), n * sizeof(T));
     } else {
-      v.reserve(n);
+      // Zero-byte elements: the count may exceed the bytes; grow as they decode instead.
+      v.reserve(std::min(n, in.remaining()));
       for (std::size_t i = 0; i < n; ++i) v.push_back(codec<T>::decode(in));
     }
     return v;
@@ -327,6 +364,7 @@ struct codec<std::vector<T, Alloc>> {
 
 template <encodable A, encodable B>
 struct codec<std::pair<A, B>> {
+  static constexpr std::size_t min_encoded_size = min_encoded_size_v<A> + min_encoded_size_v<B>;
   static std::size_t encoded_size(const std::pair<A, B>& p) noexcept {
     return codec<A>::encoded_size(p.first) + codec<B>::encoded_size(p.second);
   }
@@ -342,11 +380,12 @@ struct codec<std::pair<A, B>> {
 
 template <encodable... Ts>
 struct codec<std::tuple<Ts...>> {
+  static constexpr std::size_t min_encoded_size = (std::size_t{0} + ... + min_encoded_size_v<Ts>);
   static std::size_t encoded_size(const std::tuple<Ts...>& t) noexcept {
     return std::apply([](const Ts&... e) { return (std::size_t{0} + ... + codec<Ts>::encoded_size(e)); }, t);
   }
   static std::byte* encode(const std::tuple<Ts...>& t, std::byte* out) noexcept {
-    std::apply([&out]([[maybe_unused]] const Ts&... e) { ((out = codec<Ts>::encode(e, out)), ...); }, t);
+    std::apply([&]([[maybe_unused]] const Ts&... e) { ((out = codec<Ts>::encode(e, out)), ...); }, t);
     return out;
   }
   static std::tuple<Ts...> decode([[maybe_unused]] decoder& in) {
@@ -357,6 +396,7 @@ struct codec<std::tuple<Ts...>> {
 
 template <encodable T>
 struct codec<std::optional<T>> {
+  static constexpr std::size_t min_encoded_size = 1;  // the flag
   static std::size_t encoded_size(const std::optional<T>& o) noexcept {
     return 1 + (o ? codec<T>::encoded_size(*o) : 0);
   }
@@ -376,6 +416,7 @@ namespace detail {
 template <class T, std::size_t N>
 struct array_codec {
   using array = std::array<T, N>;
+  static constexpr std::size_t min_encoded_size = N * min_encoded_size_v<T>;
   static std::size_t encoded_size(const array& a) noexcept {
     std::size_t n = 0;
     for (const auto& e : a) n += codec<T>::encoded_size(e);
@@ -407,6 +448,7 @@ template <class Map>
 struct map_codec {
   using key = typename Map::key_type;
   using mapped = typename Map::mapped_type;
+  static constexpr std::size_t min_encoded_size = 1;  // the count
   static std::size_t encoded_size(const Map& m) noexcept {
     std::size_t n = varint_size(m.size());
     for (const auto& [k, v] : m) n += codec<key>::encoded_size(k) + codec<mapped>::encoded_size(v);
@@ -418,7 +460,7 @@ struct map_codec {
     return out;
   }
   static Map decode(decoder& in) {
-    const std::size_t n = in.take_count();
+    const std::size_t n = in.take_count(min_encoded_size_v<key> + min_encoded_size_v<mapped>);
     Map m;
     for (std::size_t i = 0; i < n; ++i) {
       key k = codec<key>::decode(in);
@@ -466,6 +508,11 @@ template <class F>
 inline constexpr bool field_raw_v = is_raw_codec_v<F>;
 template <class E, std::size_t N>
 inline constexpr bool field_raw_v<E[N]> = field_raw_v<E>;
+
+template <class F>
+inline constexpr std::size_t field_min_size_v = min_encoded_size_v<F>;
+template <class E, std::size_t N>
+inline constexpr std::size_t field_min_size_v<E[N]> = N * field_min_size_v<E>;
 
 template <class F>
 constexpr std::size_t field_size(const F& field) noexcept {
@@ -540,6 +587,7 @@ struct record_fields {
                               (std::size_t{0} + ... + sizeof(member_t<T, Members>)) == sizeof(T);
 
   struct fieldwise {
+    static constexpr std::size_t min_encoded_size = (std::size_t{0} + ... + field_min_size_v<member_t<T, Members>>);
     static constexpr std::size_t encoded_size([[maybe_unused]] const T& value) noexcept {
       return (std::size_t{0} + ... + field_size(value.*Members));
     }
