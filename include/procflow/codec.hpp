@@ -8,13 +8,15 @@
 //
 // Built in:
 //   * raw bytes (raw_codec<T>, batches copied in bulk) for the types whose every bit pattern is a
-//     valid value and that point nowhere: arithmetic types except bool, enums, std::array of them;
+//     valid value and that point nowhere: arithmetic types except bool, enums with a fixed
+//     underlying type (enum class E, enum E : int), std::array of them;
 //   * checked: bool and enums over bool (a byte other than 0/1 is refused), std::string,
 //     std::vector, std::array, std::pair, std::tuple, std::optional, std::map,
 //     std::unordered_map, and any nesting of those.
 // Refused at compile time: pointers, member pointers, std::string_view, std::span (and anything
 // holding one, e.g. std::optional<const char*>): an address means nothing in another process, so
-// send the owned data (std::string, std::vector). A user's struct has no codec until it opts in.
+// send the owned data (std::string, std::vector). Also enums without a fixed underlying type
+// (enum E { a, b }): a byte pattern outside their range would be undefined behaviour once loaded. A user's struct has no codec until it opts in.
 //
 // A plain struct opts in with one line after it, in its own namespace:
 //
@@ -206,12 +208,33 @@ inline constexpr std::size_t min_encoded_size_v = min_encoded_size_of<T>();
 
 namespace detail {
 
+// An enum with a fixed underlying type (enum class E, enum E : int): every value of that type is a
+// valid value of the enum. Without one (enum E { a, b }) only the values of the smallest bit-field
+// holding the enumerators are, and loading any other value is undefined behaviour, so such an
+// enum cannot be decoded from untrusted bytes: procflow refuses it (see item_type_check).
+// (List-initialising an enum from its underlying type compiles only when that type is fixed.)
+template <class T>
+concept fixed_enum = std::is_enum_v<T> && requires { T{std::underlying_type_t<T>{}}; };
+
 // Types whose every bit pattern is a valid value and that point nowhere: arithmetic types except
-// bool (only 0 and 1 are valid bools) and enums whose underlying type is not bool.
+// bool (only 0 and 1 are valid bools) and enums with a fixed underlying type other than bool.
 template <class T, bool = std::is_enum_v<T>>
 struct is_raw_scalar : std::bool_constant<std::is_arithmetic_v<T> && !std::is_same_v<std::remove_cv_t<T>, bool>> {};
 template <class T>
-struct is_raw_scalar<T, true> : std::bool_constant<!std::is_same_v<std::underlying_type_t<T>, bool>> {};
+struct is_raw_scalar<T, true>
+    : std::bool_constant<fixed_enum<T> && !std::is_same_v<std::underlying_type_t<T>, bool>> {};
+
+// Types that are or hold an enum without a fixed underlying type (refused, see fixed_enum).
+template <class T>
+struct holds_unfixed_enum : std::bool_constant<std::is_enum_v<T> && !fixed_enum<T>> {};
+template <class T, std::size_t N>
+struct holds_unfixed_enum<std::array<T, N>> : holds_unfixed_enum<T> {};
+template <class T, std::size_t N>
+struct holds_unfixed_enum<T[N]> : holds_unfixed_enum<T> {};
+template <template <class...> class Template, class... Ts>
+struct holds_unfixed_enum<Template<Ts...>> : std::disjunction<holds_unfixed_enum<Ts>...> {};
+template <class T>
+inline constexpr bool holds_unfixed_enum_v = holds_unfixed_enum<std::remove_cv_t<T>>::value;
 
 // Types that point or view into the memory of the process that made them. Their address means
 // nothing in another process, so procflow refuses them (unless a user codec says otherwise).
@@ -253,7 +276,11 @@ struct item_type_check {
                 "procflow: this item type is or holds a pointer or a view (T*, std::string_view, std::span, "
                 "std::reference_wrapper): the address means nothing in another process. Send the owned data "
                 "instead (std::string, std::vector, a struct of values), or specialize procflow::codec<T>");
-  static_assert(encodable<T> || holds_address_v<T>,
+  static_assert(encodable<T> || holds_address_v<T> || !holds_unfixed_enum_v<T>,
+                "procflow: this item type is or holds an enum without a fixed underlying type (enum E { a, b }): "
+                "a value outside its enumerators' range is undefined behaviour, so it cannot be decoded from "
+                "another process's bytes. Give it one: enum E : int { a, b } (or enum class E)");
+  static_assert(encodable<T> || holds_address_v<T> || holds_unfixed_enum_v<T>,
                 "procflow: this item type has no procflow::codec<T>. For a plain struct add "
                 "PROCFLOW_CODEC(Type, field1, field2, ...) after it, in its namespace; or specialize "
                 "procflow::codec<Type> (see procflow/codec.hpp)");
@@ -285,9 +312,14 @@ struct codec<bool> {
   }
 };
 
+// An enum without a fixed underlying type is refused (see detail::fixed_enum).
+template <class T>
+  requires(std::is_enum_v<T> && !detail::fixed_enum<T>)
+struct codec<T> : detail::refused_codec<T> {};
+
 // An enum over bool is checked like bool.
 template <class T>
-  requires(std::is_enum_v<T> && !detail::is_raw_scalar<T>::value)
+  requires(detail::fixed_enum<T> && std::is_same_v<std::underlying_type_t<T>, bool>)
 struct codec<T> {
   static constexpr std::size_t min_encoded_size = 1;
   static constexpr std::size_t encoded_size(T) noexcept { return 1; }
@@ -569,7 +601,11 @@ struct record_fields {
                   "procflow: PROCFLOW_CODEC: a field is or holds a pointer or a view (T*, std::string_view, "
                   "std::span): the address means nothing in another process. Store the owned data instead "
                   "(std::string, std::vector, values)");
-    static_assert(((field_encodable_v<member_t<T, Members>> || holds_address_v<member_t<T, Members>>) && ...),
+    static_assert(((field_encodable_v<member_t<T, Members>> || !holds_unfixed_enum_v<member_t<T, Members>>) && ...),
+                  "procflow: PROCFLOW_CODEC: a field is or holds an enum without a fixed underlying type "
+                  "(enum E { a, b }), which cannot be decoded safely. Give it one: enum E : int { a, b }");
+    static_assert(((field_encodable_v<member_t<T, Members>> || holds_address_v<member_t<T, Members>> ||
+                    holds_unfixed_enum_v<member_t<T, Members>>) && ...),
                   "procflow: PROCFLOW_CODEC: every field needs a procflow::codec (numbers, enums, std::string, "
                   "std::vector, std::optional, ..., or a struct with PROCFLOW_CODEC of its own)");
     static_assert(((occurrences<Members, Members...> == 1) && ...), "procflow: PROCFLOW_CODEC lists a field twice");

@@ -492,3 +492,27 @@ TEST_CASE("codec: a corrupt count of zero-byte elements is bounded, and counts a
   CHECK_THROWS_WITH_AS((decode_from_bytes<std::vector<std::pair<std::uint64_t, std::uint64_t>>>(short_pairs)),
                        doctest::Contains("element count 3"), codec_error);
 }
+
+// Found by the codec fuzzing work (UBSan: "load of value 4294967295, which is not a valid value
+// for type 'Color'"): an enum without a fixed underlying type was decoded as raw bytes, but only
+// the values of the smallest bit-field holding its enumerators are valid, so a corrupt byte was
+// undefined behaviour. Such enums are refused at compile time (tests/compile_fail/unfixed_enum);
+// enums with a fixed underlying type stay raw.
+namespace unfixed {
+enum Shade { light, dark };
+enum Sized : std::int32_t { small_size, large_size };
+enum class Scoped { a, b };
+}  // namespace unfixed
+
+TEST_CASE("codec: an enum without a fixed underlying type has no codec; fixed ones are raw") {
+  using procflow::is_raw_codec_v;
+  CHECK_FALSE(encodable<unfixed::Shade>);
+  CHECK_FALSE(encodable<std::vector<unfixed::Shade>>);
+  CHECK_FALSE(encodable<std::optional<unfixed::Shade>>);
+  CHECK(is_raw_codec_v<unfixed::Sized>);
+  CHECK(is_raw_codec_v<unfixed::Scoped>);
+  CHECK(is_raw_codec_v<Color>);
+  CHECK_FALSE(is_raw_codec_v<Flag>);  // over bool: checked
+  CHECK_THROWS_AS(decode_from_bytes<Flag>(bytes_of({2})), codec_error);
+  CHECK(decode_from_bytes<unfixed::Sized>(encode_to_bytes(unfixed::large_size)) == unfixed::large_size);
+}
