@@ -16,7 +16,8 @@
 // Refused at compile time: pointers, member pointers, std::string_view, std::span (and anything
 // holding one, e.g. std::optional<const char*>): an address means nothing in another process, so
 // send the owned data (std::string, std::vector). Also enums without a fixed underlying type
-// (enum E { a, b }): a byte pattern outside their range would be undefined behaviour once loaded. A user's struct has no codec until it opts in.
+// (enum E { a, b }): a byte pattern outside their range would be undefined behaviour once loaded.
+// A user's struct has no codec until it opts in.
 //
 // A plain struct opts in with one line after it, in its own namespace:
 //
