@@ -8,13 +8,16 @@
 //
 // Built in:
 //   * raw bytes (raw_codec<T>, batches copied in bulk) for the types whose every bit pattern is a
-//     valid value and that point nowhere: arithmetic types except bool, enums, std::array of them;
+//     valid value and that point nowhere: arithmetic types except bool, enums with a fixed
+//     underlying type (enum class E, enum E : int), std::array of them;
 //   * checked: bool and enums over bool (a byte other than 0/1 is refused), std::string,
 //     std::vector, std::array, std::pair, std::tuple, std::optional, std::map,
 //     std::unordered_map, and any nesting of those.
 // Refused at compile time: pointers, member pointers, std::string_view, std::span (and anything
 // holding one, e.g. std::optional<const char*>): an address means nothing in another process, so
-// send the owned data (std::string, std::vector). A user's struct has no codec until it opts in.
+// send the owned data (std::string, std::vector). Also enums without a fixed underlying type
+// (enum E { a, b }): a byte pattern outside their range would be undefined behaviour once loaded.
+// A user's struct has no codec until it opts in.
 //
 // A plain struct opts in with one line after it, in its own namespace:
 //
@@ -31,11 +34,15 @@
 //
 // Or write codec<MyType> yourself (see tests/codec/codec_test.cpp): a user's codec always wins,
 // on every path; it is treated as raw only if it derives from raw_codec<MyType>.
+// It may declare `static constexpr std::size_t min_encoded_size` (the fewest bytes a value
+// encodes to), which lets containers of it refuse a corrupt count early; without it procflow
+// assumes a value may encode to nothing.
 // Decoding never reads past its input: every length is checked against the bytes left.
 #pragma once
 
 #include <procflow/error.hpp>
 
+#include <algorithm>
 #include <array>
 #include <concepts>
 #include <cstddef>
@@ -85,13 +92,27 @@ class decoder {
     throw codec_error("codec: malformed varint (more than 10 bytes)");
   }
 
-  // Reads an element count and checks it is plausible: every encoded element takes at least
-  // one byte, so a count larger than the bytes left is corrupt (and must not drive an allocation).
-  std::size_t take_count() {
+  // Most elements a container of zero-byte elements (empty structs, std::tuple<>) may claim
+  // beyond the bytes left: their count cannot be checked against the input, so it is bounded.
+  static constexpr std::size_t max_zero_byte_elements = std::size_t{1} << 20;
+
+  // Reads an element count and checks it is plausible: each element encodes to at least
+  // `min_element_bytes` (codec<T>::min_encoded_size, see min_encoded_size_v), so a count whose
+  // elements cannot fit in the bytes left is corrupt (and must not drive an allocation). When
+  // elements may encode to nothing (min_element_bytes 0), the count is bounded by the bytes left
+  // or max_zero_byte_elements, whichever is larger.
+  std::size_t take_count(std::size_t min_element_bytes = 1) {
     const std::uint64_t n = take_varint();
-    if (n > remaining())
-      throw codec_error("codec: element count " + std::to_string(n) + " exceeds the " +
-                        std::to_string(remaining()) + " bytes left");
+    if (min_element_bytes > 0) {
+      if (n > remaining() / min_element_bytes)
+        throw codec_error("codec: element count " + std::to_string(n) + " (at least " +
+                          std::to_string(min_element_bytes) + " bytes each) exceeds the " +
+                          std::to_string(remaining()) + " bytes left");
+    } else if (n > remaining() && n > max_zero_byte_elements) {
+      throw codec_error("codec: element count " + std::to_string(n) + " of possibly zero-byte elements exceeds the " +
+                        std::to_string(remaining()) + " bytes left and the limit of " +
+                        std::to_string(max_zero_byte_elements));
+    }
     return static_cast<std::size_t>(n);
   }
 
@@ -147,6 +168,7 @@ concept encodable = requires(const T& value, std::byte* out, decoder& in) {
 // raw_codec<T> tells procflow that batches of T may be copied in bulk (is_raw_codec_v).
 template <class T>
 struct raw_codec {
+  static constexpr std::size_t min_encoded_size = sizeof(T);
   static constexpr std::size_t encoded_size(const T&) noexcept { return sizeof(T); }
   static std::byte* encode(const T& value, std::byte* out) noexcept {
     static_assert(std::is_trivially_copyable_v<T>, "procflow::raw_codec<T> needs a trivially copyable T");
@@ -171,14 +193,49 @@ inline constexpr bool is_raw_codec_v = false;
 template <encodable T>
 inline constexpr bool is_raw_codec_v<T> = std::is_base_of_v<raw_codec<T>, codec<T>>;
 
+// The fewest bytes any value of T encodes to: codec<T>::min_encoded_size when the codec declares
+// it (every built-in does), else 0 (a user's codec may encode a value to nothing). Containers use
+// it to check an element count against the bytes left (decoder::take_count).
+template <class T>
+constexpr std::size_t min_encoded_size_of() noexcept {
+  if constexpr (requires { std::size_t{codec<T>::min_encoded_size}; }) {
+    return codec<T>::min_encoded_size;
+  } else {
+    return 0;
+  }
+}
+template <class T>
+inline constexpr std::size_t min_encoded_size_v = min_encoded_size_of<T>();
+
 namespace detail {
 
+// An enum with a fixed underlying type (enum class E, enum E : int): every value of that type is a
+// valid value of the enum. Without one (enum E { a, b }) only the values of the smallest bit-field
+// holding the enumerators are, and loading any other value is undefined behaviour, so such an
+// enum cannot be decoded from untrusted bytes: procflow refuses it (see item_type_check).
+// (List-initialising an enum from its underlying type compiles only when that type is fixed.)
+template <class T>
+concept fixed_enum = std::is_enum_v<T> && requires { T{std::underlying_type_t<T>{}}; };
+
 // Types whose every bit pattern is a valid value and that point nowhere: arithmetic types except
-// bool (only 0 and 1 are valid bools) and enums whose underlying type is not bool.
+// bool (only 0 and 1 are valid bools) and enums with a fixed underlying type other than bool.
 template <class T, bool = std::is_enum_v<T>>
 struct is_raw_scalar : std::bool_constant<std::is_arithmetic_v<T> && !std::is_same_v<std::remove_cv_t<T>, bool>> {};
 template <class T>
-struct is_raw_scalar<T, true> : std::bool_constant<!std::is_same_v<std::underlying_type_t<T>, bool>> {};
+struct is_raw_scalar<T, true>
+    : std::bool_constant<fixed_enum<T> && !std::is_same_v<std::underlying_type_t<T>, bool>> {};
+
+// Types that are or hold an enum without a fixed underlying type (refused, see fixed_enum).
+template <class T>
+struct holds_unfixed_enum : std::bool_constant<std::is_enum_v<T> && !fixed_enum<T>> {};
+template <class T, std::size_t N>
+struct holds_unfixed_enum<std::array<T, N>> : holds_unfixed_enum<T> {};
+template <class T, std::size_t N>
+struct holds_unfixed_enum<T[N]> : holds_unfixed_enum<T> {};
+template <template <class...> class Template, class... Ts>
+struct holds_unfixed_enum<Template<Ts...>> : std::disjunction<holds_unfixed_enum<Ts>...> {};
+template <class T>
+inline constexpr bool holds_unfixed_enum_v = holds_unfixed_enum<std::remove_cv_t<T>>::value;
 
 // Types that point or view into the memory of the process that made them. Their address means
 // nothing in another process, so procflow refuses them (unless a user codec says otherwise).
@@ -220,7 +277,11 @@ struct item_type_check {
                 "procflow: this item type is or holds a pointer or a view (T*, std::string_view, std::span, "
                 "std::reference_wrapper): the address means nothing in another process. Send the owned data "
                 "instead (std::string, std::vector, a struct of values), or specialize procflow::codec<T>");
-  static_assert(encodable<T> || holds_address_v<T>,
+  static_assert(encodable<T> || holds_address_v<T> || !holds_unfixed_enum_v<T>,
+                "procflow: this item type is or holds an enum without a fixed underlying type (enum E { a, b }): "
+                "a value outside its enumerators' range is undefined behaviour, so it cannot be decoded from "
+                "another process's bytes. Give it one: enum E : int { a, b } (or enum class E)");
+  static_assert(encodable<T> || holds_address_v<T> || holds_unfixed_enum_v<T>,
                 "procflow: this item type has no procflow::codec<T>. For a plain struct add "
                 "PROCFLOW_CODEC(Type, field1, field2, ...) after it, in its namespace; or specialize "
                 "procflow::codec<Type> (see procflow/codec.hpp)");
@@ -239,6 +300,7 @@ struct codec<T> : raw_codec<T> {};
 // bool is checked on decode: any byte other than 0 or 1 is corrupt (and would be UB as a bool).
 template <>
 struct codec<bool> {
+  static constexpr std::size_t min_encoded_size = 1;
   static constexpr std::size_t encoded_size(bool) noexcept { return 1; }
   static std::byte* encode(bool value, std::byte* out) noexcept {
     *out = static_cast<std::byte>(value ? 1 : 0);
@@ -251,10 +313,16 @@ struct codec<bool> {
   }
 };
 
+// An enum without a fixed underlying type is refused (see detail::fixed_enum).
+template <class T>
+  requires(std::is_enum_v<T> && !detail::fixed_enum<T>)
+struct codec<T> : detail::refused_codec<T> {};
+
 // An enum over bool is checked like bool.
 template <class T>
-  requires(std::is_enum_v<T> && !detail::is_raw_scalar<T>::value)
+  requires(detail::fixed_enum<T> && std::is_same_v<std::underlying_type_t<T>, bool>)
 struct codec<T> {
+  static constexpr std::size_t min_encoded_size = 1;
   static constexpr std::size_t encoded_size(T) noexcept { return 1; }
   static std::byte* encode(T value, std::byte* out) noexcept { return codec<bool>::encode(static_cast<bool>(value), out); }
   static T decode(decoder& in) { return static_cast<T>(codec<bool>::decode(in)); }
@@ -274,6 +342,7 @@ struct codec<std::span<T, Extent>> : detail::refused_codec<std::span<T, Extent>>
 template <class Traits, class Alloc>
 struct codec<std::basic_string<char, Traits, Alloc>> {
   using string = std::basic_string<char, Traits, Alloc>;
+  static constexpr std::size_t min_encoded_size = 1;  // the length
   static std::size_t encoded_size(const string& s) noexcept { return detail::varint_size(s.size()) + s.size(); }
   static std::byte* encode(const string& s, std::byte* out) noexcept {
     out = detail::put_varint(s.size(), out);
@@ -291,6 +360,7 @@ struct codec<std::basic_string<char, Traits, Alloc>> {
 template <encodable T, class Alloc>
 struct codec<std::vector<T, Alloc>> {
   using vector = std::vector<T, Alloc>;
+  static constexpr std::size_t min_encoded_size = 1;  // the count
   static std::size_t encoded_size(const vector& v) noexcept {
     std::size_t n = detail::varint_size(v.size());
     if constexpr (is_raw_codec_v<T>) {
@@ -311,14 +381,14 @@ struct codec<std::vector<T, Alloc>> {
     }
   }
   static vector decode(decoder& in) {
-    const std::size_t n = in.take_count();
+    const std::size_t n = in.take_count(min_encoded_size_v<T>);
     vector v;
     if constexpr (is_raw_codec_v<T>) {
-      if (n > in.remaining() / sizeof(T)) throw codec_error("codec: vector longer than its input");
-      v.resize(n);
+      v.resize(n);  // take_count checked n * sizeof(T) against the bytes left
       if (n) std::memcpy(v.data(), in.take(n * sizeof(T)), n * sizeof(T));
     } else {
-      v.reserve(n);
+      // Zero-byte elements: the count may exceed the bytes; grow as they decode instead.
+      v.reserve(std::min(n, in.remaining()));
       for (std::size_t i = 0; i < n; ++i) v.push_back(codec<T>::decode(in));
     }
     return v;
@@ -327,6 +397,7 @@ struct codec<std::vector<T, Alloc>> {
 
 template <encodable A, encodable B>
 struct codec<std::pair<A, B>> {
+  static constexpr std::size_t min_encoded_size = min_encoded_size_v<A> + min_encoded_size_v<B>;
   static std::size_t encoded_size(const std::pair<A, B>& p) noexcept {
     return codec<A>::encoded_size(p.first) + codec<B>::encoded_size(p.second);
   }
@@ -342,11 +413,12 @@ struct codec<std::pair<A, B>> {
 
 template <encodable... Ts>
 struct codec<std::tuple<Ts...>> {
+  static constexpr std::size_t min_encoded_size = (std::size_t{0} + ... + min_encoded_size_v<Ts>);
   static std::size_t encoded_size(const std::tuple<Ts...>& t) noexcept {
     return std::apply([](const Ts&... e) { return (std::size_t{0} + ... + codec<Ts>::encoded_size(e)); }, t);
   }
   static std::byte* encode(const std::tuple<Ts...>& t, std::byte* out) noexcept {
-    std::apply([&out]([[maybe_unused]] const Ts&... e) { ((out = codec<Ts>::encode(e, out)), ...); }, t);
+    std::apply([&]([[maybe_unused]] const Ts&... e) { ((out = codec<Ts>::encode(e, out)), ...); }, t);
     return out;
   }
   static std::tuple<Ts...> decode([[maybe_unused]] decoder& in) {
@@ -357,6 +429,7 @@ struct codec<std::tuple<Ts...>> {
 
 template <encodable T>
 struct codec<std::optional<T>> {
+  static constexpr std::size_t min_encoded_size = 1;  // the flag
   static std::size_t encoded_size(const std::optional<T>& o) noexcept {
     return 1 + (o ? codec<T>::encoded_size(*o) : 0);
   }
@@ -376,6 +449,7 @@ namespace detail {
 template <class T, std::size_t N>
 struct array_codec {
   using array = std::array<T, N>;
+  static constexpr std::size_t min_encoded_size = N * min_encoded_size_v<T>;
   static std::size_t encoded_size(const array& a) noexcept {
     std::size_t n = 0;
     for (const auto& e : a) n += codec<T>::encoded_size(e);
@@ -407,6 +481,7 @@ template <class Map>
 struct map_codec {
   using key = typename Map::key_type;
   using mapped = typename Map::mapped_type;
+  static constexpr std::size_t min_encoded_size = 1;  // the count
   static std::size_t encoded_size(const Map& m) noexcept {
     std::size_t n = varint_size(m.size());
     for (const auto& [k, v] : m) n += codec<key>::encoded_size(k) + codec<mapped>::encoded_size(v);
@@ -418,7 +493,7 @@ struct map_codec {
     return out;
   }
   static Map decode(decoder& in) {
-    const std::size_t n = in.take_count();
+    const std::size_t n = in.take_count(min_encoded_size_v<key> + min_encoded_size_v<mapped>);
     Map m;
     for (std::size_t i = 0; i < n; ++i) {
       key k = codec<key>::decode(in);
@@ -466,6 +541,11 @@ template <class F>
 inline constexpr bool field_raw_v = is_raw_codec_v<F>;
 template <class E, std::size_t N>
 inline constexpr bool field_raw_v<E[N]> = field_raw_v<E>;
+
+template <class F>
+inline constexpr std::size_t field_min_size_v = min_encoded_size_v<F>;
+template <class E, std::size_t N>
+inline constexpr std::size_t field_min_size_v<E[N]> = N * field_min_size_v<E>;
 
 template <class F>
 constexpr std::size_t field_size(const F& field) noexcept {
@@ -522,7 +602,11 @@ struct record_fields {
                   "procflow: PROCFLOW_CODEC: a field is or holds a pointer or a view (T*, std::string_view, "
                   "std::span): the address means nothing in another process. Store the owned data instead "
                   "(std::string, std::vector, values)");
-    static_assert(((field_encodable_v<member_t<T, Members>> || holds_address_v<member_t<T, Members>>) && ...),
+    static_assert(((field_encodable_v<member_t<T, Members>> || !holds_unfixed_enum_v<member_t<T, Members>>) && ...),
+                  "procflow: PROCFLOW_CODEC: a field is or holds an enum without a fixed underlying type "
+                  "(enum E { a, b }), which cannot be decoded safely. Give it one: enum E : int { a, b }");
+    static_assert(((field_encodable_v<member_t<T, Members>> || holds_address_v<member_t<T, Members>> ||
+                    holds_unfixed_enum_v<member_t<T, Members>>) && ...),
                   "procflow: PROCFLOW_CODEC: every field needs a procflow::codec (numbers, enums, std::string, "
                   "std::vector, std::optional, ..., or a struct with PROCFLOW_CODEC of its own)");
     static_assert(((occurrences<Members, Members...> == 1) && ...), "procflow: PROCFLOW_CODEC lists a field twice");
@@ -540,6 +624,7 @@ struct record_fields {
                               (std::size_t{0} + ... + sizeof(member_t<T, Members>)) == sizeof(T);
 
   struct fieldwise {
+    static constexpr std::size_t min_encoded_size = (std::size_t{0} + ... + field_min_size_v<member_t<T, Members>>);
     static constexpr std::size_t encoded_size([[maybe_unused]] const T& value) noexcept {
       return (std::size_t{0} + ... + field_size(value.*Members));
     }

@@ -128,9 +128,12 @@ RingReader::RingReader(const RingView& ring) noexcept
       slot_count_(ring.geometry.slot_count),
       payload_bytes_(ring.geometry.payload_bytes),
       slot_stride_(ring.slot_stride),
-      // Relaxed: only this process writes head; tail is re-read with acquire before use.
+      // Relaxed: only this process writes head.
       head_(ring.shared->head.load(std::memory_order_relaxed)),
-      tail_cache_(ring.shared->tail.load(std::memory_order_acquire)) {}
+      // Nothing seen yet: the first try_peek() loads the producer's index (acquire) and checks
+      // it against head and the capacity, as every later reload does. Taking the value found
+      // at attach unchecked would let a corrupt tail pass as that many published slots.
+      tail_cache_(head_) {}
 
 const SlotHeader* RingReader::try_peek() {
   const std::uint64_t capacity = slot_count_;

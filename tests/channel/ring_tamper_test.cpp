@@ -179,3 +179,27 @@ TEST_CASE("ring tamper: Outbox and Inbox keep the geometry they attached with") 
     CHECK_THROWS_AS(in.try_receive(b), shm_error);
   }
 }
+
+// Found by tests/fuzz/shm_fuzz: the reader took the producer's index it found at attach as the
+// number of published slots without checking it, so a ring whose tail was corrupt before the
+// consumer attached handed out the same slots over and over (a consumer reassembling a split
+// item of empty fragments from them never returned).
+TEST_CASE("ring tamper: an impossible producer index found at attach is refused") {
+  Attached a;
+  a.shared->tail.store(a.shared->head.load() + (std::uint64_t{1} << 40));
+
+  SUBCASE("RingReader") {
+    RingReader r(a.channel.ring(0, 0));
+    CHECK_THROWS_AS(r.try_peek(), shm_error);
+  }
+  SUBCASE("Inbox") {
+    Inbox in(a.channel, 0);
+    procflow::detail::batch_view b;
+    CHECK_THROWS_AS(in.try_receive(b), shm_error);
+  }
+  SUBCASE("an index behind the consumer's") {
+    a.shared->tail.store(a.shared->head.load() - 1);
+    RingReader r(a.channel.ring(0, 0));
+    CHECK_THROWS_AS(r.try_peek(), shm_error);
+  }
+}

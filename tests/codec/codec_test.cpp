@@ -462,3 +462,57 @@ TEST_CASE("codec: a user codec for a trivially copyable type is used inside cont
   CHECK(arr[0].degrees == 7);
   CHECK(arr[1].degrees == 8);
 }
+
+// Found by tests/fuzz/codec_fuzz: a container of zero-byte elements (empty structs, std::tuple<>)
+// encodes to its count alone, and the decoder refused that count as "exceeding the bytes left".
+TEST_CASE("codec: containers of zero-byte elements round-trip") {
+  const std::vector<Empty> empties(3);
+  CHECK(encode_to_bytes(empties).size() == 1);
+  CHECK(decode_from_bytes<std::vector<Empty>>(encode_to_bytes(empties)).size() == 3);
+  CHECK(decode_from_bytes<std::vector<std::tuple<>>>(encode_to_bytes(std::vector<std::tuple<>>(1000))).size() == 1000);
+  const std::map<int, std::vector<Empty>> nested{{1, std::vector<Empty>(2)}, {2, {}}};
+  const auto back = decode_from_bytes<std::map<int, std::vector<Empty>>>(encode_to_bytes(nested));
+  CHECK(back.at(1).size() == 2);
+  CHECK(back.at(2).empty());
+  const std::optional<std::vector<std::array<Empty, 2>>> wrapped{std::vector<std::array<Empty, 2>>(5)};
+  CHECK(decode_from_bytes<decltype(wrapped)::value_type>(encode_to_bytes(*wrapped)).size() == 5);
+  CHECK(decode_from_bytes<std::vector<std::pair<Empty, std::tuple<>>>>(encode_to_bytes(std::vector<std::pair<Empty, std::tuple<>>>(4))).size() == 4);
+}
+
+TEST_CASE("codec: a corrupt count of zero-byte elements is bounded, and counts are checked against the element size") {
+  std::vector<std::byte> huge(16);
+  huge.resize(static_cast<std::size_t>(procflow::detail::put_varint(std::uint64_t{1} << 40, huge.data()) - huge.data()));
+  largest_allocation.store(0);
+  CHECK_THROWS_WITH_AS(decode_from_bytes<std::vector<Empty>>(huge), doctest::Contains("zero-byte"), codec_error);
+  CHECK_THROWS_AS(decode_from_bytes<std::vector<std::tuple<>>>(huge), codec_error);
+  CHECK(largest_allocation.load() < (std::size_t{1} << 20));
+  // 3 pairs of 8-byte integers cannot fit in 20 bytes: refused from the count.
+  auto short_pairs = bytes_of({3});
+  short_pairs.resize(21);
+  CHECK_THROWS_WITH_AS((decode_from_bytes<std::vector<std::pair<std::uint64_t, std::uint64_t>>>(short_pairs)),
+                       doctest::Contains("element count 3"), codec_error);
+}
+
+// Found by the codec fuzzing work (UBSan: "load of value 4294967295, which is not a valid value
+// for type 'Color'"): an enum without a fixed underlying type was decoded as raw bytes, but only
+// the values of the smallest bit-field holding its enumerators are valid, so a corrupt byte was
+// undefined behaviour. Such enums are refused at compile time (tests/compile_fail/unfixed_enum);
+// enums with a fixed underlying type stay raw.
+namespace unfixed {
+enum Shade { light, dark };
+enum Sized : std::int32_t { small_size, large_size };
+enum class Scoped { a, b };
+}  // namespace unfixed
+
+TEST_CASE("codec: an enum without a fixed underlying type has no codec; fixed ones are raw") {
+  using procflow::is_raw_codec_v;
+  CHECK_FALSE(encodable<unfixed::Shade>);
+  CHECK_FALSE(encodable<std::vector<unfixed::Shade>>);
+  CHECK_FALSE(encodable<std::optional<unfixed::Shade>>);
+  CHECK(is_raw_codec_v<unfixed::Sized>);
+  CHECK(is_raw_codec_v<unfixed::Scoped>);
+  CHECK(is_raw_codec_v<Color>);
+  CHECK_FALSE(is_raw_codec_v<Flag>);  // over bool: checked
+  CHECK_THROWS_AS(decode_from_bytes<Flag>(bytes_of({2})), codec_error);
+  CHECK(decode_from_bytes<unfixed::Sized>(encode_to_bytes(unfixed::large_size)) == unfixed::large_size);
+}

@@ -5,3 +5,4 @@
 #include "pointer_field_record.cpp"
 #include "pointer_struct_item.cpp"
 #include "view_item.cpp"
+#include "unfixed_enum.cpp"
