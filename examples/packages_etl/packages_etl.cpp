@@ -73,9 +73,11 @@ void merge(section_totals& into, const section_totals& other) {
 }
 
 int run(const example::options& o) {
+  pf::stages::record_options fields;
+  fields.fields = {"Package", "Section", "Installed-Size"};  // the only fields the job reads (the rest is not copied)
   const auto result =
       pf::pipeline("packages_etl")
-          .source("records", pf::stages::records(o.input))
+          .source("records", pf::stages::records(o.input, fields))
           .reduce_by_key(
               "per section",
               [](const pf::stages::record& r) {
