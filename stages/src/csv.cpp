@@ -315,7 +315,7 @@ class RowCursor {
       if (p == Parsed::more) {
         if (r_.window().size() > o_.max_row_bytes)
           fail(start, row.size(), "row longer than " + std::to_string(o_.max_row_bytes) + " bytes");
-        r_.more(std::max<std::size_t>(std::size_t{1} << 12, r_.window().size()));
+        r_.more(std::max(read_piece, r_.window().size()));
         continue;
       }
       if (p == Parsed::end) return false;

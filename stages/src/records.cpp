@@ -95,26 +95,41 @@ class RecordCursor {
     const std::uint64_t record_start = r_.offset();
     std::size_t seen = 0;  // fields read (kept or not)
     bool keep = false;     // the last field was kept (so are its continuation lines)
+    // The lines are found in the window with a local position (the Reader is advanced when the
+    // window runs out and at the end): per line one memchr for '\n' and one for ':'.
+    std::size_t pos = 0;
     for (;;) {
       std::string_view line;
-      bool nl = false;
-      if (!read_line(line, nl)) break;
+      bool nl = true;
+      const std::string_view w = r_.window();
+      if (const void* e = std::memchr(w.data() + pos, '\n', w.size() - pos);
+          e != nullptr && static_cast<std::size_t>(static_cast<const char*>(e) - w.data()) - pos <= o_.max_record_bytes) {
+        line = w.substr(pos, static_cast<std::size_t>(static_cast<const char*>(e) - w.data()) - pos);
+      } else {  // the line ends past the window (or is too long): read on, the Reader at the line
+        r_.advance(pos);
+        pos = 0;
+        if (!read_line(line, nl)) break;
+      }
+      const std::size_t used = line.size() + (nl ? 1 : 0);
       const char first = line.empty() ? ' ' : line[0];
       if (first == ' ' || first == '\t' || first == '\r') {  // a blank line or a continuation line
         if (blank(line)) {
-          consume(line.size(), nl);
+          pos += used;
+          rel_ += nl ? 1 : 0;
           after_blank_ = true;
           break;
         }
         if (seen == 0) fail(r_.offset(), "continuation line before any field");
         if (keep) out.continue_value(trim(line));
-        consume(line.size(), nl);
+        pos += used;
+        rel_ += nl ? 1 : 0;
         continue;
       }
-      if (r_.offset() - record_start > o_.max_record_bytes)
+      if (r_.offset() + pos - record_start > o_.max_record_bytes)
         fail(r_.offset(), "record longer than " + std::to_string(o_.max_record_bytes) + " bytes");
       if (first == o_.comment && o_.comment != '\0') {
-        consume(line.size(), nl);
+        pos += used;
+        rel_ += nl ? 1 : 0;
         continue;
       }
       const void* c = std::memchr(line.data(), ':', line.size());
@@ -130,8 +145,10 @@ class RecordCursor {
       const std::string_view key = trim(line.substr(0, colon));
       keep = wanted(key);
       if (keep) out.add(key, trim(line.substr(colon + 1)));
-      consume(line.size(), nl);
+      pos += used;
+      rel_ += nl ? 1 : 0;
     }
+    r_.advance(pos);
     if (seen != 0) {
       last_fields_ = out.size();
       last_bytes_ = static_cast<std::size_t>(r_.offset() - record_start);  // >= its text
@@ -144,8 +161,8 @@ class RecordCursor {
   // Whether a field is kept (record_options::fields).
   bool wanted(std::string_view key) const noexcept {
     if (o_.fields.empty()) return true;
-    for (const std::string& k : o_.fields)
-      if (key == k) return true;
+    for (const std::string& k : o_.fields)  // length and first byte first: most keys differ there
+      if (k.size() == key.size() && k[0] == key[0] && std::memcmp(k.data(), key.data(), k.size()) == 0) return true;
     return false;
   }
   bool read_line(std::string_view& line, bool& nl) {

@@ -5,6 +5,8 @@
 
 #include <procflow/stages/input.hpp>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string_view>
 
@@ -41,7 +43,7 @@ std::size_t find_line(Reader& r, std::size_t max_bytes, bool& has_newline, TooLo
     }
     scanned = w.size();
     if (scanned > max_bytes + 1) too_long();
-    if (!r.more(std::max<std::size_t>(std::size_t{1} << 12, scanned))) {
+    if (!r.more(std::max(read_piece, scanned))) {
       has_newline = false;
       const std::string_view rest = r.window();
       if (rest.empty()) return std::string_view::npos;
@@ -62,7 +64,7 @@ void for_each_block(const input_set& input, std::uint64_t first, std::uint64_t l
     const input_set::block block = input.at(b);
     if (block.begin >= block.end) continue;
     Reader r(*block.file, block.begin == 0 ? 0 : block.begin - 1);
-    if (!r.more(static_cast<std::size_t>(block.end - block.begin) + 1)) continue;
+    if (!r.more(static_cast<std::size_t>(std::min<std::uint64_t>(block.end - block.begin + 1, read_piece)))) continue;
     if (block.begin > 0 && !seek_line_start(r, block.end)) continue;
     read(r, block);
   }
