@@ -132,9 +132,9 @@ class RecordCursor {
         rel_ += nl ? 1 : 0;
         continue;
       }
-      const void* c = std::memchr(line.data(), ':', line.size());
-      if (c == nullptr || c == line.data()) fail(r_.offset(), "expected 'Key: value'");
-      const std::size_t colon = static_cast<std::size_t>(static_cast<const char*>(c) - line.data());
+      std::size_t colon = 0;  // keys are short: a byte loop, not a memchr call
+      while (colon < line.size() && line[colon] != ':') ++colon;
+      if (colon == 0 || colon == line.size()) fail(r_.offset(), "expected 'Key: value'");
       if (seen++ == 0) {
         if (base_line_ != 0) {
           out.set_line(base_line_ + rel_);
