@@ -215,40 +215,53 @@ struct csv_parser {
       row.assign_fields(line, d);
       return true;
     }
+    // The line is copied once and unquoted in place: a write position `w` trails the read
+    // position `i` (unquoting only removes bytes), so no field is appended on its own.
     std::string& t = row.text_;
     std::vector<std::uint32_t>& ends = row.ends_;
-    t.clear();
+    t.assign(line);
     ends.clear();
-    std::size_t i = 0;
+    char* q = t.data();
+    std::size_t i = 0, w = 0;
+    auto keep = [&](std::size_t from, std::size_t to) {  // moves q[from, to) to q[w, ...)
+      if (w != from && to - from > 32) {
+        std::memmove(q + w, q + from, to - from);
+      } else if (w != from) {
+        for (std::size_t k = from; k < to; ++k) q[w + (k - from)] = q[k];
+      }
+      w += to - from;
+    };
     for (;;) {
-      if (i < n && p[i] == '"') {  // quoted field: pieces between quotes, "" is one quote
+      if (i < n && q[i] == '"') {  // quoted field: pieces between quotes, "" is one quote
         ++i;
         for (;;) {
-          const std::size_t qi = find_byte(p, i, n, '"');
+          const std::size_t qi = find_byte(q, i, n, '"');
           if (qi == n) return false;
-          t.append(p + i, qi - i);
+          keep(i, qi);
           i = qi + 1;
-          if (i < n && p[i] == '"') {
-            t.push_back('"');
+          if (i < n && q[i] == '"') {
+            q[w++] = '"';
             ++i;
             continue;
           }
           break;
         }
-        ends.push_back(static_cast<std::uint32_t>(t.size()));
-        if (i == n) return true;
-        if (p[i] != d) fail(ends.size() - 1, "unexpected character after a closing quote");
-        t.push_back(d);
+        ends.push_back(static_cast<std::uint32_t>(w));
+        if (i == n) break;
+        if (q[i] != d) fail(ends.size() - 1, "unexpected character after a closing quote");
+        q[w++] = d;
         ++i;
         continue;  // the next field (an empty one when the delimiter ends the line)
       }
-      const std::size_t j = find_byte(p, i, n, d);
-      t.append(p + i, j - i);
-      ends.push_back(static_cast<std::uint32_t>(t.size()));
-      if (j == n) return true;
-      t.push_back(d);
+      const std::size_t j = find_byte(q, i, n, d);
+      keep(i, j);
+      ends.push_back(static_cast<std::uint32_t>(w));
+      if (j == n) break;
+      q[w++] = d;
       i = j + 1;
     }
+    t.resize(w);
+    return true;
   }
 };
 
