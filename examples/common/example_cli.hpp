@@ -46,6 +46,7 @@ struct options {
   std::string output;    // --output FILE, empty when not given
   std::uint32_t replicas = std::max(1u, std::thread::hardware_concurrency());
   bool input_given = false;
+  std::string output_columns;  // the --output header (description::output_columns)
 };
 
 // The directory the data sets live in: $PROCFLOW_DATA, else /var/tmp/procflow-data.
@@ -97,6 +98,7 @@ inline std::optional<options> parse(
     int argc, char** argv, const description& d,
     const std::function<int(std::string_view flag, const char* value)>& extra = {}) {
   options o;
+  o.output_columns = d.output_columns;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -199,6 +201,27 @@ class csv_file {
   std::string tmp_;
   std::FILE* file_ = nullptr;
 };
+
+// The tail every example shares: with --output, one CSV row per element of `rows` (to_fields(element)
+// gives its fields) under the header o.output_columns, renamed into place only when complete; then the
+// profile report on stderr. Returns the exit status (0).
+template <class Rows, class ToFields, class Report>
+int finish(const options& o, const Rows& rows, ToFields&& to_fields, const Report& report) {
+  if (!o.output.empty()) {
+    std::vector<std::string> header;
+    for (std::size_t from = 0;;) {
+      const std::size_t comma = o.output_columns.find(',', from);
+      header.push_back(o.output_columns.substr(from, comma == std::string::npos ? std::string::npos : comma - from));
+      if (comma == std::string::npos) break;
+      from = comma + 1;
+    }
+    csv_file out(o.output, header);
+    for (const auto& r : rows) out.row(to_fields(r));
+    out.commit();
+  }
+  fmt::print(stderr, "{}\n", report);
+  return 0;
+}
 
 // One line: newlines in a message become "; ".
 inline std::string one_line(std::string s) {

@@ -97,13 +97,10 @@ int run(const example::options& o) {
   fmt::print("(on a machine shared with other work the wall figures fall; CPU seconds show the work done)\n");
   std::fflush(stdout);
 
-  if (!o.output.empty()) {
-    example::csv_file out(o.output, {"row", "inside", "iterations"});
-    for (const auto& [y, in, it] : rows) out.row({std::to_string(y), std::to_string(in), std::to_string(it)});
-    out.commit();
-  }
-  fmt::print(stderr, "{}\n", result.report);
-  return 0;
+  return example::finish(o, rows, [](const auto& row) {
+    const auto& [y, in, it] = row;
+    return std::vector<std::string>{std::to_string(y), std::to_string(in), std::to_string(it)};
+  }, result.report);
 }
 
 }  // namespace

@@ -55,13 +55,8 @@ int run(const example::options& o) {
   for (std::size_t i = 0; i < std::min<std::size_t>(10, rows.size()); ++i)
     fmt::print("  {:<3} {:>12}  {:5.2f}%\n", rows[i].first, rows[i].second, 100.0 * double(rows[i].second) / double(total));
 
-  if (!o.output.empty()) {
-    example::csv_file out(o.output, {"country", "addresses"});
-    for (const auto& [country, n] : rows) out.row({country, std::to_string(n)});
-    out.commit();
-  }
-  fmt::print(stderr, "{}\n", result.report);
-  return 0;
+  return example::finish(o, rows, [](const auto& row) { return std::vector<std::string>{row.first, std::to_string(row.second)}; },
+                         result.report);
 }
 
 }  // namespace

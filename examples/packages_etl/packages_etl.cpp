@@ -73,9 +73,11 @@ void merge(section_totals& into, const section_totals& other) {
 }
 
 int run(const example::options& o) {
+  pf::stages::record_options fields;
+  fields.fields = {"Package", "Section", "Installed-Size"};  // the only fields the job reads (the rest is not copied)
   const auto result =
       pf::pipeline("packages_etl")
-          .source("records", pf::stages::records(o.input))
+          .source("records", pf::stages::records(o.input, fields))
           .reduce_by_key(
               "per section",
               [](const pf::stages::record& r) {
@@ -103,16 +105,12 @@ int run(const example::options& o) {
     fmt::print("  {:<20} {:>8} {:>14} {:>10.1f}  {}\n", section, n, total, double(total) / double(n), largest);
   }
 
-  if (!o.output.empty()) {
-    example::csv_file out(o.output, {"section", "packages", "total_installed_size", "mean_installed_size", "largest_package"});
-    for (const auto& [section, t] : rows) {
-      const auto& [n, total, size, largest] = t;
-      out.row({section, std::to_string(n), std::to_string(total), fmt::format("{:.2f}", double(total) / double(n)), largest});
-    }
-    out.commit();
-  }
-  fmt::print(stderr, "{}\n", result.report);
-  return 0;
+  return example::finish(o, rows, [](const auto& row) {
+    const auto& [section, t] = row;
+    const auto& [n, total, size, largest] = t;
+    return std::vector<std::string>{section, std::to_string(n), std::to_string(total),
+                                    fmt::format("{:.2f}", double(total) / double(n)), largest};
+  }, result.report);
 }
 
 }  // namespace

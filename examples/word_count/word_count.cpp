@@ -68,13 +68,8 @@ int run(const example::options& o) {
   fmt::print("{} words, {} distinct; the most frequent:\n", words, rows.size());
   for (std::size_t i = 0; i < std::min(top, rows.size()); ++i) fmt::print("  {:>10}  {}\n", rows[i].second, rows[i].first);
 
-  if (!o.output.empty()) {
-    example::csv_file out(o.output, {"word", "count"});
-    for (const auto& [w, n] : rows) out.row({w, std::to_string(n)});
-    out.commit();
-  }
-  fmt::print(stderr, "{}\n", result.report);
-  return 0;
+  return example::finish(o, rows, [](const auto& row) { return std::vector<std::string>{row.first, std::to_string(row.second)}; },
+                         result.report);
 }
 
 }  // namespace

@@ -6,6 +6,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <bit>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -130,6 +133,138 @@ Parsed parse_row(std::string_view w, bool eof, const csv_options& o, csv_row& ro
 
 }  // namespace
 
+// The per-row fast paths: a row that is one physical line, parsed straight into the row's text.
+struct csv_parser {
+  // The commonest row: no quote before the end of its line. Finds the line's end and its
+  // delimiters in one pass, 8 bytes at a time, and stores the line (without '\n' and one
+  // trailing '\r') as the row's text. Returns false, having concluded nothing, when the line
+  // holds a quote or does not end within `w` (more input to read): the caller then takes the
+  // quote-aware path. Sets `len` (the line's bytes without '\n') and `nl`; an empty line leaves
+  // the row with no fields.
+  static bool scan_plain(std::string_view w, bool eof, char d, csv_row& row, std::size_t& len, bool& nl) {
+    if (d == '"' || d == '\n') return false;
+    std::vector<std::uint32_t>& ends = row.ends_;
+    ends.clear();
+    const char* p = w.data();
+    const std::size_t n = w.size();
+    std::size_t i = 0;
+    if constexpr (std::endian::native == std::endian::little) {
+      constexpr std::uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
+      // 0x80 in every byte of x that equals the byte of `pattern` (exact: no false positives).
+      auto equal = [](std::uint64_t x, std::uint64_t pattern) noexcept {
+        const std::uint64_t t = x ^ pattern;
+        return ~(((t & low7) + low7) | t | low7);
+      };
+      const std::uint64_t pd = ones * static_cast<unsigned char>(d), pq = ones * '"', pn = ones * '\n';
+      for (; i + 8 <= n; i += 8) {
+        std::uint64_t x;
+        std::memcpy(&x, p + i, 8);
+        std::uint64_t md = equal(x, pd);
+        const std::uint64_t stop = equal(x, pn) | equal(x, pq);
+        if (stop != 0) {
+          const int k = std::countr_zero(stop);  // 8 * byte + 7
+          if (p[i + static_cast<std::size_t>(k / 8)] == '"') return false;
+          md &= (std::uint64_t{1} << k) - 1;  // the delimiters before the newline
+          for (; md != 0; md &= md - 1) ends.push_back(static_cast<std::uint32_t>(i + static_cast<std::size_t>(std::countr_zero(md) / 8)));
+          return finish(p, i + static_cast<std::size_t>(k / 8), true, row, len, nl);
+        }
+        for (; md != 0; md &= md - 1) ends.push_back(static_cast<std::uint32_t>(i + static_cast<std::size_t>(std::countr_zero(md) / 8)));
+      }
+    }
+    for (; i < n; ++i) {
+      const char c = p[i];
+      if (c == '\n') return finish(p, i, true, row, len, nl);
+      if (c == '"') return false;
+      if (c == d) ends.push_back(static_cast<std::uint32_t>(i));
+    }
+    if (!eof || n == 0) return false;
+    return finish(p, n, false, row, len, nl);
+  }
+
+  static bool finish(const char* p, std::size_t end, bool newline, csv_row& row, std::size_t& len, bool& nl) {
+    len = end;
+    nl = newline;
+    if (end > 0 && p[end - 1] == '\r') --end;  // CRLF: the '\r' is not data (no delimiter can be there)
+    if (end == 0) {
+      row.clear();
+      return true;
+    }
+    row.text_.assign(p, end);
+    row.ends_.push_back(static_cast<std::uint32_t>(end));
+    return true;
+  }
+
+  // Parses `line` (no '\n', a trailing '\r' removed) into `row`. Returns false when a quoted
+  // field does not close on this line (the caller then runs the general parser, which knows
+  // about multiline rows and the end of the input). Errors go through fail(field, message).
+  // Position of the first `c` in p[i, n), or n. Fields are mostly short: a byte loop first (a
+  // memchr call costs more than a few compares), memchr for the rest of a long field.
+  static std::size_t find_byte(const char* p, std::size_t i, std::size_t n, char c) noexcept {
+    for (const std::size_t stop = std::min(n, i + 16); i < stop; ++i)
+      if (p[i] == c) return i;
+    if (i == n) return n;
+    const void* q = std::memchr(p + i, c, n - i);
+    return q ? static_cast<std::size_t>(static_cast<const char*>(q) - p) : n;
+  }
+
+  template <class Fail>
+  static bool parse_line(std::string_view line, char d, csv_row& row, Fail&& fail) {
+    const char* p = line.data();
+    const std::size_t n = line.size();
+    if (std::memchr(p, '"', n) == nullptr) {  // no quotes: the line is the row's text
+      row.assign_fields(line, d);
+      return true;
+    }
+    // The line is copied once and unquoted in place: a write position `w` trails the read
+    // position `i` (unquoting only removes bytes), so no field is appended on its own.
+    std::string& t = row.text_;
+    std::vector<std::uint32_t>& ends = row.ends_;
+    t.assign(line);
+    ends.clear();
+    char* q = t.data();
+    std::size_t i = 0, w = 0;
+    auto keep = [&](std::size_t from, std::size_t to) {  // moves q[from, to) to q[w, ...)
+      if (w != from && to - from > 32) {
+        std::memmove(q + w, q + from, to - from);
+      } else if (w != from) {
+        for (std::size_t k = from; k < to; ++k) q[w + (k - from)] = q[k];
+      }
+      w += to - from;
+    };
+    for (;;) {
+      if (i < n && q[i] == '"') {  // quoted field: pieces between quotes, "" is one quote
+        ++i;
+        for (;;) {
+          const std::size_t qi = find_byte(q, i, n, '"');
+          if (qi == n) return false;
+          keep(i, qi);
+          i = qi + 1;
+          if (i < n && q[i] == '"') {
+            q[w++] = '"';
+            ++i;
+            continue;
+          }
+          break;
+        }
+        ends.push_back(static_cast<std::uint32_t>(w));
+        if (i == n) break;
+        if (q[i] != d) fail(ends.size() - 1, "unexpected character after a closing quote");
+        q[w++] = d;
+        ++i;
+        continue;  // the next field (an empty one when the delimiter ends the line)
+      }
+      const std::size_t j = find_byte(q, i, n, d);
+      keep(i, j);
+      ends.push_back(static_cast<std::uint32_t>(w));
+      if (j == n) break;
+      q[w++] = d;
+      i = j + 1;
+    }
+    t.resize(w);
+    return true;
+  }
+};
+
 std::uint32_t register_columns(std::vector<std::string> names) {
   std::lock_guard lock(column_mutex);
   auto& t = column_table();
@@ -154,6 +289,45 @@ class RowCursor {
   bool next(csv_row& row) {
     for (;;) {
       if (r_.offset() >= limit_) return false;
+      const std::uint64_t start = r_.offset();
+      bool nl = false;
+      std::size_t len = 0;
+      if (const std::string_view w = r_.window();
+          (w.empty() || o_.comment == '\0' || w[0] != o_.comment) &&
+          csv_parser::scan_plain(w, r_.at_end(), o_.delimiter, row, len, nl) && len <= o_.max_row_bytes) {
+        r_.advance(len + (nl ? 1 : 0));
+        const std::uint64_t line = line_;
+        if (line_ != 0) ++line_;
+        if (row.size() == 0) continue;  // an empty line
+        row.set_origin(r_.file().id, columns_, start, line);
+        return true;
+      }
+      len = find_line(r_, o_.max_row_bytes, nl, [&] {
+        fail(start, 0, "row longer than " + std::to_string(o_.max_row_bytes) + " bytes");
+      });
+      if (len == std::string_view::npos) return false;
+      const std::string_view line = strip_cr(r_.window().substr(0, len));
+      const std::size_t used = len + (nl ? 1 : 0);
+      if (line.empty() || (o_.comment != '\0' && line[0] == o_.comment)) {  // empty and comment lines
+        r_.advance(used);
+        if (line_ != 0) ++line_;
+        continue;
+      }
+      if (csv_parser::parse_line(line, o_.delimiter, row, [&](std::size_t field, const std::string& what) { fail(start, field, what); })) {
+        row.set_origin(r_.file().id, columns_, start, line_);
+        r_.advance(used);
+        if (line_ != 0) ++line_;
+        return true;
+      }
+      if (general(row)) return true;
+    }
+  }
+
+ private:
+  // A row with a quoted field that does not close on its first line: parsed from the window
+  // (multiline rows, the end of the input, the errors of the single-line rule).
+  bool general(csv_row& row) {
+    for (;;) {
       std::size_t used = 0;
       std::uint64_t newlines = 0;
       const std::uint64_t start = r_.offset();
@@ -162,7 +336,7 @@ class RowCursor {
       if (p == Parsed::more) {
         if (r_.window().size() > o_.max_row_bytes)
           fail(start, row.size(), "row longer than " + std::to_string(o_.max_row_bytes) + " bytes");
-        r_.more(std::max<std::size_t>(std::size_t{1} << 12, r_.window().size()));
+        r_.more(std::max(read_piece, r_.window().size()));
         continue;
       }
       if (p == Parsed::end) return false;
@@ -170,13 +344,12 @@ class RowCursor {
       const std::uint64_t line = line_;
       if (line_ != 0) line_ += static_cast<std::uint64_t>(std::count(text.begin(), text.end(), '\n'));
       r_.advance(used);
-      if (p == Parsed::skipped) continue;
+      if (p == Parsed::skipped) return false;
       row.set_origin(r_.file().id, columns_, start, line);
       return true;
     }
   }
 
- private:
   [[noreturn]] void fail(std::uint64_t start, std::size_t field, const std::string& what) {
     throw procflow::error(where(r_.file(), start, line_) + ":" + std::to_string(field + 1) + ": " + what);
   }
@@ -229,6 +402,16 @@ class csv_stream {
 }  // namespace detail
 
 // ------------------------------------------------------------------ csv_row
+
+void csv_row::assign_fields(std::string_view text, char separator) {
+  text_.assign(text);
+  ends_.clear();
+  const char* p = text_.data();
+  const std::size_t n = text_.size();
+  for (std::size_t i = 0; i < n; ++i)
+    if (p[i] == separator) ends_.push_back(static_cast<std::uint32_t>(i));
+  ends_.push_back(static_cast<std::uint32_t>(n));
+}
 
 std::size_t csv_row::index_of(std::string_view column) const {
   const auto& names = detail::columns(columns_);
@@ -313,21 +496,16 @@ csv_source::csv_source(std::string input, csv_options options)
 std::size_t csv_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<csv_row>& out) const {
   // The previous chunk's rows are reused as storage (no allocation per row once warm).
   std::size_t n = 0;
-  csv_row row;
-  for (std::uint64_t b = first; b < last; ++b) {
-    const auto block = input_->at(b);
-    if (block.begin >= block.end) continue;
-    detail::Reader r(*block.file, block.begin == 0 ? 0 : block.begin - 1);
-    if (!r.more(static_cast<std::size_t>(block.end - block.begin) + 1)) continue;
-    if (block.begin > 0 && !detail::seek_line_start(r, block.end)) continue;
+  csv_row header;
+  detail::for_each_block(*input_, first, last, [&](detail::Reader& r, const detail::input_set::block& block) {
     detail::RowCursor cursor(r, options_, columns_, block.end, block.begin == 0 ? 1 : 0);
-    if (block.begin == 0 && options_.header && !cursor.next(row)) continue;  // skip the header
+    if (block.begin == 0 && options_.header && !cursor.next(header)) return;  // skip the header
     for (;;) {
       if (n == out.size()) out.emplace_back();
       if (!cursor.next(out[n])) break;
       ++n;
     }
-  }
+  });
   out.resize(n);
   return n;
 }

@@ -55,12 +55,7 @@ std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow
   // Items of the previous chunk are reused as storage: assigning into a string that has the
   // capacity already costs no allocation (a batch of lines allocates only while it grows).
   std::size_t n = 0;
-  for (std::uint64_t b = first; b < last; ++b) {
-    const auto block = input_->at(b);
-    if (block.begin >= block.end) continue;
-    detail::Reader r(*block.file, block.begin == 0 ? 0 : block.begin - 1);
-    if (!r.more(static_cast<std::size_t>(block.end - block.begin) + 1)) continue;
-    if (block.begin > 0 && !detail::seek_line_start(r, block.end)) continue;
+  detail::for_each_block(*input_, first, last, [&](detail::Reader& r, const detail::input_set::block& block) {
     while (r.offset() < block.end) {
       bool nl = false;
       const std::size_t len = detail::find_line(r, options_.max_line_bytes, nl, [&] {
@@ -77,7 +72,7 @@ std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow
       ++n;
       r.advance(len + (nl ? 1 : 0));
     }
-  }
+  });
   out.resize(n);
   return n;
 }

@@ -12,6 +12,11 @@
 
 namespace procflow::stages::detail {
 
+// Bytes per read(2): small enough that the piece just read is still in the core's L2 cache when
+// the parser scans it (1 MiB pieces made the kernel's copy and the scan both miss), large
+// enough that the system call cost is noise.
+inline constexpr std::size_t read_piece = std::size_t{64} << 10;
+
 class Reader {
  public:
   // Plain file from byte `offset` (split blocks), or, when `sequential`, any input from its start
@@ -26,7 +31,7 @@ class Reader {
   std::uint64_t offset() const noexcept { return base_ + pos_; }
   void advance(std::size_t n) noexcept { pos_ += n; }
   // Appends up to `want` more bytes to the window; false at end of input (nothing appended).
-  bool more(std::size_t want = std::size_t{1} << 20);
+  bool more(std::size_t want = read_piece);
   bool at_end() const noexcept { return end_; }
   const input_file& file() const noexcept { return *file_; }
 

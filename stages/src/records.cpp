@@ -93,47 +93,78 @@ class RecordCursor {
     out.clear();
     out.reserve(last_fields_, last_bytes_);
     const std::uint64_t record_start = r_.offset();
+    std::size_t seen = 0;  // fields read (kept or not)
+    bool keep = false;     // the last field was kept (so are its continuation lines)
+    // The lines are found in the window with a local position (the Reader is advanced when the
+    // window runs out and at the end): per line one memchr for '\n' and one for ':'.
+    std::size_t pos = 0;
     for (;;) {
       std::string_view line;
-      bool nl = false;
-      if (!read_line(line, nl)) break;
-      if (blank(line)) {
-        consume(line.size(), nl);
-        after_blank_ = true;
-        break;
+      bool nl = true;
+      const std::string_view w = r_.window();
+      if (const void* e = std::memchr(w.data() + pos, '\n', w.size() - pos);
+          e != nullptr && static_cast<std::size_t>(static_cast<const char*>(e) - w.data()) - pos <= o_.max_record_bytes) {
+        line = w.substr(pos, static_cast<std::size_t>(static_cast<const char*>(e) - w.data()) - pos);
+      } else {  // the line ends past the window (or is too long): read on, the Reader at the line
+        r_.advance(pos);
+        pos = 0;
+        if (!read_line(line, nl)) break;
       }
-      if (r_.offset() - record_start > o_.max_record_bytes)
-        fail(r_.offset(), "record longer than " + std::to_string(o_.max_record_bytes) + " bytes");
-      if (o_.comment != '\0' && line[0] == o_.comment) {
-        consume(line.size(), nl);
+      const std::size_t used = line.size() + (nl ? 1 : 0);
+      const char first = line.empty() ? ' ' : line[0];
+      if (first == ' ' || first == '\t' || first == '\r') {  // a blank line or a continuation line
+        if (blank(line)) {
+          pos += used;
+          rel_ += nl ? 1 : 0;
+          after_blank_ = true;
+          break;
+        }
+        if (seen == 0) fail(r_.offset(), "continuation line before any field");
+        if (keep) out.continue_value(trim(line));
+        pos += used;
+        rel_ += nl ? 1 : 0;
         continue;
       }
-      if (line[0] == ' ' || line[0] == '\t') {
-        if (out.empty()) fail(r_.offset(), "continuation line before any field");
-        out.continue_value(trim(line));
-      } else {
-        const void* c = std::memchr(line.data(), ':', line.size());
-        if (c == nullptr || c == line.data()) fail(r_.offset(), "expected 'Key: value'");
-        const std::size_t colon = static_cast<std::size_t>(static_cast<const char*>(c) - line.data());
-        if (out.empty()) {
-          if (base_line_ != 0) {
-            out.set_line(base_line_ + rel_);
-          } else {
-            out.set_line_after(r_.file().id, start_, rel_);
-          }
-        }
-        out.add(trim(line.substr(0, colon)), trim(line.substr(colon + 1)));
+      if (r_.offset() + pos - record_start > o_.max_record_bytes)
+        fail(r_.offset(), "record longer than " + std::to_string(o_.max_record_bytes) + " bytes");
+      if (first == o_.comment && o_.comment != '\0') {
+        pos += used;
+        rel_ += nl ? 1 : 0;
+        continue;
       }
-      consume(line.size(), nl);
+      std::size_t colon = 0;  // keys are short: a byte loop, not a memchr call
+      while (colon < line.size() && line[colon] != ':') ++colon;
+      if (colon == 0 || colon == line.size()) fail(r_.offset(), "expected 'Key: value'");
+      if (seen++ == 0) {
+        if (base_line_ != 0) {
+          out.set_line(base_line_ + rel_);
+        } else {
+          out.set_line_after(r_.file().id, start_, rel_);
+        }
+      }
+      const std::string_view key = trim(line.substr(0, colon));
+      keep = wanted(key);
+      if (keep) out.add(key, trim(line.substr(colon + 1)));
+      pos += used;
+      rel_ += nl ? 1 : 0;
     }
-    if (!out.empty()) {
+    r_.advance(pos);
+    if (seen != 0) {
       last_fields_ = out.size();
       last_bytes_ = static_cast<std::size_t>(r_.offset() - record_start);  // >= its text
+      return true;
     }
-    return !out.empty() || next(out);
+    return next(out);
   }
 
  private:
+  // Whether a field is kept (record_options::fields).
+  bool wanted(std::string_view key) const noexcept {
+    if (o_.fields.empty()) return true;
+    for (const std::string& k : o_.fields)  // length and first byte first: most keys differ there
+      if (k.size() == key.size() && k[0] == key[0] && std::memcmp(k.data(), key.data(), k.size()) == 0) return true;
+    return false;
+  }
   bool read_line(std::string_view& line, bool& nl) {
     const std::size_t len = find_line(r_, o_.max_record_bytes, nl, [&] {
       fail(r_.offset(), "line longer than " + std::to_string(o_.max_record_bytes) + " bytes");
@@ -206,16 +237,11 @@ std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procfl
     if (n == out.size()) out.emplace_back();
     return out[n];
   };
-  for (std::uint64_t b = first; b < last; ++b) {
-    const auto block = input_->at(b);
-    if (block.begin >= block.end) continue;
-    detail::Reader r(*block.file, block.begin == 0 ? 0 : block.begin - 1);
-    if (!r.more(static_cast<std::size_t>(block.end - block.begin) + 1)) continue;
-    if (block.begin > 0 && !detail::seek_line_start(r, block.end)) continue;
+  detail::for_each_block(*input_, first, last, [&](detail::Reader& r, const detail::input_set::block& block) {
     const bool after_blank = block.begin == 0 || detail::previous_line_blank(*block.file, r.offset());
     detail::RecordCursor cursor(r, options_, block.end, block.begin == 0 ? 1 : 0, after_blank);
     while (cursor.next(slot())) ++n;
-  }
+  });
   out.resize(n);
   return n;
 }

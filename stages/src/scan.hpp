@@ -3,6 +3,10 @@
 
 #include "reader.hpp"
 
+#include <procflow/stages/input.hpp>
+
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string_view>
 
@@ -39,13 +43,30 @@ std::size_t find_line(Reader& r, std::size_t max_bytes, bool& has_newline, TooLo
     }
     scanned = w.size();
     if (scanned > max_bytes + 1) too_long();
-    if (!r.more(std::max<std::size_t>(std::size_t{1} << 12, scanned))) {
+    if (!r.more(std::max(read_piece, scanned))) {
       has_newline = false;
       const std::string_view rest = r.window();
       if (rest.empty()) return std::string_view::npos;
       if (rest.size() > max_bytes && !(rest.size() == max_bytes + 1 && rest.back() == '\r')) too_long();
       return rest.size();
     }
+  }
+}
+
+// The one block loop of the splittable readers: for every block b in [first, last) of `input`
+// that holds the start of a line, opens a Reader on its file with the block's bytes (and one
+// before it) read, positioned at the first line that starts at or after the block's begin, and
+// calls read(reader, block). A line belongs to the block it starts in; `read` reads the lines
+// (rows, records) that start before block.end and finishes the last one past it.
+template <class Read>
+void for_each_block(const input_set& input, std::uint64_t first, std::uint64_t last, Read&& read) {
+  for (std::uint64_t b = first; b < last; ++b) {
+    const input_set::block block = input.at(b);
+    if (block.begin >= block.end) continue;
+    Reader r(*block.file, block.begin == 0 ? 0 : block.begin - 1);
+    if (!r.more(static_cast<std::size_t>(std::min<std::uint64_t>(block.end - block.begin + 1, read_piece)))) continue;
+    if (block.begin > 0 && !seek_line_start(r, block.end)) continue;
+    read(r, block);
   }
 }
 

@@ -201,3 +201,70 @@ TEST_CASE("split reading over 1..3 replicas equals sequential reading (random qu
   }
   CHECK(pt::count_children() == 0);
 }
+
+TEST_CASE("the one-pass row splitter: delimiters at every offset, CRLF, empty fields, comments, no final newline") {
+  // Rows without quotes take the 8-bytes-at-a-time path; fields of 0..19 bytes put delimiters and
+  // line ends at every position of an 8-byte word. The expected fields are split here, byte by byte.
+  std::mt19937_64 rng(7);
+  for (const char delimiter : {',', ';', '\t'}) {
+    CAPTURE(delimiter);
+    pt::temp_dir dir("csv_plain");
+    std::string text;
+    std::vector<fields> want;
+    for (int i = 0; i < 3000; ++i) {
+      if (rng() % 50 == 0) text += "# a comment, with \"quotes\"\n";
+      if (rng() % 50 == 0) text += rng() % 2 ? "\n" : "\r\n";
+      fields row(1 + rng() % 6);
+      for (std::size_t c = 0; c < row.size(); ++c) {
+        for (std::uint64_t k = rng() % 20; k > 0; --k) row[c] += static_cast<char>('a' + rng() % 26);
+        if (c) text += delimiter;
+        text += row[c];
+      }
+      if (row.size() == 1 && row[0].empty()) {  // an empty line is no row
+        row[0].push_back('x');
+        text.push_back('x');
+      }
+      want.push_back(row);
+      if (i + 1 < 3000 || delimiter != ',') text += rng() % 3 ? "\n" : "\r\n";  // ',': the last row has no newline
+    }
+    const std::string path = dir.write("p.csv", text);
+    pf::stages::csv_options o;
+    o.header = false;
+    o.comment = '#';
+    o.delimiter = delimiter;
+    for (const std::uint64_t block : {std::uint64_t{97}, std::uint64_t{4096}, std::uint64_t{1} << 20}) {
+      CAPTURE(block);
+      o.block_bytes = block;
+      CHECK(read_split(pf::stages::csv_source(path, o)) == want);
+      CHECK(read_sequential(pf::stages::csv_source(path, o)) == want);
+    }
+  }
+}
+
+TEST_CASE("a csv_row crosses processes whole, and a corrupt one is rejected") {
+  pf::stages::csv_row row;
+  row.assign_fields("a,,bc,", ',');
+  CHECK(to_fields(row) == fields{"a", "", "bc", ""});
+  pf::stages::csv_row built;
+  for (const char* f : {"a", "", "bc", ""}) built.add_field(f);
+  CHECK(built == row);
+  std::vector<std::byte> bytes(pf::codec<pf::stages::csv_row>::encoded_size(row));
+  CHECK(pf::codec<pf::stages::csv_row>::encode(row, bytes.data()) == bytes.data() + bytes.size());
+  pf::decoder in(bytes);
+  CHECK(to_fields(pf::codec<pf::stages::csv_row>::decode(in)) == fields{"a", "", "bc", ""});
+  // Field ends that leave no separator between two fields are out of bounds.
+  pf::stages::csv_row bad;
+  bad.assign_fields("ab", 'b');  // fields "a", "": ends 1, 2
+  std::vector<std::byte> b2(pf::codec<pf::stages::csv_row>::encoded_size(bad));
+  pf::codec<pf::stages::csv_row>::encode(bad, b2.data());
+  pf::decoder good(b2);
+  CHECK(to_fields(pf::codec<pf::stages::csv_row>::decode(good)) == fields{"a", ""});
+  // Bytes: varint 2, "ab", varint 2, then the ends 1 and 2 as 4-byte words. A second end of 1
+  // would make field 2 start past its end.
+  std::vector<std::byte> b3 = b2;
+  REQUIRE(b3.size() > 12);
+  REQUIRE(static_cast<int>(b3[8]) == 2);
+  b3[8] = std::byte{1};
+  pf::decoder corrupt(b3);
+  CHECK_THROWS_AS(pf::codec<pf::stages::csv_row>::decode(corrupt), pf::codec_error);
+}

@@ -126,3 +126,33 @@ TEST_CASE("split records over 1..3 replicas equal sequential reading (random fil
   }
   CHECK(pt::count_children() == 0);
 }
+
+TEST_CASE("record_options::fields keeps only the named fields; every line is still checked") {
+  pt::temp_dir dir("records_fields");
+  const std::string path = dir.write("Packages",
+                                     "Package: a\n"
+                                     "Depends: x,\n"
+                                     " y\n"
+                                     "Section: admin\n"
+                                     "Description: one\n"
+                                     " more\n"
+                                     "\n"
+                                     "Version: 1\n"
+                                     "\n"
+                                     "Package: c\n"
+                                     "Installed-Size: 7\n");
+  pf::stages::record_options o;
+  o.fields = {"Package", "Section", "Description"};
+  // The record without any named field is still a record (a job counts it), with its line.
+  const std::vector<record> want{{{{"Package", "a"}, {"Section", "admin"}, {"Description", "one\nmore"}}, 1},
+                                 {{}, 8},
+                                 {{{"Package", "c"}}, 10}};
+  for (const std::uint64_t block : {std::uint64_t{3}, std::uint64_t{16}, std::uint64_t{1} << 20}) {
+    CAPTURE(block);
+    o.block_bytes = block;
+    CHECK(read_split(pf::stages::records_source(path, o)) == want);
+    CHECK(read_sequential(pf::stages::records_source(path, o)) == want);
+  }
+  const std::string bad = dir.write("bad", "Package: a\nnot a field\n");
+  CHECK_THROWS_WITH(read_sequential(pf::stages::records_source(bad, o)), (bad + ":2: expected 'Key: value'").c_str());
+}

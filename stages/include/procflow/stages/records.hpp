@@ -39,6 +39,11 @@ struct record_options {
   char comment = '\0';                                  // e.g. '#'
   std::size_t max_record_bytes = std::size_t{64} << 20;  // a longer record is an error
   std::uint64_t block_bytes = default_block_bytes;
+  // Only the fields with these keys (exact) are kept in each record; empty: every field. Every
+  // line is still checked ("Key: value"), and a record with none of them is still a record (no
+  // fields, its line() set); the other fields are skipped without being copied. Reading the 3
+  // fields packages_etl uses of a Packages index's ~20 costs about 0.6x the CPU of reading all.
+  std::vector<std::string> fields;
 };
 
 // One record: its fields' keys and values back to back in one string, with the end of every key
