@@ -357,12 +357,17 @@ class Replica final : public detail::downstream {
 int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group,
                 std::uint32_t replica) noexcept {
   std::optional<Replica> r;
+  metrics::ReplicaStats* stats = nullptr;
   try {
+    stats = &state.stats(state.first_replica(group) + replica);
+    metrics::record_start(*stats);
     r.emplace(def, plan, state, group, replica);
     r->run();
+    metrics::record_end(*stats);
     r->record_completed();
     return exit_completed;
   } catch (...) {
+    if (stats) metrics::record_end(*stats);
     if (r) r->record_failure();
     return exit_failed;
   }

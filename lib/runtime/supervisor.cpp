@@ -2,6 +2,7 @@
 // replica, drains the results channel, watches the children through pidfds and turns the first
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
+#include "metrics/replica_rows.hpp"
 #include "process/child.hpp"
 #include "runtime/exception_info.hpp"
 #include "runtime/plan.hpp"
@@ -53,6 +54,7 @@ class Supervisor {
 
   run_report run() {
     const auto t0 = Clock::now();
+    run_start_ns_ = metrics::steady_now_ns();
     elastic_.start();
     if (plan_.has_results) drain_results();
     // The scheduler (and closing the lanes of replica slots never started) needs short ticks.
@@ -220,6 +222,7 @@ class Supervisor {
       auto& collect = report.stages.back();
       collect.items_in = collect.items_out = report.stages[report.stages.size() - 2].items_out;
     }
+    metrics::add_replica_rows(report, def_, plan_, state_, run_start_ns_);
     return report;
   }
 
@@ -228,6 +231,7 @@ class Supervisor {
   Plan plan_;
   RunState state_;
   std::vector<ReplicaId> ids_;
+  std::uint64_t run_start_ns_ = 0;  // steady clock (metrics::steady_now_ns)
   scheduler::Elastic elastic_;
   process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };
