@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages procflow needs, only those missing. As root it runs apt-get;
 # otherwise it prints the exact command to run and fails.
 set -euo pipefail
-packages=(build-essential cmake libtbb-dev libboost-dev libfmt-dev doctest-dev zlib1g-dev python3)
+packages=(build-essential cmake libtbb-dev libboost-dev libfmt-dev doctest-dev zlib1g-dev python3 nlohmann-json3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <procflow/profile.hpp>
+
 #include <fmt/format.h>
 
 namespace procflow {
@@ -82,13 +84,15 @@ struct run_report {
   std::vector<stage_report> stages;
   std::vector<scheduler_decision> decisions;
   std::vector<replica_report> replica_rows;  // every replica process that ran, by group and replica
+  std::vector<run_sample> samples;           // the counters sampled while the run went on
 
   // The stage whose replicas were busiest relative to their count (nullptr if none ran).
   const stage_report* bottleneck() const;
   // A table, one row per stage (what fmt::print("{}", report) prints); with `per_replica`, a
   // second table with one row per replica process (a skewed replica shows there).
   std::string to_string(bool per_replica = false) const;
-  // One JSON object.
+  // The whole report as one JSON object (schema "procflow.report/1", documented in
+  // docs/profiling.md); parse it with any JSON library.
   std::string to_json() const;
 };
 

@@ -6,25 +6,6 @@
 
 namespace procflow {
 
-namespace {
-
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
-}  // namespace
-
 const stage_report* run_report::bottleneck() const {
   const stage_report* best = nullptr;
   double best_load = -1;
@@ -87,28 +68,6 @@ std::string run_report::to_string(bool per_replica) const {
     }
   }
   return out;
-}
-
-std::string run_report::to_json() const {
-  std::string out = fmt::format("{{\"pipeline\":{},\"wall_s\":{:.6f},\"processes\":{},\"stages\":[", json_string(pipeline), wall_s, processes);
-  for (std::size_t i = 0; i < stages.size(); ++i) {
-    const auto& s = stages[i];
-    out += fmt::format(
-        "{}{{\"name\":{},\"kind\":{},\"replicas\":{},\"process_group\":{},\"items_in\":{},\"items_out\":{},"
-        "\"batches_in\":{},\"bytes_in\":{},\"busy_s\":{:.6f},\"starved_s\":{:.6f},\"blocked_s\":{:.6f},\"peak_replicas\":{}}}",
-        i ? "," : "", json_string(s.name), json_string(s.kind), s.replicas, s.process_group, s.items_in, s.items_out,
-        s.batches_in, s.bytes_in, s.busy_s, s.starved_s, s.blocked_s, s.peak_replicas);
-  }
-  out += fmt::format("],\"cores\":{},\"decisions\":[", cores);
-  for (std::size_t i = 0; i < decisions.size(); ++i) {
-    const auto& d = decisions[i];
-    out += fmt::format(
-        "{}{{\"time_s\":{:.6f},\"process_group\":{},\"stages\":{},\"from\":{},\"to\":{},\"true_rate\":{:.6g},"
-        "\"required_rate\":{:.6g},\"observed_rate\":{:.6g},\"forced\":{}}}",
-        i ? "," : "", d.time_s, d.process_group, json_string(d.stages), d.from, d.to, d.true_rate, d.required_rate, d.observed_rate,
-        d.forced ? "true" : "false");
-  }
-  return out + "]}";
 }
 
 }  // namespace procflow
