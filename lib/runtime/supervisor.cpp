@@ -4,6 +4,7 @@
 #include "channel/inbox.hpp"
 #include "metrics/replica_rows.hpp"
 #include "metrics/sampler.hpp"
+#include "metrics/trace_writer.hpp"
 #include "process/child.hpp"
 #include "runtime/exception_info.hpp"
 #include "runtime/plan.hpp"
@@ -70,6 +71,8 @@ class Supervisor {
     if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
     run_report report = make_report(std::chrono::duration<double>(Clock::now() - t0).count());
     sampler_.finish(report);
+    if (!def_.options.profile.trace_path.empty())
+      metrics::write_trace(def_.options.profile.trace_path, report, def_, plan_, state_, run_start_ns_);
     return report;
   }
 
