@@ -71,7 +71,7 @@ int run(const example::options& o) {
 
   cpu0 = cpu_seconds(RUSAGE_SELF) + cpu_seconds(RUSAGE_CHILDREN);
   t0 = clock::now();
-  auto result = pf::pipeline("cpu_bound")
+  auto result = pf::pipeline("cpu_bound", example::profile(o))
                     .source("rows", pf::iota<std::uint32_t>(0, h))
                     .map("mandelbrot", [w, h, limit](std::uint32_t y) { return mandelbrot_row(y, w, h, limit); },
                          pf::replicas(o.replicas))
@@ -102,7 +102,7 @@ int run(const example::options& o) {
     for (const auto& [y, in, it] : rows) out.row({std::to_string(y), std::to_string(in), std::to_string(it)});
     out.commit();
   }
-  fmt::print(stderr, "{}\n", result.report);
+  example::finish_report(o, result.report);
   return 0;
 }
 

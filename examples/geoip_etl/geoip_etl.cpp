@@ -34,7 +34,7 @@ int run(const example::options& o) {
   csv.columns = {"start", "end", "country"};
 
   const auto result =
-      pf::pipeline("geoip_etl")
+      pf::pipeline("geoip_etl", example::profile(o))
           .source("rows", pf::stages::csv_rows(o.input, csv))
           .reduce_by_key(
               "per country", [](const pf::stages::csv_row& row) { return row.get<std::string>(2); }, std::uint64_t{0},
@@ -60,7 +60,7 @@ int run(const example::options& o) {
     for (const auto& [country, n] : rows) out.row({country, std::to_string(n)});
     out.commit();
   }
-  fmt::print(stderr, "{}\n", result.report);
+  example::finish_report(o, result.report);
   return 0;
 }
 

@@ -74,7 +74,7 @@ void merge(section_totals& into, const section_totals& other) {
 
 int run(const example::options& o) {
   const auto result =
-      pf::pipeline("packages_etl")
+      pf::pipeline("packages_etl", example::profile(o))
           .source("records", pf::stages::records(o.input))
           .reduce_by_key(
               "per section",
@@ -111,7 +111,7 @@ int run(const example::options& o) {
     }
     out.commit();
   }
-  fmt::print(stderr, "{}\n", result.report);
+  example::finish_report(o, result.report);
   return 0;
 }
 

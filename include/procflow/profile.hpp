@@ -96,6 +96,8 @@ inline void apply_profile_option(profile_options& o, const sample_every& s) { o.
 inline void apply_profile_option(profile_options& o, const progress& p) { o.progress = p.mode; }
 inline void apply_profile_option(profile_options& o, const on_progress& p) { o.on_progress = p.fn; }
 inline void apply_profile_option(profile_options& o, const trace& t) { o.trace_path = t.path; }
+// A whole profile_options at once (e.g. built from a command line).
+inline void apply_profile_option(profile_options& o, const profile_options& p) { o = p; }
 template <class T>
 concept profile_option = requires(profile_options& o, const T& t) { apply_profile_option(o, t); };
 }  // namespace detail

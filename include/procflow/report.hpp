@@ -94,6 +94,10 @@ struct run_report {
   // The whole report as one JSON object (schema "procflow.report/1", documented in
   // docs/profiling.md); parse it with any JSON library.
   std::string to_json() const;
+  // One self-contained HTML page (no scripts, no external styles or fonts): the verdict, the
+  // table, and SVG charts of each stage's throughput over time and its busy / starved / blocked
+  // shares.
+  std::string to_html() const;
 };
 
 }  // namespace procflow
