@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages procflow needs, only those missing. As root it runs apt-get;
 # otherwise it prints the exact command to run and fails.
 set -euo pipefail
-packages=(build-essential cmake libtbb-dev libboost-dev libfmt-dev doctest-dev zlib1g-dev python3
+packages=(build-essential cmake libtbb-dev libboost-dev libfmt-dev doctest-dev zlib1g-dev python3 nlohmann-json3-dev
   clang-14 libclang-rt-14-dev)  # clang 14 and its libFuzzer runtime: the fuzz step (cmake/fuzz.sh)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,11 +1,15 @@
 // The command-line convention every procflow example follows, in one place.
 //
-//   <example> [INPUT] [--output FILE] [--replicas N] [--help]
+//   <example> [INPUT] [--output FILE] [--replicas N] [--report-json FILE] [--trace FILE] [--html FILE]
+//             [--progress | --no-progress] [--help]
 //
 //   INPUT         a file, a directory or `-` (stdin); default: the real data set's usual place
 //                 (under $PROCFLOW_DATA, default /var/tmp/procflow-data, filled by cmake/fetch-data.sh)
 //   --output FILE the full result as CSV with a header (written to FILE.tmp-* and renamed when complete)
 //   --replicas N  processes per parallel stage (default: the number of cores)
+//   --report-json FILE, --trace FILE, --html FILE   the run's profile as JSON, a Perfetto timeline,
+//                 an HTML page; --progress / --no-progress: the live progress line on stderr (default:
+//                 on when stderr is a terminal)
 //
 // Exit status: 0 success; 1 pipeline error (one line on stderr naming the stage and the cause);
 // 2 bad usage or missing default data; 130 / 143 when interrupted by SIGINT / SIGTERM (the default
@@ -14,6 +18,8 @@
 #pragma once
 
 #include <procflow/error.hpp>
+#include <procflow/profile.hpp>
+#include <procflow/report.hpp>
 
 #include <fmt/core.h>
 
@@ -47,6 +53,10 @@ struct options {
   std::uint32_t replicas = std::max(1u, std::thread::hardware_concurrency());
   bool input_given = false;
   std::string output_columns;  // the --output header (description::output_columns)
+  std::string report_json;  // --report-json FILE
+  std::string trace;        // --trace FILE
+  std::string html;         // --html FILE
+  bool progress = true;     // --progress / --no-progress (the line shows only on a terminal)
 };
 
 // The directory the data sets live in: $PROCFLOW_DATA, else /var/tmp/procflow-data.
@@ -79,6 +89,10 @@ inline void print_help(const description& d) {
       "  --output FILE  write the full result as CSV: {0}\n"
       "  --replicas N   processes per parallel stage (default: the number of cores)\n"
       "{1}"
+      "  --report-json FILE  the run's profile report as JSON (docs/profiling.md)\n"
+      "  --trace FILE   a Chrome / Perfetto timeline of the run (open in ui.perfetto.dev)\n"
+      "  --html FILE    the profile report as one HTML page\n"
+      "  --progress, --no-progress  the live progress line on stderr (default: on when it is a terminal)\n"
       "  --help         this text\n\n"
       "exit status: 0 ok, 1 pipeline error, 2 bad usage or missing data, 130/143 interrupted\n",
       d.output_columns, d.extra_help);
@@ -115,6 +129,12 @@ inline std::optional<options> parse(
       if (o.output.empty()) throw usage_error("--output needs a file name");
     } else if (a == "--replicas") {
       o.replicas = static_cast<std::uint32_t>(parse_count(a, need_value(), 1024));
+    } else if (a == "--report-json" || a == "--trace" || a == "--html") {
+      std::string& field = a == "--trace" ? o.trace : a == "--html" ? o.html : o.report_json;
+      field = need_value();
+      if (field.empty()) throw usage_error(fmt::format("{} needs a file name", a));
+    } else if (a == "--progress" || a == "--no-progress") {
+      o.progress = a == "--progress";
     } else if (int used = extra ? extra(a, value) : 0; used > 0) {
       i += used - 1;
     } else if (a.size() > 1 && a[0] == '-') {
@@ -136,6 +156,35 @@ inline std::optional<options> parse(
                                     o.input, d.how_to_get));
   }
   return o;
+}
+
+// The profiling the command line asked for, as one pipeline option: pf::pipeline(name, example::profile(o)).
+inline procflow::profile_options profile(const options& o) {
+  procflow::profile_options p;
+  p.progress = o.progress ? procflow::profile_options::progress_mode::terminal : procflow::profile_options::progress_mode::off;
+  p.trace_path = o.trace;
+  return p;
+}
+
+// Writes `text` to `path` (through a temporary renamed into place).
+inline void write_text_file(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw procflow::system_error(errno, "cannot create '" + tmp + "'");
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  const int err = errno;
+  if (std::fclose(f) != 0 || !ok) {
+    std::remove(tmp.c_str());
+    throw procflow::system_error(ok ? errno : err, "cannot write '" + tmp + "'");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw procflow::system_error(errno, "cannot rename '" + tmp + "' to '" + path + "'");
+}
+
+// The end of every example: the report table on stderr, and the files --report-json / --html asked for.
+inline void finish_report(const options& o, const procflow::run_report& report) {
+  fmt::print(stderr, "{}\n", report.to_string());
+  if (!o.report_json.empty()) write_text_file(o.report_json, report.to_json());
+  if (!o.html.empty()) write_text_file(o.html, report.to_html());
 }
 
 // One CSV field (RFC 4180: quoted when it holds a comma, a quote or a line break).
@@ -204,9 +253,9 @@ class csv_file {
 
 // The tail every example shares: with --output, one CSV row per element of `rows` (to_fields(element)
 // gives its fields) under the header o.output_columns, renamed into place only when complete; then the
-// profile report on stderr. Returns the exit status (0).
-template <class Rows, class ToFields, class Report>
-int finish(const options& o, const Rows& rows, ToFields&& to_fields, const Report& report) {
+// profile report on stderr and the files --report-json / --html asked for. Returns the exit status (0).
+template <class Rows, class ToFields>
+int finish(const options& o, const Rows& rows, ToFields&& to_fields, const procflow::run_report& report) {
   if (!o.output.empty()) {
     std::vector<std::string> header;
     for (std::size_t from = 0;;) {
@@ -219,7 +268,7 @@ int finish(const options& o, const Rows& rows, ToFields&& to_fields, const Repor
     for (const auto& r : rows) out.row(to_fields(r));
     out.commit();
   }
-  fmt::print(stderr, "{}\n", report);
+  finish_report(o, report);
   return 0;
 }
 

@@ -26,6 +26,7 @@ namespace pf = procflow;
 namespace {
 
 std::uint32_t width = 1600, height = 1200, max_iterations = 2000;
+std::uint32_t scaling_max = 0;  // --scaling N
 
 // (row, points of the row inside the set, iterations spent on the row)
 using row_result = std::tuple<std::uint32_t, std::uint32_t, std::uint64_t>;
@@ -57,7 +58,34 @@ double cpu_seconds(int who) {
   return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
+// --scaling N: the scaling study (procflow::study_scaling) at 1..N replicas instead of one run.
+int scaling_study(const example::options& o) {
+  const std::uint32_t w = width, h = height, limit = max_iterations;
+  const auto study = pf::study_scaling(
+      scaling_max,
+      [&] {
+        std::uint64_t sum = 0;
+        for (std::uint32_t y = 0; y < h; ++y) sum += std::get<2>(mandelbrot_row(y, w, h, limit));
+        if (sum == 0) std::fputc(' ', stderr);  // keeps the loop from being optimized away
+      },
+      [&](std::uint32_t n) {
+        return pf::pipeline("cpu_bound", pf::cores(n))
+            .source("rows", pf::iota<std::uint32_t>(0, h))
+            .map("mandelbrot", [w, h, limit](std::uint32_t y) { return mandelbrot_row(y, w, h, limit); }, pf::replicas(n))
+            .collect()
+            .run()
+            .report;
+      });
+  fmt::print("Mandelbrot {}x{}, at most {} iterations: scaling study\n{}", w, h, limit, study.to_string());
+  if (!o.report_json.empty()) example::write_text_file(o.report_json, study.to_json());
+  if (!o.html.empty())
+    example::write_text_file(o.html, "<!DOCTYPE html><html><head><meta charset='utf-8'><title>cpu_bound scaling</title></head><body><pre>" +
+                                         study.to_string() + "</pre>" + study.to_svg() + "</body></html>\n");
+  return 0;
+}
+
 int run(const example::options& o) {
+  if (scaling_max > 0) return scaling_study(o);
   const std::uint32_t w = width, h = height, limit = max_iterations;
   using clock = std::chrono::steady_clock;
 
@@ -71,7 +99,7 @@ int run(const example::options& o) {
 
   cpu0 = cpu_seconds(RUSAGE_SELF) + cpu_seconds(RUSAGE_CHILDREN);
   t0 = clock::now();
-  auto result = pf::pipeline("cpu_bound")
+  auto result = pf::pipeline("cpu_bound", example::profile(o))
                     .source("rows", pf::iota<std::uint32_t>(0, h))
                     .map("mandelbrot", [w, h, limit](std::uint32_t y) { return mandelbrot_row(y, w, h, limit); },
                          pf::replicas(o.replicas))
@@ -112,9 +140,12 @@ int main(int argc, char** argv) {
        "row,inside,iterations",
        "  --width W      image width (default 1600)\n"
        "  --height H     image height = number of items (default 1200)\n"
-       "  --iterations I at most I iterations per point (default 2000)\n"},
+       "  --iterations I at most I iterations per point (default 2000)\n"
+       "  --scaling N    a scaling study instead: speedup and parallel efficiency at 1..N replicas vs the loop\n"
+       "                 (--report-json / --html then get the study as JSON / an SVG chart)\n"},
       argc, argv, run, [](std::string_view flag, const char* value) {
-        std::uint32_t* target = flag == "--width" ? &width : flag == "--height" ? &height : flag == "--iterations" ? &max_iterations : nullptr;
+        std::uint32_t* target = flag == "--width" ? &width : flag == "--height" ? &height : flag == "--iterations" ? &max_iterations
+                                : flag == "--scaling" ? &scaling_max : nullptr;
         if (!target) return 0;
         if (!value) throw example::usage_error(fmt::format("{} needs a value", flag));
         *target = static_cast<std::uint32_t>(example::parse_count(flag, value, 1'000'000));

@@ -34,7 +34,7 @@ int run(const example::options& o) {
   csv.columns = {"start", "end", "country"};
 
   const auto result =
-      pf::pipeline("geoip_etl")
+      pf::pipeline("geoip_etl", example::profile(o))
           .source("rows", pf::stages::csv_rows(o.input, csv))
           .reduce_by_key(
               "per country", [](const pf::stages::csv_row& row) { return row.get<std::string>(2); }, std::uint64_t{0},

@@ -76,7 +76,7 @@ int run(const example::options& o) {
   pf::stages::record_options fields;
   fields.fields = {"Package", "Section", "Installed-Size"};  // the only fields the job reads (the rest is not copied)
   const auto result =
-      pf::pipeline("packages_etl")
+      pf::pipeline("packages_etl", example::profile(o))
           .source("records", pf::stages::records(o.input, fields))
           .reduce_by_key(
               "per section",

@@ -51,7 +51,7 @@ void count_words(word_counts& counts, const std::string& line) {
 }
 
 int run(const example::options& o) {
-  const auto result = pf::pipeline("word_count")
+  const auto result = pf::pipeline("word_count", example::profile(o))
                           .source("lines", pf::stages::lines(o.input))
                           .reduce(
                               "count words", word_counts{}, [](word_counts& c, const std::string& line) { count_words(c, line); },

@@ -2,6 +2,8 @@
 // Pass any number of them after a stage's function, or to pf::pipeline().
 #pragma once
 
+#include <procflow/profile.hpp>
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -116,6 +118,7 @@ struct pipeline_options {
   stage_options defaults;  // batch_bytes, ring_slots, ordered apply to every stage
   bool fusion = true;
   std::optional<std::uint32_t> cores;  // core budget; default: sched_getaffinity
+  profile_options profile;             // sampling, progress, trace (profile.hpp)
 };
 
 namespace detail {
@@ -157,6 +160,8 @@ inline void apply_pipeline_option(pipeline_options& o, const fusion& f) { o.fusi
 inline void apply_pipeline_option(pipeline_options& o, const cores& c) { o.cores = c.count; }
 template <stage_option T>
 void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
+template <profile_option T>
+void apply_pipeline_option(pipeline_options& o, const T& t) { apply_profile_option(o.profile, t); }
 
 }  // namespace detail
 }  // namespace procflow

@@ -6,5 +6,7 @@
 #include <procflow/hash.hpp>
 #include <procflow/options.hpp>
 #include <procflow/pipeline.hpp>
+#include <procflow/profile.hpp>
 #include <procflow/report.hpp>
+#include <procflow/scaling.hpp>
 #include <procflow/sources.hpp>

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <procflow/profile.hpp>
+
 #include <fmt/format.h>
 
 namespace procflow {
@@ -21,9 +23,42 @@ struct stage_report {
   std::uint64_t batches_in = 0;
   std::uint64_t bytes_in = 0;
   double busy_s = 0;     // in user code (and encoding/decoding), summed over replicas
-  double starved_s = 0;  // waiting for input (per process group)
+  double starved_s = 0;  // waiting for input, and idle after its stream ended (per process group)
   double blocked_s = 0;  // waiting for room downstream (per process group)
   std::vector<std::uint64_t> replica_items_in;  // items_in of each replica (how evenly work spread)
+  // What the kernel accounted to the processes of this stage's process group (fused stages share
+  // them, so they show the same figures); 0 for a stage running in the supervisor.
+  double cpu_s = 0;                  // user + system CPU, summed over replicas
+  std::uint64_t peak_rss_bytes = 0;  // the largest peak RSS of one replica
+  std::uint64_t read_bytes = 0;      // through read-like syscalls (/proc/self/io rchar), summed
+  std::uint64_t written_bytes = 0;   // through write-like syscalls (wchar), summed
+};
+
+// One replica process: where its time went and what the kernel accounted to it. Busy, starved
+// and blocked are disjoint; runtime_s is the rest of its wall time (being forked, the runtime's
+// own work between batches, finishing): busy_s + starved_s + blocked_s + runtime_s == wall_s.
+// A replica's wall time is the run's, except for one the scheduler started later (from its
+// start) or retired (to its end): a replica whose stream ended before the run did sits idle,
+// and that time is starved time (idle_after_end_s says how much of it).
+struct replica_report {
+  std::uint32_t process_group = 0;
+  std::uint32_t replica = 0;  // within its group
+  std::string stages;         // the stages it runs, "parse+filter"
+  std::uint64_t items_in = 0; // into its first stage (out of it for a source)
+  double start_s = 0;         // since the run started: when its process began its work
+  double end_s = 0;           // since the run started: when it finished
+  double wall_s = 0;          // the run's wall time (see above)
+  double busy_s = 0;          // in user code and encoding/decoding, over its stages
+  double starved_s = 0;       // waiting for input, up to the end of the run
+  double idle_after_end_s = 0;  // of starved_s: after it finished, until the run's end
+  double blocked_s = 0;       // waiting for room downstream
+  double runtime_s = 0;       // wall_s minus the three above
+  double cpu_user_s = 0;
+  double cpu_system_s = 0;
+  std::uint64_t peak_rss_bytes = 0;
+  std::uint64_t private_bytes = 0;  // resident and not shared with other processes (at its end)
+  std::uint64_t read_bytes = 0;
+  std::uint64_t written_bytes = 0;
 };
 
 // One change the scheduler made: a process group (its stages) went from `from` to `to` replicas,
@@ -48,13 +83,21 @@ struct run_report {
   std::uint32_t cores = 0;      // the core budget the scheduler shared out
   std::vector<stage_report> stages;
   std::vector<scheduler_decision> decisions;
+  std::vector<replica_report> replica_rows;  // every replica process that ran, by group and replica
+  std::vector<run_sample> samples;           // the counters sampled while the run went on
 
   // The stage whose replicas were busiest relative to their count (nullptr if none ran).
   const stage_report* bottleneck() const;
-  // A table, one row per stage (what fmt::print("{}", report) prints).
-  std::string to_string() const;
-  // One JSON object.
+  // A table, one row per stage (what fmt::print("{}", report) prints); with `per_replica`, a
+  // second table with one row per replica process (a skewed replica shows there).
+  std::string to_string(bool per_replica = false) const;
+  // The whole report as one JSON object (schema "procflow.report/1", documented in
+  // docs/profiling.md); parse it with any JSON library.
   std::string to_json() const;
+  // One self-contained HTML page (no scripts, no external styles or fonts): the verdict, the
+  // table, and SVG charts of each stage's throughput over time and its busy / starved / blocked
+  // shares.
+  std::string to_html() const;
 };
 
 }  // namespace procflow

@@ -46,7 +46,9 @@ class Replica final : public detail::downstream {
  public:
   Replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group, std::uint32_t replica)
       : def_(def), plan_(plan), state_(state), group_(plan.groups[group]), group_index_(group), replica_(replica),
-        tallies_(def.stages.size()), record_(&state.record(state.first_replica(group) + replica)) {}
+        tallies_(def.stages.size()), record_(&state.record(state.first_replica(group) + replica)) {
+    if (metrics::SpanRing* ring = state.spans(state.first_replica(group) + replica)) spans_.emplace(*ring, metrics::steady_now_ns());
+  }
 
   void run() {
     const auto& stages = def_.stages;
@@ -110,6 +112,7 @@ class Replica final : public detail::downstream {
     // SYNC POINT (release): the fields above are complete before the supervisor sees `failed`.
     r.status.store(static_cast<std::uint32_t>(ReplicaStatus::failed), std::memory_order_release);
     flush_counters();
+    if (spans_) spans_->flush();
   }
 
   void record_completed() noexcept {
@@ -302,6 +305,7 @@ class Replica final : public detail::downstream {
       if (group_.input == GroupInput::generator) tallies_[0].items_out = outbox_->stats().items;
     }
     flush_counters();
+    if (spans_) spans_->flush();
   }
 
   void set_stage(std::size_t stage) noexcept {
@@ -328,6 +332,11 @@ class Replica final : public detail::downstream {
       state_.counters(group_.first_stage, replica_).starved_ns.store(inbox_->stats().starved_ns, std::memory_order_relaxed);
     if (outbox_)
       state_.counters(group_.end_stage - 1, replica_).blocked_ns.store(outbox_->stats().blocked_ns, std::memory_order_relaxed);
+    if (spans_) {
+      std::uint64_t busy = 0;
+      for (std::size_t i = group_.first_stage; i < group_.end_stage; ++i) busy += tallies_[i].busy_ns;
+      spans_->record(metrics::steady_now_ns(), busy, inbox_ ? inbox_->stats().starved_ns : 0, outbox_ ? outbox_->stats().blocked_ns : 0);
+    }
   }
 
   const detail::pipeline_def& def_;
@@ -348,6 +357,7 @@ class Replica final : public detail::downstream {
   ReplicaRecord* record_;
   std::size_t stage_ = 0;  // stage running now (named in a failure)
   Clock::time_point generator_start_{};
+  std::optional<metrics::SpanRecorder> spans_;  // pf::trace: this replica's timeline
   bool has_item_ = false;
   std::uint64_t item_seq_ = 0;
 };
@@ -357,12 +367,17 @@ class Replica final : public detail::downstream {
 int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group,
                 std::uint32_t replica) noexcept {
   std::optional<Replica> r;
+  metrics::ReplicaStats* stats = nullptr;
   try {
+    stats = &state.stats(state.first_replica(group) + replica);
+    metrics::record_start(*stats);
     r.emplace(def, plan, state, group, replica);
     r->run();
+    metrics::record_end(*stats);
     r->record_completed();
     return exit_completed;
   } catch (...) {
+    if (stats) metrics::record_end(*stats);
     if (r) r->record_failure();
     return exit_failed;
   }

@@ -25,6 +25,9 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
     : stages_(def.stages.size()), total_replicas_(plan.total_slots) {
   for (const auto& g : plan.groups) max_replicas_ = std::max(max_replicas_, g.slots);
   plan_layout(layout_, header_offset_, counters_offset_, records_offset_, stages_, max_replicas_, total_replicas_);
+  stats_offset_ = layout_.add(sizeof(metrics::ReplicaStats) * total_replicas_, alignof(metrics::ReplicaStats));
+  if (!def.options.profile.trace_path.empty())
+    spans_offset_ = layout_.add(sizeof(metrics::SpanRing) * total_replicas_, alignof(metrics::SpanRing));
   std::uint32_t base = 0;
   for (std::size_t k = 0; k < plan.groups.size(); ++k) {
     replica_base_.push_back(base);
@@ -45,6 +48,15 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
   for (std::size_t i = 0; i < stages_ * max_replicas_; ++i) new (c + i) StageCounters{};
   auto* r = segment_.at<ReplicaRecord>(records_offset_, total_replicas_);
   for (std::uint32_t i = 0; i < total_replicas_; ++i) new (r + i) ReplicaRecord{};
+  auto* st = segment_.at<metrics::ReplicaStats>(stats_offset_, total_replicas_);
+  for (std::uint32_t i = 0; i < total_replicas_; ++i) new (st + i) metrics::ReplicaStats{};
+  if (spans_offset_ != 0) {
+    auto* sp = segment_.at<metrics::SpanRing>(spans_offset_, total_replicas_);
+    for (std::uint32_t i = 0; i < total_replicas_; ++i) {
+      sp[i].count.store(0, std::memory_order_relaxed);  // the events need no initialisation
+      sp[i].dropped.store(0, std::memory_order_relaxed);
+    }
+  }
   for (std::size_t k = 0; k < channels_.size(); ++k) {
     channels_[k].create(segment_);
     // Lanes to consumer replicas that exist from the start; producer slots not yet started
@@ -66,6 +78,17 @@ StageCounters& RunState::counters(std::size_t stage, std::uint32_t replica) cons
 ReplicaRecord& RunState::record(std::uint32_t global_replica) const {
   if (global_replica >= total_replicas_) throw shm_error(fmt::format("no record for replica {}", global_replica));
   return segment_.at<ReplicaRecord>(records_offset_, total_replicas_)[global_replica];
+}
+
+metrics::ReplicaStats& RunState::stats(std::uint32_t global_replica) const {
+  if (global_replica >= total_replicas_) throw shm_error(fmt::format("no stats for replica {}", global_replica));
+  return segment_.at<metrics::ReplicaStats>(stats_offset_, total_replicas_)[global_replica];
+}
+
+metrics::SpanRing* RunState::spans(std::uint32_t global_replica) const {
+  if (spans_offset_ == 0) return nullptr;
+  if (global_replica >= total_replicas_) throw shm_error(fmt::format("no span ring for replica {}", global_replica));
+  return &segment_.at<metrics::SpanRing>(spans_offset_, total_replicas_)[global_replica];
 }
 
 }  // namespace procflow::runtime

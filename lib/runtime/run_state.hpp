@@ -11,6 +11,8 @@
 #pragma once
 
 #include "channel/channel.hpp"
+#include "metrics/replica_stats.hpp"
+#include "metrics/span_ring.hpp"
 #include "runtime/plan.hpp"
 #include "shm/segment.hpp"
 
@@ -76,6 +78,9 @@ class RunState {
   RunHeader& header() const { return *segment_.at<RunHeader>(header_offset_); }
   StageCounters& counters(std::size_t stage, std::uint32_t replica) const;
   ReplicaRecord& record(std::uint32_t global_replica) const;
+  metrics::ReplicaStats& stats(std::uint32_t global_replica) const;
+  // The replica's timeline for the trace; nullptr when no trace was asked for.
+  metrics::SpanRing* spans(std::uint32_t global_replica) const;
   // Channel feeding group `g` (g >= 1), and the results channel to the supervisor.
   const channel::Channel& input_of(std::size_t group) const { return channels_.at(group - 1); }
   const channel::Channel& results() const { return results_; }
@@ -88,6 +93,8 @@ class RunState {
   std::uint64_t header_offset_ = 0;
   std::uint64_t counters_offset_ = 0;
   std::uint64_t records_offset_ = 0;
+  std::uint64_t stats_offset_ = 0;
+  std::uint64_t spans_offset_ = 0;  // 0: no span rings
   std::size_t stages_ = 0;
   std::uint32_t max_replicas_ = 0;
   std::uint32_t total_replicas_ = 0;

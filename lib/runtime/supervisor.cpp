@@ -2,6 +2,9 @@
 // replica, drains the results channel, watches the children through pidfds and turns the first
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
+#include "metrics/replica_rows.hpp"
+#include "metrics/sampler.hpp"
+#include "metrics/trace_writer.hpp"
 #include "process/child.hpp"
 #include "runtime/exception_info.hpp"
 #include "runtime/plan.hpp"
@@ -49,20 +52,28 @@ class Supervisor {
         elastic_(def_, plan_, state_, [this](std::size_t g, std::uint32_t r) {
           ids_.push_back({g, r});
           children_.spawn([this, g, r] { return run_replica(def_, plan_, state_, g, r); });
-        }) {}
+        }), sampler_(def_, plan_, state_) {}
 
   run_report run() {
     const auto t0 = Clock::now();
+    run_start_ns_ = metrics::steady_now_ns();
+    sampler_.start(run_start_ns_);
     elastic_.start();
     if (plan_.has_results) drain_results();
     // The scheduler (and closing the lanes of replica slots never started) needs short ticks.
-    const auto tick = elastic_.scheduling() ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000);
+    const auto tick = std::min<std::chrono::milliseconds>(
+        elastic_.scheduling() ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000), sampler_.interval());
     while (children_.running() > 0) {
       if (auto exit = children_.wait_any(tick)) on_exit(*exit);
       elastic_.tick();
+      sample();
     }
     if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
-    return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
+    run_report report = make_report(std::chrono::duration<double>(Clock::now() - t0).count());
+    sampler_.finish(report);
+    if (!def_.options.profile.trace_path.empty())
+      metrics::write_trace(def_.options.profile.trace_path, report, def_, plan_, state_, run_start_ns_);
+    return report;
   }
 
  private:
@@ -88,9 +99,15 @@ class Supervisor {
       if (Clock::now() >= next_check) {
         while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) on_exit(*exit);
         elastic_.tick();
+        sample();
         next_check = Clock::now() + tick;
       }
     }
+  }
+
+  // Live counters (metrics::Sampler); the user's progress callback counts as caller-side work.
+  void sample() {
+    on_caller_side("in the progress callback", [&] { sampler_.tick(); });
   }
 
   // A replica ended: a failure throws (check), a completion may end its group.
@@ -220,6 +237,7 @@ class Supervisor {
       auto& collect = report.stages.back();
       collect.items_in = collect.items_out = report.stages[report.stages.size() - 2].items_out;
     }
+    metrics::add_replica_rows(report, def_, plan_, state_, run_start_ns_);
     return report;
   }
 
@@ -228,7 +246,9 @@ class Supervisor {
   Plan plan_;
   RunState state_;
   std::vector<ReplicaId> ids_;
+  std::uint64_t run_start_ns_ = 0;  // steady clock (metrics::steady_now_ns)
   scheduler::Elastic elastic_;
+  metrics::Sampler sampler_;
   process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };
 
