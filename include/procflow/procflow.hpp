@@ -6,5 +6,6 @@
 #include <procflow/hash.hpp>
 #include <procflow/options.hpp>
 #include <procflow/pipeline.hpp>
+#include <procflow/replica.hpp>
 #include <procflow/report.hpp>
 #include <procflow/sources.hpp>

@@ -24,6 +24,7 @@ struct stage_report {
   double starved_s = 0;  // waiting for input (per process group)
   double blocked_s = 0;  // waiting for room downstream (per process group)
   std::vector<std::uint64_t> replica_items_in;  // items_in of each replica (how evenly work spread)
+  std::string note;  // why the stage runs as it does, when that is not what was asked (else empty)
 };
 
 // One change the scheduler made: a process group (its stages) went from `from` to `to` replicas,

@@ -64,6 +64,8 @@ std::string run_report::to_string() const {
                        d.forced ? " (forced)"
                                 : fmt::format(": true rate {:.4g}/s per replica, required {:.4g}/s, observed {:.4g}/s", d.true_rate,
                                               d.required_rate, d.observed_rate));
+  for (const auto& s : stages)
+    if (!s.note.empty()) out += fmt::format("  note: stage '{}' {}\n", s.name, s.note);
   return out;
 }
 
@@ -76,6 +78,7 @@ std::string run_report::to_json() const {
         "\"batches_in\":{},\"bytes_in\":{},\"busy_s\":{:.6f},\"starved_s\":{:.6f},\"blocked_s\":{:.6f},\"peak_replicas\":{}}}",
         i ? "," : "", json_string(s.name), json_string(s.kind), s.replicas, s.process_group, s.items_in, s.items_out,
         s.batches_in, s.bytes_in, s.busy_s, s.starved_s, s.blocked_s, s.peak_replicas);
+    if (!s.note.empty()) out.insert(out.size() - 1, ",\"note\":" + json_string(s.note));
   }
   out += fmt::format("],\"cores\":{},\"decisions\":[", cores);
   for (std::size_t i = 0; i < decisions.size(); ++i) {
