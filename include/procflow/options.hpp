@@ -27,7 +27,11 @@ struct auto_scale_t {
 inline constexpr auto_scale_t auto_scale{};
 
 // Number of processes running a stage. A stage without it inherits the previous stage's count
-// (the source counts as 1), so `.map(f, replicas(4)).filter(g)` runs both with 4 replicas.
+// (the source counts as 1), so `.map(f, replicas(4)).filter(g)` runs both with 4 replicas —
+// except a stage whose callable holds state (it cannot be called as const: a `mutable` lambda, a
+// functor with a non-const operator()): it runs in one process unless given replicas(n) or
+// replicas(auto_scale) itself (the run report notes it). A pf::per_replica factory's callable is
+// per replica by design and inherits as usual.
 // An explicit count is fixed: the scheduler never changes it.
 struct replicas {
   explicit replicas(std::uint32_t n) : count(n) {
@@ -103,6 +107,13 @@ struct max_latency {
   std::int64_t ns;  // -1: off
 };
 
+// Pipeline-wide: the run seed behind this_replica().seed, replica_engine() and item_rng()
+// (replica.hpp). Without it every run draws a fresh one (std::random_device).
+struct seed {
+  explicit constexpr seed(std::uint64_t s) noexcept : value(s) {}
+  std::uint64_t value;
+};
+
 struct stage_options {
   std::optional<std::uint32_t> replicas;
   std::optional<std::int64_t> max_latency_ns;  // -1: off
@@ -119,6 +130,7 @@ struct pipeline_options {
   bool fusion = true;
   std::optional<std::uint32_t> cores;  // core budget; default: sched_getaffinity
   profile_options profile;             // sampling, progress, trace (profile.hpp)
+  std::optional<std::uint64_t> seed;   // run seed; default: fresh entropy per run
 };
 
 namespace detail {
@@ -158,6 +170,7 @@ stage_options make_stage_options(const Opts&... opts) {
 
 inline void apply_pipeline_option(pipeline_options& o, const fusion& f) { o.fusion = f.enabled; }
 inline void apply_pipeline_option(pipeline_options& o, const cores& c) { o.cores = c.count; }
+inline void apply_pipeline_option(pipeline_options& o, const seed& s) { o.seed = s.value; }
 template <stage_option T>
 void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
 template <profile_option T>

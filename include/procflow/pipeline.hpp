@@ -115,9 +115,9 @@ class flow {
   // item -> fn(item)
   template <class F, class... Opts>
   auto map(std::string name, F fn, const Opts&... opts) const {
-    static_assert(detail::callable_with_item_v<F, T>,
+    static_assert(detail::callable_with_item_v<detail::callable_t<F>, T>,
                   "procflow: map(): the function cannot be called with the previous stage's item type");
-    using U = detail::item_result_t<F, T>;
+    using U = detail::item_result_t<detail::callable_t<F>, T>;
     static_assert(!std::is_void_v<U>, "procflow: map(): the function must return the new item (use sink() to consume)");
     static_assert(detail::checked_encodable_v<U>, "procflow: map(): its result type cannot cross a process boundary (see above)");
     return then<flow<U>>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
@@ -126,7 +126,7 @@ class flow {
   // keeps the items for which pred(item) is true
   template <class F, class... Opts>
   flow<T> filter(std::string name, F pred, const Opts&... opts) const {
-    static_assert(std::is_invocable_r_v<bool, F&, const T&>,
+    static_assert(std::is_invocable_r_v<bool, detail::callable_t<F>&, const T&>,
                   "procflow: filter(): the predicate must take the previous stage's item (const T&) and return bool");
     return then<flow<T>>(std::make_shared<detail::filter_stage<T, F>>(std::move(name), std::move(pred), detail::make_stage_options(opts...)));
   }
@@ -137,15 +137,15 @@ class flow {
   template <class U = void, class F, class... Opts>
   auto flat_map(std::string name, F fn, const Opts&... opts) const {
     if constexpr (std::is_void_v<U>) {
-      static_assert(detail::callable_with_item_v<F, T>,
+      static_assert(detail::callable_with_item_v<detail::callable_t<F>, T>,
                     "procflow: flat_map(): the function cannot be called with the previous stage's item type "
                     "(for the fn(item, emit) form, name the output type: flat_map<U>(...))");
-      using range = detail::item_result_t<F, T>;
+      using range = detail::item_result_t<detail::callable_t<F>, T>;
       using V = std::decay_t<decltype(*std::begin(std::declval<range&>()))>;
       static_assert(detail::checked_encodable_v<V>, "procflow: flat_map(): its output item type cannot cross a process boundary (see above)");
       return then<flow<V>>(std::make_shared<detail::flat_map_stage<T, V, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
     } else {
-      static_assert(std::is_invocable_v<F&, const T&, emitter<U>&>,
+      static_assert(std::is_invocable_v<detail::callable_t<F>&, const T&, emitter<U>&>,
                     "procflow: flat_map<U>(): the function must take (const T& item, procflow::emitter<U>& emit)");
       static_assert(detail::checked_encodable_v<U>, "procflow: flat_map<U>(): U cannot cross a process boundary (see above)");
       return then<flow<U>>(std::make_shared<detail::flat_map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
@@ -223,7 +223,8 @@ class flow {
   // before its end of stream); a throw from it fails run() with a stage_error saying "teardown".
   template <class F, class... Opts>
   runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
-    static_assert(detail::callable_with_item_v<F, T>, "procflow: sink(): the function cannot be called with the previous stage's item type");
+    static_assert(detail::callable_with_item_v<detail::callable_t<F>, T>,
+                  "procflow: sink(): the function cannot be called with the previous stage's item type");
     return then<runnable<void>>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
   }
 

@@ -7,6 +7,7 @@
 #include <procflow/options.hpp>
 #include <procflow/pipeline.hpp>
 #include <procflow/profile.hpp>
+#include <procflow/replica.hpp>
 #include <procflow/report.hpp>
 #include <procflow/scaling.hpp>
 #include <procflow/sources.hpp>

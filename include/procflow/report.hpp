@@ -32,6 +32,7 @@ struct stage_report {
   std::uint64_t peak_rss_bytes = 0;  // the largest peak RSS of one replica
   std::uint64_t read_bytes = 0;      // through read-like syscalls (/proc/self/io rchar), summed
   std::uint64_t written_bytes = 0;   // through write-like syscalls (wchar), summed
+  std::string note;  // why the stage runs as it does, when that is not what was asked (else empty)
 };
 
 // One replica process: where its time went and what the kernel accounted to it. Busy, starved

@@ -14,7 +14,7 @@ double share(double part, double whole) { return whole > 0 ? part / whole : 0.0;
 
 json stage_json(const stage_report& s, double wall_s) {
   const double denominator = wall_s * s.replicas;
-  return {
+  json j = {
       {"name", s.name},
       {"kind", s.kind},
       {"process_group", s.process_group},
@@ -37,6 +37,8 @@ json stage_json(const stage_report& s, double wall_s) {
       {"written_bytes", s.written_bytes},
       {"replica_items_in", s.replica_items_in},
   };
+  if (!s.note.empty()) j["note"] = s.note;  // why the stage runs as it does (e.g. holds state)
+  return j;
 }
 
 json replica_json(const replica_report& r) {

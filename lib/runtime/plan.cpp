@@ -5,6 +5,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <random>
 #include <stdexcept>
 
 namespace procflow::runtime {
@@ -92,7 +93,9 @@ Plan make_plan(const detail::pipeline_def& def) {
   // auto_scale (on the stage, or on the pipeline for a stage without a count) is inherited the
   // same way; a sink is auto-scaled only when it asks itself.
   plan.cores = def.options.cores.value_or(available_cores());
+  plan.seed = def.options.seed ? *def.options.seed : (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
   std::vector<std::uint32_t> replicas(stages.size(), 1);
+  plan.held_to_one.assign(stages.size(), 0);
   std::vector<bool> automatic(stages.size(), false);
   for (std::size_t i = 1; i < stages.size(); ++i) {
     const auto& o = stages[i]->options();
@@ -105,6 +108,9 @@ Plan make_plan(const detail::pipeline_def& def) {
       automatic[i] = true;
     } else if (sink) {
       replicas[i] = 1;
+    } else if (stages[i]->holds_state()) {
+      replicas[i] = 1;  // a stateful callable is never replicated by accident (options.hpp)
+      plan.held_to_one[i] = 1;
     } else if (def.options.defaults.auto_scale) {
       automatic[i] = true;
     } else {

@@ -57,6 +57,9 @@ struct Plan {
   std::uint32_t total_slots = 0;          // replica slots laid out (>= total_replicas)
   std::uint32_t cores = 1;                // the core budget
   bool scheduled = false;                 // some group is scalable: run the scheduler
+  std::uint64_t seed = 0;                 // run seed: pf::seed(s), else fresh entropy (replica.hpp)
+  // Per stage: 1 when it holds state and so runs in one process instead of inheriting a count.
+  std::vector<std::uint8_t> held_to_one;
 };
 
 // The CPUs this process may run on (sched_getaffinity), at least 1.

@@ -4,6 +4,7 @@
 #include "channel/inbox.hpp"
 #include "channel/outbox.hpp"
 #include "runtime/exception_info.hpp"
+#include "runtime/identity.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -53,8 +54,11 @@ class Replica final : public detail::downstream {
   void run() {
     const auto& stages = def_.stages;
     const std::size_t first_worker = group_.input == GroupInput::channel ? group_.first_stage : group_.first_stage + 1;
+    set_identity();
+    // Setup: copies of the callables, or their per_replica factories (after the fork, before
+    // the first item).
     for (std::size_t i = first_worker; i < group_.end_stage; ++i) {
-      stage_ = i;
+      set_stage(i);
       instances_.push_back(stages[i]->instantiate(plan_.ordered));
     }
     if (group_.input == GroupInput::channel) {
@@ -90,9 +94,8 @@ class Replica final : public detail::downstream {
       case GroupInput::channel: run_channel(); break;
     }
     finish();
-    // The process leaves with _exit(), so nothing else would ever destroy this replica's copies
-    // of the stage callables: destroy them now, so that what they own (a file a sink opened, a
-    // buffer) is flushed and closed like in any C++ scope.
+    // The callables were destroyed at end of stream (finish()); the rest of the instances
+    // (buffers) goes now: the process leaves with _exit().
     instances_.clear();
   }
 
@@ -122,6 +125,21 @@ class Replica final : public detail::downstream {
 
  private:
   bool ends_in_terminal() const { return def_.stages[group_.end_stage - 1]->is_terminal(); }
+
+  // What pf::this_replica() answers in this process (runtime/identity.hpp).
+  void set_identity() const {
+    Identity id;
+    id.def = &def_;
+    id.stage = group_.first_stage;
+    id.index = replica_;
+    id.replicas = group_.replicas;
+    if (group_.scalable && group_.input == GroupInput::channel) {
+      id.active = &state_.input_of(group_index_).membership().active;
+      id.lanes = channel::lane_mask(group_.slots);
+    }
+    id.run_seed = plan_.seed;
+    runtime::set_identity(id);
+  }
 
   void generator_progress() noexcept {
     tallies_[0].items_out = outbox_->stats().items;
@@ -290,9 +308,11 @@ class Replica final : public detail::downstream {
  private:
   void finish() {
     flusher_.reset();  // before the last writes: the Outbox is the producer's alone again
-    if (ends_in_terminal() && def_.stages[group_.end_stage - 1]->kind() == detail::stage_kind::sink) {
-      set_stage(group_.end_stage - 1);
-      instances_.back()->end_of_stream();  // the sink's finish(): before end of stream goes on
+    // Teardown, stage by stage: each callable's finish() and destruction, before end of stream
+    // goes on (a file a sink writes is complete when run() returns; a failing flush fails it).
+    for (std::size_t k = 0; k < instances_.size(); ++k) {
+      set_stage(first_worker_ + k);
+      instances_[k]->end_of_stream();
     }
     if (outbox_) {
       if (group_.input == GroupInput::generator) stage_ = 0;
@@ -310,6 +330,7 @@ class Replica final : public detail::downstream {
 
   void set_stage(std::size_t stage) noexcept {
     stage_ = stage;
+    set_identity_stage(stage);
     // Relaxed: see ReplicaRecord::current_stage.
     record().current_stage.store(static_cast<std::uint32_t>(stage), std::memory_order_relaxed);
   }

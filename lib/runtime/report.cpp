@@ -67,6 +67,8 @@ std::string run_report::to_string(bool per_replica) const {
                          r.cpu_user_s + r.cpu_system_s, mebibytes(r.peak_rss_bytes), mebibytes(r.private_bytes));
     }
   }
+  for (const auto& s : stages)
+    if (!s.note.empty()) out += fmt::format("  note: stage '{}' {}\n", s.name, s.note);
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include "metrics/trace_writer.hpp"
 #include "process/child.hpp"
 #include "runtime/exception_info.hpp"
+#include "runtime/identity.hpp"
 #include "runtime/plan.hpp"
 #include "runtime/replica.hpp"
 #include "runtime/run_state.hpp"
@@ -53,6 +54,8 @@ class Supervisor {
           ids_.push_back({g, r});
           children_.spawn([this, g, r] { return run_replica(def_, plan_, state_, g, r); });
         }), sampler_(def_, plan_, state_) {}
+
+  std::uint64_t seed() const noexcept { return plan_.seed; }
 
   run_report run() {
     const auto t0 = Clock::now();
@@ -213,6 +216,9 @@ class Supervisor {
       r.name = s.name();
       r.kind = kind_name(s.kind());
       r.process_group = plan_.stage_group[i];
+      if (plan_.held_to_one[i])
+        r.note = "holds state (its callable cannot be called as const): runs in 1 process; give it replicas(n) "
+                 "to replicate it, or pf::per_replica for state per replica";
       if (r.process_group < plan_.groups.size()) {
         r.replicas = elastic_.final_replicas(r.process_group);
         r.peak_replicas = elastic_.peak_replicas(r.process_group);
@@ -255,7 +261,18 @@ class Supervisor {
 }  // namespace
 
 run_report run_in_processes(const pipeline_def& def, result_collector* collector) {
+  // pf::this_replica() in a sink or collect running here; restored however run() ends.
+  struct IdentityScope {
+    Identity saved = identity();
+    ~IdentityScope() { set_identity(saved); }
+  } scope;
   Supervisor supervisor(def, collector);
+  Identity id;
+  id.def = &def;
+  id.stage = def.stages.size() - 1;
+  id.run_seed = supervisor.seed();
+  id.in_supervisor = true;
+  set_identity(id);
   return supervisor.run();
 }
 

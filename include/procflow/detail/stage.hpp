@@ -89,7 +89,8 @@ class stage_instance {
   virtual void begin_batch() {}
   virtual void end_batch(output_port& /*results*/) {}
   virtual void finish(output_port& /*results*/) {}
-  // Sinks only: the replica's input has ended (calls the sink callable's finish(), if any).
+  // The replica's input has ended: the stage callable's finish(), if any, then its destruction
+  // (detail/callable.hpp), before the replica's end of stream goes downstream. Throws on failure.
   virtual void end_of_stream() {}
 
  protected:
@@ -158,6 +159,9 @@ class stage_base {
   // item's source position is then still known.
   bool one_to_one() const noexcept { return kind_ == stage_kind::map; }
 
+  // True when the stage's callable holds state (cannot be called as const, and is not made per
+  // replica by a factory): it does not inherit the previous stage's replica count.
+  virtual bool holds_state() const noexcept { return false; }
   // Sources only.
   virtual const source_base* source() const noexcept { return nullptr; }
   // Everything else: per-replica state.

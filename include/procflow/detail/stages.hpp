@@ -3,6 +3,7 @@
 #pragma once
 
 #include <procflow/codec.hpp>
+#include <procflow/detail/callable.hpp>
 #include <procflow/error.hpp>
 #include <procflow/detail/stage.hpp>
 #include <procflow/hash.hpp>
@@ -64,6 +65,11 @@ decltype(auto) call_with_item(F& fn, T& item) {
     return std::invoke(fn, item);
   }
 }
+
+// A stage callable that takes items and is not const-callable holds state (see holds_state_v).
+template <class F, class T>
+inline constexpr bool item_holds_state_v =
+    !is_factory_v<F> && !(const_callable_v<callable_t<F>, T&&> || const_callable_v<callable_t<F>, T&>);
 
 template <class F, class T>
 using item_result_t = std::decay_t<decltype(call_with_item(std::declval<F&>(), std::declval<T&>()))>;
@@ -146,17 +152,20 @@ void for_each_item(std::size_t n, item_cursor& cursor, Body&& body) {
   }
 }
 
-// A stage defined by one user callable; Instance (which names its stage_kind) does the work.
-// Every replica gets its own copy of the callable, so a stateful one keeps its state per process.
+// A stage defined by one user callable (or a per_replica factory); Instance (which names its
+// stage_kind) does the work. Every replica builds its own callable (detail/callable.hpp), so a
+// stateful one keeps its state per process.
 template <class In, class Instance, class F>
 class callable_stage final : public input_stage<In> {
  public:
   callable_stage(std::string name, F fn, stage_options options)
       : input_stage<In>(std::move(name), Instance::kind, options), fn_(std::move(fn)) {}
+  // Called once per stage in a replica process: a move-only callable moves out of this process's copy.
   std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<Instance>(fn_); }
+  bool holds_state() const noexcept override { return Instance::holds_state; }
 
  private:
-  F fn_;
+  mutable F fn_;  // mutable: see instantiate()
 };
 
 // ------------------------------------------------------------------ map / filter / flat_map / sink
@@ -165,7 +174,9 @@ template <class In, class Out, class F>
 class map_instance final : public instance_base<In, Out> {
  public:
   static constexpr stage_kind kind = stage_kind::map;
-  explicit map_instance(const F& fn) : fn_(fn) {}
+  static constexpr bool holds_state = item_holds_state_v<F, In>;
+  explicit map_instance(F& declared) : fn_(declared) {}
+  void end_of_stream() override { fn_.finish(); }
   std::size_t apply(item_cursor& cursor) override {
     auto& in = this->in_;
     auto& out = this->out_;
@@ -173,24 +184,26 @@ class map_instance final : public instance_base<In, Out> {
       // Plain stores into a sized buffer: no capacity check per item, so simple maps vectorize.
       out.resize(in.size());
       Out* dst = out.data();
-      for_each_item(in.size(), cursor, [&](std::size_t i) { dst[i] = call_with_item(fn_, in[i]); });
+      for_each_item(in.size(), cursor, [&](std::size_t i) { dst[i] = call_with_item(*fn_, in[i]); });
     } else {
       out.clear();
       out.reserve(in.size());
-      for_each_item(in.size(), cursor, [&](std::size_t i) { out.push_back(call_with_item(fn_, in[i])); });
+      for_each_item(in.size(), cursor, [&](std::size_t i) { out.push_back(call_with_item(*fn_, in[i])); });
     }
     return out.size();
   }
 
  private:
-  F fn_;
+  replica_callable<F> fn_;
 };
 
 template <class T, class F>
 class filter_instance final : public instance_base<T, T> {
  public:
   static constexpr stage_kind kind = stage_kind::filter;
-  explicit filter_instance(const F& pred) : pred_(pred) {}
+  static constexpr bool holds_state = !is_factory_v<F> && !const_callable_v<callable_t<F>, const T&>;
+  explicit filter_instance(F& declared) : pred_(declared) {}
+  void end_of_stream() override { pred_.finish(); }
   std::size_t apply(item_cursor& cursor) override {
     auto& in = this->in_;
     auto& out = this->out_;
@@ -201,27 +214,30 @@ class filter_instance final : public instance_base<T, T> {
       std::size_t kept = 0;
       for_each_item(in.size(), cursor, [&](std::size_t i) {
         dst[kept] = in[i];
-        kept += std::invoke(pred_, std::as_const(in[i])) ? std::size_t{1} : std::size_t{0};
+        kept += std::invoke(*pred_, std::as_const(in[i])) ? std::size_t{1} : std::size_t{0};
       });
       out.resize(kept);
     } else {
       out.clear();
       for_each_item(in.size(), cursor, [&](std::size_t i) {
-        if (std::invoke(pred_, std::as_const(in[i]))) out.push_back(std::move(in[i]));
+        if (std::invoke(*pred_, std::as_const(in[i]))) out.push_back(std::move(in[i]));
       });
     }
     return out.size();
   }
 
  private:
-  F pred_;
+  replica_callable<F> pred_;
 };
 
 template <class In, class Out, class F>
 class flat_map_instance final : public instance_base<In, Out> {
  public:
   static constexpr stage_kind kind = stage_kind::flat_map;
-  explicit flat_map_instance(const F& fn) : fn_(fn) {}
+  static constexpr bool holds_state =
+      !is_factory_v<F> && !const_callable_v<callable_t<F>, const In&, emitter<Out>&> && item_holds_state_v<F, In>;
+  explicit flat_map_instance(F& declared) : fn_(declared) {}
+  void end_of_stream() override { fn_.finish(); }
   std::size_t apply(item_cursor& cursor) override {
     auto& in = this->in_;
     auto& out = this->out_;
@@ -230,11 +246,11 @@ class flat_map_instance final : public instance_base<In, Out> {
     if (this->downstream_) out.reserve(limit);
     emitter<Out> emit(out, limit, &spill, this);
     for_each_item(in.size(), cursor, [&](std::size_t i) {
-      if constexpr (std::is_invocable_v<F&, const In&, emitter<Out>&>) {
-        std::invoke(fn_, std::as_const(in[i]), emit);
+      if constexpr (std::is_invocable_v<callable_t<F>&, const In&, emitter<Out>&>) {
+        std::invoke(*fn_, std::as_const(in[i]), emit);
       } else {
         // A range is consumed lazily: a view is never materialized beyond one spill.
-        auto&& produced = call_with_item(fn_, in[i]);
+        auto&& produced = call_with_item(*fn_, in[i]);
         for (auto&& value : produced) emit(static_cast<Out>(std::forward<decltype(value)>(value)));
       }
     });
@@ -246,36 +262,25 @@ class flat_map_instance final : public instance_base<In, Out> {
     auto* me = static_cast<flat_map_instance*>(self);
     me->downstream_->spill(me->position_);
   }
-  F fn_;
+  replica_callable<F> fn_;
 };
-
-// Calls fn.finish() when the sink callable has one (the built-in file writers flush, close and
-// rename there). A throw becomes a procflow::error saying it happened at teardown.
-template <class F>
-void finish_sink(F& fn) {
-  if constexpr (requires { fn.finish(); }) {
-    try {
-      fn.finish();
-    } catch (const std::exception& e) {
-      throw procflow::error(std::string("teardown (finish()): ") + e.what());
-    }
-  }
-}
 
 template <class T, class F>
 class sink_instance final : public terminal_instance_base<T> {
  public:
   static constexpr stage_kind kind = stage_kind::sink;
-  explicit sink_instance(const F& fn) : fn_(fn) {}
+  explicit sink_instance(F& declared) : fn_(declared) {}
   std::size_t apply(item_cursor& cursor) override {
     auto& in = this->in_;
-    for_each_item(in.size(), cursor, [&](std::size_t i) { call_with_item(fn_, in[i]); });
+    for_each_item(in.size(), cursor, [&](std::size_t i) { call_with_item(*fn_, in[i]); });
     return 0;
   }
-  void end_of_stream() override { finish_sink(fn_); }
+  // The callable's finish() (the built-in file writers flush, close and rename there), then its
+  // destruction: before the replica's end of stream.
+  void end_of_stream() override { fn_.finish(); }
 
  private:
-  F fn_;
+  replica_callable<F> fn_;
 };
 
 // A sink: in its own processes (replicas(n > 1), own_process), or, by default, in the process
@@ -290,18 +295,30 @@ class sink_stage final : public input_stage<T> {
     if (!this->runs_in_supervisor()) return nullptr;
     return std::make_unique<collector>(fn_);
   }
+  bool holds_state() const noexcept override { return item_holds_state_v<F, T>; }
 
  private:
+  // The sink in the process that called run(). A copyable callable is copied per run; a factory
+  // runs at the first item (or at the end of an empty stream): after the replicas were forked, so
+  // they inherit nothing it made. A move-only callable is used in place (a second run() of the
+  // same pipeline continues with its state).
   class collector final : public result_collector {
    public:
-    explicit collector(const F& fn) : fn_(fn) {}
+    explicit collector(F& declared) : declared_(declared) {
+      if constexpr (!is_factory_v<F> && std::is_copy_constructible_v<F>) own_.emplace(declared);
+    }
+    // A failed run: the callable's abort(), if any (e.g. a file writer removes its temporary file).
     ~collector() override {
-      if constexpr (requires { fn_.abort(); })
-        if (!finished_) fn_.abort();  // a failed run: e.g. a file writer removes its temporary file
+      if constexpr (!is_factory_v<F> && !std::is_copy_constructible_v<F>) {
+        if constexpr (requires(F& f) { f.abort(); }) {
+          if (!finished_) declared_.abort();
+        }
+      }
     }
     void consume(const batch_view& batch) override {
       decode_items(batch, items_);
-      for (auto& item : items_) call_with_item(fn_, item);
+      auto& fn = callable();
+      for (auto& item : items_) call_with_item(fn, item);
     }
     void consume_items(void* vector) override {
       auto& items = *static_cast<batch_buffer<T>*>(vector);
@@ -310,16 +327,37 @@ class sink_stage final : public input_stage<T> {
     }
     void finish() override {
       finished_ = true;
-      finish_sink(fn_);
+      if constexpr (!is_factory_v<F> && !std::is_copy_constructible_v<F>) {
+        if constexpr (requires(F& f) { f.finish(); }) {
+          try {
+            declared_.finish();
+          } catch (const std::exception& e) {
+            throw procflow::error(std::string("teardown (finish()): ") + e.what());
+          }
+        }
+      } else {
+        callable();
+        own_.finish();
+      }
     }
 
    private:
-    F fn_;
+    callable_t<F>& callable() {
+      if constexpr (!is_factory_v<F> && !std::is_copy_constructible_v<F>) {
+        return declared_;
+      } else {
+        if (!own_.has_value()) own_.emplace(declared_);
+        return *own_;
+      }
+    }
+
+    F& declared_;
+    replica_callable<F> own_;
     batch_buffer<T> items_;
     bool finished_ = false;
   };
 
-  F fn_;
+  mutable F fn_;  // mutable: a replica moves a move-only callable out of its copy (instantiate)
 };
 
 template <class In, class Out, class F>
