@@ -441,32 +441,43 @@ class ThreadRun {
     give_back(t);
   }
 
-  // After the stream: unordered partials (one per instance, merged in instance order, as in
-  // process mode in replica order) and the sinks' finish().
+  // After the stream: every instance's teardown (its callable's finish() and destruction, stage
+  // by stage in pipeline order, as a replica does before its end of stream goes on), then the
+  // unordered partials (one per instance, merged in instance order, as in process mode in
+  // replica order).
   void finish_terminals() {
-    const Group& last = plan_.groups.back();
-    const stage_base& terminal = *def_.stages[last.end_stage - 1];
-    if (!terminal.is_terminal()) return;
-    std::vector<Chain*> chains;
-    chains_.back()->for_each([&](Chain& c) { chains.push_back(&c); });
-    std::sort(chains.begin(), chains.end(), [](const Chain* a, const Chain* b) { return a->index < b->index; });
-    for (Chain* c : chains) {
-      if (terminal.kind() == stage_kind::sink) {
-        try {
-          c->instances.back()->end_of_stream();
-        } catch (...) {
-          fail(last.end_stage - 1, c->index, false, 0);
+    for (std::size_t g = 0; g < plan_.groups.size(); ++g) {
+      const Group& group = plan_.groups[g];
+      const std::size_t first_worker = group.input == GroupInput::channel ? group.first_stage : group.first_stage + 1;
+      for (Chain* c : chains_in_order(g)) {
+        for (std::size_t k = 0; k < c->instances.size(); ++k) {
+          try {
+            c->instances[k]->end_of_stream();
+          } catch (...) {
+            fail(first_worker + k, c->index, false, 0);
+          }
         }
-      } else if (!plan_.ordered && collector_) {
-        MemoryPort port;
-        try {
-          c->instances.back()->finish(port);
-        } catch (...) {
-          fail(last.end_stage - 1, c->index, false, 0);
-        }
-        on_caller_side([&] { collector_->consume(port.view(c->index)); });
       }
     }
+    const Group& last = plan_.groups.back();
+    const stage_base& terminal = *def_.stages[last.end_stage - 1];
+    if (!terminal.is_terminal() || terminal.kind() == stage_kind::sink || plan_.ordered || !collector_) return;
+    for (Chain* c : chains_in_order(plan_.groups.size() - 1)) {
+      MemoryPort port;
+      try {
+        c->instances.back()->finish(port);
+      } catch (...) {
+        fail(last.end_stage - 1, c->index, false, 0);
+      }
+      on_caller_side([&] { collector_->consume(port.view(c->index)); });
+    }
+  }
+
+  std::vector<Chain*> chains_in_order(std::size_t g) {
+    std::vector<Chain*> chains;
+    chains_[g]->for_each([&](Chain& c) { chains.push_back(&c); });
+    std::sort(chains.begin(), chains.end(), [](const Chain* a, const Chain* b) { return a->index < b->index; });
+    return chains;
   }
 
   Token* take_token() {
