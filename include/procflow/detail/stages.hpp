@@ -322,7 +322,8 @@ class sink_stage final : public input_stage<T> {
     }
     void consume_items(void* vector) override {
       auto& items = *static_cast<batch_buffer<T>*>(vector);
-      for (auto& item : items) call_with_item(fn_, item);
+      auto& fn = callable();
+      for (auto& item : items) call_with_item(fn, item);
       items.clear();
     }
     void finish() override {
