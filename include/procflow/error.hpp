@@ -39,6 +39,20 @@ class shm_error : public error {
   using error::error;
 };
 
+// run() was stopped from outside before the pipeline finished: SIGINT or SIGTERM reached the
+// process that called run(), or a cancel_source asked it to stop (see cancel.hpp). Every replica
+// was stopped and reaped and all shared memory released before it is thrown. signal() is the
+// signal number (SIGINT, SIGTERM), 0 for a cancel_source; a program conventionally exits with
+// 128 + signal() (130 / 143). Not a stage_error: no stage failed.
+class interrupted : public error {
+ public:
+  explicit interrupted(int signal_number);
+  int signal() const noexcept { return signal_; }
+
+ private:
+  int signal_;
+};
+
 // A stage failed while a pipeline ran. Names the stage, the replica, the process and the item.
 //
 // The rule for errors raised in the caller's own process (the supervisor): decoding a partial

@@ -2,6 +2,8 @@
 // Pass any number of them after a stage's function, or to pf::pipeline().
 #pragma once
 
+#include <procflow/cancel.hpp>
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -116,6 +118,8 @@ struct pipeline_options {
   stage_options defaults;  // batch_bytes, ring_slots, ordered apply to every stage
   bool fusion = true;
   std::optional<std::uint32_t> cores;  // core budget; default: sched_getaffinity
+  std::shared_ptr<detail::cancel_state> cancel;  // cancel_with(source); null: none
+  bool allow_threads = false;                     // allow_threads: skip the single-thread check
 };
 
 namespace detail {
@@ -155,6 +159,8 @@ stage_options make_stage_options(const Opts&... opts) {
 
 inline void apply_pipeline_option(pipeline_options& o, const fusion& f) { o.fusion = f.enabled; }
 inline void apply_pipeline_option(pipeline_options& o, const cores& c) { o.cores = c.count; }
+inline void apply_pipeline_option(pipeline_options& o, const cancel_with& c) { o.cancel = c.source.state(); }
+inline void apply_pipeline_option(pipeline_options& o, allow_threads_t) { o.allow_threads = true; }
 template <stage_option T>
 void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
 

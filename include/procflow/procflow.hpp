@@ -1,6 +1,7 @@
 // procflow: multi-process dataflow pipelines over shared-memory rings. The one header to include.
 #pragma once
 
+#include <procflow/cancel.hpp>
 #include <procflow/codec.hpp>
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>

@@ -3,7 +3,9 @@
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
 #include "process/child.hpp"
+#include "runtime/cancel_state.hpp"
 #include "runtime/exception_info.hpp"
+#include "runtime/interrupt_guard.hpp"
 #include "runtime/plan.hpp"
 #include "runtime/replica.hpp"
 #include "runtime/run_state.hpp"
@@ -26,6 +28,7 @@
 #include <typeinfo>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <optional>
 #include <string>
 
@@ -49,19 +52,26 @@ class Supervisor {
         elastic_(def_, plan_, state_, [this](std::size_t g, std::uint32_t r) {
           ids_.push_back({g, r});
           children_.spawn([this, g, r] { return run_replica(def_, plan_, state_, g, r); });
-        }) {}
+        }) {
+    children_.add_wake_fd(interrupts_.wake_fd());
+    if (def_.options.cancel) children_.add_wake_fd(def_.options.cancel->wake_fd);
+  }
 
   run_report run() {
     const auto t0 = Clock::now();
+    stop_if_interrupted();
     elastic_.start();
+    stop_if_interrupted();
     if (plan_.has_results) drain_results();
     // The scheduler (and closing the lanes of replica slots never started) needs short ticks.
     const auto tick = elastic_.scheduling() ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000);
     while (children_.running() > 0) {
       if (auto exit = children_.wait_any(tick)) on_exit(*exit);
+      stop_if_interrupted();
       elastic_.tick();
     }
     if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
+    stop_if_interrupted();  // a Ctrl-C during the last moments is not swallowed
     return make_report(std::chrono::duration<double>(Clock::now() - t0).count());
   }
 
@@ -86,6 +96,7 @@ class Supervisor {
         return;
       }
       if (Clock::now() >= next_check) {
+        stop_if_interrupted();
         while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) on_exit(*exit);
         elastic_.tick();
         next_check = Clock::now() + tick;
@@ -93,8 +104,21 @@ class Supervisor {
     }
   }
 
+  // SIGINT / SIGTERM reached this process, or the cancel_source asked to stop: stop and reap
+  // every replica, then throw procflow::interrupted (the shared memory goes with the Supervisor).
+  void stop_if_interrupted() {
+    const int signal = InterruptGuard::pending();
+    // Relaxed: see cancel_state::requested.
+    const bool cancelled = def_.options.cancel && def_.options.cancel->requested.load(std::memory_order_relaxed) != 0;
+    if (signal == 0 && !cancelled) return;
+    children_.kill_and_reap_all();
+    throw interrupted(signal);
+  }
+
   // A replica ended: a failure throws (check), a completion may end its group.
   void on_exit(const process::ExitInfo& exit) {
+    // A replica killed by the same SIGTERM (sent to the whole group) is part of the interruption.
+    stop_if_interrupted();
     check(exit);
     elastic_.on_exit(ids_[exit.index].group, ids_[exit.index].replica);
   }
@@ -229,12 +253,35 @@ class Supervisor {
   RunState state_;
   std::vector<ReplicaId> ids_;
   scheduler::Elastic elastic_;
+  InterruptGuard interrupts_;   // the host's dispositions come back after the children are gone
   process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };
 
 }  // namespace
 
+namespace {
+
+// Threads of this process, from /proc/self/task (1 if it cannot be read).
+std::size_t thread_count() {
+  std::error_code ec;
+  std::size_t n = 0;
+  for (std::filesystem::directory_iterator it("/proc/self/task", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  return n == 0 ? 1 : n;
+}
+
+}  // namespace
+
 run_report run_in_processes(const pipeline_def& def, result_collector* collector) {
+  // Relaxed: see cancel_state::requested.
+  if (def.options.cancel && def.options.cancel->requested.load(std::memory_order_relaxed) != 0) throw interrupted(0);
+  if (!def.options.allow_threads) {
+    if (const std::size_t threads = thread_count(); threads > 1)
+      throw procflow::error(fmt::format(
+          "procflow: pipeline '{}': run() was called while this process has {} threads; fork() copies only the "
+          "calling thread, so a lock another thread holds would stay locked in every replica. Join the other "
+          "threads first, or pass procflow::allow_threads to pipeline() if they hold nothing a stage uses",
+          def.name, threads));
+  }
   Supervisor supervisor(def, collector);
   return supervisor.run();
 }
