@@ -35,6 +35,9 @@ stage_error::stage_error(details d) : error(""), d_(std::move(d)) {
     case cause::lost:
       what += ": " + d_.message;
       break;
+    case cause::timeout:
+      what += ": killed by the watchdog: " + d_.message;
+      break;
   }
   static_cast<std::runtime_error&>(*this) = std::runtime_error(what);
 }

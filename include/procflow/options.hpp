@@ -103,6 +103,20 @@ struct max_latency {
   std::int64_t ns;  // -1: off
 };
 
+// Watchdog: a replica of the stage that spends longer than `d` on one batch (its stage function,
+// or waiting for room downstream) or on its end-of-stream work is killed, and run() throws a
+// stage_error with kind() timeout naming the batch's item range. Waiting for input never counts.
+// A generator source is not watched. Stages fused into one process share the shortest bound. On
+// a pipeline: every stage without its own. Default: none.
+struct watchdog {
+  template <class Rep, class Period>
+  explicit watchdog(std::chrono::duration<Rep, Period> d)
+      : ns(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()) {
+    if (ns <= 0) throw std::invalid_argument("procflow::watchdog: the bound must be positive");
+  }
+  std::int64_t ns;
+};
+
 struct stage_options {
   std::optional<std::uint32_t> replicas;
   std::optional<std::int64_t> max_latency_ns;  // -1: off
@@ -112,6 +126,7 @@ struct stage_options {
   bool ordered = false;
   bool own_process = false;
   bool auto_scale = false;  // replicas(auto_scale); on the pipeline: stages without a count
+  std::optional<std::int64_t> watchdog_ns;  // watchdog(d)
 };
 
 struct pipeline_options {
@@ -143,6 +158,7 @@ inline void apply_option(stage_options& o, dispatch d) { o.dispatch = d; }
 inline void apply_option(stage_options& o, ordered_t) { o.ordered = true; }
 inline void apply_option(stage_options& o, own_process_t) { o.own_process = true; }
 inline void apply_option(stage_options& o, const max_latency& l) { o.max_latency_ns = l.ns; }
+inline void apply_option(stage_options& o, const watchdog& w) { o.watchdog_ns = w.ns; }
 
 template <class T>
 concept stage_option = requires(stage_options& o, const T& t) { apply_option(o, t); };
@@ -151,7 +167,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;

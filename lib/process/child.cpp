@@ -230,6 +230,10 @@ void ChildSet::signal_all(int signal) noexcept {
     if (!c.reaped) pidfd_send_signal(c.pidfd, signal);
 }
 
+void ChildSet::signal_one(std::size_t index, int signal) noexcept {
+  if (!children_[index].reaped) pidfd_send_signal(children_[index].pidfd, signal);
+}
+
 void ChildSet::kill_and_reap_all() noexcept {
   signal_all(SIGKILL);
   for (std::size_t i = 0; i < children_.size(); ++i)

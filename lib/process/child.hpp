@@ -68,6 +68,10 @@ class ChildSet {
   void kill_and_reap_all() noexcept;
 
   std::size_t running() const noexcept;
+  std::size_t size() const noexcept { return children_.size(); }
+  bool reaped(std::size_t index) const noexcept { return children_[index].reaped; }
+  // Sends `signal` to one child still running (through its pidfd); a no-op once it was reaped.
+  void signal_one(std::size_t index, int signal) noexcept;
   pid_t pid(std::size_t index) const noexcept { return children_[index].pid; }
 
  private:

@@ -122,6 +122,7 @@ class Replica final : public detail::downstream {
 
   void generator_progress() noexcept {
     tallies_[0].items_out = outbox_->stats().items;
+    record_->batch_items.store(tallies_[0].items_out, std::memory_order_relaxed);  // see ReplicaRecord::phase
     const std::uint64_t elapsed = ns_since(generator_start_);
     const std::uint64_t blocked = outbox_->stats().blocked_ns;
     tallies_[0].busy_ns = elapsed > blocked ? elapsed - blocked : 0;
@@ -132,6 +133,7 @@ class Replica final : public detail::downstream {
 
   void run_generator() {
     stage_ = 0;
+    note_phase(ReplicaPhase::producing);
     const auto t0 = Clock::now();
     generator_start_ = t0;
     if (group_.end_stage == 1) {
@@ -198,6 +200,7 @@ class Replica final : public detail::downstream {
   // Runs one decoded batch through the fused stages and sends the result on.
   void process(const detail::batch_meta& meta, std::size_t n, bool batch_end, bool batch_start, std::uint64_t extra_ns) {
     const bool ordered = plan_.ordered;
+    note_batch(meta, n);
     if (outbox_ && (batch_start || !ordered)) outbox_->begin_batch(meta);
     if (ordered && batch_start && ends_in_terminal()) instances_.back()->begin_batch();
     meta_ = meta;
@@ -217,6 +220,30 @@ class Replica final : public detail::downstream {
       tallies_[group_.end_stage - 1].busy_ns += elapsed > blocked ? elapsed - blocked : 0;
     }
     flush_counters();
+    note_phase(ReplicaPhase::waiting);
+  }
+
+  // The batch about to run, in the replica record (see ReplicaRecord::phase): a few relaxed
+  // stores per batch. Its items are source positions when dense, else positions in the stream
+  // this replica received (as stage_error::item_seq()).
+  void note_batch(const detail::batch_meta& meta, std::size_t n) noexcept {
+    ReplicaRecord& r = record();
+    r.batch_dense.store(meta.dense ? 1 : 0, std::memory_order_relaxed);
+    r.batch_seq.store(meta.seq, std::memory_order_relaxed);
+    r.batch_first.store(meta.dense ? meta.first_item : tallies_[first_worker_].items_in, std::memory_order_relaxed);
+    r.batch_items.store(n, std::memory_order_relaxed);
+    note_phase(ReplicaPhase::in_batch);
+  }
+
+  void note_phase(ReplicaPhase phase) noexcept {
+    // The time first, then the phase with release.
+    // SYNC POINT (release): pairs with the watchdog's acquire load of `phase` (supervisor.cpp):
+    // a watchdog that sees the new phase sees this time or a later one, never the previous
+    // phase's (older) time, so it can be late but never early.
+    const auto now = Clock::now().time_since_epoch();
+    record().phase_since_ns.store(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count()),
+                                  std::memory_order_relaxed);
+    record().phase.store(static_cast<std::uint32_t>(phase), std::memory_order_release);
   }
 
   // Runs `n` items in instance `first`'s input buffer through instances first.. and encodes
@@ -286,6 +313,7 @@ class Replica final : public detail::downstream {
 
  private:
   void finish() {
+    note_phase(ReplicaPhase::finishing);
     flusher_.reset();  // before the last writes: the Outbox is the producer's alone again
     if (ends_in_terminal() && def_.stages[group_.end_stage - 1]->kind() == detail::stage_kind::sink) {
       set_stage(group_.end_stage - 1);

@@ -46,6 +46,15 @@ static_assert(std::is_standard_layout_v<StageCounters> && sizeof(StageCounters) 
 
 enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 2 };
 
+// ReplicaRecord::phase.
+enum class ReplicaPhase : std::uint32_t {
+  starting = 0,   // before the first batch (instantiating stages, attaching channels)
+  in_batch = 1,   // running a batch through its stages (user code, or blocked writing its output)
+  waiting = 2,    // between batches: waiting for input
+  finishing = 3,  // end of stream: a sink's finish(), partials, closing the output
+  producing = 4,  // a generator source producing items
+};
+
 // Written by its replica only, read by the supervisor after the replica was reaped.
 struct ReplicaRecord {
   // Release-stored last, after the fields below; acquire-loaded by the supervisor (SYNC POINT).
@@ -59,6 +68,16 @@ struct ReplicaRecord {
   // would do for the flag itself; acquire keeps the epoch reading simple to reason about
   // (pairs with the supervisor's release store).
   std::atomic<std::uint64_t> retire;
+  // What the replica is doing, so that a replica that dies without a record (a signal, exit(),
+  // a watchdog kill) is reported with the batch it had in hand. Written once per batch, not per
+  // item. Single writer, relaxed except `phase` (release, see Replica::note_phase): read after the
+  // process was reaped (the wait orders it), or by the watchdog while it runs.
+  std::atomic<std::uint32_t> phase;        // ReplicaPhase
+  std::atomic<std::uint64_t> phase_since_ns;  // steady_clock when the phase (or batch) began
+  std::atomic<std::uint32_t> batch_dense;  // 1: batch_first is a source position
+  std::atomic<std::uint64_t> batch_seq;    // source batch (chunk) number
+  std::atomic<std::uint64_t> batch_first;  // first item: source position, or position in this replica's input
+  std::atomic<std::uint64_t> batch_items;  // items in the batch (a generator: items produced so far)
   std::uint32_t stage;        // pipeline stage index that failed
   std::uint32_t has_item;
   std::uint64_t item_seq;

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -53,6 +54,16 @@ class Supervisor {
           ids_.push_back({g, r});
           children_.spawn([this, g, r] { return run_replica(def_, plan_, state_, g, r); });
         }) {
+    // The watchdog bound of each group: the shortest of its stages' (or the pipeline's).
+    for (const Group& g : plan_.groups) {
+      std::int64_t bound = 0;
+      for (std::size_t i = g.first_stage; i < g.end_stage; ++i) {
+        const auto ns = def_.stages[i]->options().watchdog_ns.value_or(def_.options.defaults.watchdog_ns.value_or(0));
+        if (ns > 0 && (bound == 0 || ns < bound)) bound = ns;
+      }
+      watchdog_ns_.push_back(bound);
+      if (bound > 0) watching_ = true;
+    }
     children_.add_wake_fd(interrupts_.wake_fd());
     if (def_.options.cancel) children_.add_wake_fd(def_.options.cancel->wake_fd);
   }
@@ -64,10 +75,11 @@ class Supervisor {
     stop_if_interrupted();
     if (plan_.has_results) drain_results();
     // The scheduler (and closing the lanes of replica slots never started) needs short ticks.
-    const auto tick = elastic_.scheduling() ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000);
+    const auto tick = elastic_.scheduling() || watching_ ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000);
     while (children_.running() > 0) {
       if (auto exit = children_.wait_any(tick)) on_exit(*exit);
       stop_if_interrupted();
+      check_watchdog();
       elastic_.tick();
     }
     if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
@@ -97,6 +109,7 @@ class Supervisor {
       }
       if (Clock::now() >= next_check) {
         stop_if_interrupted();
+        check_watchdog();
         while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) on_exit(*exit);
         elastic_.tick();
         next_check = Clock::now() + tick;
@@ -113,6 +126,27 @@ class Supervisor {
     if (signal == 0 && !cancelled) return;
     children_.kill_and_reap_all();
     throw interrupted(signal);
+  }
+
+  // Kills every replica that spent longer than its group's watchdog bound in one batch or in its
+  // end-of-stream work; the exit is then reported by check() as cause::timeout.
+  void check_watchdog() {
+    if (!watching_) return;
+    const auto now = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+    for (std::size_t i = 0; i < children_.size(); ++i) {
+      if (children_.reaped(i) || timed_out_ns_.count(i)) continue;
+      const std::int64_t bound = watchdog_ns_[ids_[i].group];
+      if (bound <= 0) continue;
+      const ReplicaRecord& r = state_.record(state_.first_replica(ids_[i].group) + ids_[i].replica);
+      // SYNC POINT (acquire): pairs with Replica::note_phase's release store of the phase.
+      const auto phase = static_cast<ReplicaPhase>(r.phase.load(std::memory_order_acquire));
+      if (phase != ReplicaPhase::in_batch && phase != ReplicaPhase::finishing) continue;
+      const std::uint64_t since = r.phase_since_ns.load(std::memory_order_relaxed);
+      if (now <= since || now - since <= static_cast<std::uint64_t>(bound)) continue;
+      timed_out_ns_[i] = now - since;
+      children_.signal_one(i, SIGKILL);
+    }
   }
 
   // A replica ended: a failure throws (check), a completion may end its group.
@@ -172,7 +206,11 @@ class Supervisor {
     d.pid = exit.pid;
     const std::uint32_t current = record.current_stage.load(std::memory_order_relaxed);
     d.stage = def_.stages[current < def_.stages.size() ? current : g.first_stage]->name();
-    if (status == ReplicaStatus::failed) {
+    if (const auto t = timed_out_ns_.find(exit.index); t != timed_out_ns_.end()) {
+      d.kind = stage_error::cause::timeout;
+      d.message = fmt::format("no progress for {:.3f} s (watchdog {:.3f} s)", static_cast<double>(t->second) / 1e9,
+                              static_cast<double>(watchdog_ns_[id.group]) / 1e9);
+    } else if (status == ReplicaStatus::failed) {
       record.exception_type[sizeof record.exception_type - 1] = '\0';  // never trust shared memory
       record.message[sizeof record.message - 1] = '\0';
       const std::size_t stage = record.stage < def_.stages.size() ? record.stage : g.first_stage;
@@ -198,6 +236,7 @@ class Supervisor {
       d.kind = stage_error::cause::lost;
       d.message = fmt::format("the process ended with an unexpected wait status {:#x}", exit.status);
     }
+    if (d.kind != stage_error::cause::exception) describe_activity(record, d);
     if (g.end_stage - g.first_stage > 1) {
       std::string fused;
       for (std::size_t i = g.first_stage; i < g.end_stage; ++i) fused += (fused.empty() ? "" : ", ") + def_.stages[i]->name();
@@ -205,6 +244,33 @@ class Supervisor {
     }
     children_.kill_and_reap_all();
     throw stage_error(std::move(d));
+  }
+
+  // What a replica that died without a failure record was doing (see ReplicaRecord::phase):
+  // the batch it had in hand becomes the error's item range.
+  static void describe_activity(const ReplicaRecord& r, stage_error::details& d) {
+    // Relaxed: the replica was reaped (or is being killed by the watchdog); see ReplicaRecord.
+    const auto phase = static_cast<ReplicaPhase>(r.phase.load(std::memory_order_relaxed));
+    const std::uint64_t items = r.batch_items.load(std::memory_order_relaxed);
+    std::string where;
+    switch (phase) {
+      case ReplicaPhase::starting: where = "before its first batch"; break;
+      case ReplicaPhase::in_batch: {
+        const std::uint64_t first = r.batch_first.load(std::memory_order_relaxed);
+        const bool dense = r.batch_dense.load(std::memory_order_relaxed) != 0;
+        d.has_item_range = true;
+        d.range_first = first;
+        d.range_last = first + items;
+        where = fmt::format("while processing batch {}: {} items [{}, {})", r.batch_seq.load(std::memory_order_relaxed),
+                            dense ? "source" : "input", first, first + items);
+        break;
+      }
+      case ReplicaPhase::waiting: where = "between batches (waiting for input)"; break;
+      case ReplicaPhase::finishing: where = "at the end of the stream (finishing, sending partial results)"; break;
+      case ReplicaPhase::producing: where = fmt::format("while producing items (after {} items)", items); break;
+      default: where = "in an unknown phase"; break;  // never trust shared memory
+    }
+    d.message += (d.message.empty() ? "" : "; ") + where;
   }
 
   run_report make_report(double wall_s) const {
@@ -253,6 +319,9 @@ class Supervisor {
   RunState state_;
   std::vector<ReplicaId> ids_;
   scheduler::Elastic elastic_;
+  std::vector<std::int64_t> watchdog_ns_;  // per group, 0: not watched
+  bool watching_ = false;
+  std::map<std::size_t, std::uint64_t> timed_out_ns_;  // child index -> time without progress when killed
   InterruptGuard interrupts_;   // the host's dispositions come back after the children are gone
   process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };
