@@ -3,6 +3,7 @@
 #pragma once
 
 #include <procflow/cancel.hpp>
+#include <procflow/policy.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -127,6 +128,7 @@ struct stage_options {
   bool own_process = false;
   bool auto_scale = false;  // replicas(auto_scale); on the pipeline: stages without a count
   std::optional<std::int64_t> watchdog_ns;  // watchdog(d)
+  std::optional<error_policy> on_error;      // skip, retry(n, backoff[, skip]); default: fail
 };
 
 struct pipeline_options {
@@ -159,6 +161,8 @@ inline void apply_option(stage_options& o, ordered_t) { o.ordered = true; }
 inline void apply_option(stage_options& o, own_process_t) { o.own_process = true; }
 inline void apply_option(stage_options& o, const max_latency& l) { o.max_latency_ns = l.ns; }
 inline void apply_option(stage_options& o, const watchdog& w) { o.watchdog_ns = w.ns; }
+inline void apply_option(stage_options& o, skip_t) { o.on_error = error_policy{0, 0, true}; }
+inline void apply_option(stage_options& o, const retry& r) { o.on_error = r.policy; }
 
 template <class T>
 concept stage_option = requires(stage_options& o, const T& t) { apply_option(o, t); };
@@ -167,7 +171,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;

@@ -6,6 +6,7 @@
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>
 #include <procflow/options.hpp>
+#include <procflow/policy.hpp>
 #include <procflow/pipeline.hpp>
 #include <procflow/report.hpp>
 #include <procflow/sources.hpp>

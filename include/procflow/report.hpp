@@ -24,6 +24,19 @@ struct stage_report {
   double starved_s = 0;  // waiting for input (per process group)
   double blocked_s = 0;  // waiting for room downstream (per process group)
   std::vector<std::uint64_t> replica_items_in;  // items_in of each replica (how evenly work spread)
+  std::uint64_t items_skipped = 0;  // set aside under pf::skip (policy.hpp)
+  std::uint64_t retries = 0;        // tries after a failure under pf::retry
+};
+
+// An item a stage skipped (pf::skip): the stage, the replica, the item's sequence number (as
+// stage_error::item_seq) and what its function threw. The first dead_letters_per_replica per
+// replica are kept.
+struct dead_letter {
+  std::string stage;
+  std::uint32_t replica = 0;
+  std::uint64_t item_seq = 0;
+  std::string exception_type;
+  std::string message;
 };
 
 // One change the scheduler made: a process group (its stages) went from `from` to `to` replicas,
@@ -48,6 +61,7 @@ struct run_report {
   std::uint32_t cores = 0;      // the core budget the scheduler shared out
   std::vector<stage_report> stages;
   std::vector<scheduler_decision> decisions;
+  std::vector<dead_letter> dead_letters;
 
   // The stage whose replicas were busiest relative to their count (nullptr if none ran).
   const stage_report* bottleneck() const;

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <typeinfo>
 
 namespace procflow::runtime {
@@ -35,11 +36,54 @@ void put_text(char (&field)[N], const std::string& text) noexcept {
 
 // Local tallies of one stage in this replica, mirrored to shared memory after every batch.
 struct Tally {
+  std::uint64_t items_skipped = 0;
+  std::uint64_t retries = 0;
   std::uint64_t items_in = 0;
   std::uint64_t items_out = 0;
   std::uint64_t batches_in = 0;
   std::uint64_t bytes_in = 0;
   std::uint64_t busy_ns = 0;
+};
+
+// Applies a stage's error_policy to an item whose stage function threw (see policy.hpp):
+// retries with a doubling backoff, then skips (counted, the first few recorded as dead letters)
+// or fails. Set up by the replica before each stage's apply().
+class PolicyGuard final : public detail::item_guard {
+ public:
+  detail::item_verdict on_failure(std::size_t index, std::uint32_t attempt) noexcept override {
+    if (attempt < policy.retries) {
+      ++tally->retries;
+      if (policy.backoff_ns > 0) {
+        const int shift = static_cast<int>(std::min<std::uint32_t>(attempt, 20));
+        std::this_thread::sleep_for(std::chrono::nanoseconds(policy.backoff_ns) * (std::int64_t{1} << shift));
+      }
+      return detail::item_verdict::retry;
+    }
+    if (!policy.then_skip) return detail::item_verdict::fail;
+    ++tally->items_skipped;
+    if (record->dead_letter_count < dead_letters_per_replica) {
+      DeadLetter& d = record->dead_letters[record->dead_letter_count];
+      d.stage = stage;
+      d.item_seq = dense ? first_item + index : stream_first + index;
+      try {
+        put_text(d.exception_type, current_exception_type());
+        put_text(d.message, current_exception_message());
+      } catch (...) {
+        put_text(d.exception_type, "std::bad_alloc");
+        put_text(d.message, "out of memory while recording a dead letter");
+      }
+      ++record->dead_letter_count;
+    }
+    return detail::item_verdict::skip;
+  }
+
+  error_policy policy;
+  std::uint32_t stage = 0;
+  bool dense = false;              // item numbers are source positions (first_item + index)
+  std::uint64_t first_item = 0;
+  std::uint64_t stream_first = 0;  // else: position in this replica's input of the batch's first item
+  Tally* tally = nullptr;
+  ReplicaRecord* record = nullptr;
 };
 
 class Replica final : public detail::downstream {
@@ -80,6 +124,7 @@ class Replica final : public detail::downstream {
       gate_.emplace(*outbox_);  // after the flusher: it decides how the gate fences
     }
     for (std::size_t k = 0; k < instances_.size(); ++k) instances_[k]->attach(this, k);
+    guards_.resize(instances_.size());
     first_worker_ = first_worker;
 
     switch (group_.input) {
@@ -263,6 +308,20 @@ class Replica final : public detail::downstream {
         const auto t0 = Clock::now();
         const std::uint64_t nested0 = spilled_ns_;
         detail::item_cursor cursor;
+        const auto& policy = def_.stages[stage]->options().on_error ? def_.stages[stage]->options().on_error
+                                                                     : def_.options.defaults.on_error;
+        if (policy) {
+          // One guard per fused stage: a flat_map's spill runs the next stages inside its apply().
+          PolicyGuard& guard = guards_[k];
+          guard.policy = *policy;
+          guard.stage = static_cast<std::uint32_t>(stage);
+          guard.dense = lineage_dense;
+          guard.first_item = meta_.first_item;
+          guard.stream_first = t.items_in - n;
+          guard.tally = &t;
+          guard.record = record_;
+          cursor.guard = &guard;
+        }
         try {
           n = instances_[k]->apply(cursor);
         } catch (...) {
@@ -276,7 +335,7 @@ class Replica final : public detail::downstream {
         t.items_out += n;
         // Time spent in spills of this stage's output (see spill()) belongs to the stages after it.
         t.busy_ns += ns_since(t0) - (spilled_ns_ - nested0) + (k == first ? extra_ns : 0);
-        lineage_dense = lineage_dense && def_.stages[stage]->one_to_one();
+        lineage_dense = lineage_dense && def_.stages[stage]->one_to_one() && cursor.skipped == 0;
       }
     }
     if (outbox_ && !ends_in_terminal()) {
@@ -351,6 +410,8 @@ class Replica final : public detail::downstream {
       c.batches_in.store(t.batches_in, std::memory_order_relaxed);
       c.bytes_in.store(t.bytes_in, std::memory_order_relaxed);
       c.busy_ns.store(t.busy_ns, std::memory_order_relaxed);
+      c.items_skipped.store(t.items_skipped, std::memory_order_relaxed);
+      c.retries.store(t.retries, std::memory_order_relaxed);
     }
     if (inbox_)
       state_.counters(group_.first_stage, replica_).starved_ns.store(inbox_->stats().starved_ns, std::memory_order_relaxed);
@@ -378,6 +439,7 @@ class Replica final : public detail::downstream {
   Clock::time_point generator_start_{};
   bool has_item_ = false;
   std::uint64_t item_seq_ = 0;
+  std::vector<PolicyGuard> guards_;  // per fused stage: its error policy, while it applies
 };
 
 }  // namespace

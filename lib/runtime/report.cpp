@@ -64,6 +64,10 @@ std::string run_report::to_string() const {
                        d.forced ? " (forced)"
                                 : fmt::format(": true rate {:.4g}/s per replica, required {:.4g}/s, observed {:.4g}/s", d.true_rate,
                                               d.required_rate, d.observed_rate));
+  for (const auto& s : stages)
+    if (s.items_skipped || s.retries) out += fmt::format("  {}: {} items skipped, {} retries\n", s.name, s.items_skipped, s.retries);
+  for (const auto& d : dead_letters)
+    out += fmt::format("  dead letter: stage '{}' replica {} item {}: {}: {}\n", d.stage, d.replica, d.item_seq, d.exception_type, d.message);
   return out;
 }
 

@@ -41,6 +41,8 @@ struct alignas(shm::cache_line) StageCounters {
   std::atomic<std::uint64_t> busy_ns;
   std::atomic<std::uint64_t> starved_ns;
   std::atomic<std::uint64_t> blocked_ns;
+  std::atomic<std::uint64_t> items_skipped;  // set aside under skip / retry(..., skip)
+  std::atomic<std::uint64_t> retries;        // tries after a failure under retry(n, ...)
 };
 static_assert(std::is_standard_layout_v<StageCounters> && sizeof(StageCounters) == shm::cache_line);
 
@@ -54,6 +56,16 @@ enum class ReplicaPhase : std::uint32_t {
   finishing = 3,  // end of stream: a sink's finish(), partials, closing the output
   producing = 4,  // a generator source producing items
 };
+
+// An item a replica skipped (policy skip): the first few are kept in its record.
+struct DeadLetter {
+  std::uint32_t stage;
+  std::uint32_t reserved;
+  std::uint64_t item_seq;   // as stage_error::item_seq
+  char exception_type[64];  // NUL-terminated (the supervisor forces termination anyway)
+  char message[256];
+};
+static_assert(std::is_standard_layout_v<DeadLetter> && std::is_trivially_copyable_v<DeadLetter>);
 
 // Written by its replica only, read by the supervisor after the replica was reaped.
 struct ReplicaRecord {
@@ -78,6 +90,9 @@ struct ReplicaRecord {
   std::atomic<std::uint64_t> batch_seq;    // source batch (chunk) number
   std::atomic<std::uint64_t> batch_first;  // first item: source position, or position in this replica's input
   std::atomic<std::uint64_t> batch_items;  // items in the batch (a generator: items produced so far)
+  // Dead letters kept (<= dead_letters_per_replica). Read after the replica was reaped.
+  std::uint32_t dead_letter_count;
+  DeadLetter dead_letters[dead_letters_per_replica];
   std::uint32_t stage;        // pipeline stage index that failed
   std::uint32_t has_item;
   std::uint64_t item_seq;

@@ -299,6 +299,8 @@ class Supervisor {
           r.busy_s += static_cast<double>(c.busy_ns.load(std::memory_order_relaxed)) / 1e9;
           r.starved_s += static_cast<double>(c.starved_ns.load(std::memory_order_relaxed)) / 1e9;
           r.blocked_s += static_cast<double>(c.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
+          r.items_skipped += c.items_skipped.load(std::memory_order_relaxed);
+          r.retries += c.retries.load(std::memory_order_relaxed);
         }
       } else {
         r.replicas = 0;  // runs in the supervisor (collect)
@@ -306,6 +308,19 @@ class Supervisor {
       if (i == 0 && r.items_in == 0) r.items_in = r.items_out;
       report.stages.push_back(std::move(r));
     }
+    // Dead letters (every replica was reaped: its record is final).
+    for (std::size_t g = 0; g < plan_.groups.size(); ++g)
+      for (std::uint32_t k = 0; k < plan_.groups[g].slots; ++k) {
+        ReplicaRecord& rec = state_.record(state_.first_replica(g) + k);
+        const std::uint32_t n = std::min<std::uint32_t>(rec.dead_letter_count, dead_letters_per_replica);  // never trust shared memory
+        for (std::uint32_t i = 0; i < n; ++i) {
+          DeadLetter& d = rec.dead_letters[i];
+          d.exception_type[sizeof d.exception_type - 1] = '\0';
+          d.message[sizeof d.message - 1] = '\0';
+          report.dead_letters.push_back({d.stage < def_.stages.size() ? def_.stages[d.stage]->name() : std::string("?"), k, d.item_seq,
+                                         d.exception_type, d.message});
+        }
+      }
     if (def_.stages.back()->runs_in_supervisor() && report.stages.size() >= 2) {
       auto& collect = report.stages.back();
       collect.items_in = collect.items_out = report.stages[report.stages.size() - 2].items_out;
