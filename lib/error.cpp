@@ -1,12 +1,19 @@
 #include <procflow/error.hpp>
 
 #include <cstring>
+#include <string>
 #include <utility>
 
 namespace procflow {
 
 system_error::system_error(int errno_value, const std::string& message)
     : error(message + ": " + std::strerror(errno_value)), code_(errno_value, std::generic_category()) {}
+
+interrupted::interrupted(int signal_number)
+    : error(signal_number == 0 ? std::string("procflow: run() was cancelled (cancel_source::request_stop)")
+                               : "procflow: run() was interrupted by signal " + std::to_string(signal_number) + " (" +
+                                     strsignal(signal_number) + ")"),
+      signal_(signal_number) {}
 
 stage_error::stage_error(details d) : error(""), d_(std::move(d)) {
   std::string what = "stage '" + d_.stage + "'";
@@ -27,6 +34,9 @@ stage_error::stage_error(details d) : error(""), d_(std::move(d)) {
       break;
     case cause::lost:
       what += ": " + d_.message;
+      break;
+    case cause::timeout:
+      what += ": killed by the watchdog: " + d_.message;
       break;
   }
   static_cast<std::runtime_error&>(*this) = std::runtime_error(what);

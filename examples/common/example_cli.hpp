@@ -12,9 +12,10 @@
 //                 on when stderr is a terminal)
 //
 // Exit status: 0 success; 1 pipeline error (one line on stderr naming the stage and the cause);
-// 2 bad usage or missing default data; 130 / 143 when interrupted by SIGINT / SIGTERM (the default
-// signal action: replicas die with the caller through PR_SET_PDEATHSIG, shared memory is anonymous, and
-// an unfinished --output is never renamed into place). The per-stage profile report goes to stderr.
+// 2 bad usage or missing default data; 130 / 143 when interrupted by SIGINT / SIGTERM: run() stops and
+// reaps every replica and throws procflow::interrupted, main prints one line and exits 128 + signal
+// (an unfinished --output is never renamed into place; a second Ctrl-C ends the program at once).
+// The per-stage profile report goes to stderr.
 #pragma once
 
 #include <procflow/error.hpp>
@@ -294,6 +295,9 @@ inline int main_guard(const description& d, int argc, char** argv, const std::fu
   } catch (const usage_error& e) {
     fmt::print(stderr, "{}: {}\n", d.name, one_line(e.what()));
     return 2;
+  } catch (const procflow::interrupted& e) {
+    fmt::print(stderr, "{}: interrupted ({})\n", d.name, e.signal() != 0 ? strsignal(e.signal()) : "cancelled");
+    return e.signal() != 0 ? 128 + e.signal() : 1;
   } catch (const procflow::stage_error& e) {
     fmt::print(stderr, "{}: {}\n", d.name, one_line(e.what()));
     return 1;

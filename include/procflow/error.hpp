@@ -39,6 +39,20 @@ class shm_error : public error {
   using error::error;
 };
 
+// run() was stopped from outside before the pipeline finished: SIGINT or SIGTERM reached the
+// process that called run(), or a cancel_source asked it to stop (see cancel.hpp). Every replica
+// was stopped and reaped and all shared memory released before it is thrown. signal() is the
+// signal number (SIGINT, SIGTERM), 0 for a cancel_source; a program conventionally exits with
+// 128 + signal() (130 / 143). Not a stage_error: no stage failed.
+class interrupted : public error {
+ public:
+  explicit interrupted(int signal_number);
+  int signal() const noexcept { return signal_; }
+
+ private:
+  int signal_;
+};
+
 // A stage failed while a pipeline ran. Names the stage, the replica, the process and the item.
 //
 // The rule for errors raised in the caller's own process (the supervisor): decoding a partial
@@ -55,6 +69,7 @@ class stage_error : public error {
     signal,       // the replica died by a signal; signal_number() says which
     exit,         // the replica exited without finishing its input (exit status in exit_code())
     lost,         // the replica vanished without a record (e.g. reaped by someone else)
+    timeout,      // the watchdog killed it: no progress for the stage's timeout (see options.hpp)
   };
 
   // replica() of an error raised in the supervisor.
@@ -72,6 +87,11 @@ class stage_error : public error {
     int signal_number = 0;
     int exit_code = 0;
     bool in_supervisor = false;      // raised in the caller's process: no replica (see above)
+    // A replica that died without naming its item (signal, exit, watchdog) names the batch it had
+    // in hand: items [range_first, range_last), numbered as item_seq().
+    bool has_item_range = false;
+    std::uint64_t range_first = 0;
+    std::uint64_t range_last = 0;
   };
 
   explicit stage_error(details d);
@@ -91,6 +111,12 @@ class stage_error : public error {
   int exit_code() const noexcept { return d_.exit_code; }
   // True when the error was raised in the process that called run() (see the rule above).
   bool in_supervisor() const noexcept { return d_.in_supervisor; }
+  // The batch a replica had in hand when it died by a signal, an exit or the watchdog: items
+  // [item_range_first(), item_range_last()), numbered as item_seq(). Meaningful only when
+  // has_item_range(); what() says it too, with the phase (starting, in a batch, end of stream).
+  bool has_item_range() const noexcept { return d_.has_item_range; }
+  std::uint64_t item_range_first() const noexcept { return d_.range_first; }
+  std::uint64_t item_range_last() const noexcept { return d_.range_last; }
 
  private:
   details d_;

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <procflow/profile.hpp>
+#include <procflow/cancel.hpp>
+#include <procflow/policy.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -114,6 +116,20 @@ struct seed {
   std::uint64_t value;
 };
 
+// Watchdog: a replica of the stage that spends longer than `d` on one batch (its stage function,
+// or waiting for room downstream) or on its end-of-stream work is killed, and run() throws a
+// stage_error with kind() timeout naming the batch's item range. Waiting for input never counts.
+// A generator source is not watched. Stages fused into one process share the shortest bound. On
+// a pipeline: every stage without its own. Default: none.
+struct watchdog {
+  template <class Rep, class Period>
+  explicit watchdog(std::chrono::duration<Rep, Period> d)
+      : ns(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()) {
+    if (ns <= 0) throw std::invalid_argument("procflow::watchdog: the bound must be positive");
+  }
+  std::int64_t ns;
+};
+
 struct stage_options {
   std::optional<std::uint32_t> replicas;
   std::optional<std::int64_t> max_latency_ns;  // -1: off
@@ -123,6 +139,8 @@ struct stage_options {
   bool ordered = false;
   bool own_process = false;
   bool auto_scale = false;  // replicas(auto_scale); on the pipeline: stages without a count
+  std::optional<std::int64_t> watchdog_ns;  // watchdog(d)
+  std::optional<error_policy> on_error;      // skip, retry(n, backoff[, skip]); default: fail
 };
 
 struct pipeline_options {
@@ -131,6 +149,8 @@ struct pipeline_options {
   std::optional<std::uint32_t> cores;  // core budget; default: sched_getaffinity
   profile_options profile;             // sampling, progress, trace (profile.hpp)
   std::optional<std::uint64_t> seed;   // run seed; default: fresh entropy per run
+  std::shared_ptr<detail::cancel_state> cancel;  // cancel_with(source); null: none
+  bool allow_threads = false;                     // allow_threads: skip the single-thread check
 };
 
 namespace detail {
@@ -154,6 +174,9 @@ inline void apply_option(stage_options& o, dispatch d) { o.dispatch = d; }
 inline void apply_option(stage_options& o, ordered_t) { o.ordered = true; }
 inline void apply_option(stage_options& o, own_process_t) { o.own_process = true; }
 inline void apply_option(stage_options& o, const max_latency& l) { o.max_latency_ns = l.ns; }
+inline void apply_option(stage_options& o, const watchdog& w) { o.watchdog_ns = w.ns; }
+inline void apply_option(stage_options& o, skip_t) { o.on_error = error_policy{0, 0, true}; }
+inline void apply_option(stage_options& o, const retry& r) { o.on_error = r.policy; }
 
 template <class T>
 concept stage_option = requires(stage_options& o, const T& t) { apply_option(o, t); };
@@ -162,7 +185,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;
@@ -171,6 +194,8 @@ stage_options make_stage_options(const Opts&... opts) {
 inline void apply_pipeline_option(pipeline_options& o, const fusion& f) { o.fusion = f.enabled; }
 inline void apply_pipeline_option(pipeline_options& o, const cores& c) { o.cores = c.count; }
 inline void apply_pipeline_option(pipeline_options& o, const seed& s) { o.seed = s.value; }
+inline void apply_pipeline_option(pipeline_options& o, const cancel_with& c) { o.cancel = c.source.state(); }
+inline void apply_pipeline_option(pipeline_options& o, allow_threads_t) { o.allow_threads = true; }
 template <stage_option T>
 void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
 template <profile_option T>

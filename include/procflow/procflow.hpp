@@ -1,10 +1,12 @@
 // procflow: multi-process dataflow pipelines over shared-memory rings. The one header to include.
 #pragma once
 
+#include <procflow/cancel.hpp>
 #include <procflow/codec.hpp>
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>
 #include <procflow/options.hpp>
+#include <procflow/policy.hpp>
 #include <procflow/pipeline.hpp>
 #include <procflow/profile.hpp>
 #include <procflow/replica.hpp>

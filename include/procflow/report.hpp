@@ -33,6 +33,8 @@ struct stage_report {
   std::uint64_t read_bytes = 0;      // through read-like syscalls (/proc/self/io rchar), summed
   std::uint64_t written_bytes = 0;   // through write-like syscalls (wchar), summed
   std::string note;  // why the stage runs as it does, when that is not what was asked (else empty)
+  std::uint64_t items_skipped = 0;  // set aside under pf::skip (policy.hpp)
+  std::uint64_t retries = 0;        // tries after a failure under pf::retry
 };
 
 // One replica process: where its time went and what the kernel accounted to it. Busy, starved
@@ -62,6 +64,17 @@ struct replica_report {
   std::uint64_t written_bytes = 0;
 };
 
+// An item a stage skipped (pf::skip): the stage, the replica, the item's sequence number (as
+// stage_error::item_seq) and what its function threw. The first dead_letters_per_replica per
+// replica are kept.
+struct dead_letter {
+  std::string stage;
+  std::uint32_t replica = 0;
+  std::uint64_t item_seq = 0;
+  std::string exception_type;
+  std::string message;
+};
+
 // One change the scheduler made: a process group (its stages) went from `from` to `to` replicas,
 // because one replica takes `true_rate` items per second of busy time and the group must take
 // `required_rate` items per second for the planned throughput (it took `observed_rate`).
@@ -86,6 +99,7 @@ struct run_report {
   std::vector<scheduler_decision> decisions;
   std::vector<replica_report> replica_rows;  // every replica process that ran, by group and replica
   std::vector<run_sample> samples;           // the counters sampled while the run went on
+  std::vector<dead_letter> dead_letters;
 
   // The stage whose replicas were busiest relative to their count (nullptr if none ran).
   const stage_report* bottleneck() const;

@@ -37,7 +37,11 @@ json stage_json(const stage_report& s, double wall_s) {
       {"written_bytes", s.written_bytes},
       {"replica_items_in", s.replica_items_in},
   };
-  if (!s.note.empty()) j["note"] = s.note;  // why the stage runs as it does (e.g. holds state)
+  if (!s.note.empty()) j["note"] = s.note;
+  if (s.items_skipped || s.retries) {  // pf::skip / pf::retry (policy.hpp)
+    j["items_skipped"] = s.items_skipped;
+    j["retries"] = s.retries;
+  }  // why the stage runs as it does (e.g. holds state)
   return j;
 }
 

@@ -88,14 +88,16 @@ void flush_standard_streams() noexcept {
 
 // The signals that stop a program (and SIGPIPE / SIGCHLD, whose inherited setting would change
 // how a stage's own I/O and children behave): default disposition and unblocked in a replica,
-// whatever the host program installed. The rest of the host's mask is kept.
+// whatever the host program installed, except SIGINT, ignored: Ctrl-C reaches the whole foreground
+// process group and the supervisor decides (it stops the replicas itself). The rest of the host's
+// mask is kept.
 void reset_stop_signals(const sigset_t& host_mask) noexcept {
-  struct sigaction default_action {};
-  default_action.sa_handler = SIG_DFL;
-  sigemptyset(&default_action.sa_mask);
+  struct sigaction action {};
+  sigemptyset(&action.sa_mask);
   sigset_t mask = host_mask;
   for (const int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD}) {
-    ::sigaction(s, &default_action, nullptr);
+    action.sa_handler = s == SIGINT ? SIG_IGN : SIG_DFL;
+    ::sigaction(s, &action, nullptr);
     sigdelset(&mask, s);
   }
   ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
@@ -208,15 +210,17 @@ std::optional<ExitInfo> ChildSet::wait_any(std::chrono::milliseconds timeout) {
     owners.push_back(i);
   }
   if (fds.empty()) return std::nullopt;
+  const std::size_t children = fds.size();
+  for (const int fd : wake_fds_) fds.push_back({fd, POLLIN, 0});
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     const int n = ::poll(fds.data(), fds.size(), static_cast<int>(std::max<long long>(0, left.count())));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw procflow::system_error(errno, "poll on replica pidfds failed");
-    for (std::size_t k = 0; k < fds.size(); ++k)
+    for (std::size_t k = 0; k < children; ++k)
       if (fds[k].revents != 0) return reap(owners[k]);  // a pidfd is readable once its process ended
-    return std::nullopt;
+    return std::nullopt;  // timed out, or woken
   }
 }
 
@@ -224,6 +228,10 @@ void ChildSet::signal_all(int signal) noexcept {
   // ESRCH (the child ended, maybe reaped by someone else) is the only expected failure: fine.
   for (const Child& c : children_)
     if (!c.reaped) pidfd_send_signal(c.pidfd, signal);
+}
+
+void ChildSet::signal_one(std::size_t index, int signal) noexcept {
+  if (!children_[index].reaped) pidfd_send_signal(children_[index].pidfd, signal);
 }
 
 void ChildSet::kill_and_reap_all() noexcept {

@@ -12,9 +12,10 @@
 //  - gets PR_SET_PDEATHSIG(SIGKILL) (and re-checks its parent, closing the race with a parent
 //    that died before the prctl);
 //  - closes the pidfds of the siblings forked before it;
-//  - resets SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE and SIGCHLD to their default disposition
-//    and unblocks them, whatever the host program installed (other signals keep the host's
-//    setting, as across execve).
+//  - ignores SIGINT (Ctrl-C reaches the whole foreground process group; the supervisor alone
+//    decides what it means), resets SIGTERM, SIGHUP, SIGQUIT, SIGPIPE and SIGCHLD to their default
+//    disposition, and unblocks all six, whatever the host program installed (other signals keep
+//    the host's setting, as across execve).
 // It leaves with _exit(), so the parent's atexit handlers and destructors do not run twice, after
 // flushing C stdio and the C++ standard streams (which hold their own buffers under
 // std::ios::sync_with_stdio(false)); the parent flushes both before forking so that nothing
@@ -54,8 +55,12 @@ class ChildSet {
   // watched (no child is left behind then).
   std::size_t spawn(const std::function<int()>& body);
 
-  // Waits up to `timeout` for one child to end and reaps it. nullopt: none ended in time.
+  // Waits up to `timeout` for one child to end and reaps it. nullopt: none ended in time, or a
+  // wake fd (see add_wake_fd) is readable.
   std::optional<ExitInfo> wait_any(std::chrono::milliseconds timeout);
+  // wait_any() also returns (nullopt) as soon as `fd` is readable. The caller keeps `fd` open
+  // while it may wait and reads nothing from it through the ChildSet.
+  void add_wake_fd(int fd) { wake_fds_.push_back(fd); }
 
   // Sends `signal` to every child still running (through its pidfd).
   void signal_all(int signal) noexcept;
@@ -63,6 +68,10 @@ class ChildSet {
   void kill_and_reap_all() noexcept;
 
   std::size_t running() const noexcept;
+  std::size_t size() const noexcept { return children_.size(); }
+  bool reaped(std::size_t index) const noexcept { return children_[index].reaped; }
+  // Sends `signal` to one child still running (through its pidfd); a no-op once it was reaped.
+  void signal_one(std::size_t index, int signal) noexcept;
   pid_t pid(std::size_t index) const noexcept { return children_[index].pid; }
 
  private:
@@ -73,6 +82,7 @@ class ChildSet {
   };
   ExitInfo reap(std::size_t index);
   std::vector<Child> children_;
+  std::vector<int> wake_fds_;
 };
 
 }  // namespace procflow::process

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <typeinfo>
 
 namespace procflow::runtime {
@@ -36,11 +37,54 @@ void put_text(char (&field)[N], const std::string& text) noexcept {
 
 // Local tallies of one stage in this replica, mirrored to shared memory after every batch.
 struct Tally {
+  std::uint64_t items_skipped = 0;
+  std::uint64_t retries = 0;
   std::uint64_t items_in = 0;
   std::uint64_t items_out = 0;
   std::uint64_t batches_in = 0;
   std::uint64_t bytes_in = 0;
   std::uint64_t busy_ns = 0;
+};
+
+// Applies a stage's error_policy to an item whose stage function threw (see policy.hpp):
+// retries with a doubling backoff, then skips (counted, the first few recorded as dead letters)
+// or fails. Set up by the replica before each stage's apply().
+class PolicyGuard final : public detail::item_guard {
+ public:
+  detail::item_verdict on_failure(std::size_t index, std::uint32_t attempt) noexcept override {
+    if (attempt < policy.retries) {
+      ++tally->retries;
+      if (policy.backoff_ns > 0) {
+        const int shift = static_cast<int>(std::min<std::uint32_t>(attempt, 20));
+        std::this_thread::sleep_for(std::chrono::nanoseconds(policy.backoff_ns) * (std::int64_t{1} << shift));
+      }
+      return detail::item_verdict::retry;
+    }
+    if (!policy.then_skip) return detail::item_verdict::fail;
+    ++tally->items_skipped;
+    if (record->dead_letter_count < dead_letters_per_replica) {
+      DeadLetter& d = record->dead_letters[record->dead_letter_count];
+      d.stage = stage;
+      d.item_seq = dense ? first_item + index : stream_first + index;
+      try {
+        put_text(d.exception_type, current_exception_type());
+        put_text(d.message, current_exception_message());
+      } catch (...) {
+        put_text(d.exception_type, "std::bad_alloc");
+        put_text(d.message, "out of memory while recording a dead letter");
+      }
+      ++record->dead_letter_count;
+    }
+    return detail::item_verdict::skip;
+  }
+
+  error_policy policy;
+  std::uint32_t stage = 0;
+  bool dense = false;              // item numbers are source positions (first_item + index)
+  std::uint64_t first_item = 0;
+  std::uint64_t stream_first = 0;  // else: position in this replica's input of the batch's first item
+  Tally* tally = nullptr;
+  ReplicaRecord* record = nullptr;
 };
 
 class Replica final : public detail::downstream {
@@ -86,6 +130,7 @@ class Replica final : public detail::downstream {
       gate_.emplace(*outbox_);  // after the flusher: it decides how the gate fences
     }
     for (std::size_t k = 0; k < instances_.size(); ++k) instances_[k]->attach(this, k);
+    guards_.resize(instances_.size());
     first_worker_ = first_worker;
 
     switch (group_.input) {
@@ -143,6 +188,7 @@ class Replica final : public detail::downstream {
 
   void generator_progress() noexcept {
     tallies_[0].items_out = outbox_->stats().items;
+    record_->batch_items.store(tallies_[0].items_out, std::memory_order_relaxed);  // see ReplicaRecord::phase
     const std::uint64_t elapsed = ns_since(generator_start_);
     const std::uint64_t blocked = outbox_->stats().blocked_ns;
     tallies_[0].busy_ns = elapsed > blocked ? elapsed - blocked : 0;
@@ -153,6 +199,7 @@ class Replica final : public detail::downstream {
 
   void run_generator() {
     stage_ = 0;
+    note_phase(ReplicaPhase::producing);
     const auto t0 = Clock::now();
     generator_start_ = t0;
     if (group_.end_stage == 1) {
@@ -219,6 +266,7 @@ class Replica final : public detail::downstream {
   // Runs one decoded batch through the fused stages and sends the result on.
   void process(const detail::batch_meta& meta, std::size_t n, bool batch_end, bool batch_start, std::uint64_t extra_ns) {
     const bool ordered = plan_.ordered;
+    note_batch(meta, n);
     if (outbox_ && (batch_start || !ordered)) outbox_->begin_batch(meta);
     if (ordered && batch_start && ends_in_terminal()) instances_.back()->begin_batch();
     meta_ = meta;
@@ -238,6 +286,30 @@ class Replica final : public detail::downstream {
       tallies_[group_.end_stage - 1].busy_ns += elapsed > blocked ? elapsed - blocked : 0;
     }
     flush_counters();
+    note_phase(ReplicaPhase::waiting);
+  }
+
+  // The batch about to run, in the replica record (see ReplicaRecord::phase): a few relaxed
+  // stores per batch. Its items are source positions when dense, else positions in the stream
+  // this replica received (as stage_error::item_seq()).
+  void note_batch(const detail::batch_meta& meta, std::size_t n) noexcept {
+    ReplicaRecord& r = record();
+    r.batch_dense.store(meta.dense ? 1 : 0, std::memory_order_relaxed);
+    r.batch_seq.store(meta.seq, std::memory_order_relaxed);
+    r.batch_first.store(meta.dense ? meta.first_item : tallies_[first_worker_].items_in, std::memory_order_relaxed);
+    r.batch_items.store(n, std::memory_order_relaxed);
+    note_phase(ReplicaPhase::in_batch);
+  }
+
+  void note_phase(ReplicaPhase phase) noexcept {
+    // The time first, then the phase with release.
+    // SYNC POINT (release): pairs with the watchdog's acquire load of `phase` (supervisor.cpp):
+    // a watchdog that sees the new phase sees this time or a later one, never the previous
+    // phase's (older) time, so it can be late but never early.
+    const auto now = Clock::now().time_since_epoch();
+    record().phase_since_ns.store(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count()),
+                                  std::memory_order_relaxed);
+    record().phase.store(static_cast<std::uint32_t>(phase), std::memory_order_release);
   }
 
   // Runs `n` items in instance `first`'s input buffer through instances first.. and encodes
@@ -257,6 +329,20 @@ class Replica final : public detail::downstream {
         const auto t0 = Clock::now();
         const std::uint64_t nested0 = spilled_ns_;
         detail::item_cursor cursor;
+        const auto& policy = def_.stages[stage]->options().on_error ? def_.stages[stage]->options().on_error
+                                                                     : def_.options.defaults.on_error;
+        if (policy) {
+          // One guard per fused stage: a flat_map's spill runs the next stages inside its apply().
+          PolicyGuard& guard = guards_[k];
+          guard.policy = *policy;
+          guard.stage = static_cast<std::uint32_t>(stage);
+          guard.dense = lineage_dense;
+          guard.first_item = meta_.first_item;
+          guard.stream_first = t.items_in - n;
+          guard.tally = &t;
+          guard.record = record_;
+          cursor.guard = &guard;
+        }
         try {
           n = instances_[k]->apply(cursor);
         } catch (...) {
@@ -270,7 +356,7 @@ class Replica final : public detail::downstream {
         t.items_out += n;
         // Time spent in spills of this stage's output (see spill()) belongs to the stages after it.
         t.busy_ns += ns_since(t0) - (spilled_ns_ - nested0) + (k == first ? extra_ns : 0);
-        lineage_dense = lineage_dense && def_.stages[stage]->one_to_one();
+        lineage_dense = lineage_dense && def_.stages[stage]->one_to_one() && cursor.skipped == 0;
       }
     }
     if (outbox_ && !ends_in_terminal()) {
@@ -307,6 +393,7 @@ class Replica final : public detail::downstream {
 
  private:
   void finish() {
+    note_phase(ReplicaPhase::finishing);
     flusher_.reset();  // before the last writes: the Outbox is the producer's alone again
     // Teardown, stage by stage: each callable's finish() and destruction, before end of stream
     // goes on (a file a sink writes is complete when run() returns; a failing flush fails it).
@@ -348,6 +435,8 @@ class Replica final : public detail::downstream {
       c.batches_in.store(t.batches_in, std::memory_order_relaxed);
       c.bytes_in.store(t.bytes_in, std::memory_order_relaxed);
       c.busy_ns.store(t.busy_ns, std::memory_order_relaxed);
+      c.items_skipped.store(t.items_skipped, std::memory_order_relaxed);
+      c.retries.store(t.retries, std::memory_order_relaxed);
     }
     if (inbox_)
       state_.counters(group_.first_stage, replica_).starved_ns.store(inbox_->stats().starved_ns, std::memory_order_relaxed);
@@ -381,6 +470,7 @@ class Replica final : public detail::downstream {
   std::optional<metrics::SpanRecorder> spans_;  // pf::trace: this replica's timeline
   bool has_item_ = false;
   std::uint64_t item_seq_ = 0;
+  std::vector<PolicyGuard> guards_;  // per fused stage: its error policy, while it applies
 };
 
 }  // namespace

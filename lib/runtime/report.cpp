@@ -69,6 +69,10 @@ std::string run_report::to_string(bool per_replica) const {
   }
   for (const auto& s : stages)
     if (!s.note.empty()) out += fmt::format("  note: stage '{}' {}\n", s.name, s.note);
+  for (const auto& s : stages)
+    if (s.items_skipped || s.retries) out += fmt::format("  {}: {} items skipped, {} retries\n", s.name, s.items_skipped, s.retries);
+  for (const auto& d : dead_letters)
+    out += fmt::format("  dead letter: stage '{}' replica {} item {}: {}: {}\n", d.stage, d.replica, d.item_seq, d.exception_type, d.message);
   return out;
 }
 

@@ -43,10 +43,31 @@ struct alignas(shm::cache_line) StageCounters {
   std::atomic<std::uint64_t> busy_ns;
   std::atomic<std::uint64_t> starved_ns;
   std::atomic<std::uint64_t> blocked_ns;
+  std::atomic<std::uint64_t> items_skipped;  // set aside under skip / retry(..., skip)
+  std::atomic<std::uint64_t> retries;        // tries after a failure under retry(n, ...)
 };
 static_assert(std::is_standard_layout_v<StageCounters> && sizeof(StageCounters) == shm::cache_line);
 
 enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 2 };
+
+// ReplicaRecord::phase.
+enum class ReplicaPhase : std::uint32_t {
+  starting = 0,   // before the first batch (instantiating stages, attaching channels)
+  in_batch = 1,   // running a batch through its stages (user code, or blocked writing its output)
+  waiting = 2,    // between batches: waiting for input
+  finishing = 3,  // end of stream: a sink's finish(), partials, closing the output
+  producing = 4,  // a generator source producing items
+};
+
+// An item a replica skipped (policy skip): the first few are kept in its record.
+struct DeadLetter {
+  std::uint32_t stage;
+  std::uint32_t reserved;
+  std::uint64_t item_seq;   // as stage_error::item_seq
+  char exception_type[64];  // NUL-terminated (the supervisor forces termination anyway)
+  char message[256];
+};
+static_assert(std::is_standard_layout_v<DeadLetter> && std::is_trivially_copyable_v<DeadLetter>);
 
 // Written by its replica only, read by the supervisor after the replica was reaped.
 struct ReplicaRecord {
@@ -61,6 +82,19 @@ struct ReplicaRecord {
   // would do for the flag itself; acquire keeps the epoch reading simple to reason about
   // (pairs with the supervisor's release store).
   std::atomic<std::uint64_t> retire;
+  // What the replica is doing, so that a replica that dies without a record (a signal, exit(),
+  // a watchdog kill) is reported with the batch it had in hand. Written once per batch, not per
+  // item. Single writer, relaxed except `phase` (release, see Replica::note_phase): read after the
+  // process was reaped (the wait orders it), or by the watchdog while it runs.
+  std::atomic<std::uint32_t> phase;        // ReplicaPhase
+  std::atomic<std::uint64_t> phase_since_ns;  // steady_clock when the phase (or batch) began
+  std::atomic<std::uint32_t> batch_dense;  // 1: batch_first is a source position
+  std::atomic<std::uint64_t> batch_seq;    // source batch (chunk) number
+  std::atomic<std::uint64_t> batch_first;  // first item: source position, or position in this replica's input
+  std::atomic<std::uint64_t> batch_items;  // items in the batch (a generator: items produced so far)
+  // Dead letters kept (<= dead_letters_per_replica). Read after the replica was reaped.
+  std::uint32_t dead_letter_count;
+  DeadLetter dead_letters[dead_letters_per_replica];
   std::uint32_t stage;        // pipeline stage index that failed
   std::uint32_t has_item;
   std::uint64_t item_seq;

@@ -6,8 +6,10 @@
 #include "metrics/sampler.hpp"
 #include "metrics/trace_writer.hpp"
 #include "process/child.hpp"
+#include "runtime/cancel_state.hpp"
 #include "runtime/exception_info.hpp"
 #include "runtime/identity.hpp"
+#include "runtime/interrupt_guard.hpp"
 #include "runtime/plan.hpp"
 #include "runtime/replica.hpp"
 #include "runtime/run_state.hpp"
@@ -30,6 +32,8 @@
 #include <typeinfo>
 #include <cstring>
 #include <exception>
+#include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -53,25 +57,43 @@ class Supervisor {
         elastic_(def_, plan_, state_, [this](std::size_t g, std::uint32_t r) {
           ids_.push_back({g, r});
           children_.spawn([this, g, r] { return run_replica(def_, plan_, state_, g, r); });
-        }), sampler_(def_, plan_, state_) {}
+        }), sampler_(def_, plan_, state_) {
+    // The watchdog bound of each group: the shortest of its stages' (or the pipeline's).
+    for (const Group& g : plan_.groups) {
+      std::int64_t bound = 0;
+      for (std::size_t i = g.first_stage; i < g.end_stage; ++i) {
+        const auto ns = def_.stages[i]->options().watchdog_ns.value_or(def_.options.defaults.watchdog_ns.value_or(0));
+        if (ns > 0 && (bound == 0 || ns < bound)) bound = ns;
+      }
+      watchdog_ns_.push_back(bound);
+      if (bound > 0) watching_ = true;
+    }
+    children_.add_wake_fd(interrupts_.wake_fd());
+    if (def_.options.cancel) children_.add_wake_fd(def_.options.cancel->wake_fd);
+  }
 
   std::uint64_t seed() const noexcept { return plan_.seed; }
 
   run_report run() {
     const auto t0 = Clock::now();
+    stop_if_interrupted();
     run_start_ns_ = metrics::steady_now_ns();
     sampler_.start(run_start_ns_);
     elastic_.start();
+    stop_if_interrupted();
     if (plan_.has_results) drain_results();
     // The scheduler (and closing the lanes of replica slots never started) needs short ticks.
     const auto tick = std::min<std::chrono::milliseconds>(
-        elastic_.scheduling() ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000), sampler_.interval());
+        elastic_.scheduling() || watching_ ? std::chrono::milliseconds(50) : std::chrono::milliseconds(1000), sampler_.interval());
     while (children_.running() > 0) {
       if (auto exit = children_.wait_any(tick)) on_exit(*exit);
+      stop_if_interrupted();
+      check_watchdog();
       elastic_.tick();
       sample();
     }
     if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
+    stop_if_interrupted();  // a Ctrl-C during the last moments is not swallowed
     run_report report = make_report(std::chrono::duration<double>(Clock::now() - t0).count());
     sampler_.finish(report);
     if (!def_.options.profile.trace_path.empty())
@@ -100,6 +122,8 @@ class Supervisor {
         return;
       }
       if (Clock::now() >= next_check) {
+        stop_if_interrupted();
+        check_watchdog();
         while (auto exit = children_.wait_any(std::chrono::milliseconds(0))) on_exit(*exit);
         elastic_.tick();
         sample();
@@ -113,8 +137,42 @@ class Supervisor {
     on_caller_side("in the progress callback", [&] { sampler_.tick(); });
   }
 
+  // SIGINT / SIGTERM reached this process, or the cancel_source asked to stop: stop and reap
+  // every replica, then throw procflow::interrupted (the shared memory goes with the Supervisor).
+  void stop_if_interrupted() {
+    const int signal = InterruptGuard::pending();
+    // Relaxed: see cancel_state::requested.
+    const bool cancelled = def_.options.cancel && def_.options.cancel->requested.load(std::memory_order_relaxed) != 0;
+    if (signal == 0 && !cancelled) return;
+    children_.kill_and_reap_all();
+    throw interrupted(signal);
+  }
+
+  // Kills every replica that spent longer than its group's watchdog bound in one batch or in its
+  // end-of-stream work; the exit is then reported by check() as cause::timeout.
+  void check_watchdog() {
+    if (!watching_) return;
+    const auto now = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+    for (std::size_t i = 0; i < children_.size(); ++i) {
+      if (children_.reaped(i) || timed_out_ns_.count(i)) continue;
+      const std::int64_t bound = watchdog_ns_[ids_[i].group];
+      if (bound <= 0) continue;
+      const ReplicaRecord& r = state_.record(state_.first_replica(ids_[i].group) + ids_[i].replica);
+      // SYNC POINT (acquire): pairs with Replica::note_phase's release store of the phase.
+      const auto phase = static_cast<ReplicaPhase>(r.phase.load(std::memory_order_acquire));
+      if (phase != ReplicaPhase::in_batch && phase != ReplicaPhase::finishing) continue;
+      const std::uint64_t since = r.phase_since_ns.load(std::memory_order_relaxed);
+      if (now <= since || now - since <= static_cast<std::uint64_t>(bound)) continue;
+      timed_out_ns_[i] = now - since;
+      children_.signal_one(i, SIGKILL);
+    }
+  }
+
   // A replica ended: a failure throws (check), a completion may end its group.
   void on_exit(const process::ExitInfo& exit) {
+    // A replica killed by the same SIGTERM (sent to the whole group) is part of the interruption.
+    stop_if_interrupted();
     check(exit);
     elastic_.on_exit(ids_[exit.index].group, ids_[exit.index].replica);
   }
@@ -168,7 +226,11 @@ class Supervisor {
     d.pid = exit.pid;
     const std::uint32_t current = record.current_stage.load(std::memory_order_relaxed);
     d.stage = def_.stages[current < def_.stages.size() ? current : g.first_stage]->name();
-    if (status == ReplicaStatus::failed) {
+    if (const auto t = timed_out_ns_.find(exit.index); t != timed_out_ns_.end()) {
+      d.kind = stage_error::cause::timeout;
+      d.message = fmt::format("no progress for {:.3f} s (watchdog {:.3f} s)", static_cast<double>(t->second) / 1e9,
+                              static_cast<double>(watchdog_ns_[id.group]) / 1e9);
+    } else if (status == ReplicaStatus::failed) {
       record.exception_type[sizeof record.exception_type - 1] = '\0';  // never trust shared memory
       record.message[sizeof record.message - 1] = '\0';
       const std::size_t stage = record.stage < def_.stages.size() ? record.stage : g.first_stage;
@@ -194,6 +256,7 @@ class Supervisor {
       d.kind = stage_error::cause::lost;
       d.message = fmt::format("the process ended with an unexpected wait status {:#x}", exit.status);
     }
+    if (d.kind != stage_error::cause::exception) describe_activity(record, d);
     if (g.end_stage - g.first_stage > 1) {
       std::string fused;
       for (std::size_t i = g.first_stage; i < g.end_stage; ++i) fused += (fused.empty() ? "" : ", ") + def_.stages[i]->name();
@@ -201,6 +264,33 @@ class Supervisor {
     }
     children_.kill_and_reap_all();
     throw stage_error(std::move(d));
+  }
+
+  // What a replica that died without a failure record was doing (see ReplicaRecord::phase):
+  // the batch it had in hand becomes the error's item range.
+  static void describe_activity(const ReplicaRecord& r, stage_error::details& d) {
+    // Relaxed: the replica was reaped (or is being killed by the watchdog); see ReplicaRecord.
+    const auto phase = static_cast<ReplicaPhase>(r.phase.load(std::memory_order_relaxed));
+    const std::uint64_t items = r.batch_items.load(std::memory_order_relaxed);
+    std::string where;
+    switch (phase) {
+      case ReplicaPhase::starting: where = "before its first batch"; break;
+      case ReplicaPhase::in_batch: {
+        const std::uint64_t first = r.batch_first.load(std::memory_order_relaxed);
+        const bool dense = r.batch_dense.load(std::memory_order_relaxed) != 0;
+        d.has_item_range = true;
+        d.range_first = first;
+        d.range_last = first + items;
+        where = fmt::format("while processing batch {}: {} items [{}, {})", r.batch_seq.load(std::memory_order_relaxed),
+                            dense ? "source" : "input", first, first + items);
+        break;
+      }
+      case ReplicaPhase::waiting: where = "between batches (waiting for input)"; break;
+      case ReplicaPhase::finishing: where = "at the end of the stream (finishing, sending partial results)"; break;
+      case ReplicaPhase::producing: where = fmt::format("while producing items (after {} items)", items); break;
+      default: where = "in an unknown phase"; break;  // never trust shared memory
+    }
+    d.message += (d.message.empty() ? "" : "; ") + where;
   }
 
   run_report make_report(double wall_s) const {
@@ -232,6 +322,8 @@ class Supervisor {
           r.busy_s += static_cast<double>(c.busy_ns.load(std::memory_order_relaxed)) / 1e9;
           r.starved_s += static_cast<double>(c.starved_ns.load(std::memory_order_relaxed)) / 1e9;
           r.blocked_s += static_cast<double>(c.blocked_ns.load(std::memory_order_relaxed)) / 1e9;
+          r.items_skipped += c.items_skipped.load(std::memory_order_relaxed);
+          r.retries += c.retries.load(std::memory_order_relaxed);
         }
       } else {
         r.replicas = 0;  // runs in the supervisor (collect)
@@ -239,6 +331,19 @@ class Supervisor {
       if (i == 0 && r.items_in == 0) r.items_in = r.items_out;
       report.stages.push_back(std::move(r));
     }
+    // Dead letters (every replica was reaped: its record is final).
+    for (std::size_t g = 0; g < plan_.groups.size(); ++g)
+      for (std::uint32_t k = 0; k < plan_.groups[g].slots; ++k) {
+        ReplicaRecord& rec = state_.record(state_.first_replica(g) + k);
+        const std::uint32_t n = std::min<std::uint32_t>(rec.dead_letter_count, dead_letters_per_replica);  // never trust shared memory
+        for (std::uint32_t i = 0; i < n; ++i) {
+          DeadLetter& d = rec.dead_letters[i];
+          d.exception_type[sizeof d.exception_type - 1] = '\0';
+          d.message[sizeof d.message - 1] = '\0';
+          report.dead_letters.push_back({d.stage < def_.stages.size() ? def_.stages[d.stage]->name() : std::string("?"), k, d.item_seq,
+                                         d.exception_type, d.message});
+        }
+      }
     if (def_.stages.back()->runs_in_supervisor() && report.stages.size() >= 2) {
       auto& collect = report.stages.back();
       collect.items_in = collect.items_out = report.stages[report.stages.size() - 2].items_out;
@@ -255,12 +360,38 @@ class Supervisor {
   std::uint64_t run_start_ns_ = 0;  // steady clock (metrics::steady_now_ns)
   scheduler::Elastic elastic_;
   metrics::Sampler sampler_;
+  std::vector<std::int64_t> watchdog_ns_;  // per group, 0: not watched
+  bool watching_ = false;
+  std::map<std::size_t, std::uint64_t> timed_out_ns_;  // child index -> time without progress when killed
+  InterruptGuard interrupts_;   // the host's dispositions come back after the children are gone
   process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };
 
 }  // namespace
 
+namespace {
+
+// Threads of this process, from /proc/self/task (1 if it cannot be read).
+std::size_t thread_count() {
+  std::error_code ec;
+  std::size_t n = 0;
+  for (std::filesystem::directory_iterator it("/proc/self/task", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  return n == 0 ? 1 : n;
+}
+
+}  // namespace
+
 run_report run_in_processes(const pipeline_def& def, result_collector* collector) {
+  // Relaxed: see cancel_state::requested.
+  if (def.options.cancel && def.options.cancel->requested.load(std::memory_order_relaxed) != 0) throw interrupted(0);
+  if (!def.options.allow_threads) {
+    if (const std::size_t threads = thread_count(); threads > 1)
+      throw procflow::error(fmt::format(
+          "procflow: pipeline '{}': run() was called while this process has {} threads; fork() copies only the "
+          "calling thread, so a lock another thread holds would stay locked in every replica. Join the other "
+          "threads first, or pass procflow::allow_threads to pipeline() if they hold nothing a stage uses",
+          def.name, threads));
+  }
   // pf::this_replica() in a sink or collect running here; restored however run() ends.
   struct IdentityScope {
     Identity saved = identity();

@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   measure("fork_static_split", [&] { return bench::peers::fork_static_split(n, iters, cores); }, "hand-written fork farm");
   measure("procflow", [&] {
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = pf::pipeline("cpu_bound")
+    const auto r = pf::pipeline("cpu_bound", pf::allow_threads)
                        .source("numbers", pf::iota<std::uint64_t>(0, n))
                        .map("burn", [iters](std::uint64_t x) { return bench::peers::burn(x, iters); },
                             pf::replicas(static_cast<std::uint32_t>(cores)))
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
   }, fmt::format("run(pf::in_threads): {} replicas as a parallel oneTBB filter, iota in chunks", cores));
   measure("procflow_generator", [&] {
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = pf::pipeline("cpu_bound")
+    const auto r = pf::pipeline("cpu_bound", pf::allow_threads)
                        .source("numbers", [i = std::uint64_t{0}, n]() mutable -> std::optional<std::uint64_t> {
                          if (i == n) return std::nullopt;
                          return i++;

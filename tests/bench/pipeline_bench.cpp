@@ -35,8 +35,8 @@ struct Run {
 // shows what the latency flusher costs at full rate).
 Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false, bool threads = false) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto start = latency_off ? pf::pipeline("trivial", pf::fusion(fusion), pf::max_latency(pf::latency_off))
-                           : pf::pipeline("trivial", pf::fusion(fusion));
+  auto start = latency_off ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::max_latency(pf::latency_off))
+                           : pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion));
   auto run = [&](auto flow) {
     return flow.map("square", square, pf::replicas(replicas))
         .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
   // returned range; fused with the reduce, 2 replicas claiming iota chunks. 4n items summed.
   auto flat = [&](bool emitter) {
     const auto t0 = std::chrono::steady_clock::now();
-    auto src = pf::pipeline("flat").source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n / 4)));
+    auto src = pf::pipeline("flat", pf::allow_threads).source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n / 4)));
     auto red = [&](auto f) {
       return f.reduce("sum", std::uint64_t{0}, [](std::uint64_t a, std::int64_t x) { return a + static_cast<std::uint64_t>(x); }, std::plus<>{}).run().value;
     };

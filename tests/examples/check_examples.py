@@ -269,14 +269,18 @@ def processes_running(binary):
 
 
 def interrupted(job, binary, tmp):
-    """Reading stdin that never ends, the example is interrupted: it dies of the signal (the shell
-    reports 128 + signal: 130 / 143), its replicas die with it, and --output is not written."""
+    """Reading stdin that never ends, the example is interrupted: run() stops and reaps its replicas
+    and throws procflow::interrupted, the example prints one line on stderr and exits 128 + signal
+    (130 / 143), no replica survives, and --output is not written."""
     import signal
     import time
     for sig in (signal.SIGINT, signal.SIGTERM):
         out = os.path.join(tmp, "interrupted.csv")
+        err_path = os.path.join(tmp, "interrupted.err")
+        err_file = open(err_path, "wb")
         p = subprocess.Popen([binary, "-", "--output", out], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=err_file)
+        err_file.close()
         p.stdin.write((CRAFTED[job] + b"\n\n") * 100)
         p.stdin.flush()
         time.sleep(0.5)
@@ -288,7 +292,12 @@ def interrupted(job, binary, tmp):
             rc = p.wait()
             check(False, f"{job}: still running 30 s after {sig.name}")
         p.stdin.close()
-        check(rc == -sig, f"{job}: {sig.name} ends it by that signal, exit status {128 + sig} in a shell (got {rc})")
+        check(rc == 128 + sig, f"{job}: {sig.name} ends it with exit status {128 + sig} (got {rc})")
+        with open(err_path, "rb") as f:
+            err_lines = f.read().decode(errors="replace").splitlines()
+        os.unlink(err_path)
+        check(len(err_lines) == 1 and "interrupted" in err_lines[0],
+              f"{job}: {sig.name} prints one line on stderr (got {err_lines!r})")
         deadline = time.time() + 10
         while processes_running(binary) and time.time() < deadline:
             time.sleep(0.1)

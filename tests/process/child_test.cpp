@@ -4,8 +4,9 @@
 //    pidfd is obtained before the child can end), and a replica whose exit status was taken by
 //    somebody else is still judged by its record: a failure or a crash is never a success;
 //  - a replica holds no pidfd of its siblings;
-//  - replicas start with the default disposition and an unblocked mask for the signals that
-//    stop a program, whatever the host installed (a host SIGINT handler made them deaf);
+//  - replicas start with an unblocked mask and the default disposition for the signals that
+//    stop a program (SIGINT: ignored, the supervisor decides), whatever the host installed (a
+//    host SIGINT handler made them deaf); SIGINT to the group makes run() throw interrupted;
 //  - what a stage writes with printf and with std::cout (sync_with_stdio(false)) arrives once.
 // Every case runs in a child of the test (its own signal setup, its own process group where it
 // sends signals) under ChildProcess::wait_for, so a hang fails the case instead of CI, and the
@@ -157,7 +158,8 @@ int pidfds_open() {
 // The signals that stop a program, plus the two whose inherited setting changes a stage's I/O.
 constexpr std::array<int, 6> stop_signals = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD};
 
-// Bit k set: stop_signals[k] is not at its default disposition, or is blocked, in this process.
+// Bit k set: stop_signals[k] is not at a replica's disposition (SIG_IGN for SIGINT, which the
+// supervisor decides on; SIG_DFL for the others), or is blocked, in this process.
 int signal_setup_violations() {
   int bits = 0;
   sigset_t mask;
@@ -165,7 +167,8 @@ int signal_setup_violations() {
   for (std::size_t k = 0; k < stop_signals.size(); ++k) {
     struct sigaction a {};
     ::sigaction(stop_signals[k], nullptr, &a);
-    const bool is_default = (a.sa_flags & SA_SIGINFO) == 0 && a.sa_handler == SIG_DFL;
+    const auto expected = stop_signals[k] == SIGINT ? SIG_IGN : SIG_DFL;
+    const bool is_default = (a.sa_flags & SA_SIGINFO) == 0 && a.sa_handler == expected;
     if (!is_default || sigismember(&mask, stop_signals[k])) bits |= 1 << k;
   }
   return bits;
@@ -381,7 +384,7 @@ TEST_CASE("replicas start with default dispositions and an unblocked mask for th
       60s);
 }
 
-TEST_CASE("SIGINT to the process group ends a run even when the host program handles SIGINT") {
+TEST_CASE("SIGINT to the process group ends a run with interrupted even when the host program handles SIGINT") {
   int ready[2];
   REQUIRE(::pipe(ready) == 0);
   pt::ChildProcess host([&] {
@@ -405,13 +408,20 @@ TEST_CASE("SIGINT to the process group ends a run even when the host program han
           .run();
       std::fprintf(stderr, "run() returned normally after SIGINT (host flag %d)\n", int(host_flag));
       return 2;
-    } catch (const pf::stage_error& e) {
+    } catch (const pf::interrupted& e) {
+      // Replicas ignore SIGINT: the supervisor alone decides, stops them and says so.
       std::fprintf(stderr, "run() threw: %s\n", e.what());
-      CHILD_CHECK(e.kind() == pf::stage_error::cause::signal && e.signal_number() == SIGINT);
+      CHILD_CHECK(e.signal() == SIGINT);
       CHILD_CHECK(std::string(e.what()).find("signal 2") != std::string::npos);
       CHILD_CHECK(host_flag == 1);  // the host's own handler still ran in the host
       CHILD_CHECK(pt::count_children() == 0);
+      struct sigaction after {};
+      ::sigaction(SIGINT, nullptr, &after);
+      CHILD_CHECK(after.sa_handler == set_host_flag);  // the host's disposition is back
       return 0;
+    } catch (const pf::stage_error& e) {
+      std::fprintf(stderr, "run() threw a stage_error (a replica died of the group's SIGINT?): %s\n", e.what());
+      return 3;
     }
   });
   ::setpgid(host.pid(), host.pid());  // either side may win; both set the same group

@@ -42,9 +42,23 @@ constexpr const char* kind_name(stage_kind k) noexcept {
   return "?";
 }
 
+// What to do with an item whose stage function threw (the stage's error_policy, applied by
+// the replica's runtime, which also counts and records).
+enum class item_verdict : std::uint8_t { fail, retry, skip };
+class item_guard {
+ public:
+  virtual ~item_guard() = default;
+  // Called inside the catch block for item `index` after its `attempt`-th try (0: the first);
+  // may sleep (the retry backoff).
+  virtual item_verdict on_failure(std::size_t index, std::uint32_t attempt) noexcept = 0;
+};
+
 // Filled by a stage when user code throws: the index of the failing item in the stage's input.
+// `guard`: null for the policy fail (the plain loop); else consulted on each failing item.
 struct item_cursor {
   std::size_t index = 0;
+  item_guard* guard = nullptr;
+  std::size_t skipped = 0;  // items skipped in this call of apply()
 };
 
 // What a stage can hand a full output buffer to in the middle of its batch (the replica's

@@ -140,16 +140,43 @@ class typed_collector : public result_collector {
   virtual R take() = 0;
 };
 
-// Runs body(i) for every item index, recording the failing index if user code throws.
+// Runs body(i) for every item index, recording the failing index if user code throws. Under a
+// policy (cursor.guard), a failing item is retried or skipped as the guard says; on_skip(i) is
+// then called so that the stage can drop what it wrote for item i.
+template <class Body, class OnSkip>
+void for_each_item(std::size_t n, item_cursor& cursor, Body&& body, OnSkip&& on_skip) {
+  std::size_t i = 0;
+  if (!cursor.guard) {
+    try {
+      for (; i < n; ++i) body(i);
+    } catch (...) {
+      cursor.index = i;
+      throw;
+    }
+    return;
+  }
+  for (; i < n; ++i) {
+    for (std::uint32_t attempt = 0;; ++attempt) {
+      try {
+        body(i);
+        break;
+      } catch (...) {
+        cursor.index = i;
+        const item_verdict v = cursor.guard->on_failure(i, attempt);
+        if (v == item_verdict::fail) throw;
+        if (v == item_verdict::skip) {
+          ++cursor.skipped;
+          on_skip(i);
+          break;
+        }
+      }
+    }
+  }
+}
+
 template <class Body>
 void for_each_item(std::size_t n, item_cursor& cursor, Body&& body) {
-  std::size_t i = 0;
-  try {
-    for (; i < n; ++i) body(i);
-  } catch (...) {
-    cursor.index = i;
-    throw;
-  }
+  for_each_item(n, cursor, std::forward<Body>(body), [](std::size_t) {});
 }
 
 // A stage defined by one user callable (or a per_replica factory); Instance (which names its
@@ -184,7 +211,13 @@ class map_instance final : public instance_base<In, Out> {
       // Plain stores into a sized buffer: no capacity check per item, so simple maps vectorize.
       out.resize(in.size());
       Out* dst = out.data();
-      for_each_item(in.size(), cursor, [&](std::size_t i) { dst[i] = call_with_item(*fn_, in[i]); });
+      if (!cursor.guard) {
+        for_each_item(in.size(), cursor, [&](std::size_t i) { dst[i] = call_with_item(*fn_, in[i]); });
+      } else {
+        std::size_t kept = 0;  // under a policy: compact past skipped items
+        for_each_item(in.size(), cursor, [&](std::size_t i) { dst[kept] = call_with_item(*fn_, in[i]); ++kept; });
+        out.resize(kept);
+      }
     } else {
       out.clear();
       out.reserve(in.size());
@@ -245,7 +278,11 @@ class flat_map_instance final : public instance_base<In, Out> {
     const std::size_t limit = this->downstream_ ? spill_items_v<Out> : ~std::size_t{0};
     if (this->downstream_) out.reserve(limit);
     emitter<Out> emit(out, limit, &spill, this);
+    std::size_t item_start = 0;  // out.size() when the current item began (a skip drops the rest)
+    std::size_t spills_at_start = 0;
     for_each_item(in.size(), cursor, [&](std::size_t i) {
+      item_start = out.size();
+      spills_at_start = spills_;
       if constexpr (std::is_invocable_v<callable_t<F>&, const In&, emitter<Out>&>) {
         std::invoke(*fn_, std::as_const(in[i]), emit);
       } else {
@@ -253,6 +290,8 @@ class flat_map_instance final : public instance_base<In, Out> {
         auto&& produced = call_with_item(*fn_, in[i]);
         for (auto&& value : produced) emit(static_cast<Out>(std::forward<decltype(value)>(value)));
       }
+    }, [&](std::size_t) {
+      if (spills_ == spills_at_start) out.resize(item_start);  // what was spilled already went on
     });
     return out.size();
   }
@@ -260,9 +299,11 @@ class flat_map_instance final : public instance_base<In, Out> {
  private:
   static void spill(void* self) {
     auto* me = static_cast<flat_map_instance*>(self);
+    ++me->spills_;
     me->downstream_->spill(me->position_);
   }
   replica_callable<F> fn_;
+  std::size_t spills_ = 0;
 };
 
 template <class T, class F>
@@ -423,7 +464,12 @@ class reduce_stage final : public input_stage<T> {
     instance(const reduce_stage& s, bool ordered) : fold_(s.fold_), init_(s.init_), acc_(s.init_), ordered_(ordered) {}
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
-      for_each_item(in.size(), cursor, [&](std::size_t i) { fold_into(acc_, fold_, std::move(in[i])); });
+      if (!cursor.guard || !std::is_copy_constructible_v<T>) {
+        for_each_item(in.size(), cursor, [&](std::size_t i) { fold_into(acc_, fold_, std::move(in[i])); });
+      } else if constexpr (std::is_copy_constructible_v<T>) {
+        // Under a policy the fold gets a copy: the original stays for a retry.
+        for_each_item(in.size(), cursor, [&](std::size_t i) { fold_into(acc_, fold_, T(in[i])); });
+      }
       return 0;
     }
     void begin_batch() override { acc_ = init_; }
@@ -488,10 +534,18 @@ class reduce_by_key_stage final : public input_stage<T> {
     instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), groups_(0, s.hash_), ordered_(ordered) {}
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
-      for_each_item(in.size(), cursor, [&](std::size_t i) {
-        auto it = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_).first;
-        fold_into(it->second, fold_, std::move(in[i]));
-      });
+      if (!cursor.guard || !std::is_copy_constructible_v<T>) {
+        for_each_item(in.size(), cursor, [&](std::size_t i) {
+          auto it = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_).first;
+          fold_into(it->second, fold_, std::move(in[i]));
+        });
+      } else if constexpr (std::is_copy_constructible_v<T>) {
+        // Under a policy the fold gets a copy: the original stays for a retry.
+        for_each_item(in.size(), cursor, [&](std::size_t i) {
+          auto it = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_).first;
+          fold_into(it->second, fold_, T(in[i]));
+        });
+      }
       return 0;
     }
     void begin_batch() override { groups_.clear(); }

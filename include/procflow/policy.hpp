@@ -1,0 +1,49 @@
+// What a stage does when its function throws on an item: fail (the default), skip, retry.
+//
+//   .map("parse", parse, pf::skip)                        // set the item aside, go on
+//   .map("fetch", fetch, pf::retry(3, 10ms))              // 3 more tries, 10 ms, 20 ms, 40 ms apart, then fail
+//   .map("fetch", fetch, pf::retry(3, 10ms, pf::skip))    // ... then skip
+//   pf::pipeline("p", pf::skip)                           // every stage without its own policy
+//
+// A skipped item is counted (stage_report::items_skipped) and the first ones are kept in
+// run_report::dead_letters with the stage, the item's sequence number (as stage_error::item_seq)
+// and the exception. What a stage did before throwing stays done: a flat_map's items emitted
+// for it (unless still in the stage's buffer, then they are dropped), a fold's changes to the
+// accumulator through `void fold(Acc&, T)`. A reduce or reduce_by_key fold under a policy gets a
+// copy of each item (the original is kept for a retry). A crash (signal, exit) is never skipped.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+
+namespace procflow {
+
+struct skip_t {
+  explicit constexpr skip_t() = default;
+};
+inline constexpr skip_t skip{};
+
+struct error_policy {
+  std::uint32_t retries = 0;     // tries after the first
+  std::int64_t backoff_ns = 0;   // before the first retry; doubles before each next one
+  bool then_skip = false;        // after the retries: skip (true) or fail (false)
+};
+
+struct retry {
+  template <class Rep, class Period>
+  retry(std::uint32_t n, std::chrono::duration<Rep, Period> backoff)
+      : policy{n, std::chrono::duration_cast<std::chrono::nanoseconds>(backoff).count(), false} {
+    if (policy.backoff_ns < 0) throw std::invalid_argument("procflow::retry: the backoff cannot be negative");
+  }
+  template <class Rep, class Period>
+  retry(std::uint32_t n, std::chrono::duration<Rep, Period> backoff, skip_t) : retry(n, backoff) {
+    policy.then_skip = true;
+  }
+  error_policy policy;
+};
+
+// Dead letters kept per replica (the first ones it skipped).
+inline constexpr std::uint32_t dead_letters_per_replica = 8;
+
+}  // namespace procflow
