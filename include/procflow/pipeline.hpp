@@ -159,12 +159,15 @@ class flow {
   }
 
   // Terminal: groups items by key(item) (a callable or a pointer to member) and folds each
-  // group; returns an unordered_map from key to Acc. In processes of its own, items are sent to
-  // the replica owning their key (key-hash dispatch: the hash is mixed before it picks a replica,
-  // so keys 0, 4, 8, ... spread over 4 replicas). The key is hashed with std::hash<K> where one
-  // exists (the result is then std::unordered_map<K, Acc>); std::pair and std::tuple keys use
-  // procflow::hash<K> (hash.hpp). An optional hasher may follow combine: reduce_by_key(name, key,
-  // init, fold, combine, hasher, opts...); the result map uses it too.
+  // group; returns a procflow::keyed_result<K, Acc, Hash> (keyed.hpp): the groups in disjoint
+  // hash partitions, iterable as {key, acc}, with size(), find(), at() and to_unordered_map()
+  // (it also converts implicitly to std::unordered_map<K, Acc, Hash>). Every replica
+  // pre-aggregates into radix-partitioned flat tables; the caller merges them partition by
+  // partition in parallel. In processes of its own, items are sent to the replica owning their
+  // key's partition (the hash is mixed first, so keys 0, 4, 8, ... spread over 4 replicas) and
+  // no merge is needed. The key is hashed with std::hash<K> where one exists; std::pair and
+  // std::tuple keys use procflow::hash<K> (hash.hpp). An optional hasher may follow combine:
+  // reduce_by_key(name, key, init, fold, combine, hasher, opts...).
   template <class KeyFn, class Acc, class Fold, class Combine, class... Opts>
     requires(detail::stage_option<Opts> && ...)
   auto reduce_by_key(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, const Opts&... opts) const {
@@ -193,8 +196,9 @@ class flow {
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>, "procflow: reduce_by_key(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
     static_assert(detail::checked_encodable_v<K> && detail::checked_encodable_v<Acc>, "procflow: reduce_by_key(): key and accumulator types need procflow::codec<> (see above)");
     using stage = detail::reduce_by_key_stage<T, KeyFn, Acc, Fold, Combine, Hash>;
-    return then<runnable<typename stage::map_type>>(std::make_shared<stage>(
-        std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine), std::move(hash),
+    (void)hash;  // partitions hash with a default-constructed Hash (the same in every process)
+    return then<runnable<typename stage::result_type>>(std::make_shared<stage>(
+        std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine),
         detail::make_stage_options(opts...)));
   }
 

@@ -16,10 +16,10 @@
 #include <procflow/procflow.hpp>
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <sstream>
 #include <thread>
 #include <unordered_map>
@@ -87,25 +87,28 @@ Summary with_procflow_shuffle(i64 n, i64 k) {
   return summarize(r.value);
 }
 
+// The text of a /proc file ("" when the process is gone: it may exit while we read).
+std::string read_proc(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  char buf[4096];
+  const ssize_t n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
 // VmHWM of one process in kB (0 if it is gone).
 std::uint64_t hwm_kb(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
-  return 0;
+  const std::string s = read_proc("/proc/" + std::to_string(pid) + "/status");
+  const auto at = s.find("VmHWM:");
+  return at == std::string::npos ? 0 : std::strtoull(s.c_str() + at + 6, nullptr, 10);
 }
 
 pid_t parent_of(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const std::string s = read_proc("/proc/" + std::to_string(pid) + "/stat");
   const auto close = s.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream rest(s.substr(close + 2));
-  char state = 0;
-  pid_t ppid = 0;
-  rest >> state >> ppid;
-  return ppid;
+  if (close == std::string::npos || close + 4 >= s.size()) return 0;
+  return static_cast<pid_t>(std::atoi(s.c_str() + close + 4));  // ") S ppid"
 }
 
 // Samples the tree under `root` until it exits; returns the sum of every process's last seen
@@ -113,6 +116,7 @@ pid_t parent_of(pid_t pid) {
 double watch_tree(pid_t root) {
   std::map<pid_t, std::uint64_t> peak;  // pid -> last seen VmHWM (kB)
   std::unordered_set<pid_t> tree{root};
+  std::unordered_set<pid_t> others;  // processes seen outside the tree (checked once)
   for (;;) {
     int status = 0;
     const pid_t done = ::waitpid(root, &status, WNOHANG);
@@ -127,9 +131,12 @@ double watch_tree(pid_t root) {
       while (dirent* e = ::readdir(d)) {
         const pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
         if (pid <= 0) continue;
+        if (others.count(pid)) continue;
         if (!tree.count(pid)) {
-          const pid_t pp = parent_of(pid);
-          if (!tree.count(pp)) continue;
+          if (!tree.count(parent_of(pid))) {
+            if (pid < root) others.insert(pid);  // older than the tree: never joins it
+            continue;
+          }
           tree.insert(pid);
         }
         if (const auto kb = hwm_kb(pid)) peak[pid] = std::max(peak[pid], kb);

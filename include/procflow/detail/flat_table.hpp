@@ -31,6 +31,12 @@ struct keyed_entry {
   K first;
   V second;
   bool operator==(const keyed_entry&) const = default;
+  // So std::map<K, V>(r.begin(), r.end()) and the like work as with an unordered_map's entries.
+  template <class A, class B>
+    requires std::is_constructible_v<A, const K&> && std::is_constructible_v<B, const V&>
+  operator std::pair<A, B>() const {  // NOLINT(google-explicit-constructor)
+    return std::pair<A, B>(first, second);
+  }
 };
 
 namespace detail {
@@ -126,8 +132,13 @@ class flat_table {
     mask_ = slots - 1;
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       const std::uint64_t hash = hash_of(entries_[i].first);
-      if (check_duplicates && find(entries_[i].first, hash)) throw codec_error("codec: duplicate key in a keyed result");
-      place(hash, i + 1);
+      const std::uint64_t tag = hash >> 32;
+      std::size_t slot = hash & mask_;
+      for (; index_[slot] != 0; slot = (slot + 1) & mask_)
+        if (check_duplicates && (index_[slot] >> 32) == tag &&
+            entries_[static_cast<std::uint32_t>(index_[slot]) - 1].first == entries_[i].first)
+          throw codec_error("codec: duplicate key in a keyed result");
+      index_[slot] = (tag << 32) | (i + 1);
     }
   }
 
