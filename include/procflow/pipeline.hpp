@@ -17,6 +17,7 @@
 #pragma once
 
 #include <procflow/codec.hpp>
+#include <procflow/detail/keyed_stage.hpp>
 #include <procflow/detail/stages.hpp>
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>
@@ -111,7 +112,7 @@ class flow {
     using U = detail::item_result_t<F, T>;
     static_assert(!std::is_void_v<U>, "procflow: map(): the function must return the new item (use sink() to consume)");
     static_assert(detail::checked_encodable_v<U>, "procflow: map(): its result type cannot cross a process boundary (see above)");
-    return then<flow<U>>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+    return then<flow<U>>(detail::with_key_by<T>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
   }
 
   // keeps the items for which pred(item) is true
@@ -119,7 +120,7 @@ class flow {
   flow<T> filter(std::string name, F pred, const Opts&... opts) const {
     static_assert(std::is_invocable_r_v<bool, F&, const T&>,
                   "procflow: filter(): the predicate must take the previous stage's item (const T&) and return bool");
-    return then<flow<T>>(std::make_shared<detail::filter_stage<T, F>>(std::move(name), std::move(pred), detail::make_stage_options(opts...)));
+    return then<flow<T>>(detail::with_key_by<T>(std::make_shared<detail::filter_stage<T, F>>(std::move(name), std::move(pred), detail::make_stage_options(opts...)), opts...));
   }
 
   // item -> any number of items. Either fn(item) returns a range (e.g. std::vector<U>), or,
@@ -134,12 +135,12 @@ class flow {
       using range = detail::item_result_t<F, T>;
       using V = std::decay_t<decltype(*std::begin(std::declval<range&>()))>;
       static_assert(detail::checked_encodable_v<V>, "procflow: flat_map(): its output item type cannot cross a process boundary (see above)");
-      return then<flow<V>>(std::make_shared<detail::flat_map_stage<T, V, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+      return then<flow<V>>(detail::with_key_by<T>(std::make_shared<detail::flat_map_stage<T, V, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
     } else {
       static_assert(std::is_invocable_v<F&, const T&, emitter<U>&>,
                     "procflow: flat_map<U>(): the function must take (const T& item, procflow::emitter<U>& emit)");
       static_assert(detail::checked_encodable_v<U>, "procflow: flat_map<U>(): U cannot cross a process boundary (see above)");
-      return then<flow<U>>(std::make_shared<detail::flat_map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+      return then<flow<U>>(detail::with_key_by<T>(std::make_shared<detail::flat_map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
     }
   }
 
@@ -154,6 +155,7 @@ class flow {
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>,
                   "procflow: reduce(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
     static_assert(detail::checked_encodable_v<Acc>, "procflow: reduce(): the accumulator type cannot cross a process boundary (see above)");
+    static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: reduce(): key_by() is for map, filter, flat_map and sink (reduce_by_key is keyed already)");
     return then<runnable<Acc>>(std::make_shared<detail::reduce_stage<T, Acc, Fold, Combine>>(
         std::move(name), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));
   }
@@ -195,6 +197,7 @@ class flow {
     static_assert(detail::fold_callable_v<Acc, Fold, T>, "procflow: reduce_by_key(): fold must be Acc fold(Acc, T) or void fold(Acc&, T)");
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>, "procflow: reduce_by_key(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
     static_assert(detail::checked_encodable_v<K> && detail::checked_encodable_v<Acc>, "procflow: reduce_by_key(): key and accumulator types need procflow::codec<> (see above)");
+    static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: reduce_by_key(): it is keyed already; key_by() is for map, filter, flat_map and sink");
     using stage = detail::reduce_by_key_stage<T, KeyFn, Acc, Fold, Combine, Hash>;
     (void)hash;  // partitions hash with a default-constructed Hash (the same in every process)
     return then<runnable<typename stage::result_type>>(std::make_shared<stage>(
@@ -205,6 +208,7 @@ class flow {
   // Terminal: every item, in a vector (in source order with pf::ordered).
   template <class... Opts>
   runnable<std::vector<T>> collect(const Opts&... opts) const {
+    static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: collect(): key_by() is for map, filter, flat_map and sink");
     return then<runnable<std::vector<T>>>(std::make_shared<detail::collect_stage<T>>("collect", detail::make_stage_options(opts...)));
   }
 
@@ -219,7 +223,7 @@ class flow {
   template <class F, class... Opts>
   runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
     static_assert(detail::callable_with_item_v<F, T>, "procflow: sink(): the function cannot be called with the previous stage's item type");
-    return then<runnable<void>>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+    return then<runnable<void>>(detail::with_key_by<T>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
   }
 
  private:
