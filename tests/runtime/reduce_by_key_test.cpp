@@ -3,7 +3,10 @@
 // replica owns more than 1.25x its fair share for structured key sets (multiples of 2^k, strings
 // with a long common prefix, pairs and tuples of such); every key meets one replica; std::pair
 // and std::tuple keys work without a user hasher; an explicit hasher drives dispatch and is the
-// result map's hasher; the result type without one stays std::unordered_map<K, Acc>.
+// keyed result's hasher; the result converts to std::unordered_map<K, Acc>. Issue 16: the
+// pf::keyed_result from 1 key to more keys than items with int, string and pair keys, fused and in
+// own processes, ordered and unordered; a non-commutative ordered fold; one replica per partition
+// with keyed dispatch; an exception in combine; flat_table itself.
 //
 // Per-replica load is read from the result itself: each key's accumulator is the pid of the
 // replica that folded it, and a combine that sees two pids for one key fails the run.
