@@ -4,11 +4,12 @@
 //                              std::tuple (of anything procflow::hash handles) a combination of
 //                              the elements' hashes, so composite keys work out of the box
 //   procflow::default_hash_t<K> the hasher reduce_by_key uses when none is given: std::hash<K> if
-//                              it exists (so the result stays std::unordered_map<K, Acc>),
-//                              otherwise procflow::hash<K>
+//                              it exists (so keyed_result::to_unordered_map() gives
+//                              std::unordered_map<K, Acc>), otherwise procflow::hash<K>
 //   procflow::mix_hash(h)      a strong 64-bit finalizer (murmur3's fmix64)
 //
-// Keyed dispatch sends a key to replica mix_hash(hasher(key)) % replicas. The mix matters:
+// reduce_by_key's keyed dispatch sends a key to replica keyed_partition_of(mix_hash(hasher(key)))
+// % replicas (keyed.hpp); key_by(fn) to mix_hash(procflow::hash(key)) % replicas. The mix matters:
 // libstdc++'s integer hash is the identity, so keys 0, 4, 8, ... would all land on one of 4
 // replicas with a plain `hash % replicas`.
 #pragma once

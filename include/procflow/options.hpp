@@ -11,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace procflow {
 
@@ -130,8 +131,23 @@ struct watchdog {
   std::int64_t ns;
 };
 
+// key_by(fn) on a map, filter, flat_map or sink: every item with the same key(item) goes to the same
+// replica (the key's hash, mixed, picks one; procflow::hash handles pairs and tuples), so a stage
+// with per-replica state (a dedup table, a sessionizer, a running per-key total) can be
+// replicated: Flink's keyBy. The stage runs in processes of its own; not with pf::ordered, and
+// not straight after a generate() source in its own process (run() refuses both).
+template <class KeyFn>
+struct key_by_t {
+  KeyFn fn;
+};
+template <class KeyFn>
+key_by_t<KeyFn> key_by(KeyFn fn) {
+  return key_by_t<KeyFn>{std::move(fn)};
+}
+
 struct stage_options {
   std::optional<std::uint32_t> replicas;
+  bool keyed = false;  // key_by(fn): items reach the replica owning their key (implies own_process)
   std::optional<std::int64_t> max_latency_ns;  // -1: off
   std::optional<std::uint32_t> batch_bytes;
   std::optional<std::uint32_t> ring_slots;
@@ -177,6 +193,11 @@ inline void apply_option(stage_options& o, const max_latency& l) { o.max_latency
 inline void apply_option(stage_options& o, const watchdog& w) { o.watchdog_ns = w.ns; }
 inline void apply_option(stage_options& o, skip_t) { o.on_error = error_policy{0, 0, true}; }
 inline void apply_option(stage_options& o, const retry& r) { o.on_error = r.policy; }
+template <class KeyFn>
+void apply_option(stage_options& o, const key_by_t<KeyFn>&) {
+  o.keyed = true;
+  o.own_process = true;
+}
 
 template <class T>
 concept stage_option = requires(stage_options& o, const T& t) { apply_option(o, t); };
@@ -185,7 +206,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), key_by(fn)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;

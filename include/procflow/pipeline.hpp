@@ -17,6 +17,7 @@
 #pragma once
 
 #include <procflow/codec.hpp>
+#include <procflow/detail/keyed_stage.hpp>
 #include <procflow/detail/stages.hpp>
 #include <procflow/error.hpp>
 #include <procflow/execution.hpp>
@@ -120,7 +121,7 @@ class flow {
     using U = detail::item_result_t<detail::callable_t<F>, T>;
     static_assert(!std::is_void_v<U>, "procflow: map(): the function must return the new item (use sink() to consume)");
     static_assert(detail::checked_encodable_v<U>, "procflow: map(): its result type cannot cross a process boundary (see above)");
-    return then<flow<U>>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+    return then<flow<U>>(detail::with_key_by<T>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
   }
 
   // keeps the items for which pred(item) is true
@@ -128,7 +129,7 @@ class flow {
   flow<T> filter(std::string name, F pred, const Opts&... opts) const {
     static_assert(std::is_invocable_r_v<bool, detail::callable_t<F>&, const T&>,
                   "procflow: filter(): the predicate must take the previous stage's item (const T&) and return bool");
-    return then<flow<T>>(std::make_shared<detail::filter_stage<T, F>>(std::move(name), std::move(pred), detail::make_stage_options(opts...)));
+    return then<flow<T>>(detail::with_key_by<T>(std::make_shared<detail::filter_stage<T, F>>(std::move(name), std::move(pred), detail::make_stage_options(opts...)), opts...));
   }
 
   // item -> any number of items. Either fn(item) returns a range (e.g. std::vector<U>), or,
@@ -143,12 +144,12 @@ class flow {
       using range = detail::item_result_t<detail::callable_t<F>, T>;
       using V = std::decay_t<decltype(*std::begin(std::declval<range&>()))>;
       static_assert(detail::checked_encodable_v<V>, "procflow: flat_map(): its output item type cannot cross a process boundary (see above)");
-      return then<flow<V>>(std::make_shared<detail::flat_map_stage<T, V, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+      return then<flow<V>>(detail::with_key_by<T>(std::make_shared<detail::flat_map_stage<T, V, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
     } else {
       static_assert(std::is_invocable_v<detail::callable_t<F>&, const T&, emitter<U>&>,
                     "procflow: flat_map<U>(): the function must take (const T& item, procflow::emitter<U>& emit)");
       static_assert(detail::checked_encodable_v<U>, "procflow: flat_map<U>(): U cannot cross a process boundary (see above)");
-      return then<flow<U>>(std::make_shared<detail::flat_map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+      return then<flow<U>>(detail::with_key_by<T>(std::make_shared<detail::flat_map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
     }
   }
 
@@ -163,17 +164,21 @@ class flow {
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>,
                   "procflow: reduce(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
     static_assert(detail::checked_encodable_v<Acc>, "procflow: reduce(): the accumulator type cannot cross a process boundary (see above)");
+    static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: reduce(): key_by() is for map, filter, flat_map and sink (reduce_by_key is keyed already)");
     return then<runnable<Acc>>(std::make_shared<detail::reduce_stage<T, Acc, Fold, Combine>>(
         std::move(name), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));
   }
 
   // Terminal: groups items by key(item) (a callable or a pointer to member) and folds each
-  // group; returns an unordered_map from key to Acc. In processes of its own, items are sent to
-  // the replica owning their key (key-hash dispatch: the hash is mixed before it picks a replica,
-  // so keys 0, 4, 8, ... spread over 4 replicas). The key is hashed with std::hash<K> where one
-  // exists (the result is then std::unordered_map<K, Acc>); std::pair and std::tuple keys use
-  // procflow::hash<K> (hash.hpp). An optional hasher may follow combine: reduce_by_key(name, key,
-  // init, fold, combine, hasher, opts...); the result map uses it too.
+  // group; returns a procflow::keyed_result<K, Acc, Hash> (keyed.hpp): the groups in disjoint
+  // hash partitions, iterable as {key, acc}, with size(), find(), at() and to_unordered_map()
+  // (it also converts implicitly to std::unordered_map<K, Acc, Hash>). Every replica
+  // pre-aggregates into radix-partitioned flat tables; the caller merges them partition by
+  // partition in parallel. In processes of its own, items are sent to the replica owning their
+  // key's partition (the hash is mixed first, so keys 0, 4, 8, ... spread over 4 replicas) and
+  // no merge is needed. The key is hashed with std::hash<K> where one exists; std::pair and
+  // std::tuple keys use procflow::hash<K> (hash.hpp). An optional hasher may follow combine:
+  // reduce_by_key(name, key, init, fold, combine, hasher, opts...).
   template <class KeyFn, class Acc, class Fold, class Combine, class... Opts>
     requires(detail::stage_option<Opts> && ...)
   auto reduce_by_key(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, const Opts&... opts) const {
@@ -201,15 +206,18 @@ class flow {
     static_assert(detail::fold_callable_v<Acc, Fold, T>, "procflow: reduce_by_key(): fold must be Acc fold(Acc, T) or void fold(Acc&, T)");
     static_assert(detail::fold_callable_v<Acc, Combine, Acc>, "procflow: reduce_by_key(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
     static_assert(detail::checked_encodable_v<K> && detail::checked_encodable_v<Acc>, "procflow: reduce_by_key(): key and accumulator types need procflow::codec<> (see above)");
+    static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: reduce_by_key(): it is keyed already; key_by() is for map, filter, flat_map and sink");
     using stage = detail::reduce_by_key_stage<T, KeyFn, Acc, Fold, Combine, Hash>;
-    return then<runnable<typename stage::map_type>>(std::make_shared<stage>(
-        std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine), std::move(hash),
+    (void)hash;  // partitions hash with a default-constructed Hash (the same in every process)
+    return then<runnable<typename stage::result_type>>(std::make_shared<stage>(
+        std::move(name), std::move(key), std::move(init), std::move(fold), std::move(combine),
         detail::make_stage_options(opts...)));
   }
 
   // Terminal: every item, in a vector (in source order with pf::ordered).
   template <class... Opts>
   runnable<std::vector<T>> collect(const Opts&... opts) const {
+    static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: collect(): key_by() is for map, filter, flat_map and sink");
     return then<runnable<std::vector<T>>>(std::make_shared<detail::collect_stage<T>>("collect", detail::make_stage_options(opts...)));
   }
 
@@ -225,7 +233,7 @@ class flow {
   runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
     static_assert(detail::callable_with_item_v<detail::callable_t<F>, T>,
                   "procflow: sink(): the function cannot be called with the previous stage's item type");
-    return then<runnable<void>>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)));
+    return then<runnable<void>>(detail::with_key_by<T>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <procflow/codec.hpp>
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>
+#include <procflow/keyed.hpp>
 #include <procflow/options.hpp>
 #include <procflow/policy.hpp>
 #include <procflow/pipeline.hpp>

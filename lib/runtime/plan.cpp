@@ -188,7 +188,12 @@ Plan make_plan(const detail::pipeline_def& def) {
     // Key-hash dispatch needs a producer that encodes per item with the key (encode_input);
     // a source in its own process writes through produce(), so it dispatches by load instead
     // (still correct: the supervisor merges the partial maps by key).
-    if (grp.output == GroupOutput::channel && consumer.kind() == detail::stage_kind::reduce_by_key && !plan.ordered &&
+    // key_by(fn) has no such fallback: its stage's state is per key, so run() refuses what cannot dispatch by key.
+    if (grp.output == GroupOutput::channel && consumer.options().keyed && (plan.ordered || grp.input == GroupInput::generator))
+      throw std::invalid_argument("procflow: stage '" + consumer.name() + "': key_by() " +
+                                  (plan.ordered ? "cannot be combined with pf::ordered" : "cannot take its items straight from a source in its own process (put a map before it)"));
+    if (grp.output == GroupOutput::channel &&
+        (consumer.kind() == detail::stage_kind::reduce_by_key || consumer.options().keyed) && !plan.ordered &&
         grp.input != GroupInput::generator) {
       grp.dispatch = channel::Dispatch::by_key;
       grp.keyed = true;

@@ -12,6 +12,7 @@
 // instances are per worker thread (enumerable_thread_specific), like a replica's per process,
 // so a stateful stage keeps its state per instance, never shared between threads. Only the
 // partial results of a reduce are encoded, to be merged by the same collector as in process mode.
+#include "runtime/cancel_state.hpp"
 #include "runtime/exception_info.hpp"
 #include "runtime/plan.hpp"
 
@@ -187,6 +188,7 @@ class ThreadRun {
       : def_(def), collector_(collector), plan_(runtime::make_plan(def)),
         source_owner_(source_of(def).fresh_copy()),
         source_(source_owner_ ? source_owner_.get() : &source_of(def)) {
+    refuse_process_only_options();
     for (const Group& g : plan_.groups) {
       chains_.push_back(std::make_unique<ChainSet>());
       chains_.back()->serial = !parallel_group(g);
@@ -205,6 +207,8 @@ class ThreadRun {
 
   run_report run() {
     const auto t0 = Clock::now();
+    // Relaxed: see cancel_state::requested (a stop asked for before the run, as in process mode).
+    if (def_.options.cancel && def_.options.cancel->requested.load(std::memory_order_relaxed) != 0) throw interrupted(0);
     // Tokens in flight: enough to keep every thread busy with some slack for in-order stages.
     const std::size_t tokens = 2 * concurrency_ + 2;
     std::optional<Ticker> ticker;
@@ -280,6 +284,21 @@ class ThreadRun {
 
   static bool parallel_group(const Group& g) { return g.auto_scale || g.replicas > 1; }
 
+  // What only process mode does is refused by name rather than ignored: error policies and the
+  // watchdog act on replica processes (a dead letter in the replica record, a SIGKILL).
+  void refuse_process_only_options() const {
+    const auto refuse = [&](const std::string& what, const std::string& where) {
+      throw std::invalid_argument(fmt::format("procflow: pipeline '{}': {} {} is not supported by run(pf::in_threads); use run()",
+                                              def_.name, where, what));
+    };
+    if (def_.options.defaults.on_error) refuse("an error policy (pf::skip / pf::retry)", "the pipeline's");
+    if (def_.options.defaults.watchdog_ns) refuse("pf::watchdog", "the pipeline's");
+    for (const auto& stage : def_.stages) {
+      if (stage->options().on_error) refuse("an error policy (pf::skip / pf::retry)", fmt::format("stage '{}':", stage->name()));
+      if (stage->options().watchdog_ns) refuse("pf::watchdog", fmt::format("stage '{}':", stage->name()));
+    }
+  }
+
   tbb::filter<void, void> make_filters() {
     tbb::filter<void, Token*> chain = tbb::make_filter<void, Token*>(
         tbb::filter_mode::serial_in_order, [this](tbb::flow_control& fc) -> Token* {
@@ -304,6 +323,9 @@ class ThreadRun {
 
   // The source filter: the next chunk's range, or the next batch pulled from a generator.
   Token* next_token(tbb::flow_control& fc) {
+    // pf::cancel_with: checked per chunk; the tokens in flight finish, then run() throws.
+    // Relaxed: see cancel_state::requested.
+    if (def_.options.cancel && def_.options.cancel->requested.load(std::memory_order_relaxed) != 0) throw interrupted(0);
     Token* t = take_token();
     t->seq = next_seq_;
     if (plan_.groups[0].input == GroupInput::chunks) {

@@ -640,8 +640,9 @@ std::string key_text(const K& k) {
   else return fmt::format("{}", k);
 }
 
-template <class K>
-KeyedAnswer keyed_answer(const std::unordered_map<K, Group>& m) {
+// (m: the pipeline's procflow::keyed_result or the sequential std::unordered_map.)
+template <class Map>
+KeyedAnswer keyed_answer(const Map& m) {
   KeyedAnswer a;
   for (const auto& [k, g] : m) {
     a.groups[key_text(k)] = {std::get<0>(g), std::get<1>(g)};

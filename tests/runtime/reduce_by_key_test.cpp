@@ -3,11 +3,15 @@
 // replica owns more than 1.25x its fair share for structured key sets (multiples of 2^k, strings
 // with a long common prefix, pairs and tuples of such); every key meets one replica; std::pair
 // and std::tuple keys work without a user hasher; an explicit hasher drives dispatch and is the
-// result map's hasher; the result type without one stays std::unordered_map<K, Acc>.
+// keyed result's hasher; the result converts to std::unordered_map<K, Acc>. Issue 16: the
+// pf::keyed_result from 1 key to more keys than items with int, string and pair keys, fused and in
+// own processes, ordered and unordered; a non-commutative ordered fold; one replica per partition
+// with keyed dispatch; an exception in combine; flat_table itself.
 //
 // Per-replica load is read from the result itself: each key's accumulator is the pid of the
 // replica that folded it, and a combine that sees two pids for one key fails the run.
 #include <procflow/procflow.hpp>
+#include <procflow/detail/flat_table.hpp>
 
 #include <doctest/doctest.h>
 
@@ -15,6 +19,7 @@
 
 #include <cstdint>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -104,8 +109,8 @@ TEST_CASE("reduce_by_key: std::pair and std::tuple keys work without a hasher an
     auto key = [](const std::pair<std::string, std::string>& p) { return p; };
     auto r = own ? flow.reduce_by_key("count", key, i64{0}, count, std::plus<>{}, pf::replicas(3), pf::own_process).run()
                  : flow.reduce_by_key("count", key, i64{0}, count, std::plus<>{}).run();
-    static_assert(std::is_same_v<decltype(r.value), std::unordered_map<std::pair<std::string, std::string>, i64,
-                                                                         pf::hash<std::pair<std::string, std::string>>>>);
+    static_assert(std::is_same_v<decltype(r.value), pf::keyed_result<std::pair<std::string, std::string>, i64,
+                                                                       pf::hash<std::pair<std::string, std::string>>>>);
     std::map<std::pair<std::string, std::string>, i64> want;
     for (i64 i = 0; i < 10'000; ++i) ++want[route(i)];
     CHECK(std::map<std::pair<std::string, std::string>, i64>(r.value.begin(), r.value.end()) == want);
@@ -118,7 +123,7 @@ struct constant_hash {
 };
 }  // namespace
 
-TEST_CASE("reduce_by_key: an explicit hasher drives dispatch and is the result map's hasher") {
+TEST_CASE("reduce_by_key: an explicit hasher drives dispatch and is the keyed result's hasher") {
   // Every key hashes alike: one replica owns them all (dispatch used the hasher given).
   const auto per_replica = owners([](i64 i) { return i; }, constant_hash{});
   CHECK(per_replica.size() == 1);
@@ -129,12 +134,12 @@ TEST_CASE("reduce_by_key: an explicit hasher drives dispatch and is the result m
                .reduce_by_key("mod", [](i64 i) { return i % 10; }, i64{0}, std::plus<>{}, std::plus<>{}, constant_hash{},
                               pf::replicas(2))
                .run();
-  static_assert(std::is_same_v<decltype(r.value), std::unordered_map<i64, i64, constant_hash>>);
+  static_assert(std::is_same_v<decltype(r.value), pf::keyed_result<i64, i64, constant_hash>>);
   CHECK(r.value.size() == 10);
   CHECK(r.value.at(3) == 3 + 13 + 23 + 33 + 43 + 53 + 63 + 73 + 83 + 93);
 }
 
-TEST_CASE("reduce_by_key: without a hasher the result type is still std::unordered_map<K, Acc>") {
+TEST_CASE("reduce_by_key: the keyed result converts to std::unordered_map<K, Acc> (implicitly or by to_unordered_map())") {
   auto r = pf::pipeline("plain")
                .source("numbers", pf::iota<i64>(0, 100))
                .reduce_by_key("mod", [](i64 i) { return std::to_string(i % 3); }, i64{0}, std::plus<>{}, std::plus<>{})
@@ -142,6 +147,7 @@ TEST_CASE("reduce_by_key: without a hasher the result type is still std::unorder
   std::unordered_map<std::string, i64> m = r.value;  // existing code keeps compiling
   CHECK(m.size() == 3);
   CHECK(m.at("0") == 1683);  // 0 + 3 + ... + 99
+  CHECK(r.value.to_unordered_map() == m);
 }
 
 TEST_CASE("procflow::hash: pairs and tuples differ by element and by order") {
@@ -153,4 +159,175 @@ TEST_CASE("procflow::hash: pairs and tuples differ by element and by order") {
   CHECK(pf::mix_hash(0) != pf::mix_hash(4));
   static_assert(pf::hashable_v<std::tuple<int, std::pair<std::string, long>>>);
   static_assert(!pf::hashable_v<std::pair<int, std::vector<int>>>);
+}
+
+// ------------------------------------------------------------------ keyed_result (issue 16)
+
+namespace {
+
+// Checks a keyed_result against the sequential answer: same groups (==), size(), find()/at() for
+// every key, iteration visits size() entries, and each key sits in the partition its hash names.
+template <class K, class V, class H, class Map>
+void check_keyed(const pf::keyed_result<K, V, H>& got, const Map& want) {
+  if constexpr (std::is_same_v<Map, std::unordered_map<K, V>>) CHECK(got == want);
+  REQUIRE(got.size() == want.size());
+  std::size_t visited = 0;
+  for (const auto& [k, v] : got) {
+    ++visited;
+    (void)v;
+  }
+  CHECK(visited == want.size());
+  for (const auto& [k, v] : want) {
+    REQUIRE(got.contains(k));
+    CHECK(got.at(k) == v);
+    CHECK(got.find(k)->second == v);
+  }
+  REQUIRE(got.partitions().size() == pf::keyed_partition_count);
+  for (std::size_t p = 0; p < got.partitions().size(); ++p)
+    for (const auto& e : got.partitions()[p])
+      CHECK(pf::keyed_partition_of(pf::keyed_result<K, V, H>::partition::hash_of(e.first)) == p);
+  if constexpr (std::is_same_v<std::decay_t<decltype(want.begin()->first)>, K>) {
+    CHECK(got.to_unordered_map() == std::unordered_map<K, V, H>(want.begin(), want.end()));
+  }
+}
+
+constexpr i64 items = 3000;
+
+i64 spread(i64 i, i64 keys) { return static_cast<i64>((static_cast<std::uint64_t>(i) * 2654435761ULL) % static_cast<std::uint64_t>(keys)); }
+
+// Every placement the builder offers for a reduce_by_key after 2 mappers: fused, in 3 processes
+// of its own (keyed dispatch), each unordered and ordered.
+template <class Run>
+void for_each_placement(Run run) {
+  for (bool own : {false, true})
+    for (bool ordered : {false, true}) {
+      CAPTURE(own);
+      CAPTURE(ordered);
+      run(own, ordered);
+    }
+}
+
+template <class KeyFn, class... Opts>
+auto count_by(i64 keys, KeyFn key, bool own, bool ordered) {
+  auto flow = (ordered ? pf::pipeline("keyed", pf::ordered) : pf::pipeline("keyed"))
+                  .source("numbers", pf::iota<i64>(0, items))
+                  .map("spread", [keys](i64 i) { return spread(i, keys); }, pf::replicas(2));
+  auto count = [](i64 n, i64) { return n + 1; };
+  return own ? flow.reduce_by_key("count", key, i64{0}, count, std::plus<>{}, pf::replicas(3), pf::own_process).run()
+             : flow.reduce_by_key("count", key, i64{0}, count, std::plus<>{}).run();
+}
+
+}  // namespace
+
+TEST_CASE("keyed_result: from 1 key to more keys than items, int, string and pair keys, every placement") {
+  for (const i64 keys : {i64{1}, i64{2}, i64{7}, i64{1000}, items, 4 * items}) {
+    CAPTURE(keys);
+    for_each_placement([&](bool own, bool ordered) {
+      std::unordered_map<i64, i64> want_int;
+      std::unordered_map<std::string, i64> want_str;
+      std::map<std::pair<i64, std::string>, i64> want_pair;
+      for (i64 i = 0; i < items; ++i) {
+        const i64 k = spread(i, keys);
+        ++want_int[k];
+        ++want_str[tagged("key/", k)];
+        ++want_pair[{k % 10, tagged("p", k)}];
+      }
+      check_keyed(count_by(keys, [](i64 k) { return k; }, own, ordered).value, want_int);
+      check_keyed(count_by(keys, [](i64 k) { return tagged("key/", k); }, own, ordered).value, want_str);
+      auto pairs = count_by(keys, [](i64 k) { return std::pair<i64, std::string>{k % 10, tagged("p", k)}; }, own, ordered);
+      CHECK(std::map<std::pair<i64, std::string>, i64>(pairs.value.begin(), pairs.value.end()) == want_pair);
+      check_keyed(pairs.value, want_pair);
+    });
+  }
+}
+
+TEST_CASE("keyed_result: an empty stream gives an empty result with every partition empty") {
+  for_each_placement([](bool own, bool ordered) {
+    auto flow = (ordered ? pf::pipeline("empty", pf::ordered) : pf::pipeline("empty"))
+                    .source("numbers", pf::iota<i64>(0, 0))
+                    .map("id", [](i64 i) { return i; }, pf::replicas(2));
+    auto r = own ? flow.reduce_by_key("g", [](i64 i) { return i; }, i64{0}, std::plus<>{}, std::plus<>{}, pf::replicas(2), pf::own_process).run()
+                 : flow.reduce_by_key("g", [](i64 i) { return i; }, i64{0}, std::plus<>{}, std::plus<>{}).run();
+    CHECK(r.value.empty());
+    CHECK(r.value.begin() == r.value.end());
+    CHECK_FALSE(r.value.contains(0));
+    CHECK_THROWS_AS((void)r.value.at(0), std::out_of_range);
+  });
+}
+
+TEST_CASE("keyed_result: ordered, a non-commutative fold and combine see each key's items in source order") {
+  // Concatenation is associative, not commutative: any reordering of a key's items shows.
+  for (bool own : {false, true}) {
+    CAPTURE(own);
+    auto flow = pf::pipeline("concat", pf::ordered, pf::batch_bytes(256))
+                    .source("numbers", pf::iota<i64>(0, 2000))
+                    .map("id", [](i64 i) { return i; }, pf::replicas(2));
+    auto fold = [](std::string acc, i64 i) { return acc + std::to_string(i) + ","; };
+    auto combine = [](std::string a, const std::string& b) { return a + b; };
+    auto key = [](i64 i) { return i % 13; };
+    auto r = own ? flow.reduce_by_key("concat", key, std::string{}, fold, combine, pf::replicas(2), pf::own_process).run()
+                 : flow.reduce_by_key("concat", key, std::string{}, fold, combine).run();
+    std::unordered_map<i64, std::string> want;
+    for (i64 i = 0; i < 2000; ++i) want[i % 13] += std::to_string(i) + ",";
+    check_keyed(r.value, want);
+  }
+}
+
+TEST_CASE("keyed_result: with reduce_by_key in processes of its own, each partition comes from one replica") {
+  // The accumulator is the pid of the replica that folded the key (same_owner fails the run if a
+  // key met two replicas); every entry of a partition must name the same pid.
+  auto r = pf::pipeline("owners")
+               .source("numbers", pf::iota<i64>(0, 5000))
+               .map("id", [](i64 i) { return i * 4; }, pf::replicas(2))
+               .reduce_by_key("own", [](i64 k) { return k; }, i64{0}, [](i64 acc, i64 k) { return owner(acc, k); }, same_owner,
+                              pf::replicas(reducers), pf::own_process)
+               .run();
+  REQUIRE(r.value.size() == 5000);
+  std::map<i64, std::size_t> partitions_per_pid;
+  for (const auto& part : r.value.partitions()) {
+    if (part.empty()) continue;
+    const i64 pid = part.begin()->second;
+    for (const auto& e : part) CHECK(e.second == pid);
+    ++partitions_per_pid[pid];
+  }
+  CHECK(partitions_per_pid.size() == reducers);
+  for (const auto& [pid, n] : partitions_per_pid) CHECK(n == pf::keyed_partition_count / reducers);
+}
+
+TEST_CASE("keyed_result: an exception in combine fails run() with a stage_error naming the stage and the cause") {
+  // Ordered with small batches, every batch sends its partial and the caller combines them (in
+  // its merge threads); the throw must come back as a stage_error, not terminate or hang.
+  auto run = [] {
+    return pf::pipeline("boom", pf::ordered, pf::batch_bytes(512))
+        .source("numbers", pf::iota<i64>(0, 4000))
+        .map("id", [](i64 i) { return i; }, pf::replicas(2))
+        .reduce_by_key("groups", [](i64 i) { return i % 100; }, i64{0}, std::plus<>{},
+                       [](i64 a, i64 b) -> i64 {
+                         if (a + b > 0) throw std::runtime_error("combine refused");
+                         return a + b;
+                       })
+        .run();
+  };
+  try {
+    (void)run();
+    FAIL("run() should have thrown");
+  } catch (const pf::stage_error& e) {
+    CHECK(e.stage() == "groups");
+    CHECK(std::string(e.what()).find("combine refused") != std::string::npos);
+  }
+}
+
+TEST_CASE("flat_table: grows, finds, refuses a decoded duplicate") {
+  using table = pf::detail::flat_table<std::string, i64, std::hash<std::string>>;
+  table t;
+  for (i64 i = 0; i < 10'000; ++i) t.find_or_insert(std::to_string(i % 3000), table::hash_of(std::to_string(i % 3000)), 0) += i;
+  CHECK(t.size() == 3000);
+  for (i64 k = 0; k < 3000; ++k) {
+    const auto* e = t.find(std::to_string(k), table::hash_of(std::to_string(k)));
+    REQUIRE(e != nullptr);
+    CHECK(e->second == k + (k + 3000) + (k + 6000) + (k + 9000 < 10'000 ? k + 9000 : 0));
+  }
+  CHECK(t.find("nope", table::hash_of("nope")) == nullptr);
+  t.entries().push_back({"7", 1});  // what a corrupt partial would decode to
+  CHECK_THROWS_AS(t.rebuild_after_decode(), pf::codec_error);
 }

@@ -212,3 +212,34 @@ TEST_CASE("oneTBB's worker threads end with the run: the program is single-threa
     CHECK(pf::pipeline("after").source("numbers", pf::iota<i64>(0, 1000)).collect().run().value.size() == 1000);
   });
 }
+
+TEST_CASE("process-only options are refused by name in thread mode, not ignored") {
+  auto p = pf::pipeline("policies")
+               .source("numbers", pf::iota<i64>(0, 100))
+               .map("careful", [](i64 x) { return x; }, pf::skip)
+               .collect();
+  CHECK_THROWS_WITH_AS(p.run(pf::in_threads), doctest::Contains("stage 'careful': an error policy"), std::invalid_argument);
+  auto w = pf::pipeline("watched", pf::watchdog(std::chrono::seconds(5))).source("numbers", pf::iota<i64>(0, 100)).collect();
+  CHECK_THROWS_WITH_AS(w.run(pf::in_threads), doctest::Contains("pf::watchdog"), std::invalid_argument);
+}
+
+TEST_CASE("a cancel_source stops a run in threads with procflow::interrupted") {
+  isolated([] {
+    pf::cancel_source stop;
+    std::atomic<i64> seen{0};
+    auto p = pf::pipeline("cancelled", pf::cancel_with(stop))
+                 .source("numbers", pf::iota<i64>(0, 1'000'000'000))
+                 .map("count", [&](i64 x) {
+                   if (seen.fetch_add(1) == 100'000) stop.request_stop();
+                   return x;
+                 }, pf::replicas(2))
+                 .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{});
+    try {
+      p.run(pf::in_threads);
+      FAIL_CHECK("run(in_threads) returned");
+    } catch (const pf::interrupted& e) {
+      CHECK(e.signal() == 0);
+    }
+    CHECK(seen.load() < 1'000'000'000);
+  });
+}

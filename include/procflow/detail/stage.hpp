@@ -159,6 +159,13 @@ class result_collector {
   virtual void finish() {}
 };
 
+// A collector whose finished result the builder's run() takes.
+template <class R>
+class typed_collector : public result_collector {
+ public:
+  virtual R take() = 0;
+};
+
 class stage_base {
  public:
   stage_base(std::string name, stage_kind kind, stage_options options)

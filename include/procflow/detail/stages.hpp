@@ -5,7 +5,10 @@
 #include <procflow/codec.hpp>
 #include <procflow/detail/callable.hpp>
 #include <procflow/error.hpp>
+#include <procflow/detail/flat_table.hpp>
+#include <procflow/detail/keyed_partial.hpp>
 #include <procflow/detail/stage.hpp>
+#include <procflow/keyed.hpp>
 #include <procflow/hash.hpp>
 
 #include <functional>
@@ -132,12 +135,6 @@ class terminal_instance_base : public stage_instance {
 
  protected:
   batch_buffer<In> in_;
-};
-
-template <class R>
-class typed_collector : public result_collector {
- public:
-  virtual R take() = 0;
 };
 
 // Runs body(i) for every item index, recording the failing index if user code throws. Under a
@@ -490,60 +487,60 @@ class reduce_stage final : public input_stage<T> {
   Combine combine_;
 };
 
+// Every replica pre-aggregates into a keyed_partial: flat tables radix-partitioned by the top bits
+// of the mixed key hash (keyed.hpp). The caller merges partition by partition in parallel and
+// keeps the partitions as the keyed_result.
 template <class T, class KeyFn, class Acc, class Fold, class Combine, class Hash>
 class reduce_by_key_stage final : public input_stage<T> {
  public:
   using key_type = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
-  using map_type = std::unordered_map<key_type, Acc, Hash>;
+  using result_type = keyed_result<key_type, Acc, Hash>;
+  using partial_type = keyed_partial<key_type, Acc, Hash>;
+  using table_type = flat_table<key_type, Acc, Hash>;
 
-  reduce_by_key_stage(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, Hash hash, stage_options options)
+  reduce_by_key_stage(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, stage_options options)
       : input_stage<T>(std::move(name), stage_kind::reduce_by_key, options),
-        key_(std::move(key)), init_(std::move(init)), fold_(std::move(fold)), combine_(std::move(combine)),
-        hash_(std::move(hash)) {}
+        key_(std::move(key)), init_(std::move(init)), fold_(std::move(fold)), combine_(std::move(combine)) {}
 
-  // In processes of its own, items travel to the replica that owns their key: the key's hash,
-  // mixed (an identity hash of structured keys would pick one lane), modulo the lanes.
+  // In processes of its own, items travel to the replica that owns their key's partition
+  // (keyed_partition_of the mixed hash, modulo the lanes): each partition of the result then
+  // comes from one replica, and the caller adopts it without merging.
   void encode_input(void* vector, output_port& out, bool keyed) const override {
     auto& items = *static_cast<batch_buffer<T>*>(vector);
     if (!keyed) return encode_items(items, out);
     const std::size_t lanes = out.lane_count();
     for (const T& item : items)
-      encode_item(item, out, static_cast<std::size_t>(mix_hash(hash_(std::invoke(key_, item))) % lanes));
+      encode_item(item, out, keyed_partition_of(table_type::hash_of(std::invoke(key_, item))) % lanes);
   }
 
   std::unique_ptr<stage_instance> instantiate(bool ordered) const override {
     return std::make_unique<instance>(*this, ordered);
   }
   std::unique_ptr<result_collector> make_collector(bool ordered) const override {
-    auto merge = [combine = combine_](map_type& total, map_type&& partial) mutable {
-      if (total.empty()) {
-        total = std::move(partial);
-        return;
-      }
-      for (auto& [k, v] : partial) {
-        auto [it, inserted] = total.try_emplace(k, std::move(v));
-        if (!inserted) fold_into(it->second, combine, std::move(v));
-      }
-    };
-    return std::make_unique<partial_collector<map_type, decltype(merge)>>(map_type(0, hash_), std::move(merge), ordered);
+    auto merge = [combine = combine_](Acc& total, Acc&& partial) mutable { fold_into(total, combine, std::move(partial)); };
+    return std::make_unique<keyed_collector<key_type, Acc, Hash, decltype(merge)>>(std::move(merge), ordered);
   }
 
  private:
   class instance final : public terminal_instance_base<T> {
    public:
-    instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), groups_(0, s.hash_), ordered_(ordered) {}
+    instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), ordered_(ordered) {}
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
       if (!cursor.guard || !std::is_copy_constructible_v<T>) {
         for_each_item(in.size(), cursor, [&](std::size_t i) {
-          auto it = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_).first;
-          fold_into(it->second, fold_, std::move(in[i]));
+          key_type key = std::invoke(stage_.key_, std::as_const(in[i]));
+          const std::uint64_t h = table_type::hash_of(key);
+          Acc& acc = groups_.part_of(h).find_or_insert(std::move(key), h, stage_.init_);
+          fold_into(acc, fold_, std::move(in[i]));
         });
       } else if constexpr (std::is_copy_constructible_v<T>) {
         // Under a policy the fold gets a copy: the original stays for a retry.
         for_each_item(in.size(), cursor, [&](std::size_t i) {
-          auto it = groups_.try_emplace(std::invoke(stage_.key_, std::as_const(in[i])), stage_.init_).first;
-          fold_into(it->second, fold_, T(in[i]));
+          key_type key = std::invoke(stage_.key_, std::as_const(in[i]));
+          const std::uint64_t h = table_type::hash_of(key);
+          Acc& acc = groups_.part_of(h).find_or_insert(std::move(key), h, stage_.init_);
+          fold_into(acc, fold_, T(in[i]));
         });
       }
       return 0;
@@ -557,7 +554,7 @@ class reduce_by_key_stage final : public input_stage<T> {
    private:
     const reduce_by_key_stage& stage_;
     Fold fold_;
-    map_type groups_;
+    partial_type groups_;
     bool ordered_;
   };
 
@@ -565,7 +562,6 @@ class reduce_by_key_stage final : public input_stage<T> {
   Acc init_;
   Fold fold_;
   Combine combine_;
-  Hash hash_;
 };
 
 template <class T>

@@ -1,0 +1,151 @@
+// flat_table<K, V, Hash>: the open-addressing hash table behind reduce_by_key's partitions.
+//
+// Entries live densely in insertion order in one vector of {first, second} (so iteration, encoding
+// and decoding are sequential passes over contiguous memory, and a raw K/V pair is copied in bulk);
+// a separate power-of-two index of 64-bit slots (32 bits of the hash as a tag, the entry's position
+// + 1 below) is probed linearly, at most half full. The caller passes the key's mixed hash
+// (mix_hash(Hash{}(key))) so a partitioned owner hashes each key once; Hash is kept only to
+// rebuild the index after decoding.
+#pragma once
+
+#include <procflow/codec.hpp>
+#include <procflow/error.hpp>
+#include <procflow/hash.hpp>
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace procflow {
+
+// One group of a keyed result: `first` is the key, `second` the accumulator (the member names of
+// std::pair, so code written for an unordered_map's value_type reads the same; structured
+// bindings give `auto& [key, acc]`).
+template <class K, class V>
+struct keyed_entry {
+  K first;
+  V second;
+  bool operator==(const keyed_entry&) const = default;
+  // So std::map<K, V>(r.begin(), r.end()) and the like work as with an unordered_map's entries.
+  template <class A, class B>
+    requires std::is_constructible_v<A, const K&> && std::is_constructible_v<B, const V&>
+  operator std::pair<A, B>() const {  // NOLINT(google-explicit-constructor)
+    return std::pair<A, B>(first, second);
+  }
+};
+
+namespace detail {
+
+template <class K, class V, class Hash>
+class flat_table {
+ public:
+  using entry = keyed_entry<K, V>;
+
+  static std::uint64_t hash_of(const K& key) { return mix_hash(static_cast<std::uint64_t>(Hash{}(key))); }
+
+  std::size_t size() const noexcept { return entries_.size(); }
+  bool empty() const noexcept { return entries_.empty(); }
+  const entry* begin() const noexcept { return entries_.data(); }
+  const entry* end() const noexcept { return entries_.data() + entries_.size(); }
+  entry* begin() noexcept { return entries_.data(); }
+  entry* end() noexcept { return entries_.data() + entries_.size(); }
+  std::vector<entry>& entries() noexcept { return entries_; }
+  const std::vector<entry>& entries() const noexcept { return entries_; }
+
+  void clear() noexcept {
+    entries_.clear();
+    index_.clear();
+    mask_ = 0;
+  }
+
+  // The entry for `key` (hash = hash_of(key)), or null.
+  const entry* find(const K& key, std::uint64_t hash) const noexcept {
+    if (index_.empty()) return nullptr;
+    const std::uint64_t tag = hash >> 32;
+    for (std::size_t slot = hash & mask_;; slot = (slot + 1) & mask_) {
+      const std::uint64_t s = index_[slot];
+      if (s == 0) return nullptr;
+      if ((s >> 32) == tag) {
+        const entry& e = entries_[static_cast<std::uint32_t>(s) - 1];
+        if (e.first == key) return &e;
+      }
+    }
+  }
+  entry* find(const K& key, std::uint64_t hash) noexcept {
+    return const_cast<entry*>(std::as_const(*this).find(key, hash));
+  }
+
+  // The accumulator for `key`, inserted as `init` (a copy) when absent.
+  template <class Key>
+  V& find_or_insert(Key&& key, std::uint64_t hash, const V& init) {
+    if (entries_.size() >= (index_.size() >> 1)) [[unlikely]] grow();
+    const std::uint64_t tag = hash >> 32;
+    std::size_t slot = hash & mask_;
+    for (;; slot = (slot + 1) & mask_) {
+      const std::uint64_t s = index_[slot];
+      if (s == 0) break;
+      if ((s >> 32) == tag) {
+        entry& e = entries_[static_cast<std::uint32_t>(s) - 1];
+        if (e.first == key) return e.second;
+      }
+    }
+    if (entries_.size() >= 0xffffffffu) throw procflow::error("reduce_by_key: more than 2^32 - 1 keys in one partition");
+    entries_.push_back(entry{K(std::forward<Key>(key)), init});
+    index_[slot] = (tag << 32) | entries_.size();
+    return entries_.back().second;
+  }
+
+  // Appends an entry known to be absent (decoding, merging disjoint partitions).
+  void insert_new(entry&& e, std::uint64_t hash) {
+    if (entries_.size() >= (index_.size() >> 1)) [[unlikely]] grow();
+    entries_.push_back(std::move(e));
+    place(hash, entries_.size());
+  }
+
+  // Capacity for n entries without growing.
+  void reserve(std::size_t n) {
+    entries_.reserve(n);
+    if (n * 2 > index_.size()) rebuild_index(std::bit_ceil(std::max<std::size_t>(16, n * 2)));
+  }
+
+  // Builds the index from the entries (after decoding); throws on a duplicate key.
+  void rebuild_after_decode() {
+    rebuild_index(std::bit_ceil(std::max<std::size_t>(16, entries_.size() * 2)), true);
+  }
+
+ private:
+  void grow() { rebuild_index(std::max<std::size_t>(16, index_.size() * 2)); }
+
+  void place(std::uint64_t hash, std::size_t position) noexcept {
+    std::size_t slot = hash & mask_;
+    while (index_[slot] != 0) slot = (slot + 1) & mask_;
+    index_[slot] = ((hash >> 32) << 32) | position;
+  }
+
+  void rebuild_index(std::size_t slots, bool check_duplicates = false) {
+    index_.assign(slots, 0);
+    mask_ = slots - 1;
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const std::uint64_t hash = hash_of(entries_[i].first);
+      const std::uint64_t tag = hash >> 32;
+      std::size_t slot = hash & mask_;
+      for (; index_[slot] != 0; slot = (slot + 1) & mask_)
+        if (check_duplicates && (index_[slot] >> 32) == tag &&
+            entries_[static_cast<std::uint32_t>(index_[slot]) - 1].first == entries_[i].first)
+          throw codec_error("codec: duplicate key in a keyed result");
+      index_[slot] = (tag << 32) | (i + 1);
+    }
+  }
+
+  std::vector<entry> entries_;
+  std::vector<std::uint64_t> index_;  // 0 = empty, else (hash >> 32) << 32 | (position + 1)
+  std::size_t mask_ = 0;
+};
+
+}  // namespace detail
+}  // namespace procflow
