@@ -282,7 +282,13 @@ class ThreadRun {
     }
   };
 
-  static bool parallel_group(const Group& g) { return g.auto_scale || g.replicas > 1; }
+  // A key_by group runs serially in threads: its one instance owns every key (what keyed
+  // dispatch guarantees per replica in process mode), so a per-key state stays whole.
+  bool parallel_group(const Group& g) const {
+    for (std::size_t i = g.first_stage; i < g.end_stage; ++i)
+      if (def_.stages[i]->options().keyed) return false;
+    return g.auto_scale || g.replicas > 1;
+  }
 
   // What only process mode does is refused by name rather than ignored: error policies and the
   // watchdog act on replica processes (a dead letter in the replica record, a SIGKILL).

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <numeric>
+#include <set>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -241,5 +242,23 @@ TEST_CASE("a cancel_source stops a run in threads with procflow::interrupted") {
       CHECK(e.signal() == 0);
     }
     CHECK(seen.load() < 1'000'000'000);
+  });
+}
+
+TEST_CASE("a key_by stage keeps its per-key state whole in threads (one instance owns every key)") {
+  isolated([] {
+    // Every value appears 4 times; a replicated dedup with key_by keeps each once.
+    auto r = pf::pipeline("dedup")
+                 .source("numbers", pf::iota<i64>(0, 40'000))
+                 .map("mod", [](i64 x) { return x % 10'000; }, pf::replicas(2))
+                 .filter("dedup", [seen = std::set<i64>{}](i64 x) mutable { return seen.insert(x).second; },
+                         pf::replicas(2), pf::key_by([](i64 x) { return x; }))
+                 .collect()
+                 .run(pf::in_threads);
+    std::vector<i64> got = std::move(r.value);
+    std::sort(got.begin(), got.end());
+    std::vector<i64> want(10'000);
+    std::iota(want.begin(), want.end(), i64{0});
+    CHECK(got == want);
   });
 }
