@@ -519,7 +519,11 @@ class ThreadRun {
     }
     auto t = std::make_unique<Token>();
     t->buffers.resize(plan_.groups.size() + 1);
-    for (std::size_t b = 1; b <= plan_.groups.size(); ++b) t->buffers[b] = boundary_stage(b).new_input_buffer();
+    for (std::size_t b = 1; b <= plan_.groups.size(); ++b) {
+      t->buffers[b] = boundary_stage(b).new_input_buffer();
+      // A stage type that cannot hold items by value would lose them here: refuse it loudly.
+      if (!t->buffers[b]) throw std::logic_error("procflow: stage '" + boundary_stage(b).name() + "' has no item buffer for thread mode");
+    }
     tokens_.push_back(std::move(t));
     return tokens_.back().get();
   }

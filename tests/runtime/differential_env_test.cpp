@@ -3,8 +3,8 @@
 // program commonly changes, a random combination of
 //   - SIGCHLD ignored (children are reaped by the kernel), or SIGCHLD handled by a handler that
 //     reaps every child (common in servers);
-//   - a SIGINT handler installed (the replicas must still start with the default disposition:
-//     every stage checks it);
+//   - a SIGINT handler installed (the replicas must not inherit it: they ignore SIGINT and leave
+//     Ctrl-C to the supervisor; every stage checks it);
 //   - std::ios::sync_with_stdio(false), with the terminal a sink writing every item with
 //     std::cout (fd 1 redirected to a file): every line must arrive.
 // and must still agree with the sequential loop. See differential_support.hpp.
@@ -95,14 +95,18 @@ class StdoutToFile {
 };
 
 // Run by every chain stage (in the replicas): the host's SIGINT handler must not be inherited.
-// Checked once per process.
+// A replica ignores SIGINT (a Ctrl-C to the whole process group is the supervisor's to handle: it
+// stops every replica and throws procflow::interrupted; see termination_test). Checked once per
+// process.
 void sigint_is_default() {
   static bool checked = false;
   if (checked) return;
   checked = true;
   struct sigaction now {};
   ::sigaction(SIGINT, nullptr, &now);
-  if (now.sa_handler != SIG_DFL) throw std::runtime_error("a replica inherited the host's SIGINT handler: Ctrl-C would not stop it");
+  if (now.sa_handler != SIG_IGN)
+    throw std::runtime_error(now.sa_handler == SIG_DFL ? "a replica does not ignore SIGINT: Ctrl-C to the group would kill it behind the supervisor's back"
+                                                       : "a replica inherited the host's SIGINT handler: Ctrl-C would not stop it");
 }
 
 using CaseFn = void (*)(Rng&, std::uint64_t, const Features&);

@@ -23,7 +23,12 @@ class keyed_input_stage final : public stage_base {
   keyed_input_stage(std::shared_ptr<const stage_base> inner, KeyFn key)
       : stage_base(inner->name(), inner->kind(), inner->options()), inner_(std::move(inner)), key_(std::move(key)) {}
 
+  // Everything but the encoding is the inner stage's (thread mode moves items through its buffers).
+  bool holds_state() const noexcept override { return inner_->holds_state(); }
   std::unique_ptr<stage_instance> instantiate(bool ordered) const override { return inner_->instantiate(ordered); }
+  std::shared_ptr<void> new_input_buffer() const override { return inner_->new_input_buffer(); }
+  std::size_t swap_input_buffers(void* from, void* into) const override { return inner_->swap_input_buffers(from, into); }
+  std::size_t input_buffer_size(const void* buffer) const override { return inner_->input_buffer_size(buffer); }
   std::unique_ptr<result_collector> make_collector(bool ordered) const override { return inner_->make_collector(ordered); }
   void encode_input(void* vector, output_port& out, bool keyed) const override {
     if (!keyed) return inner_->encode_input(vector, out, false);
@@ -48,7 +53,7 @@ template <class T, class... Opts>
 std::shared_ptr<const stage_base> with_key_by(std::shared_ptr<const stage_base> stage, const Opts&... opts) {
   static_assert((std::size_t{0} + ... + std::size_t{is_key_by_v<Opts>}) <= 1, "procflow: key_by() given twice");
   std::shared_ptr<const stage_base> result = std::move(stage);
-  auto wrap = [&](const auto& opt) {
+  [[maybe_unused]] auto wrap = [&](const auto& opt) {
     if constexpr (is_key_by_v<std::decay_t<decltype(opt)>>)
       result = std::make_shared<keyed_input_stage<T, decltype(opt.fn)>>(std::move(result), opt.fn);
   };
