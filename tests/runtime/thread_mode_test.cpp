@@ -31,6 +31,21 @@ namespace {
 
 void isolated(const std::function<void()>& body) { pt::run_isolated(std::chrono::seconds(60), body); }
 
+// ThreadSanitizer runs a background thread of its own, so under it the process is never
+// single-threaded: process-mode runs (which refuse to fork from a multi-threaded process, issue 8)
+// are left to the release build, and thread counts are compared with the count before the run.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool under_tsan = true;
+#else
+constexpr bool under_tsan = false;
+#endif
+
+std::size_t thread_count() {
+  std::size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.is_directory() ? 1 : 0;
+  return n;
+}
+
 }  // namespace
 
 TEST_CASE("a throwing stage is a stage_error naming stage and item, with the original nested") {
@@ -70,7 +85,7 @@ TEST_CASE("a generator declaration runs again from its start, in both modes") {
     for (i64 i = 0; i < 10'000; ++i) want[static_cast<std::size_t>(i)] = 2 * i;
     CHECK(p.run(pf::in_threads).value == want);
     CHECK(p.run(pf::in_threads).value == want);
-    CHECK(p.run().value == want);
+    if (!under_tsan) CHECK(p.run().value == want);
   });
 }
 
@@ -101,6 +116,7 @@ TEST_CASE("the report counts every stage's items as process mode does") {
                  .map("inc", [](i64 x) { return x + 1; }, pf::replicas(1))
                  .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{});
     const auto threads = p.run(pf::in_threads);
+    if (under_tsan) return;  // see under_tsan
     const auto processes = p.run();
     CHECK(threads.value == processes.value);
     REQUIRE(threads.report.stages.size() == processes.report.stages.size());
@@ -196,19 +212,16 @@ TEST_CASE("an error on the caller's side names the terminal, in_supervisor, orig
 
 TEST_CASE("oneTBB's worker threads end with the run: the program is single-threaded again") {
   isolated([] {
-    auto threads = [] {
-      std::size_t n = 0;
-      for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.is_directory() ? 1 : 0;
-      return n;
-    };
-    REQUIRE(threads() == 1);
+    const std::size_t before = thread_count();
+    REQUIRE((before == 1 || under_tsan));
     const auto r = pf::pipeline("workers")
                        .source("numbers", pf::iota<i64>(0, 1'000'000))
                        .map("sq", [](i64 x) { return x * x; }, pf::replicas(2))
                        .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
                        .run(pf::in_threads);
     CHECK(r.value > 0);
-    CHECK(threads() == 1);
+    if (under_tsan) return;  // TSan starts helper threads of its own as threads come and go
+    CHECK(thread_count() == before);
     // So a process-mode run may fork right after.
     CHECK(pf::pipeline("after").source("numbers", pf::iota<i64>(0, 1000)).collect().run().value.size() == 1000);
   });
