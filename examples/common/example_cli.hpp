@@ -90,7 +90,7 @@ inline void print_help(const description& d) {
       "  --output FILE  write the full result as CSV: {0}\n"
       "  --replicas N   processes per parallel stage (default: the number of cores)\n"
       "{1}"
-      "  --report-json FILE  the run's profile report as JSON (docs/profiling.md)\n"
+      "  --report-json FILE  the run's profile report as JSON (lib/metrics/profiling.md)\n"
       "  --trace FILE   a Chrome / Perfetto timeline of the run (open in ui.perfetto.dev)\n"
       "  --html FILE    the profile report as one HTML page\n"
       "  --progress, --no-progress  the live progress line on stderr (default: on when it is a terminal)\n"

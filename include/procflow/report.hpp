@@ -107,7 +107,7 @@ struct run_report {
   // second table with one row per replica process (a skewed replica shows there).
   std::string to_string(bool per_replica = false) const;
   // The whole report as one JSON object (schema "procflow.report/1", documented in
-  // docs/profiling.md); parse it with any JSON library.
+  // lib/metrics/profiling.md); parse it with any JSON library.
   std::string to_json() const;
   // One self-contained HTML page (no scripts, no external styles or fonts): the verdict, the
   // table, and SVG charts of each stage's throughput over time and its busy / starved / blocked

@@ -1,4 +1,4 @@
-// run_report::to_json(): the report as JSON, schema "procflow.report/1" (docs/profiling.md).
+// run_report::to_json(): the report as JSON, schema "procflow.report/1" (lib/metrics/profiling.md).
 // Field names are stable: new fields may be added, none renamed or removed within version 1.
 #include <procflow/report.hpp>
 

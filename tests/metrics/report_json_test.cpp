@@ -1,4 +1,4 @@
-// Checks the report's JSON (run_report::to_json, schema "procflow.report/1" in docs/profiling.md):
+// Checks the report's JSON (run_report::to_json, schema "procflow.report/1" in lib/metrics/profiling.md):
 // it parses with nlohmann::json, carries every stage, replica and sample with the documented
 // field names, and its values are the report's; odd stage names are escaped.
 #include "support/child_process.hpp"
