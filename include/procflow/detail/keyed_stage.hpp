@@ -3,7 +3,7 @@
 // key(item) (mix_hash(procflow::hash(key)) % replicas), so all items of a key meet one replica.
 #pragma once
 
-#include <procflow/detail/stage.hpp>
+#include <procflow/detail/forwarding_stage.hpp>
 #include <procflow/hash.hpp>
 #include <procflow/options.hpp>
 
@@ -15,23 +15,16 @@
 namespace procflow::detail {
 
 template <class T, class KeyFn>
-class keyed_input_stage final : public stage_base {
+class keyed_input_stage final : public forwarding_stage {
  public:
   using key_type = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
   static_assert(hashable_v<key_type>, "procflow: key_by(): the key type needs std::hash (or is a std::pair / std::tuple of such)");
 
-  keyed_input_stage(std::shared_ptr<const stage_base> inner, KeyFn key)
-      : stage_base(inner->name(), inner->kind(), inner->options()), inner_(std::move(inner)), key_(std::move(key)) {}
+  keyed_input_stage(std::shared_ptr<const stage_base> inner, KeyFn key) : forwarding_stage(std::move(inner)), key_(std::move(key)) {}
 
-  // Everything but the encoding is the inner stage's (thread mode moves items through its buffers).
-  bool holds_state() const noexcept override { return inner_->holds_state(); }
-  std::unique_ptr<stage_instance> instantiate(bool ordered) const override { return inner_->instantiate(ordered); }
-  std::shared_ptr<void> new_input_buffer() const override { return inner_->new_input_buffer(); }
-  std::size_t swap_input_buffers(void* from, void* into) const override { return inner_->swap_input_buffers(from, into); }
-  std::size_t input_buffer_size(const void* buffer) const override { return inner_->input_buffer_size(buffer); }
-  std::unique_ptr<result_collector> make_collector(bool ordered) const override { return inner_->make_collector(ordered); }
+  // Everything but the encoding is the inner stage's (forwarding_stage).
   void encode_input(void* vector, output_port& out, bool keyed) const override {
-    if (!keyed) return inner_->encode_input(vector, out, false);
+    if (!keyed) return forwarding_stage::encode_input(vector, out, false);
     const auto& items = *static_cast<const batch_buffer<T>*>(vector);
     const std::size_t lanes = out.lane_count();
     for (const T& item : items)
@@ -39,7 +32,6 @@ class keyed_input_stage final : public stage_base {
   }
 
  private:
-  std::shared_ptr<const stage_base> inner_;
   KeyFn key_;
 };
 

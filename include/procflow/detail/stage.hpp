@@ -171,6 +171,8 @@ class stage_base {
   stage_base(std::string name, stage_kind kind, stage_options options)
       : name_(std::move(name)), kind_(kind), options_(options) {}
   virtual ~stage_base() = default;
+  // Every virtual below is forwarded by forwarding_stage (forwarding_stage.hpp): add a new one
+  // there too, and to forwarding_stage_test.
 
   const std::string& name() const noexcept { return name_; }
   stage_kind kind() const noexcept { return kind_; }
