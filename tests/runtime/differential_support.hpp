@@ -1102,4 +1102,19 @@ inline void run_seeds(const std::vector<std::uint64_t>& seeds, const std::functi
   CHECK(pt::dev_shm_entries() == shm_before);
 }
 
+// One random pipeline over the built-in item types (int64, string, vector<int>): half keep one
+// type throughout, the others convert part way. The core, stress and thread-mode tests share it.
+inline void run_builtin_seed(std::uint64_t seed, const Features& features) {
+  using CaseFn = void (*)(Rng&, std::uint64_t, const Features&);
+  static constexpr CaseFn case_table[3][3] = {
+      {&run_case<i64, i64>, &run_case<i64, std::string>, &run_case<i64, vec>},
+      {&run_case<std::string, i64>, &run_case<std::string, std::string>, &run_case<std::string, vec>},
+      {&run_case<vec, i64>, &run_case<vec, std::string>, &run_case<vec, vec>},
+  };
+  Rng rng(seed);
+  const auto s = std::uniform_int_distribution<std::size_t>(0, 2)(rng);
+  const auto t = chance(rng, 0.5) ? s : std::uniform_int_distribution<std::size_t>(0, 2)(rng);
+  case_table[s][t](rng, seed, features);
+}
+
 }  // namespace difftest

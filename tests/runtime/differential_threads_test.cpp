@@ -5,24 +5,14 @@
 // differential_core_test compares with the same loop).
 #include "runtime/differential_support.hpp"
 
-namespace {
-
 using namespace difftest;
 
-using CaseFn = void (*)(Rng&, std::uint64_t, const Features&);
-constexpr CaseFn case_table[3][3] = {
-    {&run_case<i64, i64>, &run_case<i64, std::string>, &run_case<i64, vec>},
-    {&run_case<std::string, i64>, &run_case<std::string, std::string>, &run_case<std::string, vec>},
-    {&run_case<vec, i64>, &run_case<vec, std::string>, &run_case<vec, vec>},
-};
+namespace {
 
 void run_seed(std::uint64_t seed) {
-  Rng rng(seed);
-  const auto s = std::uniform_int_distribution<std::size_t>(0, 2)(rng);
-  const auto t = chance(rng, 0.5) ? s : std::uniform_int_distribution<std::size_t>(0, 2)(rng);
   Features features;
   features.in_threads = true;
-  case_table[s][t](rng, seed, features);
+  run_builtin_seed(seed, features);
 }
 
 }  // namespace
