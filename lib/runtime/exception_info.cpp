@@ -1,11 +1,15 @@
 #include "runtime/exception_info.hpp"
 
+#include <procflow/error.hpp>
+
 #include <cxxabi.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <exception>
 #include <memory>
 #include <typeinfo>
+#include <utility>
 
 namespace procflow::runtime {
 
@@ -25,6 +29,18 @@ std::string current_exception_message() {
   } catch (...) {
     return "(not a std::exception)";
   }
+}
+
+void throw_caller_side_error(const std::string& stage, const std::string& where) {
+  stage_error::details d;
+  d.stage = stage;
+  d.in_supervisor = true;
+  d.replica = stage_error::no_replica;
+  d.pid = static_cast<std::int32_t>(::getpid());
+  d.kind = stage_error::cause::exception;
+  d.exception_type = current_exception_type();
+  d.message = where.empty() ? current_exception_message() : where + ": " + current_exception_message();
+  std::throw_with_nested(stage_error(std::move(d)));
 }
 
 }  // namespace procflow::runtime

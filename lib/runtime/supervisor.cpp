@@ -189,20 +189,12 @@ class Supervisor {
       children_.kill_and_reap_all();
       throw;  // already names its stage
     } catch (...) {
-      stage_error::details d;
-      d.stage = def_.stages.back()->name();
-      d.in_supervisor = true;
-      d.replica = stage_error::no_replica;
-      d.pid = static_cast<std::int32_t>(::getpid());
-      d.kind = stage_error::cause::exception;
-      d.exception_type = current_exception_type();
-      if constexpr (std::is_invocable_v<const Where&>) {
-        d.message = where() + ": " + current_exception_message();
-      } else {
-        d.message = std::string(where) + ": " + current_exception_message();
-      }
       children_.kill_and_reap_all();
-      std::throw_with_nested(stage_error(std::move(d)));
+      if constexpr (std::is_invocable_v<const Where&>) {
+        runtime::throw_caller_side_error(def_.stages.back()->name(), where());
+      } else {
+        runtime::throw_caller_side_error(def_.stages.back()->name(), where);
+      }
     }
   }
 

@@ -558,15 +558,7 @@ class ThreadRun {
     } catch (const stage_error&) {
       throw;
     } catch (...) {
-      stage_error::details d;
-      d.stage = def_.stages.back()->name();
-      d.in_supervisor = true;
-      d.replica = stage_error::no_replica;
-      d.pid = static_cast<std::int32_t>(::getpid());
-      d.kind = stage_error::cause::exception;
-      d.exception_type = runtime::current_exception_type();
-      d.message = runtime::current_exception_message();
-      std::throw_with_nested(stage_error(std::move(d)));
+      runtime::throw_caller_side_error(def_.stages.back()->name(), "");
     }
   }
 
