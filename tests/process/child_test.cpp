@@ -13,6 +13,7 @@
 // test process's own dispositions are never touched.
 #include "process/child.hpp"
 #include "support/child_process.hpp"
+#include "support/host_signals.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -45,19 +46,12 @@
 
 namespace pf = procflow;
 namespace pt = procflow::test;
+using pt::reap_every_child;
+using pt::SignalGuard;
 using i64 = std::int64_t;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Inside a child of the test: a failed expectation prints where and makes the child exit 1.
-#define CHILD_CHECK(cond)                                                                 \
-  do {                                                                                    \
-    if (!(cond)) {                                                                        \
-      std::fprintf(stderr, "%s:%d: in child: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-      return 1;                                                                           \
-    }                                                                                     \
-  } while (0)
 
 // Runs `body` in a child of the test and expects it to exit 0 within `timeout`.
 void expect_child_succeeds(const std::function<int()>& body, std::chrono::milliseconds timeout) {
@@ -72,33 +66,6 @@ void expect_child_succeeds(const std::function<int()>& body, std::chrono::millis
 int runs_from_env(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v && std::atoi(v) > 0 ? std::atoi(v) : fallback;
-}
-
-// Sets a disposition for the lifetime of the guard (restored even when a check fails).
-class SignalGuard {
- public:
-  SignalGuard(int signal, void (*handler)(int), int flags = 0) : signal_(signal) {
-    struct sigaction a {};
-    a.sa_handler = handler;
-    a.sa_flags = flags;
-    sigemptyset(&a.sa_mask);
-    ::sigaction(signal_, &a, &old_);
-  }
-  ~SignalGuard() { ::sigaction(signal_, &old_, nullptr); }
-  SignalGuard(const SignalGuard&) = delete;
-  SignalGuard& operator=(const SignalGuard&) = delete;
-
- private:
-  int signal_;
-  struct sigaction old_ {};
-};
-
-// What many servers install: reap every child that ended, whoever it belongs to.
-void reap_every_child(int) {
-  const int saved = errno;
-  while (::waitpid(-1, nullptr, WNOHANG) > 0) {
-  }
-  errno = saved;
 }
 
 volatile sig_atomic_t host_flag = 0;

@@ -5,6 +5,7 @@
 // fused, empty and one-item inputs for every terminal, a 10 MB item, a 10 000-fold flat_map,
 // a user struct with its own procflow::codec<>, a sink writing a file, and per-stage report counts.
 #include "support/child_process.hpp"
+#include "support/host_signals.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -35,6 +36,8 @@
 
 namespace pf = procflow;
 namespace pt = procflow::test;
+using pt::reap_every_child;
+using pt::SignalGuard;
 using i64 = std::int64_t;
 
 // ------------------------------------------------------------------ a user type with its own codec
@@ -614,34 +617,6 @@ TEST_CASE("a declaration that cannot run is a clear error naming the stage") {
 }
 
 namespace {
-
-// Sets a disposition for the lifetime of the guard: restored even when a check throws, so a
-// failure here cannot leave SIGCHLD ignored for the cases after it.
-class SignalGuard {
- public:
-  SignalGuard(int signal, void (*handler)(int), int flags) : signal_(signal) {
-    struct sigaction a {};
-    a.sa_handler = handler;
-    a.sa_flags = flags;
-    sigemptyset(&a.sa_mask);
-    ::sigaction(signal_, &a, &old_);
-  }
-  ~SignalGuard() { ::sigaction(signal_, &old_, nullptr); }
-  SignalGuard(const SignalGuard&) = delete;
-  SignalGuard& operator=(const SignalGuard&) = delete;
-
- private:
-  int signal_;
-  struct sigaction old_ {};
-};
-
-// What many servers install: reap every child that ended, whoever it belongs to.
-void reap_every_child(int) {
-  const int saved = errno;
-  while (::waitpid(-1, nullptr, WNOHANG) > 0) {
-  }
-  errno = saved;
-}
 
 }  // namespace
 

@@ -43,15 +43,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Inside a child of the test: a failed expectation prints where and makes the child exit 1.
-#define CHILD_CHECK(cond)                                                                     \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
-      std::fprintf(stderr, "%s:%d: in child: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-      return 1;                                                                               \
-    }                                                                                         \
-  } while (0)
-
 std::size_t open_fds() {
   std::size_t n = 0;
   std::error_code ec;

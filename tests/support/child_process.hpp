@@ -22,6 +22,16 @@
 #include <string>
 #include <thread>
 
+// Inside a child of the test: a failed expectation prints where and makes the child exit 1
+// (doctest's checks cannot report from another process).
+#define CHILD_CHECK(cond)                                                                     \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
+      std::fprintf(stderr, "%s:%d: in child: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      return 1;                                                                               \
+    }                                                                                         \
+  } while (0)
+
 namespace procflow::test {
 
 class ChildProcess {
