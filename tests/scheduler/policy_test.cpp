@@ -4,6 +4,7 @@
 #include "scheduler/policy.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
@@ -63,7 +64,7 @@ struct Machine {
   sch::PolicyConfig config() const {
     sch::PolicyConfig c;
     c.cores = cores;
-    for (std::size_t g = 0; g < rate.size(); ++g) c.groups.push_back({"g" + std::to_string(g), may_scale[g], 1, cores});
+    for (std::size_t g = 0; g < rate.size(); ++g) c.groups.push_back({fmt::format("g{}", g), may_scale[g], 1, cores});  // not "g" + to_string: GCC 12 -Wrestrict false positive (GCC bug 105651)
     return c;
   }
 };
