@@ -4,6 +4,7 @@
 #include <procflow/cancel.hpp>
 #include <procflow/codec.hpp>
 #include <procflow/error.hpp>
+#include <procflow/fn.hpp>
 #include <procflow/hash.hpp>
 #include <procflow/keyed.hpp>
 #include <procflow/options.hpp>

@@ -24,10 +24,28 @@ namespace {
 // A lambda, not a function: a function pointer cannot be inlined into the stage's batch loop.
 constexpr auto square = [](std::int64_t x) { return static_cast<std::uint64_t>(x) * static_cast<std::uint64_t>(x); };
 
+// The same as a function, for the function-pointer rows.
+std::uint64_t square_function(std::int64_t x) { return static_cast<std::uint64_t>(x) * static_cast<std::uint64_t>(x); }
+
 struct Run {
   std::uint64_t sum;
   double seconds;
 };
+
+// The splittable fused pipeline with `map_fn` as the map's callable: `&square_function` (a
+// function pointer: one indirect call per item) or pf::fn<&square_function> (inlined).
+template <class MapFn>
+Run procflow_map_callable(std::uint64_t n, std::uint32_t replicas, MapFn map_fn) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::uint64_t sum = pf::pipeline("trivial", pf::allow_threads)
+                                .source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n)))
+                                .map("square", map_fn, pf::replicas(replicas))
+                                .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
+                                .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{})
+                                .run()
+                                .value;
+  return {sum, bench::seconds_since(t0)};
+}
 
 // The benchmark pipeline. `splittable`: an iota source claimed in chunks by the replicas (no ring
 // before the first stage); otherwise a generator source in its own process feeding them.
@@ -117,6 +135,10 @@ int main(int argc, char** argv) {
   measure("procflow", n, [&] { return procflow_trivial(n, r, true, true); }, fmt::format("iota claimed in chunks, {} fused replicas", r));
   measure("procflow_1_replica", n, [&] { return procflow_trivial(n, 1, true, true); }, "iota chunks, 1 fused replica");
   measure("procflow_generator", n, [&] { return procflow_trivial(n, r, false, true); }, "generator process -> rings -> fused replicas");
+  measure("procflow_function_pointer", n, [&] { return procflow_map_callable(n, r, &square_function); },
+          "as procflow, the map given a function pointer (&square_function)");
+  measure("procflow_fn_constant", n, [&] { return procflow_map_callable(n, r, pf::fn<&square_function>); },
+          "as procflow, the map given pf::fn<&square_function>");
   measure("procflow_threads", n, [&] { return procflow_trivial(n, r, true, true, false, true); },
           fmt::format("run(pf::in_threads): iota chunks, {} replicas as oneTBB parallel_pipeline filters", r));
   measure("procflow_threads_generator", n, [&] { return procflow_trivial(n, r, false, true, false, true); },

@@ -711,3 +711,36 @@ TEST_CASE("flat_map accepts ranges that yield values (views)") {
   for (int x = 0; x < 100; ++x) want += static_cast<long>(x) * (x - 1) / 2;
   CHECK(r.value == want);
 }
+
+namespace {
+long long cube(int x) { return static_cast<long long>(x) * x * x; }
+bool is_odd(long long v) { return v % 2 != 0; }
+struct Scaled {
+  int factor;
+  constexpr long long times(long long v) const { return v * factor; }
+};
+}  // namespace
+
+TEST_CASE("pf::fn<&f>: functions given as constants work in every stage position, like function pointers") {
+  CleanupCheck cleanup;
+  const auto by_constant = pf::pipeline("fn")
+                               .source("n", pf::iota(0, 1000))
+                               .map("cube", pf::fn<&cube>, pf::replicas(2))
+                               .filter("odd", pf::fn<&is_odd>)
+                               .collect(pf::ordered)
+                               .run();
+  const auto by_pointer = pf::pipeline("fn pointer")
+                              .source("n", pf::iota(0, 1000))
+                              .map("cube", &cube, pf::replicas(2))
+                              .filter("odd", &is_odd)
+                              .collect(pf::ordered)
+                              .run();
+  std::vector<long long> want;
+  for (int x = 0; x < 1000; ++x)
+    if (is_odd(cube(x))) want.push_back(cube(x));
+  CHECK(by_constant.value == want);
+  CHECK(by_pointer.value == want);
+  // A member function constant: called with the object first.
+  static_assert(pf::fn<&Scaled::times>(Scaled{3}, 5) == 15);
+  static_assert(std::is_empty_v<pf::fn_t<&cube>>);
+}
