@@ -24,10 +24,20 @@ constexpr std::uint64_t mix64(std::uint64_t z) noexcept {
 Identity current;
 // Replica engines of this process, one per stage, made on first use.
 std::vector<std::unique_ptr<std::mt19937_64>> engines;
+// Thread mode: the stage instance this worker thread runs now (null: the process's identity).
+thread_local ThreadIdentity* worn = nullptr;
 
 }  // namespace
 
-const Identity& identity() noexcept { return current; }
+const Identity& identity() noexcept { return worn ? worn->id : current; }
+
+ThreadIdentityScope::ThreadIdentityScope(ThreadIdentity& t) noexcept : saved_(worn) { worn = &t; }
+ThreadIdentityScope::~ThreadIdentityScope() { worn = saved_; }
+
+namespace {
+// The engines of whoever the calling thread is.
+std::vector<std::unique_ptr<std::mt19937_64>>& current_engines() noexcept { return worn ? worn->engines : engines; }
+}  // namespace
 
 void set_identity(const Identity& id) noexcept {
   current = id;
@@ -47,7 +57,7 @@ std::uint64_t replica_seed(std::uint64_t run_seed, std::size_t stage, std::uint3
 namespace procflow {
 
 replica_info this_replica() noexcept {
-  using runtime::current;
+  const runtime::Identity& current = runtime::identity();
   replica_info r;
   r.pid = static_cast<std::int32_t>(::getpid());
   if (!current.def) return r;
@@ -68,8 +78,8 @@ replica_info this_replica() noexcept {
 }
 
 std::mt19937_64& replica_engine() {
-  using runtime::current;
-  using runtime::engines;
+  const runtime::Identity& current = runtime::identity();
+  auto& engines = runtime::current_engines();
   const std::size_t stage = current.stage;
   if (engines.size() <= stage) engines.resize(stage + 1);
   if (!engines[stage]) {
@@ -86,7 +96,7 @@ std::uint64_t stream_key(std::uint64_t run_seed, std::uint32_t stage_index) noex
 }
 
 std::uint64_t stage_stream_key() noexcept {
-  using runtime::current;
+  const runtime::Identity& current = runtime::identity();
   return stream_key(current.run_seed, static_cast<std::uint32_t>(current.stage));
 }
 

@@ -1,13 +1,17 @@
 // This process's answer to pf::this_replica() (include/procflow/replica.hpp): set by a replica
 // when it starts (before its stage instances are built, so factories see it), by the supervisor
 // for a sink or collect running in the caller's process, and updated as the replica moves from
-// stage to stage.
+// stage to stage. In thread mode a worker thread takes on the identity of the stage instance it
+// runs (ThreadIdentityScope), with replica engines of that instance's own.
 #pragma once
 
 #include <procflow/pipeline.hpp>
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
 
 namespace procflow::runtime {
 
@@ -31,6 +35,26 @@ void set_identity(const Identity& id) noexcept;
 void clear_identity() noexcept;
 // The stage running now (Replica::set_stage; cheap enough to call per batch).
 void set_identity_stage(std::size_t stage) noexcept;
+
+// Thread mode: one stage instance's identity and its replica engines (one per stage, made on
+// first use), worn by whichever worker thread runs the instance now.
+struct ThreadIdentity {
+  Identity id;
+  std::vector<std::unique_ptr<std::mt19937_64>> engines;
+};
+
+// Makes the calling thread answer as `t` (identity(), this_replica(), replica_engine()) until
+// destroyed; scopes nest.
+class ThreadIdentityScope {
+ public:
+  explicit ThreadIdentityScope(ThreadIdentity& t) noexcept;
+  ~ThreadIdentityScope();
+  ThreadIdentityScope(const ThreadIdentityScope&) = delete;
+  ThreadIdentityScope& operator=(const ThreadIdentityScope&) = delete;
+
+ private:
+  ThreadIdentity* saved_;
+};
 
 // The seed of replica `index` of stage `stage` in a run seeded with `run_seed`.
 std::uint64_t replica_seed(std::uint64_t run_seed, std::size_t stage, std::uint32_t index) noexcept;

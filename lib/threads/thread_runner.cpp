@@ -14,6 +14,7 @@
 // partial results of a reduce are encoded, to be merged by the same collector as in process mode.
 #include "runtime/cancel_state.hpp"
 #include "runtime/exception_info.hpp"
+#include "runtime/identity.hpp"
 #include "runtime/plan.hpp"
 
 #include <procflow/pipeline.hpp>
@@ -172,6 +173,7 @@ struct Token {
 // The stage instances of one group in one worker thread, with their counters.
 struct Chain {
   std::uint32_t index = 0;  // "replica" in reports and errors
+  runtime::ThreadIdentity identity;  // what pf::this_replica() answers in code of this chain
   std::vector<std::unique_ptr<stage_instance>> instances;
   std::vector<Tally> tallies;  // per stage of the pipeline
 };
@@ -385,7 +387,14 @@ class ThreadRun {
       c.index = set.next_index.fetch_add(1, std::memory_order_relaxed);  // relaxed: a unique number, nothing to order
       c.tallies.resize(def_.stages.size());
       const std::size_t first_worker = group.input == GroupInput::channel ? group.first_stage : group.first_stage + 1;
+      runtime::Identity& id = c.identity.id;
+      id.def = &def_;
+      id.index = c.index;
+      id.replicas = set.serial ? 1u : static_cast<std::uint32_t>(concurrency_);  // instances that may run at once
+      id.run_seed = plan_.seed;
+      const runtime::ThreadIdentityScope scope(c.identity);  // a per_replica factory sees its instance
       for (std::size_t i = first_worker; i < group.end_stage; ++i) {
+        id.stage = i;
         try {
           c.instances.push_back(def_.stages[i]->instantiate(plan_.ordered));
         } catch (...) {
@@ -400,6 +409,7 @@ class ThreadRun {
   Token* run_group(std::size_t g, Token* t) {
     const Group& group = plan_.groups[g];
     Chain& c = chain_of(g);
+    const runtime::ThreadIdentityScope scope(c.identity);
     const std::size_t first_worker = group.input == GroupInput::channel ? group.first_stage : group.first_stage + 1;
     std::size_t n = 0;
     auto t0 = Clock::now();
@@ -422,6 +432,7 @@ class ThreadRun {
     for (std::size_t k = 0; k < c.instances.size(); ++k) {
       const std::size_t stage = first_worker + k;
       Tally& tally = c.tallies[stage];
+      c.identity.id.stage = stage;
       tally.items_in += n;
       tally.batches_in += 1;
       item_cursor cursor;
@@ -478,7 +489,9 @@ class ThreadRun {
       const Group& group = plan_.groups[g];
       const std::size_t first_worker = group.input == GroupInput::channel ? group.first_stage : group.first_stage + 1;
       for (Chain* c : chains_in_order(g)) {
+        const runtime::ThreadIdentityScope scope(c->identity);
         for (std::size_t k = 0; k < c->instances.size(); ++k) {
+          c->identity.id.stage = first_worker + k;
           try {
             c->instances[k]->end_of_stream();
           } catch (...) {
@@ -492,10 +505,14 @@ class ThreadRun {
     if (!terminal.is_terminal() || terminal.kind() == stage_kind::sink || plan_.ordered || !collector_) return;
     for (Chain* c : chains_in_order(plan_.groups.size() - 1)) {
       MemoryPort port;
-      try {
-        c->instances.back()->finish(port);
-      } catch (...) {
-        fail(last.end_stage - 1, c->index, false, 0);
+      {
+        const runtime::ThreadIdentityScope scope(c->identity);
+        c->identity.id.stage = last.end_stage - 1;
+        try {
+          c->instances.back()->finish(port);
+        } catch (...) {
+          fail(last.end_stage - 1, c->index, false, 0);
+        }
       }
       on_caller_side([&] { collector_->consume(port.view(c->index)); });
     }

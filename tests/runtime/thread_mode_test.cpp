@@ -42,7 +42,7 @@ constexpr bool under_tsan = false;
 
 std::size_t thread_count() {
   std::size_t n = 0;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.is_directory() ? 1 : 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.is_directory() ? 1u : 0u;
   return n;
 }
 
@@ -273,5 +273,52 @@ TEST_CASE("a key_by stage keeps its per-key state whole in threads (one instance
     std::vector<i64> want(10'000);
     std::iota(want.begin(), want.end(), i64{0});
     CHECK(got == want);
+  });
+}
+
+namespace {
+struct seen {
+  std::string stage;
+  std::uint32_t stage_index, index, replicas;
+  std::uint64_t seed, first_draw;
+  bool in_run;
+};
+PROCFLOW_CODEC(seen, stage, stage_index, index, replicas, seed, first_draw, in_run);
+}  // namespace
+
+TEST_CASE("pf::this_replica() and replica_engine() answer per stage instance in threads") {
+  isolated([] {
+    // Each map item records the instance's (stage, index, seed) and a draw from its engine; a
+    // per_replica factory sees its instance too. Distinct instances: distinct indexes and seeds.
+    const auto r = pf::pipeline("identity", pf::seed(42))
+                       .source("n", pf::iota<i64>(0, 200'000))
+                       .map("probe", [](i64) {
+                         const auto id = pf::this_replica();
+                         const std::uint64_t draw = pf::replica_engine()();
+                         return seen{std::string(id.stage), id.stage_index, id.index, id.replicas, id.seed, draw, id.in_run};
+                       }, pf::replicas(2))
+                       .filter("made", pf::per_replica([] {
+                         const auto id = pf::this_replica();
+                         REQUIRE(id.in_run);
+                         REQUIRE(id.stage == "made");
+                         return [index = id.index](const seen& s) { return s.index == index; };  // same instance runs both stages
+                       }))
+                       .collect()
+                       .run(pf::in_threads);
+    REQUIRE(r.value.size() == 200'000);  // the fused filter's instance is the map's: every item kept
+    std::set<std::uint32_t> indexes;
+    std::set<std::uint64_t> seeds;
+    for (const seen& s : r.value) {
+      CHECK(s.in_run);
+      CHECK(s.stage == "probe");
+      CHECK(s.stage_index == 1);
+      CHECK(s.replicas >= 1);
+      indexes.insert(s.index);
+      seeds.insert(s.seed);
+    }
+    CHECK(seeds.size() == indexes.size());  // one seed per instance
+    for (const std::uint32_t i : indexes) CHECK(i < 64);
+    // Outside the run the caller is not a replica.
+    CHECK_FALSE(pf::this_replica().in_run);
   });
 }
