@@ -12,5 +12,6 @@
 #include <procflow/profile.hpp>
 #include <procflow/replica.hpp>
 #include <procflow/report.hpp>
+#include <procflow/running.hpp>
 #include <procflow/scaling.hpp>
 #include <procflow/sources.hpp>
