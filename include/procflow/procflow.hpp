@@ -8,6 +8,7 @@
 #include <procflow/keyed.hpp>
 #include <procflow/options.hpp>
 #include <procflow/policy.hpp>
+#include <procflow/pool.hpp>
 #include <procflow/pipeline.hpp>
 #include <procflow/profile.hpp>
 #include <procflow/replica.hpp>
