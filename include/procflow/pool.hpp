@@ -12,6 +12,7 @@
 // |---------------|--------|-----------------------------------------------------------------------|
 // | submit(x)     | if full| sends x; the future gets its result, or its stage_error                |
 // | try_submit(x) | no     | the same, or nullopt when the rings are full / another thread writes   |
+// | submit_all(v) | if full| submit() of every item of v, published together (one hand-off)        |
 // | wait()        | yes    | no more requests: lets the pool finish, reaps it; returns the report   |
 // | ~pool()       | yes    | wait(), dropping its error                                            |
 //
@@ -153,6 +154,38 @@ class pool {
   // The same, or nullopt instead of waiting.
   std::optional<std::future<result_type>> try_submit(In item) { return send(item, true); }
 
+  // Sends every item of `items` in one go (one lock, one publish: a job of many small requests
+  // pays one hand-off, not one per item); the futures in the same order.
+  std::vector<std::future<result_type>> submit_all(std::vector<In> items) {
+    struct context {
+      detail::pool_state<Out, MayDrop>* state;
+      std::vector<In>* items;
+      std::vector<std::future<result_type>> futures;
+    } c{state_.get(), &items, {}};
+    c.futures.reserve(items.size());
+    run_->write([](void* ctx, detail::output_port& port, std::uint64_t first) {
+      auto& x = *static_cast<context*>(ctx);
+      detail::request<In> r;
+      for (std::size_t k = 0; k < x.items->size(); ++k) {
+        std::promise<result_type> promise;
+        x.futures.push_back(promise.get_future());
+        std::get<0>(r) = first + k;
+        std::get<2>(r).emplace(std::move((*x.items)[k]));
+        x.state->add(first + k, std::move(promise));
+        try {
+          detail::encode_item(r, port);
+        } catch (...) {
+          // Items already encoded may have been published: keep their promises (the pool's end
+          // fails them); only this one never left.
+          x.state->forget(first + k);
+          throw;
+        }
+      }
+      return static_cast<std::uint64_t>(x.items->size());
+    }, &c, detail::publish_mode::group, false);
+    return std::move(c.futures);
+  }
+
   // No more requests: waits for every answer and the end of every process; the report.
   run_report wait() { return run_->wait(); }
   std::size_t pending() const { return state_->pending(); }
@@ -179,6 +212,7 @@ class pool {
         x.state->forget(id);
         throw;
       }
+      return std::uint64_t{1};
     }, &c, detail::publish_mode::group, try_only);
     if (!sent) return std::nullopt;
     return std::move(c.future);

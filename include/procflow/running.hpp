@@ -249,6 +249,7 @@ class running {
     return run_->write([](void* ctx, detail::output_port& port, std::uint64_t) {
       auto* x = static_cast<context*>(ctx);
       x->source->encode(x->item, port);
+      return std::uint64_t{1};
     }, &c, detail::publish_mode::latency, try_only);
   }
 

@@ -105,13 +105,14 @@ class StartedRun final : public started_run {
     }
     throw_if_stopped();
     outbox_->set_wait_deadline(try_only ? Clock::time_point::min() : Clock::time_point::max());
+    std::uint64_t written = 0;
     try {
-      encode(context, *outbox_, position_);
+      written = encode(context, *outbox_, position_);
     } catch (const channel::would_block&) {
       throw_if_stopped();
       return false;
     }
-    ++position_;
+    position_ += written;
     const int others = writer.leave();
     if (mode == publish_mode::now || (mode == publish_mode::group && others == 0) || outbox_->publish_each_item()) {
       outbox_->flush();

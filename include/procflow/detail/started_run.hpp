@@ -23,11 +23,12 @@ enum class publish_mode : std::uint8_t {
 
 class started_run {
  public:
-  // Writes one item through `encode(context, port, position)`, called under the input's lock with
-  // the item's position in the input stream (0, 1, 2, ...). Blocks while the first rings are full
-  // unless `try_only` (then returns false, nothing written). Throws the pipeline's failure if it
-  // failed, procflow::error if the input was closed. Safe from any thread.
-  using encoder = void (*)(void* context, output_port& port, std::uint64_t position);
+  // Writes items through `encode(context, port, position)`, called under the input's lock with
+  // the first item's position in the input stream (0, 1, 2, ...); it returns how many items it
+  // wrote. Blocks while the first rings are full unless `try_only` (then returns false, nothing
+  // written; a try writes one item). Throws the pipeline's failure if it failed,
+  // procflow::error if the input was closed. Safe from any thread.
+  using encoder = std::uint64_t (*)(void* context, output_port& port, std::uint64_t position);
   virtual bool write(encoder encode, void* context, publish_mode mode, bool try_only) = 0;
   // Publishes what the input holds (publish_mode::latency writes).
   virtual void flush() = 0;
