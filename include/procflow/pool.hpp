@@ -18,14 +18,18 @@
 //
 // A map/filter that throws fails that request's future with a stage_error (stage, replica, pid,
 // item_seq() = the request's number, exception type and message); the pool keeps serving. A
-// replica that dies (a signal, exit(), the watchdog) ends the pool: the requests it had in hand
-// (its batch) fail with the stage_error naming it, every other request still pending fails with
-// the same error (nothing is answered twice), and later submits throw it.
+// replica that dies (a signal, exit(), the watchdog) fails exactly the requests of the batch it
+// had in hand, with the stage_error naming it; the pool then starts its processes again and
+// redelivers every other request not answered yet (In must be copyable; a redelivered request
+// may have run once already, but its future is set once). restarts() counts these. A crash
+// during wait() fails what is pending instead.
 //
 // Requests are published at once, except that concurrent submitters share a slot (the last of a
 // group publishes it), so many client threads fill slots instead of paying one wake-up per item.
 // Threads and forks as for running.hpp: start() forks on the calling thread (no other thread may
-// run then, unless pf::allow_threads); the pool's own threads run until wait().
+// run then, unless pf::allow_threads); the pool's own threads run until it is destroyed. A
+// restart forks from the pool's restart thread while the caller's threads run: the new replicas
+// inherit only that thread, so stage code must not take locks the caller's threads hold.
 #pragma once
 
 #include <procflow/detail/request.hpp>
@@ -33,7 +37,12 @@
 #include <procflow/input.hpp>
 #include <procflow/pipeline.hpp>
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <future>
+#include <shared_mutex>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -47,50 +56,260 @@ namespace procflow {
 
 namespace detail {
 
-// The pool's side of its requests: promises by id, fulfilled from the results channel.
-template <class Out, bool MayDrop>
-class pool_state final : public result_collector {
+// A request's number: the pipeline generation (restarts after a crash) and its position in that
+// generation's input stream (what a replica's error range names).
+inline constexpr int request_generation_shift = 40;
+
+// The pool's side of its requests: promises by id, fulfilled from the results channel, and the
+// restart after a replica crash (pool<...> below is its handle).
+template <class In, class Out, bool MayDrop>
+class pool_core final : public result_collector {
  public:
   using result_type = std::conditional_t<MayDrop, std::optional<Out>, Out>;
 
-  explicit pool_state(std::vector<std::string> stage_names) : stage_names_(std::move(stage_names)) {}
+  pool_core(pipeline_def def, std::vector<std::string> stage_names)
+      : def_(std::make_shared<const pipeline_def>(std::move(def))), stage_names_(std::move(stage_names)) {}
 
-  // Under the pool's input lock (started_run::write): registers the request about to be sent.
-  void add(std::uint64_t id, std::promise<result_type> promise) {
-    std::lock_guard lock(mutex_);
-    pending_.emplace(id, std::move(promise));
-  }
-  void forget(std::uint64_t id) {
-    std::lock_guard lock(mutex_);
-    pending_.erase(id);
+  // Forks the first generation (on the calling thread) and the restart thread.
+  void start() {
+    run_ = start_generation(def_);
+    restarter_ = std::thread([this] { restart_loop(); });
   }
 
-  void consume(const batch_view& batch) override {
-    decode_items(batch, items_);
-    std::lock_guard lock(mutex_);
-    for (auto& r : items_) {
-      const auto it = pending_.find(std::get<0>(r));
-      if (it == pending_.end()) continue;  // never: every request is registered before it is sent
-      answer(it->second, r);
-      pending_.erase(it);
+  ~pool_core() override {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    restart_cv_.notify_all();
+    if (restarter_.joinable()) restarter_.join();
+    std::unique_lock run_lock(run_mutex_);
+    run_.reset();  // closes the input, waits for every answer, reaps
+  }
+
+  std::optional<std::future<result_type>> send(In& item, bool try_only) {
+    for (;;) {
+      std::shared_lock run_lock(run_mutex_);
+      const std::uint64_t generation = generation_.load(std::memory_order_relaxed);  // under run_mutex_
+      struct context {
+        pool_core* self;
+        In* item;
+        std::uint64_t generation;
+        std::future<result_type> future;
+      } c{this, &item, generation, {}};
+      try {
+        const bool sent = run_->write([](void* ctx, output_port& port, std::uint64_t position) {
+          auto& x = *static_cast<context*>(ctx);
+          const std::uint64_t id = (x.generation << request_generation_shift) | position;
+          x.future = x.self->add(id, *x.item);
+          x.self->encode_request(id, *x.item, port);
+          return std::uint64_t{1};
+        }, &c, publish_mode::group, try_only);
+        if (!sent) return std::nullopt;
+        return std::move(c.future);
+      } catch (const stage_error&) {
+        if (!retry_after(generation, run_lock)) throw;
+      }
     }
   }
 
-  // The run ended (driver thread): every request still pending fails with its error.
-  void end(std::exception_ptr failure) {
-    std::lock_guard lock(mutex_);
-    if (!failure)
-      failure = std::make_exception_ptr(procflow::error("procflow: the pool ended before answering this request"));
-    for (auto& [id, promise] : pending_) promise.set_exception(failure);
-    pending_.clear();
+  std::vector<std::future<result_type>> send_all(std::vector<In>& items) {
+    for (;;) {
+      std::shared_lock run_lock(run_mutex_);
+      const std::uint64_t generation = generation_.load(std::memory_order_relaxed);  // under run_mutex_
+      struct context {
+        pool_core* self;
+        std::vector<In>* items;
+        std::uint64_t generation;
+        std::vector<std::future<result_type>> futures;
+      } c{this, &items, generation, {}};
+      c.futures.reserve(items.size());
+      try {
+        run_->write([](void* ctx, output_port& port, std::uint64_t first) {
+          auto& x = *static_cast<context*>(ctx);
+          for (std::size_t k = 0; k < x.items->size(); ++k) {
+            const std::uint64_t id = (x.generation << request_generation_shift) | (first + k);
+            x.futures.push_back(x.self->add(id, (*x.items)[k]));
+            x.self->encode_request(id, (*x.items)[k], port);
+          }
+          return static_cast<std::uint64_t>(x.items->size());
+        }, &c, publish_mode::group, false);
+        return std::move(c.futures);
+      } catch (const stage_error&) {
+        // Requests already encoded are pending: the restart redelivers them, their futures are
+        // lost with this attempt only if it throws for good (then the pool is dead anyway).
+        if (!retry_after(generation, run_lock)) throw;
+        return std::move(c.futures);
+      }
+    }
+  }
+
+  run_report wait() {
+    std::unique_lock lock(mutex_);
+    finishing_ = true;  // a crash from now on fails what is pending instead of restarting
+    lock.unlock();
+    std::shared_lock run_lock(run_mutex_);
+    return run_->wait();
   }
 
   std::size_t pending() const {
     std::lock_guard lock(mutex_);
     return pending_.size();
   }
+  std::uint64_t restarts() const { return generation_.load(std::memory_order_acquire); }
+
+  // result_collector: the results channel (driver thread of the current generation).
+  void consume(const batch_view& batch) override {
+    decode_items(batch, items_);
+    std::lock_guard lock(mutex_);
+    for (auto& r : items_) {
+      const auto it = pending_.find(std::get<0>(r));
+      if (it == pending_.end()) continue;  // answered already (before a restart redelivered it)
+      answer(it->second.promise, r);
+      pending_.erase(it);
+    }
+  }
 
  private:
+  struct pending_request {
+    std::promise<result_type> promise;
+    std::optional<In> item;  // kept for a redelivery after a crash (copyable In only)
+  };
+
+  std::unique_ptr<started_run> start_generation(std::shared_ptr<const pipeline_def> def) {
+    auto self = std::shared_ptr<result_collector>(std::shared_ptr<void>(), this);  // not owning
+    return start_in_processes(std::move(def), std::move(self), [this](std::exception_ptr e) { on_end(std::move(e)); });
+  }
+
+  std::future<result_type> add(std::uint64_t id, const In& item) {
+    pending_request p;
+    if constexpr (std::is_copy_constructible_v<In>) p.item.emplace(item);
+    auto future = p.promise.get_future();
+    std::lock_guard lock(mutex_);
+    pending_.emplace(id, std::move(p));
+    return future;
+  }
+
+  void encode_request(std::uint64_t id, const In& item, output_port& port) {
+    request<In> r;
+    std::get<0>(r) = id;
+    std::get<2>(r).emplace(item);
+    try {
+      encode_item(r, port);
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      pending_.erase(id);  // never left: its future is not handed out
+      throw;
+    }
+  }
+
+  // A write failed with the generation's error: true once a newer generation took over.
+  bool retry_after(std::uint64_t generation, std::shared_lock<std::shared_mutex>& run_lock) {
+    run_lock.unlock();
+    std::unique_lock lock(mutex_);
+    // Until on_end handled this generation and any restart it asked for is done.
+    restart_cv_.wait(lock, [&] { return stopping_ || (ended_generation_ > generation && !restarting_); });
+    return !stopping_ && generation_.load(std::memory_order_acquire) != generation;
+  }
+
+  // The current generation ended (its driver thread). A replica that died holding a batch fails
+  // exactly that batch's requests; the others are redelivered on a new generation (unless the
+  // pool is ending). Any other failure fails every pending request.
+  void on_end(std::exception_ptr failure) {
+    std::lock_guard lock(mutex_);
+    const stage_error* crash = nullptr;
+    try {
+      if (failure) std::rethrow_exception(failure);
+    } catch (const stage_error& e) {
+      if (e.kind() != stage_error::cause::exception && e.has_item_range()) crash = &e;
+    } catch (...) {
+    }
+    const bool restart = crash && !finishing_ && !stopping_ && std::is_copy_constructible_v<In>;
+    if (!failure) failure = std::make_exception_ptr(procflow::error("procflow: the pool ended before answering this request"));
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      const std::uint64_t position = it->first & ((std::uint64_t{1} << request_generation_shift) - 1);
+      const bool current = (it->first >> request_generation_shift) == ended_generation_;
+      const bool held = crash && current && position >= crash->item_range_first() && position < crash->item_range_last();
+      if (restart && !held) {
+        ++it;
+        continue;
+      }
+      it->second.promise.set_exception(failure);
+      it = pending_.erase(it);
+    }
+    ++ended_generation_;
+    restarting_ = restart;
+    restart_cv_.notify_all();
+  }
+
+  // Starts the next generation and redelivers what the crashed one did not answer.
+  void restart_loop() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      restart_cv_.wait(lock, [&] { return restarting_ || stopping_; });
+      if (stopping_) {
+        restarting_ = false;
+        restart_cv_.notify_all();
+        return;
+      }
+      lock.unlock();
+      std::unique_ptr<started_run> old;
+      std::exception_ptr failed;
+      {
+        std::unique_lock run_lock(run_mutex_);
+        old = std::move(run_);
+        old.reset();  // its driver has ended: reaps the dead generation, frees its memory
+        try {
+          // Forks from this thread while the caller's threads run (see the note at pool).
+          auto def = std::make_shared<pipeline_def>(*def_);
+          def->options.allow_threads = true;
+          run_ = start_generation(std::move(def));
+          // Release: pairs with retry_after's acquire (a writer that sees it retries on run_).
+          generation_.fetch_add(1, std::memory_order_release);
+        } catch (...) {
+          failed = std::current_exception();
+        }
+      }
+      lock.lock();
+      std::vector<std::pair<std::uint64_t, pending_request>> orphans;
+      for (auto& [id, p] : pending_) orphans.emplace_back(id, std::move(p));
+      pending_.clear();
+      std::sort(orphans.begin(), orphans.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      restarting_ = false;
+      restart_cv_.notify_all();
+      lock.unlock();
+      for (auto& [id, p] : orphans) {
+        try {
+          if (failed) std::rethrow_exception(failed);
+          redeliver(std::move(p));
+        } catch (...) {
+          p.promise.set_exception(std::current_exception());
+        }
+      }
+      lock.lock();
+    }
+  }
+
+  void redeliver(pending_request p) {
+    std::shared_lock run_lock(run_mutex_);
+    struct context {
+      pool_core* self;
+      pending_request* p;
+      std::uint64_t generation;
+    } c{this, &p, generation_.load(std::memory_order_relaxed)};
+    run_->write([](void* ctx, output_port& port, std::uint64_t position) {
+      auto& x = *static_cast<context*>(ctx);
+      const std::uint64_t id = (x.generation << request_generation_shift) | position;
+      In item = *x.p->item;
+      {
+        std::lock_guard lock(x.self->mutex_);
+        x.self->pending_.emplace(id, std::move(*x.p));
+      }
+      x.self->encode_request(id, item, port);
+      return std::uint64_t{1};
+    }, &c, publish_mode::group, false);
+  }
+
   void answer(std::promise<result_type>& promise, request<Out>& r) {
     switch (static_cast<request_status>(std::get<1>(r))) {
       case request_status::value:
@@ -113,7 +332,7 @@ class pool_state final : public result_collector {
         d.pid = std::get<5>(r);
         d.kind = stage_error::cause::exception;
         d.has_item = true;
-        d.item_seq = std::get<0>(r);
+        d.item_seq = std::get<0>(r) & ((std::uint64_t{1} << request_generation_shift) - 1);
         d.exception_type = std::move(std::get<6>(r));
         d.message = std::move(std::get<7>(r));
         promise.set_exception(std::make_exception_ptr(stage_error(std::move(d))));
@@ -123,9 +342,24 @@ class pool_state final : public result_collector {
     promise.set_exception(std::make_exception_ptr(procflow::codec_error("procflow: pool: a result arrived in an unknown state")));
   }
 
+  std::shared_ptr<const pipeline_def> def_;
   std::vector<std::string> stage_names_;
-  mutable std::mutex mutex_;
-  std::unordered_map<std::uint64_t, std::promise<result_type>> pending_;
+
+  // run_ and generation_: replaced by the restart thread under an exclusive lock; writers hold
+  // it shared while they write.
+  mutable std::shared_mutex run_mutex_;
+  std::unique_ptr<started_run> run_;
+  std::atomic<std::uint64_t> generation_{0};  // written under run_mutex_ (exclusive)
+
+  mutable std::mutex mutex_;  // pending_ and the restart state
+  std::unordered_map<std::uint64_t, pending_request> pending_;
+  std::uint64_t ended_generation_ = 0;  // generation whose end on_end handles next
+  bool restarting_ = false;
+  bool finishing_ = false;
+  bool stopping_ = false;
+  std::condition_variable restart_cv_;
+  std::thread restarter_;
+
   batch_buffer<request<Out>> items_;  // driver thread only
 };
 
@@ -137,89 +371,31 @@ class pool {
   using result_type = std::conditional_t<MayDrop, std::optional<Out>, Out>;
 
   pool(detail::pipeline_def def, std::vector<std::string> stage_names)
-      : state_(std::make_shared<detail::pool_state<Out, MayDrop>>(std::move(stage_names))) {
-    auto shared = std::make_shared<const detail::pipeline_def>(std::move(def));
-    run_ = detail::start_in_processes(std::move(shared), state_, [state = state_](std::exception_ptr e) { state->end(std::move(e)); });
+      : core_(std::make_unique<detail::pool_core<In, Out, MayDrop>>(std::move(def), std::move(stage_names))) {
+    core_->start();
   }
   pool(pool&&) noexcept = default;
   pool& operator=(pool&&) noexcept = default;
-  ~pool() = default;  // run_ first: closes the input, waits for every answer, reaps
+  ~pool() = default;  // closes the input, waits for every answer, reaps
 
   // Sends `item`; blocks while the pool's input rings are full. Safe from any thread. Throws the
-  // pool's failure if it ended (a replica died).
-  std::future<result_type> submit(In item) {
-    auto f = send(item, false);
-    return std::move(*f);
-  }
+  // pool's failure if it ended.
+  std::future<result_type> submit(In item) { return std::move(*core_->send(item, false)); }
   // The same, or nullopt instead of waiting.
-  std::optional<std::future<result_type>> try_submit(In item) { return send(item, true); }
-
+  std::optional<std::future<result_type>> try_submit(In item) { return core_->send(item, true); }
   // Sends every item of `items` in one go (one lock, one publish: a job of many small requests
   // pays one hand-off, not one per item); the futures in the same order.
-  std::vector<std::future<result_type>> submit_all(std::vector<In> items) {
-    struct context {
-      detail::pool_state<Out, MayDrop>* state;
-      std::vector<In>* items;
-      std::vector<std::future<result_type>> futures;
-    } c{state_.get(), &items, {}};
-    c.futures.reserve(items.size());
-    run_->write([](void* ctx, detail::output_port& port, std::uint64_t first) {
-      auto& x = *static_cast<context*>(ctx);
-      detail::request<In> r;
-      for (std::size_t k = 0; k < x.items->size(); ++k) {
-        std::promise<result_type> promise;
-        x.futures.push_back(promise.get_future());
-        std::get<0>(r) = first + k;
-        std::get<2>(r).emplace(std::move((*x.items)[k]));
-        x.state->add(first + k, std::move(promise));
-        try {
-          detail::encode_item(r, port);
-        } catch (...) {
-          // Items already encoded may have been published: keep their promises (the pool's end
-          // fails them); only this one never left.
-          x.state->forget(first + k);
-          throw;
-        }
-      }
-      return static_cast<std::uint64_t>(x.items->size());
-    }, &c, detail::publish_mode::group, false);
-    return std::move(c.futures);
-  }
+  std::vector<std::future<result_type>> submit_all(std::vector<In> items) { return core_->send_all(items); }
 
   // No more requests: waits for every answer and the end of every process; the report.
-  run_report wait() { return run_->wait(); }
-  std::size_t pending() const { return state_->pending(); }
+  run_report wait() { return core_->wait(); }
+  // Requests not answered yet.
+  std::size_t pending() const { return core_->pending(); }
+  // Times the pool restarted after a replica died.
+  std::uint64_t restarts() const { return core_->restarts(); }
 
  private:
-  std::optional<std::future<result_type>> send(In& item, bool try_only) {
-    struct context {
-      detail::pool_state<Out, MayDrop>* state;
-      In* item;
-      std::promise<result_type> promise;
-      std::future<result_type> future;
-    } c{state_.get(), &item, {}, {}};
-    c.future = c.promise.get_future();
-    const bool sent = run_->write([](void* ctx, detail::output_port& port, std::uint64_t id) {
-      auto& x = *static_cast<context*>(ctx);
-      detail::request<In> r;
-      std::get<0>(r) = id;
-      std::get<2>(r).emplace(std::move(*x.item));
-      x.state->add(id, std::move(x.promise));
-      try {
-        detail::encode_item(r, port);
-      } catch (...) {
-        *x.item = std::move(*std::get<2>(r));  // a try that found no room keeps the caller's item
-        x.state->forget(id);
-        throw;
-      }
-      return std::uint64_t{1};
-    }, &c, detail::publish_mode::group, try_only);
-    if (!sent) return std::nullopt;
-    return std::move(c.future);
-  }
-
-  std::shared_ptr<detail::pool_state<Out, MayDrop>> state_;
-  std::unique_ptr<detail::started_run> run_;  // last: destroyed first
+  std::unique_ptr<detail::pool_core<In, Out, MayDrop>> core_;
 };
 
 // The builder of a pool: a chain of map and filter over requests of type In.
@@ -270,7 +446,9 @@ class service {
 // stage (pf::allow_threads, pf::cores(n), ...).
 template <class In, class... Opts>
 service<In, In, false> serve(std::string name, const Opts&... opts) {
-  auto chain = pipeline(std::move(name), opts...).source("requests", input<detail::request<In>>());
+  // Slots of 2 KiB (a few dozen small requests): a replica that dies fails the batch it held,
+  // so batches stay small; concurrent submitters still share them.
+  auto chain = pipeline(std::move(name), opts...).source("requests", input<detail::request<In>>(), batch_bytes(2048));
   return service<In, In, false>(std::move(chain), {"requests"});
 }
 

@@ -128,7 +128,7 @@ def main():
     for variant, job, (p50, p99, rate), note in rows:
         if a.json:
             print(json.dumps({"bench": "serve_bench", "variant": variant, "job": job, "p50_us": round(p50, 2),
-                              "p99_us": round(p99, 2), "jobs_per_s": round(rate, 2), "note": note}))
+                              "p99_us": round(p99, 2), "jobs_per_s": round(rate, 2), "note": note}, separators=(",", ":")))
         else:
             print("{:<22} {:<9} {:>10.1f} {:>10.1f} {:>12.0f}  {}".format(variant, job, p50, p99, rate, note))
         sys.stdout.flush()
