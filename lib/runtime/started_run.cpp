@@ -18,7 +18,6 @@
 
 #include <procflow/detail/started_run.hpp>
 #include <procflow/error.hpp>
-#include <procflow/input.hpp>
 #include <procflow/pipeline.hpp>
 
 #include <fmt/format.h>
@@ -45,7 +44,6 @@ class StartedRun final : public started_run {
     supervised_ = runtime::start_supervised(*def_, collector_.get());  // forks, on this thread
     const runtime::Plan& plan = supervised_->plan();
     if (plan.caller_fed) {
-      source_ = dynamic_cast<const caller_source_base*>(def_->stages.front().get());
       const runtime::Group& g = plan.groups.front();
       const runtime::RunState& state = supervised_->state();
       const channel::Channel& channel = g.output == runtime::GroupOutput::results ? state.results() : state.input_of(1);
@@ -222,7 +220,6 @@ class StartedRun final : public started_run {
   std::shared_ptr<result_collector> collector_;
   std::function<void(std::exception_ptr)> on_end_;
   std::unique_ptr<runtime::SupervisedRun> supervised_;
-  const caller_source_base* source_ = nullptr;
 
   // The input (caller-fed source). Guarded by input_mutex_: outbox_ use, position_, closed_, pending_.
   std::mutex input_mutex_;
