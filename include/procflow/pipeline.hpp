@@ -22,6 +22,7 @@
 #include <procflow/error.hpp>
 #include <procflow/execution.hpp>
 #include <procflow/hash.hpp>
+#include <procflow/input.hpp>
 #include <procflow/options.hpp>
 #include <procflow/report.hpp>
 #include <procflow/sources.hpp>
@@ -64,6 +65,9 @@ run_report run_in_threads(const pipeline_def& def, result_collector* collector);
 }  // namespace detail
 
 template <class R>
+class running;
+
+template <class R>
 class runnable {
  public:
   explicit runnable(detail::pipeline_def def) : def_(std::move(def)) {}
@@ -78,6 +82,10 @@ class runnable {
   // (std::rethrow_if_nested(e) rethrows it).
   result<R> run() const { return run_with(&detail::run_in_processes); }
 
+  // Starts the pipeline and returns at once with a handle on it (running.hpp): push to a
+  // pf::input source, take results as they come, wait() for what run() returns.
+  running<R> start() const;
+
   // The same pipeline in threads of this process (see execution.hpp): same result, same
   // stage_error for a throwing stage (with the original exception nested), same report counters.
   result<R> run(in_threads_t) const { return run_with(&detail::run_in_threads); }
@@ -87,6 +95,9 @@ class runnable {
  private:
   using runner = run_report (*)(const detail::pipeline_def&, detail::result_collector*);
   result<R> run_with(runner run_pipeline) const {
+    if (dynamic_cast<const detail::caller_source_base*>(def_.stages.front().get()))
+      throw procflow::error("procflow: pipeline '" + def_.name + "': its source '" + def_.stages.front()->name() +
+                            "' is fed by the caller (pf::input): start() it and push(), rather than run()");
     const bool is_ordered = def_.options.defaults.ordered ||
                          std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
     auto collector = def_.stages.back()->make_collector(is_ordered);
@@ -257,6 +268,11 @@ class pipeline_builder {
   auto source(std::string name, Src src, const Opts&... opts) const {
     if constexpr (requires(Src& s) { s(); }) {
       return source(std::move(name), generate(std::move(src)), opts...);
+    } else if constexpr (detail::is_input_source_v<Src>) {
+      using T = typename Src::item_type;
+      detail::pipeline_def def = def_;
+      def.stages.push_back(std::make_shared<detail::caller_source_stage<T>>(std::move(name), detail::make_stage_options(opts...)));
+      return flow<T>(std::move(def));
     } else {
       using stage = detail::source_stage<Src>;
       detail::pipeline_def def = def_;
@@ -280,3 +296,5 @@ pipeline_builder pipeline(std::string name, const Opts&... opts) {
 }
 
 }  // namespace procflow
+
+#include <procflow/running.hpp>  // runnable<R>::start()

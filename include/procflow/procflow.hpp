@@ -9,9 +9,11 @@
 #include <procflow/keyed.hpp>
 #include <procflow/options.hpp>
 #include <procflow/policy.hpp>
+#include <procflow/pool.hpp>
 #include <procflow/pipeline.hpp>
 #include <procflow/profile.hpp>
 #include <procflow/replica.hpp>
 #include <procflow/report.hpp>
+#include <procflow/running.hpp>
 #include <procflow/scaling.hpp>
 #include <procflow/sources.hpp>

@@ -114,9 +114,16 @@ void Outbox::open(std::size_t lane, std::size_t n) {
     SlotHeader* slot = l.ring.try_claim();
     if (!slot) {
       const auto t0 = Clock::now();
-      wait(*space_event_, [&] { return (slot = l.ring.try_claim()) != nullptr; }, Clock::time_point::max(), options_.spin);
+      // Relaxed load of `abandon`: the thread that sets it notifies the space event afterwards,
+      // and the event's own fences order that wake-up after the store.
+      const auto ready = [&] {
+        return (slot = l.ring.try_claim()) != nullptr || (options_.abandon && options_.abandon->load(std::memory_order_relaxed));
+      };
+      // A large item's later fragments always wait: giving up would leave half an item.
+      wait(*space_event_, ready, in_fragments_ ? Clock::time_point::max() : wait_deadline_, options_.spin);
       stats_.blocked_ns += static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+      if (!slot) throw would_block("Outbox: no free slot");
     }
     l.open = slot;
     std::byte* payload = l.ring.payload(slot);

@@ -10,7 +10,9 @@
 
 #include <procflow/detail/port.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <stdexcept>
 #include <cstdint>
 #include <vector>
 
@@ -35,6 +37,17 @@ struct OutboxOptions {
   void* publish_context = nullptr;
   // Latency bound 0: the producer publishes every item as soon as it is written.
   bool publish_each_item = false;
+  // A producer in the caller's process (a started pipeline's input): while it waits for a free
+  // slot it also gives up once this flag is set (the pipeline failed; its consumers are gone),
+  // with would_block. Set by another thread of the same process, which then notifies the space
+  // event. Null: wait for room as long as it takes.
+  const std::atomic<bool>* abandon = nullptr;
+};
+
+// Thrown by a write that found no free slot before its wait deadline (set_wait_deadline), or
+// whose wait was abandoned (OutboxOptions::abandon). Nothing of the item was written.
+struct would_block : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // Counters kept by the Outbox itself (process-local; the runtime copies them to shared memory).
@@ -59,6 +72,11 @@ class Outbox final : public detail::output_port {
   void close() override;
 
   const OutboxStats& stats() const noexcept { return stats_; }
+
+  // Waits for a free slot end at `deadline` (then the write throws would_block, having written
+  // nothing); Clock::time_point::max() (the default) waits as long as needed. For items that fit
+  // one slot: a larger item's later fragments always wait.
+  void set_wait_deadline(Clock::time_point deadline) noexcept { wait_deadline_ = deadline; }
 
   // For the Flusher, which calls these (and flush()) only while it holds the gate.
   detail::flush_gate& gate() noexcept { return gate_storage_; }
@@ -104,6 +122,7 @@ class Outbox final : public detail::output_port {
   bool done_slow_start_ = false;
   bool closed_ = false;
   OutboxStats stats_;
+  Clock::time_point wait_deadline_ = Clock::time_point::max();
   MembershipShared* membership_ = nullptr;  // null: more lanes than a mask holds, all active
   MembershipAck* ack_ = nullptr;
   std::uint64_t seen_epoch_ = ~std::uint64_t{0};

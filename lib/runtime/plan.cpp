@@ -79,6 +79,10 @@ std::uint32_t available_cores() {
   return static_cast<std::uint32_t>(std::max(1, CPU_COUNT(&set)));
 }
 
+bool caller_fed(const detail::pipeline_def& def) noexcept {
+  return !def.stages.empty() && dynamic_cast<const detail::caller_source_base*>(def.stages.front().get()) != nullptr;
+}
+
 Plan make_plan(const detail::pipeline_def& def) {
   const auto& stages = def.stages;
   if (stages.size() < 2) throw std::invalid_argument(fmt::format("pipeline '{}' needs a source and a terminal stage", def.name));
@@ -86,6 +90,7 @@ Plan make_plan(const detail::pipeline_def& def) {
 
   Plan plan;
   plan.ordered = def.options.defaults.ordered;
+  plan.caller_fed = caller_fed(def);
   for (const auto& s : stages) plan.ordered = plan.ordered || s->options().ordered;
 
   // Replica counts: explicit, else inherited from the previous stage (source = 1); sinks

@@ -58,12 +58,18 @@ struct Plan {
   std::uint32_t cores = 1;                // the core budget
   bool scheduled = false;                 // some group is scalable: run the scheduler
   std::uint64_t seed = 0;                 // run seed: pf::seed(s), else fresh entropy (replica.hpp)
+  // The source is pf::input (detail::caller_source_base): group 0 is not a process; the
+  // caller's process writes its port (runtime/started_run.cpp).
+  bool caller_fed = false;
   // Per stage: 1 when it holds state and so runs in one process instead of inheriting a count.
   std::vector<std::uint8_t> held_to_one;
 };
 
 // The CPUs this process may run on (sched_getaffinity), at least 1.
 std::uint32_t available_cores();
+
+// The pipeline's source is fed by the caller (pf::input).
+bool caller_fed(const detail::pipeline_def& def) noexcept;
 
 // Throws std::invalid_argument naming the stage when the declaration cannot run.
 Plan make_plan(const detail::pipeline_def& def);

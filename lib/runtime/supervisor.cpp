@@ -13,6 +13,7 @@
 #include "runtime/plan.hpp"
 #include "runtime/replica.hpp"
 #include "runtime/run_state.hpp"
+#include "runtime/supervisor.hpp"
 #include "scheduler/elastic.hpp"
 
 #include <procflow/pipeline.hpp>
@@ -50,11 +51,12 @@ struct ReplicaId {
   std::uint32_t replica;
 };
 
-class Supervisor {
+class Supervisor final : public SupervisedRun {
  public:
   Supervisor(const pipeline_def& def, result_collector* collector)
       : def_(def), collector_(collector), plan_(make_plan(def)), state_(def, plan_),
         elastic_(def_, plan_, state_, [this](std::size_t g, std::uint32_t r) {
+          if (g == 0 && plan_.caller_fed) return;  // the caller writes this group's port itself
           ids_.push_back({g, r});
           children_.spawn([this, g, r] { return run_replica(def_, plan_, state_, g, r); });
         }), sampler_(def_, plan_, state_) {
@@ -75,11 +77,21 @@ class Supervisor {
   std::uint64_t seed() const noexcept { return plan_.seed; }
 
   run_report run() {
-    const auto t0 = Clock::now();
+    start();
+    return drive();
+  }
+
+  // Forks every replica (on the calling thread: the fork rule).
+  void start() {
+    t0_ = Clock::now();
     stop_if_interrupted();
     run_start_ns_ = metrics::steady_now_ns();
     sampler_.start(run_start_ns_);
     elastic_.start();
+  }
+
+  run_report drive() override {
+    const auto t0 = t0_;
     stop_if_interrupted();
     if (plan_.has_results) drain_results();
     // The scheduler (and closing the lanes of replica slots never started) needs short ticks.
@@ -344,8 +356,12 @@ class Supervisor {
     return report;
   }
 
+  const RunState& state() const noexcept override { return state_; }
+  const Plan& plan() const noexcept override { return plan_; }
+
   const pipeline_def& def_;
   result_collector* collector_;
+  Clock::time_point t0_;
   Plan plan_;
   RunState state_;
   std::vector<ReplicaId> ids_;
@@ -373,7 +389,8 @@ std::size_t thread_count() {
 
 }  // namespace
 
-run_report run_in_processes(const pipeline_def& def, result_collector* collector) {
+// run() and start() refuse to fork while other threads run (unless pf::allow_threads).
+void check_fork_rule(const pipeline_def& def) {
   // Relaxed: see cancel_state::requested.
   if (def.options.cancel && def.options.cancel->requested.load(std::memory_order_relaxed) != 0) throw interrupted(0);
   if (!def.options.allow_threads) {
@@ -384,6 +401,13 @@ run_report run_in_processes(const pipeline_def& def, result_collector* collector
           "threads first, or pass procflow::allow_threads to pipeline() if they hold nothing a stage uses",
           def.name, threads));
   }
+}
+
+run_report run_in_processes(const pipeline_def& def, result_collector* collector) {
+  if (runtime::caller_fed(def))
+    throw procflow::error(fmt::format("procflow: pipeline '{}': its source '{}' is fed by the caller (pf::input): use start(), not run()",
+                                      def.name, def.stages.front()->name()));
+  check_fork_rule(def);
   // pf::this_replica() in a sink or collect running here; restored however run() ends.
   struct IdentityScope {
     Identity saved = identity();
@@ -400,3 +424,14 @@ run_report run_in_processes(const pipeline_def& def, result_collector* collector
 }
 
 }  // namespace procflow::detail
+
+namespace procflow::runtime {
+
+std::unique_ptr<SupervisedRun> start_supervised(const detail::pipeline_def& def, detail::result_collector* collector) {
+  detail::check_fork_rule(def);
+  auto supervisor = std::make_unique<detail::Supervisor>(def, collector);
+  supervisor->start();
+  return supervisor;
+}
+
+}  // namespace procflow::runtime

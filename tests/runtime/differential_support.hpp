@@ -418,7 +418,7 @@ struct Step {
   StageSpec spec;
 };
 
-enum class SourceKind { iota, from, generate, delayed };
+enum class SourceKind { iota, from, generate, delayed, caller };
 enum class Terminal { collect, reduce, reduce_by_key, sink };
 enum class KeyProfile { mixed, pow2, prefix, pairs };
 
@@ -697,11 +697,20 @@ struct Features {
   bool cout_sink = false;  // the sink writes with std::cout (env test: fd 1 is a file)
   void (*stage_probe)() = nullptr;  // run by every chain stage on every item (env test's checks)
   bool in_threads = false;  // run(pf::in_threads) instead of processes (thread mode)
+  // Issue 17: where the source and terminal item types agree, the source is pf::input fed by the
+  // test through start() / push() / wait() (run_case sets caller_items to the source's items).
+  bool caller_source = false;
+  const void* caller_items = nullptr;  // a std::vector<T> of run_terminal's T
 };
 
-// run() in the mode the test asks for.
-template <class Runnable>
+// run() in the mode the test asks for; a caller-fed source: start(), push every item, wait().
+template <class T, class Runnable>
 auto run_mode(const Runnable& r, const Features& features) {
+  if (features.caller_items) {
+    auto job = r.start();
+    for (const T& x : *static_cast<const std::vector<T>*>(features.caller_items)) job.push(x);
+    return job.wait();
+  }
   return features.in_threads ? r.run(pf::in_threads) : r.run();
 }
 
@@ -719,7 +728,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
   const StageSpec& spec = term.spec;
   switch (term.terminal) {
     case Terminal::collect: {
-      auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.collect(o...); }), features);
+      auto r = run_mode<T>(with_stage_options(spec, [&](auto... o) { return f.collect(o...); }), features);
       std::vector<T> got = std::move(r.value);
       std::vector<T> want = seq;
       if (!ordered) {
@@ -737,7 +746,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
         auto combine = [](std::vector<std::uint64_t>& acc, std::vector<std::uint64_t> other) {
           acc.insert(acc.end(), other.begin(), other.end());
         };
-        auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.reduce("total", std::vector<std::uint64_t>{}, fold, combine, o...); }), features);
+        auto r = run_mode<T>(with_stage_options(spec, [&](auto... o) { return f.reduce("total", std::vector<std::uint64_t>{}, fold, combine, o...); }), features);
         std::vector<std::uint64_t> want;
         for (const T& x : seq) want.push_back(weight(x));
         CHECK(r.value.size() == want.size());
@@ -745,7 +754,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
         return r.report;
       }
       auto fold = [](Sum acc, const T& x) { return acc + weight(x); };
-      auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.reduce("total", Sum{0}, fold, std::plus<>{}, o...); }), features);
+      auto r = run_mode<T>(with_stage_options(spec, [&](auto... o) { return f.reduce("total", Sum{0}, fold, std::plus<>{}, o...); }), features);
       Sum want = 0;
       for (const T& x : seq) want += weight(x);
       CHECK(r.value == want);
@@ -757,7 +766,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
         using K = std::decay_t<decltype(key(std::declval<const T&>()))>;
         auto fold = [](Group g, const T& x) { return fold_group(g, weight(x)); };
         auto combine = [](Group a, Group b) { return combine_group(a, b); };
-        auto r = run_mode(with_stage_options(spec, [&](auto... o) { return f.reduce_by_key("groups", key, Group{0, 0, 0}, fold, combine, o...); }), features);
+        auto r = run_mode<T>(with_stage_options(spec, [&](auto... o) { return f.reduce_by_key("groups", key, Group{0, 0, 0}, fold, combine, o...); }), features);
         std::unordered_map<K, Group> want;
         for (const T& x : seq) want[key(x)] = fold_group(want[key(x)], weight(x));
         return std::pair{keyed_answer(r.value), std::pair{keyed_answer(want), r.report}};
@@ -799,11 +808,11 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
       pf::run_report report;
       if (features.cout_sink) {
         // One replica: lines from several buffered writers sharing the file could interleave.
-        report = run_mode(f.sink("print", [](const T& x) { std::cout << fmt::format("{:x}\n", weight(x)); }, pf::replicas(1)), features).report;
+        report = run_mode<T>(f.sink("print", [](const T& x) { std::cout << fmt::format("{:x}\n", weight(x)); }, pf::replicas(1)), features).report;
         std::cout.flush();  // in case the sink ran in this process
       } else {
         auto write = [fd](const T& x) { write_line(fd, weight(x)); };
-        report = run_mode(with_stage_options(spec, [&](auto... o) { return f.sink("write", write, o...); }), features).report;
+        report = run_mode<T>(with_stage_options(spec, [&](auto... o) { return f.sink("write", write, o...); }), features).report;
       }
       if (!features.cout_sink) {
         std::vector<std::uint64_t> want;
@@ -840,6 +849,7 @@ pf::flow<S> make_source(const pf::pipeline_builder& builder, SourceKind kind, co
         if constexpr (std::is_same_v<S, i64>) return builder.source("src", pf::iota<i64>(iota_first, iota_first + static_cast<i64>(n)), o...);
         break;
       case SourceKind::from: return builder.source("src", pf::from(items), o...);
+      case SourceKind::caller: return builder.source("src", pf::input<S>(), o...);
       case SourceKind::generate:
       case SourceKind::delayed: return builder.source("src", generator, o...);
     }
@@ -855,6 +865,7 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
   if (pick == 0 && std::is_same_v<S, i64>) source_kind = SourceKind::iota;
   else if (pick <= 1) source_kind = SourceKind::from;
   else if (pick == 3) source_kind = SourceKind::delayed;
+  if (std::is_same_v<S, T> && features.caller_source) source_kind = SourceKind::caller;  // no rng drawn: seeds keep their shape
   std::size_t n = 0;
   const double size_roll = std::uniform_real_distribution<double>(0, 1)(rng);
   if (size_roll < 0.05) n = 0;
@@ -888,7 +899,7 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
   pipe.no_fusion = chance(rng, 0.2);
 
   Terminal_spec term;
-  term.generator_source = source_kind == SourceKind::generate || source_kind == SourceKind::delayed;
+  term.generator_source = source_kind == SourceKind::generate || source_kind == SourceKind::delayed || source_kind == SourceKind::caller;
   term.terminal = features.cout_sink && chance(rng, 0.5) ? Terminal::sink : static_cast<Terminal>(std::uniform_int_distribution<int>(0, 3)(rng));
   if (term.terminal != Terminal::collect) term.spec = random_stage_spec(rng);
   if (term.terminal == Terminal::reduce_by_key) {
@@ -955,6 +966,7 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
   const char* source_name = source_kind == SourceKind::iota       ? "iota"
                             : source_kind == SourceKind::from     ? "from"
                             : source_kind == SourceKind::generate ? "generate"
+                            : source_kind == SourceKind::caller   ? "input (pushed by the caller)"
                                                                   : "generate(delayed)";
   std::string desc = fmt::format("pipeline{}{}{}{}: source {} of {} {} items{}{}", pipe.bytes ? fmt::format(" batch_bytes({})", *pipe.bytes) : "",
                                  pipe.slots ? fmt::format(" ring_slots({})", *pipe.slots) : "", pipe.no_fusion ? " fusion(false)" : "",
@@ -1013,12 +1025,16 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
   if constexpr (std::is_same_v<S, T>) ft = fs;
   const pf::flow<T>& f = *ft;
 
+  Features run_features = features;
+  if constexpr (std::is_same_v<S, T>)
+    if (source_kind == SourceKind::caller) run_features.caller_items = &source_items;
+
   if (fault_stage) {
     // run() must throw stage_error naming the faulty stage and the item.
     const std::string stage = fmt::format("s{}", *fault_stage + 1);
     const std::string message = fault_message(*steps[*fault_stage].op.fault);
     try {
-      run_terminal<T>(f, term, ordered, seq_t, features);
+      run_terminal<T>(f, term, ordered, seq_t, run_features);
       FAIL_CHECK("run() returned instead of throwing stage_error for the fault in ", stage);
     } catch (const pf::stage_error& e) {
       INFO("what(): ", std::string(e.what()));
@@ -1032,7 +1048,7 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
 
   pf::run_report report;
   try {
-    report = run_terminal<T>(f, term, ordered, seq_t, features);
+    report = run_terminal<T>(f, term, ordered, seq_t, run_features);
   } catch (const pf::stage_error& e) {
     FAIL_CHECK("stage_error in stage '", e.stage(), "' replica ", e.replica(), ": ", std::string(e.what()), " (", e.exception_type(), ": ", e.message(), ")");
     return;

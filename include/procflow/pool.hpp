@@ -1,0 +1,455 @@
+// A pool of processes kept warm between requests: submit(x) returns a std::future of x's result,
+// like Python's ProcessPoolExecutor.submit, from any number of caller threads.
+//
+//   auto pool = pf::serve<Request>("api")
+//                   .map("parse", parse, pf::replicas(2))     // Request -> Query
+//                   .filter("allowed", allowed)              // may drop: futures of optional
+//                   .map("answer", answer)                   // Query -> Reply
+//                   .start();
+//   std::future<std::optional<Reply>> f = pool.submit(req);  // nullopt: a filter dropped it
+//
+// | call          | blocks | what it does                                                          |
+// |---------------|--------|-----------------------------------------------------------------------|
+// | submit(x)     | if full| sends x; the future gets its result, or its stage_error                |
+// | try_submit(x) | no     | the same, or nullopt when the rings are full / another thread writes   |
+// | submit_all(v) | if full| submit() of every item of v, published together (one hand-off)        |
+// | wait()        | yes    | no more requests: lets the pool finish, reaps it; returns the report   |
+// | ~pool()       | yes    | wait(), dropping its error                                            |
+//
+// A map/filter that throws fails that request's future with a stage_error (stage, replica, pid,
+// item_seq() = the request's number, exception type and message); the pool keeps serving. A
+// replica that dies (a signal, exit(), the watchdog) fails exactly the requests of the batch it
+// had in hand, with the stage_error naming it; the pool then starts its processes again and
+// redelivers every other request not answered yet (In must be copyable; a redelivered request
+// may have run once already, but its future is set once). restarts() counts these. A crash
+// during wait() fails what is pending instead.
+//
+// Requests are published at once, except that concurrent submitters share a slot (the last of a
+// group publishes it), so many client threads fill slots instead of paying one wake-up per item.
+// Threads and forks as for running.hpp: start() forks on the calling thread (no other thread may
+// run then, unless pf::allow_threads); the pool's own threads run until it is destroyed. A
+// restart forks from the pool's restart thread while the caller's threads run: the new replicas
+// inherit only that thread, so stage code must not take locks the caller's threads hold.
+#pragma once
+
+#include <procflow/detail/request.hpp>
+#include <procflow/detail/started_run.hpp>
+#include <procflow/input.hpp>
+#include <procflow/pipeline.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <shared_mutex>
+#include <thread>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace procflow {
+
+namespace detail {
+
+// A request's number: the pipeline generation (restarts after a crash) and its position in that
+// generation's input stream (what a replica's error range names).
+inline constexpr int request_generation_shift = 40;
+
+// The pool's side of its requests: promises by id, fulfilled from the results channel, and the
+// restart after a replica crash (pool<...> below is its handle).
+template <class In, class Out, bool MayDrop>
+class pool_core final : public result_collector {
+ public:
+  using result_type = std::conditional_t<MayDrop, std::optional<Out>, Out>;
+
+  pool_core(pipeline_def def, std::vector<std::string> stage_names)
+      : def_(std::make_shared<const pipeline_def>(std::move(def))), stage_names_(std::move(stage_names)) {}
+
+  // Forks the first generation (on the calling thread) and the restart thread.
+  void start() {
+    run_ = start_generation(def_);
+    restarter_ = std::thread([this] { restart_loop(); });
+  }
+
+  ~pool_core() override {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    restart_cv_.notify_all();
+    if (restarter_.joinable()) restarter_.join();
+    std::unique_lock run_lock(run_mutex_);
+    run_.reset();  // closes the input, waits for every answer, reaps
+  }
+
+  std::optional<std::future<result_type>> send(In& item, bool try_only) {
+    for (;;) {
+      std::shared_lock run_lock(run_mutex_);
+      const std::uint64_t generation = generation_.load(std::memory_order_relaxed);  // under run_mutex_
+      struct context {
+        pool_core* self;
+        In* item;
+        std::uint64_t generation;
+        std::future<result_type> future;
+      } c{this, &item, generation, {}};
+      try {
+        const bool sent = run_->write([](void* ctx, output_port& port, std::uint64_t position) {
+          auto& x = *static_cast<context*>(ctx);
+          const std::uint64_t id = (x.generation << request_generation_shift) | position;
+          x.future = x.self->add(id, *x.item);
+          x.self->encode_request(id, *x.item, port);
+          return std::uint64_t{1};
+        }, &c, publish_mode::group, try_only);
+        if (!sent) return std::nullopt;
+        return std::move(c.future);
+      } catch (const stage_error&) {
+        if (!retry_after(generation, run_lock)) throw;
+      }
+    }
+  }
+
+  std::vector<std::future<result_type>> send_all(std::vector<In>& items) {
+    for (;;) {
+      std::shared_lock run_lock(run_mutex_);
+      const std::uint64_t generation = generation_.load(std::memory_order_relaxed);  // under run_mutex_
+      struct context {
+        pool_core* self;
+        std::vector<In>* items;
+        std::uint64_t generation;
+        std::vector<std::future<result_type>> futures;
+      } c{this, &items, generation, {}};
+      c.futures.reserve(items.size());
+      try {
+        run_->write([](void* ctx, output_port& port, std::uint64_t first) {
+          auto& x = *static_cast<context*>(ctx);
+          for (std::size_t k = 0; k < x.items->size(); ++k) {
+            const std::uint64_t id = (x.generation << request_generation_shift) | (first + k);
+            x.futures.push_back(x.self->add(id, (*x.items)[k]));
+            x.self->encode_request(id, (*x.items)[k], port);
+          }
+          return static_cast<std::uint64_t>(x.items->size());
+        }, &c, publish_mode::group, false);
+        return std::move(c.futures);
+      } catch (const stage_error&) {
+        // Requests already encoded are pending: the restart redelivers them, their futures are
+        // lost with this attempt only if it throws for good (then the pool is dead anyway).
+        if (!retry_after(generation, run_lock)) throw;
+        return std::move(c.futures);
+      }
+    }
+  }
+
+  run_report wait() {
+    std::unique_lock lock(mutex_);
+    finishing_ = true;  // a crash from now on fails what is pending instead of restarting
+    lock.unlock();
+    std::shared_lock run_lock(run_mutex_);
+    return run_->wait();
+  }
+
+  std::size_t pending() const {
+    std::lock_guard lock(mutex_);
+    return pending_.size();
+  }
+  std::uint64_t restarts() const { return generation_.load(std::memory_order_acquire); }
+
+  // result_collector: the results channel (driver thread of the current generation).
+  void consume(const batch_view& batch) override {
+    decode_items(batch, items_);
+    std::lock_guard lock(mutex_);
+    for (auto& r : items_) {
+      const auto it = pending_.find(std::get<0>(r));
+      if (it == pending_.end()) continue;  // answered already (before a restart redelivered it)
+      answer(it->second.promise, r);
+      pending_.erase(it);
+    }
+  }
+
+ private:
+  struct pending_request {
+    std::promise<result_type> promise;
+    std::optional<In> item;  // kept for a redelivery after a crash (copyable In only)
+  };
+
+  std::unique_ptr<started_run> start_generation(std::shared_ptr<const pipeline_def> def) {
+    auto self = std::shared_ptr<result_collector>(std::shared_ptr<void>(), this);  // not owning
+    return start_in_processes(std::move(def), std::move(self), [this](std::exception_ptr e) { on_end(std::move(e)); });
+  }
+
+  std::future<result_type> add(std::uint64_t id, const In& item) {
+    pending_request p;
+    if constexpr (std::is_copy_constructible_v<In>) p.item.emplace(item);
+    auto future = p.promise.get_future();
+    std::lock_guard lock(mutex_);
+    pending_.emplace(id, std::move(p));
+    return future;
+  }
+
+  void encode_request(std::uint64_t id, const In& item, output_port& port) {
+    request<In> r;
+    std::get<0>(r) = id;
+    std::get<2>(r).emplace(item);
+    try {
+      encode_item(r, port);
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      pending_.erase(id);  // never left: its future is not handed out
+      throw;
+    }
+  }
+
+  // A write failed with the generation's error: true once a newer generation took over.
+  bool retry_after(std::uint64_t generation, std::shared_lock<std::shared_mutex>& run_lock) {
+    run_lock.unlock();
+    std::unique_lock lock(mutex_);
+    // Until on_end handled this generation and any restart it asked for is done.
+    restart_cv_.wait(lock, [&] { return stopping_ || (ended_generation_ > generation && !restarting_); });
+    return !stopping_ && generation_.load(std::memory_order_acquire) != generation;
+  }
+
+  // The current generation ended (its driver thread). A replica that died holding a batch fails
+  // exactly that batch's requests; the others are redelivered on a new generation (unless the
+  // pool is ending). Any other failure fails every pending request.
+  void on_end(std::exception_ptr failure) {
+    std::lock_guard lock(mutex_);
+    const stage_error* crash = nullptr;
+    try {
+      if (failure) std::rethrow_exception(failure);
+    } catch (const stage_error& e) {
+      if (e.kind() != stage_error::cause::exception && e.has_item_range()) crash = &e;
+    } catch (...) {
+    }
+    const bool restart = crash && !finishing_ && !stopping_ && std::is_copy_constructible_v<In>;
+    if (!failure) failure = std::make_exception_ptr(procflow::error("procflow: the pool ended before answering this request"));
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      const std::uint64_t position = it->first & ((std::uint64_t{1} << request_generation_shift) - 1);
+      const bool current = (it->first >> request_generation_shift) == ended_generation_;
+      const bool held = crash && current && position >= crash->item_range_first() && position < crash->item_range_last();
+      if (restart && !held) {
+        ++it;
+        continue;
+      }
+      it->second.promise.set_exception(failure);
+      it = pending_.erase(it);
+    }
+    ++ended_generation_;
+    restarting_ = restart;
+    restart_cv_.notify_all();
+  }
+
+  // Starts the next generation and redelivers what the crashed one did not answer.
+  void restart_loop() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      restart_cv_.wait(lock, [&] { return restarting_ || stopping_; });
+      if (stopping_) {
+        restarting_ = false;
+        restart_cv_.notify_all();
+        return;
+      }
+      lock.unlock();
+      std::unique_ptr<started_run> old;
+      std::exception_ptr failed;
+      {
+        std::unique_lock run_lock(run_mutex_);
+        old = std::move(run_);
+        old.reset();  // its driver has ended: reaps the dead generation, frees its memory
+        try {
+          // Forks from this thread while the caller's threads run (see the note at pool).
+          auto def = std::make_shared<pipeline_def>(*def_);
+          def->options.allow_threads = true;
+          run_ = start_generation(std::move(def));
+          // Release: pairs with retry_after's acquire (a writer that sees it retries on run_).
+          generation_.fetch_add(1, std::memory_order_release);
+        } catch (...) {
+          failed = std::current_exception();
+        }
+      }
+      lock.lock();
+      std::vector<std::pair<std::uint64_t, pending_request>> orphans;
+      for (auto& [id, p] : pending_) orphans.emplace_back(id, std::move(p));
+      pending_.clear();
+      std::sort(orphans.begin(), orphans.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      restarting_ = false;
+      restart_cv_.notify_all();
+      lock.unlock();
+      for (auto& [id, p] : orphans) {
+        try {
+          if (failed) std::rethrow_exception(failed);
+          redeliver(std::move(p));
+        } catch (...) {
+          p.promise.set_exception(std::current_exception());
+        }
+      }
+      lock.lock();
+    }
+  }
+
+  void redeliver(pending_request p) {
+    std::shared_lock run_lock(run_mutex_);
+    struct context {
+      pool_core* self;
+      pending_request* p;
+      std::uint64_t generation;
+    } c{this, &p, generation_.load(std::memory_order_relaxed)};
+    run_->write([](void* ctx, output_port& port, std::uint64_t position) {
+      auto& x = *static_cast<context*>(ctx);
+      const std::uint64_t id = (x.generation << request_generation_shift) | position;
+      In item = *x.p->item;
+      {
+        std::lock_guard lock(x.self->mutex_);
+        x.self->pending_.emplace(id, std::move(*x.p));
+      }
+      x.self->encode_request(id, item, port);
+      return std::uint64_t{1};
+    }, &c, publish_mode::group, false);
+  }
+
+  void answer(std::promise<result_type>& promise, request<Out>& r) {
+    switch (static_cast<request_status>(std::get<1>(r))) {
+      case request_status::value:
+        if (std::get<2>(r)) {
+          promise.set_value(std::move(*std::get<2>(r)));
+          return;
+        }
+        break;
+      case request_status::dropped:
+        if constexpr (MayDrop) {
+          promise.set_value(std::nullopt);
+          return;
+        }
+        break;
+      case request_status::failed: {
+        stage_error::details d;
+        const std::uint32_t stage = std::get<3>(r);
+        d.stage = stage < stage_names_.size() ? stage_names_[stage] : std::string("?");
+        d.replica = std::get<4>(r);
+        d.pid = std::get<5>(r);
+        d.kind = stage_error::cause::exception;
+        d.has_item = true;
+        d.item_seq = std::get<0>(r) & ((std::uint64_t{1} << request_generation_shift) - 1);
+        d.exception_type = std::move(std::get<6>(r));
+        d.message = std::move(std::get<7>(r));
+        promise.set_exception(std::make_exception_ptr(stage_error(std::move(d))));
+        return;
+      }
+    }
+    promise.set_exception(std::make_exception_ptr(procflow::codec_error("procflow: pool: a result arrived in an unknown state")));
+  }
+
+  std::shared_ptr<const pipeline_def> def_;
+  std::vector<std::string> stage_names_;
+
+  // run_ and generation_: replaced by the restart thread under an exclusive lock; writers hold
+  // it shared while they write.
+  mutable std::shared_mutex run_mutex_;
+  std::unique_ptr<started_run> run_;
+  std::atomic<std::uint64_t> generation_{0};  // written under run_mutex_ (exclusive)
+
+  mutable std::mutex mutex_;  // pending_ and the restart state
+  std::unordered_map<std::uint64_t, pending_request> pending_;
+  std::uint64_t ended_generation_ = 0;  // generation whose end on_end handles next
+  bool restarting_ = false;
+  bool finishing_ = false;
+  bool stopping_ = false;
+  std::condition_variable restart_cv_;
+  std::thread restarter_;
+
+  batch_buffer<request<Out>> items_;  // driver thread only
+};
+
+}  // namespace detail
+
+template <class In, class Out, bool MayDrop>
+class pool {
+ public:
+  using result_type = std::conditional_t<MayDrop, std::optional<Out>, Out>;
+
+  pool(detail::pipeline_def def, std::vector<std::string> stage_names)
+      : core_(std::make_unique<detail::pool_core<In, Out, MayDrop>>(std::move(def), std::move(stage_names))) {
+    core_->start();
+  }
+  pool(pool&&) noexcept = default;
+  pool& operator=(pool&&) noexcept = default;
+  ~pool() = default;  // closes the input, waits for every answer, reaps
+
+  // Sends `item`; blocks while the pool's input rings are full. Safe from any thread. Throws the
+  // pool's failure if it ended.
+  std::future<result_type> submit(In item) { return std::move(*core_->send(item, false)); }
+  // The same, or nullopt instead of waiting.
+  std::optional<std::future<result_type>> try_submit(In item) { return core_->send(item, true); }
+  // Sends every item of `items` in one go (one lock, one publish: a job of many small requests
+  // pays one hand-off, not one per item); the futures in the same order.
+  std::vector<std::future<result_type>> submit_all(std::vector<In> items) { return core_->send_all(items); }
+
+  // No more requests: waits for every answer and the end of every process; the report.
+  run_report wait() { return core_->wait(); }
+  // Requests not answered yet.
+  std::size_t pending() const { return core_->pending(); }
+  // Times the pool restarted after a replica died.
+  std::uint64_t restarts() const { return core_->restarts(); }
+
+ private:
+  std::unique_ptr<detail::pool_core<In, Out, MayDrop>> core_;
+};
+
+// The builder of a pool: a chain of map and filter over requests of type In.
+template <class In, class Cur, bool MayDrop>
+class service {
+ public:
+  service(flow<detail::request<Cur>> chain, std::vector<std::string> names) : chain_(std::move(chain)), names_(std::move(names)) {}
+
+  template <class F, class... Opts>
+  auto map(std::string name, F fn, const Opts&... opts) const {
+    static_assert(!detail::is_factory_v<F>, "procflow: serve(): per_replica factories are not supported in a pool's stages yet");
+    static_assert(detail::callable_with_item_v<detail::callable_t<F>, Cur>,
+                  "procflow: serve().map(): the function cannot be called with the previous stage's item type");
+    using U = detail::item_result_t<detail::callable_t<F>, Cur>;
+    static_assert(!std::is_void_v<U>, "procflow: serve().map(): the function must return the result");
+    auto names = names_;
+    names.push_back(name);
+    const auto stage = static_cast<std::uint32_t>(names_.size());
+    return service<In, U, MayDrop>(chain_.map(std::move(name), detail::request_map<Cur, U, F>{std::move(fn), stage}, opts...),
+                                   std::move(names));
+  }
+
+  template <class F, class... Opts>
+  auto filter(std::string name, F pred, const Opts&... opts) const {
+    static_assert(!detail::is_factory_v<F>, "procflow: serve(): per_replica factories are not supported in a pool's stages yet");
+    static_assert(std::is_invocable_r_v<bool, detail::callable_t<F>&, const Cur&>,
+                  "procflow: serve().filter(): the predicate must take the previous stage's item (const T&) and return bool");
+    auto names = names_;
+    names.push_back(name);
+    const auto stage = static_cast<std::uint32_t>(names_.size());
+    return service<In, Cur, true>(chain_.map(std::move(name), detail::request_filter<Cur, F>{std::move(pred), stage}, opts...),
+                                  std::move(names));
+  }
+
+  // Forks the pool's processes (see the fork rule above) and returns it, ready for submit().
+  pool<In, Cur, MayDrop> start() const {
+    auto names = names_;
+    names.push_back("collect");
+    return pool<In, Cur, MayDrop>(chain_.collect().definition(), std::move(names));
+  }
+
+ private:
+  flow<detail::request<Cur>> chain_;
+  std::vector<std::string> names_;
+};
+
+// Starts declaring a pool whose requests are In (see above). Pipeline options apply to every
+// stage (pf::allow_threads, pf::cores(n), ...).
+template <class In, class... Opts>
+service<In, In, false> serve(std::string name, const Opts&... opts) {
+  // Slots of 2 KiB (a few dozen small requests): a replica that dies fails the batch it held,
+  // so batches stay small; concurrent submitters still share them.
+  auto chain = pipeline(std::move(name), opts...).source("requests", input<detail::request<In>>(), batch_bytes(2048));
+  return service<In, In, false>(std::move(chain), {"requests"});
+}
+
+}  // namespace procflow

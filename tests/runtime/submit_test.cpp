@@ -1,0 +1,198 @@
+// Checks issue 17, "submit requests with futures" (include/procflow/pool.hpp):
+//  - futures from many caller threads all resolve to the right values (map and filter chains,
+//    dropped items give an empty optional);
+//  - an exception in user code fails only that request's future with a stage_error naming the
+//    stage, the request number and the message; the pool keeps serving;
+//  - a replica killed while it holds requests fails those futures (stage_error naming the signal),
+//    every other pending future resolves (a value or that error, never nothing), and the pool
+//    leaves no process and no /dev/shm entry;
+//  - try_submit never blocks.
+#include "support/child_process.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace pf = procflow;
+namespace pt = procflow::test;
+using i64 = std::int64_t;
+using namespace std::chrono_literals;
+
+TEST_CASE("submit: futures from 8 threads all resolve to the right values") {
+  const auto shm_before = pt::dev_shm_entries();
+  {
+    auto pool = pf::serve<i64>("squares").map("square", [](i64 x) { return x * x; }, pf::replicas(2)).start();
+    constexpr int threads = 8;
+    constexpr i64 per_thread = 3000;
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> clients;
+    for (int t = 0; t < threads; ++t)
+      clients.emplace_back([&, t] {
+        std::vector<std::pair<i64, std::future<i64>>> futures;
+        for (i64 i = 0; i < per_thread; ++i) {
+          const i64 x = t * per_thread + i;
+          futures.emplace_back(x, pool.submit(x));
+          if (i % 64 == 63) {  // some waited at once, some in bulk
+            if (futures.back().second.get() != x * x) ++wrong;
+            futures.pop_back();
+          }
+        }
+        for (auto& [x, f] : futures)
+          if (f.get() != x * x) ++wrong;
+      });
+    for (auto& c : clients) c.join();
+    CHECK(wrong.load() == 0);
+    CHECK(pool.pending() == 0);
+    const auto report = pool.wait();
+    CHECK(report.stages.at(1).items_in == threads * per_thread);
+  }
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
+TEST_CASE("submit: a filter's futures hold an empty optional for the items it dropped") {
+  auto pool = pf::serve<i64>("odd").map("add", [](i64 x) { return x + 1; }, pf::replicas(2))
+                  .filter("odd", [](i64 x) { return x % 2 == 1; })
+                  .map("text", [](i64 x) { return std::to_string(x); })
+                  .start();
+  std::vector<std::future<std::optional<std::string>>> futures;
+  for (i64 i = 0; i < 1000; ++i) futures.push_back(pool.submit(i));
+  for (i64 i = 0; i < 1000; ++i) {
+    auto r = futures[static_cast<std::size_t>(i)].get();
+    if ((i + 1) % 2 == 1) {
+      REQUIRE(r.has_value());
+      CHECK(*r == std::to_string(i + 1));
+    } else {
+      CHECK(!r.has_value());
+    }
+  }
+}
+
+TEST_CASE("submit: a throwing item fails only its future; the pool keeps serving") {
+  auto pool = pf::serve<i64>("picky").map("check", [](i64 x) {
+    if (x % 100 == 7) throw std::invalid_argument("no " + std::to_string(x));
+    return x * 2;
+  }, pf::replicas(2)).start();
+  std::vector<std::future<i64>> futures;
+  for (i64 i = 0; i < 1000; ++i) futures.push_back(pool.submit(i));
+  int failed = 0;
+  for (i64 i = 0; i < 1000; ++i) {
+    auto& f = futures[static_cast<std::size_t>(i)];
+    if (i % 100 == 7) {
+      try {
+        f.get();
+        FAIL("request " << i << " should have failed");
+      } catch (const pf::stage_error& e) {
+        ++failed;
+        CHECK(e.stage() == "check");
+        CHECK(e.has_item());
+        CHECK(e.item_seq() == static_cast<std::uint64_t>(i));
+        CHECK(e.message() == "no " + std::to_string(i));
+        CHECK(e.exception_type() == "std::invalid_argument");
+        CHECK(e.pid() != ::getpid());
+      }
+    } else {
+      CHECK(f.get() == i * 2);
+    }
+  }
+  CHECK(failed == 10);
+  CHECK(pool.submit(i64{21}).get() == 42);  // still serving
+  pool.wait();                              // and ends cleanly
+}
+
+TEST_CASE("submit: a replica killed while holding a request fails exactly that future; the pool restarts and answers the rest") {
+  const auto shm_before = pt::dev_shm_entries();
+  {
+    auto pool = pf::serve<i64>("crash").map("work", [](i64 x) {
+      if (x == 500) ::raise(SIGKILL);  // this replica dies holding request 500's batch
+      std::this_thread::sleep_for(100us);
+      return x;
+    }, pf::replicas(2)).start();
+    std::vector<std::future<i64>> futures;
+    for (i64 i = 0; i < 2000; ++i) futures.push_back(pool.submit(i));
+    int answered = 0;
+    std::vector<std::size_t> failed;
+    for (std::size_t i = 0; i < futures.size(); ++i) {
+      REQUIRE(futures[i].wait_for(20s) == std::future_status::ready);  // nothing hangs
+      try {
+        const i64 value = futures[i].get();
+        CHECK(value == static_cast<i64>(i));
+        ++answered;
+      } catch (const pf::stage_error& e) {
+        failed.push_back(i);
+        CHECK(e.kind() == pf::stage_error::cause::signal);
+        CHECK(e.signal_number() == SIGKILL);
+        CHECK(e.stage() == "work");
+      }
+    }
+    CHECK(failed == std::vector<std::size_t>{500});  // the batch it held: request 500 alone
+    CHECK(answered == 1999);
+    CHECK(pool.restarts() == 1);
+    CHECK(pool.submit(i64{7}).get() == 7);  // still serving
+    pool.wait();
+  }
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
+TEST_CASE("submit: 8 threads keep submitting through a crash and a restart") {
+  auto pool = pf::serve<i64>("crash8").map("work", [](i64 x) {
+    if (x == 3333) ::raise(SIGKILL);
+    return x + 1;
+  }, pf::replicas(2)).start();
+  std::atomic<int> wrong{0}, failed{0}, answered{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 8; ++t)
+    clients.emplace_back([&, t] {
+      std::vector<std::pair<i64, std::future<i64>>> futures;
+      for (i64 i = 0; i < 1000; ++i) futures.emplace_back(t * 1000 + i, pool.submit(t * 1000 + i));
+      for (auto& [x, f] : futures) {
+        if (f.wait_for(20s) != std::future_status::ready) {
+          ++wrong;
+          continue;
+        }
+        try {
+          if (f.get() != x + 1) ++wrong;
+          ++answered;
+        } catch (const pf::stage_error&) {
+          ++failed;
+        }
+      }
+    });
+  for (auto& c : clients) c.join();
+  CHECK(wrong.load() == 0);
+  CHECK(failed.load() >= 1);                     // request 3333 and its batch
+  CHECK(failed.load() + answered.load() == 8000);
+  CHECK(failed.load() <= 64);                    // one batch, not the pool's whole backlog
+  CHECK(pool.restarts() == 1);
+}
+
+TEST_CASE("submit: try_submit never blocks") {
+  auto pool = pf::serve<i64>("slow", pf::ring_slots(2), pf::batch_bytes(1024))
+                  .map("slow", [](i64 x) { std::this_thread::sleep_for(1ms); return x; })
+                  .start();
+  std::vector<std::future<i64>> accepted;
+  int refused = 0;
+  for (i64 i = 0; i < 5000 && refused < 100; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (auto f = pool.try_submit(i)) {
+      accepted.push_back(std::move(*f));
+    } else {
+      ++refused;
+    }
+    CHECK(std::chrono::steady_clock::now() - t0 < 200ms);
+  }
+  CHECK(refused > 0);
+  for (std::size_t i = 0; i < accepted.size(); ++i) CHECK(accepted[i].get() >= 0);
+}
