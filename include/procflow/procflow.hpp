@@ -14,3 +14,4 @@
 #include <procflow/report.hpp>
 #include <procflow/scaling.hpp>
 #include <procflow/sources.hpp>
+#include <procflow/verdict.hpp>

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <procflow/profile.hpp>
+#include <procflow/verdict.hpp>
 
 #include <fmt/format.h>
 
@@ -101,8 +102,10 @@ struct run_report {
   std::vector<run_sample> samples;           // the counters sampled while the run went on
   std::vector<dead_letter> dead_letters;
 
-  // The stage whose replicas were busiest relative to their count (nullptr if none ran).
+  // The stage that limits throughput: verdict().stage (nullptr if none ran in a replica).
   const stage_report* bottleneck() const;
+  // Which stage limits throughput, why, and what more replicas of it would give (verdict.hpp).
+  bottleneck_verdict verdict() const;
   // A table, one row per stage (what fmt::print("{}", report) prints); with `per_replica`, a
   // second table with one row per replica process (a skewed replica shows there).
   std::string to_string(bool per_replica = false) const;

@@ -102,12 +102,8 @@ std::string run_report::to_html() const {
       "padding:8px;overflow-x:auto}h2{margin-top:28px}.verdict{font-size:16px;padding:8px;border-left:4px solid #d62728;"
       "background:#fff4f4}</style></head><body>\n";
   out += fmt::format("<h1>Pipeline '{}'</h1><p>{:.3f} s wall time, {} processes.</p>\n", escape(pipeline), wall_s, processes);
-  if (const stage_report* hot = bottleneck()) {
-    const double denominator = wall_s * hot->replicas;
-    out += fmt::format("<p class='verdict'>Bottleneck: <b>{}</b> — {:.0f}% busy over its {} replica(s), {:.0f}% starved, {:.0f}% blocked.</p>\n",
-                       escape(hot->name), denominator > 0 ? 100 * hot->busy_s / denominator : 0, hot->replicas,
-                       denominator > 0 ? 100 * hot->starved_s / denominator : 0, denominator > 0 ? 100 * hot->blocked_s / denominator : 0);
-  }
+  if (const bottleneck_verdict v = verdict(); v.why != bottleneck_verdict::cause::none)
+    out += fmt::format("<p class='verdict'>Bottleneck: <b>{}</b> ({}). {}</p>\n", escape(v.stage), procflow::to_string(v.why), escape(v.to_string()));
   out += "<h2>Time of each stage's replicas</h2>\n" + share_bars(*this) + "\n";
   out += "<h2>Throughput over time (items out per second)</h2>\n" + throughput_chart(*this) + "\n";
   out += "<h2>Table</h2>\n<pre>" + escape(to_string(true)) + "</pre>\n</body></html>\n";

@@ -98,6 +98,26 @@ std::string run_report::to_json() const {
   j["cores"] = cores;
   const stage_report* hot = bottleneck();
   j["bottleneck"] = hot ? json(hot->name) : json(nullptr);
+  const bottleneck_verdict v = verdict();
+  j["verdict"] = {
+      {"stage", v.stage.empty() ? json(nullptr) : json(v.stage)},
+      {"process", v.process},
+      {"why", procflow::to_string(v.why)},
+      {"cause_stage", v.cause_stage.empty() ? json(nullptr) : json(v.cause_stage)},
+      {"busy_share", v.busy_share},
+      {"starved_share", v.starved_share},
+      {"blocked_share", v.blocked_share},
+      {"evidence", v.evidence},
+      {"replicas", v.replicas},
+      {"true_rate", v.true_rate},
+      {"items_per_s", v.items_per_s},
+      {"add_replicas", v.add_replicas},
+      {"predicted_speedup", v.predicted_speedup},
+      {"predicted_items_per_s", v.predicted_items_per_s},
+      {"next_limit", v.next_limit.empty() ? json(nullptr) : json(v.next_limit)},
+      {"next_limit_items_per_s", v.next_limit_items_per_s},
+      {"text", v.to_string()},
+  };
   j["stages"] = json::array();
   for (const auto& s : stages) j["stages"].push_back(stage_json(s, wall_s));
   j["replicas"] = json::array();
