@@ -3,6 +3,7 @@
 
 #include <procflow/cancel.hpp>
 #include <procflow/codec.hpp>
+#include <procflow/counter.hpp>
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>
 #include <procflow/keyed.hpp>

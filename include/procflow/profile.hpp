@@ -12,6 +12,13 @@
 
 namespace procflow {
 
+// A named counter a stage keeps (pf::counter, counter.hpp): its stage, its name, its count.
+struct named_counter {
+  std::string stage;
+  std::string name;
+  std::uint64_t value = 0;
+};
+
 // Cumulative counters of one stage (summed over its replicas) at one moment.
 struct stage_sample {
   std::uint64_t items_in = 0;
@@ -28,6 +35,8 @@ struct run_sample {
   // Slots in use per boundary ring set (between process group g and g + 1, then the results
   // channel), summed over the boundary's rings.
   std::vector<std::uint32_t> ring_slots_used;
+  // The stages' named counters (pf::counter) so far, summed over replicas, in stage order.
+  std::vector<named_counter> counters;
 };
 
 // What a progress callback gets: the latest sample, with names and rates worked out.

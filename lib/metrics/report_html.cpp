@@ -106,6 +106,20 @@ std::string run_report::to_html() const {
     out += fmt::format("<p class='verdict'>Bottleneck: <b>{}</b> ({}). {}</p>\n", escape(v.stage), procflow::to_string(v.why), escape(v.to_string()));
   out += "<h2>Time of each stage's replicas</h2>\n" + share_bars(*this) + "\n";
   out += "<h2>Throughput over time (items out per second)</h2>\n" + throughput_chart(*this) + "\n";
+  bool any_counter = false;
+  for (const auto& s : stages) any_counter = any_counter || !s.counters.empty();
+  if (any_counter) {
+    out += "<h2>Named counters</h2>\n<table><tr><th>stage</th><th>counter</th><th>count</th><th>per replica</th></tr>\n";
+    for (const auto& s : stages)
+      for (const auto& c : s.counters) {
+        std::string per_replica;
+        for (const auto& r : replica_rows)
+          for (const auto& rc : r.counters)
+            if (rc.stage == c.stage && rc.name == c.name) per_replica += fmt::format("{}{}", per_replica.empty() ? "" : " / ", rc.value);
+        out += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", escape(c.stage), escape(c.name), c.value, per_replica);
+      }
+    out += "</table>\n";
+  }
   out += "<h2>Table</h2>\n<pre>" + escape(to_string(true)) + "</pre>\n</body></html>\n";
   return out;
 }

@@ -90,6 +90,7 @@ run_sample Sampler::take(double time_s) const {
   }
   for (std::size_t g = 0; g + 1 < plan_.groups.size(); ++g) s.ring_slots_used.push_back(ring_used(state_.input_of(g + 1)));
   if (plan_.has_results) s.ring_slots_used.push_back(ring_used(state_.results()));
+  s.counters = sum_user_counters(def_, plan_, state_);
   return s;
 }
 

@@ -488,6 +488,7 @@ int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunStat
   try {
     stats = &state.stats(state.first_replica(group) + replica);
     metrics::record_start(*stats);
+    metrics::use_counter_table(&state.user_counters(state.first_replica(group) + replica));  // pf::counter
     r.emplace(def, plan, state, group, replica);
     r->run();
     metrics::record_end(*stats);
