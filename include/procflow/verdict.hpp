@@ -21,6 +21,8 @@ struct bottleneck_verdict {
     starved,  // waiting for input: the limit is upstream (cause_stage), not in this stage
     blocked,  // waiting for room downstream: the limit is downstream (cause_stage)
     cores,    // every core is working: more replicas would share the same cores
+    runtime,  // most of its time is the runtime's own (forking, moving batches, finishing): a run
+              // too short or items too cheap for any stage's work to be the limit
   };
 
   std::string stage;         // the stage that limits throughput ("" when cause is none)
@@ -48,7 +50,7 @@ struct bottleneck_verdict {
   std::string to_string() const;
 };
 
-// "busy", "starved", "blocked", "cores", "none".
+// "busy", "starved", "blocked", "cores", "runtime", "none".
 const char* to_string(bottleneck_verdict::cause c) noexcept;
 
 }  // namespace procflow

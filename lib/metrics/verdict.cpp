@@ -80,6 +80,7 @@ const char* to_string(bottleneck_verdict::cause c) noexcept {
     case bottleneck_verdict::cause::starved: return "starved";
     case bottleneck_verdict::cause::blocked: return "blocked";
     case bottleneck_verdict::cause::cores: return "cores";
+    case bottleneck_verdict::cause::runtime: return "runtime";
   }
   return "none";
 }
@@ -131,6 +132,8 @@ bottleneck_verdict run_report::verdict() const {
     v.why = bottleneck_verdict::cause::busy;
   } else if (v.items_per_s >= cores_bound * cores_limit) {
     v.why = bottleneck_verdict::cause::cores;
+  } else if (1 - v.busy_share - v.starved_share - v.blocked_share > std::max(v.starved_share, v.blocked_share)) {
+    v.why = bottleneck_verdict::cause::runtime;
   } else if (v.blocked_share > v.starved_share) {
     // Waiting for room downstream: the first group after it that is not itself mostly blocked,
     // or the caller's process (a collect or sink there is not measured).
@@ -182,6 +185,10 @@ std::string bottleneck_verdict::to_string() const {
     case cause::cores: out += ": every core is working; more replicas would share the same cores"; break;
     case cause::starved: out += fmt::format(": no stage is saturated; it waits for input from upstream ('{}')", cause_stage); break;
     case cause::blocked: out += fmt::format(": no stage is saturated; it waits for room downstream ('{}')", cause_stage); break;
+    case cause::runtime:
+      out += ": most of its time is the runtime's own (starting processes, moving batches, finishing); the run is too short or "
+             "its items too cheap for a stage's work to be the limit";
+      break;
     case cause::none: break;
   }
   out += ".";
