@@ -175,19 +175,40 @@ int main(int argc, char** argv) {
   // What the built-in counters and sampling cost (SPEC §3: under 3%): each variant with them on
   // (the default) against pf::counters_off, runs interleaved, medians of the per-pair ratios.
   // `overhead` = 1 - (on rate / off rate) of the median pair: positive when counting costs.
+  // `cpu_vs_off`: the same for the CPU time of the run (the caller and its reaped replicas), which a
+  // loaded machine disturbs less than wall time.
+  auto cpu_now = [] {
+    rusage self{}, kids{};
+    getrusage(RUSAGE_SELF, &self);
+    getrusage(RUSAGE_CHILDREN, &kids);
+    const auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; };
+    return s(self.ru_utime) + s(self.ru_stime) + s(kids.ru_utime) + s(kids.ru_stime);
+  };
   auto measure_counters = [&](const std::string& variant, std::uint64_t items, bool splittable, bool fusion) {
     if (!o.wants(variant + "_counters")) return;
-    std::vector<double> on, off, ratio;
+    std::vector<double> on, off, ratio, cpu_ratio;
     for (int i = 0; i < o.repeats; ++i) {
       const bool on_first = i % 2 == 0;  // alternate the order: the second run of a pair may find warmer caches
       Run a{}, b{};
+      double cpu_a = 0, cpu_b = 0;
+      auto run_on = [&] {
+        const double c0 = cpu_now();
+        a = procflow_trivial(items, r, splittable, fusion);
+        cpu_a = cpu_now() - c0;
+      };
+      auto run_off = [&] {
+        const double c0 = cpu_now();
+        b = procflow_trivial(items, r, splittable, fusion, false, false, true);
+        cpu_b = cpu_now() - c0;
+      };
       if (on_first) {
-        a = procflow_trivial(items, r, splittable, fusion);
-        b = procflow_trivial(items, r, splittable, fusion, false, false, true);
+        run_on();
+        run_off();
       } else {
-        b = procflow_trivial(items, r, splittable, fusion, false, false, true);
-        a = procflow_trivial(items, r, splittable, fusion);
+        run_off();
+        run_on();
       }
+      if (cpu_a > 0) cpu_ratio.push_back(cpu_b / cpu_a);
       if (a.sum != bench::peers::trivial_expected(items) || b.sum != a.sum) {
         fmt::print(stderr, "{}_counters: wrong sum {} / {}\n", variant, a.sum, b.sum);
         std::exit(1);
@@ -197,7 +218,8 @@ int main(int argc, char** argv) {
       ratio.push_back(b.seconds / a.seconds);
     }
     const double median_ratio = bench::median(ratio);
-    rows.push_back({"pipeline", variant + "_counters_on", bench::median(on), {{"vs_off", median_ratio}, {"overhead", 1 - median_ratio}},
+    rows.push_back({"pipeline", variant + "_counters_on", bench::median(on),
+                    {{"vs_off", median_ratio}, {"overhead", 1 - median_ratio}, {"cpu_vs_off", cpu_ratio.empty() ? 0.0 : bench::median(cpu_ratio)}},
                     "counters and sampling on (the default)"});
     rows.push_back({"pipeline", variant + "_counters_off", bench::median(off), {}, "pf::counters_off, same run, interleaved"});
   };
