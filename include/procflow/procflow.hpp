@@ -3,6 +3,7 @@
 
 #include <procflow/cancel.hpp>
 #include <procflow/codec.hpp>
+#include <procflow/counter.hpp>
 #include <procflow/error.hpp>
 #include <procflow/fn.hpp>
 #include <procflow/hash.hpp>
@@ -17,3 +18,4 @@
 #include <procflow/running.hpp>
 #include <procflow/scaling.hpp>
 #include <procflow/sources.hpp>
+#include <procflow/verdict.hpp>

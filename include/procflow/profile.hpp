@@ -12,6 +12,13 @@
 
 namespace procflow {
 
+// A named counter a stage keeps (pf::counter, counter.hpp): its stage, its name, its count.
+struct named_counter {
+  std::string stage;
+  std::string name;
+  std::uint64_t value = 0;
+};
+
 // Cumulative counters of one stage (summed over its replicas) at one moment.
 struct stage_sample {
   std::uint64_t items_in = 0;
@@ -28,6 +35,8 @@ struct run_sample {
   // Slots in use per boundary ring set (between process group g and g + 1, then the results
   // channel), summed over the boundary's rings.
   std::vector<std::uint32_t> ring_slots_used;
+  // The stages' named counters (pf::counter) so far, summed over replicas, in stage order.
+  std::vector<named_counter> counters;
 };
 
 // What a progress callback gets: the latest sample, with names and rates worked out.
@@ -50,6 +59,7 @@ struct profile_options {
   enum class progress_mode : std::uint8_t { off, terminal, always } progress = progress_mode::off;
   std::function<void(const progress_snapshot&)> on_progress;  // called after every sample
   std::string trace_path;  // write a Chrome / Perfetto trace there at the end ("": none)
+  bool counters = true;    // false (counters_off): no per-batch timing, publication or sampling
 };
 
 // How often the supervisor samples every stage's counters while the run goes on (default 250 ms;
@@ -91,7 +101,19 @@ struct trace {
   std::string path;
 };
 
+// Switches the built-in counters' running costs off, for measuring what they cost
+// (pipeline_bench's procflow_counters_on / _off): replicas read no clock per batch and publish
+// nothing while they run, and the supervisor takes no samples. Items in and out are still counted
+// and reported at the end; busy, starved and blocked times, samples and the verdict are not.
+// run() refuses it together with what needs the live counters: auto_scale (the scheduler's
+// measured rates), trace, progress, on_progress.
+struct counters_off_t {
+  explicit constexpr counters_off_t() = default;
+};
+inline constexpr counters_off_t counters_off{};
+
 namespace detail {
+inline void apply_profile_option(profile_options& o, counters_off_t) { o.counters = false; }
 inline void apply_profile_option(profile_options& o, const sample_every& s) { o.sample_interval_ns = s.ns; }
 inline void apply_profile_option(profile_options& o, const progress& p) { o.progress = p.mode; }
 inline void apply_profile_option(profile_options& o, const on_progress& p) { o.on_progress = p.fn; }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <procflow/profile.hpp>
+#include <procflow/verdict.hpp>
 
 #include <fmt/format.h>
 
@@ -35,6 +36,7 @@ struct stage_report {
   std::string note;  // why the stage runs as it does, when that is not what was asked (else empty)
   std::uint64_t items_skipped = 0;  // set aside under pf::skip (policy.hpp)
   std::uint64_t retries = 0;        // tries after a failure under pf::retry
+  std::vector<named_counter> counters;  // its pf::counter counts, summed over replicas (counter.hpp)
 };
 
 // One replica process: where its time went and what the kernel accounted to it. Busy, starved
@@ -62,6 +64,7 @@ struct replica_report {
   std::uint64_t private_bytes = 0;  // resident and not shared with other processes (at its end)
   std::uint64_t read_bytes = 0;
   std::uint64_t written_bytes = 0;
+  std::vector<named_counter> counters;  // the pf::counter counts of its stages in this replica
 };
 
 // An item a stage skipped (pf::skip): the stage, the replica, the item's sequence number (as
@@ -101,8 +104,10 @@ struct run_report {
   std::vector<run_sample> samples;           // the counters sampled while the run went on
   std::vector<dead_letter> dead_letters;
 
-  // The stage whose replicas were busiest relative to their count (nullptr if none ran).
+  // The stage that limits throughput: verdict().stage (nullptr if none ran in a replica).
   const stage_report* bottleneck() const;
+  // Which stage limits throughput, why, and what more replicas of it would give (verdict.hpp).
+  bottleneck_verdict verdict() const;
   // A table, one row per stage (what fmt::print("{}", report) prints); with `per_replica`, a
   // second table with one row per replica process (a skewed replica shows there).
   std::string to_string(bool per_replica = false) const;

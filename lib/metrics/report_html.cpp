@@ -102,14 +102,24 @@ std::string run_report::to_html() const {
       "padding:8px;overflow-x:auto}h2{margin-top:28px}.verdict{font-size:16px;padding:8px;border-left:4px solid #d62728;"
       "background:#fff4f4}</style></head><body>\n";
   out += fmt::format("<h1>Pipeline '{}'</h1><p>{:.3f} s wall time, {} processes.</p>\n", escape(pipeline), wall_s, processes);
-  if (const stage_report* hot = bottleneck()) {
-    const double denominator = wall_s * hot->replicas;
-    out += fmt::format("<p class='verdict'>Bottleneck: <b>{}</b> — {:.0f}% busy over its {} replica(s), {:.0f}% starved, {:.0f}% blocked.</p>\n",
-                       escape(hot->name), denominator > 0 ? 100 * hot->busy_s / denominator : 0, hot->replicas,
-                       denominator > 0 ? 100 * hot->starved_s / denominator : 0, denominator > 0 ? 100 * hot->blocked_s / denominator : 0);
-  }
+  if (const bottleneck_verdict v = verdict(); v.why != bottleneck_verdict::cause::none)
+    out += fmt::format("<p class='verdict'>Bottleneck: <b>{}</b> ({}). {}</p>\n", escape(v.stage), procflow::to_string(v.why), escape(v.to_string()));
   out += "<h2>Time of each stage's replicas</h2>\n" + share_bars(*this) + "\n";
   out += "<h2>Throughput over time (items out per second)</h2>\n" + throughput_chart(*this) + "\n";
+  bool any_counter = false;
+  for (const auto& s : stages) any_counter = any_counter || !s.counters.empty();
+  if (any_counter) {
+    out += "<h2>Named counters</h2>\n<table><tr><th>stage</th><th>counter</th><th>count</th><th>per replica</th></tr>\n";
+    for (const auto& s : stages)
+      for (const auto& c : s.counters) {
+        std::string per_replica;
+        for (const auto& r : replica_rows)
+          for (const auto& rc : r.counters)
+            if (rc.stage == c.stage && rc.name == c.name) per_replica += fmt::format("{}{}", per_replica.empty() ? "" : " / ", rc.value);
+        out += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", escape(c.stage), escape(c.name), c.value, per_replica);
+      }
+    out += "</table>\n";
+  }
   out += "<h2>Table</h2>\n<pre>" + escape(to_string(true)) + "</pre>\n</body></html>\n";
   return out;
 }

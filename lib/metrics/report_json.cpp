@@ -37,6 +37,9 @@ json stage_json(const stage_report& s, double wall_s) {
       {"written_bytes", s.written_bytes},
       {"replica_items_in", s.replica_items_in},
   };
+  json counters = json::object();  // pf::counter: name -> count, summed over replicas
+  for (const auto& c : s.counters) counters[c.name] = c.value;
+  j["counters"] = std::move(counters);
   if (!s.note.empty()) j["note"] = s.note;
   if (s.items_skipped || s.retries) {  // pf::skip / pf::retry (policy.hpp)
     j["items_skipped"] = s.items_skipped;
@@ -45,8 +48,15 @@ json stage_json(const stage_report& s, double wall_s) {
   return j;
 }
 
+json counter_list(const std::vector<named_counter>& counters) {
+  json list = json::array();
+  for (const auto& c : counters) list.push_back({{"stage", c.stage}, {"name", c.name}, {"value", c.value}});
+  return list;
+}
+
 json replica_json(const replica_report& r) {
   return {
+      {"counters", counter_list(r.counters)},
       {"process_group", r.process_group},
       {"replica", r.replica},
       {"stages", r.stages},
@@ -84,7 +94,7 @@ json sample_json(const run_sample& s) {
                       {"busy_s", st.busy_s},
                       {"starved_s", st.starved_s},
                       {"blocked_s", st.blocked_s}});
-  return {{"time_s", s.time_s}, {"stages", std::move(stages)}, {"ring_slots_used", s.ring_slots_used}};
+  return {{"time_s", s.time_s}, {"stages", std::move(stages)}, {"ring_slots_used", s.ring_slots_used}, {"counters", counter_list(s.counters)}};
 }
 
 }  // namespace
@@ -98,6 +108,26 @@ std::string run_report::to_json() const {
   j["cores"] = cores;
   const stage_report* hot = bottleneck();
   j["bottleneck"] = hot ? json(hot->name) : json(nullptr);
+  const bottleneck_verdict v = verdict();
+  j["verdict"] = {
+      {"stage", v.stage.empty() ? json(nullptr) : json(v.stage)},
+      {"process", v.process},
+      {"why", procflow::to_string(v.why)},
+      {"cause_stage", v.cause_stage.empty() ? json(nullptr) : json(v.cause_stage)},
+      {"busy_share", v.busy_share},
+      {"starved_share", v.starved_share},
+      {"blocked_share", v.blocked_share},
+      {"evidence", v.evidence},
+      {"replicas", v.replicas},
+      {"true_rate", v.true_rate},
+      {"items_per_s", v.items_per_s},
+      {"add_replicas", v.add_replicas},
+      {"predicted_speedup", v.predicted_speedup},
+      {"predicted_items_per_s", v.predicted_items_per_s},
+      {"next_limit", v.next_limit.empty() ? json(nullptr) : json(v.next_limit)},
+      {"next_limit_items_per_s", v.next_limit_items_per_s},
+      {"text", v.to_string()},
+  };
   j["stages"] = json::array();
   for (const auto& s : stages) j["stages"].push_back(stage_json(s, wall_s));
   j["replicas"] = json::array();

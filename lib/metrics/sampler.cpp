@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <stdexcept>
 
 namespace procflow::metrics {
 
@@ -41,6 +42,20 @@ Sampler::Sampler(const detail::pipeline_def& def, const runtime::Plan& plan, con
     : def_(def), plan_(plan), state_(state), options_(def.options.profile),
       interval_(std::max<std::int64_t>(1, options_.sample_interval_ns / 1'000'000)) {
   using mode = profile_options::progress_mode;
+  if (!options_.counters) {
+    // counters_off (profile.hpp): nothing live to sample; refuse what would need it.
+    const auto refuse = [&](const char* what) {
+      throw std::invalid_argument(
+          fmt::format("procflow: pipeline '{}': counters_off cannot be combined with {} (it needs the live counters)", def.name, what));
+    };
+    for (const runtime::Group& g : plan.groups)
+      if (g.scalable) refuse("auto_scale");
+    if (!options_.trace_path.empty()) refuse("trace");
+    if (options_.progress != mode::off) refuse("progress");
+    if (options_.on_progress) refuse("on_progress");
+    interval_ = std::chrono::milliseconds(1000);
+    return;
+  }
   print_ = options_.progress == mode::always || (options_.progress == mode::terminal && ::isatty(STDERR_FILENO) == 1);
 }
 
@@ -75,10 +90,12 @@ run_sample Sampler::take(double time_s) const {
   }
   for (std::size_t g = 0; g + 1 < plan_.groups.size(); ++g) s.ring_slots_used.push_back(ring_used(state_.input_of(g + 1)));
   if (plan_.has_results) s.ring_slots_used.push_back(ring_used(state_.results()));
+  s.counters = sum_user_counters(def_, plan_, state_);
   return s;
 }
 
 void Sampler::tick() {
+  if (!options_.counters) return;
   const std::uint64_t now = steady_now_ns();
   if (now < next_ns_) return;
   next_ns_ = now + static_cast<std::uint64_t>(options_.sample_interval_ns);
@@ -143,7 +160,7 @@ std::string Sampler::progress_line(const progress_snapshot& p) const {
 }
 
 void Sampler::finish(run_report& report) {
-  samples_.push_back(take(report.wall_s));
+  if (options_.counters) samples_.push_back(take(report.wall_s));
   if (print_ && line_width_ > 0) {
     std::fputc('\r', stderr);
     std::fputs(std::string(line_width_, ' ').c_str(), stderr);

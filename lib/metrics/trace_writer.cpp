@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <map>
 #include <system_error>
 
 namespace procflow::metrics {
@@ -83,6 +84,11 @@ std::string trace_json(const run_report& report, const detail::pipeline_def& def
       rings[results ? fmt::format("group {} -> results", b) : fmt::format("group {} -> group {}", b, b + 1)] = s.ring_slots_used[b];
     }
     if (!rings.empty()) events.push_back({{"name", "ring slots used"}, {"ph", "C"}, {"ts", ts}, {"pid", counters_pid}, {"args", rings}});
+    // Named counters (pf::counter): one counter track per stage that has any, a series per name.
+    std::map<std::string, json> per_stage;
+    for (const named_counter& c : s.counters) per_stage[c.stage][c.name] = c.value;
+    for (auto& [stage, values] : per_stage)
+      events.push_back({{"name", "counters: " + stage}, {"ph", "C"}, {"ts", ts}, {"pid", counters_pid}, {"args", std::move(values)}});
     prev = &s;
   }
   json trace = {{"traceEvents", std::move(events)},

@@ -91,7 +91,8 @@ class Replica final : public detail::downstream {
  public:
   Replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group, std::uint32_t replica)
       : def_(def), plan_(plan), state_(state), group_(plan.groups[group]), group_index_(group), replica_(replica),
-        tallies_(def.stages.size()), record_(&state.record(state.first_replica(group) + replica)) {
+        tallies_(def.stages.size()), record_(&state.record(state.first_replica(group) + replica)),
+        timed_(def.options.profile.counters) {
     if (metrics::SpanRing* ring = state.spans(state.first_replica(group) + replica)) spans_.emplace(*ring, metrics::steady_now_ns());
   }
 
@@ -116,7 +117,7 @@ class Replica final : public detail::downstream {
       channel::OutboxOptions o;
       o.dispatch = group_.dispatch;
       o.source = group_.input == GroupInput::generator && group_.end_stage == 1;
-      if (o.source) {
+      if (o.source && timed_) {
         // A generator only returns at the end: mirror its counters after every slot so the
         // scheduler sees its rate while it runs.
         o.on_publish = [](void* self) { static_cast<Replica*>(self)->generator_progress(); };
@@ -221,11 +222,11 @@ class Replica final : public detail::downstream {
       if (chunk >= plan_.chunks) break;
       const auto [first, last] = chunk_range(plan_, chunk, total);
       set_stage(0);
-      const auto t0 = Clock::now();
+      const auto t0 = clock_start();
       const std::size_t n = src.fill_items(first, last, instances_.front()->input_buffer());
       Tally& t = tallies_[0];
       t.items_out += n;
-      t.busy_ns += ns_since(t0);
+      t.busy_ns += elapsed_ns(t0);
       process({chunk, first, src.units_are_items()}, n, /*batch_end=*/true, /*batch_start=*/true, 0);
     }
   }
@@ -252,9 +253,9 @@ class Replica final : public detail::downstream {
     for (;;) {
       if (!next_batch(batch)) break;
       set_stage(first_worker_);
-      const auto t0 = Clock::now();
+      const auto t0 = clock_start();
       const std::size_t n = instances_.front()->decode(batch);
-      const std::uint64_t decode_ns = ns_since(t0);
+      const std::uint64_t decode_ns = elapsed_ns(t0);
       const bool batch_start = !in_batch;
       in_batch = !batch.batch_end;
       process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
@@ -272,7 +273,7 @@ class Replica final : public detail::downstream {
     meta_ = meta;
     run_chain(0, n, meta.dense, extra_ns);
     if (outbox_) {
-      const auto t0 = Clock::now();
+      const auto t0 = clock_start();
       // Waiting for room downstream is blocked time, not busy time: the scheduler's true rate
       // (items per busy second) must not count it.
       const std::uint64_t blocked_before = outbox_->stats().blocked_ns;
@@ -280,12 +281,12 @@ class Replica final : public detail::downstream {
         if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
         outbox_->end_batch();
       }
-      const std::uint64_t elapsed = ns_since(t0);
+      const std::uint64_t elapsed = elapsed_ns(t0);
       const std::uint64_t blocked = outbox_->stats().blocked_ns - blocked_before;
       if (outbox_->publish_each_item()) outbox_->flush();
       tallies_[group_.end_stage - 1].busy_ns += elapsed > blocked ? elapsed - blocked : 0;
     }
-    flush_counters();
+    if (timed_) flush_counters();  // counters_off: only at the end (finish())
     note_phase(ReplicaPhase::waiting);
   }
 
@@ -326,7 +327,7 @@ class Replica final : public detail::downstream {
         Tally& t = tallies_[stage];
         t.items_in += n;
         t.batches_in += 1;
-        const auto t0 = Clock::now();
+        const auto t0 = clock_start();
         const std::uint64_t nested0 = spilled_ns_;
         detail::item_cursor cursor;
         const auto& policy = def_.stages[stage]->options().on_error ? def_.stages[stage]->options().on_error
@@ -355,19 +356,19 @@ class Replica final : public detail::downstream {
         if (k + 1 < instances_.size()) instances_[k]->hand_over(*instances_[k + 1]);
         t.items_out += n;
         // Time spent in spills of this stage's output (see spill()) belongs to the stages after it.
-        t.busy_ns += ns_since(t0) - (spilled_ns_ - nested0) + (k == first ? extra_ns : 0);
+        t.busy_ns += elapsed_ns(t0) - (spilled_ns_ - nested0) + (k == first ? extra_ns : 0);
         lineage_dense = lineage_dense && def_.stages[stage]->one_to_one() && cursor.skipped == 0;
       }
     }
     if (outbox_ && !ends_in_terminal()) {
-      const auto t0 = Clock::now();
+      const auto t0 = clock_start();
       // Keyed dispatch runs the next stage's key function here: errors are that stage's.
       set_stage(group_.keyed ? group_.encoder_stage : group_.end_stage - 1);
       void* out = instances_.empty() ? nullptr : instances_.back()->output_buffer();
       const std::uint64_t blocked_before = outbox_->stats().blocked_ns;
       def_.stages[group_.encoder_stage]->encode_input(out, *outbox_, group_.keyed);
       // Blocked on a full ring is not busy time (see process()).
-      const std::uint64_t elapsed = ns_since(t0);
+      const std::uint64_t elapsed = elapsed_ns(t0);
       const std::uint64_t blocked = outbox_->stats().blocked_ns - blocked_before;
       tallies_[group_.end_stage - 1].busy_ns += elapsed > blocked ? elapsed - blocked : 0;
     }
@@ -378,7 +379,7 @@ class Replica final : public detail::downstream {
   // input out to many items): the full buffer goes through the rest of the chain and into the
   // port now (blocking on back-pressure like any producer), so memory stays bounded.
   void spill(std::size_t k) override {
-    const auto t0 = Clock::now();
+    const auto t0 = clock_start();
     if (gate_) gate_->leave();  // the port is ours again: the flusher must keep off
     detail::stage_instance& from = *instances_[k];
     const std::size_t n = from.output_size();
@@ -388,7 +389,7 @@ class Replica final : public detail::downstream {
     from.clear_output();
     set_stage(first_worker_ + k);
     if (gate_) gate_->enter();
-    spilled_ns_ += ns_since(t0);
+    spilled_ns_ += elapsed_ns(t0);
   }
 
  private:
@@ -421,6 +422,10 @@ class Replica final : public detail::downstream {
     // Relaxed: see ReplicaRecord::current_stage.
     record().current_stage.store(static_cast<std::uint32_t>(stage), std::memory_order_relaxed);
   }
+
+  // The per-batch busy-time clock; with pf::counters_off it reads no clock and measures 0.
+  Clock::time_point clock_start() const noexcept { return timed_ ? Clock::now() : Clock::time_point{}; }
+  std::uint64_t elapsed_ns(Clock::time_point t0) const noexcept { return timed_ ? ns_since(t0) : 0; }
 
   // Validated when the replica starts (run_replica), so it cannot throw later.
   ReplicaRecord& record() const noexcept { return *record_; }
@@ -471,6 +476,7 @@ class Replica final : public detail::downstream {
   bool has_item_ = false;
   std::uint64_t item_seq_ = 0;
   std::vector<PolicyGuard> guards_;  // per fused stage: its error policy, while it applies
+  bool timed_ = true;  // false under pf::counters_off: no busy-time clock, counters published at the end only
 };
 
 }  // namespace
@@ -482,6 +488,7 @@ int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunStat
   try {
     stats = &state.stats(state.first_replica(group) + replica);
     metrics::record_start(*stats);
+    metrics::use_counter_table(&state.user_counters(state.first_replica(group) + replica));  // pf::counter
     r.emplace(def, plan, state, group, replica);
     r->run();
     metrics::record_end(*stats);

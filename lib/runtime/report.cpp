@@ -7,17 +7,10 @@
 namespace procflow {
 
 const stage_report* run_report::bottleneck() const {
-  const stage_report* best = nullptr;
-  double best_load = -1;
-  for (const auto& s : stages) {
-    if (s.replicas == 0) continue;
-    const double load = s.busy_s / s.replicas;
-    if (load > best_load) {
-      best_load = load;
-      best = &s;
-    }
-  }
-  return best;
+  const std::string name = verdict().stage;
+  for (const auto& s : stages)
+    if (!name.empty() && s.name == name) return &s;
+  return nullptr;
 }
 
 namespace {
@@ -67,6 +60,17 @@ std::string run_report::to_string(bool per_replica) const {
                          r.cpu_user_s + r.cpu_system_s, mebibytes(r.peak_rss_bytes), mebibytes(r.private_bytes));
     }
   }
+  // Named counters (pf::counter): the stage's sum, then each replica's count.
+  for (const auto& s : stages)
+    for (const auto& c : s.counters) {
+      std::string per_replica_counts;
+      for (const auto& r : replica_rows)
+        for (const auto& rc : r.counters)
+          if (rc.stage == c.stage && rc.name == c.name) per_replica_counts += fmt::format(" {}", rc.value);
+      out += fmt::format("  counter {} '{}': {}{}\n", c.stage, c.name, c.value,
+                         per_replica_counts.empty() ? "" : " (replicas:" + per_replica_counts + ")");
+    }
+  if (const bottleneck_verdict v = verdict(); v.why != bottleneck_verdict::cause::none) out += "  verdict: " + v.to_string() + "\n";
   for (const auto& s : stages)
     if (!s.note.empty()) out += fmt::format("  note: stage '{}' {}\n", s.name, s.note);
   for (const auto& s : stages)

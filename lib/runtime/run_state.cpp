@@ -26,6 +26,7 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
   for (const auto& g : plan.groups) max_replicas_ = std::max(max_replicas_, g.slots);
   plan_layout(layout_, header_offset_, counters_offset_, records_offset_, stages_, max_replicas_, total_replicas_);
   stats_offset_ = layout_.add(sizeof(metrics::ReplicaStats) * total_replicas_, alignof(metrics::ReplicaStats));
+  user_counters_offset_ = layout_.add(sizeof(metrics::UserCounterTable) * (total_replicas_ + 1), alignof(metrics::UserCounterTable));
   if (!def.options.profile.trace_path.empty())
     spans_offset_ = layout_.add(sizeof(metrics::SpanRing) * total_replicas_, alignof(metrics::SpanRing));
   std::uint32_t base = 0;
@@ -50,6 +51,8 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
   for (std::uint32_t i = 0; i < total_replicas_; ++i) new (r + i) ReplicaRecord{};
   auto* st = segment_.at<metrics::ReplicaStats>(stats_offset_, total_replicas_);
   for (std::uint32_t i = 0; i < total_replicas_; ++i) new (st + i) metrics::ReplicaStats{};
+  auto* uc = segment_.at<metrics::UserCounterTable>(user_counters_offset_, total_replicas_ + 1);
+  for (std::uint32_t i = 0; i <= total_replicas_; ++i) new (uc + i) metrics::UserCounterTable{};
   if (spans_offset_ != 0) {
     auto* sp = segment_.at<metrics::SpanRing>(spans_offset_, total_replicas_);
     for (std::uint32_t i = 0; i < total_replicas_; ++i) {
@@ -83,6 +86,11 @@ ReplicaRecord& RunState::record(std::uint32_t global_replica) const {
 metrics::ReplicaStats& RunState::stats(std::uint32_t global_replica) const {
   if (global_replica >= total_replicas_) throw shm_error(fmt::format("no stats for replica {}", global_replica));
   return segment_.at<metrics::ReplicaStats>(stats_offset_, total_replicas_)[global_replica];
+}
+
+metrics::UserCounterTable& RunState::user_counters(std::uint32_t index) const {
+  if (index > total_replicas_) throw shm_error(fmt::format("no counter table {}", index));
+  return segment_.at<metrics::UserCounterTable>(user_counters_offset_, total_replicas_ + 1)[index];
 }
 
 metrics::SpanRing* RunState::spans(std::uint32_t global_replica) const {

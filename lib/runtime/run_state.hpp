@@ -13,6 +13,7 @@
 #include "channel/channel.hpp"
 #include "metrics/replica_stats.hpp"
 #include "metrics/span_ring.hpp"
+#include "metrics/user_counter_table.hpp"
 #include "runtime/plan.hpp"
 #include "shm/segment.hpp"
 
@@ -115,6 +116,10 @@ class RunState {
   metrics::ReplicaStats& stats(std::uint32_t global_replica) const;
   // The replica's timeline for the trace; nullptr when no trace was asked for.
   metrics::SpanRing* spans(std::uint32_t global_replica) const;
+  // The named counters (pf::counter) of a global replica; index total_replicas() is the
+  // supervisor's own table (a sink or collect running in the caller).
+  metrics::UserCounterTable& user_counters(std::uint32_t global_replica_or_supervisor) const;
+  std::uint32_t total_replicas() const noexcept { return total_replicas_; }
   // Channel feeding group `g` (g >= 1), and the results channel to the supervisor.
   const channel::Channel& input_of(std::size_t group) const { return channels_.at(group - 1); }
   const channel::Channel& results() const { return results_; }
@@ -129,6 +134,7 @@ class RunState {
   std::uint64_t records_offset_ = 0;
   std::uint64_t stats_offset_ = 0;
   std::uint64_t spans_offset_ = 0;  // 0: no span rings
+  std::uint64_t user_counters_offset_ = 0;  // total_replicas_ + 1 tables
   std::size_t stages_ = 0;
   std::uint32_t max_replicas_ = 0;
   std::uint32_t total_replicas_ = 0;

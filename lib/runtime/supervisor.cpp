@@ -75,6 +75,8 @@ class Supervisor final : public SupervisedRun {
   }
 
   std::uint64_t seed() const noexcept { return plan_.seed; }
+  // pf::counter's table for a sink or collect running in this process.
+  metrics::UserCounterTable& caller_counters() const { return state_.user_counters(state_.total_replicas()); }
 
   run_report run() {
     start();
@@ -353,6 +355,7 @@ class Supervisor final : public SupervisedRun {
       collect.items_in = collect.items_out = report.stages[report.stages.size() - 2].items_out;
     }
     metrics::add_replica_rows(report, def_, plan_, state_, run_start_ns_);
+    metrics::add_user_counters(report, def_, plan_, state_);
     return report;
   }
 
@@ -414,6 +417,7 @@ run_report run_in_processes(const pipeline_def& def, result_collector* collector
     ~IdentityScope() { set_identity(saved); }
   } scope;
   Supervisor supervisor(def, collector);
+  metrics::CounterTableScope counters(&supervisor.caller_counters());  // restored before the shared memory goes
   Identity id;
   id.def = &def;
   id.stage = def.stages.size() - 1;

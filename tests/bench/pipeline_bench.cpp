@@ -50,11 +50,15 @@ Run procflow_map_callable(std::uint64_t n, std::uint32_t replicas, MapFn map_fn)
 // The benchmark pipeline. `splittable`: an iota source claimed in chunks by the replicas (no ring
 // before the first stage); otherwise a generator source in its own process feeding them.
 // `latency_off`: pf::max_latency(pf::latency_off) instead of the default bound (the peer that
-// shows what the latency flusher costs at full rate).
-Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false, bool threads = false) {
+// shows what the latency flusher costs at full rate). `counters_off`: pf::counters_off (the peer
+// that shows what the built-in counters and the supervisor's sampling cost).
+Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false, bool threads = false,
+                     bool counters_off = false) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto start = latency_off ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::max_latency(pf::latency_off))
-                           : pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion));
+  pf::profile_options profile;
+  profile.counters = !counters_off;
+  auto start = latency_off ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::max_latency(pf::latency_off), profile)
+                           : pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), profile);
   auto run = [&](auto flow) {
     return flow.map("square", square, pf::replicas(replicas))
         .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
@@ -190,6 +194,60 @@ int main(int argc, char** argv) {
   measure_bound("procflow", n, true, true);
   measure_bound("procflow_generator", n, false, true);
   measure_bound("procflow_unfused", n_small * 10, false, false);
+  // What the built-in counters and sampling cost (SPEC §3: under 3%): each variant with them on
+  // (the default) against pf::counters_off, runs interleaved, medians of the per-pair ratios.
+  // `overhead` = 1 - (on rate / off rate) of the median pair: positive when counting costs.
+  // `cpu_vs_off`: the same for the CPU time of the run (the caller and its reaped replicas), which a
+  // loaded machine disturbs less than wall time.
+  auto cpu_now = [] {
+    rusage self{}, kids{};
+    getrusage(RUSAGE_SELF, &self);
+    getrusage(RUSAGE_CHILDREN, &kids);
+    const auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; };
+    return s(self.ru_utime) + s(self.ru_stime) + s(kids.ru_utime) + s(kids.ru_stime);
+  };
+  auto measure_counters = [&](const std::string& variant, std::uint64_t items, bool splittable, bool fusion) {
+    if (!o.wants(variant + "_counters")) return;
+    std::vector<double> on, off, ratio, cpu_ratio;
+    for (int i = 0; i < o.repeats; ++i) {
+      const bool on_first = i % 2 == 0;  // alternate the order: the second run of a pair may find warmer caches
+      Run a{}, b{};
+      double cpu_a = 0, cpu_b = 0;
+      auto run_on = [&] {
+        const double c0 = cpu_now();
+        a = procflow_trivial(items, r, splittable, fusion);
+        cpu_a = cpu_now() - c0;
+      };
+      auto run_off = [&] {
+        const double c0 = cpu_now();
+        b = procflow_trivial(items, r, splittable, fusion, false, false, true);
+        cpu_b = cpu_now() - c0;
+      };
+      if (on_first) {
+        run_on();
+        run_off();
+      } else {
+        run_off();
+        run_on();
+      }
+      if (cpu_a > 0) cpu_ratio.push_back(cpu_b / cpu_a);
+      if (a.sum != bench::peers::trivial_expected(items) || b.sum != a.sum) {
+        fmt::print(stderr, "{}_counters: wrong sum {} / {}\n", variant, a.sum, b.sum);
+        std::exit(1);
+      }
+      on.push_back(static_cast<double>(items) / a.seconds);
+      off.push_back(static_cast<double>(items) / b.seconds);
+      ratio.push_back(b.seconds / a.seconds);
+    }
+    const double median_ratio = bench::median(ratio);
+    rows.push_back({"pipeline", variant + "_counters_on", bench::median(on),
+                    {{"vs_off", median_ratio}, {"overhead", 1 - median_ratio}, {"cpu_vs_off", cpu_ratio.empty() ? 0.0 : bench::median(cpu_ratio)}},
+                    "counters and sampling on (the default)"});
+    rows.push_back({"pipeline", variant + "_counters_off", bench::median(off), {}, "pf::counters_off, same run, interleaved"});
+  };
+  measure_counters("procflow", n, true, true);
+  measure_counters("procflow_generator", n, false, true);
+  measure_counters("procflow_unfused", n_small * 10, false, false);
   bench::report(o, rows, "tbb_batched");
 
   if (o.wants("rss")) {

@@ -190,3 +190,31 @@ TEST_CASE("a stage burning a known time per item shows that busy time") {
   for (std::uint32_t k = 0; k < 2; ++k) items += replica_of(r.report, "burn+sum", k).items_in;
   CHECK(items == static_cast<std::uint64_t>(n));
 }
+
+TEST_CASE("counters_off: items still exact at the end, no times or samples; refused with what needs live counters") {
+  CleanupCheck cleanup;
+  constexpr i64 n = 50'000;
+  auto r = pf::pipeline("quiet", pf::counters_off)
+               .source("numbers", pf::iota<i64>(0, n))
+               .map("square", [](i64 x) { return x * x; }, pf::replicas(2))
+               .filter("even", [](i64 x) { return x % 2 == 0; }, pf::own_process)
+               .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+               .run();
+  INFO(r.report.to_string(true));
+  CHECK(r.report.stages[1].items_in == static_cast<std::uint64_t>(n));
+  CHECK(r.report.stages[2].items_in == static_cast<std::uint64_t>(n));
+  CHECK(r.report.stages[2].items_out == static_cast<std::uint64_t>(n / 2));
+  CHECK(r.report.samples.empty());
+  for (const auto& s : r.report.stages) CHECK(s.busy_s == 0);
+  auto refused = [](auto option, const char* what) {
+    try {
+      pf::pipeline("refused", pf::counters_off, option).source("numbers", pf::iota<i64>(0, 10)).reduce("sum", i64{0}, std::plus<>{}, std::plus<>{}).run();
+      FAIL("counters_off with " << what << " was accepted");
+    } catch (const std::invalid_argument& e) {
+      CHECK(std::string(e.what()).find(std::string("counters_off cannot be combined with ") + what) != std::string::npos);
+    }
+  };
+  refused(pf::progress(true), "progress");
+  refused(pf::trace("/tmp/never-written.json"), "trace");
+  refused(pf::auto_scale, "auto_scale");
+}

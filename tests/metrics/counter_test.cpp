@@ -1,0 +1,198 @@
+// Checks pf::counter (include/procflow/counter.hpp): named counters bumped in stage code are summed
+// exactly per stage and per replica, kept apart per stage when stages share a process, counted
+// in the caller's process too, sampled while the run goes on, and shown in the table, JSON, HTML
+// and trace; past the fixed limits a clear error names the stage.
+#include "support/child_process.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+
+namespace pf = procflow;
+namespace pt = procflow::test;
+using i64 = std::int64_t;
+using u64 = std::uint64_t;
+
+namespace {
+
+struct CleanupCheck {
+  std::set<std::string> shm = pt::dev_shm_entries();
+  ~CleanupCheck() {
+    CHECK(pt::count_children() == 0);
+    CHECK(pt::dev_shm_entries() == shm);
+  }
+};
+
+u64 stage_counter(const pf::stage_report& s, const std::string& name) {
+  for (const auto& c : s.counters)
+    if (c.name == name) return c.value;
+  FAIL("stage " << s.name << " has no counter '" << name << "'");
+  return 0;
+}
+
+// The sum of `name` of stage `stage` over the replica rows.
+u64 replica_sum(const pf::run_report& r, const std::string& stage, const std::string& name) {
+  u64 sum = 0;
+  for (const auto& row : r.replica_rows)
+    for (const auto& c : row.counters)
+      if (c.stage == stage && c.name == name) sum += c.value;
+  return sum;
+}
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+TEST_CASE("named counters are summed exactly per stage and per replica, and shown in every output") {
+  CleanupCheck cleanup;
+  constexpr i64 n = 300'000;
+  const auto trace_path = std::filesystem::temp_directory_path() / ("counter_test_trace_" + std::to_string(::getpid()) + ".json");
+  auto r = pf::pipeline("counted", pf::trace(trace_path.string()), pf::sample_every(std::chrono::milliseconds(5)))
+               .source("numbers", pf::iota<i64>(0, n))
+               .map("parse", [](i64 x) {
+                 pf::counter("seen").add();
+                 if (x % 3 == 0) pf::counter("multiple of 3") += 1;
+                 if (x % 7 == 0) pf::counter("weight").add(static_cast<u64>(x % 100));
+                 return x;
+               }, pf::replicas(2))
+               .filter("keep", [](i64 x) {
+                 const bool keep = x % 2 == 0;
+                 if (!keep) pf::counter("seen").add();  // same name, another stage: counted apart
+                 return keep;
+               }, pf::own_process)
+               .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+               .run();
+  u64 weight = 0;
+  for (i64 x = 0; x < n; x += 7) weight += static_cast<u64>(x % 100);
+  const pf::run_report& rep = r.report;
+  INFO(rep.to_string(true));
+  const auto& parse = rep.stages[1];
+  const auto& keep = rep.stages[2];
+  CHECK(stage_counter(parse, "seen") == static_cast<u64>(n));
+  CHECK(stage_counter(parse, "multiple of 3") == static_cast<u64>((n + 2) / 3));
+  CHECK(stage_counter(parse, "weight") == weight);
+  CHECK(stage_counter(keep, "seen") == static_cast<u64>(n / 2));
+  CHECK(parse.counters.size() == 3);
+  CHECK(keep.counters.size() == 1);
+  CHECK(rep.stages[0].counters.empty());
+  // Per replica: the rows add up to the stage's sums.
+  CHECK(replica_sum(rep, "parse", "seen") == static_cast<u64>(n));
+  CHECK(replica_sum(rep, "parse", "weight") == weight);
+  CHECK(replica_sum(rep, "keep", "seen") == static_cast<u64>(n / 2));
+  // Sampled while running: the last sample (taken at the end) holds the totals; counts never go back.
+  REQUIRE(!rep.samples.empty());
+  u64 last_seen = 0;
+  for (const auto& s : rep.samples)
+    for (const auto& c : s.counters)
+      if (c.stage == "parse" && c.name == "seen") {
+        CHECK(c.value >= last_seen);
+        last_seen = c.value;
+      }
+  CHECK(last_seen == static_cast<u64>(n));
+  // Table, JSON, HTML, trace.
+  CHECK(rep.to_string().find(fmt::format("counter parse 'seen': {}", n)) != std::string::npos);
+  const auto j = nlohmann::json::parse(rep.to_json());
+  CHECK(j.at("stages").at(1).at("counters").at("seen") == n);
+  CHECK(j.at("stages").at(1).at("counters").at("multiple of 3") == (n + 2) / 3);
+  CHECK(j.at("stages").at(2).at("counters").at("seen") == n / 2);
+  u64 json_replica_sum = 0;
+  for (const auto& row : j.at("replicas"))
+    for (const auto& c : row.at("counters"))
+      if (c.at("stage") == "parse" && c.at("name") == "seen") json_replica_sum += c.at("value").get<u64>();
+  CHECK(json_replica_sum == static_cast<u64>(n));
+  CHECK(j.at("samples").back().at("counters").size() == 4);
+  const std::string html = rep.to_html();
+  CHECK(html.find("<h2>Named counters</h2>") != std::string::npos);
+  CHECK(html.find("<td>multiple of 3</td>") != std::string::npos);
+  const auto trace = nlohmann::json::parse(read_file(trace_path));
+  std::filesystem::remove(trace_path);
+  bool track = false;
+  for (const auto& e : trace.at("traceEvents"))
+    if (e.at("name") == "counters: parse" && e.at("ph") == "C" && e.at("args").contains("seen")) track = true;
+  CHECK(track);
+}
+
+TEST_CASE("a sink in the caller's process counts too, and a handle kept by a per_replica factory") {
+  CleanupCheck cleanup;
+  constexpr i64 n = 10'000;
+  i64 stored = 0;
+  auto r = pf::pipeline("caller_side")
+               .source("numbers", pf::iota<i64>(0, n))
+               .map("work", pf::per_replica([] {
+                 // The handle is made once per replica (after the fork) and bumped per item.
+                 return [hits = pf::counter("hits")](i64 x) mutable {
+                   hits.add();
+                   return x;
+                 };
+               }), pf::replicas(2))
+               .sink("store", [&stored](i64) {
+                 ++stored;
+                 pf::counter("stored").add();
+               })
+               .run();
+  CHECK(stored == n);
+  INFO(r.report.to_string(true));
+  CHECK(stage_counter(r.report.stages[1], "hits") == static_cast<u64>(n));
+  CHECK(stage_counter(r.report.stages[2], "stored") == static_cast<u64>(n));
+}
+
+TEST_CASE("past the fixed limits, and outside a run in processes, counter() refuses with a clear error") {
+  CleanupCheck cleanup;
+  auto too_many = [] {
+    return pf::pipeline("too_many")
+        .source("numbers", pf::iota<i64>(0, 100))
+        .map("greedy", [](i64 x) {
+          for (std::size_t k = 0; k <= pf::counter::max_counters; ++k) pf::counter(fmt::format("c{}", k)).add();
+          return x;
+        })
+        .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+        .run();
+  };
+  try {
+    too_many();
+    FAIL("33 counters in one replica were accepted");
+  } catch (const pf::stage_error& e) {
+    CHECK(e.stage() == "greedy");
+    CHECK(std::string(e.what()).find("at most 32 named counters") != std::string::npos);
+    CHECK(std::string(e.what()).find("c32") != std::string::npos);
+  }
+  try {
+    pf::pipeline("long_name")
+        .source("numbers", pf::iota<i64>(0, 10))
+        .map("verbose", [](i64 x) {
+          pf::counter(std::string(48, 'x')).add();
+          return x;
+        })
+        .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+        .run();
+    FAIL("a 48-byte name was accepted");
+  } catch (const pf::stage_error& e) {
+    CHECK(e.stage() == "verbose");
+    CHECK(std::string(e.what()).find("at most 47 bytes") != std::string::npos);
+  }
+  CHECK_THROWS_WITH_AS(pf::counter("outside"), doctest::Contains("only in a stage of a pipeline run in processes"), std::logic_error);
+  // Thread mode does not keep them (yet): refused by name, not silently dropped.
+  CHECK_THROWS_WITH_AS(pf::pipeline("threads")
+                           .source("numbers", pf::iota<i64>(0, 10))
+                           .map("m", [](i64 x) {
+                             pf::counter("n").add();
+                             return x;
+                           })
+                           .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                           .run(pf::in_threads),
+                       doctest::Contains("run(pf::in_threads)"), pf::stage_error);
+}
