@@ -80,6 +80,18 @@ class flat_table {
     return const_cast<entry*>(std::as_const(*this).find(key, hash));
   }
 
+  // Starts loading the index slot that a probe for `hash` reads first, and (when that slot is
+  // already cached) the entry it names: a hint only. Batched inserts call it for a window of items
+  // before probing any of them, so that their cache misses overlap instead of following one another.
+  void prefetch(std::uint64_t hash) const noexcept {
+    if (!index_.empty()) __builtin_prefetch(index_.data() + (hash & mask_));
+  }
+  void prefetch_entry(std::uint64_t hash) const noexcept {
+    if (index_.empty()) return;
+    const std::uint64_t s = index_[hash & mask_];
+    if (s != 0) __builtin_prefetch(entries_.data() + (static_cast<std::uint32_t>(s) - 1));
+  }
+
   // The accumulator for `key`, inserted as `init` (a copy) when absent.
   template <class Key>
   V& find_or_insert(Key&& key, std::uint64_t hash, const V& init) {
