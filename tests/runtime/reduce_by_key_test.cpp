@@ -317,6 +317,49 @@ TEST_CASE("keyed_result: an exception in combine fails run() with a stage_error 
   }
 }
 
+TEST_CASE("reduce_by_key: a throwing key function or fold names its item (windowed probes keep the position)") {
+  // The replica probes its table a window of items at a time (keys first, then folds): the error
+  // must still name the item that threw, whether the key function or the fold threw.
+  constexpr i64 bad = 123'457;
+  auto expect_item = [](auto run) {
+    try {
+      (void)run();
+      FAIL("run() should have thrown");
+    } catch (const pf::stage_error& e) {
+      CHECK(e.stage() == "groups");
+      CHECK(e.has_item());
+      CHECK(e.item_seq() == static_cast<std::uint64_t>(bad));
+      CHECK(e.message() == "bad item");
+    }
+  };
+  SUBCASE("key function") {
+    expect_item([] {
+      return pf::pipeline("throwing_key")
+          .source("numbers", pf::iota<i64>(0, 300'000))
+          .reduce_by_key("groups",
+                         [](i64 i) {
+                           if (i == bad) throw std::runtime_error("bad item");
+                           return i % 1000;
+                         },
+                         i64{0}, std::plus<>{}, std::plus<>{}, pf::replicas(2))
+          .run();
+    });
+  }
+  SUBCASE("fold") {
+    expect_item([] {
+      return pf::pipeline("throwing_fold")
+          .source("numbers", pf::iota<i64>(0, 300'000))
+          .reduce_by_key("groups", [](i64 i) { return i % 1000; }, i64{0},
+                         [](i64& acc, i64 i) {
+                           if (i == bad) throw std::runtime_error("bad item");
+                           acc += i;
+                         },
+                         std::plus<>{}, pf::replicas(2))
+          .run();
+    });
+  }
+}
+
 TEST_CASE("flat_table: grows, finds, refuses a decoded duplicate") {
   using table = pf::detail::flat_table<std::string, i64, std::hash<std::string>>;
   table t;
