@@ -490,8 +490,8 @@ class reduce_stage final : public input_stage<T> {
 };
 
 // Every replica pre-aggregates into a keyed_partial: flat tables radix-partitioned by the top bits
-// of the mixed key hash (keyed.hpp). The caller merges partition by partition in parallel and
-// keeps the partitions as the keyed_result.
+// of the mixed key hash (keyed.hpp), sent one partition (keyed_piece) at a time. The caller merges
+// partition by partition in parallel and keeps the partitions as the keyed_result.
 template <class T, class KeyFn, class Acc, class Fold, class Combine, class Hash>
 class reduce_by_key_stage final : public input_stage<T> {
  public:
@@ -551,7 +551,7 @@ class reduce_by_key_stage final : public input_stage<T> {
       return 0;
     }
     void begin_batch() override { groups_.clear(); }
-    void end_batch(output_port& results) override { encode_item(groups_, results); }
+    void end_batch(output_port& results) override { send_pieces(groups_, results); }
 
    private:
     // The fast path (no error policy): keys and hashes of a window of items first, each table slot
@@ -591,7 +591,7 @@ class reduce_by_key_stage final : public input_stage<T> {
 
    public:
     void finish(output_port& results) override {
-      if (!ordered_) encode_item(groups_, results);
+      if (!ordered_) send_pieces(groups_, results);
     }
 
    private:
