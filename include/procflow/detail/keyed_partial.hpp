@@ -12,6 +12,7 @@
 #include <procflow/keyed.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -201,12 +202,23 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
         total.rebuild_after_decode();
         continue;
       }
-      for (auto& e : source) {
-        const std::uint64_t h = table::hash_of(e.first);
-        if (auto* t = total.find(e.first, h)) {
-          merge(t->second, std::move(e.second));
-        } else {
-          total.insert_new(std::move(e), h);
+      // A window of hashes first, their index slots prefetched, then the probes (as the replicas
+      // fold): the misses of a large partition overlap.
+      constexpr std::size_t window = 16;
+      std::array<std::uint64_t, window> hashes;
+      for (std::size_t base = 0; base < source.size(); base += window) {
+        const std::size_t m = std::min(window, source.size() - base);
+        for (std::size_t j = 0; j < m; ++j) {
+          hashes[j] = table::hash_of(source[base + j].first);
+          total.prefetch(hashes[j]);
+        }
+        for (std::size_t j = 0; j < m; ++j) {
+          auto& e = source[base + j];
+          if (auto* t = total.find(e.first, hashes[j])) {
+            merge(t->second, std::move(e.second));
+          } else {
+            total.insert_new(std::move(e), hashes[j]);
+          }
         }
       }
       entries().swap(source);  // free as we go
