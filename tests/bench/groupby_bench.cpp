@@ -4,7 +4,7 @@
 //   sequential_flat   the same loop over procflow's flat open-addressing table (a stronger peer)
 //   procflow          iota -> map(key) x2 -> reduce_by_key, default placement (as the issue writes it)
 //   procflow_shuffle  the same with reduce_by_key in 2 processes of its own (keyed dispatch)
-//   *_random_keys     the same three (sequential, procflow, procflow_shuffle) over random keys,
+//   *_random_keys     (with --random-keys, instead of the rows above) the same three (sequential, procflow, procflow_shuffle) over random keys,
 //                     mix_hash(i) % K (about K(1 - e^(-N/K)) distinct keys). The rows above repeat
 //                     the key order (i * 2654435761) % K every K items, so a std::unordered_map loop
 //                     (identity hash, nodes allocated in first-seen order) walks its nodes in
@@ -14,7 +14,7 @@
 // sampled every 5 ms by the parent (each process's last seen high-water mark, summed: shared
 // memory pages count in each process that touched them, so this overstates rather than understates).
 //
-//   groupby_bench [--json] [--quick] [--repeats=N] [--scale=F] [--only=...] [--keys=1,1000,...]
+//   groupby_bench [--json] [--quick] [--repeats=N] [--scale=F] [--only=...] [--keys=1,1000,...] [--random-keys]
 #include "bench_support.hpp"
 
 #include <procflow/detail/flat_table.hpp>
@@ -162,12 +162,16 @@ double watch_tree(pid_t root) {
   return static_cast<double>(sum) / 1024.0;
 }
 
+bool random_keys = false;  // --random-keys: also the *_random_keys rows (slow: a cache miss per item)
+
 std::vector<i64> parse_keys(int& argc, char** argv) {
   std::vector<i64> keys{1, 1'000, 100'000, 1'000'000, 5'000'000};
   int out = 1;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
-    if (a.rfind("--keys=", 0) == 0) {
+    if (a == "--random-keys") {
+      random_keys = true;
+    } else if (a.rfind("--keys=", 0) == 0) {
       keys.clear();
       std::stringstream ss(std::string(a.substr(7)));
       for (std::string part; std::getline(ss, part, ',');) keys.push_back(static_cast<i64>(std::atof(part.c_str())));
@@ -189,10 +193,11 @@ int main(int argc, char** argv) {
   std::vector<bench::Row> rows;
   for (const i64 k : key_counts) {
     const Summary expected = sequential_flat<key_of>(n, k);
-    const Summary expected_random = o.wants("random_keys") ? sequential_flat<random_key_of>(n, k) : Summary{};
+    const Summary expected_random = random_keys ? sequential_flat<random_key_of>(n, k) : Summary{};
     auto measure = [&](const std::string& variant, Summary (*run)(i64, i64), const char* note) {
-      const Summary& want = variant.ends_with("random_keys") ? expected_random : expected;
-      if (!o.wants(variant)) return;
+      const bool random_row = variant.ends_with("random_keys");
+      const Summary& want = random_row ? expected_random : expected;
+      if (!o.wants(variant) || random_row != random_keys) return;
       std::vector<double> walls, rss;
       for (int r = 0; r < o.repeats; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
