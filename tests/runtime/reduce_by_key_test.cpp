@@ -6,7 +6,8 @@
 // keyed result's hasher; the result converts to std::unordered_map<K, Acc>. Issue 16: the
 // pf::keyed_result from 1 key to more keys than items with int, string and pair keys, fused and in
 // own processes, ordered and unordered; a non-commutative ordered fold; one replica per partition
-// with keyed dispatch; an exception in combine; flat_table itself.
+// with keyed dispatch; an exception in combine; a throwing key function or fold names its item
+// (the replica probes a window of items at a time); flat_table itself.
 //
 // Per-replica load is read from the result itself: each key's accumulator is the pid of the
 // replica that folded it, and a combine that sees two pids for one key fails the run.
