@@ -13,6 +13,7 @@
 // replica that folded it, and a combine that sees two pids for one key fails the run.
 #include <procflow/procflow.hpp>
 #include <procflow/detail/flat_table.hpp>
+#include <procflow/detail/keyed_partial.hpp>
 
 #include <doctest/doctest.h>
 
@@ -358,6 +359,35 @@ TEST_CASE("reduce_by_key: a throwing key function or fold names its item (window
                          std::plus<>{}, pf::replicas(2))
           .run();
     });
+  }
+}
+
+TEST_CASE("keyed_piece codec: round trip of raw and string entries; a partition index or count out of range is refused") {
+  auto round_trip = [](const auto& piece) {
+    using piece_type = std::decay_t<decltype(piece)>;
+    std::vector<std::byte> bytes(pf::codec<piece_type>::encoded_size(piece));
+    CHECK(pf::codec<piece_type>::encode(piece, bytes.data()) == bytes.data() + bytes.size());
+    pf::decoder in(bytes);
+    const piece_type back = pf::codec<piece_type>::decode(in);
+    CHECK(in.empty());
+    CHECK(back.partition == piece.partition);
+    CHECK(back.entries == piece.entries);
+    return bytes;
+  };
+  pf::detail::keyed_piece<i64, i64> raw{63, {{1, 10}, {2, 20}, {-3, 30}}};
+  std::vector<std::byte> bytes = round_trip(raw);
+  round_trip(pf::detail::keyed_piece<std::string, i64>{5, {{"a", 1}, {std::string(300, 'b'), 2}, {"", 3}}});
+
+  bytes[0] = std::byte{64};  // partition index varint: 64 is out of range
+  {
+    pf::decoder in(bytes);
+    CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);
+  }
+  bytes[0] = std::byte{63};
+  bytes[1] = std::byte{4};  // 4 entries announced, 3 present
+  {
+    pf::decoder in(bytes);
+    CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);
   }
 }
 
