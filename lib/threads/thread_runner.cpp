@@ -115,7 +115,9 @@ class MemoryPort final : public output_port {
   }
   batch_view view(std::uint64_t seq) const {
     batch_view v;
-    v.bytes = {bytes_.data(), static_cast<std::size_t>(cursor_.pos - bytes_.data())};
+    // Nothing written (an ordered reduce_by_key batch without groups sends no piece): no slot is
+    // open and cursor_.pos is null, so the view is empty rather than pos - data().
+    v.bytes = {bytes_.data(), cursor_.pos ? static_cast<std::size_t>(cursor_.pos - bytes_.data()) : 0};
     v.items = cursor_.items;
     v.meta.seq = seq;
     v.batch_end = true;

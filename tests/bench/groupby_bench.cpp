@@ -4,12 +4,17 @@
 //   sequential_flat   the same loop over procflow's flat open-addressing table (a stronger peer)
 //   procflow          iota -> map(key) x2 -> reduce_by_key, default placement (as the issue writes it)
 //   procflow_shuffle  the same with reduce_by_key in 2 processes of its own (keyed dispatch)
+//   *_random_keys     (with --random-keys, instead of the rows above) the same three (sequential, procflow, procflow_shuffle) over random keys,
+//                     mix_hash(i) % K (about K(1 - e^(-N/K)) distinct keys). The rows above repeat
+//                     the key order (i * 2654435761) % K every K items, so a std::unordered_map loop
+//                     (identity hash, nodes allocated in first-seen order) walks its nodes in
+//                     memory order; random keys show the tables on keys without that order.
 // Fields: seconds (median wall time of the child, result checked), peak_rss_mb: the sum over every
 // process of the child's tree (the child and all its descendants) of VmHWM from /proc/<pid>/status,
 // sampled every 5 ms by the parent (each process's last seen high-water mark, summed: shared
 // memory pages count in each process that touched them, so this overstates rather than understates).
 //
-//   groupby_bench [--json] [--quick] [--repeats=N] [--scale=F] [--only=...] [--keys=1,1000,...]
+//   groupby_bench [--json] [--quick] [--repeats=N] [--scale=F] [--only=...] [--keys=1,1000,...] [--random-keys]
 #include "bench_support.hpp"
 
 #include <procflow/detail/flat_table.hpp>
@@ -32,6 +37,8 @@ namespace {
 using i64 = std::int64_t;
 
 i64 key_of(i64 i, i64 k) { return static_cast<i64>((static_cast<std::uint64_t>(i) * 2654435761ULL) % static_cast<std::uint64_t>(k)); }
+i64 random_key_of(i64 i, i64 k) { return static_cast<i64>(pf::mix_hash(static_cast<std::uint64_t>(i)) % static_cast<std::uint64_t>(k)); }
+using key_fn = i64 (*)(i64, i64);
 
 // What every variant must agree on: key count, total count, and a checksum of key*count.
 struct Summary {
@@ -50,37 +57,42 @@ Summary summarize(const Map& m) {
   return s;
 }
 
+template <key_fn Key>
 Summary sequential(i64 n, i64 k) {
   std::unordered_map<i64, i64> counts;
-  for (i64 i = 0; i < n; ++i) ++counts[key_of(i, k)];
+  for (i64 i = 0; i < n; ++i) ++counts[Key(i, k)];
   return summarize(counts);
 }
 
+template <key_fn Key>
 Summary sequential_flat(i64 n, i64 k) {
   using Table = pf::detail::flat_table<i64, i64, std::hash<i64>>;
   Table counts;
   for (i64 i = 0; i < n; ++i) {
-    const i64 key = key_of(i, k);
+    const i64 key = Key(i, k);
     ++counts.find_or_insert(key, Table::hash_of(key), i64{0});
   }
   return summarize(counts);
 }
 
+template <key_fn Key>
 auto count_pipeline(i64 n, i64 k) {
   return pf::pipeline("groupby")
       .source("numbers", pf::iota<i64>(0, n))
-      .map("key", [k](i64 i) { return key_of(i, k); }, pf::replicas(2));
+      .map("key", [k](i64 i) { return Key(i, k); }, pf::replicas(2));
 }
 
+template <key_fn Key>
 Summary with_procflow(i64 n, i64 k) {
-  auto r = count_pipeline(n, k)
+  auto r = count_pipeline<Key>(n, k)
                .reduce_by_key("count", [](i64 key) { return key; }, i64{0}, [](i64& c, i64) { ++c; }, std::plus<>{})
                .run();
   return summarize(r.value);
 }
 
+template <key_fn Key>
 Summary with_procflow_shuffle(i64 n, i64 k) {
-  auto r = count_pipeline(n, k)
+  auto r = count_pipeline<Key>(n, k)
                .reduce_by_key("count", [](i64 key) { return key; }, i64{0}, [](i64& c, i64) { ++c; }, std::plus<>{},
                               pf::replicas(2), pf::own_process)
                .run();
@@ -150,12 +162,16 @@ double watch_tree(pid_t root) {
   return static_cast<double>(sum) / 1024.0;
 }
 
+bool random_keys = false;  // --random-keys: also the *_random_keys rows (slow: a cache miss per item)
+
 std::vector<i64> parse_keys(int& argc, char** argv) {
   std::vector<i64> keys{1, 1'000, 100'000, 1'000'000, 5'000'000};
   int out = 1;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
-    if (a.rfind("--keys=", 0) == 0) {
+    if (a == "--random-keys") {
+      random_keys = true;
+    } else if (a.rfind("--keys=", 0) == 0) {
       keys.clear();
       std::stringstream ss(std::string(a.substr(7)));
       for (std::string part; std::getline(ss, part, ',');) keys.push_back(static_cast<i64>(std::atof(part.c_str())));
@@ -176,9 +192,12 @@ int main(int argc, char** argv) {
 
   std::vector<bench::Row> rows;
   for (const i64 k : key_counts) {
-    const Summary expected = sequential_flat(n, k);
+    const Summary expected = sequential_flat<key_of>(n, k);
+    const Summary expected_random = random_keys ? sequential_flat<random_key_of>(n, k) : Summary{};
     auto measure = [&](const std::string& variant, Summary (*run)(i64, i64), const char* note) {
-      if (!o.wants(variant)) return;
+      const bool random_row = variant.ends_with("random_keys");
+      const Summary& want = random_row ? expected_random : expected;
+      if (!o.wants(variant) || random_row != random_keys) return;
       std::vector<double> walls, rss;
       for (int r = 0; r < o.repeats; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
@@ -188,7 +207,7 @@ int main(int argc, char** argv) {
         if (pid == 0) {
           int rc = 3;
           try {
-            rc = run(n, k) == expected ? 0 : 3;
+            rc = run(n, k) == want ? 0 : 3;
           } catch (const std::exception& e) {
             fmt::print(stderr, "groupby_bench {}: {}\n", variant, e.what());
           }
@@ -202,10 +221,14 @@ int main(int argc, char** argv) {
       rows.push_back({"groupby", variant, static_cast<double>(n) / wall,
                       {{"keys", static_cast<double>(k)}, {"seconds", wall}, {"peak_rss_mb", bench::median(rss)}}, note});
     };
-    measure("sequential", sequential, "std::unordered_map loop");
-    measure("sequential_flat", sequential_flat, "flat open-addressing table loop");
-    measure("procflow", with_procflow, "iota -> map x2 -> reduce_by_key (default placement)");
-    measure("procflow_shuffle", with_procflow_shuffle, "reduce_by_key replicas(2), own_process");
+    measure("sequential", sequential<key_of>, "std::unordered_map loop");
+    measure("sequential_flat", sequential_flat<key_of>, "flat open-addressing table loop");
+    measure("procflow", with_procflow<key_of>, "iota -> map x2 -> reduce_by_key (default placement)");
+    measure("procflow_shuffle", with_procflow_shuffle<key_of>, "reduce_by_key replicas(2), own_process");
+    measure("sequential_random_keys", sequential<random_key_of>, "std::unordered_map loop, keys mix_hash(i) % K");
+    measure("procflow_random_keys", with_procflow<random_key_of>, "default placement, keys mix_hash(i) % K");
+    measure("procflow_shuffle_random_keys", with_procflow_shuffle<random_key_of>,
+            "reduce_by_key replicas(2), own_process, keys mix_hash(i) % K");
   }
   bench::report(o, rows);
   return 0;

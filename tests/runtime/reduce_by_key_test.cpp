@@ -6,12 +6,14 @@
 // keyed result's hasher; the result converts to std::unordered_map<K, Acc>. Issue 16: the
 // pf::keyed_result from 1 key to more keys than items with int, string and pair keys, fused and in
 // own processes, ordered and unordered; a non-commutative ordered fold; one replica per partition
-// with keyed dispatch; an exception in combine; flat_table itself.
+// with keyed dispatch; an exception in combine; a throwing key function or fold names its item
+// (the replica probes a window of items at a time); flat_table itself.
 //
 // Per-replica load is read from the result itself: each key's accumulator is the pid of the
 // replica that folded it, and a combine that sees two pids for one key fails the run.
 #include <procflow/procflow.hpp>
 #include <procflow/detail/flat_table.hpp>
+#include <procflow/detail/keyed_partial.hpp>
 
 #include <doctest/doctest.h>
 
@@ -314,6 +316,78 @@ TEST_CASE("keyed_result: an exception in combine fails run() with a stage_error 
   } catch (const pf::stage_error& e) {
     CHECK(e.stage() == "groups");
     CHECK(std::string(e.what()).find("combine refused") != std::string::npos);
+  }
+}
+
+TEST_CASE("reduce_by_key: a throwing key function or fold names its item (windowed probes keep the position)") {
+  // The replica probes its table a window of items at a time (keys first, then folds): the error
+  // must still name the item that threw, whether the key function or the fold threw.
+  constexpr i64 bad = 123'457;
+  auto expect_item = [](auto run) {
+    try {
+      (void)run();
+      FAIL("run() should have thrown");
+    } catch (const pf::stage_error& e) {
+      CHECK(e.stage() == "groups");
+      CHECK(e.has_item());
+      CHECK(e.item_seq() == static_cast<std::uint64_t>(bad));
+      CHECK(e.message() == "bad item");
+    }
+  };
+  SUBCASE("key function") {
+    expect_item([] {
+      return pf::pipeline("throwing_key")
+          .source("numbers", pf::iota<i64>(0, 300'000))
+          .reduce_by_key("groups",
+                         [](i64 i) {
+                           if (i == bad) throw std::runtime_error("bad item");
+                           return i % 1000;
+                         },
+                         i64{0}, std::plus<>{}, std::plus<>{}, pf::replicas(2))
+          .run();
+    });
+  }
+  SUBCASE("fold") {
+    expect_item([] {
+      return pf::pipeline("throwing_fold")
+          .source("numbers", pf::iota<i64>(0, 300'000))
+          .reduce_by_key("groups", [](i64 i) { return i % 1000; }, i64{0},
+                         [](i64& acc, i64 i) {
+                           if (i == bad) throw std::runtime_error("bad item");
+                           acc += i;
+                         },
+                         std::plus<>{}, pf::replicas(2))
+          .run();
+    });
+  }
+}
+
+TEST_CASE("keyed_piece codec: round trip of raw and string entries; a partition index or count out of range is refused") {
+  auto round_trip = [](const auto& piece) {
+    using piece_type = std::decay_t<decltype(piece)>;
+    std::vector<std::byte> bytes(pf::codec<piece_type>::encoded_size(piece));
+    CHECK(pf::codec<piece_type>::encode(piece, bytes.data()) == bytes.data() + bytes.size());
+    pf::decoder in(bytes);
+    const piece_type back = pf::codec<piece_type>::decode(in);
+    CHECK(in.empty());
+    CHECK(back.partition == piece.partition);
+    CHECK(back.entries == piece.entries);
+    return bytes;
+  };
+  pf::detail::keyed_piece<i64, i64> raw{63, {{1, 10}, {2, 20}, {-3, 30}}};
+  std::vector<std::byte> bytes = round_trip(raw);
+  round_trip(pf::detail::keyed_piece<std::string, i64>{5, {{"a", 1}, {std::string(300, 'b'), 2}, {"", 3}}});
+
+  bytes[0] = std::byte{64};  // partition index varint: 64 is out of range
+  {
+    pf::decoder in(bytes);
+    CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);
+  }
+  bytes[0] = std::byte{63};
+  bytes[1] = std::byte{4};  // 4 entries announced, 3 present
+  {
+    pf::decoder in(bytes);
+    CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);
   }
 }
 

@@ -2,8 +2,11 @@
 //
 // Entries live densely in insertion order in one vector of {first, second} (so iteration, encoding
 // and decoding are sequential passes over contiguous memory, and a raw K/V pair is copied in bulk);
-// a separate power-of-two index of 64-bit slots (32 bits of the hash as a tag, the entry's position
-// + 1 below) is probed linearly, at most half full. The caller passes the key's mixed hash
+// a separate power-of-two index of 32-bit slots is probed linearly, at most half full. A slot of an
+// index of 2^b slots holds the entry's position + 1 in its low b bits (entries <= 2^(b-1)) and
+// 32 - b bits of the hash above them as a tag, so most probes of another key's slot never touch
+// that entry (without the tag, 1 M keys probed 1.6x slower). 4 bytes a slot rather than 8 halve
+// the index: 64 MB less at 5 M keys. The caller passes the key's mixed hash
 // (mix_hash(Hash{}(key))) so a partitioned owner hashes each key once; Hash is kept only to
 // rebuild the index after decoding.
 #pragma once
@@ -61,17 +64,19 @@ class flat_table {
     entries_.clear();
     index_.clear();
     mask_ = 0;
+    position_bits_ = 0;
+    position_mask_ = 0;
   }
 
   // The entry for `key` (hash = hash_of(key)), or null.
   const entry* find(const K& key, std::uint64_t hash) const noexcept {
     if (index_.empty()) return nullptr;
-    const std::uint64_t tag = hash >> 32;
+    const std::uint32_t tag = tag_of(hash);
     for (std::size_t slot = hash & mask_;; slot = (slot + 1) & mask_) {
-      const std::uint64_t s = index_[slot];
+      const std::uint32_t s = index_[slot];
       if (s == 0) return nullptr;
-      if ((s >> 32) == tag) {
-        const entry& e = entries_[static_cast<std::uint32_t>(s) - 1];
+      if ((s & ~position_mask_) == tag) {
+        const entry& e = entries_[(s & position_mask_) - 1];
         if (e.first == key) return &e;
       }
     }
@@ -80,29 +85,42 @@ class flat_table {
     return const_cast<entry*>(std::as_const(*this).find(key, hash));
   }
 
+  // Starts loading the index slot that a probe for `hash` reads first, and (when that slot is
+  // already cached) the entry it names: a hint only. Batched inserts call it for a window of items
+  // before probing any of them, so that their cache misses overlap instead of following one another.
+  void prefetch(std::uint64_t hash) const noexcept {
+    if (!index_.empty()) __builtin_prefetch(index_.data() + (hash & mask_));
+  }
+  void prefetch_entry(std::uint64_t hash) const noexcept {
+    if (index_.empty()) return;
+    const std::uint32_t s = index_[hash & mask_];
+    if (s != 0) __builtin_prefetch(entries_.data() + ((s & position_mask_) - 1));
+  }
+
   // The accumulator for `key`, inserted as `init` (a copy) when absent.
   template <class Key>
   V& find_or_insert(Key&& key, std::uint64_t hash, const V& init) {
     if (entries_.size() >= (index_.size() >> 1)) [[unlikely]] grow();
-    const std::uint64_t tag = hash >> 32;
+    const std::uint32_t tag = tag_of(hash);
     std::size_t slot = hash & mask_;
     for (;; slot = (slot + 1) & mask_) {
-      const std::uint64_t s = index_[slot];
+      const std::uint32_t s = index_[slot];
       if (s == 0) break;
-      if ((s >> 32) == tag) {
-        entry& e = entries_[static_cast<std::uint32_t>(s) - 1];
+      if ((s & ~position_mask_) == tag) {
+        entry& e = entries_[(s & position_mask_) - 1];
         if (e.first == key) return e.second;
       }
     }
-    if (entries_.size() >= 0xffffffffu) throw procflow::error("reduce_by_key: more than 2^32 - 1 keys in one partition");
+    if (entries_.size() >= max_entries) throw procflow::error("reduce_by_key: more than 2^31 keys in one partition");
     entries_.push_back(entry{K(std::forward<Key>(key)), init});
-    index_[slot] = (tag << 32) | entries_.size();
+    index_[slot] = tag | static_cast<std::uint32_t>(entries_.size());
     return entries_.back().second;
   }
 
   // Appends an entry known to be absent (decoding, merging disjoint partitions).
   void insert_new(entry&& e, std::uint64_t hash) {
     if (entries_.size() >= (index_.size() >> 1)) [[unlikely]] grow();
+    if (entries_.size() >= max_entries) throw procflow::error("reduce_by_key: more than 2^31 keys in one partition");
     entries_.push_back(std::move(e));
     place(hash, entries_.size());
   }
@@ -115,36 +133,51 @@ class flat_table {
 
   // Builds the index from the entries (after decoding); throws on a duplicate key.
   void rebuild_after_decode() {
+    if (entries_.size() > max_entries) throw codec_error("codec: more than 2^31 keys in one partition of a keyed result");
     rebuild_index(std::bit_ceil(std::max<std::size_t>(16, entries_.size() * 2)), true);
   }
 
  private:
+  // Positions + 1 fit an index slot, and the index (2 slots an entry at most) fits a size_t.
+  static constexpr std::size_t max_entries = std::size_t{1} << 31;
+
   void grow() { rebuild_index(std::max<std::size_t>(16, index_.size() * 2)); }
 
   void place(std::uint64_t hash, std::size_t position) noexcept {
     std::size_t slot = hash & mask_;
     while (index_[slot] != 0) slot = (slot + 1) & mask_;
-    index_[slot] = ((hash >> 32) << 32) | position;
+    index_[slot] = tag_of(hash) | static_cast<std::uint32_t>(position);
+  }
+
+  // The tag: hash bits 32 .. 63 - b (not the top bits, which name the partition) above the b
+  // position bits of an index of 2^b slots; 0 when b = 32.
+  std::uint32_t tag_of(std::uint64_t hash) const noexcept {
+    return static_cast<std::uint32_t>(((hash >> 32) << position_bits_) & 0xffffffffULL);
   }
 
   void rebuild_index(std::size_t slots, bool check_duplicates = false) {
+    if (slots > (std::size_t{1} << 32)) throw procflow::error("reduce_by_key: more than 2^31 keys in one partition");
     index_.assign(slots, 0);
     mask_ = slots - 1;
+    position_bits_ = static_cast<unsigned>(std::countr_zero(slots));
+    position_mask_ = static_cast<std::uint32_t>((std::uint64_t{1} << position_bits_) - 1);
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       const std::uint64_t hash = hash_of(entries_[i].first);
-      const std::uint64_t tag = hash >> 32;
       std::size_t slot = hash & mask_;
+      const std::uint32_t tag = tag_of(hash);
       for (; index_[slot] != 0; slot = (slot + 1) & mask_)
-        if (check_duplicates && (index_[slot] >> 32) == tag &&
-            entries_[static_cast<std::uint32_t>(index_[slot]) - 1].first == entries_[i].first)
+        if (check_duplicates && (index_[slot] & ~position_mask_) == tag &&
+            entries_[(index_[slot] & position_mask_) - 1].first == entries_[i].first)
           throw codec_error("codec: duplicate key in a keyed result");
-      index_[slot] = (tag << 32) | (i + 1);
+      index_[slot] = tag | static_cast<std::uint32_t>(i + 1);
     }
   }
 
   std::vector<entry> entries_;
-  std::vector<std::uint64_t> index_;  // 0 = empty, else (hash >> 32) << 32 | (position + 1)
+  std::vector<std::uint32_t> index_;  // 0 = empty, else tag | (the entry's position + 1)
   std::size_t mask_ = 0;
+  unsigned position_bits_ = 0;         // log2(index_.size())
+  std::uint32_t position_mask_ = 0;    // the low position_bits_ bits
 };
 
 }  // namespace detail

@@ -1,8 +1,9 @@
-// What a reduce_by_key replica sends to the caller (keyed_partial: its groups, radix-partitioned by
-// the top bits of the mixed key hash, with a codec that copies raw K/Acc entries in bulk) and the
-// caller's side (keyed_collector: merges the replicas' partials partition by partition, the
-// partitions in parallel on a few threads that are joined before run() returns, and hands the
-// partitions over as a keyed_result without rebuilding one map).
+// What a reduce_by_key replica holds (keyed_partial: its groups, radix-partitioned by the top bits
+// of the mixed key hash) and sends to the caller (keyed_piece: one partition's entries, with a
+// codec that copies raw K/Acc entries in bulk), and the caller's side (keyed_collector: files the
+// pieces by partition, merges them partition by partition, the partitions in parallel on a few
+// threads that are joined before run() returns, and hands the partitions over as a keyed_result
+// without rebuilding one map).
 #pragma once
 
 #include <procflow/codec.hpp>
@@ -11,6 +12,7 @@
 #include <procflow/keyed.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -40,59 +42,62 @@ template <class K, class V>
 inline constexpr bool raw_entries_v = is_raw_codec_v<K> && is_raw_codec_v<V> && std::is_trivially_copyable_v<keyed_entry<K, V>> &&
                                       sizeof(keyed_entry<K, V>) == sizeof(K) + sizeof(V);
 
+// What travels: one piece per non-empty partition of a replica's keyed_partial (its index and its
+// entries), so neither side ever holds the whole partial encoded (at 5 M keys that was an 80 MB
+// encode buffer in each replica and as much reassembled in the caller), and the caller files each
+// piece under its partition as it arrives.
+template <class K, class V>
+struct keyed_piece {
+  std::uint32_t partition = 0;
+  std::vector<keyed_entry<K, V>> entries;
+};
+
 }  // namespace detail
 
-// Encoded: the partition count, then per partition its entry count and entries (a block of bytes
-// for raw entries, key then accumulator otherwise). The index is rebuilt by the receiver.
-template <class K, class V, class Hash>
-struct codec<detail::keyed_partial<K, V, Hash>> {
-  using partial = detail::keyed_partial<K, V, Hash>;
+// Encoded: the partition index, the entry count, then the entries (a block of bytes for raw
+// entries, key then accumulator otherwise). The index is rebuilt by the receiver.
+template <class K, class V>
+struct codec<detail::keyed_piece<K, V>> {
+  using piece = detail::keyed_piece<K, V>;
   using entry = keyed_entry<K, V>;
   static constexpr bool raw = detail::raw_entries_v<K, V>;
 
-  static std::size_t encoded_size(const partial& p) noexcept {
-    std::size_t n = detail::varint_size(p.parts.size());
-    for (const auto& t : p.parts) {
-      n += detail::varint_size(t.size());
-      if constexpr (raw) {
-        n += t.size() * sizeof(entry);
-      } else {
-        for (const auto& e : t) n += codec<K>::encoded_size(e.first) + codec<V>::encoded_size(e.second);
-      }
+  static std::size_t encoded_size(const piece& p) noexcept {
+    std::size_t n = detail::varint_size(p.partition) + detail::varint_size(p.entries.size());
+    if constexpr (raw) {
+      n += p.entries.size() * sizeof(entry);
+    } else {
+      for (const auto& e : p.entries) n += codec<K>::encoded_size(e.first) + codec<V>::encoded_size(e.second);
     }
     return n;
   }
-  static std::byte* encode(const partial& p, std::byte* out) noexcept {
-    out = detail::put_varint(p.parts.size(), out);
-    for (const auto& t : p.parts) {
-      out = detail::put_varint(t.size(), out);
-      if constexpr (raw) {
-        if (!t.empty()) std::memcpy(out, t.begin(), t.size() * sizeof(entry));
-        out += t.size() * sizeof(entry);
-      } else {
-        for (const auto& e : t) out = codec<V>::encode(e.second, codec<K>::encode(e.first, out));
-      }
+  static std::byte* encode(const piece& p, std::byte* out) noexcept {
+    out = detail::put_varint(p.partition, out);
+    out = detail::put_varint(p.entries.size(), out);
+    if constexpr (raw) {
+      if (!p.entries.empty()) std::memcpy(out, p.entries.data(), p.entries.size() * sizeof(entry));
+      out += p.entries.size() * sizeof(entry);
+    } else {
+      for (const auto& e : p.entries) out = codec<V>::encode(e.second, codec<K>::encode(e.first, out));
     }
     return out;
   }
-  // Entries only: keyed_collector rebuilds each partition's index (in parallel) when it merges.
-  static partial decode(decoder& in) {
-    partial p;
-    if (in.take_varint() != keyed_partition_count) throw codec_error("codec: keyed partial with a wrong partition count");
-    for (auto& t : p.parts) {
-      const std::size_t n = in.take_count();
-      auto& entries = t.entries();
-      if constexpr (raw) {
-        const std::byte* bytes = in.take(n * sizeof(entry));  // n <= remaining, so no overflow
-        entries.resize(n);
-        if (n) std::memcpy(entries.data(), bytes, n * sizeof(entry));
-      } else {
-        entries.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) {
-          K k = codec<K>::decode(in);
-          V v = codec<V>::decode(in);
-          entries.push_back(entry{std::move(k), std::move(v)});
-        }
+  static piece decode(decoder& in) {
+    piece p;
+    const std::uint64_t partition = in.take_varint();
+    if (partition >= keyed_partition_count) throw codec_error("codec: keyed piece with a partition index out of range");
+    p.partition = static_cast<std::uint32_t>(partition);
+    const std::size_t n = in.take_count();
+    if constexpr (raw) {
+      const std::byte* bytes = in.take(n * sizeof(entry));  // n <= remaining, so no overflow
+      p.entries.resize(n);
+      if (n) std::memcpy(p.entries.data(), bytes, n * sizeof(entry));
+    } else {
+      p.entries.reserve(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        K k = codec<K>::decode(in);
+        V v = codec<V>::decode(in);
+        p.entries.push_back(entry{std::move(k), std::move(v)});
       }
     }
     return p;
@@ -100,6 +105,19 @@ struct codec<detail::keyed_partial<K, V, Hash>> {
 };
 
 namespace detail {
+
+// Sends every non-empty partition of `groups` as a keyed_piece and clears it as it goes (its memory
+// is given back at once).
+template <class K, class V, class Hash, class Port>
+void send_pieces(keyed_partial<K, V, Hash>& groups, Port& out) {
+  for (std::size_t part = 0; part < groups.parts.size(); ++part) {
+    auto& table = groups.parts[part];
+    if (table.empty()) continue;
+    keyed_piece<K, V> piece{static_cast<std::uint32_t>(part), std::move(table.entries())};
+    table = typename keyed_partial<K, V, Hash>::table{};
+    encode_item(piece, out);
+  }
+}
 
 // Runs body(i) for i in [0, n) on up to `threads` threads (the caller's among them), all joined
 // before it returns; the first exception is rethrown after the join.
@@ -140,65 +158,78 @@ void parallel_for_index(std::size_t n, std::size_t threads, Body&& body) {
 template <class K, class V, class Hash, class Merge>
 class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
  public:
-  using partial = keyed_partial<K, V, Hash>;
+  using piece = keyed_piece<K, V>;
   using table = flat_table<K, V, Hash>;
+  using entries = std::vector<keyed_entry<K, V>>;
 
-  keyed_collector(Merge merge, bool ordered) : merge_(std::move(merge)), ordered_(ordered) {}
+  keyed_collector(Merge merge, bool ordered) : merge_(std::move(merge)), ordered_(ordered), arrived_(keyed_partition_count) {}
 
+  // Files each piece under its partition: in arrival order when ordered (batches arrive in source
+  // order), else by replica index (batch.meta.seq) so that the merge order does not depend on timing.
   void consume(const batch_view& batch) override {
     decode_items(batch, scratch_);
     for (auto& p : scratch_) {
       if (ordered_) {
-        arrived_.push_back(std::move(p));  // batches arrive in source order
+        arrived_[p.partition].push_back(std::move(p.entries));
       } else {
-        pending_.emplace(batch.meta.seq, std::move(p));  // seq = replica index
+        pending_.emplace(batch.meta.seq, std::move(p));
       }
     }
     scratch_.clear();
   }
 
   void finish() override {
-    for (auto& [replica, p] : pending_) arrived_.push_back(std::move(p));
+    for (auto& [replica, p] : pending_) arrived_[p.partition].push_back(std::move(p.entries));
     pending_.clear();
     std::vector<table> merged(keyed_partition_count);
     const std::size_t threads = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
     parallel_for_index(keyed_partition_count, threads, [&](std::size_t part) { merge_partition(part, merged[part]); });
-    arrived_.clear();
+    arrived_.assign(keyed_partition_count, {});
     result_ = keyed_result<K, V, Hash>(std::move(merged));
   }
 
   keyed_result<K, V, Hash> take() override { return std::move(result_); }
 
  private:
-  // Partition `part` of every partial, in arrival order: the first adopted as is (its index
-  // rebuilt), the others folded in with combine. With keyed dispatch one partial has it all.
+  // The pieces of partition `part`, in order: the first adopted as is (its index rebuilt), the
+  // others folded in with combine. With keyed dispatch one piece has it all.
   void merge_partition(std::size_t part, table& total) {
     Merge merge = merge_;  // a copy per thread: combine may keep state
-    for (auto& p : arrived_) {
-      auto& source = p.parts[part].entries();
+    for (auto& source : arrived_[part]) {
       if (source.empty()) continue;
       if (total.empty()) {
         total.entries() = std::move(source);
         total.rebuild_after_decode();
         continue;
       }
-      for (auto& e : source) {
-        const std::uint64_t h = table::hash_of(e.first);
-        if (auto* t = total.find(e.first, h)) {
-          merge(t->second, std::move(e.second));
-        } else {
-          total.insert_new(std::move(e), h);
+      // A window of hashes first, their index slots prefetched, then the probes (as the replicas
+      // fold): the misses of a large partition overlap.
+      constexpr std::size_t window = 16;
+      std::array<std::uint64_t, window> hashes;
+      for (std::size_t base = 0; base < source.size(); base += window) {
+        const std::size_t m = std::min(window, source.size() - base);
+        for (std::size_t j = 0; j < m; ++j) {
+          hashes[j] = table::hash_of(source[base + j].first);
+          total.prefetch(hashes[j]);
+        }
+        for (std::size_t j = 0; j < m; ++j) {
+          auto& e = source[base + j];
+          if (auto* t = total.find(e.first, hashes[j])) {
+            merge(t->second, std::move(e.second));
+          } else {
+            total.insert_new(std::move(e), hashes[j]);
+          }
         }
       }
-      std::vector<keyed_entry<K, V>>().swap(source);  // free as we go
+      entries().swap(source);  // free as we go
     }
   }
 
   Merge merge_;
   bool ordered_;
-  std::vector<partial> scratch_;
-  std::vector<partial> arrived_;
-  std::multimap<std::uint64_t, partial> pending_;
+  std::vector<piece> scratch_;
+  std::vector<std::vector<entries>> arrived_;  // per partition, its pieces in merge order
+  std::multimap<std::uint64_t, piece> pending_;
   keyed_result<K, V, Hash> result_;
 };
 
