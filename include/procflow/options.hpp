@@ -157,6 +157,7 @@ struct stage_options {
   bool auto_scale = false;  // replicas(auto_scale); on the pipeline: stages without a count
   std::optional<std::int64_t> watchdog_ns;  // watchdog(d)
   std::optional<error_policy> on_error;      // skip, retry(n, backoff[, skip]); default: fail
+  std::optional<std::uint32_t> restarts;     // restart(n) (policy.hpp); default: a death fails run()
 };
 
 struct pipeline_options {
@@ -193,6 +194,7 @@ inline void apply_option(stage_options& o, const max_latency& l) { o.max_latency
 inline void apply_option(stage_options& o, const watchdog& w) { o.watchdog_ns = w.ns; }
 inline void apply_option(stage_options& o, skip_t) { o.on_error = error_policy{0, 0, true}; }
 inline void apply_option(stage_options& o, const retry& r) { o.on_error = r.policy; }
+inline void apply_option(stage_options& o, const restart& r) { o.restarts = r.times; }
 template <class KeyFn>
 void apply_option(stage_options& o, const key_by_t<KeyFn>&) {
   o.keyed = true;
@@ -206,7 +208,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), key_by(fn)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), restart(n), key_by(fn)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;

@@ -35,6 +35,7 @@ struct stage_report {
   std::string note;  // why the stage runs as it does, when that is not what was asked (else empty)
   std::uint64_t items_skipped = 0;  // set aside under pf::skip (policy.hpp)
   std::uint64_t retries = 0;        // tries after a failure under pf::retry
+  std::uint32_t restarts = 0;       // replicas that died in this stage and were replaced (pf::restart)
 };
 
 // One replica process: where its time went and what the kernel accounted to it. Busy, starved
@@ -90,6 +91,19 @@ struct scheduler_decision {
   bool forced = false;  // made by a test hook, not the policy
 };
 
+// A replica that died and was replaced under pf::restart (policy.hpp), and the batch it had in
+// hand, delivered again to its replacement.
+struct restart_record {
+  double time_s = 0;            // since the run started
+  std::string stage;            // the stage it died in
+  std::uint32_t replica = 0;
+  std::int32_t pid = 0;         // the process that died
+  std::string cause;            // "killed by signal 9 (Killed)", "exit code 3", "watchdog"
+  bool redelivered = false;     // a batch went to the replacement again
+  std::string batch;            // which one: "batch 12: source items [992, 1024)"
+  std::uint64_t sent_slots = 0; // of its output slots, published by the dead replica (not sent twice)
+};
+
 struct run_report {
   std::string pipeline;
   double wall_s = 0;
@@ -100,6 +114,7 @@ struct run_report {
   std::vector<replica_report> replica_rows;  // every replica process that ran, by group and replica
   std::vector<run_sample> samples;           // the counters sampled while the run went on
   std::vector<dead_letter> dead_letters;
+  std::vector<restart_record> restarts;  // pf::restart, in order
 
   // The stage whose replicas were busiest relative to their count (nullptr if none ran).
   const stage_report* bottleneck() const;

@@ -35,6 +35,9 @@ struct OutboxOptions {
   void* publish_context = nullptr;
   // Latency bound 0: the producer publishes every item as soon as it is written.
   bool publish_each_item = false;
+  // pf::restart: stamp every slot with its input batch (begin_origin) and its number in that
+  // batch's output (SlotHeader::origin*).
+  bool stamp_origin = false;
 };
 
 // Counters kept by the Outbox itself (process-local; the runtime copies them to shared memory).
@@ -43,6 +46,7 @@ struct OutboxStats {
   std::uint64_t items = 0;       // items published
   std::uint64_t bytes = 0;       // payload bytes published
   std::uint64_t blocked_ns = 0;  // time spent waiting for a free slot (back-pressure)
+  std::uint64_t replayed_slots = 0;  // pf::restart: rewritten slots not sent again (begin_origin)
 };
 
 class Outbox final : public detail::output_port {
@@ -57,6 +61,18 @@ class Outbox final : public detail::output_port {
   void end_batch() override;
   void flush() override;
   void close() override;
+  // pf::restart (stamp_origin): the items committed from now on derive from input batch `origin`
+  // of input ring `lane` (channel::no_origin_lane: source chunk `origin`); the batch's first
+  // `already_sent` output slots were published by a replica that died running it, so they are
+  // written again (same items, same slot boundaries: the stages are deterministic and nothing but
+  // a full slot or the end of the batch publishes one) but not published. Call with no slot open
+  // holding items (after flush()).
+  void begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_t already_sent) noexcept {
+    origin_lane_ = lane;
+    origin_ = origin;
+    origin_slots_ = 0;
+    skip_slots_ = already_sent;
+  }
 
   const OutboxStats& stats() const noexcept { return stats_; }
 
@@ -103,6 +119,10 @@ class Outbox final : public detail::output_port {
   std::size_t slow_start_slots_ = 0;  // slots published at the current size
   bool done_slow_start_ = false;
   bool closed_ = false;
+  std::uint32_t origin_lane_ = no_origin_lane;  // begin_origin
+  std::uint64_t origin_ = 0;
+  std::uint64_t origin_slots_ = 0;  // output slots of the current origin so far (published or skipped)
+  std::uint64_t skip_slots_ = 0;    // of them, still to skip
   OutboxStats stats_;
   MembershipShared* membership_ = nullptr;  // null: more lanes than a mask holds, all active
   MembershipAck* ack_ = nullptr;

@@ -207,6 +207,33 @@ Plan make_plan(const detail::pipeline_def& def) {
     grp.out_latency_ns = stages[grp.end_stage - 1]->options().max_latency_ns.value_or(
         def.options.defaults.max_latency_ns.value_or(default_max_latency_ns));
   }
+  // pf::restart: which groups replace a dead replica (see runtime/redelivery.hpp).
+  plan.restarts.assign(stages.size(), 0);
+  for (std::size_t i = 0; i < stages.size(); ++i) {
+    const auto& o = stages[i]->options();
+    plan.restarts[i] = o.restarts.value_or(def.options.defaults.restarts.value_or(0));
+    if (plan.restarts[i] == 0) continue;
+    const std::uint32_t k = i < last_worker ? static_cast<std::uint32_t>(
+                                                  std::find_if(plan.groups.begin(), plan.groups.end(),
+                                                               [&](const Group& gr) { return i >= gr.first_stage && i < gr.end_stage; }) -
+                                                  plan.groups.begin())
+                                            : static_cast<std::uint32_t>(plan.groups.size());
+    if (k == plan.groups.size()) {
+      plan.restarts[i] = 0;  // runs in the supervisor: nothing to restart
+      continue;
+    }
+    if (plan.groups[k].input == GroupInput::generator) {
+      if (o.restarts)
+        throw std::invalid_argument(fmt::format("procflow: stage '{}': restart() cannot replace a source that runs in its own "
+                                                "process (a generator's position lives in that process)", stages[i]->name()));
+      plan.restarts[i] = 0;  // the pipeline's default does not apply to it
+      continue;
+    }
+    if (plan.ordered)
+      throw std::invalid_argument(fmt::format("procflow: stage '{}': restart() cannot be combined with pf::ordered",
+                                              stages[i]->name()));
+    plan.groups[k].restartable = true;
+  }
   size_groups(plan);
   for (std::size_t k = 0; k < plan.groups.size(); ++k) {
     Group& grp = plan.groups[k];
@@ -233,6 +260,11 @@ Plan make_plan(const detail::pipeline_def& def) {
     // Rounded up without forming size + chunk_items - 1, which wraps for ranges near 2^64 items
     // (iota<uint64_t>(0, UINT64_MAX) has 2^64 - 1).
     const std::uint64_t size = src->size();
+    if (plan.groups.front().restartable) {
+      // One owner word per chunk (runtime/redelivery.hpp): larger chunks past max_restart_chunks.
+      plan.chunk_items = std::max(plan.chunk_items, size / max_restart_chunks + 1);
+      plan.restart_chunks = true;
+    }
     plan.chunks = size / plan.chunk_items + (size % plan.chunk_items != 0 ? 1 : 0);
   }
   return plan;
