@@ -5,6 +5,7 @@
 #include <procflow/profile.hpp>
 #include <procflow/cancel.hpp>
 #include <procflow/policy.hpp>
+#include <procflow/recycle.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -158,6 +159,8 @@ struct stage_options {
   std::optional<std::int64_t> watchdog_ns;  // watchdog(d)
   std::optional<error_policy> on_error;      // skip, retry(n, backoff[, skip]); default: fail
   std::optional<std::uint32_t> restarts;     // restart(n) (policy.hpp); default: a death fails run()
+  std::uint64_t recycle_items = 0;           // recycle::after_items(n) (recycle.hpp); 0: never
+  std::uint64_t recycle_rss_bytes = 0;       // recycle::above_rss(bytes); 0: never
 };
 
 struct pipeline_options {
@@ -195,6 +198,10 @@ inline void apply_option(stage_options& o, const watchdog& w) { o.watchdog_ns = 
 inline void apply_option(stage_options& o, skip_t) { o.on_error = error_policy{0, 0, true}; }
 inline void apply_option(stage_options& o, const retry& r) { o.on_error = r.policy; }
 inline void apply_option(stage_options& o, const restart& r) { o.restarts = r.times; }
+inline void apply_option(stage_options& o, const recycle& r) {
+  if (r.items) o.recycle_items = r.items;
+  if (r.rss_bytes) o.recycle_rss_bytes = r.rss_bytes;
+}
 template <class KeyFn>
 void apply_option(stage_options& o, const key_by_t<KeyFn>&) {
   o.keyed = true;
@@ -208,7 +215,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), restart(n), key_by(fn)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), restart(n), recycle::..., key_by(fn)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;

@@ -36,6 +36,7 @@ struct stage_report {
   std::uint64_t items_skipped = 0;  // set aside under pf::skip (policy.hpp)
   std::uint64_t retries = 0;        // tries after a failure under pf::retry
   std::uint32_t restarts = 0;       // replicas that died in this stage and were replaced (pf::restart)
+  std::uint32_t recycles = 0;       // replicas of its process group replaced by pf::recycle
 };
 
 // One replica process: where its time went and what the kernel accounted to it. Busy, starved

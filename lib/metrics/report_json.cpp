@@ -42,7 +42,8 @@ json stage_json(const stage_report& s, double wall_s) {
     j["items_skipped"] = s.items_skipped;
     j["retries"] = s.retries;
   }
-  if (s.restarts) j["restarts"] = s.restarts;  // pf::restart  // why the stage runs as it does (e.g. holds state)
+  if (s.restarts) j["restarts"] = s.restarts;  // pf::restart
+  if (s.recycles) j["recycles"] = s.recycles;  // pf::recycle  // why the stage runs as it does (e.g. holds state)
   return j;
 }
 

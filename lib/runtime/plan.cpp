@@ -234,6 +234,21 @@ Plan make_plan(const detail::pipeline_def& def) {
                                               stages[i]->name()));
     plan.groups[k].restartable = true;
   }
+  // pf::recycle: the smallest limits of a group's stages (per stage only: not a pipeline default).
+  for (std::size_t i = 0; i < stages.size(); ++i) {
+    const auto& o = stages[i]->options();
+    if (o.recycle_items == 0 && o.recycle_rss_bytes == 0) continue;
+    const auto it = std::find_if(plan.groups.begin(), plan.groups.end(), [&](const Group& gr) { return i >= gr.first_stage && i < gr.end_stage; });
+    if (i >= last_worker || it == plan.groups.end()) continue;  // runs in the supervisor
+    if (it->input == GroupInput::generator)
+      throw std::invalid_argument(fmt::format("procflow: stage '{}': recycle cannot replace a source that runs in its own process",
+                                              stages[i]->name()));
+    if (plan.ordered)
+      throw std::invalid_argument(fmt::format("procflow: stage '{}': recycle cannot be combined with pf::ordered", stages[i]->name()));
+    auto smallest = [](std::uint64_t a, std::uint64_t b) { return a == 0 ? b : b == 0 ? a : std::min(a, b); };
+    it->recycle_items = smallest(it->recycle_items, o.recycle_items);
+    it->recycle_rss_bytes = smallest(it->recycle_rss_bytes, o.recycle_rss_bytes);
+  }
   size_groups(plan);
   for (std::size_t k = 0; k < plan.groups.size(); ++k) {
     Group& grp = plan.groups[k];
@@ -255,7 +270,9 @@ Plan make_plan(const detail::pipeline_def& def) {
     // Up to 8192 items (measured: 4096-8192 beat both 512 and 16384 on the trivial pipeline).
     const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
     const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().slots} * 256);
-    plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
+    // Under restart every chunk ends with its output published (a reduce's partial among it):
+    // chunks up to 8x larger keep that to one slot per 64 Ki items (pipeline_bench, restart on/off).
+    plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, plan.groups.front().restartable ? 8 * per_batch : per_batch);
     if (const std::uint64_t preferred = src->preferred_chunk_units()) plan.chunk_items = preferred;  // e.g. file blocks
     // Rounded up without forming size + chunk_items - 1, which wraps for ranges near 2^64 items
     // (iota<uint64_t>(0, UINT64_MAX) has 2^64 - 1).

@@ -47,6 +47,10 @@ struct Group {
   // pf::restart on one of its stages: a replica that dies is replaced in its slot and its batch
   // redelivered (runtime/redelivery.hpp); batches end with their output published.
   bool restartable = false;
+  // pf::recycle (recycle.hpp): a replica leaves after this many items into its first stage, or
+  // when its RSS passes this many bytes (checked after every batch); 0: never.
+  std::uint64_t recycle_items = 0;
+  std::uint64_t recycle_rss_bytes = 0;
 };
 
 struct Plan {

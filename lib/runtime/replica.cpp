@@ -7,9 +7,12 @@
 #include "runtime/exception_info.hpp"
 #include "runtime/identity.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -105,7 +108,8 @@ class Replica final : public detail::downstream {
       : def_(def), plan_(plan), state_(state), group_(plan.groups[group]), group_index_(group), replica_(replica),
         tallies_(def.stages.size()), record_(&state.record(state.first_replica(group) + replica)) {
     if (metrics::SpanRing* ring = state.spans(state.first_replica(group) + replica)) spans_.emplace(*ring, metrics::steady_now_ns());
-    if (restart_ && record_->incarnation > 0) continue_predecessor();
+    if (record_->incarnation > 0) continue_predecessor();  // restart or recycle
+    items_base_ = tallies_[group_.input == GroupInput::channel ? group_.first_stage : group_.first_stage + 1].items_in;
   }
 
   void run() {
@@ -155,7 +159,11 @@ class Replica final : public detail::downstream {
       case GroupInput::chunks: run_chunks(); break;
       case GroupInput::channel: run_channel(); break;
     }
-    finish();
+    if (recycled_) {
+      leave_for_replacement();
+    } else {
+      finish();
+    }
     // The callables were destroyed at end of stream (finish()); the rest of the instances
     // (buffers) goes now: the process leaves with _exit().
     instances_.clear();
@@ -182,7 +190,8 @@ class Replica final : public detail::downstream {
 
   void record_completed() noexcept {
     ReplicaRecord& r = record();
-    r.status.store(static_cast<std::uint32_t>(ReplicaStatus::completed), std::memory_order_release);
+    // SYNC POINT (release): pairs with the supervisor's acquire load of the status.
+    r.status.store(static_cast<std::uint32_t>(recycled_ ? ReplicaStatus::recycled : ReplicaStatus::completed), std::memory_order_release);
   }
 
  private:
@@ -295,6 +304,7 @@ class Replica final : public detail::downstream {
       begin_origin(channel::no_origin_lane, chunk, true);
       process({chunk, first, src.units_are_items()}, n, /*batch_end=*/true, /*batch_start=*/true, 0);
       if (restart_) faults::finish_chunk(owners, chunk);  // its output is published (process())
+      if (time_to_recycle()) break;
     }
   }
 
@@ -329,6 +339,7 @@ class Replica final : public detail::downstream {
       process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
       tallies_[first_worker_].bytes_in += batch.bytes.size();
       inbox_->release();
+      if (time_to_recycle()) break;
     }
   }
 
@@ -491,6 +502,44 @@ class Replica final : public detail::downstream {
     if (spans_) spans_->flush();
   }
 
+  // pf::recycle: after a batch, whether this process has taken its share of items or grown past
+  // its memory limit; then it leaves (leave_for_replacement) and a fresh one takes its slot.
+  bool time_to_recycle() {
+    if (group_.recycle_items != 0 && tallies_[first_worker_].items_in - items_base_ >= group_.recycle_items) recycled_ = true;
+    if (group_.recycle_rss_bytes != 0 && resident_bytes() > group_.recycle_rss_bytes) recycled_ = true;
+    return recycled_;
+  }
+
+  static std::uint64_t resident_bytes() noexcept {
+    std::FILE* f = std::fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    unsigned long long size = 0, resident = 0;
+    const int got = std::fscanf(f, "%llu %llu", &size, &resident);
+    std::fclose(f);
+    return got == 2 ? resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) : 0;
+  }
+
+  // A recycled replica's end: its teardown and its partial as at the end of the stream, its output
+  // published, but its rings left open: the replacement goes on writing them.
+  void leave_for_replacement() {
+    note_phase(ReplicaPhase::finishing);
+    flusher_.reset();
+    for (std::size_t k = 0; k < instances_.size(); ++k) {
+      set_stage(first_worker_ + k);
+      instances_[k]->end_of_stream();
+    }
+    if (outbox_) {
+      if (ends_in_terminal() && !plan_.ordered && !restart_) {
+        stage_ = group_.end_stage - 1;
+        outbox_->begin_batch({replica_, 0, false});
+        instances_.back()->finish(*outbox_);
+      }
+      outbox_->flush();
+    }
+    flush_counters();
+    if (spans_) spans_->flush();
+  }
+
   void set_stage(std::size_t stage) noexcept {
     stage_ = stage;
     set_identity_stage(stage);
@@ -556,6 +605,9 @@ class Replica final : public detail::downstream {
   std::uint64_t replay_sent_ = 0;
   std::uint64_t starved_base_ = 0;  // the predecessor's, for the counters
   std::uint64_t blocked_base_ = 0;
+  // pf::recycle.
+  bool recycled_ = false;
+  std::uint64_t items_base_ = 0;  // items_in of the first stage when this process started
 };
 
 }  // namespace

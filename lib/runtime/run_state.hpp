@@ -49,7 +49,8 @@ struct alignas(shm::cache_line) StageCounters {
 };
 static_assert(std::is_standard_layout_v<StageCounters> && sizeof(StageCounters) == shm::cache_line);
 
-enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 2 };
+// recycled: left for a fresh process after its batch (pf::recycle): its slot goes on.
+enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 2, recycled = 3 };
 
 // ReplicaRecord::phase.
 enum class ReplicaPhase : std::uint32_t {

@@ -72,6 +72,7 @@ class Supervisor {
     }
     group_restarts_.assign(plan_.groups.size(), 0);
     stage_restarts_.assign(def_.stages.size(), 0);
+    stage_recycles_.assign(def_.stages.size(), 0);
     children_.add_wake_fd(interrupts_.wake_fd());
     if (def_.options.cancel) children_.add_wake_fd(def_.options.cancel->wake_fd);
   }
@@ -112,7 +113,9 @@ class Supervisor {
     channel::InboxOptions o;
     o.ordered = plan_.ordered;
     channel::Inbox results(state_.results(), 0, o);
-    constexpr auto tick = std::chrono::milliseconds(50);
+    // Under pf::restart a death is noticed within 10 ms (a poll of the pidfds per tick).
+    const bool restarting = std::any_of(plan_.groups.begin(), plan_.groups.end(), [](const Group& g) { return g.restartable; });
+    const auto tick = std::chrono::milliseconds(restarting ? 10 : 50);
     auto next_check = Clock::now() + tick;
     batch_view batch;
     for (;;) {
@@ -177,9 +180,24 @@ class Supervisor {
   void on_exit(const process::ExitInfo& exit) {
     // A replica killed by the same SIGTERM (sent to the whole group) is part of the interruption.
     stop_if_interrupted();
+    if (try_recycle(exit)) return;
     if (try_restart(exit)) return;
     check(exit);
     elastic_.on_exit(ids_[exit.index].group, ids_[exit.index].replica);
+  }
+
+  // pf::recycle: a replica that left for a fresh process (its record says so: it published its
+  // output and ran its teardown) is replaced in its slot.
+  bool try_recycle(const process::ExitInfo& exit) {
+    const ReplicaId id = ids_[exit.index];
+    const ReplicaRecord& record = state_.record(state_.first_replica(id.group) + id.replica);
+    // SYNC POINT (acquire): pairs with the replica's release store of its status.
+    if (static_cast<ReplicaStatus>(record.status.load(std::memory_order_acquire)) != ReplicaStatus::recycled) return false;
+    const Group& g = plan_.groups[id.group];
+    ++stage_recycles_[g.input == GroupInput::chunks && g.end_stage > 1 ? g.first_stage + 1 : g.first_stage];
+    faults::prepare_replacement(plan_, state_, id.group, id.replica, faults::Redelivery{});
+    elastic_.restart_slot(id.group, id.replica);
+    return true;
   }
 
   // pf::restart: a replica of a restartable group that died (a signal, exit(), the watchdog; an
@@ -369,6 +387,11 @@ class Supervisor {
     }
   }
 
+  std::size_t first_counted_stage(std::size_t group) const {
+    const Group& g = plan_.groups[group];
+    return g.input == GroupInput::chunks && g.end_stage > 1 ? g.first_stage + 1 : g.first_stage;
+  }
+
   run_report make_report(double wall_s) const {
     run_report report;
     report.pipeline = def_.name;
@@ -402,6 +425,7 @@ class Supervisor {
           r.retries += c.retries.load(std::memory_order_relaxed);
         }
         r.restarts = stage_restarts_[i];
+        r.recycles = stage_recycles_[plan_.stage_group[i] < plan_.groups.size() ? first_counted_stage(plan_.stage_group[i]) : i];
       } else {
         r.replicas = 0;  // runs in the supervisor (collect)
       }
@@ -444,6 +468,7 @@ class Supervisor {
   std::vector<std::uint32_t> group_restarts_;  // pf::restart: replacements so far, per group
   std::vector<std::uint32_t> stage_restarts_;  // ... per stage the replica died in
   std::vector<restart_record> restart_log_;
+  std::vector<std::uint32_t> stage_recycles_;  // pf::recycle, per group's first worker stage
   InterruptGuard interrupts_;   // the host's dispositions come back after the children are gone
   process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };

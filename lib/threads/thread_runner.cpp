@@ -304,6 +304,7 @@ class ThreadRun {
       if (stage->options().on_error) refuse("an error policy (pf::skip / pf::retry)", fmt::format("stage '{}':", stage->name()));
       if (stage->options().watchdog_ns) refuse("pf::watchdog", fmt::format("stage '{}':", stage->name()));
       if (stage->options().restarts) refuse("pf::restart", fmt::format("stage '{}':", stage->name()));
+      if (stage->options().recycle_items || stage->options().recycle_rss_bytes) refuse("pf::recycle", fmt::format("stage '{}':", stage->name()));
     }
   }
 
