@@ -171,6 +171,7 @@ struct pipeline_options {
   std::optional<std::uint64_t> seed;   // run seed; default: fresh entropy per run
   std::shared_ptr<detail::cancel_state> cancel;  // cancel_with(source); null: none
   bool allow_threads = false;                     // allow_threads: skip the single-thread check
+  std::string dead_letter_path;                   // dead_letters_to(path) (policy.hpp); empty: none
 };
 
 namespace detail {
@@ -226,6 +227,7 @@ inline void apply_pipeline_option(pipeline_options& o, const cores& c) { o.cores
 inline void apply_pipeline_option(pipeline_options& o, const seed& s) { o.seed = s.value; }
 inline void apply_pipeline_option(pipeline_options& o, const cancel_with& c) { o.cancel = c.source.state(); }
 inline void apply_pipeline_option(pipeline_options& o, allow_threads_t) { o.allow_threads = true; }
+inline void apply_pipeline_option(pipeline_options& o, const dead_letters_to& d) { o.dead_letter_path = d.path; }
 template <stage_option T>
 void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
 template <profile_option T>

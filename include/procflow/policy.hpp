@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 namespace procflow {
 
@@ -63,6 +65,18 @@ struct restart {
     if (n == 0) throw std::invalid_argument("procflow::restart: need at least 1 restart (without it a death fails run())");
   }
   std::uint32_t times;
+};
+
+// Pipeline option: when run() returns, its dead letters (run_report::dead_letters) are also written
+// to `path`, one JSON object per line: {"stage", "replica", "item_seq", "exception_type",
+// "message"}; the file is replaced (written to path + ".tmp", then renamed), and is written empty
+// when nothing was skipped. A file that cannot be written fails run() with procflow::system_error
+// naming it.
+struct dead_letters_to {
+  explicit dead_letters_to(std::string p) : path(std::move(p)) {
+    if (path.empty()) throw std::invalid_argument("procflow::dead_letters_to: empty path");
+  }
+  std::string path;
 };
 
 // Dead letters kept per replica (the first ones it skipped).

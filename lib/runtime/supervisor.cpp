@@ -2,6 +2,7 @@
 // replica, drains the results channel, watches the children through pidfds and turns the first
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
+#include "faults/dead_letter_file.hpp"
 #include "faults/redelivery.hpp"
 #include "metrics/replica_rows.hpp"
 #include "metrics/sampler.hpp"
@@ -101,6 +102,7 @@ class Supervisor {
     stop_if_interrupted();  // a Ctrl-C during the last moments is not swallowed
     run_report report = make_report(std::chrono::duration<double>(Clock::now() - t0).count());
     sampler_.finish(report);
+    if (!def_.options.dead_letter_path.empty()) faults::write_dead_letters(def_.options.dead_letter_path, report.dead_letters);
     if (!def_.options.profile.trace_path.empty())
       metrics::write_trace(def_.options.profile.trace_path, report, def_, plan_, state_, run_start_ns_);
     return report;
