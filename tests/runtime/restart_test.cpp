@@ -176,6 +176,33 @@ TEST_CASE("kill -9 rounds: random replicas SIGKILLed during a run; the result eq
   }
 }
 
+TEST_CASE("kill -9 rounds under auto_scale: the scheduler's membership changes and restarts together") {
+  constexpr i64 n = 300000;
+  i64 want = 0;
+  for (i64 x = 0; x < n; ++x) want += spin(spin(x, 300), 300) & 0xffff;
+  for (std::uint64_t seed : {31u, 32u}) {
+    isolated("kill -9 auto_scale seed " + std::to_string(seed), [&] {
+      const auto shm_before = pt::dev_shm_entries();
+      Shared* shared = make_shared_page();
+      pf::result<i64> r;
+      {
+        Killer killer(seed, 6, 15ms, 80ms, shared);
+        r = pf::pipeline("kill9auto", pf::restart(100), pf::cores(3))
+                .source("n", pf::iota<i64>(0, n))
+                .map("a", [](i64 x) { return spin(x, 300); }, pf::replicas(pf::auto_scale))
+                .map("b", [](i64 x) { return spin(x, 300) & 0xffff; }, pf::replicas(pf::auto_scale), pf::own_process)
+                .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                .run();
+      }
+      CHECK(r.value == want);
+      MESSAGE("seed ", seed, ": ", shared->kills.load(), " kills, ", total_restarts(r.report), " restarts, ",
+              r.report.decisions.size(), " scheduler decisions");
+      ::munmap(shared, sizeof(Shared));
+      check_clean(shm_before);
+    });
+  }
+}
+
 TEST_CASE("kill -9 rounds into a flat_map fanning out and a reduce: exact sum and count") {
   constexpr i64 n = 20000;
   constexpr i64 fan = 50;
