@@ -385,6 +385,60 @@ TEST_CASE("items larger than a slot are redelivered whole") {
   });
 }
 
+// The crash matrix of crash_test.cpp under restart: each fault (once: a transient fault) at each
+// moment in the map or the reduce ends with the fault-free result, clean. (The generator source
+// cannot be restarted: its position lives in its process.)
+TEST_CASE("crash matrix under restart: every death at every moment in map and reduce ends with the fault-free result") {
+  enum class Fault { segfault, abort_, exit0, exit1, terminate };
+  enum class Moment { start, first_item, mid_stream, blocked, drain };
+  static constexpr i64 items = 2000;
+  for (const Fault fault : {Fault::segfault, Fault::abort_, Fault::exit0, Fault::exit1, Fault::terminate})
+    for (const Moment moment : {Moment::start, Moment::first_item, Moment::mid_stream, Moment::blocked, Moment::drain})
+      for (const bool in_reduce : {false, true}) {
+        const std::string what = "restart matrix fault " + std::to_string(static_cast<int>(fault)) + " moment " +
+                                 std::to_string(static_cast<int>(moment)) + (in_reduce ? " reduce" : " map");
+        isolated(what, [&] {
+          const auto shm_before = pt::dev_shm_entries();
+          Shared* shared = make_shared_page();
+          const i64 at = moment == Moment::first_item ? 0 : moment == Moment::mid_stream ? items / 2 : moment == Moment::blocked ? 700 : items - 1;
+          // Fires once across every process of the run.
+          auto maybe_fault = [shared, moment, at, fault](i64 x, i64& calls) {
+            const bool here = moment == Moment::start ? calls++ == 0 : x == at;
+            if (!here || shared->fired[0].exchange(1) != 0) return;
+            switch (fault) {
+              case Fault::segfault: ::raise(SIGSEGV); break;
+              case Fault::abort_: std::abort();
+              case Fault::exit0: ::_exit(0);
+              case Fault::exit1: ::_exit(1);
+              case Fault::terminate: std::terminate();
+            }
+          };
+          const i64 sum = pf::pipeline("crash", pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2))
+                              .source("gen", [i = i64{0}]() mutable -> std::optional<i64> {
+                                if (i >= items) return std::nullopt;
+                                return i++;
+                              })
+                              .map("m", [in_reduce, maybe_fault](i64 x) {
+                                static i64 calls = 0;
+                                if (!in_reduce) maybe_fault(x, calls);
+                                return x;
+                              }, pf::replicas(2))
+                              .reduce("sum", i64{0}, [in_reduce, maybe_fault, moment](i64 acc, i64 x) {
+                                static i64 calls = 0;
+                                if (moment == Moment::blocked && x < 500) std::this_thread::sleep_for(1ms);
+                                if (in_reduce) maybe_fault(x, calls);
+                                return acc + x;
+                              }, std::plus<>{}, pf::replicas(2), pf::own_process)
+                              .run()
+                              .value;
+          CHECK(sum == items * (items - 1) / 2);
+          CHECK(shared->fired[0].load() == 1);
+          ::munmap(shared, sizeof(Shared));
+          check_clean(shm_before);
+        });
+      }
+}
+
 TEST_CASE("what restart cannot do is refused by name") {
   isolated("refusals", [] {
     const auto thrown = [](auto&& run) -> std::string {
