@@ -71,9 +71,9 @@ Shared* make_shared_page() {
 
 // Some work per item, so that a run lasts long enough to be killed into.
 i64 spin(i64 x, int rounds) {
-  i64 h = x;
-  for (int i = 0; i < rounds; ++i) h = (h * 6364136223846793005LL + 1442695040888963407LL) ^ (h >> 17);
-  return h;
+  std::uint64_t h = static_cast<std::uint64_t>(x);  // unsigned: wraps without UB
+  for (int i = 0; i < rounds; ++i) h = (h * 6364136223846793005ULL + 1442695040888963407ULL) ^ (h >> 17);
+  return static_cast<i64>(h >> 1);
 }
 
 std::vector<pid_t> children_of(pid_t parent) {
