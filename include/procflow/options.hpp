@@ -5,6 +5,7 @@
 #include <procflow/profile.hpp>
 #include <procflow/cancel.hpp>
 #include <procflow/policy.hpp>
+#include <procflow/recycle.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -157,6 +158,9 @@ struct stage_options {
   bool auto_scale = false;  // replicas(auto_scale); on the pipeline: stages without a count
   std::optional<std::int64_t> watchdog_ns;  // watchdog(d)
   std::optional<error_policy> on_error;      // skip, retry(n, backoff[, skip]); default: fail
+  std::optional<std::uint32_t> restarts;     // restart(n) (policy.hpp); default: a death fails run()
+  std::uint64_t recycle_items = 0;           // recycle::after_items(n) (recycle.hpp); 0: never
+  std::uint64_t recycle_rss_bytes = 0;       // recycle::above_rss(bytes); 0: never
 };
 
 struct pipeline_options {
@@ -167,6 +171,7 @@ struct pipeline_options {
   std::optional<std::uint64_t> seed;   // run seed; default: fresh entropy per run
   std::shared_ptr<detail::cancel_state> cancel;  // cancel_with(source); null: none
   bool allow_threads = false;                     // allow_threads: skip the single-thread check
+  std::string dead_letter_path;                   // dead_letters_to(path) (policy.hpp); empty: none
 };
 
 namespace detail {
@@ -193,6 +198,11 @@ inline void apply_option(stage_options& o, const max_latency& l) { o.max_latency
 inline void apply_option(stage_options& o, const watchdog& w) { o.watchdog_ns = w.ns; }
 inline void apply_option(stage_options& o, skip_t) { o.on_error = error_policy{0, 0, true}; }
 inline void apply_option(stage_options& o, const retry& r) { o.on_error = r.policy; }
+inline void apply_option(stage_options& o, const restart& r) { o.restarts = r.times; }
+inline void apply_option(stage_options& o, const recycle& r) {
+  if (r.items) o.recycle_items = r.items;
+  if (r.rss_bytes) o.recycle_rss_bytes = r.rss_bytes;
+}
 template <class KeyFn>
 void apply_option(stage_options& o, const key_by_t<KeyFn>&) {
   o.keyed = true;
@@ -206,7 +216,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), key_by(fn)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), restart(n), recycle::..., key_by(fn)");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;
@@ -217,6 +227,7 @@ inline void apply_pipeline_option(pipeline_options& o, const cores& c) { o.cores
 inline void apply_pipeline_option(pipeline_options& o, const seed& s) { o.seed = s.value; }
 inline void apply_pipeline_option(pipeline_options& o, const cancel_with& c) { o.cancel = c.source.state(); }
 inline void apply_pipeline_option(pipeline_options& o, allow_threads_t) { o.allow_threads = true; }
+inline void apply_pipeline_option(pipeline_options& o, const dead_letters_to& d) { o.dead_letter_path = d.path; }
 template <stage_option T>
 void apply_pipeline_option(pipeline_options& o, const T& t) { apply_option(o.defaults, t); }
 template <profile_option T>

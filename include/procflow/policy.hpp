@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 namespace procflow {
 
@@ -41,6 +43,40 @@ struct retry {
     policy.then_skip = true;
   }
   error_policy policy;
+};
+
+// restart(n): a replica of the stage that dies — a signal (a segfault, abort(), kill -9), exit() or
+// _exit(), a watchdog kill — is replaced by a new process in its place, at most n times per stage
+// (a death beyond that fails run() as without it). An exception is not a death: it follows
+// fail / skip / retry. The batch the dead replica had taken is delivered again to its replacement,
+// so no item is lost; of the output it had already published for that batch, the replacement
+// sends only the rest (every output slot carries its input batch and its number in that batch's
+// output; the replacement rewrites the batch and drops the slots already sent). Guarantee: every
+// item reaches the restarted stages at least once; the items downstream are exactly those of a
+// run without the death when the replayed stages are deterministic (the same batch gives the same
+// output items in the same order); a stage's own state (a mutable callable, a per_replica
+// factory's result, a file a sink in its own process wrote) starts afresh in the replacement.
+// A reduce under restart sends a partial per batch (its init must be combine's identity, as
+// with replicas). The run_report counts restarts per stage and lists each redelivered batch.
+// Not for a generate() source in its own process (its state is its position), pf::ordered
+// pipelines, or thread mode: run() refuses them by name.
+struct restart {
+  explicit restart(std::uint32_t n) : times(n) {
+    if (n == 0) throw std::invalid_argument("procflow::restart: need at least 1 restart (without it a death fails run())");
+  }
+  std::uint32_t times;
+};
+
+// Pipeline option: when run() returns, its dead letters (run_report::dead_letters) are also written
+// to `path`, one JSON object per line: {"stage", "replica", "item_seq", "exception_type",
+// "message"}; the file is replaced (written to path + ".tmp", then renamed), and is written empty
+// when nothing was skipped. A file that cannot be written fails run() with procflow::system_error
+// naming it.
+struct dead_letters_to {
+  explicit dead_letters_to(std::string p) : path(std::move(p)) {
+    if (path.empty()) throw std::invalid_argument("procflow::dead_letters_to: empty path");
+  }
+  std::string path;
 };
 
 // Dead letters kept per replica (the first ones it skipped).

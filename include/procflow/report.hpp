@@ -37,6 +37,8 @@ struct stage_report {
   std::uint64_t items_skipped = 0;  // set aside under pf::skip (policy.hpp)
   std::uint64_t retries = 0;        // tries after a failure under pf::retry
   std::vector<named_counter> counters;  // its pf::counter counts, summed over replicas (counter.hpp)
+  std::uint32_t restarts = 0;       // replicas that died in this stage and were replaced (pf::restart)
+  std::uint32_t recycles = 0;       // replicas of its process group replaced by pf::recycle
 };
 
 // One replica process: where its time went and what the kernel accounted to it. Busy, starved
@@ -93,6 +95,19 @@ struct scheduler_decision {
   bool forced = false;  // made by a test hook, not the policy
 };
 
+// A replica that died and was replaced under pf::restart (policy.hpp), and the batch it had in
+// hand, delivered again to its replacement.
+struct restart_record {
+  double time_s = 0;            // since the run started
+  std::string stage;            // the stage it died in
+  std::uint32_t replica = 0;
+  std::int32_t pid = 0;         // the process that died
+  std::string cause;            // "killed by signal 9 (Killed)", "exit code 3", "watchdog"
+  bool redelivered = false;     // a batch went to the replacement again
+  std::string batch;            // which one: "batch 12: source items [992, 1024)"
+  std::uint64_t sent_slots = 0; // of its output slots, published by the dead replica (not sent twice)
+};
+
 struct run_report {
   std::string pipeline;
   double wall_s = 0;
@@ -103,6 +118,7 @@ struct run_report {
   std::vector<replica_report> replica_rows;  // every replica process that ran, by group and replica
   std::vector<run_sample> samples;           // the counters sampled while the run went on
   std::vector<dead_letter> dead_letters;
+  std::vector<restart_record> restarts;  // pf::restart, in order
 
   // The stage that limits throughput: verdict().stage (nullptr if none ran in a replica).
   const stage_report* bottleneck() const;

@@ -122,6 +122,9 @@ bool Inbox::deliver(std::size_t ring, const SlotHeader* slot, detail::batch_view
   out.items = h.items;
   out.meta = {h.seq, h.first_item, (h.flags & slot_dense) != 0};
   out.batch_end = (h.flags & slot_batch_end) != 0;
+  held_origin_ring_ = ring;
+  held_origin_index_ = sources_[ring].ring.head_index();
+  held_redeliverable_ = true;
   held_ = ring;
   held_batch_end_ = out.batch_end;
   stats_.slots += 1;
@@ -141,7 +144,10 @@ bool Inbox::reassemble(std::size_t ring, const SlotHeader* first, detail::batch_
     if (h.large_total == 0 || h.large_total > options_.max_item_bytes)
       throw shm_error(fmt::format("channel: split item of {} bytes (limit {})", h.large_total, options_.max_item_bytes));
     large_.resize(h.large_total);
-    partial_ = {ring, h.large_total, 0, {h.seq, h.first_item, (h.flags & slot_dense) != 0}};
+    const std::uint64_t payload = s.ring.payload_bytes();
+    const std::uint64_t slots = h.large_total / payload + (h.large_total % payload != 0 ? 1 : 0);
+    partial_ = {ring, h.large_total, 0, {h.seq, h.first_item, (h.flags & slot_dense) != 0}, s.ring.head_index(),
+                options_.hold_split_items && slots <= s.ring.slot_count()};
   }
   const SlotHeader* slot = first;
   bool batch_end = false;
@@ -165,7 +171,11 @@ bool Inbox::reassemble(std::size_t ring, const SlotHeader* first, detail::batch_
     stats_.bytes += h.bytes;
     const bool last = (h.flags & slot_fragment_last) != 0;
     batch_end = (h.flags & slot_batch_end) != 0;
-    release_slot(ring);
+    if (partial_.hold) {
+      s.ring.step();  // given back with the item (release())
+    } else {
+      release_slot(ring);
+    }
     slot = nullptr;
     if (last) break;
     if (partial_.done == partial_.total) throw shm_error("channel: split item has no last fragment");
@@ -173,6 +183,10 @@ bool Inbox::reassemble(std::size_t ring, const SlotHeader* first, detail::batch_
   if (partial_.done != partial_.total)
     throw shm_error(fmt::format("channel: split item has {} of {} bytes", partial_.done, partial_.total));
   partial_.ring = none;
+  held_origin_ring_ = ring;
+  held_origin_index_ = partial_.first_index;
+  held_redeliverable_ = partial_.hold || !options_.hold_split_items;
+  held_stepped_ = partial_.hold;
   out.bytes = {large_.data(), large_.size()};
   out.items = 1;
   out.meta = partial_.meta;
@@ -207,6 +221,11 @@ void Inbox::release() {
     held_ = none;
   } else if (held_large_) {
     held_large_ = false;
+    if (held_stepped_) {
+      sources_[held_origin_ring_].ring.release_stepped();
+      notify(*sources_[held_origin_ring_].space_event);
+      held_stepped_ = false;
+    }
   } else {
     return;
   }

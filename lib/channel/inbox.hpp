@@ -27,6 +27,10 @@ struct InboxOptions {
   std::uint32_t spin = default_spin_iterations;
   // Largest item accepted from a peer (an item split over slots is reassembled in memory).
   std::uint64_t max_item_bytes = std::uint64_t{1} << 30;
+  // pf::restart: the slots of an item split over several stay unreleased until release() (so a
+  // replacement reads them again), when the ring can hold all of them at once; a larger item's
+  // slots are given back as they are copied (see held_redeliverable()).
+  bool hold_split_items = false;
 };
 
 struct InboxStats {
@@ -54,6 +58,13 @@ class Inbox final : public detail::input_port {
   bool try_retire(std::uint64_t epoch);
 
   const InboxStats& stats() const noexcept { return stats_; }
+  // The batch out with the caller: its ring (producer) and the index of its (first) slot there —
+  // what the producer's slots of its output are stamped with (Outbox::begin_origin).
+  std::uint32_t held_ring() const noexcept { return static_cast<std::uint32_t>(held_origin_ring_); }
+  std::uint64_t held_index() const noexcept { return held_origin_index_; }
+  // False when the batch out with the caller is an item whose slots were already given back (it
+  // was larger than its ring): a replacement could not read it again.
+  bool held_redeliverable() const noexcept { return held_redeliverable_; }
 
  private:
   struct Source {
@@ -90,10 +101,16 @@ class Inbox final : public detail::input_port {
     std::uint64_t total = 0;
     std::uint64_t done = 0;
     detail::batch_meta meta;
+    std::uint64_t first_index = 0;  // ring index of its first slot
+    bool hold = false;              // its slots are stepped past, released with the item
   };
   Reassembly partial_;
   Clock::time_point deadline_ = Clock::time_point::max();  // how long reassembly may wait
   bool end_ = false;
+  std::size_t held_origin_ring_ = 0;
+  std::uint64_t held_origin_index_ = 0;
+  bool held_redeliverable_ = true;
+  bool held_stepped_ = false;  // release() gives back the slots of a held split item
   InboxStats stats_;
 };
 

@@ -147,6 +147,16 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   Lane& l = lanes_[lane];
   detail::write_cursor& c = cursors_[lane];
   SlotHeader* slot = l.open;
+  if (skip_slots_ > 0) {
+    // A replay: this slot was published by the replica that died (begin_origin). The slot stays
+    // claimed and is filled again from its start (open() reuses a claimed empty slot).
+    --skip_slots_;
+    ++origin_slots_;
+    ++stats_.replayed_slots;
+    c = {};
+    if (current_ == &c) current_ = &no_slot_;
+    return;
+  }
   const auto bytes = static_cast<std::uint32_t>(c.pos - l.ring.payload(slot));
   slot->bytes = bytes;
   slot->items = c.items;
@@ -158,7 +168,9 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   // Every source slot is a batch of its own (a fragmented item: its last slot ends the batch).
   if (options_.source && (!(flags & slot_fragment) || (flags & slot_fragment_last))) flags |= slot_batch_end;
   slot->flags = flags;
-  slot->reserved = 0;
+  slot->origin_lane = origin_lane_;
+  slot->origin = origin_;
+  slot->origin_slot = options_.stamp_origin ? ++origin_slots_ : 0;
   l.ring.publish();  // release: the header and payload written above become visible
   notify(*l.data_event);
   stats_.slots += 1;

@@ -42,6 +42,9 @@ struct OutboxOptions {
   // with would_block. Set by another thread of the same process, which then notifies the space
   // event. Null: wait for room as long as it takes.
   const std::atomic<bool>* abandon = nullptr;
+  // pf::restart: stamp every slot with its input batch (begin_origin) and its number in that
+  // batch's output (SlotHeader::origin*).
+  bool stamp_origin = false;
 };
 
 // Thrown by a write that found no free slot before its wait deadline (set_wait_deadline), or
@@ -56,6 +59,7 @@ struct OutboxStats {
   std::uint64_t items = 0;       // items published
   std::uint64_t bytes = 0;       // payload bytes published
   std::uint64_t blocked_ns = 0;  // time spent waiting for a free slot (back-pressure)
+  std::uint64_t replayed_slots = 0;  // pf::restart: rewritten slots not sent again (begin_origin)
 };
 
 class Outbox final : public detail::output_port {
@@ -70,6 +74,18 @@ class Outbox final : public detail::output_port {
   void end_batch() override;
   void flush() override;
   void close() override;
+  // pf::restart (stamp_origin): the items committed from now on derive from input batch `origin`
+  // of input ring `lane` (channel::no_origin_lane: source chunk `origin`); the batch's first
+  // `already_sent` output slots were published by a replica that died running it, so they are
+  // written again (same items, same slot boundaries: the stages are deterministic and nothing but
+  // a full slot or the end of the batch publishes one) but not published. Call with no slot open
+  // holding items (after flush()).
+  void begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_t already_sent) noexcept {
+    origin_lane_ = lane;
+    origin_ = origin;
+    origin_slots_ = 0;
+    skip_slots_ = already_sent;
+  }
 
   const OutboxStats& stats() const noexcept { return stats_; }
 
@@ -121,6 +137,10 @@ class Outbox final : public detail::output_port {
   std::size_t slow_start_slots_ = 0;  // slots published at the current size
   bool done_slow_start_ = false;
   bool closed_ = false;
+  std::uint32_t origin_lane_ = no_origin_lane;  // begin_origin
+  std::uint64_t origin_ = 0;
+  std::uint64_t origin_slots_ = 0;  // output slots of the current origin so far (published or skipped)
+  std::uint64_t skip_slots_ = 0;    // of them, still to skip
   OutboxStats stats_;
   Clock::time_point wait_deadline_ = Clock::time_point::max();
   MembershipShared* membership_ = nullptr;  // null: more lanes than a mask holds, all active

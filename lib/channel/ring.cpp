@@ -158,6 +158,11 @@ void RingReader::release() noexcept {
   ring_->head.store(head_, std::memory_order_release);
 }
 
+void RingReader::release_stepped() noexcept {
+  // SYNC POINT (slot reuse, release): as in release(), for every slot stepped past.
+  ring_->head.store(head_, std::memory_order_release);
+}
+
 bool RingReader::drained() const noexcept {
   // SYNC POINT (end of stream, acquire): pairs with the release store in RingWriter::close(),
   // which follows the final tail store, so the tail read after it is final.

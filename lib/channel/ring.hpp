@@ -42,12 +42,20 @@ struct SlotHeader {
   std::uint64_t first_item;  // source position of the first item, meaningful with slot_dense
   std::uint64_t large_total; // total bytes of a fragmented item (first fragment only)
   std::uint32_t flags;       // SlotFlags
-  std::uint32_t reserved;
+  // pf::restart (runtime/redelivery.hpp): the producer's input batch these items derive from —
+  // its input ring (no_origin_lane: a chunk of a splittable source) and that ring's slot index
+  // (or the chunk number) — and this slot's number among that batch's output slots (1, 2, ...;
+  // 0: not stamped). A replacement producer reads them back from the last slot of each ring.
+  std::uint32_t origin_lane;
+  std::uint64_t origin;
+  std::uint64_t origin_slot;
 };
 static_assert(std::is_standard_layout_v<SlotHeader> && std::is_trivially_copyable_v<SlotHeader>);
-static_assert(sizeof(SlotHeader) == 40);
+static_assert(sizeof(SlotHeader) == 56);
+inline constexpr std::uint32_t no_origin_lane = 0xffffffffu;
 
 inline constexpr std::size_t slot_header_bytes = 64;  // payload starts 64-byte aligned
+static_assert(sizeof(SlotHeader) <= slot_header_bytes);
 
 struct RingShared {
   // --- line 0: geometry, written once by the creator before any fork, read-only after. ---
@@ -139,6 +147,14 @@ class RingWriter {
   // Slots published and not yet released. Racy: the consumer moves on concurrently.
   std::uint64_t size_approx() const noexcept;
   bool valid() const noexcept { return ring_ != nullptr; }
+  // The slot published last (for a ring never published to: a zeroed slot). Read by a
+  // replacement producer (pf::restart) before it writes anything: its predecessor's last slot is
+  // never overwritten until then, and the consumer only reads it.
+  const SlotHeader* last_published() const noexcept {
+    return reinterpret_cast<const SlotHeader*>(slots_ + ((tail_ - 1) & (slot_count_ - 1)) * slot_stride_);
+  }
+  // The producer closed the ring (a replacement finds its predecessor's closed lanes).
+  bool closed() const noexcept { return ring_->closed.load(std::memory_order_acquire) != 0; }
 
  private:
   RingShared* ring_ = nullptr;
@@ -162,6 +178,14 @@ class RingReader {
   const SlotHeader* try_peek();
   // Gives the peeked slot back to the producer.
   void release() noexcept;
+  // Deferred release (pf::restart keeps the fragments of a split item until it was processed):
+  // step() moves past the peeked slot without giving it back; release_stepped() gives back every
+  // slot stepped past. Until then a replacement consumer would read them again.
+  void step() noexcept { ++head_; }
+  void release_stepped() noexcept;
+  // Index of the slot at the head (the next one peeked), as a free-running counter.
+  std::uint64_t head_index() const noexcept { return head_; }
+  std::uint32_t slot_count() const noexcept { return slot_count_; }
   // True once the producer closed the ring and every slot was released: end of stream.
   bool drained() const noexcept;
   // True once the producer closed the ring (slots may still be waiting to be read).

@@ -44,7 +44,9 @@ json stage_json(const stage_report& s, double wall_s) {
   if (s.items_skipped || s.retries) {  // pf::skip / pf::retry (policy.hpp)
     j["items_skipped"] = s.items_skipped;
     j["retries"] = s.retries;
-  }  // why the stage runs as it does (e.g. holds state)
+  }
+  if (s.restarts) j["restarts"] = s.restarts;  // pf::restart
+  if (s.recycles) j["recycles"] = s.recycles;  // pf::recycle  // why the stage runs as it does (e.g. holds state)
   return j;
 }
 
@@ -136,6 +138,12 @@ std::string run_report::to_json() const {
   for (const auto& d : decisions) j["decisions"].push_back(decision_json(d));
   j["samples"] = json::array();
   for (const auto& s : samples) j["samples"].push_back(sample_json(s));
+  if (!restarts.empty()) {  // pf::restart
+    j["restarts"] = json::array();
+    for (const auto& r : restarts)
+      j["restarts"].push_back({{"time_s", r.time_s}, {"stage", r.stage}, {"replica", r.replica}, {"pid", r.pid}, {"cause", r.cause},
+                               {"redelivered", r.redelivered}, {"batch", r.batch}, {"sent_slots", r.sent_slots}});
+  }
   // Invalid UTF-8 in a stage name is replaced rather than thrown on.
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }

@@ -212,6 +212,48 @@ Plan make_plan(const detail::pipeline_def& def) {
     grp.out_latency_ns = stages[grp.end_stage - 1]->options().max_latency_ns.value_or(
         def.options.defaults.max_latency_ns.value_or(default_max_latency_ns));
   }
+  // pf::restart: which groups replace a dead replica (see runtime/redelivery.hpp).
+  plan.restarts.assign(stages.size(), 0);
+  for (std::size_t i = 0; i < stages.size(); ++i) {
+    const auto& o = stages[i]->options();
+    plan.restarts[i] = o.restarts.value_or(def.options.defaults.restarts.value_or(0));
+    if (plan.restarts[i] == 0) continue;
+    const std::uint32_t k = i < last_worker ? static_cast<std::uint32_t>(
+                                                  std::find_if(plan.groups.begin(), plan.groups.end(),
+                                                               [&](const Group& gr) { return i >= gr.first_stage && i < gr.end_stage; }) -
+                                                  plan.groups.begin())
+                                            : static_cast<std::uint32_t>(plan.groups.size());
+    if (k == plan.groups.size()) {
+      plan.restarts[i] = 0;  // runs in the supervisor: nothing to restart
+      continue;
+    }
+    if (plan.groups[k].input == GroupInput::generator) {
+      if (o.restarts)
+        throw std::invalid_argument(fmt::format("procflow: stage '{}': restart() cannot replace a source that runs in its own "
+                                                "process (a generator's position lives in that process)", stages[i]->name()));
+      plan.restarts[i] = 0;  // the pipeline's default does not apply to it
+      continue;
+    }
+    if (plan.ordered)
+      throw std::invalid_argument(fmt::format("procflow: stage '{}': restart() cannot be combined with pf::ordered",
+                                              stages[i]->name()));
+    plan.groups[k].restartable = true;
+  }
+  // pf::recycle: the smallest limits of a group's stages (per stage only: not a pipeline default).
+  for (std::size_t i = 0; i < stages.size(); ++i) {
+    const auto& o = stages[i]->options();
+    if (o.recycle_items == 0 && o.recycle_rss_bytes == 0) continue;
+    const auto it = std::find_if(plan.groups.begin(), plan.groups.end(), [&](const Group& gr) { return i >= gr.first_stage && i < gr.end_stage; });
+    if (i >= last_worker || it == plan.groups.end()) continue;  // runs in the supervisor
+    if (it->input == GroupInput::generator)
+      throw std::invalid_argument(fmt::format("procflow: stage '{}': recycle cannot replace a source that runs in its own process",
+                                              stages[i]->name()));
+    if (plan.ordered)
+      throw std::invalid_argument(fmt::format("procflow: stage '{}': recycle cannot be combined with pf::ordered", stages[i]->name()));
+    auto smallest = [](std::uint64_t a, std::uint64_t b) { return a == 0 ? b : b == 0 ? a : std::min(a, b); };
+    it->recycle_items = smallest(it->recycle_items, o.recycle_items);
+    it->recycle_rss_bytes = smallest(it->recycle_rss_bytes, o.recycle_rss_bytes);
+  }
   size_groups(plan);
   for (std::size_t k = 0; k < plan.groups.size(); ++k) {
     Group& grp = plan.groups[k];
@@ -233,11 +275,18 @@ Plan make_plan(const detail::pipeline_def& def) {
     // Up to 8192 items (measured: 4096-8192 beat both 512 and 16384 on the trivial pipeline).
     const std::uint64_t per_batch = std::clamp<std::uint64_t>(geometry.payload_bytes / 8, 1, 8192);
     const std::uint64_t for_balance = src->size() / (std::uint64_t{plan.groups.front().slots} * 256);
-    plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, per_batch);
+    // Under restart every chunk ends with its output published (a reduce's partial among it):
+    // chunks up to 8x larger keep that to one slot per 64 Ki items (pipeline_bench, restart on/off).
+    plan.chunk_items = std::clamp<std::uint64_t>(for_balance, 1, plan.groups.front().restartable ? 8 * per_batch : per_batch);
     if (const std::uint64_t preferred = src->preferred_chunk_units()) plan.chunk_items = preferred;  // e.g. file blocks
     // Rounded up without forming size + chunk_items - 1, which wraps for ranges near 2^64 items
     // (iota<uint64_t>(0, UINT64_MAX) has 2^64 - 1).
     const std::uint64_t size = src->size();
+    if (plan.groups.front().restartable) {
+      // One owner word per chunk (runtime/redelivery.hpp): larger chunks past max_restart_chunks.
+      plan.chunk_items = std::max(plan.chunk_items, size / max_restart_chunks + 1);
+      plan.restart_chunks = true;
+    }
     plan.chunks = size / plan.chunk_items + (size % plan.chunk_items != 0 ? 1 : 0);
   }
   return plan;

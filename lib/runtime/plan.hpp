@@ -44,6 +44,13 @@ struct Group {
   channel::RingGeometry out_geometry;
   // Latency bound of that port in ns (-1: off, 0: publish every item).
   std::int64_t out_latency_ns = 0;
+  // pf::restart on one of its stages: a replica that dies is replaced in its slot and its batch
+  // redelivered (runtime/redelivery.hpp); batches end with their output published.
+  bool restartable = false;
+  // pf::recycle (recycle.hpp): a replica leaves after this many items into its first stage, or
+  // when its RSS passes this many bytes (checked after every batch); 0: never.
+  std::uint64_t recycle_items = 0;
+  std::uint64_t recycle_rss_bytes = 0;
 };
 
 struct Plan {
@@ -63,7 +70,13 @@ struct Plan {
   bool caller_fed = false;
   // Per stage: 1 when it holds state and so runs in one process instead of inheriting a count.
   std::vector<std::uint8_t> held_to_one;
+  // Per stage: pf::restart(n)'s n (0: none).
+  std::vector<std::uint32_t> restarts;
+  bool restart_chunks = false;  // the chunk-claiming group is restartable: chunks have owner words
 };
+
+// Chunks a restartable chunk-claiming group may have (one owner word each in shared memory).
+inline constexpr std::uint64_t max_restart_chunks = std::uint64_t{1} << 20;
 
 // The CPUs this process may run on (sched_getaffinity), at least 1.
 std::uint32_t available_cores();

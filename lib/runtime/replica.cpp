@@ -3,12 +3,16 @@
 #include "channel/flusher.hpp"
 #include "channel/inbox.hpp"
 #include "channel/outbox.hpp"
+#include "faults/redelivery.hpp"
 #include "runtime/exception_info.hpp"
 #include "runtime/identity.hpp"
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -78,7 +82,18 @@ class PolicyGuard final : public detail::item_guard {
     return detail::item_verdict::skip;
   }
 
+  // pf::restart: a replacement running its predecessor's batch again notes each item, so that a
+  // death on it names the item (a poison item).
+  void on_item(std::size_t index) noexcept override {
+    if (!track) return;
+    // Relaxed: read after the process was reaped (see ReplicaRecord::item_known).
+    record->item_stage.store(stage, std::memory_order_relaxed);
+    record->item_seq_now.store(dense ? first_item + index : stream_first + index, std::memory_order_relaxed);
+    record->item_known.store(1, std::memory_order_relaxed);
+  }
+
   error_policy policy;
+  bool track = false;
   std::uint32_t stage = 0;
   bool dense = false;              // item numbers are source positions (first_item + index)
   std::uint64_t first_item = 0;
@@ -94,6 +109,8 @@ class Replica final : public detail::downstream {
         tallies_(def.stages.size()), record_(&state.record(state.first_replica(group) + replica)),
         timed_(def.options.profile.counters) {
     if (metrics::SpanRing* ring = state.spans(state.first_replica(group) + replica)) spans_.emplace(*ring, metrics::steady_now_ns());
+    if (record_->incarnation > 0) continue_predecessor();  // restart or recycle
+    items_base_ = tallies_[group_.input == GroupInput::channel ? group_.first_stage : group_.first_stage + 1].items_in;
   }
 
   void run() {
@@ -111,6 +128,7 @@ class Replica final : public detail::downstream {
       o.ordered = plan_.ordered;
       o.first_seq = replica_;
       o.seq_stride = group_.replicas;
+      o.hold_split_items = restart_;
       inbox_.emplace(state_.input_of(group_index_), replica_, o);
     }
     if (group_.output != GroupOutput::none) {
@@ -124,9 +142,12 @@ class Replica final : public detail::downstream {
         o.publish_context = this;
       }
       o.publish_each_item = group_.out_latency_ns == 0;
+      o.stamp_origin = restart_;
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
       // A group ending in its terminal only sends partials at the end (or per ordered batch).
-      if (group_.out_latency_ns > 0 && !ends_in_terminal())
+      // Not under restart: slot boundaries must depend on the items only (faults/redelivery.hpp);
+      // every batch's output is published at its end instead.
+      if (group_.out_latency_ns > 0 && !ends_in_terminal() && !restart_)
         flusher_.emplace(*outbox_, std::chrono::nanoseconds(group_.out_latency_ns));
       gate_.emplace(*outbox_);  // after the flusher: it decides how the gate fences
     }
@@ -139,7 +160,11 @@ class Replica final : public detail::downstream {
       case GroupInput::chunks: run_chunks(); break;
       case GroupInput::channel: run_channel(); break;
     }
-    finish();
+    if (recycled_) {
+      leave_for_replacement();
+    } else {
+      finish();
+    }
     // The callables were destroyed at end of stream (finish()); the rest of the instances
     // (buffers) goes now: the process leaves with _exit().
     instances_.clear();
@@ -166,7 +191,8 @@ class Replica final : public detail::downstream {
 
   void record_completed() noexcept {
     ReplicaRecord& r = record();
-    r.status.store(static_cast<std::uint32_t>(ReplicaStatus::completed), std::memory_order_release);
+    // SYNC POINT (release): pairs with the supervisor's acquire load of the status.
+    r.status.store(static_cast<std::uint32_t>(recycled_ ? ReplicaStatus::recycled : ReplicaStatus::completed), std::memory_order_release);
   }
 
  private:
@@ -198,6 +224,42 @@ class Replica final : public detail::downstream {
 
   bool retiring() const noexcept { return record_->retire.load(std::memory_order_acquire) != 0; }
 
+  // A replacement (pf::restart): the counters go on from the dead replica's last flush, and the
+  // batch it died on (if any) is run again without resending what it had sent.
+  void continue_predecessor() noexcept {
+    for (std::size_t i = group_.first_stage; i < group_.end_stage; ++i) {
+      // Relaxed: its writer is dead; fork() ordered its stores before us.
+      const StageCounters& c = state_.counters(i, replica_);
+      Tally& t = tallies_[i];
+      t.items_in = c.items_in.load(std::memory_order_relaxed);
+      t.items_out = c.items_out.load(std::memory_order_relaxed);
+      t.batches_in = c.batches_in.load(std::memory_order_relaxed);
+      t.bytes_in = c.bytes_in.load(std::memory_order_relaxed);
+      t.busy_ns = c.busy_ns.load(std::memory_order_relaxed);
+      t.items_skipped = c.items_skipped.load(std::memory_order_relaxed);
+      t.retries = c.retries.load(std::memory_order_relaxed);
+    }
+    starved_base_ = state_.counters(group_.first_stage, replica_).starved_ns.load(std::memory_order_relaxed);
+    blocked_base_ = state_.counters(group_.end_stage - 1, replica_).blocked_ns.load(std::memory_order_relaxed);
+    replay_pending_ = record_->replay != 0;
+    replay_lane_ = record_->replay_lane;
+    replay_origin_ = record_->replay_origin;
+    replay_sent_ = record_->replay_sent_slots;
+  }
+
+  // pf::restart: the batch about to run is `origin` of input ring `lane` (faults/redelivery.hpp).
+  void begin_origin(std::uint32_t lane, std::uint64_t origin, bool redeliverable) noexcept {
+    if (!restart_) return;
+    const bool replay = replay_pending_ && lane == replay_lane_ && origin == replay_origin_;
+    if (replay) replay_pending_ = false;
+    if (tracking_ && !replay) record_->item_known.store(0, std::memory_order_relaxed);
+    tracking_ = replay;
+    // Relaxed: read after the process was reaped; stored before any output of the batch.
+    record_->batch_origin_lane.store(redeliverable ? lane : lane | faults::lost_origin_bit, std::memory_order_relaxed);
+    record_->batch_origin.store(origin, std::memory_order_relaxed);
+    if (outbox_) outbox_->begin_origin(lane, origin, replay ? replay_sent_ : 0);
+  }
+
   void run_generator() {
     stage_ = 0;
     note_phase(ReplicaPhase::producing);
@@ -215,11 +277,24 @@ class Replica final : public detail::downstream {
     const detail::source_base& src = *source;
     const std::uint64_t total = src.size();
     RunHeader& header = state_.header();
+    // pf::restart: chunks have owners; a replacement first takes its predecessor's unfinished
+    // chunk and any chunk nobody owns (faults/redelivery.hpp).
+    const auto owners = state_.chunk_owners();
+    std::vector<std::uint64_t> reclaimed;
+    if (restart_ && record_->incarnation > 0)
+      reclaimed = faults::reclaim_chunks(owners, header.next_chunk.load(std::memory_order_relaxed), replica_);
+    std::size_t next_reclaimed = 0;
     for (;;) {
-      if (group_.scalable && retiring()) break;  // another replica claims the rest
-      // Relaxed: see RunHeader::next_chunk.
-      const std::uint64_t chunk = header.next_chunk.fetch_add(1, std::memory_order_relaxed);
-      if (chunk >= plan_.chunks) break;
+      std::uint64_t chunk = 0;
+      if (next_reclaimed < reclaimed.size()) {
+        chunk = reclaimed[next_reclaimed++];
+      } else {
+        if (group_.scalable && retiring()) break;  // another replica claims the rest
+        // Relaxed: see RunHeader::next_chunk.
+        chunk = header.next_chunk.fetch_add(1, std::memory_order_relaxed);
+        if (chunk >= plan_.chunks) break;
+        if (restart_ && !faults::claim_chunk(owners, chunk, replica_)) continue;  // a replacement took it
+      }
       const auto [first, last] = chunk_range(plan_, chunk, total);
       set_stage(0);
       const auto t0 = clock_start();
@@ -227,7 +302,10 @@ class Replica final : public detail::downstream {
       Tally& t = tallies_[0];
       t.items_out += n;
       t.busy_ns += elapsed_ns(t0);
+      begin_origin(channel::no_origin_lane, chunk, true);
       process({chunk, first, src.units_are_items()}, n, /*batch_end=*/true, /*batch_start=*/true, 0);
+      if (restart_) faults::finish_chunk(owners, chunk);  // its output is published (process())
+      if (time_to_recycle()) break;
     }
   }
 
@@ -252,6 +330,7 @@ class Replica final : public detail::downstream {
     bool in_batch = false;
     for (;;) {
       if (!next_batch(batch)) break;
+      begin_origin(inbox_->held_ring(), inbox_->held_index(), inbox_->held_redeliverable());
       set_stage(first_worker_);
       const auto t0 = clock_start();
       const std::size_t n = instances_.front()->decode(batch);
@@ -261,6 +340,7 @@ class Replica final : public detail::downstream {
       process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
       tallies_[first_worker_].bytes_in += batch.bytes.size();
       inbox_->release();
+      if (time_to_recycle()) break;
     }
   }
 
@@ -270,6 +350,7 @@ class Replica final : public detail::downstream {
     note_batch(meta, n);
     if (outbox_ && (batch_start || !ordered)) outbox_->begin_batch(meta);
     if (ordered && batch_start && ends_in_terminal()) instances_.back()->begin_batch();
+    if (restart_ && ends_in_terminal()) instances_.back()->begin_batch();  // a partial per batch (redelivery.hpp)
     meta_ = meta;
     run_chain(0, n, meta.dense, extra_ns);
     if (outbox_) {
@@ -280,6 +361,11 @@ class Replica final : public detail::downstream {
       if (ordered && batch_end) {
         if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
         outbox_->end_batch();
+      }
+      if (restart_) {
+        // The batch's output is all published before its input is released (redelivery.hpp).
+        if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
+        outbox_->flush();
       }
       const std::uint64_t elapsed = elapsed_ns(t0);
       const std::uint64_t blocked = outbox_->stats().blocked_ns - blocked_before;
@@ -332,10 +418,11 @@ class Replica final : public detail::downstream {
         detail::item_cursor cursor;
         const auto& policy = def_.stages[stage]->options().on_error ? def_.stages[stage]->options().on_error
                                                                      : def_.options.defaults.on_error;
-        if (policy) {
+        if (policy || tracking_) {
           // One guard per fused stage: a flat_map's spill runs the next stages inside its apply().
           PolicyGuard& guard = guards_[k];
-          guard.policy = *policy;
+          guard.policy = policy ? *policy : error_policy{};  // tracking alone: fail as without a guard
+          guard.track = tracking_;
           guard.stage = static_cast<std::uint32_t>(stage);
           guard.dense = lineage_dense;
           guard.first_item = meta_.first_item;
@@ -404,13 +491,51 @@ class Replica final : public detail::downstream {
     }
     if (outbox_) {
       if (group_.input == GroupInput::generator) stage_ = 0;
-      if (ends_in_terminal() && !plan_.ordered) {
+      if (ends_in_terminal() && !plan_.ordered && !restart_) {  // under restart: sent per batch
         stage_ = group_.end_stage - 1;
         outbox_->begin_batch({replica_, 0, false});  // partials are merged in replica order
         instances_.back()->finish(*outbox_);
       }
       outbox_->close();
       if (group_.input == GroupInput::generator) tallies_[0].items_out = outbox_->stats().items;
+    }
+    flush_counters();
+    if (spans_) spans_->flush();
+  }
+
+  // pf::recycle: after a batch, whether this process has taken its share of items or grown past
+  // its memory limit; then it leaves (leave_for_replacement) and a fresh one takes its slot.
+  bool time_to_recycle() {
+    if (group_.recycle_items != 0 && tallies_[first_worker_].items_in - items_base_ >= group_.recycle_items) recycled_ = true;
+    if (group_.recycle_rss_bytes != 0 && resident_bytes() > group_.recycle_rss_bytes) recycled_ = true;
+    return recycled_;
+  }
+
+  static std::uint64_t resident_bytes() noexcept {
+    std::FILE* f = std::fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    unsigned long long size = 0, resident = 0;
+    const int got = std::fscanf(f, "%llu %llu", &size, &resident);
+    std::fclose(f);
+    return got == 2 ? resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)) : 0;
+  }
+
+  // A recycled replica's end: its teardown and its partial as at the end of the stream, its output
+  // published, but its rings left open: the replacement goes on writing them.
+  void leave_for_replacement() {
+    note_phase(ReplicaPhase::finishing);
+    flusher_.reset();
+    for (std::size_t k = 0; k < instances_.size(); ++k) {
+      set_stage(first_worker_ + k);
+      instances_[k]->end_of_stream();
+    }
+    if (outbox_) {
+      if (ends_in_terminal() && !plan_.ordered && !restart_) {
+        stage_ = group_.end_stage - 1;
+        outbox_->begin_batch({replica_, 0, false});
+        instances_.back()->finish(*outbox_);
+      }
+      outbox_->flush();
     }
     flush_counters();
     if (spans_) spans_->flush();
@@ -444,9 +569,9 @@ class Replica final : public detail::downstream {
       c.retries.store(t.retries, std::memory_order_relaxed);
     }
     if (inbox_)
-      state_.counters(group_.first_stage, replica_).starved_ns.store(inbox_->stats().starved_ns, std::memory_order_relaxed);
+      state_.counters(group_.first_stage, replica_).starved_ns.store(starved_base_ + inbox_->stats().starved_ns, std::memory_order_relaxed);
     if (outbox_)
-      state_.counters(group_.end_stage - 1, replica_).blocked_ns.store(outbox_->stats().blocked_ns, std::memory_order_relaxed);
+      state_.counters(group_.end_stage - 1, replica_).blocked_ns.store(blocked_base_ + outbox_->stats().blocked_ns, std::memory_order_relaxed);
     if (spans_) {
       std::uint64_t busy = 0;
       for (std::size_t i = group_.first_stage; i < group_.end_stage; ++i) busy += tallies_[i].busy_ns;
@@ -477,6 +602,18 @@ class Replica final : public detail::downstream {
   std::uint64_t item_seq_ = 0;
   std::vector<PolicyGuard> guards_;  // per fused stage: its error policy, while it applies
   bool timed_ = true;  // false under pf::counters_off: no busy-time clock, counters published at the end only
+  // pf::restart (faults/redelivery.hpp).
+  bool restart_ = group_.restartable;
+  bool tracking_ = false;        // running the redelivered batch: each item is noted
+  bool replay_pending_ = false;  // the predecessor's batch has not come round yet
+  std::uint32_t replay_lane_ = 0;
+  std::uint64_t replay_origin_ = 0;
+  std::uint64_t replay_sent_ = 0;
+  std::uint64_t starved_base_ = 0;  // the predecessor's, for the counters
+  std::uint64_t blocked_base_ = 0;
+  // pf::recycle.
+  bool recycled_ = false;
+  std::uint64_t items_base_ = 0;  // items_in of the first stage when this process started
 };
 
 }  // namespace

@@ -75,6 +75,11 @@ std::string run_report::to_string(bool per_replica) const {
     if (!s.note.empty()) out += fmt::format("  note: stage '{}' {}\n", s.name, s.note);
   for (const auto& s : stages)
     if (s.items_skipped || s.retries) out += fmt::format("  {}: {} items skipped, {} retries\n", s.name, s.items_skipped, s.retries);
+  for (const auto& s : stages)
+    if (s.recycles) out += fmt::format("  {}: {} replicas recycled\n", s.name, s.recycles);
+  for (const auto& r : restarts)
+    out += fmt::format("  restart: stage '{}' replica {} (pid {}, {}) at {:.3f} s{}\n", r.stage, r.replica, r.pid, r.cause, r.time_s,
+                       r.redelivered ? fmt::format("; redelivered {} ({} output slots already sent)", r.batch, r.sent_slots) : std::string());
   for (const auto& d : dead_letters)
     out += fmt::format("  dead letter: stage '{}' replica {} item {}: {}: {}\n", d.stage, d.replica, d.item_seq, d.exception_type, d.message);
   return out;

@@ -29,6 +29,10 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
   user_counters_offset_ = layout_.add(sizeof(metrics::UserCounterTable) * (total_replicas_ + 1), alignof(metrics::UserCounterTable));
   if (!def.options.profile.trace_path.empty())
     spans_offset_ = layout_.add(sizeof(metrics::SpanRing) * total_replicas_, alignof(metrics::SpanRing));
+  if (plan.restart_chunks) {
+    owners_ = plan.chunks;
+    owners_offset_ = layout_.add(sizeof(std::atomic<std::uint16_t>) * owners_, shm::cache_line);
+  }
   std::uint32_t base = 0;
   for (std::size_t k = 0; k < plan.groups.size(); ++k) {
     replica_base_.push_back(base);
@@ -59,6 +63,10 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
       sp[i].count.store(0, std::memory_order_relaxed);  // the events need no initialisation
       sp[i].dropped.store(0, std::memory_order_relaxed);
     }
+  }
+  if (owners_offset_ != 0) {
+    auto* o = segment_.at<std::atomic<std::uint16_t>>(owners_offset_, owners_);
+    for (std::uint64_t i = 0; i < owners_; ++i) new (o + i) std::atomic<std::uint16_t>(0);
   }
   for (std::size_t k = 0; k < channels_.size(); ++k) {
     channels_[k].create(segment_);
@@ -91,6 +99,11 @@ metrics::ReplicaStats& RunState::stats(std::uint32_t global_replica) const {
 metrics::UserCounterTable& RunState::user_counters(std::uint32_t index) const {
   if (index > total_replicas_) throw shm_error(fmt::format("no counter table {}", index));
   return segment_.at<metrics::UserCounterTable>(user_counters_offset_, total_replicas_ + 1)[index];
+}
+
+std::span<std::atomic<std::uint16_t>> RunState::chunk_owners() const {
+  if (owners_offset_ == 0) return {};
+  return {segment_.at<std::atomic<std::uint16_t>>(owners_offset_, owners_), owners_};
 }
 
 metrics::SpanRing* RunState::spans(std::uint32_t global_replica) const {

@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 namespace procflow::runtime {
@@ -49,7 +50,8 @@ struct alignas(shm::cache_line) StageCounters {
 };
 static_assert(std::is_standard_layout_v<StageCounters> && sizeof(StageCounters) == shm::cache_line);
 
-enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 2 };
+// recycled: left for a fresh process after its batch (pf::recycle): its slot goes on.
+enum class ReplicaStatus : std::uint32_t { running = 0, completed = 1, failed = 2, recycled = 3 };
 
 // ReplicaRecord::phase.
 enum class ReplicaPhase : std::uint32_t {
@@ -93,6 +95,23 @@ struct ReplicaRecord {
   std::atomic<std::uint64_t> batch_seq;    // source batch (chunk) number
   std::atomic<std::uint64_t> batch_first;  // first item: source position, or position in this replica's input
   std::atomic<std::uint64_t> batch_items;  // items in the batch (a generator: items produced so far)
+  // pf::restart (runtime/redelivery.hpp). The batch's origin as stamped on its output slots
+  // (input ring and slot index, or no_origin_lane and the chunk), written with the fields above.
+  std::atomic<std::uint32_t> batch_origin_lane;
+  std::atomic<std::uint64_t> batch_origin;
+  // While a replacement runs a redelivered batch: the item in hand (stage, item number as
+  // stage_error::item_seq), stored before each item so that a death names it. Relaxed: read
+  // after the process was reaped.
+  std::atomic<std::uint32_t> item_known;
+  std::atomic<std::uint32_t> item_stage;
+  std::atomic<std::uint64_t> item_seq_now;
+  // Written by the supervisor before it forks a replacement into this slot (fork orders them):
+  // the batch to run again and how many of its output slots were already sent.
+  std::uint32_t replay;  // 1: replay_* below are set
+  std::uint32_t replay_lane;
+  std::uint64_t replay_origin;
+  std::uint64_t replay_sent_slots;
+  std::uint32_t incarnation;  // 0 for the first process in this slot, +1 per restart
   // Dead letters kept (<= dead_letters_per_replica). Read after the replica was reaped.
   std::uint32_t dead_letter_count;
   DeadLetter dead_letters[dead_letters_per_replica];
@@ -125,6 +144,9 @@ class RunState {
   const channel::Channel& results() const { return results_; }
   // First global replica number of group g.
   std::uint32_t first_replica(std::size_t group) const { return replica_base_.at(group); }
+  // pf::restart on a chunk-claiming group: one owner word per chunk (runtime/redelivery.hpp);
+  // empty without restart.
+  std::span<std::atomic<std::uint16_t>> chunk_owners() const;
   std::uint32_t max_replicas() const noexcept { return max_replicas_; }
 
  private:
@@ -135,6 +157,8 @@ class RunState {
   std::uint64_t stats_offset_ = 0;
   std::uint64_t spans_offset_ = 0;  // 0: no span rings
   std::uint64_t user_counters_offset_ = 0;  // total_replicas_ + 1 tables
+  std::uint64_t owners_offset_ = 0;  // 0: no chunk owners
+  std::uint64_t owners_ = 0;
   std::size_t stages_ = 0;
   std::uint32_t max_replicas_ = 0;
   std::uint32_t total_replicas_ = 0;

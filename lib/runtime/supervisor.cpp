@@ -2,6 +2,8 @@
 // replica, drains the results channel, watches the children through pidfds and turns the first
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
+#include "faults/dead_letter_file.hpp"
+#include "faults/redelivery.hpp"
 #include "metrics/replica_rows.hpp"
 #include "metrics/sampler.hpp"
 #include "metrics/trace_writer.hpp"
@@ -31,6 +33,7 @@
 #include <cstdlib>
 #include <memory>
 #include <typeinfo>
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -70,6 +73,9 @@ class Supervisor final : public SupervisedRun {
       watchdog_ns_.push_back(bound);
       if (bound > 0) watching_ = true;
     }
+    group_restarts_.assign(plan_.groups.size(), 0);
+    stage_restarts_.assign(def_.stages.size(), 0);
+    stage_recycles_.assign(def_.stages.size(), 0);
     children_.add_wake_fd(interrupts_.wake_fd());
     if (def_.options.cancel) children_.add_wake_fd(def_.options.cancel->wake_fd);
   }
@@ -110,6 +116,7 @@ class Supervisor final : public SupervisedRun {
     stop_if_interrupted();  // a Ctrl-C during the last moments is not swallowed
     run_report report = make_report(std::chrono::duration<double>(Clock::now() - t0).count());
     sampler_.finish(report);
+    if (!def_.options.dead_letter_path.empty()) faults::write_dead_letters(def_.options.dead_letter_path, report.dead_letters);
     if (!def_.options.profile.trace_path.empty())
       metrics::write_trace(def_.options.profile.trace_path, report, def_, plan_, state_, run_start_ns_);
     return report;
@@ -122,7 +129,9 @@ class Supervisor final : public SupervisedRun {
     channel::InboxOptions o;
     o.ordered = plan_.ordered;
     channel::Inbox results(state_.results(), 0, o);
-    constexpr auto tick = std::chrono::milliseconds(50);
+    // Under pf::restart a death is noticed within 10 ms (a poll of the pidfds per tick).
+    const bool restarting = std::any_of(plan_.groups.begin(), plan_.groups.end(), [](const Group& g) { return g.restartable; });
+    const auto tick = std::chrono::milliseconds(restarting ? 10 : 50);
     auto next_check = Clock::now() + tick;
     batch_view batch;
     for (;;) {
@@ -187,8 +196,70 @@ class Supervisor final : public SupervisedRun {
   void on_exit(const process::ExitInfo& exit) {
     // A replica killed by the same SIGTERM (sent to the whole group) is part of the interruption.
     stop_if_interrupted();
+    if (try_recycle(exit)) return;
+    if (try_restart(exit)) return;
     check(exit);
     elastic_.on_exit(ids_[exit.index].group, ids_[exit.index].replica);
+  }
+
+  // pf::recycle: a replica that left for a fresh process (its record says so: it published its
+  // output and ran its teardown) is replaced in its slot.
+  bool try_recycle(const process::ExitInfo& exit) {
+    const ReplicaId id = ids_[exit.index];
+    const ReplicaRecord& record = state_.record(state_.first_replica(id.group) + id.replica);
+    // SYNC POINT (acquire): pairs with the replica's release store of its status.
+    if (static_cast<ReplicaStatus>(record.status.load(std::memory_order_acquire)) != ReplicaStatus::recycled) return false;
+    const Group& g = plan_.groups[id.group];
+    ++stage_recycles_[g.input == GroupInput::chunks && g.end_stage > 1 ? g.first_stage + 1 : g.first_stage];
+    faults::prepare_replacement(plan_, state_, id.group, id.replica, faults::Redelivery{});
+    elastic_.restart_slot(id.group, id.replica);
+    return true;
+  }
+
+  // pf::restart: a replica of a restartable group that died (a signal, exit(), the watchdog; an
+  // exception follows fail / skip / retry instead) is replaced in its slot and its batch
+  // delivered again (faults/redelivery.hpp), while its group has restarts left: the largest n of
+  // its stages' restart(n), counted per group (fused stages share their processes). False:
+  // check() reports the death.
+  bool try_restart(const process::ExitInfo& exit) {
+    const ReplicaId id = ids_[exit.index];
+    const Group& g = plan_.groups[id.group];
+    if (!g.restartable) return false;
+    const ReplicaRecord& record = state_.record(state_.first_replica(id.group) + id.replica);
+    // SYNC POINT (acquire): pairs with the replica's release store of its status.
+    const auto status = static_cast<ReplicaStatus>(record.status.load(std::memory_order_acquire));
+    if (status != ReplicaStatus::running) return false;  // completed (check() passes it), or an exception
+    std::uint32_t allowed = 0;
+    for (std::size_t i = g.first_stage; i < g.end_stage; ++i) allowed = std::max(allowed, plan_.restarts[i]);
+    if (group_restarts_[id.group] >= allowed) return false;
+    const faults::Redelivery r = faults::find_redelivery(plan_, state_, id.group, id.replica);
+    if (r.lost) return false;  // check() names the batch; see Inbox::held_redeliverable()
+    const std::uint32_t current = record.current_stage.load(std::memory_order_relaxed);
+    const std::size_t stage = current < def_.stages.size() ? current : g.first_stage;
+    ++group_restarts_[id.group];
+    ++stage_restarts_[stage];
+    restart_record log;
+    log.time_s = static_cast<double>(metrics::steady_now_ns() - run_start_ns_) / 1e9;
+    log.stage = def_.stages[stage]->name();
+    log.replica = id.replica;
+    log.pid = exit.pid;
+    if (timed_out_ns_.count(exit.index)) {
+      log.cause = "watchdog";
+    } else if (!exit.status_known) {
+      log.cause = "ended (its exit status was taken by someone else)";
+    } else if (WIFSIGNALED(exit.status)) {
+      log.cause = fmt::format("killed by signal {} ({})", WTERMSIG(exit.status), strsignal(WTERMSIG(exit.status)));
+    } else {
+      log.cause = fmt::format("exit code {}", WIFEXITED(exit.status) ? WEXITSTATUS(exit.status) : -1);
+    }
+    log.redelivered = r.batch;
+    log.batch = r.what;
+    if (r.item_known) log.batch += fmt::format(", on item {}", r.item_seq);
+    log.sent_slots = r.sent_slots;
+    restart_log_.push_back(std::move(log));
+    faults::prepare_replacement(plan_, state_, id.group, id.replica, r);
+    elastic_.restart_slot(id.group, id.replica);
+    return true;
   }
 
   // Runs the terminal stage's caller-side work (decoding results, merging partials with the
@@ -226,6 +297,8 @@ class Supervisor final : public SupervisedRun {
     // Reaped by somebody else (SIGCHLD set to SIG_IGN, a handler calling wait()): the record
     // still tells whether the replica finished; anything short of `completed` is a failure.
     if (!exit.status_known && status == ReplicaStatus::completed) return;
+    // Under restart, a replica that recorded its completion did all its work, however it ended.
+    if (g.restartable && status == ReplicaStatus::completed) return;
 
     stage_error::details d;
     d.replica = id.replica;
@@ -263,6 +336,7 @@ class Supervisor final : public SupervisedRun {
       d.message = fmt::format("the process ended with an unexpected wait status {:#x}", exit.status);
     }
     if (d.kind != stage_error::cause::exception) describe_activity(record, d);
+    if (g.restartable && d.kind != stage_error::cause::exception) describe_restarts(id, record, d);
     if (g.end_stage - g.first_stage > 1) {
       std::string fused;
       for (std::size_t i = g.first_stage; i < g.end_stage; ++i) fused += (fused.empty() ? "" : ", ") + def_.stages[i]->name();
@@ -299,6 +373,33 @@ class Supervisor final : public SupervisedRun {
     d.message += (d.message.empty() ? "" : "; ") + where;
   }
 
+  // A death under restart that check() reports: the group's restarts were used up (and a
+  // replacement running the batch again names the item it died on), or the batch could not be
+  // read again.
+  void describe_restarts(const ReplicaId& id, const ReplicaRecord& record, stage_error::details& d) const {
+    const Group& g = plan_.groups[id.group];
+    std::uint32_t allowed = 0;
+    for (std::size_t i = g.first_stage; i < g.end_stage; ++i) allowed = std::max(allowed, plan_.restarts[i]);
+    // Relaxed: the replica was reaped.
+    if (record.item_known.load(std::memory_order_relaxed) != 0) {
+      d.has_item = true;
+      d.item_seq = record.item_seq_now.load(std::memory_order_relaxed);
+      const std::uint32_t s = record.item_stage.load(std::memory_order_relaxed);
+      if (s < def_.stages.size()) d.stage = def_.stages[s]->name();
+    }
+    if (group_restarts_[id.group] >= allowed && allowed > 0) {
+      d.message += fmt::format("; {} replicas of this process group died and were replaced before (restart({})): no restart left",
+                               group_restarts_[id.group], allowed);
+    } else if ((record.batch_origin_lane.load(std::memory_order_relaxed) & faults::lost_origin_bit) != 0) {
+      d.message += "; not restarted: its batch was an item larger than its input ring, whose slots were already given back";
+    }
+  }
+
+  std::size_t first_counted_stage(std::size_t group) const {
+    const Group& g = plan_.groups[group];
+    return g.input == GroupInput::chunks && g.end_stage > 1 ? g.first_stage + 1 : g.first_stage;
+  }
+
   run_report make_report(double wall_s) const {
     run_report report;
     report.pipeline = def_.name;
@@ -331,6 +432,8 @@ class Supervisor final : public SupervisedRun {
           r.items_skipped += c.items_skipped.load(std::memory_order_relaxed);
           r.retries += c.retries.load(std::memory_order_relaxed);
         }
+        r.restarts = stage_restarts_[i];
+        r.recycles = stage_recycles_[plan_.stage_group[i] < plan_.groups.size() ? first_counted_stage(plan_.stage_group[i]) : i];
       } else {
         r.replicas = 0;  // runs in the supervisor (collect)
       }
@@ -354,6 +457,7 @@ class Supervisor final : public SupervisedRun {
       auto& collect = report.stages.back();
       collect.items_in = collect.items_out = report.stages[report.stages.size() - 2].items_out;
     }
+    report.restarts = restart_log_;
     metrics::add_replica_rows(report, def_, plan_, state_, run_start_ns_);
     metrics::add_user_counters(report, def_, plan_, state_);
     return report;
@@ -374,6 +478,10 @@ class Supervisor final : public SupervisedRun {
   std::vector<std::int64_t> watchdog_ns_;  // per group, 0: not watched
   bool watching_ = false;
   std::map<std::size_t, std::uint64_t> timed_out_ns_;  // child index -> time without progress when killed
+  std::vector<std::uint32_t> group_restarts_;  // pf::restart: replacements so far, per group
+  std::vector<std::uint32_t> stage_restarts_;  // ... per stage the replica died in
+  std::vector<restart_record> restart_log_;
+  std::vector<std::uint32_t> stage_recycles_;  // pf::recycle, per group's first worker stage
   InterruptGuard interrupts_;   // the host's dispositions come back after the children are gone
   process::ChildSet children_;  // destroyed first: children die before the shared memory goes
 };

@@ -51,6 +51,12 @@ class Elastic {
   void start();
   // A replica ended and completed cleanly.
   void on_exit(std::size_t group, std::uint32_t slot);
+  // A replica died and is replaced in its slot (pf::restart, faults/redelivery.hpp): the slot
+  // stays started (and retiring, if it was), a new process runs in it.
+  void restart_slot(std::size_t group, std::uint32_t slot) {
+    ++processes_;
+    spawn_(group, slot);
+  }
   // Called often (every ~50 ms) from the supervisor's loop; acts every `interval`.
   void tick();
   bool scheduling() const noexcept { return policy_.has_value() || !forced_.empty(); }

@@ -303,9 +303,12 @@ class ThreadRun {
     };
     if (def_.options.defaults.on_error) refuse("an error policy (pf::skip / pf::retry)", "the pipeline's");
     if (def_.options.defaults.watchdog_ns) refuse("pf::watchdog", "the pipeline's");
+    if (def_.options.defaults.restarts) refuse("pf::restart", "the pipeline's");
     for (const auto& stage : def_.stages) {
       if (stage->options().on_error) refuse("an error policy (pf::skip / pf::retry)", fmt::format("stage '{}':", stage->name()));
       if (stage->options().watchdog_ns) refuse("pf::watchdog", fmt::format("stage '{}':", stage->name()));
+      if (stage->options().restarts) refuse("pf::restart", fmt::format("stage '{}':", stage->name()));
+      if (stage->options().recycle_items || stage->options().recycle_rss_bytes) refuse("pf::recycle", fmt::format("stage '{}':", stage->name()));
     }
   }
 

@@ -35,7 +35,8 @@ std::size_t find_line(Reader& r, std::size_t max_bytes, bool& has_newline, TooLo
   std::size_t scanned = 0;
   for (;;) {
     const std::string_view w = r.window();
-    if (const void* nl = std::memchr(w.data() + scanned, '\n', w.size() - scanned)) {
+    // An empty window may have no buffer (data() null): memchr must not see it even with length 0.
+    if (const void* nl = w.size() > scanned ? std::memchr(w.data() + scanned, '\n', w.size() - scanned) : nullptr) {
       has_newline = true;
       const std::size_t len = static_cast<std::size_t>(static_cast<const char*>(nl) - w.data());
       if (len > max_bytes + 1 || (len == max_bytes + 1 && w[len - 1] != '\r')) too_long();

@@ -14,7 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/mman.h>
+
 #include <array>
+#include <atomic>
+#include <csignal>
 #include <thread>
 
 namespace pf = procflow;
@@ -52,13 +56,15 @@ Run procflow_map_callable(std::uint64_t n, std::uint32_t replicas, MapFn map_fn)
 // `latency_off`: pf::max_latency(pf::latency_off) instead of the default bound (the peer that
 // shows what the latency flusher costs at full rate). `counters_off`: pf::counters_off (the peer
 // that shows what the built-in counters and the supervisor's sampling cost).
+// `restart`: pf::restart(3) on every stage (its bookkeeping without any death: issue 8's "on vs off").
 Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false, bool threads = false,
-                     bool counters_off = false) {
+                     bool counters_off = false, bool restart = false) {
   const auto t0 = std::chrono::steady_clock::now();
   pf::profile_options profile;
   profile.counters = !counters_off;
-  auto start = latency_off ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::max_latency(pf::latency_off), profile)
-                           : pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), profile);
+  auto start = restart       ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::restart(3), profile)
+               : latency_off ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::max_latency(pf::latency_off), profile)
+                             : pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), profile);
   auto run = [&](auto flow) {
     return flow.map("square", square, pf::replicas(replicas))
         .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
@@ -75,6 +81,54 @@ Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, b
           })).value;
   }
   return {sum, bench::seconds_since(t0)};
+}
+
+// pf::restart's recovery: the trivial pipeline (iota chunks, `replicas` fused replicas, restart(3))
+// where one replica SIGKILLs itself at the middle item. Returns the run's seconds and the time from
+// that death to the replacement's first item (its slot working again), from a shared page.
+struct Recovery {
+  Run run;
+  double death_to_resume_s;
+};
+Recovery restart_recovery(std::uint64_t n, std::uint32_t replicas) {
+  struct Page {
+    std::atomic<std::int64_t> death_ns{0};
+    std::atomic<std::int64_t> resume_ns{0};
+    std::atomic<std::int32_t> dead_pid{0};
+    std::atomic<std::uint32_t> dead_index{0};
+  };
+  void* mem = ::mmap(nullptr, sizeof(Page), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) std::exit(1);
+  auto* page = new (mem) Page{};
+  const auto now_ns = [] { return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto mid = static_cast<std::int64_t>(n / 2);
+  const std::uint64_t sum =
+      pf::pipeline("recovery", pf::allow_threads, pf::restart(3))
+          .source("numbers", pf::iota<std::int64_t>(0, static_cast<std::int64_t>(n)))
+          .map("square", [page, mid, now_ns](std::int64_t x) {
+            if (page->death_ns.load(std::memory_order_relaxed) != 0 && page->resume_ns.load(std::memory_order_relaxed) == 0) {
+              const auto me = pf::this_replica();
+              if (me.index == page->dead_index.load() && me.pid != page->dead_pid.load()) page->resume_ns.store(now_ns());
+            }
+            if (x == mid) {
+              std::int64_t none = 0;
+              if (page->death_ns.compare_exchange_strong(none, now_ns())) {
+                page->dead_index.store(pf::this_replica().index);
+                page->dead_pid.store(pf::this_replica().pid);
+                ::raise(SIGKILL);
+              }
+            }
+            return static_cast<std::uint64_t>(x) * static_cast<std::uint64_t>(x);
+          }, pf::replicas(replicas))
+          .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
+          .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{})
+          .run()
+          .value;
+  const double seconds = bench::seconds_since(t0);
+  const double gap = static_cast<double>(page->resume_ns.load() - page->death_ns.load()) / 1e9;
+  ::munmap(mem, sizeof(Page));
+  return {{sum, seconds}, gap};
 }
 
 // Runs the generator-fed pipeline over `n` items in a fresh child and returns the peak RSS (KiB)
@@ -248,6 +302,45 @@ int main(int argc, char** argv) {
   measure_counters("procflow", n, true, true);
   measure_counters("procflow_generator", n, false, true);
   measure_counters("procflow_unfused", n_small * 10, false, false);
+  // pf::restart (issue 8): its bookkeeping on the same pipeline, on vs off, runs interleaved,
+  // medians of the per-pair ratios; then one death per run: how long from the death to the
+  // replacement's first item, and what the run lost against the same run without the death.
+  auto measure_restart = [&](const std::string& variant, bool splittable) {
+    if (!o.wants(variant + "_restart")) return;
+    std::vector<double> on, off, ratio;
+    for (int i = 0; i < o.repeats; ++i) {
+      const Run a = procflow_trivial(n, r, splittable, true, false, false, false, true);
+      const Run b = procflow_trivial(n, r, splittable, true);
+      if (a.sum != expected || b.sum != expected) {
+        fmt::print(stderr, "{}: wrong sum\n", variant);
+        std::exit(1);
+      }
+      on.push_back(static_cast<double>(n) / a.seconds);
+      off.push_back(static_cast<double>(n) / b.seconds);
+      ratio.push_back(b.seconds / a.seconds);
+    }
+    rows.push_back({"pipeline", variant + "_restart_on", bench::median(on), {{"vs_off", bench::median(ratio)}}, "pf::restart(3), no death"});
+    rows.push_back({"pipeline", variant + "_restart_off", bench::median(off), {}, "same pipeline without restart, same run"});
+  };
+  measure_restart("procflow", true);
+  measure_restart("procflow_generator", false);
+  if (o.wants("restart_recovery")) {
+    std::vector<double> gap, rate, ratio;
+    for (int i = 0; i < o.repeats; ++i) {
+      const Recovery a = restart_recovery(n, r);
+      const Run b = procflow_trivial(n, r, true, true, false, false, false, true);
+      if (a.run.sum != expected) {
+        fmt::print(stderr, "restart_recovery: wrong sum {}\n", a.run.sum);
+        std::exit(1);
+      }
+      gap.push_back(a.death_to_resume_s * 1e3);
+      rate.push_back(static_cast<double>(n) / a.run.seconds);
+      ratio.push_back(b.seconds / a.run.seconds);
+    }
+    rows.push_back({"pipeline", "procflow_restart_recovery", bench::median(rate),
+                    {{"death_to_resume_ms", bench::median(gap)}, {"vs_no_death", bench::median(ratio)}},
+                    "one replica SIGKILLs itself mid-run; restart(3) on, peer: procflow_restart_on without the death"});
+  }
   bench::report(o, rows, "tbb_batched");
 
   if (o.wants("rss")) {

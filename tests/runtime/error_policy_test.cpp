@@ -13,6 +13,9 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include <chrono>
 #include <cstdint>
@@ -190,5 +193,49 @@ TEST_CASE("skip never hides a crash: a replica that aborts still fails the run")
     CHECK(error->kind() == pf::stage_error::cause::signal);
     CHECK(error->signal_number() == SIGABRT);
     CHECK(pt::count_children() == 0);
+  });
+}
+
+TEST_CASE("dead_letters_to(path): the run's dead letters as JSON lines; an unwritable path fails run() naming it") {
+  isolated("dead letter file", [] {
+    char dir_template[] = "/tmp/procflow_dead_XXXXXX";
+    REQUIRE(::mkdtemp(dir_template) != nullptr);
+    const std::string dir = dir_template;
+    const std::string path = dir + "/dead.jsonl";
+    const auto r = pf::pipeline("dl", pf::skip, pf::dead_letters_to(path))
+                       .source("n", pf::iota<i64>(0, n))
+                       .map("m", [](i64 x) {
+                         if (x % 1000 == 7) throw std::invalid_argument("bad item " + std::to_string(x));
+                         return x;
+                       }, pf::replicas(2))
+                       .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                       .run();
+    REQUIRE(!r.report.dead_letters.empty());
+    std::FILE* f = std::fopen(path.c_str(), "r");
+    REQUIRE(f != nullptr);
+    std::vector<std::string> lines;
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, f)) lines.emplace_back(buf);
+    std::fclose(f);
+    CHECK(lines.size() == r.report.dead_letters.size());
+    for (std::size_t i = 0; i < lines.size() && i < r.report.dead_letters.size(); ++i) {
+      const auto& d = r.report.dead_letters[i];
+      CHECK(lines[i].find("\"stage\":\"m\"") != std::string::npos);
+      CHECK(lines[i].find("\"item_seq\":" + std::to_string(d.item_seq)) != std::string::npos);
+      CHECK(lines[i].find("\"message\":\"bad item " + std::to_string(d.item_seq) + "\"") != std::string::npos);
+      CHECK(lines[i].find("\"exception_type\":\"std::invalid_argument\"") != std::string::npos);
+    }
+    std::remove(path.c_str());
+    ::rmdir(dir.c_str());
+    try {
+      pf::pipeline("dl2", pf::skip, pf::dead_letters_to(dir + "/no/such/dir/dead.jsonl"))
+          .source("n", pf::iota<i64>(0, 100))
+          .map("m", [](i64 x) { return x; })
+          .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+          .run();
+      FAIL("run() succeeded");
+    } catch (const pf::system_error& e) {
+      CHECK(std::string(e.what()).find("no/such/dir/dead.jsonl") != std::string::npos);
+    }
   });
 }

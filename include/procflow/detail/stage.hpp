@@ -51,6 +51,8 @@ class item_guard {
   // Called inside the catch block for item `index` after its `attempt`-th try (0: the first);
   // may sleep (the retry backoff).
   virtual item_verdict on_failure(std::size_t index, std::uint32_t attempt) noexcept = 0;
+  // Called before each item's first try (pf::restart names the item a replica dies on with it).
+  virtual void on_item(std::size_t /*index*/) noexcept {}
 };
 
 // Filled by a stage when user code throws: the index of the failing item in the stage's input.

@@ -155,6 +155,7 @@ void for_each_item(std::size_t n, item_cursor& cursor, Body&& body, OnSkip&& on_
     return;
   }
   for (; i < n; ++i) {
+    cursor.guard->on_item(i);
     for (std::uint32_t attempt = 0;; ++attempt) {
       try {
         body(i);

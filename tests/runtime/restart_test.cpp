@@ -1,0 +1,479 @@
+// Checks pf::restart(n) (include/procflow/policy.hpp, lib/faults/redelivery.hpp) through run():
+//  - kill -9 rounds: a killer process SIGKILLs random replicas at random (seeded) times while a
+//    pipeline runs; the result equals the sequential reference item for item (no item lost, none
+//    duplicated), every restart is reported, nothing is left (children, /dev/shm);
+//  - a batch whose output was partly published when its replica died (a flat_map fanning out
+//    over many slots) is run again without sending those slots twice;
+//  - capacity: after a restart the group is back at its replica count and the replacement does
+//    its share; many deaths on rings of 2 slots do not use up the rings;
+//  - a poison item that kills every replica that touches it ends the run after n restarts with
+//    a stage_error naming the item and the signal;
+//  - a replica the watchdog kills is replaced like a crashed one; an exception is not a death;
+//  - what restart cannot do is refused by name (ordered, a generator source, thread mode).
+// Every case runs in a child of the test under a watchdog (support/isolated.hpp).
+#include "support/child_process.hpp"
+#include "support/isolated.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace pf = procflow;
+namespace pt = procflow::test;
+using i64 = std::int64_t;
+using namespace std::chrono_literals;
+
+namespace {
+
+const bool no_core_dumps = [] {
+  rlimit none{0, 0};
+  ::setrlimit(RLIMIT_CORE, &none);
+  return true;
+}();
+
+// The replicas would inherit doctest's crash handlers: a plain program's defaults instead, so a
+// crash is a bare signal death.
+void isolated(const std::string& what, const std::function<void()>& body) {
+  pt::run_isolated(what, 120s, [&] {
+    for (const int s : {SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL}) ::signal(s, SIG_DFL);
+    body();
+  });
+}
+
+// Flags shared by every process of a run (an anonymous shared page made before run()).
+struct Shared {
+  std::atomic<int> fired[8];
+  std::atomic<int> kills;
+};
+Shared* make_shared_page() {
+  void* p = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(p != MAP_FAILED);
+  return new (p) Shared{};
+}
+
+// Some work per item, so that a run lasts long enough to be killed into.
+i64 spin(i64 x, int rounds) {
+  std::uint64_t h = static_cast<std::uint64_t>(x);  // unsigned: wraps without UB
+  for (int i = 0; i < rounds; ++i) h = (h * 6364136223846793005ULL + 1442695040888963407ULL) ^ (h >> 17);
+  return static_cast<i64>(h >> 1);
+}
+
+std::vector<pid_t> children_of(pid_t parent) {
+  std::ifstream in("/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) + "/children");
+  std::vector<pid_t> pids;
+  for (pid_t p; in >> p;) pids.push_back(p);
+  return pids;
+}
+
+// A process that SIGKILLs `kills` random children of this process (never itself), one every
+// [min_gap, max_gap], from a seeded generator. Stopped and reaped by the destructor.
+class Killer {
+ public:
+  Killer(std::uint64_t seed, int kills, std::chrono::milliseconds min_gap, std::chrono::milliseconds max_gap, Shared* shared) {
+    const pid_t parent = ::getpid();
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ != 0) return;
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<long> gap(min_gap.count(), max_gap.count());
+    for (int k = 0; k < kills;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(gap(rng)));
+      if (::getppid() != parent) ::_exit(0);
+      std::vector<pid_t> pids = children_of(parent);
+      std::erase(pids, ::getpid());
+      if (pids.empty()) continue;
+      const pid_t victim = pids[std::uniform_int_distribution<std::size_t>(0, pids.size() - 1)(rng)];
+      if (::kill(victim, SIGKILL) == 0) {
+        shared->kills.fetch_add(1);
+        ++k;
+      }
+    }
+    ::_exit(0);
+  }
+  ~Killer() {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+void check_clean(const std::set<std::string>& shm_before) {
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
+std::uint32_t total_restarts(const pf::run_report& r) {
+  std::uint32_t n = 0;
+  for (const auto& s : r.stages) n += s.restarts;
+  return n;
+}
+
+const pf::stage_report& stage(const pf::run_report& r, const std::string& name) {
+  for (const auto& s : r.stages)
+    if (s.name == name) return s;
+  throw std::runtime_error("no stage " + name);
+}
+
+}  // namespace
+
+TEST_CASE("kill -9 rounds: random replicas SIGKILLed during a run; the result equals the sequential one, clean") {
+  constexpr i64 n = 300000;
+  std::vector<i64> expected;
+  for (i64 x = 0; x < n; ++x) expected.push_back(spin(spin(x, 300), 300) & 0xffffff);
+  std::sort(expected.begin(), expected.end());
+  for (std::uint64_t seed : {11u, 12u, 13u, 14u}) {
+    isolated("kill -9 round seed " + std::to_string(seed), [&] {
+      const auto shm_before = pt::dev_shm_entries();
+      Shared* shared = make_shared_page();
+      pf::result<std::vector<i64>> r;
+      {
+        Killer killer(seed, 8, 15ms, 80ms, shared);
+        // chunk-claiming group (source + "a") x 2 -> channel -> "b" x 2 (own processes) -> collect;
+        // rings of 2 slots: a slot lost per death would hang the run within a few deaths.
+        r = pf::pipeline("kill9", pf::restart(100), pf::ring_slots(2), pf::batch_bytes(4096))
+                .source("n", pf::iota<i64>(0, n))
+                .map("a", [](i64 x) { return spin(x, 300); }, pf::replicas(2))
+                .map("b", [](i64 x) { return spin(x, 300) & 0xffffff; }, pf::replicas(2), pf::own_process)
+                .collect()
+                .run();
+      }
+      std::sort(r.value.begin(), r.value.end());
+      CHECK(r.value.size() == expected.size());
+      CHECK(r.value == expected);
+      const int kills = shared->kills.load();
+      MESSAGE("seed ", seed, ": ", kills, " kills, ", total_restarts(r.report), " restarts, ", r.report.restarts.size(),
+              " logged; ", r.report.to_string());
+      CHECK(total_restarts(r.report) == r.report.restarts.size());
+      CHECK(total_restarts(r.report) <= static_cast<std::uint32_t>(kills));
+      CHECK(total_restarts(r.report) >= 1);
+      for (const auto& rr : r.report.restarts) CHECK(rr.cause.find("signal 9") != std::string::npos);
+      CHECK(stage(r.report, "a").replicas == 2);
+      CHECK(stage(r.report, "b").replicas == 2);
+      ::munmap(shared, sizeof(Shared));
+      check_clean(shm_before);
+    });
+  }
+}
+
+TEST_CASE("kill -9 rounds under auto_scale: the scheduler's membership changes and restarts together") {
+  constexpr i64 n = 300000;
+  i64 want = 0;
+  for (i64 x = 0; x < n; ++x) want += spin(spin(x, 300), 300) & 0xffff;
+  for (std::uint64_t seed : {31u, 32u}) {
+    isolated("kill -9 auto_scale seed " + std::to_string(seed), [&] {
+      const auto shm_before = pt::dev_shm_entries();
+      Shared* shared = make_shared_page();
+      pf::result<i64> r;
+      {
+        Killer killer(seed, 6, 15ms, 80ms, shared);
+        r = pf::pipeline("kill9auto", pf::restart(100), pf::cores(3))
+                .source("n", pf::iota<i64>(0, n))
+                .map("a", [](i64 x) { return spin(x, 300); }, pf::replicas(pf::auto_scale))
+                .map("b", [](i64 x) { return spin(x, 300) & 0xffff; }, pf::replicas(pf::auto_scale), pf::own_process)
+                .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                .run();
+      }
+      CHECK(r.value == want);
+      MESSAGE("seed ", seed, ": ", shared->kills.load(), " kills, ", total_restarts(r.report), " restarts, ",
+              r.report.decisions.size(), " scheduler decisions");
+      ::munmap(shared, sizeof(Shared));
+      check_clean(shm_before);
+    });
+  }
+}
+
+TEST_CASE("kill -9 rounds into a flat_map fanning out and a reduce: exact sum and count") {
+  constexpr i64 n = 20000;
+  constexpr i64 fan = 50;
+  i64 want_sum = 0;
+  for (i64 x = 0; x < n; ++x)
+    for (i64 k = 0; k < fan; ++k) want_sum += (x * fan + k) % 1000;
+  for (std::uint64_t seed : {21u, 22u}) {
+    isolated("kill -9 fan-out seed " + std::to_string(seed), [&] {
+      const auto shm_before = pt::dev_shm_entries();
+      Shared* shared = make_shared_page();
+      pf::result<std::pair<i64, i64>> r;
+      {
+        Killer killer(seed, 6, 15ms, 80ms, shared);
+        r = pf::pipeline("fan9", pf::restart(100))
+                .source("n", pf::iota<i64>(0, n))
+                .flat_map<i64>("fan", [](i64 x, pf::emitter<i64>& emit) {
+                  if (spin(x, 20000) == 42) emit(-1);  // never: keeps the work
+                  for (i64 k = 0; k < fan; ++k) emit(x * fan + k);
+                }, pf::replicas(2))
+                .map("mod", [](i64 y) { return spin(y, 20) * 0 + y % 1000; }, pf::replicas(2), pf::own_process)
+                .reduce("sum", std::pair<i64, i64>{0, 0},
+                        [](std::pair<i64, i64> a, i64 y) { return std::pair<i64, i64>{a.first + y, a.second + 1}; },
+                        [](std::pair<i64, i64> a, std::pair<i64, i64> b) { return std::pair<i64, i64>{a.first + b.first, a.second + b.second}; })
+                .run();
+      }
+      CHECK(r.value.second == n * fan);
+      CHECK(r.value.first == want_sum);
+      MESSAGE("seed ", seed, ": ", shared->kills.load(), " kills, ", total_restarts(r.report), " restarts");
+      CHECK(total_restarts(r.report) >= 1);
+      ::munmap(shared, sizeof(Shared));
+      check_clean(shm_before);
+    });
+  }
+}
+
+TEST_CASE("a batch whose output was partly sent is run again without sending those slots twice") {
+  isolated("partial output", [] {
+    Shared* shared = make_shared_page();
+    // One item per chunk; each fans out to 20000 items: 8192 are spilled (15 full 4 KiB slots
+    // published, the 16th open) before the item's death at its 15000th.
+    constexpr i64 n = 100;
+    constexpr i64 fan = 20000;
+    const auto r = pf::pipeline("partial", pf::restart(2), pf::batch_bytes(4096))
+                       .source("n", pf::iota<i64>(0, n))
+                       .flat_map<i64>("fan", [shared](i64 x, pf::emitter<i64>& emit) {
+                         for (i64 k = 0; k < fan; ++k) {
+                           // Dies once, in the middle of a batch, after many of its output slots went out.
+                           if (x == 50 && k == 15000 && shared->fired[0].exchange(1) == 0) ::raise(SIGSEGV);
+                           emit(x * fan + k);
+                         }
+                       }, pf::replicas(2))
+                       .map("id", [](i64 y) { return y; }, pf::own_process)
+                       .collect()
+                       .run();
+    std::vector<i64> got = r.value;
+    std::sort(got.begin(), got.end());
+    REQUIRE(got.size() == static_cast<std::size_t>(n * fan));
+    bool exact = true;
+    for (i64 i = 0; i < n * fan; ++i) exact = exact && got[static_cast<std::size_t>(i)] == i;
+    CHECK(exact);
+    REQUIRE(r.report.restarts.size() == 1);
+    const auto& rr = r.report.restarts[0];
+    CHECK(rr.stage == "fan");
+    CHECK(rr.redelivered);
+    CHECK(rr.cause.find("signal 11") != std::string::npos);
+    CHECK(rr.sent_slots == 15);  // the dead replica had sent part of the batch's output
+    MESSAGE(r.report.to_string());
+    ::munmap(shared, sizeof(Shared));
+  });
+}
+
+TEST_CASE("capacity: after a restart the group is back at its replica count and the replacement does its share") {
+  isolated("capacity", [] {
+    Shared* shared = make_shared_page();
+    constexpr i64 n = 200000;
+    const auto r = pf::pipeline("capacity", pf::restart(3))
+                       .source("n", pf::iota<i64>(0, n))
+                       .map("pre", [](i64 x) { return x; })
+                       .map("work", [shared](i64 x) {
+                         if (x == 5000 && shared->fired[0].exchange(1) == 0) ::abort();
+                         return spin(x, 100);
+                       }, pf::replicas(2), pf::own_process)
+                       .reduce("count", i64{0}, [](i64 a, i64) { return a + 1; }, std::plus<>{})
+                       .run();
+    CHECK(r.value == n);
+    REQUIRE(r.report.restarts.size() == 1);
+    CHECK(r.report.restarts[0].cause.find("signal 6") != std::string::npos);
+    const auto& work = stage(r.report, "work");
+    CHECK(work.replicas == 2);
+    CHECK(work.restarts == 1);
+    REQUIRE(work.replica_items_in.size() == 2);
+    for (auto items : work.replica_items_in) CHECK(items > static_cast<std::uint64_t>(n / 5));  // both slots kept working
+    CHECK(work.items_in == static_cast<std::uint64_t>(n));
+    ::munmap(shared, sizeof(Shared));
+  });
+}
+
+TEST_CASE("a poison item that kills every replica touching it ends the run after n restarts, naming the item") {
+  isolated("poison", [] {
+    const auto shm_before = pt::dev_shm_entries();
+    try {
+      pf::pipeline("poison", pf::restart(3))
+          .source("n", pf::iota<i64>(0, 100000))
+          .map("parse", [](i64 x) {
+            if (x == 77777) ::raise(SIGSEGV);
+            return x;
+          }, pf::replicas(2))
+          .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+          .run();
+      FAIL("run() succeeded");
+    } catch (const pf::stage_error& e) {
+      CHECK(e.kind() == pf::stage_error::cause::signal);
+      CHECK(e.signal_number() == SIGSEGV);
+      CHECK(e.stage() == "parse");
+      CHECK(e.has_item());
+      CHECK(e.item_seq() == 77777);
+      CHECK(std::string(e.what()).find("no restart left") != std::string::npos);
+      CHECK(std::string(e.what()).find("restart(3)") != std::string::npos);
+      MESSAGE(std::string(e.what()));
+    }
+    check_clean(shm_before);
+  });
+}
+
+TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a death") {
+  isolated("watchdog restart", [] {
+    Shared* shared = make_shared_page();
+    const auto r = pf::pipeline("stuck", pf::restart(2))
+                       .source("n", pf::iota<i64>(0, 50000))
+                       .map("m", [shared](i64 x) {
+                         if (x == 3000 && shared->fired[0].exchange(1) == 0) std::this_thread::sleep_for(60s);
+                         return x;
+                       }, pf::replicas(2), pf::watchdog(300ms))
+                       .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                       .run();
+    CHECK(r.value == i64{50000} * 49999 / 2);
+    REQUIRE(r.report.restarts.size() == 1);
+    CHECK(r.report.restarts[0].cause == "watchdog");
+    CHECK(r.report.restarts[0].redelivered);
+    ::munmap(shared, sizeof(Shared));
+  });
+  isolated("exception under restart", [] {
+    try {
+      pf::pipeline("throws", pf::restart(2))
+          .source("n", pf::iota<i64>(0, 10000))
+          .map("m", [](i64 x) {
+            if (x == 4242) throw std::runtime_error("bad");
+            return x;
+          })
+          .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+          .run();
+      FAIL("run() succeeded");
+    } catch (const pf::stage_error& e) {
+      CHECK(e.kind() == pf::stage_error::cause::exception);
+      CHECK(e.item_seq() == 4242);
+    }
+  });
+}
+
+TEST_CASE("items larger than a slot are redelivered whole") {
+  isolated("large items", [] {
+    Shared* shared = make_shared_page();
+    constexpr i64 n = 300;
+    const auto r = pf::pipeline("large", pf::restart(2), pf::batch_bytes(16384))
+                       .source("n", pf::iota<i64>(0, n))
+                       .map("big", [](i64 x) { return std::string(40000 + static_cast<std::size_t>(x), static_cast<char>('a' + x % 26)); })
+                       .map("len", [shared](const std::string& s) {
+                         if (s.size() == 40100 && shared->fired[0].exchange(1) == 0) ::raise(SIGKILL);
+                         return static_cast<i64>(s.size()) * 1000 + (s.front() - 'a');
+                       }, pf::own_process)
+                       .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                       .run();
+    i64 want = 0;
+    for (i64 x = 0; x < n; ++x) want += (40000 + x) * 1000 + x % 26;
+    CHECK(r.value == want);
+    REQUIRE(r.report.restarts.size() == 1);
+    CHECK(r.report.restarts[0].stage == "len");
+    CHECK(r.report.restarts[0].redelivered);
+    ::munmap(shared, sizeof(Shared));
+  });
+}
+
+// The crash matrix of crash_test.cpp under restart: each fault (once: a transient fault) at each
+// moment in the map or the reduce ends with the fault-free result, clean. (The generator source
+// cannot be restarted: its position lives in its process.)
+TEST_CASE("crash matrix under restart: every death at every moment in map and reduce ends with the fault-free result") {
+  enum class Fault { segfault, abort_, exit0, exit1, terminate };
+  enum class Moment { start, first_item, mid_stream, blocked, drain };
+  static constexpr i64 items = 2000;
+  for (const Fault fault : {Fault::segfault, Fault::abort_, Fault::exit0, Fault::exit1, Fault::terminate})
+    for (const Moment moment : {Moment::start, Moment::first_item, Moment::mid_stream, Moment::blocked, Moment::drain})
+      for (const bool in_reduce : {false, true}) {
+        const std::string what = "restart matrix fault " + std::to_string(static_cast<int>(fault)) + " moment " +
+                                 std::to_string(static_cast<int>(moment)) + (in_reduce ? " reduce" : " map");
+        isolated(what, [&] {
+          const auto shm_before = pt::dev_shm_entries();
+          Shared* shared = make_shared_page();
+          const i64 at = moment == Moment::first_item ? 0 : moment == Moment::mid_stream ? items / 2 : moment == Moment::blocked ? 700 : items - 1;
+          // Fires once across every process of the run.
+          auto maybe_fault = [shared, moment, at, fault](i64 x, i64& calls) {
+            const bool here = moment == Moment::start ? calls++ == 0 : x == at;
+            if (!here || shared->fired[0].exchange(1) != 0) return;
+            switch (fault) {
+              case Fault::segfault: ::raise(SIGSEGV); break;
+              case Fault::abort_: std::abort();
+              case Fault::exit0: ::_exit(0);
+              case Fault::exit1: ::_exit(1);
+              case Fault::terminate: std::terminate();
+            }
+          };
+          const i64 sum = pf::pipeline("crash", pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2))
+                              .source("gen", [i = i64{0}]() mutable -> std::optional<i64> {
+                                if (i >= items) return std::nullopt;
+                                return i++;
+                              })
+                              .map("m", [in_reduce, maybe_fault](i64 x) {
+                                static i64 calls = 0;
+                                if (!in_reduce) maybe_fault(x, calls);
+                                return x;
+                              }, pf::replicas(2))
+                              .reduce("sum", i64{0}, [in_reduce, maybe_fault, moment](i64 acc, i64 x) {
+                                static i64 calls = 0;
+                                if (moment == Moment::blocked && x < 500) std::this_thread::sleep_for(1ms);
+                                if (in_reduce) maybe_fault(x, calls);
+                                return acc + x;
+                              }, std::plus<>{}, pf::replicas(2), pf::own_process)
+                              .run()
+                              .value;
+          CHECK(sum == items * (items - 1) / 2);
+          CHECK(shared->fired[0].load() == 1);
+          ::munmap(shared, sizeof(Shared));
+          check_clean(shm_before);
+        });
+      }
+}
+
+TEST_CASE("what restart cannot do is refused by name") {
+  isolated("refusals", [] {
+    const auto thrown = [](auto&& run) -> std::string {
+      try {
+        run();
+      } catch (const std::invalid_argument& e) {
+        return e.what();
+      }
+      return "";
+    };
+    CHECK(thrown([] {
+            pf::pipeline("o", pf::ordered, pf::restart(1)).source("n", pf::iota<i64>(0, 10)).map("m", [](i64 x) { return x; }).collect().run();
+          }).find("cannot be combined with pf::ordered") != std::string::npos);
+    CHECK(thrown([] {
+            pf::pipeline("g")
+                .source("gen", pf::generate([i = i64{0}]() mutable -> std::optional<i64> {
+                          if (i == 10) return std::nullopt;
+                          return i++;
+                        }), pf::restart(1))
+                .map("m", [](i64 x) { return x; })
+                .collect()
+                .run();
+          }).find("'gen'") != std::string::npos);
+    CHECK(thrown([] {
+            pf::pipeline("t", pf::restart(1)).source("n", pf::iota<i64>(0, 10)).map("m", [](i64 x) { return x; }).collect().run(pf::in_threads);
+          }).find("pf::restart") != std::string::npos);
+    // The pipeline's default leaves a generator source alone.
+    const auto r = pf::pipeline("g2", pf::restart(1))
+                       .source("gen", pf::generate([i = i64{0}]() mutable -> std::optional<i64> {
+                         if (i == 1000) return std::nullopt;
+                         return i++;
+                       }))
+                       .map("m", [](i64 x) { return x; })
+                       .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                       .run();
+    CHECK(r.value == i64{1000} * 999 / 2);
+  });
+}
