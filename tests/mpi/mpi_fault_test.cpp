@@ -28,14 +28,14 @@ int world_size() {
   return s;
 }
 
-// A pipeline whose "boom" stage misbehaves on the last rank only; elsewhere it is slow (1 ms per
-// item), so that the last rank surely claims chunks before the others finish them.
+// A pipeline whose "boom" stage misbehaves on rank `bad` only; elsewhere it is slow (1 ms per
+// item), so that rank `bad` surely claims chunks before the others finish them.
 template <class Misbehave>
-auto job_failing_on_last_rank(Misbehave misbehave) {
+auto job_failing_on(int bad, Misbehave misbehave) {
   return pf::pipeline("faulty")
       .source("n", pf::iota<std::int64_t>(0, 4000))
-      .map("boom", [misbehave](std::int64_t x) {
-        if (pf::mpi::rank() == world_size() - 1) misbehave(x);
+      .map("boom", [bad, misbehave](std::int64_t x) {
+        if (pf::mpi::rank() == bad) misbehave(x);
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
         return x;
       })
@@ -57,7 +57,7 @@ TEST_CASE("a replica killed on the last rank ends the job on every rank with a s
   const auto t0 = std::chrono::steady_clock::now();
   bool thrown = false;
   try {
-    pf::mpi::run(job_failing_on_last_rank([](std::int64_t) { ::raise(SIGKILL); }));
+    pf::mpi::run(job_failing_on(world_size() - 1, [](std::int64_t) { ::raise(SIGKILL); }));
   } catch (const pf::stage_error& e) {
     thrown = true;
     CHECK(e.stage() == "boom");
@@ -71,17 +71,18 @@ TEST_CASE("a replica killed on the last rank ends the job on every rank with a s
   CHECK(healthy_run() == std::int64_t{100'000} * 99'999 / 2);
 }
 
-TEST_CASE("an exception in a stage on the last rank: the same stage_error (type, message, item) on every rank") {
+TEST_CASE("an exception in a stage on rank 0: the same stage_error (type, message, item) on every rank") {
   bool thrown = false;
   try {
-    pf::mpi::run(job_failing_on_last_rank([](std::int64_t x) { throw std::runtime_error("bad item " + std::to_string(x)); }));
+    // Rank 0 decides the outcome; here every other rank must be told to stop its own run.
+    pf::mpi::run(job_failing_on(0, [](std::int64_t x) { throw std::runtime_error("bad item " + std::to_string(x)); }));
   } catch (const pf::stage_error& e) {
     thrown = true;
     CHECK(e.stage() == "boom");
     CHECK(e.kind() == pf::stage_error::cause::exception);
     CHECK(e.exception_type() == "std::runtime_error");
     CHECK(e.message().find("bad item ") != std::string::npos);
-    CHECK(e.message().find("on MPI rank " + std::to_string(world_size() - 1)) != std::string::npos);
+    CHECK(e.message().find("on MPI rank 0 of " + std::to_string(world_size())) != std::string::npos);
     CHECK(e.has_item());
   }
   CHECK(thrown);
@@ -90,7 +91,7 @@ TEST_CASE("an exception in a stage on the last rank: the same stage_error (type,
 
 TEST_CASE("no replica outlives a failed job") {
   try {
-    pf::mpi::run(job_failing_on_last_rank([](std::int64_t) { ::raise(SIGKILL); }));
+    pf::mpi::run(job_failing_on(world_size() - 1, [](std::int64_t) { ::raise(SIGKILL); }));
   } catch (const pf::stage_error&) {
   }
   // Every child of this rank was reaped: /proc lists none with this process as parent.
