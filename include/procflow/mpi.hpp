@@ -64,6 +64,8 @@ struct rank_report {
 struct traffic {
   std::uint64_t messages = 0;
   std::uint64_t bytes = 0;
+  std::uint64_t claims = 0;  // chunk claims ranks 1.. sent to rank 0 (each answered by one grant)
+  double claim_wait_s = 0;   // summed round trips of those claims (a claim to its grant)
 };
 
 template <class R>

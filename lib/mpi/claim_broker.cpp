@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <array>
 #include <cstring>
 #include <ctime>
@@ -206,6 +207,7 @@ void ClaimBroker::run_root() {
 
 void ClaimBroker::run_member() {
   bool claim_outstanding = false;
+  std::chrono::steady_clock::time_point claim_sent;
   bool status_sent = false;
   bool outcome_received = false;
   int idle = 0;
@@ -220,6 +222,8 @@ void ClaimBroker::run_member() {
         std::memcpy(bytes.data(), &k, 8);
         send(0, claim, std::move(bytes));
         claim_outstanding = true;
+        claim_sent = std::chrono::steady_clock::now();
+        ++traffic_.claims;
         busy = true;
       }
     }
@@ -249,6 +253,8 @@ void ClaimBroker::run_member() {
         std::memcpy(&first, bytes.data(), 8);
         std::memcpy(&n, bytes.data() + 8, 8);
         claim_outstanding = false;
+        traffic_.claim_wait_ns += static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - claim_sent).count());
         if (n == 0) {
           table_->close();
           exhausted_ = true;

@@ -42,6 +42,8 @@ namespace procflow::mpi_detail {
 struct BrokerTraffic {
   std::uint64_t messages = 0;
   std::uint64_t bytes = 0;
+  std::uint64_t claims = 0;         // CLAIM requests this rank sent to rank 0
+  std::uint64_t claim_wait_ns = 0;  // summed time from a CLAIM's send to its GRANT's arrival
 };
 
 class ClaimBroker {

@@ -60,10 +60,10 @@ class PrivateComm {
 // One stage's counters on the wire.
 using wire_stage = std::tuple<std::string, std::string, std::uint32_t, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t,
                               double, double, double, double, std::uint64_t, std::uint64_t, std::uint64_t>;
-using wire_report = std::tuple<double, std::uint32_t, std::uint32_t, std::vector<wire_stage>, std::uint64_t, std::uint64_t>;
+using wire_report = std::tuple<double, std::uint32_t, std::uint32_t, std::vector<wire_stage>, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t>;
 
 wire_report to_wire(const run_report& r, const mpi_detail::BrokerTraffic& sent) {
-  wire_report w{r.wall_s, r.processes, r.cores, {}, sent.messages, sent.bytes};
+  wire_report w{r.wall_s, r.processes, r.cores, {}, sent.messages, sent.bytes, sent.claims, sent.claim_wait_ns};
   for (const stage_report& s : r.stages)
     std::get<3>(w).emplace_back(s.name, s.kind, s.replicas, s.items_in, s.items_out, s.batches_in, s.bytes_in, s.busy_s, s.starved_s,
                                 s.blocked_s, s.cpu_s, s.peak_rss_bytes, s.items_skipped, s.retries);
@@ -297,6 +297,8 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
       o.ranks.push_back({static_cast<int>(r), from_wire(w, def.name)});
       o.sent.messages += std::get<4>(w);
       o.sent.bytes += std::get<5>(w);
+      o.sent.claims += std::get<6>(w);
+      o.sent.claim_wait_s += static_cast<double>(std::get<7>(w)) / 1e9;
     }
     o.report = merge(o.ranks, def.name);
     o.report.decisions = mine.decisions;
