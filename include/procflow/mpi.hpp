@@ -66,6 +66,8 @@ struct traffic {
   std::uint64_t bytes = 0;
   std::uint64_t claims = 0;  // chunk claims ranks 1.. sent to rank 0 (each answered by one grant)
   double claim_wait_s = 0;   // summed round trips of those claims (a claim to its grant)
+  std::uint64_t batches = 0;      // item batches sent across a stage boundary between ranks
+  std::uint64_t batch_bytes = 0;  // their bytes (included in `bytes`)
 };
 
 template <class R>

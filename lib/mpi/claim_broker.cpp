@@ -9,12 +9,13 @@
 #include <array>
 #include <cstring>
 #include <ctime>
+#include <deque>
 
 namespace procflow::mpi_detail {
 
 namespace {
 
-enum tag : int { claim = 1, grant = 2, status = 3, outcome = 4 };
+enum tag : int { claim = 1, grant = 2, status = 3, outcome = 4, data = 5, credit = 6, end = 7 };
 
 struct MpiFailure {
   std::string what;
@@ -128,6 +129,10 @@ void ClaimBroker::grant_locally() {
 
 void ClaimBroker::run_root() {
   std::vector<std::optional<RankStatus>> statuses(static_cast<std::size_t>(size_));
+  std::vector<std::uint64_t> credits(static_cast<std::size_t>(size_), slots_per_rank_);
+  credits[0] = 0;  // rank 0 sends, it does not receive
+  std::vector<std::uint64_t> batches_sent(static_cast<std::size_t>(size_), 0);
+  bool end_sent = false;
   int reported = 0;
   bool outcome_sent = false;
   bool local_recorded = false;
@@ -161,6 +166,29 @@ void ClaimBroker::run_root() {
       on_status(0, std::move(mine));
       busy = true;
     }
+    // The stage boundary: each queued batch to the rank holding most credits.
+    const bool failing = outcome_sent && outcome_.kind == RankStatus::state::failed;
+    if (exports_ && !failing) {
+      for (;;) {
+        int best = 0;
+        for (int r = 1; r < size_; ++r)
+          if (credits[static_cast<std::size_t>(r)] > credits[static_cast<std::size_t>(best)]) best = r;
+        if (best == 0) break;  // no credit anywhere
+        auto message = exports_->try_pop();
+        if (!message) break;
+        --credits[static_cast<std::size_t>(best)];
+        ++batches_sent[static_cast<std::size_t>(best)];
+        ++traffic_.data_messages;
+        traffic_.data_bytes += message->size();
+        send(best, data, std::move(*message));
+        busy = true;
+      }
+      if (!end_sent && exports_->finished_and_empty()) {
+        for (int r = 1; r < size_; ++r) send(r, end, u64_pair(batches_sent[static_cast<std::size_t>(r)], 0));
+        end_sent = true;
+        busy = true;
+      }
+    }
     int flag = 0;
     MPI_Status st;
     check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st), "MPI_Iprobe");
@@ -176,6 +204,10 @@ void ClaimBroker::run_root() {
         const std::uint64_t count_granted = std::min<std::uint64_t>(std::max<std::uint64_t>(wanted, 1), total_chunks_ - next_chunk_);
         send(st.MPI_SOURCE, grant, u64_pair(next_chunk_, count_granted));
         next_chunk_ += count_granted;
+      } else if (st.MPI_TAG == credit && bytes.size() == 8) {
+        std::uint64_t n = 0;
+        std::memcpy(&n, bytes.data(), 8);
+        credits[static_cast<std::size_t>(st.MPI_SOURCE)] += n;
       } else if (st.MPI_TAG == status) {
         RankStatus s;
         try {
@@ -196,7 +228,8 @@ void ClaimBroker::run_root() {
       outcome_sent = true;
     }
     const bool sends_done = poll_sends();
-    if (reported == size_ && outcome_sent && sends_done) return;
+    const bool exported = !exports_ || end_sent || (outcome_sent && outcome_.kind == RankStatus::state::failed);
+    if (reported == size_ && outcome_sent && sends_done && exported) return;
     if (busy) {
       idle = 0;
     } else {
@@ -206,6 +239,17 @@ void ClaimBroker::run_root() {
 }
 
 void ClaimBroker::run_member() {
+  struct PostedReceive {
+    MPI_Request request;
+    std::uint64_t batch;
+    std::uint32_t slot;
+  };
+  std::deque<PostedReceive> posted;  // in batch order
+  std::uint64_t next_post = 0;        // the batch the next posted receive is for
+  std::uint64_t received = 0;
+  std::uint64_t credit_pending = 0;
+  std::optional<std::uint64_t> total;  // batches in all (END)
+  bool total_published = false;
   bool claim_outstanding = false;
   std::chrono::steady_clock::time_point claim_sent;
   bool status_sent = false;
@@ -261,6 +305,10 @@ void ClaimBroker::run_member() {
         } else {
           table_->append(first, n);
         }
+      } else if (st.MPI_TAG == end && bytes.size() == 16) {
+        std::uint64_t n = 0;
+        std::memcpy(&n, bytes.data(), 8);
+        total = n;
       } else if (st.MPI_TAG == outcome) {
         try {
           outcome_ = decode_status(bytes);
@@ -273,8 +321,53 @@ void ClaimBroker::run_member() {
         throw MpiFailure{fmt::format("rank {}: unexpected message (tag {}, {} bytes) from rank 0", rank_, st.MPI_TAG, count)};
       }
     }
+    if (imports_ && !total_published) {
+      const std::uint32_t k = imports_->slots();
+      // Post a receive into every free slot, in batch order; a re-posted slot is a credit for rank 0
+      // (it counted the first K).
+      while (posted.size() < k && !(total && next_post >= *total)) {
+        const auto slot = static_cast<std::uint32_t>(next_post % k);
+        if (!imports_->slot_free(slot)) break;
+        PostedReceive p{MPI_REQUEST_NULL, next_post, slot};
+        check(MPI_Irecv(imports_->slot_data(slot), static_cast<int>(imports_->slot_bytes()), MPI_BYTE, 0, data, comm_, &p.request),
+              "MPI_Irecv");
+        posted.push_back(p);
+        if (next_post >= k) ++credit_pending;
+        ++next_post;
+        busy = true;
+      }
+      for (auto it = posted.begin(); it != posted.end();) {
+        int done = 0;
+        MPI_Status rs;
+        check(MPI_Test(&it->request, &done, &rs), "MPI_Test");
+        if (!done) break;  // receives complete in the order they match
+        int count = 0;
+        check(MPI_Get_count(&rs, MPI_BYTE, &count), "MPI_Get_count");
+        imports_->publish(it->slot, it->batch, static_cast<std::size_t>(count));
+        ++received;
+        it = posted.erase(it);
+        busy = true;
+      }
+      if (credit_pending > 0) {
+        std::vector<std::byte> bytes(8);
+        std::memcpy(bytes.data(), &credit_pending, 8);
+        send(0, credit, std::move(bytes));
+        credit_pending = 0;
+      }
+      if (total && received == *total) {
+        imports_->set_total(*total);
+        total_published = true;
+      }
+    }
     const bool sends_done = poll_sends();
-    if (outcome_received && status_sent && !claim_outstanding && sends_done) return;
+    const bool imported = !imports_ || total_published || (outcome_received && outcome_.kind == RankStatus::state::failed);
+    if (outcome_received && status_sent && !claim_outstanding && sends_done && imported) {
+      for (PostedReceive& p : posted) {  // receives no batch will match (END or a failure came first)
+        MPI_Cancel(&p.request);
+        MPI_Wait(&p.request, MPI_STATUS_IGNORE);
+      }
+      return;
+    }
     if (busy) {
       idle = 0;
     } else {

@@ -13,12 +13,20 @@
 //    then cancels its local run), or success once all ranks reported success. So no rank waits in
 //    a collective for a rank that failed, and the collectives after run() are safe.
 //
+//  - a stage boundary between ranks (a generator on rank 0 feeding the next stage's replicas on
+//    ranks 1..N-1): rank 0 sends the batches of its ExportQueue as DATA messages, each to a rank
+//    holding a credit (the one holding most); a rank's ImportInbox re-posts a receive per slot its
+//    replicas free and returns one CREDIT per re-posted receive; END tells each rank how many
+//    batches it got in all. So every DATA lands in a posted receive, at most K per rank in flight.
+//
 // Thread use: the broker calls MPI only between start() and join(); the rank's main thread calls
 // MPI only outside that window (MPI_THREAD_SERIALIZED suffices). The broker never forks and holds
 // no lock the forked replicas could need (they only read the ChunkTable).
 #pragma once
 
 #include "mpi/chunk_table.hpp"
+#include "mpi/export_queue.hpp"
+#include "mpi/import_inbox.hpp"
 #include "mpi/rank_status.hpp"
 
 #include <mpi.h>
@@ -44,6 +52,8 @@ struct BrokerTraffic {
   std::uint64_t bytes = 0;
   std::uint64_t claims = 0;         // CLAIM requests this rank sent to rank 0
   std::uint64_t claim_wait_ns = 0;  // summed time from a CLAIM's send to its GRANT's arrival
+  std::uint64_t data_messages = 0;  // batches sent across the stage boundary (rank 0)
+  std::uint64_t data_bytes = 0;
 };
 
 class ClaimBroker {
@@ -53,6 +63,13 @@ class ClaimBroker {
   // null) is the user's cancel_source, forwarded to `stop_local`.
   ClaimBroker(MPI_Comm comm, ChunkTable* table, std::uint64_t total_chunks, std::uint32_t claim_chunks,
               std::function<void()> stop_local, const detail::cancel_state* user_cancel);
+  // The stage boundary between ranks: rank 0's queue (with the slots each rank has), or a rank's
+  // inbox. Call before start().
+  void export_to_ranks(ExportQueue* queue, std::uint32_t slots_per_rank) noexcept {
+    exports_ = queue;
+    slots_per_rank_ = slots_per_rank;
+  }
+  void import_from_root(ImportInbox* inbox) noexcept { imports_ = inbox; }
   ~ClaimBroker();
   ClaimBroker(const ClaimBroker&) = delete;
   ClaimBroker& operator=(const ClaimBroker&) = delete;
@@ -83,6 +100,10 @@ class ClaimBroker {
   std::uint32_t claim_chunks_;
   std::function<void()> stop_local_;
   const detail::cancel_state* user_cancel_;
+
+  ExportQueue* exports_ = nullptr;
+  std::uint32_t slots_per_rank_ = 0;
+  ImportInbox* imports_ = nullptr;
 
   std::uint64_t next_chunk_ = 0;  // rank 0: the next global chunk to grant
   bool exhausted_ = false;        // this rank's table is closed

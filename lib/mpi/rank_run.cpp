@@ -7,6 +7,9 @@
 //            outcome agreed -> results gathered on rank 0 -> reports gathered on rank 0
 #include "mpi/chunk_table.hpp"
 #include "mpi/claim_broker.hpp"
+#include "mpi/export_queue.hpp"
+#include "mpi/import_inbox.hpp"
+#include "mpi/import_source.hpp"
 #include "mpi/rank_collector.hpp"
 #include "mpi/rank_source.hpp"
 #include "mpi/rank_status.hpp"
@@ -60,10 +63,10 @@ class PrivateComm {
 // One stage's counters on the wire.
 using wire_stage = std::tuple<std::string, std::string, std::uint32_t, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t,
                               double, double, double, double, std::uint64_t, std::uint64_t, std::uint64_t>;
-using wire_report = std::tuple<double, std::uint32_t, std::uint32_t, std::vector<wire_stage>, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t>;
+using wire_report = std::tuple<double, std::uint32_t, std::uint32_t, std::vector<wire_stage>, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t, std::uint64_t>;
 
 wire_report to_wire(const run_report& r, const mpi_detail::BrokerTraffic& sent) {
-  wire_report w{r.wall_s, r.processes, r.cores, {}, sent.messages, sent.bytes, sent.claims, sent.claim_wait_ns};
+  wire_report w{r.wall_s, r.processes, r.cores, {}, sent.messages, sent.bytes, sent.claims, sent.claim_wait_ns, sent.data_messages, sent.data_bytes};
   for (const stage_report& s : r.stages)
     std::get<3>(w).emplace_back(s.name, s.kind, s.replicas, s.items_in, s.items_out, s.batches_in, s.bytes_in, s.busy_s, s.starved_s,
                                 s.blocked_s, s.cpu_s, s.peak_rss_bytes, s.items_skipped, s.retries);
@@ -86,10 +89,13 @@ run_report from_wire(const wire_report& w, const std::string& pipeline) {
 }
 
 // Every rank's stages summed (stage by stage; every rank runs the same declaration).
-run_report merge(const std::vector<rank_report>& ranks, const std::string& pipeline) {
+// With a stage boundary, rank 0 ran the source (and "to ranks") and the others the rest: the
+// source's row comes from rank 0, every other row from ranks 1..N-1.
+run_report merge(const std::vector<rank_report>& ranks, const std::string& pipeline, bool boundary) {
   run_report total;
   total.pipeline = pipeline;
   for (const rank_report& rr : ranks) {
+    if (boundary && rr.rank == 0) continue;
     const run_report& r = rr.report;
     total.wall_s = std::max(total.wall_s, r.wall_s);
     total.processes += r.processes;
@@ -115,6 +121,12 @@ run_report merge(const std::vector<rank_report>& ranks, const std::string& pipel
       t.retries += s.retries;
       t.replica_items_in.push_back(s.items_in);  // one entry per rank
     }
+  }
+  if (boundary && !ranks.empty() && !ranks.front().report.stages.empty() && !total.stages.empty()) {
+    const run_report& root = ranks.front().report;
+    total.stages.front() = root.stages.front();
+    total.processes += root.processes;
+    total.wall_s = std::max(total.wall_s, root.wall_s);
   }
   return total;
 }
@@ -226,9 +238,27 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
     table = std::make_unique<mpi_detail::ChunkTable>(total_chunks);
     local.stages.front() = std::make_shared<mpi_detail::RankSource>(def.stages.front(), chunk_units, *table);
   }
-  const bool runs_here = split || rank == 0;  // a generator runs on rank 0 only
   const bool is_ordered = def.options.defaults.ordered ||
                           std::any_of(def.stages.begin(), def.stages.end(), [](const auto& s) { return s->options().ordered; });
+  // A generator on rank 0 feeding the next stage's replicas on ranks 1..N-1 (a stage boundary
+  // between ranks). Not with pf::ordered (batches would need a global order), nor when the
+  // generator is the whole pipeline but its terminal.
+  const bool boundary = !split && size > 1 && !is_ordered && def.stages.size() > 2 && source != nullptr;
+  const bool runs_here = split || boundary || rank == 0;  // otherwise a generator runs on rank 0 only
+  constexpr std::uint32_t boundary_slots = 8;
+  constexpr std::size_t boundary_slot_bytes = std::size_t{4} << 20;
+  std::unique_ptr<mpi_detail::ExportQueue> exports;
+  std::unique_ptr<mpi_detail::ImportInbox> imports;
+  std::unique_ptr<procflow::detail::result_collector> export_collector;
+  if (boundary && rank == 0) {
+    exports = std::make_unique<mpi_detail::ExportQueue>(2, boundary_slot_bytes);
+    local.stages.resize(1);
+    local.stages.push_back(std::make_shared<mpi_detail::ExportSink>("to ranks", *exports));
+    export_collector = local.stages.back()->make_collector(false);
+  } else if (boundary) {
+    imports = std::make_unique<mpi_detail::ImportInbox>(boundary_slots, boundary_slot_bytes);
+    local.stages.front() = std::make_shared<mpi_detail::ImportSource>(def.stages.front(), *imports);
+  }
   const bool forward = def.stages.back()->runs_in_supervisor() && def.stages.back()->kind() == procflow::detail::stage_kind::sink;
   mpi_detail::RankCollector results(collector, table.get(), is_ordered, forward);
 
@@ -238,8 +268,11 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
                                  [&] {
                                    stopped.store(true, std::memory_order_relaxed);
                                    stop.request_stop();
+                                   if (exports) exports->stop();
                                  },
                                  def.options.cancel.get());
+  if (exports) broker.export_to_ranks(exports.get(), boundary_slots);
+  if (imports) broker.import_from_root(imports.get());
   struct RankScope {
     int saved = current_rank;
     ~RankScope() { current_rank = saved; }
@@ -252,7 +285,8 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
   mpi_detail::RankStatus status;
   try {
     if (runs_here) {
-      mine = procflow::detail::run_in_processes(local, collector ? &results : nullptr);
+      procflow::detail::result_collector* local_collector = export_collector ? export_collector.get() : collector ? &results : nullptr;
+      mine = procflow::detail::run_in_processes(local, local_collector);
     } else {
       if (table) table->close();
     }
@@ -299,8 +333,10 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
       o.sent.bytes += std::get<5>(w);
       o.sent.claims += std::get<6>(w);
       o.sent.claim_wait_s += static_cast<double>(std::get<7>(w)) / 1e9;
+      o.sent.batches += std::get<8>(w);
+      o.sent.batch_bytes += std::get<9>(w);
     }
-    o.report = merge(o.ranks, def.name);
+    o.report = merge(o.ranks, def.name, boundary);
     o.report.decisions = mine.decisions;
     o.report.dead_letters = mine.dead_letters;
   } else {

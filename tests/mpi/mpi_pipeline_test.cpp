@@ -154,7 +154,7 @@ TEST_CASE("reduce_by_key across ranks: every key once, with the sequential accum
   }
 }
 
-TEST_CASE("a generator source runs on rank 0 only; the result is still complete") {
+TEST_CASE("a generator source: rank 0 feeds the stages on the other ranks; the result is complete") {
   auto job = pf::pipeline("gen")
                  .source("gen", [i = 0]() mutable -> std::optional<int> {
                    if (i == 10'000) return std::nullopt;
