@@ -4,7 +4,9 @@
 //
 //   mpirun -np 2 [--oversubscribe] mpi_bench [--json] [--quick] [--repeats=N]
 //
-// Variants (bench "mpi_bench"): trivial_1rank, trivial_2ranks, cpu_1rank, cpu_2ranks. A 1-rank
+// Variants (bench "mpi_bench"): trivial_1rank, trivial_2ranks, cpu_1rank, cpu_2ranks, and the stage
+// boundary between ranks, boundary_1rank / boundary_2ranks: a generator of 8-byte items feeding a
+// trivial map (on 2 ranks, rank 0 generates and rank 1 maps: every item crosses). A 1-rank
 // variant runs on a communicator holding rank 0 alone while rank 1 waits without spinning; a 2-rank
 // variant gives each rank half the cores as replicas. The ratio column is against the 1-rank
 // variant of the same pipeline. Rows are printed by rank 0.
@@ -100,6 +102,25 @@ int main(int argc, char** argv) {
     return std::make_pair(static_cast<double>(cpu_n) / s, r.sent);
   };
 
+  const auto boundary_n = static_cast<std::int64_t>(20'000'000 * o.scale);
+  const auto boundary = [&](MPI_Comm comm, std::uint32_t replicas) {
+    auto job = pf::pipeline("boundary")
+                   .source("gen", [i = std::int64_t{0}, boundary_n]() mutable -> std::optional<std::int64_t> {
+                     if (i == boundary_n) return std::nullopt;
+                     return i++;
+                   })
+                   .map("id", [](std::int64_t x) { return x; }, pf::replicas(replicas))
+                   .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = pf::mpi::run(job, comm);
+    const double s = bench::seconds_since(t0);
+    if (r.value != boundary_n * (boundary_n - 1) / 2) {
+      fmt::print(stderr, "boundary: wrong sum {}\n", r.value);
+      std::exit(1);
+    }
+    return std::make_pair(static_cast<double>(boundary_n) / s, r.sent);
+  };
+
   std::vector<bench::Row> rows;
   const auto measure = [&](const std::string& pipeline, const auto& once, std::uint64_t n) {
     Measured one_rank;
@@ -130,11 +151,14 @@ int main(int argc, char** argv) {
                      {"messages_per_item", two_ranks.messages_per_item},
                      {"bytes_per_item", two_ranks.bytes_per_item},
                      {"claims", static_cast<double>(last2.claims)},
-                     {"claim_rtt_us", two_ranks.claim_rtt_us}},
+                     {"claim_rtt_us", two_ranks.claim_rtt_us},
+                     {"batches", static_cast<double>(last2.batches)},
+                     {"bytes_per_batch", last2.batches ? static_cast<double>(last2.batch_bytes) / static_cast<double>(last2.batches) : 0.0}},
                     fmt::format("2 ranks x {} replicas, loopback", std::max(1u, cores / 2))});
   };
   if (o.wants("trivial")) measure("trivial", trivial, static_cast<std::uint64_t>(trivial_n));
   if (o.wants("cpu")) measure("cpu", cpu, cpu_n);
+  if (o.wants("boundary")) measure("boundary", boundary, static_cast<std::uint64_t>(boundary_n));
   if (rank == 0) bench::report(o, rows);
   if (alone != MPI_COMM_NULL) MPI_Comm_free(&alone);
   return 0;
