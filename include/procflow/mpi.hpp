@@ -16,9 +16,11 @@
 // as run() does on one machine. What crosses ranks:
 //   - a splittable source (pf::iota, pf::from, the file readers) is split in chunks that the ranks
 //     claim dynamically from rank 0 (a rank asks for a few chunks ahead of its replicas; see
-//     lib/mpi/claim_broker.hpp for why point-to-point rather than MPI_Fetch_and_op). A source that
-//     is not splittable (pf::generate) runs on rank 0 only, with the whole pipeline; the other
-//     ranks take no part in the items (a stage boundary between ranks is not built yet).
+//     lib/mpi/claim_broker.hpp for why point-to-point rather than MPI_Fetch_and_op).
+//   - a generator (pf::generate) runs on rank 0 and feeds the next stage's replicas on ranks
+//     1..N-1: a stage boundary between ranks carrying the encoded batches as MPI messages, under
+//     credit-based flow control (lib/mpi/import_inbox.hpp). With pf::ordered, or when only the
+//     terminal follows the generator, the whole job runs on rank 0.
 //   - the terminal's results: every rank's encoded result batches are gathered on rank 0, which
 //     merges them with the terminal's own collector: collect (in source order with pf::ordered),
 //     reduce (partials combined in source order with pf::ordered), reduce_by_key (every rank's
