@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(build-essential cmake libtbb-dev libboost-dev libfmt-dev doctest-dev zlib1g-dev python3 nlohmann-json3-dev
   clang-14 libclang-rt-14-dev  # clang 14 and its libFuzzer runtime: the fuzz step (cmake/fuzz.sh)
-  ninja-build)  # the sanitizer presets: Ninja builds their list of test targets in parallel (make builds a target list one by one)
+  ninja-build  # the sanitizer presets: Ninja builds their list of test targets in parallel (make builds a target list one by one)
+  libopenmpi-dev openmpi-bin)  # optional for the core: the procflow::mpi component and its tests (label mpi)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -196,6 +196,10 @@ class source_stage final : public stage_base, public source_base {
     }
   }
 
+  std::size_t decode_batch(const batch_view& batch, void* vector) const override {
+    return decode_items(batch, *static_cast<batch_buffer<item_type>*>(vector));
+  }
+
   bool splittable() const noexcept override {
     if constexpr (is_custom) {
       return src_.splittable();

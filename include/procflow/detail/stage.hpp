@@ -139,6 +139,14 @@ class source_base {
   virtual std::uint64_t preferred_chunk_units() const noexcept { return 0; }
   // True when unit i is item i of the stream (item positions in errors are then source positions).
   virtual bool units_are_items() const noexcept { return true; }
+  // A splittable source whose size is only a bound (items arriving from elsewhere, lib/mpi): true
+  // once a fill_items() that gave no items found the source ended, so its claimers stop claiming.
+  virtual bool ended() const noexcept { return false; }
+  // Decodes a batch of this source's own encoded items into `vector` (a batch_buffer of its item
+  // type); returns the item count. For a transport that carries them elsewhere (lib/mpi).
+  virtual std::size_t decode_batch(const batch_view& /*batch*/, void* /*vector*/) const {
+    throw std::logic_error("procflow: this source cannot decode its batches");
+  }
   // Thread mode, sources that are not splittable (a generator): replaces `vector`'s content by
   // the next items, at most `max`, returning early once coarse_clock_ns() has reached
   // `deadline_ns` with at least one item (a slow stream still flows). Returns the item count: 0

@@ -1,0 +1,73 @@
+#include "mpi/export_queue.hpp"
+
+#include "mpi/import_inbox.hpp"
+
+#include <procflow/error.hpp>
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+
+namespace procflow::mpi_detail {
+
+void ExportQueue::push(const detail::batch_view& batch) {
+  const std::size_t n = batch_header_bytes + batch.bytes.size();
+  if (n > max_message_bytes_)
+    throw procflow::error(fmt::format("procflow::mpi: a batch of {} bytes ({} items) is larger than a receiving slot across ranks ({} bytes)",
+                                      batch.bytes.size(), batch.items, max_message_bytes_ - batch_header_bytes));
+  std::vector<std::byte> message(n);
+  const std::uint64_t items = batch.items;
+  std::memcpy(message.data(), &items, sizeof items);
+  if (!batch.bytes.empty()) std::memcpy(message.data() + batch_header_bytes, batch.bytes.data(), batch.bytes.size());
+  std::unique_lock lock(mutex_);
+  room_.wait(lock, [&] { return stopped_ || queue_.size() < capacity_; });
+  if (stopped_) throw procflow::error("procflow::mpi: the job was stopped while rank 0 was sending the source's items");
+  queue_.push_back(std::move(message));
+}
+
+void ExportQueue::finish() {
+  const std::lock_guard lock(mutex_);
+  finished_ = true;
+}
+
+void ExportQueue::stop() {
+  {
+    const std::lock_guard lock(mutex_);
+    stopped_ = true;
+  }
+  room_.notify_all();
+}
+
+std::optional<std::vector<std::byte>> ExportQueue::try_pop() {
+  std::unique_lock lock(mutex_);
+  if (queue_.empty()) return std::nullopt;
+  std::vector<std::byte> m = std::move(queue_.front());
+  queue_.pop_front();
+  lock.unlock();
+  room_.notify_one();
+  return m;
+}
+
+bool ExportQueue::finished_and_empty() {
+  const std::lock_guard lock(mutex_);
+  return finished_ && queue_.empty();
+}
+
+namespace {
+
+class ExportCollector final : public detail::result_collector {
+ public:
+  explicit ExportCollector(ExportQueue& queue) : queue_(&queue) {}
+  void consume(const detail::batch_view& batch) override { queue_->push(batch); }
+  void finish() override { queue_->finish(); }
+
+ private:
+  ExportQueue* queue_;
+};
+
+}  // namespace
+
+std::unique_ptr<detail::result_collector> ExportSink::make_collector(bool) const { return std::make_unique<ExportCollector>(*queue_); }
+
+}  // namespace procflow::mpi_detail

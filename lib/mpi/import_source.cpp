@@ -1,0 +1,32 @@
+#include "mpi/import_source.hpp"
+
+#include <stdexcept>
+
+namespace procflow::mpi_detail {
+
+ImportSource::ImportSource(std::shared_ptr<const detail::stage_base> inner, const ImportInbox& inbox)
+    : detail::stage_base(inner->name(), inner->kind(), inner->options()), inner_(std::move(inner)), source_(inner_->source()), inbox_(&inbox) {}
+
+void ImportSource::produce(detail::output_port&) const {
+  throw std::logic_error("procflow::mpi: the stages after a generator must take its items across ranks directly (remove fusion(false))");
+}
+
+std::size_t ImportSource::fill_items(std::uint64_t first, std::uint64_t /*last*/, void* vector) const {
+  const ImportInbox::Batch b = inbox_->wait_for(first);
+  if (b.ended) {
+    ended_ = true;
+    detail::batch_view none;
+    return source_->decode_batch(none, vector);  // empties the buffer
+  }
+  detail::batch_view view;
+  view.bytes = b.bytes;
+  view.items = b.items;
+  view.batch_end = true;
+  const std::size_t n = source_->decode_batch(view, vector);  // throws codec_error on a corrupt batch
+  inbox_->release(first);
+  return n;
+}
+
+void ImportSource::fill(std::uint64_t first, std::uint64_t last, void* vector) const { fill_items(first, last, vector); }
+
+}  // namespace procflow::mpi_detail

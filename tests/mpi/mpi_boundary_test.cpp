@@ -1,0 +1,210 @@
+// A stage boundary between ranks (include/procflow/mpi.hpp): a generator on rank 0 feeds the next
+// stage's replicas on ranks 1..N-1 with encoded batches as MPI messages under credit-based flow
+// control. Checks the sequential result and that the generator never runs far ahead of the remote
+// consumers (back-pressure crosses ranks).
+#include "mpi/mpi_main.hpp"
+
+#include <procflow/procflow.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace pf = procflow;
+
+namespace {
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+
+auto counting_generator(std::int64_t n) {
+  return [i = std::int64_t{0}, n]() mutable -> std::optional<std::int64_t> {
+    if (i == n) return std::nullopt;
+    return i++;
+  };
+}
+
+// Counters every rank's processes on this machine share (the test runs on one machine): a file in
+// /tmp named by rank 0, mapped by all, removed at the end.
+struct SharedCounters {
+  std::atomic<std::int64_t> produced{0};
+  std::atomic<std::int64_t> consumed{0};
+  std::atomic<std::int64_t> max_lag{0};
+};
+
+class SharedFile {
+ public:
+  SharedFile() {
+    char path[64] = {};
+    if (world_rank() == 0) {
+      std::snprintf(path, sizeof path, "/tmp/procflow_mpi_test_%d", static_cast<int>(::getpid()));
+      const int fd = ::open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+      REQUIRE(fd >= 0);
+      REQUIRE(::ftruncate(fd, sizeof(SharedCounters)) == 0);
+      ::close(fd);
+    }
+    MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD);
+    path_ = path;
+    const int fd = ::open(path, O_RDWR);
+    REQUIRE(fd >= 0);
+    void* p = ::mmap(nullptr, sizeof(SharedCounters), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(p != MAP_FAILED);
+    counters_ = static_cast<SharedCounters*>(p);
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  ~SharedFile() {
+    ::munmap(counters_, sizeof(SharedCounters));
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) ::unlink(path_.c_str());
+  }
+  SharedCounters& counters() const { return *counters_; }
+
+ private:
+  std::string path_;
+  SharedCounters* counters_ = nullptr;
+};
+
+}  // namespace
+
+TEST_CASE("generator on rank 0 -> map on the other ranks -> reduce: the sequential sum; items spread over ranks 1..N-1") {
+  const std::int64_t n = 200'000;
+  auto job = pf::pipeline("boundary")
+                 .source("gen", counting_generator(n))
+                 .map("square", [](std::int64_t x) { return x * x % 7919; }, pf::replicas(2))
+                 .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
+  std::int64_t expected = 0;
+  for (std::int64_t x = 0; x < n; ++x) expected += x * x % 7919;
+  const auto r = pf::mpi::run(job);
+  CHECK(r.value == expected);
+  if (r.rank == 0) {
+    REQUIRE(r.ranks.size() == static_cast<std::size_t>(world_size()));
+    CHECK(r.report.stages[0].items_out == static_cast<std::uint64_t>(n));
+    CHECK(r.report.stages[1].items_in == static_cast<std::uint64_t>(n));
+    if (world_size() == 1) return;  // one rank: no boundary, the job runs on rank 0 alone
+    CHECK(r.sent.batches > 0);
+    CHECK(r.sent.batch_bytes >= static_cast<std::uint64_t>(n) * sizeof(std::int64_t));
+    std::uint64_t remote = 0;
+    for (const auto& rr : r.ranks)
+      if (rr.rank != 0) remote += rr.report.stages[1].items_in;
+    CHECK(remote == static_cast<std::uint64_t>(n));
+  }
+}
+
+TEST_CASE("generator -> flat_map -> collect, and -> reduce_by_key, across the boundary") {
+  std::vector<std::string> words;
+  for (int i = 0; i < 30'000; ++i) words.push_back("k" + std::to_string(i % 313));
+  auto gen = [words, i = std::size_t{0}]() mutable -> std::optional<std::string> {
+    if (i == words.size()) return std::nullopt;
+    return words[i++];
+  };
+  const auto collected = pf::mpi::run(pf::pipeline("fm").source("gen", gen).flat_map("twice", [](const std::string& w) {
+    return std::vector<std::string>{w, w + "x"};
+  }).collect());
+  const auto grouped = pf::mpi::run(pf::pipeline("g").source("gen", gen).map("id", [](const std::string& w) { return w; }).reduce_by_key(
+      "count", [](const std::string& w) { return w; }, std::int64_t{0}, [](std::int64_t a, const std::string&) { return a + 1; },
+      std::plus<>{}));
+  if (world_rank() == 0) {
+    std::vector<std::string> expected;
+    std::map<std::string, std::int64_t> counts;
+    for (const auto& w : words) {
+      expected.push_back(w);
+      expected.push_back(w + "x");
+      ++counts[w];
+    }
+    auto got = collected.value;
+    std::sort(got.begin(), got.end());
+    std::sort(expected.begin(), expected.end());
+    CHECK(got == expected);
+    REQUIRE(grouped.value.size() == counts.size());
+    for (const auto& [k, c] : counts) CHECK(grouped.value.at(k) == c);
+  }
+}
+
+TEST_CASE("back-pressure crosses ranks: the generator never runs far ahead of slow remote consumers") {
+  const SharedFile file;
+  SharedCounters* c = &file.counters();
+  const std::int64_t n = 3000;
+  auto job = pf::pipeline("slow")
+                 .source("gen", [c, i = std::int64_t{0}, n]() mutable -> std::optional<std::int64_t> {
+                   if (i == n) return std::nullopt;
+                   const std::int64_t lag = c->produced.fetch_add(1) + 1 - c->consumed.load();
+                   std::int64_t seen = c->max_lag.load();
+                   while (lag > seen && !c->max_lag.compare_exchange_weak(seen, lag)) {
+                   }
+                   return i++;
+                 }, pf::batch_bytes(64))
+                 .map("slow", [c](std::int64_t x) {
+                   std::this_thread::sleep_for(std::chrono::microseconds(500));
+                   c->consumed.fetch_add(1);
+                   return x;
+                 }, pf::batch_bytes(64))
+                 .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
+  const auto r = pf::mpi::run(job);
+  CHECK(r.value == n * (n - 1) / 2);
+  if (world_rank() == 0) {
+    MESSAGE("the generator ran at most " << c->max_lag.load() << " items ahead of the consumers (of " << n << ")");
+    // Without credits rank 0 would send every batch at once (a lag of nearly n); what may be in
+    // flight is bounded by the rings and the credits (8 batches per rank of 8 items each).
+    CHECK(c->max_lag.load() < n / 2);
+  }
+}
+
+TEST_CASE("across the boundary, a generator failing on rank 0 or a replica killed on the last rank ends the job on every rank") {
+  const int last = world_size() - 1;
+  bool thrown = false;
+  try {
+    pf::mpi::run(pf::pipeline("gen_fails")
+                     .source("gen", [i = std::int64_t{0}]() mutable -> std::optional<std::int64_t> {
+                       if (i == 5000) throw std::runtime_error("generator broke");
+                       return i++;
+                     })
+                     .map("id", [](std::int64_t x) { return x; })
+                     .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+  } catch (const pf::stage_error& e) {
+    thrown = true;
+    CHECK(e.stage() == "gen");
+    CHECK(e.message().find("generator broke") != std::string::npos);
+    CHECK(e.message().find("on MPI rank 0 of") != std::string::npos);
+  }
+  CHECK(thrown);
+  thrown = false;
+  try {
+    pf::mpi::run(pf::pipeline("map_dies")
+                     .source("gen", counting_generator(1'000'000))
+                     .map("boom", [last](std::int64_t x) {
+                       if (pf::mpi::rank() == last && x % 1000 == 999) ::raise(SIGKILL);
+                       return x;
+                     })
+                     .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+  } catch (const pf::stage_error& e) {
+    thrown = true;
+    CHECK(e.stage() == "boom");
+    CHECK(e.kind() == pf::stage_error::cause::signal);
+    CHECK(e.message().find("on MPI rank " + std::to_string(last) + " of") != std::string::npos);
+  }
+  CHECK(thrown);
+  // The ranks are in step again: a healthy job across the boundary.
+  const auto r = pf::mpi::run(pf::pipeline("after").source("gen", counting_generator(10'000)).map("id", [](std::int64_t x) { return x; })
+                                  .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+  CHECK(r.value == std::int64_t{10'000} * 9'999 / 2);
+}
