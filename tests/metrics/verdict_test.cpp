@@ -98,15 +98,20 @@ TEST_CASE("the verdict names the busy stage, its neighbours, and a prediction th
   CHECK(j.at("verdict").at("next_limit") == "feed");
   CHECK(first.to_html().find("2 more replicas of slow") != std::string::npos);
 
-  // Run the suggestion.
-  const pf::run_report second = two_costs(n, v.replicas + v.add_replicas);
-  const pf::bottleneck_verdict after = second.verdict();
-  INFO(second.to_string(true));
-  INFO(after.to_string());
-  MESSAGE("predicted ", v.predicted_items_per_s, " items/s, measured ", after.items_per_s, " items/s (first run ", v.items_per_s, ")");
-  CHECK(after.items_per_s == doctest::Approx(v.predicted_items_per_s).epsilon(0.25));
-  // And the next limit is the one announced.
-  CHECK(after.stage == "feed");
+  // Run the suggestion. The costs are sleeps, but a loaded machine stretches wake-ups (CI saw one
+  // run at 0.66x of the prediction while the next ones matched): the prediction must hold in one of
+  // three runs, and the next limit must be the one announced in each.
+  bool confirmed = false;
+  for (int attempt = 0; attempt < 3 && !confirmed; ++attempt) {
+    const pf::run_report second = two_costs(n, v.replicas + v.add_replicas);
+    const pf::bottleneck_verdict after = second.verdict();
+    INFO(second.to_string(true));
+    INFO(after.to_string());
+    MESSAGE("predicted ", v.predicted_items_per_s, " items/s, measured ", after.items_per_s, " items/s (first run ", v.items_per_s, ")");
+    CHECK(after.stage == "feed");
+    confirmed = after.items_per_s > 0.75 * v.predicted_items_per_s && after.items_per_s < 1.25 * v.predicted_items_per_s;
+  }
+  CHECK_MESSAGE(confirmed, "no run with 3 replicas of slow came within 25% of the predicted rate");
 }
 
 TEST_CASE("a stage waiting on a slow sink in the caller's process is blocked, the cause downstream") {
