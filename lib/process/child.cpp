@@ -19,7 +19,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <iostream>
+#include <thread>
 
 #ifndef P_PIDFD
 #define P_PIDFD 3  // <linux/wait.h>; glibc 2.36's <sys/wait.h> does not define it
@@ -104,6 +106,22 @@ void reset_stop_signals(const sigset_t& host_mask) noexcept {
 }
 
 }  // namespace
+
+std::size_t thread_count() noexcept {
+  std::error_code ec;
+  std::size_t n = 0;
+  for (std::filesystem::directory_iterator it("/proc/self/task", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  return n == 0 ? 1 : n;
+}
+
+bool await_thread_count(std::size_t threads, std::chrono::milliseconds timeout) noexcept {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (thread_count() <= threads) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
 
 ChildSet::~ChildSet() { kill_and_reap_all(); }
 

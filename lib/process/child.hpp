@@ -31,6 +31,14 @@
 
 namespace procflow::process {
 
+// Threads of this process, from /proc/self/task (1 if it cannot be read). A thread that was
+// joined may still be listed for a moment: the kernel wakes pthread_join before it has finished
+// tearing the thread down.
+std::size_t thread_count() noexcept;
+
+// Waits up to `timeout` until at most `threads` threads are listed; true if they are.
+bool await_thread_count(std::size_t threads, std::chrono::milliseconds timeout) noexcept;
+
 struct ExitInfo {
   std::size_t index = 0;  // position in the ChildSet
   pid_t pid = 0;

@@ -488,24 +488,12 @@ class Supervisor final : public SupervisedRun {
 
 }  // namespace
 
-namespace {
-
-// Threads of this process, from /proc/self/task (1 if it cannot be read).
-std::size_t thread_count() {
-  std::error_code ec;
-  std::size_t n = 0;
-  for (std::filesystem::directory_iterator it("/proc/self/task", ec), end; !ec && it != end; it.increment(ec)) ++n;
-  return n == 0 ? 1 : n;
-}
-
-}  // namespace
-
 // run() and start() refuse to fork while other threads run (unless pf::allow_threads).
 void check_fork_rule(const pipeline_def& def) {
   // Relaxed: see cancel_state::requested.
   if (def.options.cancel && def.options.cancel->requested.load(std::memory_order_relaxed) != 0) throw interrupted(0);
   if (!def.options.allow_threads) {
-    if (const std::size_t threads = thread_count(); threads > 1)
+    if (const std::size_t threads = process::thread_count(); threads > 1)
       throw procflow::error(fmt::format(
           "procflow: pipeline '{}': run() was called while this process has {} threads; fork() copies only the "
           "calling thread, so a lock another thread holds would stay locked in every replica. Join the other "

@@ -12,6 +12,7 @@
 // instances are per worker thread (enumerable_thread_specific), like a replica's per process,
 // so a stateful stage keeps its state per instance, never shared between threads. Only the
 // partial results of a reduce are encoded, to be merged by the same collector as in process mode.
+#include "process/child.hpp"
 #include "runtime/cancel_state.hpp"
 #include "runtime/exception_info.hpp"
 #include "runtime/identity.hpp"
@@ -257,15 +258,21 @@ class ThreadRun {
   };
 
   // Holds oneTBB's scheduler for one run and then waits for its worker threads to end, unless the
-  // program uses oneTBB itself elsewhere (then they stay, as they would without procflow).
+  // program uses oneTBB itself elsewhere (then they stay, as they would without procflow). finalize
+  // joins them, but a joined thread stays listed in /proc/self/task until the kernel has torn it
+  // down, and run()'s fork rule counts that list: wait (briefly) until it is short again, so a
+  // process-mode run right after this one is not refused (CI saw one extra thread once).
   class WorkerLifetime {
    public:
-    WorkerLifetime() : handle_(tbb::attach{}) {}
-    ~WorkerLifetime() { (void)tbb::finalize(handle_, std::nothrow); }
+    WorkerLifetime() : threads_before_(process::thread_count()), handle_(tbb::attach{}) {}
+    ~WorkerLifetime() {
+      if (tbb::finalize(handle_, std::nothrow)) (void)process::await_thread_count(threads_before_, std::chrono::seconds(2));
+    }
     WorkerLifetime(const WorkerLifetime&) = delete;
     WorkerLifetime& operator=(const WorkerLifetime&) = delete;
 
    private:
+    std::size_t threads_before_;
     tbb::task_scheduler_handle handle_;
   };
 

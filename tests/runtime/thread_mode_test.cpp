@@ -214,16 +214,20 @@ TEST_CASE("oneTBB's worker threads end with the run: the program is single-threa
   isolated([] {
     const std::size_t before = thread_count();
     REQUIRE((before == 1 || under_tsan));
-    const auto r = pf::pipeline("workers")
-                       .source("numbers", pf::iota<i64>(0, 1'000'000))
-                       .map("sq", [](i64 x) { return x * x; }, pf::replicas(2))
-                       .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
-                       .run(pf::in_threads);
-    CHECK(r.value > 0);
-    if (under_tsan) return;  // TSan starts helper threads of its own as threads come and go
-    CHECK(thread_count() == before);
-    // So a process-mode run may fork right after.
-    CHECK(pf::pipeline("after").source("numbers", pf::iota<i64>(0, 1000)).collect().run().value.size() == 1000);
+    // Several rounds: a worker thread that was joined but not yet torn down by the kernel is still
+    // listed for a moment (seen once in CI), and run()'s fork rule counts the list.
+    for (int round = 0; round < 20; ++round) {
+      const auto r = pf::pipeline("workers")
+                         .source("numbers", pf::iota<i64>(0, 200'000))
+                         .map("sq", [](i64 x) { return x * x; }, pf::replicas(2))
+                         .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                         .run(pf::in_threads);
+      REQUIRE(r.value > 0);
+      if (under_tsan) continue;  // TSan starts helper threads of its own as threads come and go
+      REQUIRE(thread_count() == before);
+      // So a process-mode run may fork right after.
+      REQUIRE(pf::pipeline("after").source("numbers", pf::iota<i64>(0, 1000)).collect().run().value.size() == 1000);
+    }
   });
 }
 
