@@ -38,9 +38,9 @@ void write_dead_letters(const std::string& path, const std::vector<dead_letter>&
     throw system_error(e, "cannot write dead letter file '" + tmp + "'");
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
+    const int rename_errno = errno;
     std::remove(tmp.c_str());
-    throw system_error(e, "cannot rename '" + tmp + "' to dead letter file '" + path + "'");
+    throw system_error(rename_errno, "cannot rename '" + tmp + "' to dead letter file '" + path + "'");
   }
 }
 

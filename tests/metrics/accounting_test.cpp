@@ -6,7 +6,7 @@
 // Timing tolerances are generous (the machine may be loaded); each check still fails when time
 // is counted twice or not at all: blocked counted as busy makes busy + blocked exceed the wall
 // time by the blocked time, and a wait left out shows as a large runtime share.
-#include "support/child_process.hpp"
+#include "support/cleanup_check.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -25,13 +25,7 @@ using i64 = std::int64_t;
 
 namespace {
 
-struct CleanupCheck {
-  std::set<std::string> shm = pt::dev_shm_entries();
-  ~CleanupCheck() {
-    CHECK(pt::count_children() == 0);
-    CHECK(pt::dev_shm_entries() == shm);
-  }
-};
+using CleanupCheck = pt::CleanupCheck;
 
 // Burns `us` microseconds of wall time (a stage with a known cost per item).
 void spin_us(int us) {

@@ -2,7 +2,7 @@
 // exactly per stage and per replica, kept apart per stage when stages share a process, counted
 // in the caller's process too, sampled while the run goes on, and shown in the table, JSON, HTML
 // and trace; past the fixed limits a clear error names the stage.
-#include "support/child_process.hpp"
+#include "support/cleanup_check.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -24,13 +24,7 @@ using u64 = std::uint64_t;
 
 namespace {
 
-struct CleanupCheck {
-  std::set<std::string> shm = pt::dev_shm_entries();
-  ~CleanupCheck() {
-    CHECK(pt::count_children() == 0);
-    CHECK(pt::dev_shm_entries() == shm);
-  }
-};
+using CleanupCheck = pt::CleanupCheck;
 
 u64 stage_counter(const pf::stage_report& s, const std::string& name) {
   for (const auto& c : s.counters)

@@ -5,7 +5,7 @@
 // The stages' costs are sleeps (a stage waiting on a remote service or a disk): adding replicas
 // of such a stage scales on any number of cores, also on a loaded 2-core machine, so the
 // prediction can be checked against a second run without depending on the machine's load.
-#include "support/child_process.hpp"
+#include "support/cleanup_check.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -26,13 +26,7 @@ using i64 = std::int64_t;
 
 namespace {
 
-struct CleanupCheck {
-  std::set<std::string> shm = pt::dev_shm_entries();
-  ~CleanupCheck() {
-    CHECK(pt::count_children() == 0);
-    CHECK(pt::dev_shm_entries() == shm);
-  }
-};
+using CleanupCheck = pt::CleanupCheck;
 
 // Every 10th item sleeps `ten_items_us`: on average ten_items_us / 10 per item (one sleep per
 // ten items keeps the sleep's own slack small against its length).

@@ -4,7 +4,7 @@
 // an associative non-commutative ordered reduce, reduce_by_key grouping in own processes and
 // fused, empty and one-item inputs for every terminal, a 10 MB item, a 10 000-fold flat_map,
 // a user struct with its own procflow::codec<>, a sink writing a file, and per-stage report counts.
-#include "support/child_process.hpp"
+#include "support/cleanup_check.hpp"
 #include "support/host_signals.hpp"
 
 #include <procflow/procflow.hpp>
@@ -89,13 +89,7 @@ static_assert(pf::encodable<Reading> && pf::encodable<std::vector<std::pair<std:
 static_assert(!pf::encodable<int*> && !pf::encodable<std::vector<const char*>>);
 
 // Every test leaves no child and /dev/shm as it found it.
-struct CleanupCheck {
-  std::set<std::string> shm = pt::dev_shm_entries();
-  ~CleanupCheck() {
-    CHECK(pt::count_children() == 0);
-    CHECK(pt::dev_shm_entries() == shm);
-  }
-};
+using CleanupCheck = pt::CleanupCheck;
 
 std::vector<i64> expected_ordered_chain(i64 n) {
   std::vector<i64> want;

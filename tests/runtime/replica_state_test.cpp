@@ -3,7 +3,7 @@
 // phase), independent and reproducible random streams, and stateful stages that are never
 // replicated by accident. Every case runs in a child under the run_isolated watchdog.
 #include "scheduler/elastic.hpp"
-#include "support/child_process.hpp"
+#include "support/cleanup_check.hpp"
 #include "support/isolated.hpp"
 
 #include <procflow/procflow.hpp>
@@ -44,13 +44,7 @@ namespace {
 
 void isolated(const std::function<void()>& body) { pt::run_isolated(std::chrono::seconds(120), body); }
 
-struct CleanupCheck {
-  std::set<std::string> shm = pt::dev_shm_entries();
-  ~CleanupCheck() {
-    CHECK(pt::count_children() == 0);
-    CHECK(pt::dev_shm_entries() == shm);
-  }
-};
+using CleanupCheck = pt::CleanupCheck;
 
 // A fresh directory, removed at the end of the case.
 struct TempDir {

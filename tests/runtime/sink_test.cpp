@@ -3,7 +3,7 @@
 // results channel, so what it captured by reference is the caller's; replicated and own_process
 // sinks run in their own processes; a callable's finish() runs once at end of stream, and a throw
 // from the sink or its finish() is a stage_error naming the sink.
-#include "support/child_process.hpp"
+#include "support/cleanup_check.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -25,13 +25,7 @@ namespace pt = procflow::test;
 
 namespace {
 
-struct CleanupCheck {
-  std::set<std::string> shm = pt::dev_shm_entries();
-  ~CleanupCheck() {
-    CHECK(pt::count_children() == 0);
-    CHECK(pt::dev_shm_entries() == shm);
-  }
-};
+using CleanupCheck = pt::CleanupCheck;
 
 std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / (name + "." + std::to_string(::getpid()))).string();

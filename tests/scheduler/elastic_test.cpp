@@ -4,7 +4,7 @@
 // against the multiset of item ids; the policy-driven run checks that the slow stage ends with
 // more replicas and the same result as the sequential loop.
 #include "scheduler/elastic.hpp"
-#include "support/child_process.hpp"
+#include "support/cleanup_check.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -27,13 +27,7 @@ using i64 = std::int64_t;
 
 namespace {
 
-struct CleanupCheck {
-  std::set<std::string> shm = pt::dev_shm_entries();
-  ~CleanupCheck() {
-    CHECK(pt::count_children() == 0);
-    CHECK(pt::dev_shm_entries() == shm);
-  }
-};
+using CleanupCheck = pt::CleanupCheck;
 
 // About `us` microseconds of CPU work; returns x so the compiler keeps it.
 i64 burn(i64 x, int us) {
