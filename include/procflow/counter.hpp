@@ -19,8 +19,9 @@
 // Limits: max_counters distinct (stage, name) pairs per replica process, names of at most
 // max_counter_name bytes; past either, counter() throws (std::length_error,
 // std::invalid_argument), which fails the stage like any exception it throws. Counters exist in
-// process mode (run()); in run(pf::in_threads) and outside a run, counter() throws
-// std::logic_error.
+// both modes: in run(pf::in_threads) each stage instance (one per worker thread) keeps its own
+// table in memory, summed the same way into stage_report::counters (thread mode has no replica
+// rows). Outside a run, counter() throws std::logic_error.
 #pragma once
 
 #include <atomic>
@@ -32,7 +33,7 @@ namespace procflow {
 
 class counter {
  public:
-  static constexpr std::size_t max_counters = 32;      // per replica process
+  static constexpr std::size_t max_counters = 32;      // per replica process (per stage instance in threads)
   static constexpr std::size_t max_counter_name = 47;  // bytes
 
   // This replica's counter `name` of the stage running now, made at 0 on first use.

@@ -31,10 +31,12 @@ std::string_view stage_name(const runtime::Identity& id) {
 
 counter::counter(std::string_view name) {
   const runtime::Identity& id = runtime::identity();
-  metrics::UserCounterTable* table = current_table;
+  // Thread mode: the table of the stage instance this thread runs now; else this process's.
+  const runtime::ThreadIdentity* worn = runtime::worn_thread_identity();
+  metrics::UserCounterTable* table = worn ? worn->counters : current_table;
   if (!table || !id.def)
-    throw std::logic_error(fmt::format("procflow::counter(\"{}\"): named counters are kept only in a stage of a pipeline run in "
-                                       "processes (run()); not outside a run, nor in run(pf::in_threads)",
+    throw std::logic_error(fmt::format("procflow::counter(\"{}\"): named counters are kept only in the code of a pipeline's stage "
+                                       "while it runs (run(), start(), run(pf::in_threads)), not outside a run",
                                        name));
   if (name.empty()) throw std::invalid_argument(fmt::format("procflow::counter: stage '{}': a counter needs a name", stage_name(id)));
   if (name.size() > max_counter_name)
@@ -122,14 +124,19 @@ std::vector<named_counter> sum_user_counters(const detail::pipeline_def& def, co
   return out;
 }
 
-void add_user_counters(run_report& report, const detail::pipeline_def& def, const runtime::Plan& plan, const runtime::RunState& state) {
+void add_stage_counters(run_report& report, const detail::pipeline_def& def, const std::vector<const UserCounterTable*>& tables) {
   // Per stage (by index: names need not be unique), over every table.
   std::vector<std::map<std::pair<std::uint32_t, std::string>, std::size_t>> per_stage(report.stages.size());
-  for_each_table(plan, state, [&](const UserCounterTable& t, std::size_t, std::uint32_t) {
-    for_each_slot(t, def.stages.size(), [&](std::uint32_t stage, std::string_view name, std::uint64_t v) {
+  for (const UserCounterTable* t : tables)
+    for_each_slot(*t, def.stages.size(), [&](std::uint32_t stage, std::string_view name, std::uint64_t v) {
       if (stage < report.stages.size()) accumulate(report.stages[stage].counters, per_stage[stage], def, stage, name, v);
     });
-  });
+}
+
+void add_user_counters(run_report& report, const detail::pipeline_def& def, const runtime::Plan& plan, const runtime::RunState& state) {
+  std::vector<const UserCounterTable*> tables;
+  for_each_table(plan, state, [&](const UserCounterTable& t, std::size_t, std::uint32_t) { tables.push_back(&t); });
+  add_stage_counters(report, def, tables);
   for_each_table(plan, state, [&](const UserCounterTable& t, std::size_t g, std::uint32_t k) {
     auto row = std::find_if(report.replica_rows.begin(), report.replica_rows.end(),
                             [&](const replica_report& r) { return r.process_group == g && r.replica == k; });

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace procflow::runtime {
 class RunState;
@@ -59,6 +60,8 @@ class CounterTableScope {
 
 // Every table's counts, summed by (stage, name), in stage order then first appearance.
 std::vector<named_counter> sum_user_counters(const detail::pipeline_def& def, const runtime::Plan& plan, const runtime::RunState& state);
+// Adds the counts of `tables` into stage_report::counters, summed by (stage, name).
+void add_stage_counters(run_report& report, const detail::pipeline_def& def, const std::vector<const UserCounterTable*>& tables);
 // Fills stage_report::counters and replica_report::counters of a finished run (after
 // add_replica_rows).
 void add_user_counters(run_report& report, const detail::pipeline_def& def, const runtime::Plan& plan, const runtime::RunState& state);

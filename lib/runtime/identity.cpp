@@ -31,6 +31,8 @@ thread_local ThreadIdentity* worn = nullptr;
 
 const Identity& identity() noexcept { return worn ? worn->id : current; }
 
+ThreadIdentity* worn_thread_identity() noexcept { return worn; }
+
 ThreadIdentityScope::ThreadIdentityScope(ThreadIdentity& t) noexcept : saved_(worn) { worn = &t; }
 ThreadIdentityScope::~ThreadIdentityScope() { worn = saved_; }
 

@@ -13,6 +13,10 @@
 #include <random>
 #include <vector>
 
+namespace procflow::metrics {
+struct UserCounterTable;
+}
+
 namespace procflow::runtime {
 
 struct Identity {
@@ -41,7 +45,11 @@ void set_identity_stage(std::size_t stage) noexcept;
 struct ThreadIdentity {
   Identity id;
   std::vector<std::unique_ptr<std::mt19937_64>> engines;
+  metrics::UserCounterTable* counters = nullptr;  // pf::counter() in code of this instance
 };
+
+// The thread identity the calling thread wears now (null: it answers as the process).
+ThreadIdentity* worn_thread_identity() noexcept;
 
 // Makes the calling thread answer as `t` (identity(), this_replica(), replica_engine()) until
 // destroyed; scopes nest.

@@ -12,6 +12,7 @@
 // instances are per worker thread (enumerable_thread_specific), like a replica's per process,
 // so a stateful stage keeps its state per instance, never shared between threads. Only the
 // partial results of a reduce are encoded, to be merged by the same collector as in process mode.
+#include "metrics/user_counter_table.hpp"
 #include "process/child.hpp"
 #include "runtime/cancel_state.hpp"
 #include "runtime/exception_info.hpp"
@@ -177,6 +178,7 @@ struct Token {
 struct Chain {
   std::uint32_t index = 0;  // "replica" in reports and errors
   runtime::ThreadIdentity identity;  // what pf::this_replica() answers in code of this chain
+  std::unique_ptr<metrics::UserCounterTable> counters = std::make_unique<metrics::UserCounterTable>();  // pf::counter()
   std::vector<std::unique_ptr<stage_instance>> instances;
   std::vector<Tally> tallies;  // per stage of the pipeline
 };
@@ -194,6 +196,7 @@ class ThreadRun {
         source_owner_(source_of(def).fresh_copy()),
         source_(source_owner_ ? source_owner_.get() : &source_of(def)) {
     refuse_process_only_options();
+    make_side_identities();
     for (const Group& g : plan_.groups) {
       chains_.push_back(std::make_unique<ChainSet>());
       chains_.back()->serial = !parallel_group(g);
@@ -359,6 +362,7 @@ class ThreadRun {
       const auto t0 = Clock::now();
       std::size_t n = 0;
       try {
+        const runtime::ThreadIdentityScope scope(source_identity_);
         n = source_->pull(t->buffers[1].get(), pull_items_, coarse_clock_ns() + pull_latency_.count());
       } catch (...) {
         fail(0, 0, false, 0);
@@ -404,6 +408,7 @@ class ThreadRun {
       id.index = c.index;
       id.replicas = set.serial ? 1u : static_cast<std::uint32_t>(concurrency_);  // instances that may run at once
       id.run_seed = plan_.seed;
+      c.identity.counters = c.counters.get();
       const runtime::ThreadIdentityScope scope(c.identity);  // a per_replica factory sees its instance
       for (std::size_t i = first_worker; i < group.end_stage; ++i) {
         id.stage = i;
@@ -583,6 +588,7 @@ class ThreadRun {
   template <class Work>
   void on_caller_side(Work&& work) {
     try {
+      const runtime::ThreadIdentityScope scope(caller_identity_);
       work();
     } catch (const stage_error&) {
       throw;
@@ -625,7 +631,27 @@ class ThreadRun {
       s.peak_replicas = s.replicas;
       r.stages.push_back(std::move(s));
     }
+    std::vector<const metrics::UserCounterTable*> tables{&source_counters_, &caller_counters_};
+    for (const auto& set : chains_) set->for_each([&](const Chain& c) { tables.push_back(c.counters.get()); });
+    metrics::add_stage_counters(r, def_, tables);
     return r;
+  }
+
+  // The generator source's and the caller side's identities (this_replica(), pf::counter()), as
+  // process mode gives them: the source is replica 0 of stage 0; a collect or a sink in the caller
+  // answers in_supervisor.
+  void make_side_identities() {
+    runtime::Identity& s = source_identity_.id;
+    s.def = &def_;
+    s.stage = 0;
+    s.run_seed = plan_.seed;
+    source_identity_.counters = &source_counters_;
+    runtime::Identity& c = caller_identity_.id;
+    c.def = &def_;
+    c.stage = def_.stages.size() - 1;
+    c.run_seed = plan_.seed;
+    c.in_supervisor = true;
+    caller_identity_.counters = &caller_counters_;
   }
 
   const pipeline_def& def_;
@@ -639,6 +665,10 @@ class ThreadRun {
   std::chrono::nanoseconds pull_latency_{5'000'000};
   std::uint64_t next_seq_ = 0;  // source filter only (serial)
   Tally source_tally_;          // a generator's, source filter only
+  runtime::ThreadIdentity source_identity_;
+  runtime::ThreadIdentity caller_identity_;
+  metrics::UserCounterTable source_counters_{};
+  metrics::UserCounterTable caller_counters_{};
   std::uint64_t caller_items_ = 0;
   std::vector<std::unique_ptr<Token>> tokens_;  // source filter only (owns every token)
   std::atomic<std::uint64_t> handoffs_{0};  // see Handoff

@@ -144,7 +144,7 @@ TEST_CASE("a sink in the caller's process counts too, and a handle kept by a per
   CHECK(stage_counter(r.report.stages[2], "stored") == static_cast<u64>(n));
 }
 
-TEST_CASE("past the fixed limits, and outside a run in processes, counter() refuses with a clear error") {
+TEST_CASE("past the fixed limits, and outside a run, counter() refuses with a clear error") {
   CleanupCheck cleanup;
   auto too_many = [] {
     return pf::pipeline("too_many")
@@ -178,15 +178,52 @@ TEST_CASE("past the fixed limits, and outside a run in processes, counter() refu
     CHECK(e.stage() == "verbose");
     CHECK(std::string(e.what()).find("at most 47 bytes") != std::string::npos);
   }
-  CHECK_THROWS_WITH_AS(pf::counter("outside"), doctest::Contains("only in a stage of a pipeline run in processes"), std::logic_error);
-  // Thread mode does not keep them (yet): refused by name, not silently dropped.
-  CHECK_THROWS_WITH_AS(pf::pipeline("threads")
-                           .source("numbers", pf::iota<i64>(0, 10))
-                           .map("m", [](i64 x) {
-                             pf::counter("n").add();
-                             return x;
-                           })
-                           .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
-                           .run(pf::in_threads),
-                       doctest::Contains("run(pf::in_threads)"), pf::stage_error);
+  CHECK_THROWS_WITH_AS(pf::counter("outside"), doctest::Contains("not outside a run"), std::logic_error);
+}
+
+TEST_CASE("named counters in thread mode: the same sums as in processes, from every kind of stage code") {
+  CleanupCheck cleanup;
+  static constexpr i64 n = 200'000;
+  const auto declare = [&](bool generator) {
+    auto source = [&] {
+      if (!generator) return pf::pipeline("threads").source("numbers", pf::iota<i64>(0, n));
+      return pf::pipeline("threads").source("numbers", pf::generate([i = i64{0}]() mutable -> std::optional<i64> {
+        if (i == n) return std::nullopt;
+        if (i % 1000 == 0) pf::counter("thousands").add();
+        return i++;
+      }));
+    };
+    return source()
+        .map("parse", [](i64 x) {
+          pf::counter("seen").add();
+          if (x % 3 == 0) pf::counter("multiple of 3") += 1;
+          return x;
+        }, pf::replicas(2))
+        .filter("keep", [](i64 x) {
+          if (x % 2 != 0) pf::counter("dropped").add();
+          return x % 2 == 0;
+        }, pf::replicas(1))
+        .sink("out", [](i64 x) {
+          if (x % 10 == 0) pf::counter("tens").add();
+        });
+  };
+  for (const bool generator : {false, true}) {
+    CAPTURE(generator);
+    const pf::run_report threads = declare(generator).run(pf::in_threads).report;
+    const pf::run_report processes = declare(generator).run().report;
+    INFO(threads.to_string(false));
+    CHECK(stage_counter(threads.stages[1], "seen") == static_cast<u64>(n));
+    CHECK(stage_counter(threads.stages[1], "multiple of 3") == static_cast<u64>((n + 2) / 3));
+    CHECK(stage_counter(threads.stages[2], "dropped") == static_cast<u64>(n / 2));
+    CHECK(stage_counter(threads.stages[3], "tens") == static_cast<u64>(n / 10));
+    if (generator) CHECK(stage_counter(threads.stages[0], "thousands") == static_cast<u64>(n / 1000));
+    for (std::size_t i = 0; i < threads.stages.size(); ++i) {
+      CAPTURE(i);
+      REQUIRE(threads.stages[i].counters.size() == processes.stages[i].counters.size());
+      for (std::size_t k = 0; k < threads.stages[i].counters.size(); ++k) {
+        CHECK(threads.stages[i].counters[k].name == processes.stages[i].counters[k].name);
+        CHECK(threads.stages[i].counters[k].value == processes.stages[i].counters[k].value);
+      }
+    }
+  }
 }
