@@ -326,3 +326,27 @@ TEST_CASE("pf::this_replica() and replica_engine() answer per stage instance in 
     CHECK_FALSE(pf::this_replica().in_run);
   });
 }
+
+TEST_CASE("in threads, a generator source and a sink run by the caller answer this_replica() (stage, in_run, in_supervisor)") {
+  isolated([] {
+    std::vector<std::string> source_seen, sink_seen;
+    bool sink_in_supervisor = false;
+    pf::pipeline("sides")
+        .source("gen", pf::generate([&source_seen, i = i64{0}]() mutable -> std::optional<i64> {
+          if (i == 100) return std::nullopt;
+          const auto id = pf::this_replica();
+          if (i == 0) source_seen = {std::string(id.stage), std::to_string(id.stage_index), std::to_string(id.in_run)};
+          return i++;
+        }))
+        .map("twice", [](i64 x) { return 2 * x; }, pf::replicas(2))
+        .sink("out", [&](i64) {
+          const auto id = pf::this_replica();
+          sink_seen = {std::string(id.stage), std::to_string(id.stage_index), std::to_string(id.in_run)};
+          sink_in_supervisor = id.in_supervisor;
+        })
+        .run(pf::in_threads);
+    CHECK(source_seen == std::vector<std::string>{"gen", "0", "1"});
+    CHECK(sink_seen == std::vector<std::string>{"out", "2", "1"});
+    CHECK(sink_in_supervisor);
+  });
+}
