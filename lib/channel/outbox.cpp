@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <stdexcept>
 
@@ -99,13 +100,40 @@ std::size_t Outbox::pick_lane() {
 // are full size (a fine-grained stream gets there within a few dozen slots).
 std::size_t Outbox::slot_room(std::size_t n) {
   const std::size_t full = lanes_.front().ring.payload_bytes();
-  if (done_slow_start_ || !options_.source || options_.dispatch != Dispatch::by_sequence || n >= full) return full;
+  if (n >= full) return full;
+  if (options_.slot_work.cost_ns && !options_.stamp_origin &&
+      (options_.dispatch == Dispatch::least_loaded || options_.dispatch == Dispatch::round_robin))
+    return balanced_room(n, full);
+  if (done_slow_start_ || !options_.source || options_.dispatch != Dispatch::by_sequence) return full;
   if (slow_start_bytes_ == 0) slow_start_bytes_ = std::max<std::size_t>(n, 1);
   if (slow_start_bytes_ >= full) {
     done_slow_start_ = true;
     return full;
   }
   return std::max(n, slow_start_bytes_);
+}
+
+// SlotWork: room for about target_ns of the consumers' work, in bytes of this producer's items
+// so far (the fast path counts bytes, not items). Until the consumers' cost is known, a slow
+// start: one item per slot, doubled after each round of lanes.
+std::size_t Outbox::balanced_room(std::size_t n, std::size_t full) {
+  const SlotWork& w = options_.slot_work;
+  const auto now = Clock::now();
+  if (balance_cost_ns_ <= 0 || now - balance_read_ >= std::chrono::nanoseconds(w.target_ns)) {
+    balance_read_ = now;
+    if (const double cost = w.cost_ns(w.context); cost > 0) {
+      balance_cost_ns_ = cost;
+      balance_items_ = static_cast<std::uint64_t>(std::max(1.0, static_cast<double>(w.target_ns) / cost));
+    }
+  }
+  const std::size_t lanes = membership_ ? static_cast<std::size_t>(std::popcount(active_)) : lanes_.size();
+  if (balance_cost_ns_ <= 0 && ++balance_slots_ > lanes) {
+    balance_slots_ = 1;
+    balance_items_ = std::min<std::uint64_t>(balance_items_ * 2, full);
+  }
+  const double bytes_per_item = stats_.items > 0 ? static_cast<double>(stats_.bytes) / static_cast<double>(stats_.items) : static_cast<double>(n);
+  const double room = static_cast<double>(balance_items_) * std::max(bytes_per_item, 1.0);
+  return room >= static_cast<double>(full) ? full : std::max(n, static_cast<std::size_t>(room));
 }
 
 void Outbox::open(std::size_t lane, std::size_t n) {

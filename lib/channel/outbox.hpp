@@ -25,6 +25,17 @@ enum class Dispatch : std::uint8_t {
   by_key,        // the caller picks the lane per item (reserve_lane: key-hash dispatch)
 };
 
+// Batches sized for balance: a slot holds about `target_ns` of its consumer's work, so a stage
+// whose items are slow (50 us each) gets slots of a few dozen items that its replicas share
+// evenly, while a cheap stage keeps full slots. `cost_ns` reads the consumers' measured busy time
+// per item (0: not known yet; then slots start at one item and double each round of lanes until
+// it is). Read at most once per `target_ns` of the producer's time.
+struct SlotWork {
+  double (*cost_ns)(const void* context) = nullptr;  // null: slots are filled by bytes only
+  const void* context = nullptr;
+  std::uint64_t target_ns = 1'000'000;
+};
+
 struct OutboxOptions {
   Dispatch dispatch = Dispatch::least_loaded;
   // Source mode: every published slot is a batch of its own, numbered 0, 1, 2, ... and marked
@@ -45,6 +56,10 @@ struct OutboxOptions {
   // pf::restart: stamp every slot with its input batch (begin_origin) and its number in that
   // batch's output (SlotHeader::origin*).
   bool stamp_origin = false;
+  // Least-loaded and round-robin dispatch only (a keyed or ordered lane choice is not about
+  // balance), and not with stamp_origin (redelivery needs slot boundaries that depend on the
+  // items alone).
+  SlotWork slot_work;
 };
 
 // Thrown by a write that found no free slot before its wait deadline (set_wait_deadline), or
@@ -116,6 +131,7 @@ class Outbox final : public detail::output_port {
   void refresh_membership();
   void open(std::size_t lane, std::size_t n = 0);
   std::size_t slot_room(std::size_t n);
+  std::size_t balanced_room(std::size_t n, std::size_t full);
   void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
   void publish_current_if_used();
 
@@ -136,6 +152,11 @@ class Outbox final : public detail::output_port {
   std::size_t slow_start_bytes_ = 0;
   std::size_t slow_start_slots_ = 0;  // slots published at the current size
   bool done_slow_start_ = false;
+  // SlotWork: items per slot now (0: no limit), the consumers' cost when last read, and when.
+  std::uint64_t balance_items_ = 1;
+  std::size_t balance_slots_ = 0;  // slots published at the current slow-start size
+  double balance_cost_ns_ = 0;
+  Clock::time_point balance_read_{};
   bool closed_ = false;
   std::uint32_t origin_lane_ = no_origin_lane;  // begin_origin
   std::uint64_t origin_ = 0;

@@ -143,6 +143,7 @@ class Replica final : public detail::downstream {
       }
       o.publish_each_item = group_.out_latency_ns == 0;
       o.stamp_origin = restart_;
+      if (group_.output == GroupOutput::channel) o.slot_work = {&Replica::consumer_cost_ns, this};
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
       // A group ending in its terminal only sends partials at the end (or per ordered batch).
       // Not under restart: slot boundaries must depend on the items only (faults/redelivery.hpp);
@@ -552,6 +553,22 @@ class Replica final : public detail::downstream {
   // The per-batch busy-time clock; with pf::counters_off it reads no clock and measures 0.
   Clock::time_point clock_start() const noexcept { return timed_ ? Clock::now() : Clock::time_point{}; }
   std::uint64_t elapsed_ns(Clock::time_point t0) const noexcept { return timed_ ? ns_since(t0) : 0; }
+
+  // SlotWork (channel/outbox.hpp): the next group's busy time per item taken so far, over all
+  // its replicas (0 until it has measured any).
+  static double consumer_cost_ns(const void* self) {
+    const auto& r = *static_cast<const Replica*>(self);
+    const Group& next = r.plan_.groups[r.group_index_ + 1];
+    std::uint64_t busy = 0;
+    std::uint64_t items = 0;
+    // Relaxed: independent counters, each from its own single writer; a stale value only delays
+    // the estimate.
+    for (std::uint32_t k = 0; k < next.slots; ++k) {
+      items += r.state_.counters(next.first_stage, k).items_in.load(std::memory_order_relaxed);
+      for (std::size_t i = next.first_stage; i < next.end_stage; ++i) busy += r.state_.counters(i, k).busy_ns.load(std::memory_order_relaxed);
+    }
+    return items > 0 && busy > 0 ? static_cast<double>(busy) / static_cast<double>(items) : 0.0;
+  }
 
   // Validated when the replica starts (run_replica), so it cannot throw later.
   ReplicaRecord& record() const noexcept { return *record_; }
