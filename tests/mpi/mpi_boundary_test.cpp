@@ -208,3 +208,19 @@ TEST_CASE("across the boundary, a generator failing on rank 0 or a replica kille
                                   .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
   CHECK(r.value == std::int64_t{10'000} * 9'999 / 2);
 }
+
+// The broker's termination race (issue 11): short jobs back to back, so that rank 0's first batch
+// often reaches a rank before that rank's broker has posted its receives, and a job's last
+// messages meet the next job's communicator. Each job must give the sequential sum on every rank;
+// before the fix a rank took an early batch for a protocol error and left while the others waited.
+TEST_CASE("many short jobs across the boundary in a row (broker start-up and termination)") {
+  for (int job = 0; job < 60; ++job) {
+    const std::int64_t n = 500 + 37 * job;
+    const auto r = pf::mpi::run(pf::pipeline("short")
+                                    .source("gen", counting_generator(n), pf::batch_bytes(256))
+                                    .map("id", [](std::int64_t x) { return x; })
+                                    .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+    CAPTURE(job);
+    REQUIRE(r.value == n * (n - 1) / 2);
+  }
+}
