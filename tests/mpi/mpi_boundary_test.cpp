@@ -224,3 +224,31 @@ TEST_CASE("many short jobs across the boundary in a row (broker start-up and ter
     REQUIRE(r.value == n * (n - 1) / 2);
   }
 }
+
+// Failing jobs back to back: a replica on the last rank dies while rank 0 still has batches in
+// flight to it. A rank leaves only once every batch END counts has arrived (END goes out on
+// failure too), so no batch is left unreceived for the next job, and every job throws on every rank.
+TEST_CASE("failing jobs across the boundary in a row, then a healthy one") {
+  const int last = world_size() - 1;
+  for (int job = 0; job < 12; ++job) {
+    CAPTURE(job);
+    bool thrown = false;
+    try {
+      pf::mpi::run(pf::pipeline("dies")
+                       .source("gen", counting_generator(200'000), pf::batch_bytes(1024))
+                       .map("boom", [last, job](std::int64_t x) {
+                         if (pf::mpi::rank() == last && x % 500 == 100 + job) ::raise(SIGKILL);
+                         return x;
+                       })
+                       .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+    } catch (const pf::stage_error& e) {
+      thrown = true;
+      CHECK(e.stage() == "boom");
+      CHECK(e.message().find("on MPI rank " + std::to_string(last) + " of") != std::string::npos);
+    }
+    CHECK(thrown);
+  }
+  const auto r = pf::mpi::run(pf::pipeline("after").source("gen", counting_generator(20'000)).map("id", [](std::int64_t x) { return x; })
+                                  .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+  CHECK(r.value == std::int64_t{20'000} * 19'999 / 2);
+}
