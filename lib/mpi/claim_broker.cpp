@@ -129,8 +129,9 @@ void ClaimBroker::grant_locally() {
 
 void ClaimBroker::run_root() {
   std::vector<std::optional<RankStatus>> statuses(static_cast<std::size_t>(size_));
-  std::vector<std::uint64_t> credits(static_cast<std::size_t>(size_), slots_per_rank_);
-  credits[0] = 0;  // rank 0 sends, it does not receive
+  // One credit per receive a rank has posted (it announces each one by CREDIT after posting it):
+  // none before, so a batch never reaches a rank before its receive (see the invariant above).
+  std::vector<std::uint64_t> credits(static_cast<std::size_t>(size_), 0);
   std::vector<std::uint64_t> batches_sent(static_cast<std::size_t>(size_), 0);
   bool end_sent = false;
   int reported = 0;
@@ -183,11 +184,13 @@ void ClaimBroker::run_root() {
         send(best, data, std::move(*message));
         busy = true;
       }
-      if (!end_sent && exports_->finished_and_empty()) {
-        for (int r = 1; r < size_; ++r) send(r, end, u64_pair(batches_sent[static_cast<std::size_t>(r)], 0));
-        end_sent = true;
-        busy = true;
-      }
+    }
+    // END (how many batches went to the rank) once no more will: the stream ended, or the job is
+    // failing. Sent in both cases: a rank leaves only when every batch sent to it has arrived.
+    if (exports_ && !end_sent && (failing || exports_->finished_and_empty())) {
+      for (int r = 1; r < size_; ++r) send(r, end, u64_pair(batches_sent[static_cast<std::size_t>(r)], 0));
+      end_sent = true;
+      busy = true;
     }
     int flag = 0;
     MPI_Status st;
@@ -228,8 +231,9 @@ void ClaimBroker::run_root() {
       outcome_sent = true;
     }
     const bool sends_done = poll_sends();
-    const bool exported = !exports_ || end_sent || (outcome_sent && outcome_.kind == RankStatus::state::failed);
-    if (reported == size_ && outcome_sent && sends_done && exported) return;
+    // Every rank's STATUS is its last message, so with all of them in, nothing else from any rank
+    // is still on its way here.
+    if (reported == size_ && outcome_sent && sends_done && (!exports_ || end_sent)) return;
     if (busy) {
       idle = 0;
     } else {
@@ -258,7 +262,9 @@ void ClaimBroker::run_member() {
   for (;;) {
     bool busy = false;
     if (user_cancel_ && user_cancel_->requested.load(std::memory_order_relaxed) != 0) stop_local_();
-    if (table_ && !exhausted_ && !claim_outstanding && !outcome_received) {
+    // No CLAIM after STATUS (STATUS is this rank's last message: rank 0 leaves once it has every
+    // rank's, and a CLAIM it never reads would leave this rank waiting for its GRANT).
+    if (table_ && !exhausted_ && !claim_outstanding && !outcome_received && !status_sent) {
       const std::uint64_t granted = table_->granted();
       if (granted < table_->capacity() && granted < table_->wanted() + 2 * claim_chunks_) {
         std::vector<std::byte> bytes(8);
@@ -323,16 +329,17 @@ void ClaimBroker::run_member() {
     }
     if (imports_ && !total_published) {
       const std::uint32_t k = imports_->slots();
-      // Post a receive into every free slot, in batch order; a re-posted slot is a credit for rank 0
-      // (it counted the first K).
-      while (posted.size() < k && !(total && next_post >= *total)) {
+      // Post a receive into every free slot, in batch order, and only then grant rank 0 a credit
+      // for it. Not after STATUS (this rank's last message): no new credit, so rank 0 sends only
+      // into receives already posted, which stay posted until their batch arrives.
+      while (!status_sent && posted.size() < k && !(total && next_post >= *total)) {
         const auto slot = static_cast<std::uint32_t>(next_post % k);
         if (!imports_->slot_free(slot)) break;
         PostedReceive p{MPI_REQUEST_NULL, next_post, slot};
         check(MPI_Irecv(imports_->slot_data(slot), static_cast<int>(imports_->slot_bytes()), MPI_BYTE, 0, data, comm_, &p.request),
               "MPI_Irecv");
         posted.push_back(p);
-        if (next_post >= k) ++credit_pending;
+        ++credit_pending;
         ++next_post;
         busy = true;
       }
@@ -348,7 +355,7 @@ void ClaimBroker::run_member() {
         it = posted.erase(it);
         busy = true;
       }
-      if (credit_pending > 0) {
+      if (credit_pending > 0 && !status_sent) {
         std::vector<std::byte> bytes(8);
         std::memcpy(bytes.data(), &credit_pending, 8);
         send(0, credit, std::move(bytes));
@@ -360,9 +367,10 @@ void ClaimBroker::run_member() {
       }
     }
     const bool sends_done = poll_sends();
-    const bool imported = !imports_ || total_published || (outcome_received && outcome_.kind == RankStatus::state::failed);
+    // Every batch rank 0 sent here has arrived (END says how many, also when the job fails).
+    const bool imported = !imports_ || total_published;
     if (outcome_received && status_sent && !claim_outstanding && sends_done && imported) {
-      for (PostedReceive& p : posted) {  // receives no batch will match (END or a failure came first)
+      for (PostedReceive& p : posted) {  // receives past END's count: no batch will match them
         MPI_Cancel(&p.request);
         MPI_Wait(&p.request, MPI_STATUS_IGNORE);
       }

@@ -15,9 +15,21 @@
 //
 //  - a stage boundary between ranks (a generator on rank 0 feeding the next stage's replicas on
 //    ranks 1..N-1): rank 0 sends the batches of its ExportQueue as DATA messages, each to a rank
-//    holding a credit (the one holding most); a rank's ImportInbox re-posts a receive per slot its
-//    replicas free and returns one CREDIT per re-posted receive; END tells each rank how many
-//    batches it got in all. So every DATA lands in a posted receive, at most K per rank in flight.
+//    holding a credit (the one holding most); a rank's ImportInbox posts a receive per free slot
+//    and only then grants one CREDIT for it (rank 0 starts with none); END tells each rank how
+//    many batches it got in all. So every DATA lands in a receive posted before it was sent (never
+//    in MPI's unexpected queue, where the control probe would take it), at most K per rank.
+//
+// Termination (no message is in flight on the communicator when the brokers return, so nothing
+// stale reaches the next run, whose dup may reuse this context id):
+//  - rank r > 0 sends CLAIM*, CREDIT*, then STATUS, and nothing after STATUS. It returns once it
+//    has OUTCOME, a GRANT for every CLAIM, END (when importing) and every batch END counts, and
+//    its own sends completed; receives posted past END's count are cancelled (nothing matches).
+//  - rank 0 reads rank r's messages in order (one communicator, one source), so once it has every
+//    STATUS it has read every CLAIM and CREDIT too, and answered each CLAIM. It sends OUTCOME once
+//    (the first failure, or success when every STATUS is in), END once (when exporting: the
+//    stream ended or the job is failing; DATA only before END), and returns after all statuses,
+//    OUTCOME and END are out and its sends completed.
 //
 // Thread use: the broker calls MPI only between start() and join(); the rank's main thread calls
 // MPI only outside that window (MPI_THREAD_SERIALIZED suffices). The broker never forks and holds

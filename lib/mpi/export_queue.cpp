@@ -6,8 +6,10 @@
 
 #include <fmt/format.h>
 
+#include <array>
+#include <bit>
 #include <chrono>
-#include <cstring>
+#include <cstdint>
 
 namespace procflow::mpi_detail {
 
@@ -16,10 +18,14 @@ void ExportQueue::push(const detail::batch_view& batch) {
   if (n > max_message_bytes_)
     throw procflow::error(fmt::format("procflow::mpi: a batch of {} bytes ({} items) is larger than a receiving slot across ranks ({} bytes)",
                                       batch.bytes.size(), batch.items, max_message_bytes_ - batch_header_bytes));
-  std::vector<std::byte> message(n);
-  const std::uint64_t items = batch.items;
-  std::memcpy(message.data(), &items, sizeof items);
-  if (!batch.bytes.empty()) std::memcpy(message.data() + batch_header_bytes, batch.bytes.data(), batch.bytes.size());
+  // The header (the item count), then the encoded items. Appended rather than memcpy'd into a
+  // sized vector: GCC cannot see that data() of a non-empty vector is not null (-Wnull-dereference).
+  static_assert(batch_header_bytes == sizeof(std::uint64_t));
+  const auto header = std::bit_cast<std::array<std::byte, batch_header_bytes>>(std::uint64_t{batch.items});
+  std::vector<std::byte> message;
+  message.reserve(n);
+  message.insert(message.end(), header.begin(), header.end());
+  message.insert(message.end(), batch.bytes.begin(), batch.bytes.end());
   std::unique_lock lock(mutex_);
   room_.wait(lock, [&] { return stopped_ || queue_.size() < capacity_; });
   if (stopped_) throw procflow::error("procflow::mpi: the job was stopped while rank 0 was sending the source's items");

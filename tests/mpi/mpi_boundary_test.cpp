@@ -208,3 +208,47 @@ TEST_CASE("across the boundary, a generator failing on rank 0 or a replica kille
                                   .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
   CHECK(r.value == std::int64_t{10'000} * 9'999 / 2);
 }
+
+// The broker's termination race (issue 11): short jobs back to back, so that rank 0's first batch
+// often reaches a rank before that rank's broker has posted its receives, and a job's last
+// messages meet the next job's communicator. Each job must give the sequential sum on every rank;
+// before the fix a rank took an early batch for a protocol error and left while the others waited.
+TEST_CASE("many short jobs across the boundary in a row (broker start-up and termination)") {
+  for (int job = 0; job < 60; ++job) {
+    const std::int64_t n = 500 + 37 * job;
+    const auto r = pf::mpi::run(pf::pipeline("short")
+                                    .source("gen", counting_generator(n), pf::batch_bytes(256))
+                                    .map("id", [](std::int64_t x) { return x; })
+                                    .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+    CAPTURE(job);
+    REQUIRE(r.value == n * (n - 1) / 2);
+  }
+}
+
+// Failing jobs back to back: a replica on the last rank dies while rank 0 still has batches in
+// flight to it. A rank leaves only once every batch END counts has arrived (END goes out on
+// failure too), so no batch is left unreceived for the next job, and every job throws on every rank.
+TEST_CASE("failing jobs across the boundary in a row, then a healthy one") {
+  const int last = world_size() - 1;
+  for (int job = 0; job < 12; ++job) {
+    CAPTURE(job);
+    bool thrown = false;
+    try {
+      pf::mpi::run(pf::pipeline("dies")
+                       .source("gen", counting_generator(200'000), pf::batch_bytes(1024))
+                       .map("boom", [last, job](std::int64_t x) {
+                         if (pf::mpi::rank() == last && x % 500 == 100 + job) ::raise(SIGKILL);
+                         return x;
+                       })
+                       .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+    } catch (const pf::stage_error& e) {
+      thrown = true;
+      CHECK(e.stage() == "boom");
+      CHECK(e.message().find("on MPI rank " + std::to_string(last) + " of") != std::string::npos);
+    }
+    CHECK(thrown);
+  }
+  const auto r = pf::mpi::run(pf::pipeline("after").source("gen", counting_generator(20'000)).map("id", [](std::int64_t x) { return x; })
+                                  .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{}));
+  CHECK(r.value == std::int64_t{20'000} * 19'999 / 2);
+}
