@@ -280,8 +280,8 @@ struct csv_parser {
     return next;
   }
 
-  static bool finish(const char* p, std::size_t end, bool newline, const quoted_fields& quoted, csv_row& row, std::size_t& len,
-                     bool& nl) {
+  static bool finish(const char* p, std::size_t end, bool newline, const quoted_fields& quoted, csv_row& row,
+                     std::size_t& len, bool& nl) {
     len = end;
     nl = newline;
     // CRLF: the '\r' is not data (no delimiter is '\r'; after a closing quote only "\r\n" is taken).
@@ -406,9 +406,9 @@ class RowCursor {
       const std::uint64_t start = r_.offset();
       bool nl = false;
       std::size_t len = 0;
-      if (const std::string_view w = r_.window();
-          (w.empty() || o_.comment == '\0' || w[0] != o_.comment) &&
-          csv_parser::scan_simple(w, r_.at_end(), o_.delimiter, row, len, nl) && len <= o_.max_row_bytes) {
+      if (const std::string_view w = r_.window(); (w.empty() || o_.comment == '\0' || w[0] != o_.comment) &&
+                                                  csv_parser::scan_simple(w, r_.at_end(), o_.delimiter, row, len, nl) &&
+                                                  len <= o_.max_row_bytes) {
         r_.advance(len + (nl ? 1 : 0));
         const std::uint64_t line = line_;
         if (line_ != 0) ++line_;

@@ -241,7 +241,8 @@ TEST_CASE("the one-pass row splitter: delimiters at every offset, CRLF, empty fi
   }
 }
 
-TEST_CASE("the one-pass splitter's quoted fields: whole fields, \"\" escapes, quotes in plain fields, CRLF, long lines") {
+TEST_CASE(
+    "the one-pass splitter's quoted fields: whole fields, \"\" escapes, quotes in plain fields, CRLF, long lines") {
   // Rows whose quotes enclose whole fields take the one-pass path; "" inside a field, a quote
   // inside an unquoted field, more than 64 quoted fields on a line and quoted fields longer than
   // a read take the general path. Every row is written here from its fields, so the expected
@@ -324,11 +325,14 @@ TEST_CASE("the one-pass splitter's quoted fields: whole fields, \"\" escapes, qu
   pf::stages::csv_options o;
   o.header = false;
   const std::string after = dir.write("a.csv", "1,\"x\"y,2\n");
-  CHECK(error_of([&] { read_split(pf::stages::csv_source(after, o)); }) == after + ":1:2: unexpected character after a closing quote");
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(after, o)); }) ==
+        after + ":1:2: unexpected character after a closing quote");
   const std::string cr = dir.write("b.csv", "1,2\n3,\"x\"\ry\n");
-  CHECK(error_of([&] { read_split(pf::stages::csv_source(cr, o)); }) == cr + ":2:2: unexpected character after a closing quote");
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(cr, o)); }) ==
+        cr + ":2:2: unexpected character after a closing quote");
   const std::string open = dir.write("c.csv", "1,\"x,2");
-  CHECK(error_of([&] { read_split(pf::stages::csv_source(open, o)); }).find(open + ":1:2: unterminated quoted field") == 0);
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(open, o)); }).find(open + ":1:2: unterminated quoted field") ==
+        0);
 }
 
 TEST_CASE("a csv_row crosses processes whole, and a corrupt one is rejected") {

@@ -203,5 +203,6 @@ TEST_CASE("the key's colon is found at every position: keys of 1..40 bytes, colo
   }
   // A line without a colon whose next line has one within 16 bytes of its start is still an error.
   const std::string bad = dir.write("bad", "A: 1\nnocolon\nB: 2\nC: a value long enough to read 16 bytes past\n");
-  CHECK_THROWS_WITH_AS(read_split(pf::stages::records_source(bad, {})), (bad + ":2: expected 'Key: value'").c_str(), pf::error);
+  CHECK_THROWS_WITH_AS(read_split(pf::stages::records_source(bad, {})), (bad + ":2: expected 'Key: value'").c_str(),
+                       pf::error);
 }

@@ -27,7 +27,7 @@
 //
 // Errors (procflow::error, which a pipeline reports as a stage_error) name "file:line:column",
 // where line is the file's physical line where the row starts and column is the 1-based field
-// number; typed access adds the column name and the text: 
+// number; typed access adds the column name and the text:
 //   flights.csv:1042:7 (dep_delay): cannot read "abc" as a number
 // Malformed input (an unterminated quote, text after a closing quote, a row longer than
 // `max_row_bytes`) is an error of the same form, never a crash.
