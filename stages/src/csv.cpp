@@ -6,7 +6,12 @@
 
 #include <unistd.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 #include <deque>
@@ -133,67 +138,176 @@ Parsed parse_row(std::string_view w, bool eof, const csv_options& o, csv_row& ro
 
 }  // namespace
 
+// Which bytes of the next `width` bytes at p are the delimiter, and which are '"' or '\n': one bit
+// each in `delimiters` and `stops` (bit byte_of^-1(k) for byte k; lower bits are earlier bytes).
+// SSE2 (every x86-64): 16 bytes a step, three compares. Elsewhere, on little-endian machines,
+// 8 bytes a step in a 64-bit word (SWAR). `available` is false where neither applies (the
+// scanner then goes byte by byte).
+#if defined(__SSE2__)
+struct byte_masks {
+  static constexpr bool available = true;
+  static constexpr std::size_t width = 16;
+  explicit byte_masks(char d) noexcept : d_(_mm_set1_epi8(d)), q_(_mm_set1_epi8('"')), n_(_mm_set1_epi8('\n')) {}
+  void load(const char* p, std::uint64_t& delimiters, std::uint64_t& stops) const noexcept {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    delimiters = static_cast<std::uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, d_)));
+    stops = static_cast<std::uint32_t>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, q_), _mm_cmpeq_epi8(v, n_))));
+  }
+  static std::size_t byte_of(int bit) noexcept { return static_cast<std::size_t>(bit); }
+
+ private:
+  __m128i d_, q_, n_;
+};
+#else
+struct byte_masks {
+  static constexpr bool available = std::endian::native == std::endian::little;
+  static constexpr std::size_t width = 8;
+  explicit byte_masks(char d) noexcept : d_(ones * static_cast<unsigned char>(d)) {}
+  void load(const char* p, std::uint64_t& delimiters, std::uint64_t& stops) const noexcept {
+    std::uint64_t x;
+    std::memcpy(&x, p, 8);
+    delimiters = equal(x, d_);
+    stops = equal(x, ones * '"') | equal(x, ones * '\n');
+  }
+  static std::size_t byte_of(int bit) noexcept { return static_cast<std::size_t>(bit / 8); }  // bit 8 * byte + 7
+
+ private:
+  static constexpr std::uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
+  // 0x80 in every byte of x that equals the byte of `pattern` (exact: no false positives).
+  static std::uint64_t equal(std::uint64_t x, std::uint64_t pattern) noexcept {
+    const std::uint64_t t = x ^ pattern;
+    return ~(((t & low7) + low7) | t | low7);
+  }
+  std::uint64_t d_;
+};
+#endif
+
 // The per-row fast paths: a row that is one physical line, parsed straight into the row's text.
 struct csv_parser {
-  // The commonest row: no quote before the end of its line. Finds the line's end and its
-  // delimiters in one pass, 8 bytes at a time, and stores the line (without '\n' and one
-  // trailing '\r') as the row's text. Returns false, having concluded nothing, when the line
-  // holds a quote or does not end within `w` (more input to read): the caller then takes the
-  // quote-aware path. Sets `len` (the line's bytes without '\n') and `nl`; an empty line leaves
+  // The commonest rows: one physical line whose quotes, if any, enclose whole fields without ""
+  // inside (`2023,"AA",ATL`). Finds the line's end, its delimiters and its quoted fields in one
+  // pass, 16 bytes at a time (byte_masks), and stores the line without '\n', one trailing '\r' and those
+  // quotes as the row's text (one copy). Returns false, having concluded nothing, for anything
+  // else — a quote inside an unquoted field, "" in a quoted one, a quoted field that does not
+  // close on its line, text after a closing quote, a line that does not end within `w` (more
+  // input to read) — and the caller then takes the general path, which handles (or reports)
+  // every such case. Sets `len` (the line's bytes without '\n') and `nl`; an empty line leaves
   // the row with no fields.
-  static bool scan_plain(std::string_view w, bool eof, char d, csv_row& row, std::size_t& len, bool& nl) {
-    if (d == '"' || d == '\n') return false;
+  static bool scan_simple(std::string_view w, bool eof, char d, csv_row& row, std::size_t& len, bool& nl) {
+    if (d == '"' || d == '\n' || d == '\r') return false;
     std::vector<std::uint32_t>& ends = row.ends_;
     ends.clear();
     const char* p = w.data();
     const std::size_t n = w.size();
+    quoted_fields quoted;
+    // A delimiter at line position `at`: the field ends there in the text, which lacks the two
+    // quote bytes of every quoted field before it.
+    auto delimiter_at = [&](std::size_t at) { ends.push_back(static_cast<std::uint32_t>(at - 2 * quoted.count)); };
     std::size_t i = 0;
-    if constexpr (std::endian::native == std::endian::little) {
-      constexpr std::uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
-      // 0x80 in every byte of x that equals the byte of `pattern` (exact: no false positives).
-      auto equal = [](std::uint64_t x, std::uint64_t pattern) noexcept {
-        const std::uint64_t t = x ^ pattern;
-        return ~(((t & low7) + low7) | t | low7);
-      };
-      const std::uint64_t pd = ones * static_cast<unsigned char>(d), pq = ones * '"', pn = ones * '\n';
-      for (; i + 8 <= n; i += 8) {
-        std::uint64_t x;
-        std::memcpy(&x, p + i, 8);
-        std::uint64_t md = equal(x, pd);
-        const std::uint64_t stop = equal(x, pn) | equal(x, pq);
-        if (stop != 0) {
-          const int k = std::countr_zero(stop);  // 8 * byte + 7
-          if (p[i + static_cast<std::size_t>(k / 8)] == '"') return false;
-          md &= (std::uint64_t{1} << k) - 1;  // the delimiters before the newline
-          for (; md != 0; md &= md - 1) ends.push_back(static_cast<std::uint32_t>(i + static_cast<std::size_t>(std::countr_zero(md) / 8)));
-          return finish(p, i + static_cast<std::size_t>(k / 8), true, row, len, nl);
+    if constexpr (byte_masks::available) {
+      const byte_masks masks(d);
+      while (i + byte_masks::width <= n) {
+        std::uint64_t md = 0, stop = 0;
+        masks.load(p + i, md, stop);
+        if (stop == 0) {
+          for (; md != 0; md &= md - 1) delimiter_at(i + byte_masks::byte_of(std::countr_zero(md)));
+          i += byte_masks::width;
+          continue;
         }
-        for (; md != 0; md &= md - 1) ends.push_back(static_cast<std::uint32_t>(i + static_cast<std::size_t>(std::countr_zero(md) / 8)));
+        const int k = std::countr_zero(stop);
+        const std::size_t at = i + byte_masks::byte_of(k);
+        md &= (std::uint64_t{1} << k) - 1;  // the delimiters before the newline or quote
+        for (; md != 0; md &= md - 1) delimiter_at(i + byte_masks::byte_of(std::countr_zero(md)));
+        if (p[at] == '\n') return finish(p, at, true, quoted, row, len, nl);
+        i = quoted_field(p, n, eof, d, at, ends, quoted);
+        if (i == 0) return false;
       }
     }
-    for (; i < n; ++i) {
+    while (i < n) {
       const char c = p[i];
-      if (c == '\n') return finish(p, i, true, row, len, nl);
-      if (c == '"') return false;
-      if (c == d) ends.push_back(static_cast<std::uint32_t>(i));
+      if (c == '\n') return finish(p, i, true, quoted, row, len, nl);
+      if (c == '"') {
+        i = quoted_field(p, n, eof, d, i, ends, quoted);
+        if (i == 0) return false;
+        continue;
+      }
+      if (c == d) delimiter_at(i);
+      ++i;
     }
     if (!eof || n == 0) return false;
-    return finish(p, n, false, row, len, nl);
+    return finish(p, n, false, quoted, row, len, nl);
   }
 
-  static bool finish(const char* p, std::size_t end, bool newline, csv_row& row, std::size_t& len, bool& nl) {
+ private:
+  // The quoted fields of a line on the one-pass path: where each one's quotes are.
+  struct quoted_fields {
+    static constexpr std::size_t capacity = 64;  // more on one line: the general path
+    std::size_t count = 0;
+    std::array<std::uint32_t, capacity> open, close;
+  };
+
+  // The quote at line position `at` of p[0, n): when it opens a whole quoted field that closes on
+  // this line, without "" inside and followed by a delimiter, the line's end or (at eof) the end
+  // of the input, records it and returns the position after the closing quote; otherwise 0.
+  static std::size_t quoted_field(const char* p, std::size_t n, bool eof, char d, std::size_t at,
+                                  const std::vector<std::uint32_t>& ends, quoted_fields& quoted) noexcept {
+    // The field starts after the last delimiter (its line position: the text position plus the
+    // quote bytes removed before it, all of whose fields precede that delimiter).
+    const std::size_t field_start = ends.empty() ? 0 : ends.back() + 2 * quoted.count + 1;
+    if (at != field_start || quoted.count == quoted_fields::capacity) return 0;
+    std::size_t c = at + 1;  // the closing quote: a byte loop for short fields, memchr for long ones
+    for (const std::size_t stop = std::min(n, at + 33); c < stop; ++c) {
+      if (p[c] == '"') break;
+      if (p[c] == '\n') return 0;
+    }
+    if (c == n) return 0;
+    if (p[c] != '"') {
+      const void* q = std::memchr(p + c, '"', n - c);
+      if (q == nullptr) return 0;
+      const std::size_t qc = static_cast<std::size_t>(static_cast<const char*>(q) - p);
+      if (std::memchr(p + c, '\n', qc - c) != nullptr) return 0;
+      c = qc;
+    }
+    const std::size_t next = c + 1;
+    if (next == n) {
+      if (!eof) return 0;  // a '"' may follow
+    } else if (const char b = p[next]; !(b == d || b == '\n' || (b == '\r' && next + 1 < n && p[next + 1] == '\n'))) {
+      return 0;  // "" inside, or text after the closing quote
+    }
+    quoted.open[quoted.count] = static_cast<std::uint32_t>(at);
+    quoted.close[quoted.count] = static_cast<std::uint32_t>(c);
+    ++quoted.count;
+    return next;
+  }
+
+  static bool finish(const char* p, std::size_t end, bool newline, const quoted_fields& quoted, csv_row& row,
+                     std::size_t& len, bool& nl) {
     len = end;
     nl = newline;
-    if (end > 0 && p[end - 1] == '\r') --end;  // CRLF: the '\r' is not data (no delimiter can be there)
+    // CRLF: the '\r' is not data (no delimiter is '\r'; after a closing quote only "\r\n" is taken).
+    if (end > 0 && p[end - 1] == '\r') --end;
     if (end == 0) {
       row.clear();
       return true;
     }
-    row.text_.assign(p, end);
-    row.ends_.push_back(static_cast<std::uint32_t>(end));
+    std::string& t = row.text_;
+    if (quoted.count == 0) {
+      t.assign(p, end);
+    } else {  // the pieces between the quotes
+      t.clear();
+      std::size_t from = 0;
+      for (std::size_t q = 0; q < quoted.count; ++q) {
+        t.append(p + from, quoted.open[q] - from);
+        t.append(p + quoted.open[q] + 1, quoted.close[q] - quoted.open[q] - 1);
+        from = quoted.close[q] + 1;
+      }
+      t.append(p + from, end - from);
+    }
+    row.ends_.push_back(static_cast<std::uint32_t>(t.size()));
     return true;
   }
 
+ public:
   // Parses `line` (no '\n', a trailing '\r' removed) into `row`. Returns false when a quoted
   // field does not close on this line (the caller then runs the general parser, which knows
   // about multiline rows and the end of the input). Errors go through fail(field, message).
@@ -292,9 +406,9 @@ class RowCursor {
       const std::uint64_t start = r_.offset();
       bool nl = false;
       std::size_t len = 0;
-      if (const std::string_view w = r_.window();
-          (w.empty() || o_.comment == '\0' || w[0] != o_.comment) &&
-          csv_parser::scan_plain(w, r_.at_end(), o_.delimiter, row, len, nl) && len <= o_.max_row_bytes) {
+      if (const std::string_view w = r_.window(); (w.empty() || o_.comment == '\0' || w[0] != o_.comment) &&
+                                                  csv_parser::scan_simple(w, r_.at_end(), o_.delimiter, row, len, nl) &&
+                                                  len <= o_.max_row_bytes) {
         r_.advance(len + (nl ? 1 : 0));
         const std::uint64_t line = line_;
         if (line_ != 0) ++line_;

@@ -7,6 +7,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include <algorithm>
+#include <bit>
 #include <cstring>
 #include <memory>
 
@@ -58,6 +64,27 @@ bool previous_line_blank(const input_file& f, std::uint64_t at) {
   }
   ::close(fd);
   return result;
+}
+
+// Position of the first ':' in `line`, or line.size(). `readable` bytes from line.data() may be
+// read (the reader's window goes on past the line). Keys are short, and a byte loop's exit
+// branch mispredicts on every line (a fifth of the reader's time on a Packages file): with SSE2
+// one 16-byte compare finds most colons, memchr the rest.
+std::size_t find_colon(std::string_view line, std::size_t readable) noexcept {
+#if defined(__SSE2__)
+  if (readable >= 16) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(line.data()));
+    const auto colons = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_set1_epi8(':'))));
+    if (colons != 0) return std::min<std::size_t>(static_cast<std::size_t>(std::countr_zero(colons)), line.size());
+    if (line.size() <= 16) return line.size();
+    const void* c = std::memchr(line.data() + 16, ':', line.size() - 16);
+    return c ? static_cast<std::size_t>(static_cast<const char*>(c) - line.data()) : line.size();
+  }
+#endif
+  (void)readable;
+  std::size_t colon = 0;
+  while (colon < line.size() && line[colon] != ':') ++colon;
+  return colon;
 }
 
 }  // namespace
@@ -132,8 +159,7 @@ class RecordCursor {
         rel_ += nl ? 1 : 0;
         continue;
       }
-      std::size_t colon = 0;  // keys are short: a byte loop, not a memchr call
-      while (colon < line.size() && line[colon] != ':') ++colon;
+      const std::size_t colon = find_colon(line, r_.window().size() - pos);
       if (colon == 0 || colon == line.size()) fail(r_.offset(), "expected 'Key: value'");
       if (seen++ == 0) {
         if (base_line_ != 0) {

@@ -241,6 +241,100 @@ TEST_CASE("the one-pass row splitter: delimiters at every offset, CRLF, empty fi
   }
 }
 
+TEST_CASE(
+    "the one-pass splitter's quoted fields: whole fields, \"\" escapes, quotes in plain fields, CRLF, long lines") {
+  // Rows whose quotes enclose whole fields take the one-pass path; "" inside a field, a quote
+  // inside an unquoted field, more than 64 quoted fields on a line and quoted fields longer than
+  // a read take the general path. Every row is written here from its fields, so the expected
+  // fields are known without a second parser; each file is read split at three block sizes and
+  // sequentially.
+  std::mt19937_64 rng(11);
+  auto letters = [&](std::uint64_t n) {
+    std::string s;
+    for (; n > 0; --n) s += static_cast<char>('a' + rng() % 26);
+    return s;
+  };
+  for (const char delimiter : {',', ';', '\t'}) {
+    CAPTURE(delimiter);
+    pt::temp_dir dir("csv_quoted");
+    std::string text;
+    std::vector<fields> want;
+    const int rows = 3000;
+    for (int i = 0; i < rows; ++i) {
+      const bool wide = rng() % 200 == 0;  // more quoted fields than the one-pass path keeps
+      fields row(wide ? 70 : 1 + rng() % 7);
+      std::string line;
+      for (std::size_t c = 0; c < row.size(); ++c) {
+        if (c) line += delimiter;
+        std::string& f = row[c];
+        switch (wide ? 0 : rng() % 8) {
+          case 0:  // quoted, maybe holding delimiters, '\r' and spaces; 0..19 bytes puts it at every word offset
+            for (std::uint64_t k = rng() % 20; k > 0; --k) {
+              const char pick[] = {'a', 'b', ' ', '\r', delimiter};
+              f += pick[rng() % 5];
+            }
+            line += '"' + f + '"';
+            break;
+          case 1:  // quoted with "" escapes
+            f = letters(rng() % 5) + '"' + letters(rng() % 5);
+            line += "\"" + f.substr(0, f.find('"')) + "\"\"" + f.substr(f.find('"') + 1) + "\"";
+            break;
+          case 2:  // a quote inside an unquoted field is data
+            f = letters(1 + rng() % 5) + '"' + letters(rng() % 5);
+            line += f;
+            break;
+          case 3:  // quoted and long: past the byte loop, a delimiter inside
+            f = letters(30 + rng() % 100) + delimiter + letters(rng() % 10);
+            line += '"' + f + '"';
+            break;
+          case 4:  // empty, quoted or not
+            if (rng() % 2) line += "\"\"";
+            break;
+          default:
+            f = letters(rng() % 12);
+            line += f;
+            break;
+        }
+      }
+      if (line.empty()) {  // an empty line is no row
+        row = fields{"x"};
+        line = "x";
+      }
+      if (rng() % 500 == 0) {  // a row longer than a 64 KiB read, with quoted fields
+        row.push_back(std::string(70000, 'L') + delimiter);
+        row.push_back("tail");
+        line += delimiter + ('"' + row[row.size() - 2] + '"') + delimiter + "\"tail\"";
+      }
+      want.push_back(row);
+      text += line;
+      if (i + 1 < rows || delimiter != ',') text += rng() % 3 ? "\n" : "\r\n";  // ',': the last row has no newline
+    }
+    const std::string path = dir.write("q.csv", text);
+    pf::stages::csv_options o;
+    o.header = false;
+    o.delimiter = delimiter;
+    for (const std::uint64_t block : {std::uint64_t{97}, std::uint64_t{4096}, std::uint64_t{1} << 20}) {
+      CAPTURE(block);
+      o.block_bytes = block;
+      CHECK(read_split(pf::stages::csv_source(path, o)) == want);
+      CHECK(read_sequential(pf::stages::csv_source(path, o)) == want);
+    }
+  }
+  // Text after a closing quote, an unterminated quote: the general path's errors, with the column.
+  pt::temp_dir dir("csv_quoted_bad");
+  pf::stages::csv_options o;
+  o.header = false;
+  const std::string after = dir.write("a.csv", "1,\"x\"y,2\n");
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(after, o)); }) ==
+        after + ":1:2: unexpected character after a closing quote");
+  const std::string cr = dir.write("b.csv", "1,2\n3,\"x\"\ry\n");
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(cr, o)); }) ==
+        cr + ":2:2: unexpected character after a closing quote");
+  const std::string open = dir.write("c.csv", "1,\"x,2");
+  CHECK(error_of([&] { read_split(pf::stages::csv_source(open, o)); }).find(open + ":1:2: unterminated quoted field") ==
+        0);
+}
+
 TEST_CASE("a csv_row crosses processes whole, and a corrupt one is rejected") {
   pf::stages::csv_row row;
   row.assign_fields("a,,bc,", ',');

@@ -156,3 +156,53 @@ TEST_CASE("record_options::fields keeps only the named fields; every line is sti
   const std::string bad = dir.write("bad", "Package: a\nnot a field\n");
   CHECK_THROWS_WITH(read_sequential(pf::stages::records_source(bad, o)), (bad + ":2: expected 'Key: value'").c_str());
 }
+
+TEST_CASE("the key's colon is found at every position: keys of 1..40 bytes, colons in values, short last lines") {
+  // Keys 1..40 bytes long put the first ':' at every position of the reader's 16-byte compare and
+  // past it; values hold colons of their own (the first ':' ends the key); the file's last lines
+  // are shorter than 16 bytes with nothing after them. The expected fields are the ones written.
+  std::mt19937_64 rng(77);
+  pt::temp_dir dir("records_colon");
+  std::string text;
+  std::vector<std::vector<std::pair<std::string, std::string>>> want;
+  auto letters = [&](std::uint64_t n) {
+    std::string s;
+    for (; n > 0; --n) s += static_cast<char>('A' + rng() % 26);
+    return s;
+  };
+  for (int i = 0; i < 1500; ++i) {
+    std::vector<std::pair<std::string, std::string>> fields(1 + rng() % 5);
+    for (auto& [key, value] : fields) {
+      key = letters(1 + rng() % 40);
+      value = rng() % 3 ? letters(rng() % 8) + (rng() % 2 ? ":x:" : "") + letters(rng() % 20) : "";
+      text += key + ":" + (rng() % 2 ? " " : "") + value + "\n";
+    }
+    want.push_back(fields);
+    text += "\n";
+  }
+  text += "K:v\nL: w";  // a last record of short lines, the last one without a newline
+  want.push_back({{"K", "v"}, {"L", "w"}});
+  const std::string path = dir.write("colons", text);
+  auto check = [&](const std::vector<record>& got) {
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(i);
+      REQUIRE(got[i].size() == want[i].size());
+      for (std::size_t f = 0; f < want[i].size(); ++f) {
+        CHECK(got[i].key(f) == want[i][f].first);
+        CHECK(got[i].value(f) == want[i][f].second);
+      }
+    }
+  };
+  for (const std::uint64_t block : {std::uint64_t{61}, std::uint64_t{4096}, std::uint64_t{1} << 20}) {
+    CAPTURE(block);
+    pf::stages::record_options o;
+    o.block_bytes = block;
+    check(read_split(pf::stages::records_source(path, o)));
+    check(read_sequential(pf::stages::records_source(path, o)));
+  }
+  // A line without a colon whose next line has one within 16 bytes of its start is still an error.
+  const std::string bad = dir.write("bad", "A: 1\nnocolon\nB: 2\nC: a value long enough to read 16 bytes past\n");
+  CHECK_THROWS_WITH_AS(read_split(pf::stages::records_source(bad, {})), (bad + ":2: expected 'Key: value'").c_str(),
+                       pf::error);
+}
