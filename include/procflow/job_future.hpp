@@ -122,7 +122,7 @@ class job_future {
   T get(std::size_t i) { return checked().take(i); }
 
   // Every item's value in job order, once all are answered; throws the error of the first item
-  // (in job order) that failed. Takes every item.
+  // (in job order) that failed. Takes every item up to that one (as get(i) would).
   std::vector<T> get() {
     auto& s = checked();
     s.wait();
