@@ -97,19 +97,25 @@ class pool_core final : public result_collector {
         In* item;
         std::uint64_t generation;
         std::future<result_type> future;
-      } c{this, &item, generation, {}};
+        bool added;
+        bool dropped;
+      } c{this, &item, generation, {}, false, false};
       try {
         const bool sent = run_->write([](void* ctx, output_port& port, std::uint64_t position) {
           auto& x = *static_cast<context*>(ctx);
           const std::uint64_t id = (x.generation << request_generation_shift) | position;
           x.future = x.self->add(id, *x.item);
-          x.self->encode_request(id, id, *x.item, port);
+          x.added = true;
+          x.self->encode_request(id, id, *x.item, port, &x.dropped);
           return std::uint64_t{1};
         }, &c, publish_mode::group, try_only);
         if (!sent) return std::nullopt;
         return std::move(c.future);
       } catch (const stage_error&) {
+        // The generation failed. A request already in the table is pending (the restart
+        // redelivers it); one not yet in it is sent again.
         if (!retry_after(generation, run_lock)) throw;
+        if (c.added && !c.dropped) return std::move(c.future);
       }
     }
   }
@@ -255,21 +261,27 @@ class pool_core final : public result_collector {
     pending_.emplace(first, std::move(e));
   }
 
-  // Writes request `id` (of the table entry `entry`); a codec error fails and drops the whole
-  // entry (a first send hands out no future or job then) and propagates.
-  void encode_request(std::uint64_t entry, std::uint64_t id, const In& item, output_port& port) {
+  // Writes request `id` (of the table entry `entry`); a codec error (or no room for a try_submit)
+  // fails and drops the whole entry (a first send hands out no future or job then) and propagates.
+  // Called inside run_->write (run_mutex_ held shared).
+  void encode_request(std::uint64_t entry, std::uint64_t id, const In& item, output_port& port, bool* dropped = nullptr) {
     request<In> r;
     std::get<0>(r) = id;
     std::get<2>(r).emplace(item);
     try {
       encode_item(r, port);
     } catch (...) {
+      // The generation ended while this waited for room (its writer gave up): the entry stays
+      // in the table, where on_end and the restart settle it like any other pending request.
+      // done() turns true before a waiting writer is told to give up (started_run.cpp).
+      if (run_->done()) throw;
       std::lock_guard lock(mutex_);
       const auto it = pending_.find(entry);
       if (it != pending_.end()) {
         fail_entry(it->second, std::current_exception());  // a redelivered job's caller waits on it
         pending_.erase(it);
       }
+      if (dropped) *dropped = true;
       throw;
     }
   }

@@ -6,7 +6,8 @@
 //    message); get() throws the first failed item's error; the pool keeps serving;
 //  - a replica killed inside a job fails exactly the requests of the batch it held (the range
 //    its stage_error names), the rest of the job is redelivered to the restarted pool and
-//    answered, nothing hangs, and no process or /dev/shm entry is left;
+//    answered, nothing hangs, and no process or /dev/shm entry is left; the same when the job is
+//    still being written (blocked on full rings) as the replica dies;
 //  - misuse: get(i) twice, an index past the end, a default-constructed job_future.
 #include "support/child_process.hpp"
 
@@ -192,6 +193,42 @@ TEST_CASE("submit_all: a replica killed inside a job fails exactly the batch it 
     CHECK(pool.restarts() == 1);
     CHECK(pool.pending() == 0);
     CHECK(pool.submit_all(iota_job(1, 2)).get() == std::vector<i64>{2, 3});  // still serving
+    pool.wait();
+  }
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
+TEST_CASE("submit_all: a job still being written (blocked on full rings) when a replica dies is redelivered, not failed") {
+  const auto shm_before = pt::dev_shm_entries();
+  {
+    // 2-slot rings: the 3000-item job cannot be written at once, so submit_all is still blocked
+    // in the pool's write when the replica holding item 100 dies.
+    auto pool = pf::serve<i64>("blocked", pf::ring_slots(2)).map("work", [](i64 x) {
+      if (x == 100) ::raise(SIGKILL);
+      std::this_thread::sleep_for(20us);
+      return -x;
+    }, pf::replicas(2)).start();
+    auto job = pool.submit_all(iota_job(0, 3000));
+    REQUIRE(ready_within(job, 30s));
+    std::size_t failed = 0;
+    bool item_100_failed = false;
+    for (std::size_t i = 0; i < job.size(); ++i) {
+      try {
+        const i64 value = job.get(i);
+        CHECK(value == -static_cast<i64>(i));
+      } catch (const pf::stage_error& e) {
+        ++failed;
+        CHECK(e.kind() == pf::stage_error::cause::signal);
+        if (i == 100) item_100_failed = true;
+      } catch (const std::exception& e) {
+        FAIL("item " << i << " failed with something else than the crash: " << std::string(e.what()));
+      }
+    }
+    CHECK(item_100_failed);
+    CHECK(failed <= 64);  // the batch it held, not what was still being written
+    CHECK(pool.restarts() == 1);
+    CHECK(pool.pending() == 0);
     pool.wait();
   }
   CHECK(pt::count_children() == 0);
