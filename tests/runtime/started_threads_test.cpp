@@ -1,5 +1,5 @@
 // Checks issue 17's started pipelines from many caller threads at once, written to run under
-// ThreadSanitizer too (label tsan): the caller's side of pf::pool (submit, submit_all, the results
+// ThreadSanitizer too (not yet run there; then label it tsan): the caller's side of pf::pool (submit, submit_all, the results
 // thread answering futures and job_futures) and pf::running (push from several threads, results
 // taken on another) are shared between the caller's threads, the handle's driver thread and its
 // latency timer. TSan runs a thread of its own, so every pipeline here passes pf::allow_threads
