@@ -12,7 +12,7 @@
 // |---------------|--------|-----------------------------------------------------------------------|
 // | submit(x)     | if full| sends x; the future gets its result, or its stage_error                |
 // | try_submit(x) | no     | the same, or nullopt when the rings are full / another thread writes   |
-// | submit_all(v) | if full| submit() of every item of v, published together (one hand-off)        |
+// | submit_all(v) | if full| every item of v, published together: one job_future for the job        |
 // | wait()        | yes    | no more requests: lets the pool finish, reaps it; returns the report   |
 // | ~pool()       | yes    | wait(), dropping its error                                            |
 //
@@ -35,6 +35,7 @@
 #include <procflow/detail/request.hpp>
 #include <procflow/detail/started_run.hpp>
 #include <procflow/input.hpp>
+#include <procflow/job_future.hpp>
 #include <procflow/pipeline.hpp>
 
 #include <algorithm>
@@ -48,7 +49,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
-#include <unordered_map>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -96,50 +97,66 @@ class pool_core final : public result_collector {
         In* item;
         std::uint64_t generation;
         std::future<result_type> future;
-      } c{this, &item, generation, {}};
+        bool added;
+        bool dropped;
+      } c{this, &item, generation, {}, false, false};
       try {
         const bool sent = run_->write([](void* ctx, output_port& port, std::uint64_t position) {
           auto& x = *static_cast<context*>(ctx);
           const std::uint64_t id = (x.generation << request_generation_shift) | position;
           x.future = x.self->add(id, *x.item);
-          x.self->encode_request(id, *x.item, port);
+          x.added = true;
+          x.self->encode_request(id, id, *x.item, port, &x.dropped);
           return std::uint64_t{1};
         }, &c, publish_mode::group, try_only);
         if (!sent) return std::nullopt;
         return std::move(c.future);
       } catch (const stage_error&) {
+        // The generation failed. A request already in the table is pending (the restart
+        // redelivers it); one not yet in it is sent again.
         if (!retry_after(generation, run_lock)) throw;
+        if (c.added && !c.dropped) return std::move(c.future);
       }
     }
   }
 
-  std::vector<std::future<result_type>> send_all(std::vector<In>& items) {
+  // One table entry and one job_state for the whole job; the items are kept (not copied) for a
+  // redelivery after a crash.
+  job_future<result_type> send_all(std::vector<In>&& items) {
+    auto job = std::make_shared<job_state<result_type>>(items.size());
+    if (items.empty()) return job_future<result_type>(std::move(job));
+    auto kept = std::make_shared<const std::vector<In>>(std::move(items));
     for (;;) {
       std::shared_lock run_lock(run_mutex_);
       const std::uint64_t generation = generation_.load(std::memory_order_relaxed);  // under run_mutex_
       struct context {
         pool_core* self;
-        std::vector<In>* items;
+        const std::shared_ptr<job_state<result_type>>* job;
+        const std::shared_ptr<const std::vector<In>>* items;
         std::uint64_t generation;
-        std::vector<std::future<result_type>> futures;
-      } c{this, &items, generation, {}};
-      c.futures.reserve(items.size());
+        bool added;
+      } c{this, &job, &kept, generation, false};
       try {
         run_->write([](void* ctx, output_port& port, std::uint64_t first) {
           auto& x = *static_cast<context*>(ctx);
-          for (std::size_t k = 0; k < x.items->size(); ++k) {
-            const std::uint64_t id = (x.generation << request_generation_shift) | (first + k);
-            x.futures.push_back(x.self->add(id, (*x.items)[k]));
-            x.self->encode_request(id, (*x.items)[k], port);
-          }
-          return static_cast<std::uint64_t>(x.items->size());
+          const std::vector<In>& v = **x.items;
+          const std::uint64_t id = (x.generation << request_generation_shift) | first;
+          pending_entry e;
+          e.count = v.size();
+          e.unanswered = v.size();
+          e.job = *x.job;
+          e.job_items = *x.items;
+          x.self->add_entry(id, std::move(e));
+          x.added = true;
+          for (std::size_t k = 0; k < v.size(); ++k) x.self->encode_request(id, id + k, v[k], port);
+          return static_cast<std::uint64_t>(v.size());
         }, &c, publish_mode::group, false);
-        return std::move(c.futures);
+        return job_future<result_type>(std::move(job));
       } catch (const stage_error&) {
-        // Requests already encoded are pending: the restart redelivers them, their futures are
-        // lost with this attempt only if it throws for good (then the pool is dead anyway).
+        // The generation failed. A job already in the table is pending: the restart redelivers
+        // every item of it not answered (written or not); one not yet in it is sent again.
         if (!retry_after(generation, run_lock)) throw;
-        return std::move(c.futures);
+        if (c.added) return job_future<result_type>(std::move(job));
       }
     }
   }
@@ -154,27 +171,76 @@ class pool_core final : public result_collector {
 
   std::size_t pending() const {
     std::lock_guard lock(mutex_);
-    return pending_.size();
+    std::size_t n = 0;
+    for (const auto& [id, e] : pending_) n += e.unanswered;
+    return n;
   }
   std::uint64_t restarts() const { return generation_.load(std::memory_order_acquire); }
 
-  // result_collector: the results channel (driver thread of the current generation).
+  // result_collector: the results channel (driver thread of the current generation). A job's
+  // answers of one batch are stored under one lock of its state, and its caller woken once.
   void consume(const batch_view& batch) override {
     decode_items(batch, items_);
     std::lock_guard lock(mutex_);
+    auto it = pending_.end();
+    std::shared_ptr<job_state<result_type>> job;  // the job whose lock is held (kept alive by this)
+    std::unique_lock<std::mutex> job_lock;
+    auto leave_job = [&] {
+      if (!job) return;
+      job_lock.unlock();
+      job->notify();
+      job.reset();
+    };
     for (auto& r : items_) {
-      const auto it = pending_.find(std::get<0>(r));
+      const std::uint64_t id = std::get<0>(r);
+      // A batch answers runs of consecutive ids of one entry: look up only when leaving it.
+      if (it == pending_.end() || id < it->first || id - it->first >= it->second.count) it = find_entry(id);
       if (it == pending_.end()) continue;  // answered already (before a restart redelivered it)
-      answer(it->second.promise, r);
-      pending_.erase(it);
+      pending_entry& e = it->second;
+      if (!e.job) {
+        answer(*e.promise, r);
+        pending_.erase(it);
+        it = pending_.end();
+        continue;
+      }
+      if (job != e.job) {
+        leave_job();
+        job = e.job;
+        job_lock = job->lock();
+      }
+      if (answer(*job, e.job_item(id - it->first), r) && --e.unanswered == 0) {
+        pending_.erase(it);
+        it = pending_.end();
+      }
     }
+    leave_job();
   }
 
  private:
-  struct pending_request {
-    std::promise<result_type> promise;
+  // The table's entry for requests first .. first + count - 1 (first is the key): one submit()
+  // (a promise) or consecutive requests of one submit_all() (a job).
+  struct pending_entry {
+    std::uint64_t count = 1;
+    std::uint64_t unanswered = 1;
+    // submit()
+    std::optional<std::promise<result_type>> promise;
     std::optional<In> item;  // kept for a redelivery after a crash (copyable In only)
+    // submit_all()
+    std::shared_ptr<job_state<result_type>> job;
+    std::shared_ptr<const std::vector<In>> job_items;  // the job's items, kept for a redelivery
+    std::vector<std::uint32_t> job_index;  // the job item of each request; empty: the k-th is item k
+
+    std::size_t job_item(std::uint64_t k) const { return job_index.empty() ? static_cast<std::size_t>(k) : job_index[k]; }
   };
+  using table = std::map<std::uint64_t, pending_entry>;
+
+  // Under mutex_: the entry holding request `id`, or end().
+  typename table::iterator find_entry(std::uint64_t id) {
+    auto it = pending_.upper_bound(id);
+    if (it == pending_.begin()) return pending_.end();
+    --it;
+    return id - it->first < it->second.count ? it : pending_.end();
+  }
 
   std::unique_ptr<started_run> start_generation(std::shared_ptr<const pipeline_def> def) {
     auto self = std::shared_ptr<result_collector>(std::shared_ptr<void>(), this);  // not owning
@@ -182,23 +248,40 @@ class pool_core final : public result_collector {
   }
 
   std::future<result_type> add(std::uint64_t id, const In& item) {
-    pending_request p;
+    pending_entry p;
+    p.promise.emplace();
     if constexpr (std::is_copy_constructible_v<In>) p.item.emplace(item);
-    auto future = p.promise.get_future();
-    std::lock_guard lock(mutex_);
-    pending_.emplace(id, std::move(p));
+    auto future = p.promise->get_future();
+    add_entry(id, std::move(p));
     return future;
   }
 
-  void encode_request(std::uint64_t id, const In& item, output_port& port) {
+  void add_entry(std::uint64_t first, pending_entry e) {
+    std::lock_guard lock(mutex_);
+    pending_.emplace(first, std::move(e));
+  }
+
+  // Writes request `id` (of the table entry `entry`); a codec error (or no room for a try_submit)
+  // fails and drops the whole entry (a first send hands out no future or job then) and propagates.
+  // Called inside run_->write (run_mutex_ held shared).
+  void encode_request(std::uint64_t entry, std::uint64_t id, const In& item, output_port& port, bool* dropped = nullptr) {
     request<In> r;
     std::get<0>(r) = id;
     std::get<2>(r).emplace(item);
     try {
       encode_item(r, port);
     } catch (...) {
+      // The generation ended while this waited for room (its writer gave up): the entry stays
+      // in the table, where on_end and the restart settle it like any other pending request.
+      // done() turns true before a waiting writer is told to give up (started_run.cpp).
+      if (run_->done()) throw;
       std::lock_guard lock(mutex_);
-      pending_.erase(id);  // never left: its future is not handed out
+      const auto it = pending_.find(entry);
+      if (it != pending_.end()) {
+        fail_entry(it->second, std::current_exception());  // a redelivered job's caller waits on it
+        pending_.erase(it);
+      }
+      if (dropped) *dropped = true;
       throw;
     }
   }
@@ -226,16 +309,31 @@ class pool_core final : public result_collector {
     }
     const bool restart = crash && !finishing_ && !stopping_ && std::is_copy_constructible_v<In>;
     if (!failure) failure = std::make_exception_ptr(procflow::error("procflow: the pool ended before answering this request"));
-    for (auto it = pending_.begin(); it != pending_.end();) {
-      const std::uint64_t position = it->first & ((std::uint64_t{1} << request_generation_shift) - 1);
-      const bool current = (it->first >> request_generation_shift) == ended_generation_;
+    // Fails request `id` unless it is redelivered.
+    auto fails = [&](std::uint64_t id) {
+      const std::uint64_t position = id & ((std::uint64_t{1} << request_generation_shift) - 1);
+      const bool current = (id >> request_generation_shift) == ended_generation_;
       const bool held = crash && current && position >= crash->item_range_first() && position < crash->item_range_last();
-      if (restart && !held) {
-        ++it;
+      return !restart || held;
+    };
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      pending_entry& e = it->second;
+      if (!e.job) {
+        if (!fails(it->first)) {
+          ++it;
+          continue;
+        }
+        e.promise->set_exception(failure);
+        it = pending_.erase(it);
         continue;
       }
-      it->second.promise.set_exception(failure);
-      it = pending_.erase(it);
+      {
+        auto job_lock = e.job->lock();
+        for (std::uint64_t k = 0; k < e.count; ++k)
+          if (fails(it->first + k) && e.job->set_error(e.job_item(k), failure)) --e.unanswered;
+      }
+      e.job->notify();
+      it = e.unanswered == 0 ? pending_.erase(it) : std::next(it);
     }
     ++ended_generation_;
     restarting_ = restart;
@@ -256,6 +354,7 @@ class pool_core final : public result_collector {
       std::unique_ptr<started_run> old;
       std::exception_ptr failed;
       {
+        // Exclusive: every writer of the dead generation has left (its entries are in the table).
         std::unique_lock run_lock(run_mutex_);
         old = std::move(run_);
         old.reset();  // its driver has ended: reaps the dead generation, frees its memory
@@ -271,10 +370,9 @@ class pool_core final : public result_collector {
         }
       }
       lock.lock();
-      std::vector<std::pair<std::uint64_t, pending_request>> orphans;
-      for (auto& [id, p] : pending_) orphans.emplace_back(id, std::move(p));
+      std::vector<std::pair<std::uint64_t, pending_entry>> orphans;
+      for (auto& [id, p] : pending_) orphans.emplace_back(id, std::move(p));  // in id order (a std::map)
       pending_.clear();
-      std::sort(orphans.begin(), orphans.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
       restarting_ = false;
       restart_cv_.notify_all();
       lock.unlock();
@@ -283,45 +381,104 @@ class pool_core final : public result_collector {
           if (failed) std::rethrow_exception(failed);
           redeliver(std::move(p));
         } catch (...) {
-          p.promise.set_exception(std::current_exception());
+          fail_entry(p, std::current_exception());
         }
       }
       lock.lock();
     }
   }
 
-  void redeliver(pending_request p) {
+  // Fails every request of `e` not answered yet (an entry out of the table).
+  static void fail_entry(pending_entry& e, std::exception_ptr failure) {
+    if (!e.job) {
+      if (e.promise) e.promise->set_exception(std::move(failure));
+      return;
+    }
+    {
+      auto job_lock = e.job->lock();
+      for (std::uint64_t k = 0; k < e.count; ++k) e.job->set_error(e.job_item(k), failure);
+    }
+    e.job->notify();
+  }
+
+  // Sends an entry of the dead generation again: a request, or a job's unanswered items as one
+  // entry of the new generation.
+  void redeliver(pending_entry&& p) {
+    std::vector<std::uint32_t> items;  // the job items still unanswered
+    if (p.job) {
+      {
+        auto job_lock = p.job->lock();
+        for (std::uint64_t k = 0; k < p.count; ++k)
+          if (!p.job->answered(p.job_item(k))) items.push_back(static_cast<std::uint32_t>(p.job_item(k)));
+      }
+      if (items.empty()) return;
+    }
     std::shared_lock run_lock(run_mutex_);
     struct context {
       pool_core* self;
-      pending_request* p;
+      pending_entry* p;
+      std::vector<std::uint32_t>* items;
       std::uint64_t generation;
-    } c{this, &p, generation_.load(std::memory_order_relaxed)};
-    run_->write([](void* ctx, output_port& port, std::uint64_t position) {
-      auto& x = *static_cast<context*>(ctx);
-      const std::uint64_t id = (x.generation << request_generation_shift) | position;
-      In item = *x.p->item;
-      {
-        std::lock_guard lock(x.self->mutex_);
-        x.self->pending_.emplace(id, std::move(*x.p));
-      }
-      x.self->encode_request(id, item, port);
-      return std::uint64_t{1};
-    }, &c, publish_mode::group, false);
+      bool added;
+    } c{this, &p, &items, generation_.load(std::memory_order_relaxed), false};
+    try {
+      run_->write([](void* ctx, output_port& port, std::uint64_t position) {
+        auto& x = *static_cast<context*>(ctx);
+        const std::uint64_t id = (x.generation << request_generation_shift) | position;
+        if (!x.p->job) {
+          In item = *x.p->item;
+          x.self->add_entry(id, std::move(*x.p));
+          x.added = true;
+          x.self->encode_request(id, id, item, port);
+          return std::uint64_t{1};
+        }
+        pending_entry e;
+        e.count = x.items->size();
+        e.unanswered = x.items->size();
+        e.job = x.p->job;
+        e.job_items = x.p->job_items;
+        e.job_index = *x.items;
+        const auto job_items = e.job_items;
+        x.self->add_entry(id, std::move(e));
+        x.added = true;
+        for (std::size_t k = 0; k < x.items->size(); ++k) x.self->encode_request(id, id + k, (*job_items)[(*x.items)[k]], port);
+        return static_cast<std::uint64_t>(x.items->size());
+      }, &c, publish_mode::group, false);
+    } catch (...) {
+      // Once in the table, the entry is settled there (by the next on_end, or the codec error).
+      if (!c.added) fail_entry(p, std::current_exception());
+    }
   }
 
+  // Settles one answer: a request's promise, or item i of a job (under its lock; false when it
+  // was answered before).
   void answer(std::promise<result_type>& promise, request<Out>& r) {
+    std::optional<result_type> value;
+    if (std::exception_ptr error = outcome(r, value))
+      promise.set_exception(std::move(error));
+    else
+      promise.set_value(std::move(*value));
+  }
+  bool answer(job_state<result_type>& job, std::size_t i, request<Out>& r) {
+    if (job.answered(i)) return false;
+    std::optional<result_type> value;
+    if (std::exception_ptr error = outcome(r, value)) return job.set_error(i, std::move(error));
+    return job.set_value(i, std::move(*value));
+  }
+
+  // A result's value (into `value`), or its error.
+  std::exception_ptr outcome(request<Out>& r, std::optional<result_type>& value) {
     switch (static_cast<request_status>(std::get<1>(r))) {
       case request_status::value:
         if (std::get<2>(r)) {
-          promise.set_value(std::move(*std::get<2>(r)));
-          return;
+          value.emplace(std::move(*std::get<2>(r)));
+          return nullptr;
         }
         break;
       case request_status::dropped:
         if constexpr (MayDrop) {
-          promise.set_value(std::nullopt);
-          return;
+          value.emplace(std::nullopt);
+          return nullptr;
         }
         break;
       case request_status::failed: {
@@ -335,11 +492,10 @@ class pool_core final : public result_collector {
         d.item_seq = std::get<0>(r) & ((std::uint64_t{1} << request_generation_shift) - 1);
         d.exception_type = std::move(std::get<6>(r));
         d.message = std::move(std::get<7>(r));
-        promise.set_exception(std::make_exception_ptr(stage_error(std::move(d))));
-        return;
+        return std::make_exception_ptr(stage_error(std::move(d)));
       }
     }
-    promise.set_exception(std::make_exception_ptr(procflow::codec_error("procflow: pool: a result arrived in an unknown state")));
+    return std::make_exception_ptr(procflow::codec_error("procflow: pool: a result arrived in an unknown state"));
   }
 
   std::shared_ptr<const pipeline_def> def_;
@@ -352,7 +508,7 @@ class pool_core final : public result_collector {
   std::atomic<std::uint64_t> generation_{0};  // written under run_mutex_ (exclusive)
 
   mutable std::mutex mutex_;  // pending_ and the restart state
-  std::unordered_map<std::uint64_t, pending_request> pending_;
+  table pending_;
   std::uint64_t ended_generation_ = 0;  // generation whose end on_end handles next
   bool restarting_ = false;
   bool finishing_ = false;
@@ -383,9 +539,10 @@ class pool {
   std::future<result_type> submit(In item) { return std::move(*core_->send(item, false)); }
   // The same, or nullopt instead of waiting.
   std::optional<std::future<result_type>> try_submit(In item) { return core_->send(item, true); }
-  // Sends every item of `items` in one go (one lock, one publish: a job of many small requests
-  // pays one hand-off, not one per item); the futures in the same order.
-  std::vector<std::future<result_type>> submit_all(std::vector<In> items) { return core_->send_all(items); }
+  // Sends every item of `items` in one go (one lock, one publish, one table entry: a job of many
+  // small requests pays one hand-off, not one per item); its answers through one job_future
+  // (job_future.hpp): get(i) per item in the same order, or get() for all.
+  job_future<result_type> submit_all(std::vector<In> items) { return core_->send_all(std::move(items)); }
 
   // No more requests: waits for every answer and the end of every process; the report.
   run_report wait() { return core_->wait(); }

@@ -41,7 +41,7 @@ struct replica_info {
   // Distinct per replica; the same for the same run seed.
   std::uint64_t seed = 0;
   std::uint64_t run_seed = 0;    // pf::seed(s), or fresh entropy drawn when run() starts
-  bool in_supervisor = false;    // a sink or collect running in the process that called run()
+  bool in_supervisor = false;    // a sink or collect running in the caller (under start(): on the driver thread)
   bool in_run = false;
 };
 

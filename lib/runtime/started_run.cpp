@@ -14,6 +14,7 @@
 #include "channel/event.hpp"
 #include "channel/outbox.hpp"
 #include "runtime/cancel_state.hpp"
+#include "runtime/identity.hpp"
 #include "runtime/supervisor.hpp"
 
 #include <procflow/detail/started_run.hpp>
@@ -166,6 +167,14 @@ class StartedRun final : public started_run {
   }
 
   void drive() {
+    // pf::this_replica() in a sink or collect running here (this thread only: the caller's own
+    // threads keep their identity), as run() answers on the caller's thread.
+    runtime::ThreadIdentity caller_side;
+    caller_side.id.def = def_.get();
+    caller_side.id.stage = def_->stages.size() - 1;
+    caller_side.id.run_seed = supervised_->plan().seed;
+    caller_side.id.in_supervisor = true;
+    const runtime::ThreadIdentityScope wear(caller_side);
     std::exception_ptr error;
     try {
       report_ = supervised_->drive();

@@ -110,9 +110,9 @@ int main(int argc, char** argv) {
         for (int j = 0; j < jobs; ++j) {
           const auto s = Clock::now();
           std::iota(job.begin(), job.end(), std::int64_t{0});
-          auto futures = pool.submit_all(job);
+          auto answers = pool.submit_all(job);
           for (std::int64_t i = 0; i < 100; ++i)
-            if (futures[static_cast<std::size_t>(i)].get() != trivial(i)) std::exit(1);
+            if (answers.get(static_cast<std::size_t>(i)) != trivial(i)) std::exit(1);
           all.us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s).count());
         }
         all.seconds = bench::seconds_since(ta);
@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
         one.jobs = static_cast<std::size_t>(jobs * 5);
         single.push_back(std::move(one));
       }
-      print_row(o, "procflow_submit", "job100", summarize(job100), "submit_all(100 items) then 100 get(), 2 replicas kept warm");
+      print_row(o, "procflow_submit", "job100", summarize(job100), "submit_all(100 items) then get(i) of each, 2 replicas kept warm");
       print_row(o, "procflow_submit", "job100_each", summarize(job100_each), "100 submit() then 100 get(), 2 replicas kept warm");
       print_row(o, "procflow_submit", "submit1", summarize(single), "submit(x).get(), one at a time");
     }

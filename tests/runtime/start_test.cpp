@@ -2,7 +2,8 @@
 //  - start() + push/close + results as they come equal a sequential reference, ordered (exact
 //    order) and unordered (same multiset);
 //  - try_push never blocks: false while the rings are full, and every accepted item arrives;
-//  - a sink runs in the caller's process; wait() returns run()'s report;
+//  - a sink runs in the caller's process (this_replica() there names it, on its thread only);
+//    wait() returns run()'s report;
 //  - destroying the handle mid-stream stops it in order: every pushed item reaches the sink,
 //    no process and no /dev/shm entry is left;
 //  - the caller forks and reaps a child of its own while the pipeline runs;
@@ -171,6 +172,31 @@ TEST_CASE("start: a sink runs in the caller's process, fed while the input is op
   job.wait();
   CHECK(sum.load() == work(3) + work(4));
   CHECK(wrong_process.load() == 0);
+}
+
+TEST_CASE("start: this_replica() in a sink in the caller names the sink, on its thread only") {
+  std::vector<pf::replica_info> seen;  // the sink's thread only
+  std::vector<std::string> names;
+  auto job = pf::pipeline("who", pf::seed(42)).source("in", pf::input<i64>()).map("work", work, pf::replicas(2))
+                 .sink("record", [&](i64) {
+                   seen.push_back(pf::this_replica());
+                   names.emplace_back(seen.back().stage);
+                 })
+                 .start();
+  for (i64 i = 0; i < 10; ++i) job.push(i);
+  const pf::replica_info caller = pf::this_replica();  // while the pipeline runs
+  job.wait();
+  CHECK(!caller.in_run);
+  REQUIRE(seen.size() == 10);
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    CHECK(seen[i].in_run);
+    CHECK(seen[i].in_supervisor);
+    CHECK(names[i] == "record");
+    CHECK(seen[i].stage_index == 2);
+    CHECK(seen[i].pid == ::getpid());
+    CHECK(seen[i].run_seed == 42);
+  }
+  CHECK(!pf::this_replica().in_run);
 }
 
 TEST_CASE("start: destroying the handle mid-stream delivers what was pushed and leaves nothing behind") {

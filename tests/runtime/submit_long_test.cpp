@@ -72,9 +72,9 @@ TEST_CASE("submit: 10^6 requests keep RSS flat and leak no fd, mapping or child"
         if ((i / 1000) % 2 == t % 2) {  // alternately: a job of 1000 in one go, 1000 single submits
           job.clear();
           for (int k = 0; k < 1000 && i < last; ++k, ++i) job.push_back(i);
-          window = pool.submit_all(job);
-          for (std::size_t k = 0; k < window.size(); ++k)
-            if (window[k].get() != (job[k] ^ 0x5555)) ++wrong;
+          auto answers = pool.submit_all(job);
+          for (std::size_t k = 0; k < answers.size(); ++k)
+            if (answers.get(k) != (job[k] ^ 0x5555)) ++wrong;
         } else {
           window.clear();
           const i64 base = i;
