@@ -115,8 +115,15 @@ class output_port {
   std::size_t max_item_bytes() const noexcept { return max_item_bytes_; }
   std::size_t lane_count() const noexcept { return lane_count_; }
 
-  // Sends one item of any size, split over as many slots as it needs.
-  virtual void write_large(std::size_t lane, std::span<const std::byte> item) = 0;
+  // Sends one item of any size whose encoding is `parts` back to back, split over as many slots
+  // as it needs: each part is copied once, straight into the slots (a codec whose encoding is a
+  // short head and the object's own bytes, such as std::string, needs no encode buffer).
+  virtual void write_large_parts(std::size_t lane, std::span<const std::span<const std::byte>> parts) = 0;
+  // The same for an item already encoded in one piece.
+  void write_large(std::size_t lane, std::span<const std::byte> item) {
+    const std::span<const std::byte> one[] = {item};
+    write_large_parts(lane, one);
+  }
   // Items committed from now on derive from the input batch `meta`.
   virtual void begin_batch(const batch_meta& meta) = 0;
   // The input batch is done. For ordered output this publishes its last slot (even an empty
