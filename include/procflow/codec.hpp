@@ -358,6 +358,13 @@ struct codec<std::basic_string<char, Traits, Alloc>> {
   // is copied from the string straight into the channel's slots (detail::encode_large).
   static std::byte* encode_head(const string& s, std::byte* out) noexcept { return detail::put_varint(s.size(), out); }
   static std::span<const std::byte> body(const string& s) noexcept { return std::as_bytes(std::span(s.data(), s.size())); }
+  // A large item read from the slots straight into the string: its body for a length of `n`
+  // (in body_unit bytes), reusing the string's memory.
+  static constexpr std::size_t body_unit = 1;
+  static std::span<std::byte> resize_body(string& s, std::size_t n) {
+    s.resize(n);
+    return std::as_writable_bytes(std::span(s.data(), s.size()));
+  }
   // decode() into an existing string, reusing its capacity (detail::decode_items).
   static void decode_into(decoder& in, string& s) {
     const std::size_t n = in.take_count();
@@ -413,6 +420,13 @@ struct codec<std::vector<T, Alloc>> {
     requires is_raw_codec_v<T>
   {
     return std::as_bytes(std::span(v.data(), v.size()));
+  }
+  static constexpr std::size_t body_unit = sizeof(T);
+  static std::span<std::byte> resize_body(vector& v, std::size_t n)
+    requires is_raw_codec_v<T>
+  {
+    v.resize(n);
+    return std::as_writable_bytes(std::span(v.data(), v.size()));
   }
   static void decode_into(decoder& in, vector& v)
     requires is_raw_codec_v<T>

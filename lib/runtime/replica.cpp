@@ -129,6 +129,7 @@ class Replica final : public detail::downstream {
       o.first_seq = replica_;
       o.seq_stride = group_.replicas;
       o.hold_split_items = restart_;
+      o.stream_large_items = true;  // every batch goes to decode_items() (instances_.front()->decode)
       inbox_.emplace(state_.input_of(group_index_), replica_, o);
     }
     if (group_.output != GroupOutput::none) {
@@ -339,7 +340,7 @@ class Replica final : public detail::downstream {
       const bool batch_start = !in_batch;
       in_batch = !batch.batch_end;
       process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
-      tallies_[first_worker_].bytes_in += batch.bytes.size();
+      tallies_[first_worker_].bytes_in += batch.large ? batch.large_bytes : batch.bytes.size();
       inbox_->release();
       if (time_to_recycle()) break;
     }

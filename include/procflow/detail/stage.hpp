@@ -329,9 +329,62 @@ void encode_items(const std::vector<T, Alloc>& items, output_port& out) {
   }
 }
 
+// A head-and-body codec whose body can be written in place: a large item is read from the slots
+// straight into the object (decode_large_item).
+template <class T>
+concept streams_into = decodes_into<T> && head_and_body_codec<T> && requires(T& value, std::size_t n) {
+  { codec<T>::resize_body(value, n) } -> std::same_as<std::span<std::byte>>;
+  { codec<T>::body_unit } -> std::convertible_to<std::size_t>;
+};
+
+template <encodable T, class Alloc>
+std::size_t decode_items(const batch_view& batch, std::vector<T, Alloc>& items);
+
+// One item larger than a slot, streamed by the input port (batch_view::large). A head-and-body
+// item is read straight into the buffer's first object (its memory reused from the previous
+// item): its bytes are copied once on the consumer's side. Others are read into a buffer kept
+// for the next large item, then decoded.
+template <encodable T, class Alloc>
+std::size_t decode_large_item(large_item_reader& in, std::vector<T, Alloc>& items) {
+  const std::uint64_t total = in.size();
+  if constexpr (streams_into<T>) {
+    std::uint64_t count = 0;
+    std::uint64_t head = 0;
+    for (unsigned shift = 0;; shift += 7) {
+      if (shift >= 64 || head >= total) throw codec_error("codec: malformed varint at the start of a large item");
+      std::byte b;
+      in.read(&b, 1);
+      ++head;
+      count |= static_cast<std::uint64_t>(std::to_integer<std::uint8_t>(b) & 0x7f) << shift;
+      if ((std::to_integer<std::uint8_t>(b) & 0x80) == 0) break;
+    }
+    // The body is the rest of the item, exactly: checked before anything is sized by `count`.
+    constexpr std::uint64_t unit = codec<T>::body_unit;
+    const std::uint64_t body = total - head;
+    if (body % unit != 0 || count != body / unit)
+      throw codec_error("large item of " + std::to_string(total) + " bytes claims " + std::to_string(count) + " elements of " +
+                        std::to_string(unit) + " bytes");
+    items.resize(1);
+    const std::span<std::byte> to = codec<T>::resize_body(items.front(), static_cast<std::size_t>(count));
+    if (!to.empty()) in.read(to.data(), to.size());
+    return 1;
+  } else {
+    static thread_local batch_buffer<std::byte> buffer;
+    buffer.resize(static_cast<std::size_t>(total));
+    in.read(buffer.data(), buffer.size());
+    batch_view whole;
+    whole.bytes = {buffer.data(), buffer.size()};
+    whole.items = 1;
+    const std::size_t n = decode_items(whole, items);
+    if (buffer.capacity() > (std::size_t{128} << 20)) batch_buffer<std::byte>().swap(buffer);
+    return n;
+  }
+}
+
 // Decodes a batch into `items` (cleared first). Throws codec_error on corrupt input.
 template <encodable T, class Alloc>
 std::size_t decode_items(const batch_view& batch, std::vector<T, Alloc>& items) {
+  if (batch.large) return decode_large_item(*batch.large, items);
   if constexpr (decodes_into<T>) {
     if (batch.items == 1) {
       // One item (an item larger than a slot always comes alone): decoded into the object the
