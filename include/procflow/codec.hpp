@@ -354,6 +354,22 @@ struct codec<std::basic_string<char, Traits, Alloc>> {
     const std::byte* p = in.take(n);
     return string(reinterpret_cast<const char*>(p), n);
   }
+  // The encoding as a head (the length) and the string's own bytes: an item larger than a slot
+  // is copied from the string straight into the channel's slots (detail::encode_large).
+  static std::byte* encode_head(const string& s, std::byte* out) noexcept { return detail::put_varint(s.size(), out); }
+  static std::span<const std::byte> body(const string& s) noexcept { return std::as_bytes(std::span(s.data(), s.size())); }
+  // A large item read from the slots straight into the string: its body for a length of `n`
+  // (in body_unit bytes), reusing the string's memory.
+  static constexpr std::size_t body_unit = 1;
+  static std::span<std::byte> resize_body(string& s, std::size_t n) {
+    s.resize(n);
+    return std::as_writable_bytes(std::span(s.data(), s.size()));
+  }
+  // decode() into an existing string, reusing its capacity (detail::decode_items).
+  static void decode_into(decoder& in, string& s) {
+    const std::size_t n = in.take_count();
+    s.assign(reinterpret_cast<const char*>(in.take(n)), n);
+  }
 };
 
 // std::vector: varint count, then the elements (one memcpy when they are raw).
@@ -392,6 +408,32 @@ struct codec<std::vector<T, Alloc>> {
       for (std::size_t i = 0; i < n; ++i) v.push_back(codec<T>::decode(in));
     }
     return v;
+  }
+  // Raw elements: the encoding as a head (the count) and the vector's own bytes (see the string
+  // codec), and decoding into an existing vector, reusing its capacity.
+  static std::byte* encode_head(const vector& v, std::byte* out) noexcept
+    requires is_raw_codec_v<T>
+  {
+    return detail::put_varint(v.size(), out);
+  }
+  static std::span<const std::byte> body(const vector& v) noexcept
+    requires is_raw_codec_v<T>
+  {
+    return std::as_bytes(std::span(v.data(), v.size()));
+  }
+  static constexpr std::size_t body_unit = sizeof(T);
+  static std::span<std::byte> resize_body(vector& v, std::size_t n)
+    requires is_raw_codec_v<T>
+  {
+    v.resize(n);
+    return std::as_writable_bytes(std::span(v.data(), v.size()));
+  }
+  static void decode_into(decoder& in, vector& v)
+    requires is_raw_codec_v<T>
+  {
+    const std::size_t n = in.take_count(min_encoded_size_v<T>);
+    v.resize(n);  // take_count checked n * sizeof(T) against the bytes left
+    if (n) std::memcpy(v.data(), in.take(n * sizeof(T)), n * sizeof(T));
   }
 };
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -117,8 +118,10 @@ SlotHeader Inbox::checked_header(std::size_t ring, const SlotHeader* slot) const
 
 bool Inbox::deliver(std::size_t ring, const SlotHeader* slot, detail::batch_view& out) {
   const SlotHeader h = checked_header(ring, slot);
-  if (h.flags & slot_fragment) return reassemble(ring, slot, out);
+  if (h.flags & slot_fragment) return options_.stream_large_items ? start_stream(ring, slot, out) : reassemble(ring, slot, out);
   out.bytes = {sources_[ring].ring.payload(slot), h.bytes};
+  out.large = nullptr;
+  out.large_bytes = 0;
   out.items = h.items;
   out.meta = {h.seq, h.first_item, (h.flags & slot_dense) != 0};
   out.batch_end = (h.flags & slot_batch_end) != 0;
@@ -188,6 +191,8 @@ bool Inbox::reassemble(std::size_t ring, const SlotHeader* first, detail::batch_
   held_redeliverable_ = partial_.hold || !options_.hold_split_items;
   held_stepped_ = partial_.hold;
   out.bytes = {large_.data(), large_.size()};
+  out.large = nullptr;
+  out.large_bytes = 0;
   out.items = 1;
   out.meta = partial_.meta;
   out.batch_end = batch_end;
@@ -195,6 +200,118 @@ bool Inbox::reassemble(std::size_t ring, const SlotHeader* first, detail::batch_
   held_batch_end_ = batch_end;
   stats_.items += 1;
   return true;
+}
+
+// Hands the caller a split item as a stream over its fragments, starting at its first slot: the
+// caller's decode copies each fragment straight into the item (LargeStream::read), and the slots
+// go back as they are read (or with the item under hold_split_items, as reassemble() does).
+bool Inbox::start_stream(std::size_t ring, const SlotHeader* first, detail::batch_view& out) {
+  Source& s = sources_[ring];
+  const SlotHeader h = checked_header(ring, first);
+  if (h.large_total == 0 || h.large_total > options_.max_item_bytes)
+    throw shm_error(fmt::format("channel: split item of {} bytes (limit {})", h.large_total, options_.max_item_bytes));
+  const std::uint64_t payload = s.ring.payload_bytes();
+  const std::uint64_t slots = h.large_total / payload + (h.large_total % payload != 0 ? 1 : 0);
+  LargeStream& st = stream_;
+  st.ring = ring;
+  st.total = h.large_total;
+  st.received = 0;
+  st.seq = h.seq;
+  st.slot = first;
+  st.slot_bytes = 0;
+  st.slot_pos = 0;
+  st.checked = false;
+  st.first = true;
+  st.hold = options_.hold_split_items && slots <= s.ring.slot_count();
+  st.last_seen = false;
+  st.batch_end = false;
+  st.out = &out;
+  held_origin_ring_ = ring;
+  held_origin_index_ = s.ring.head_index();
+  held_redeliverable_ = st.hold || !options_.hold_split_items;
+  held_stepped_ = st.hold;
+  held_stream_ = true;
+  held_large_ = true;
+  held_batch_end_ = false;
+  out.bytes = {};
+  out.items = 1;
+  out.meta = {h.seq, h.first_item, (h.flags & slot_dense) != 0};
+  out.batch_end = false;  // known once the last fragment is read
+  out.large = &st;
+  out.large_bytes = h.large_total;
+  stats_.items += 1;
+  return true;
+}
+
+// Makes a checked fragment current: `slot` once its header is validated against the item, else
+// the next slot of the ring, waiting for it while it has not arrived. False once the item's last
+// fragment was finished.
+bool Inbox::LargeStream::ensure_fragment() {
+  if (slot && checked) return true;
+  Inbox& inbox = *inbox_;
+  Source& s = inbox.sources_[ring];
+  if (!slot) {
+    if (last_seen) return false;
+    const SlotHeader* next = nullptr;
+    const auto t0 = Clock::now();
+    wait(*inbox.data_event_, [&] { return (next = s.ring.try_peek()) != nullptr || s.ring.drained(); }, Clock::time_point::max(),
+         inbox.options_.spin);
+    inbox.stats_.starved_ns += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+    if (!next) throw shm_error("channel: stream ended inside a split item");
+    slot = next;
+    first = false;
+  }
+  const SlotHeader h = inbox.checked_header(ring, slot);
+  if (!(h.flags & slot_fragment) || h.seq != seq || (!first && h.large_total != 0))
+    throw shm_error("channel: split item interrupted by another slot");
+  if (h.bytes > total - received) throw shm_error("channel: split item longer than announced");
+  received += h.bytes;
+  slot_bytes = h.bytes;
+  slot_pos = 0;
+  checked = true;
+  if (h.flags & slot_fragment_last) {
+    if (received != total) throw shm_error(fmt::format("channel: split item has {} of {} bytes", received, total));
+    last_seen = true;
+    batch_end = (h.flags & slot_batch_end) != 0;
+  } else if (received == total) {
+    throw shm_error("channel: split item has no last fragment");
+  }
+  return true;
+}
+
+// The current fragment is read: its slot is stepped past or given back.
+void Inbox::LargeStream::finish_fragment() {
+  Inbox& inbox = *inbox_;
+  inbox.stats_.slots += 1;
+  inbox.stats_.bytes += slot_bytes;
+  if (hold) {
+    inbox.sources_[ring].ring.step();  // given back with the item (release())
+  } else {
+    inbox.release_slot(ring);
+  }
+  slot = nullptr;
+  checked = false;
+  if (last_seen) {
+    // The item is complete: what the caller's batch and release() need from its last slot.
+    out->batch_end = batch_end;
+    inbox.held_batch_end_ = batch_end;
+  }
+}
+
+void Inbox::LargeStream::read(std::byte* to, std::size_t n) {
+  while (n > 0) {
+    if (!ensure_fragment()) throw shm_error(fmt::format("channel: read past the end of a split item of {} bytes", total));
+    const std::size_t chunk = std::min<std::size_t>(n, slot_bytes - slot_pos);
+    std::memcpy(to, inbox_->sources_[ring].ring.payload(slot) + slot_pos, chunk);
+    to += chunk;
+    n -= chunk;
+    slot_pos += static_cast<std::uint32_t>(chunk);
+    if (slot_pos == slot_bytes) finish_fragment();  // the item's last byte read: complete before release()
+  }
+}
+
+void Inbox::LargeStream::skip_rest() {
+  while (ensure_fragment()) finish_fragment();
 }
 
 bool Inbox::receive(detail::batch_view& out) { return receive_until(out, Clock::time_point::max()); }
@@ -220,6 +337,10 @@ void Inbox::release() {
     release_slot(held_);
     held_ = none;
   } else if (held_large_) {
+    if (held_stream_) {
+      held_stream_ = false;
+      stream_.skip_rest();  // a caller that did not read the whole item: step past the rest
+    }
     held_large_ = false;
     if (held_stepped_) {
       sources_[held_origin_ring_].ring.release_stepped();

@@ -31,6 +31,10 @@ struct InboxOptions {
   // replacement reads them again), when the ring can hold all of them at once; a larger item's
   // slots are given back as they are copied (see held_redeliverable()).
   bool hold_split_items = false;
+  // Items split over several slots are streamed, not reassembled: the batch carries a
+  // large_item_reader (batch_view::large) that copies the fragments straight into the decoded
+  // item, waiting for each as needed. For consumers that decode through decode_items() only.
+  bool stream_large_items = false;
 };
 
 struct InboxStats {
@@ -74,6 +78,36 @@ class Inbox final : public detail::input_port {
     bool drained = false;
   };
 
+  // The split item being streamed to the caller (InboxOptions::stream_large_items).
+  class LargeStream final : public detail::large_item_reader {
+   public:
+    explicit LargeStream(Inbox& inbox) noexcept : inbox_(&inbox) {}
+    std::uint64_t size() const noexcept override { return total; }
+    void read(std::byte* to, std::size_t n) override;
+    // Steps past what the caller left unread, to the item's last fragment.
+    void skip_rest();
+
+    std::size_t ring = none;
+    std::uint64_t total = 0;
+    std::uint64_t received = 0;       // bytes of the fragments seen so far (checked against total)
+    std::uint64_t seq = 0;
+    const SlotHeader* slot = nullptr;  // fragment being read (null: the next one is still to come)
+    std::uint32_t slot_bytes = 0;
+    std::uint32_t slot_pos = 0;
+    bool checked = false;             // `slot`'s header was validated (slot_bytes, slot_pos hold)
+    bool first = true;                // `slot` is the item's first fragment
+    bool hold = false;                // its slots are stepped past, released with the item
+    bool last_seen = false;           // the last fragment was reached
+    bool batch_end = false;
+    detail::batch_view* out = nullptr;
+
+   private:
+    bool ensure_fragment();  // false once the last fragment is done
+    void finish_fragment();
+    Inbox* inbox_;
+  };
+
+  bool start_stream(std::size_t ring, const SlotHeader* first, detail::batch_view& out);
   bool try_receive_unordered(detail::batch_view& out);
   bool try_receive_ordered(detail::batch_view& out);
   SlotHeader checked_header(std::size_t ring, const SlotHeader* slot) const;
@@ -111,6 +145,8 @@ class Inbox final : public detail::input_port {
   std::uint64_t held_origin_index_ = 0;
   bool held_redeliverable_ = true;
   bool held_stepped_ = false;  // release() gives back the slots of a held split item
+  bool held_stream_ = false;   // the caller holds stream_
+  LargeStream stream_{*this};
   InboxStats stats_;
 };
 

@@ -238,8 +238,10 @@ std::byte* Outbox::reserve_slow(std::size_t lane, std::size_t n) {
   return cursors_[lane].pos;
 }
 
-void Outbox::write_large(std::size_t lane, std::span<const std::byte> item) {
+void Outbox::write_large_parts(std::size_t lane, std::span<const std::span<const std::byte>> parts) {
   if (closed_) throw std::logic_error("Outbox: write after close()");
+  std::size_t total = 0;
+  for (const auto& part : parts) total += part.size();
   if (lane == any_lane) {
     publish_current_if_used();  // items written before this one go first
     lane = pick_lane();
@@ -247,19 +249,30 @@ void Outbox::write_large(std::size_t lane, std::span<const std::byte> item) {
     publish(lane);
   }
   std::size_t done = 0;
+  std::size_t part = 0;         // part being copied
+  std::size_t part_done = 0;    // bytes of it already copied
   do {
     open(lane, max_item_bytes_);  // fragments fill whole slots
     in_fragments_ = true;
     detail::write_cursor& c = cursors_[lane];
-    const std::size_t chunk = std::min(item.size() - done, static_cast<std::size_t>(c.end - c.pos));
-    std::memcpy(c.pos, item.data() + done, chunk);
-    c.pos += chunk;
     const bool first = done == 0;
-    done += chunk;
-    const bool last = done == item.size();
+    // Fill this slot from as many parts as fit (the head of an item and the start of its body
+    // share the first slot).
+    while (c.pos != c.end && done < total) {
+      while (part_done == parts[part].size()) {
+        ++part;
+        part_done = 0;
+      }
+      const std::size_t chunk = std::min(parts[part].size() - part_done, static_cast<std::size_t>(c.end - c.pos));
+      std::memcpy(c.pos, parts[part].data() + part_done, chunk);
+      c.pos += chunk;
+      part_done += chunk;
+      done += chunk;
+    }
+    const bool last = done == total;
     c.items = last ? 1 : 0;
-    publish(lane, slot_fragment | (last ? slot_fragment_last : 0u), first ? item.size() : 0);
-  } while (done < item.size());
+    publish(lane, slot_fragment | (last ? slot_fragment_last : 0u), first ? total : 0);
+  } while (done < total);
   in_fragments_ = false;
 }
 

@@ -84,7 +84,7 @@ class Outbox final : public detail::output_port {
   Outbox(const Outbox&) = delete;
   Outbox& operator=(const Outbox&) = delete;
 
-  void write_large(std::size_t lane, std::span<const std::byte> item) override;
+  void write_large_parts(std::size_t lane, std::span<const std::span<const std::byte>> parts) override;
   void begin_batch(const detail::batch_meta& meta) override;
   void end_batch() override;
   void flush() override;

@@ -129,6 +129,7 @@ class Replica final : public detail::downstream {
       o.first_seq = replica_;
       o.seq_stride = group_.replicas;
       o.hold_split_items = restart_;
+      o.stream_large_items = true;  // every batch goes to decode_items() (instances_.front()->decode)
       inbox_.emplace(state_.input_of(group_index_), replica_, o);
     }
     if (group_.output != GroupOutput::none) {
@@ -334,13 +335,17 @@ class Replica final : public detail::downstream {
       if (!next_batch(batch)) break;
       begin_origin(inbox_->held_ring(), inbox_->held_index(), inbox_->held_redeliverable());
       set_stage(first_worker_);
+      const std::uint64_t starved_before = inbox_->stats().starved_ns;
       const auto t0 = clock_start();
       const std::size_t n = instances_.front()->decode(batch);
-      const std::uint64_t decode_ns = elapsed_ns(t0);
+      // Waiting inside decode for a streamed item's later fragments is starved time, not busy.
+      const std::uint64_t waited = inbox_->stats().starved_ns - starved_before;
+      const std::uint64_t decode_elapsed = elapsed_ns(t0);
+      const std::uint64_t decode_ns = decode_elapsed > waited ? decode_elapsed - waited : 0;
       const bool batch_start = !in_batch;
       in_batch = !batch.batch_end;
       process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
-      tallies_[first_worker_].bytes_in += batch.bytes.size();
+      tallies_[first_worker_].bytes_in += batch.large ? batch.large_bytes : batch.bytes.size();
       inbox_->release();
       if (time_to_recycle()) break;
     }

@@ -129,9 +129,15 @@ class MemoryPort final : public output_port {
     bytes_.clear();
     cursor_ = {};
   }
-  void write_large(std::size_t lane, std::span<const std::byte> item) override {
-    std::memcpy(reserve_slow(lane, item.size()), item.data(), item.size());
-    commit(item.size());
+  void write_large_parts(std::size_t lane, std::span<const std::span<const std::byte>> parts) override {
+    std::size_t n = 0;
+    for (const auto& part : parts) n += part.size();
+    std::byte* out = reserve_slow(lane, n);
+    for (const auto& part : parts) {
+      if (!part.empty()) std::memcpy(out, part.data(), part.size());
+      out += part.size();
+    }
+    commit(n);
   }
   void begin_batch(const batch_meta&) override {}
   void end_batch() override {}

@@ -4,7 +4,8 @@
 //   pipe        the same job with a pipe per reader: the parent writes length-prefixed items to 2
 //               forked readers in turn, each reassembles and checksums them
 //   sequential  make and checksum every item in one loop
-// Each size moves about 256 MiB (--quick: 32 MiB). Rows: bytes, gb_per_s, vs_pipe.
+// Each size moves about 256 MiB (--quick: 32 MiB). Rows: bytes, gb_per_s, vs_pipe (the median of
+// per-repeat ratios; the variants take turns within each repeat).
 #include "bench_support.hpp"
 
 #include <procflow/procflow.hpp>
@@ -143,29 +144,40 @@ int main(int argc, char** argv) {
       std::uint64_t (*job)(std::size_t, std::size_t);
     };
     const Variant variants[] = {{"procflow", procflow_job}, {"pipe", pipe_job}, {"sequential", sequential_job}};
-    double pipe_rate = 0;
-    std::vector<bench::Row> here;
-    for (const auto& v : variants) {
-      if (!o.wants(v.name)) continue;
-      std::vector<double> rates;
-      for (int r = 0; r < o.repeats; ++r) {
+    // The variants take turns within each repeat, so a change of machine load hits all of them;
+    // vs_pipe is the median of the per-repeat ratios.
+    std::vector<std::vector<double>> rates(std::size(variants));
+    for (int r = 0; r < o.repeats; ++r) {
+      for (std::size_t v = 0; v < std::size(variants); ++v) {
+        if (!o.wants(variants[v].name)) continue;
         const auto t0 = std::chrono::steady_clock::now();
-        const std::uint64_t got = v.job(bytes, n);
+        const std::uint64_t got = variants[v].job(bytes, n);
         const double secs = bench::seconds_since(t0);
         if (got != want) {
-          fmt::print(stderr, "{} at {} bytes: wrong checksum\n", v.name, bytes);
+          fmt::print(stderr, "{} at {} bytes: wrong checksum\n", variants[v].name, bytes);
           return 1;
         }
-        rates.push_back(static_cast<double>(n) / secs);
+        rates[v].push_back(static_cast<double>(n) / secs);
       }
-      const double rate = bench::median(rates);
-      if (std::string(v.name) == "pipe") pipe_rate = rate;
-      here.push_back({"item_size_bench", v.name, rate,
-                      {{"bytes", static_cast<double>(bytes)}, {"gb_per_s", rate * static_cast<double>(bytes) / 1e9}}, ""});
     }
-    for (auto& r : here) {
-      if (pipe_rate > 0) r.extra.push_back({"vs_pipe", r.items_per_s / pipe_rate});
-      rows.push_back(r);
+    const std::vector<double>& pipe_rates = rates[1];
+    for (std::size_t v = 0; v < std::size(variants); ++v) {
+      if (rates[v].empty()) continue;
+      bench::Row row{"item_size_bench", variants[v].name, bench::median(rates[v]),
+                     {{"bytes", static_cast<double>(bytes)}, {"gb_per_s", bench::median(rates[v]) * static_cast<double>(bytes) / 1e9}}, ""};
+      if (pipe_rates.size() == rates[v].size()) {
+        std::vector<double> ratios;
+        for (std::size_t r = 0; r < rates[v].size(); ++r) ratios.push_back(rates[v][r] / pipe_rates[r]);
+        row.extra.push_back({"vs_pipe", bench::median(ratios)});
+      }
+      rows.push_back(row);
+    }
+  }
+  // The second target: each size's byte rate against the same variant's at 60 KiB.
+  for (auto& row : rows) {
+    for (const auto& peer : rows) {
+      if (peer.variant != row.variant || peer.extra.front().second != 60.0 * 1024) continue;
+      row.extra.push_back({"vs_60k_bytes", (row.items_per_s * row.extra.front().second) / (peer.items_per_s * 60.0 * 1024)});
     }
   }
   bench::report(o, rows);

@@ -401,6 +401,73 @@ TEST_CASE("channel: a 10 MB item crosses a 4 x 64 KiB ring between small items")
   CHECK(pt::dev_shm_entries() == shm_before);
 }
 
+TEST_CASE("channel: a streamed split item is read in pieces straight from its fragments") {
+  // InboxOptions::stream_large_items (issue 14): a 300 000-byte item written from three parts
+  // through a 4 x 64 KiB ring arrives as a large_item_reader, read in uneven pieces across
+  // fragment boundaries while the producer still writes; reading past its end throws; an item
+  // read only in part is stepped past by release(), and the next item arrives intact.
+  const auto shm_before = pt::dev_shm_entries();
+  shm::SegmentLayout layout;
+  Channel ch(layout, 1, 1, {4, 64 * 1024});
+  const shm::Segment segment(layout);
+  ch.create(segment);
+  constexpr std::size_t big = 300000;
+  auto byte_at = [](std::size_t item, std::size_t k) { return static_cast<std::byte>((k * 31 + item * 7 + (k >> 9)) & 0xff); };
+  pt::ChildProcess consumer([&] {
+    InboxOptions options;
+    options.stream_large_items = true;
+    Inbox in(ch, 0, options);
+    batch_view b;
+    // Item 0: read whole, in pieces.
+    if (!in.receive(b) || !b.large || !b.bytes.empty() || b.items != 1 || b.large_bytes != big || b.large->size() != big)
+      return fail("item 0 not streamed");
+    std::vector<std::byte> got(big);
+    std::size_t done = 0;
+    for (const std::size_t piece : {std::size_t{1}, std::size_t{7}, std::size_t{65535}, std::size_t{70000}, big - 135543}) {
+      b.large->read(got.data() + done, piece);
+      done += piece;
+    }
+    for (std::size_t k = 0; k < big; ++k)
+      if (got[k] != byte_at(0, k)) return fail("item 0 differs at byte {}", k);
+    std::byte extra;
+    try {
+      b.large->read(&extra, 1);
+      return fail("read past the end of the item did not throw");
+    } catch (const procflow::shm_error&) {
+    }
+    in.release();
+    // Item 1: only its first 10 bytes are read; release() steps past the rest.
+    if (!in.receive(b) || !b.large) return fail("item 1 not streamed");
+    b.large->read(got.data(), 10);
+    in.release();
+    // Item 2: a small one, delivered in place after the skipped fragments.
+    if (!in.receive(b) || b.large || b.items != 1 || b.bytes.size() != 100) return fail("item 2 not found after the skipped item");
+    for (std::size_t k = 0; k < 100; ++k)
+      if (b.bytes[k] != byte_at(2, k)) return fail("item 2 differs at byte {}", k);
+    in.release();
+    return in.receive(b) ? fail("an item after the last") : 0;
+  });
+  pt::ChildProcess producer([&] {
+    Outbox out(ch, 0);
+    for (std::size_t item = 0; item < 2; ++item) {
+      std::vector<std::byte> bytes(big);
+      for (std::size_t k = 0; k < big; ++k) bytes[k] = byte_at(item, k);
+      const std::span<const std::byte> all(bytes);
+      const std::span<const std::byte> parts[] = {all.first(3), all.subspan(3, 200000), all.subspan(200003)};
+      out.write_large_parts(any_lane, parts);
+    }
+    std::byte* p = out.reserve(100);
+    for (std::size_t k = 0; k < 100; ++k) p[k] = byte_at(2, k);
+    out.commit(100);
+    out.close();
+    return 0;
+  });
+  CHECK(producer.succeeded_within(20s));
+  CHECK(consumer.succeeded_within(20s));
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
 TEST_CASE("channel: empty ordered batches keep sequence numbers gap-free") {
   // Batch s carries counts[s] items; the empty ones must still arrive (as empty batch ends).
   const std::vector<std::uint32_t> counts{2, 0, 1, 0, 0, 3, 0};

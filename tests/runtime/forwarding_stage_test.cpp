@@ -26,7 +26,7 @@ struct probe_collector final : result_collector {
 
 // A port nothing is written to: encode_input's destination, compared by address only.
 struct null_port final : output_port {
-  void write_large(std::size_t, std::span<const std::byte>) override {}
+  void write_large_parts(std::size_t, std::span<const std::span<const std::byte>>) override {}
   void begin_batch(const batch_meta&) override {}
   void end_batch() override {}
   void flush() override {}

@@ -115,8 +115,15 @@ class output_port {
   std::size_t max_item_bytes() const noexcept { return max_item_bytes_; }
   std::size_t lane_count() const noexcept { return lane_count_; }
 
-  // Sends one item of any size, split over as many slots as it needs.
-  virtual void write_large(std::size_t lane, std::span<const std::byte> item) = 0;
+  // Sends one item of any size whose encoding is `parts` back to back, split over as many slots
+  // as it needs: each part is copied once, straight into the slots (a codec whose encoding is a
+  // short head and the object's own bytes, such as std::string, needs no encode buffer).
+  virtual void write_large_parts(std::size_t lane, std::span<const std::span<const std::byte>> parts) = 0;
+  // The same for an item already encoded in one piece.
+  void write_large(std::size_t lane, std::span<const std::byte> item) {
+    const std::span<const std::byte> one[] = {item};
+    write_large_parts(lane, one);
+  }
   // Items committed from now on derive from the input batch `meta`.
   virtual void begin_batch(const batch_meta& meta) = 0;
   // The input batch is done. For ordered output this publishes its last slot (even an empty
@@ -180,12 +187,32 @@ class user_code_scope {
   const user_code_gate& gate_;
 };
 
+// The encoding of one item larger than a slot, read in order straight from the slots it was
+// split over (an input port that streams large items; see batch_view::large). One reader per
+// input port, used by its consumer thread between receive() and release().
+class large_item_reader {
+ public:
+  // Encoded bytes of the whole item.
+  virtual std::uint64_t size() const noexcept = 0;
+  // Copies the item's next `n` bytes into `to`, waiting for fragments still on their way.
+  // Throws shm_error when reading past the item or when its fragments are corrupt or missing.
+  virtual void read(std::byte* to, std::size_t n) = 0;
+
+ protected:
+  ~large_item_reader() = default;
+};
+
 // One batch as delivered by an input_port: valid until release() or the next receive.
 struct batch_view {
   std::span<const std::byte> bytes;  // encoded items, back to back
   std::uint32_t items = 0;
   batch_meta meta;
   bool batch_end = false;            // last batch of meta.seq (ordered streams)
+  // Set (with bytes empty and items == 1) when the batch is one item larger than a slot that the
+  // port streams instead of reassembling: decode_items() reads it from the slots straight into
+  // the item. batch_end is then known once the item was read.
+  large_item_reader* large = nullptr;
+  std::uint64_t large_bytes = 0;     // its encoded size (bytes.size() otherwise)
 };
 
 // Consumer side. One per consuming replica, used by one thread.

@@ -254,20 +254,38 @@ using batch_buffer = std::vector<T, default_init_allocator<T>>;
 
 // ------------------------------------------------------------------ item <-> bytes helpers
 
-// An item larger than a slot: its encoding is copied slot by slot (write_large). Raw items go
-// straight from the object; others are encoded into a buffer kept for the next large item, so a
+// Codecs whose encoding is a short head followed by the object's own bytes (std::string, a
+// std::vector of raw elements): a large item goes from the object straight into the slots.
+template <class T>
+concept head_and_body_codec = requires(const T& value, std::byte* out) {
+  { codec<T>::encode_head(value, out) } -> std::same_as<std::byte*>;
+  { codec<T>::body(value) } -> std::same_as<std::span<const std::byte>>;
+};
+// Codecs that decode into an existing object, reusing what it owns (a string's capacity).
+template <class T>
+concept decodes_into = std::is_default_constructible_v<T> && requires(decoder& in, T& value) { codec<T>::decode_into(in, value); };
+
+// An item larger than a slot: its encoding is copied slot by slot (write_large). Raw items and
+// head-and-body encodings go straight from the object, so the item's bytes are copied once on
+// the producer's side; others are encoded into a buffer kept for the next large item, so a
 // stream of large items costs no allocation, zero-filling or page faults per item.
 template <encodable T>
 void encode_large(const T& item, std::size_t n, output_port& out, std::size_t lane) {
   if constexpr (is_raw_codec_v<T>) {
     out.write_large(lane, {reinterpret_cast<const std::byte*>(&item), sizeof(T)});
+  } else if constexpr (head_and_body_codec<T>) {
+    std::byte head[16];  // a varint: at most 10 bytes
+    const std::byte* head_end = codec<T>::encode_head(item, head);
+    const std::span<const std::byte> parts[] = {{head, head_end}, codec<T>::body(item)};
+    out.write_large_parts(lane, parts);
   } else {
     static thread_local batch_buffer<std::byte> buffer;
     buffer.resize(n);
     codec<T>::encode(item, buffer.data());
     out.write_large(lane, {buffer.data(), n});
-    // Keep at most 64 MiB between items: one huge item does not pin its size for the rest of the run.
-    if (buffer.capacity() > (std::size_t{64} << 20)) batch_buffer<std::byte>().swap(buffer);
+    // Keep at most 128 MiB between items: one huge item does not pin its size for the rest of
+    // the run, and a stream of 64 MiB items (plus their heads) keeps its buffer.
+    if (buffer.capacity() > (std::size_t{128} << 20)) batch_buffer<std::byte>().swap(buffer);
   }
 }
 
@@ -311,9 +329,74 @@ void encode_items(const std::vector<T, Alloc>& items, output_port& out) {
   }
 }
 
+// A head-and-body codec whose body can be written in place: a large item is read from the slots
+// straight into the object (decode_large_item).
+template <class T>
+concept streams_into = decodes_into<T> && head_and_body_codec<T> && requires(T& value, std::size_t n) {
+  { codec<T>::resize_body(value, n) } -> std::same_as<std::span<std::byte>>;
+  { codec<T>::body_unit } -> std::convertible_to<std::size_t>;
+};
+
+template <encodable T, class Alloc>
+std::size_t decode_items(const batch_view& batch, std::vector<T, Alloc>& items);
+
+// One item larger than a slot, streamed by the input port (batch_view::large). A head-and-body
+// item is read straight into the buffer's first object (its memory reused from the previous
+// item): its bytes are copied once on the consumer's side. Others are read into a buffer kept
+// for the next large item, then decoded.
+template <encodable T, class Alloc>
+std::size_t decode_large_item(large_item_reader& in, std::vector<T, Alloc>& items) {
+  const std::uint64_t total = in.size();
+  if constexpr (streams_into<T>) {
+    std::uint64_t count = 0;
+    std::uint64_t head = 0;
+    for (unsigned shift = 0;; shift += 7) {
+      if (shift >= 64 || head >= total) throw codec_error("codec: malformed varint at the start of a large item");
+      std::byte b;
+      in.read(&b, 1);
+      ++head;
+      count |= static_cast<std::uint64_t>(std::to_integer<std::uint8_t>(b) & 0x7f) << shift;
+      if ((std::to_integer<std::uint8_t>(b) & 0x80) == 0) break;
+    }
+    // The body is the rest of the item, exactly: checked before anything is sized by `count`.
+    constexpr std::uint64_t unit = codec<T>::body_unit;
+    const std::uint64_t body = total - head;
+    if (body % unit != 0 || count != body / unit)
+      throw codec_error("large item of " + std::to_string(total) + " bytes claims " + std::to_string(count) + " elements of " +
+                        std::to_string(unit) + " bytes");
+    items.resize(1);
+    const std::span<std::byte> to = codec<T>::resize_body(items.front(), static_cast<std::size_t>(count));
+    if (!to.empty()) in.read(to.data(), to.size());
+    return 1;
+  } else {
+    static thread_local batch_buffer<std::byte> buffer;
+    buffer.resize(static_cast<std::size_t>(total));
+    in.read(buffer.data(), buffer.size());
+    batch_view whole;
+    whole.bytes = {buffer.data(), buffer.size()};
+    whole.items = 1;
+    const std::size_t n = decode_items(whole, items);
+    if (buffer.capacity() > (std::size_t{128} << 20)) batch_buffer<std::byte>().swap(buffer);
+    return n;
+  }
+}
+
 // Decodes a batch into `items` (cleared first). Throws codec_error on corrupt input.
 template <encodable T, class Alloc>
 std::size_t decode_items(const batch_view& batch, std::vector<T, Alloc>& items) {
+  if (batch.large) return decode_large_item(*batch.large, items);
+  if constexpr (decodes_into<T>) {
+    if (batch.items == 1) {
+      // One item (an item larger than a slot always comes alone): decoded into the object the
+      // previous batch left first in the buffer, so a stream of large strings reuses one
+      // string's memory instead of allocating (and page-faulting) a fresh one per item.
+      items.resize(1);
+      decoder in(batch.bytes);
+      codec<T>::decode_into(in, items.front());
+      if (!in.empty()) throw codec_error("batch has " + std::to_string(in.remaining()) + " bytes after its last item");
+      return 1;
+    }
+  }
   items.clear();
   if constexpr (is_raw_codec_v<T> && std::is_default_constructible_v<T>) {
     if (batch.bytes.size() != std::size_t{batch.items} * sizeof(T))
