@@ -41,7 +41,7 @@ class aggregation_switch {
   bool send_now(std::uint64_t keys) noexcept {
     if (!switched_) {
       if (switch_keys_ == pre_aggregate::never || items_ == 0) return false;
-      if (switch_keys_ != 0 && (keys < switch_keys_ || 2 * keys < items_)) return false;
+      if (switch_keys_ != 0 && (keys < switch_keys_ || items_ >= 2 * keys)) return false;
       switched_ = true;
       keys_at_switch_ = keys;
       items_at_switch_ = items_;
