@@ -146,6 +146,21 @@ key_by_t<KeyFn> key_by(KeyFn fn) {
   return key_by_t<KeyFn>{std::move(fn)};
 }
 
+// pre_aggregate on a reduce_by_key: when a replica stops pre-aggregating its keys and sends its
+// partitions on as they fill (the partitioned shuffle: the caller owns each key once, so memory
+// does not grow with the replica count). Default, adaptive: a replica whose partial holds
+// default_switch_keys distinct keys or more while it folded fewer than 2 items a key switches
+// (pre-aggregation is not paying). until_keys(n): the same test at n keys. always: never switch.
+// off: shuffle from the first batch. The report's note on the stage says which ran and why.
+struct pre_aggregate {
+  static constexpr std::uint64_t default_switch_keys = std::uint64_t{1} << 20;
+  static constexpr std::uint64_t never = ~std::uint64_t{0};
+  static pre_aggregate until_keys(std::uint64_t n) { return pre_aggregate{n}; }
+  static pre_aggregate always() { return pre_aggregate{never}; }
+  static pre_aggregate off() { return pre_aggregate{0}; }
+  std::uint64_t switch_keys;  // 0: off; never: always
+};
+
 struct stage_options {
   std::optional<std::uint32_t> replicas;
   bool keyed = false;  // key_by(fn): items reach the replica owning their key (implies own_process)
@@ -161,6 +176,7 @@ struct stage_options {
   std::optional<std::uint32_t> restarts;     // restart(n) (policy.hpp); default: a death fails run()
   std::uint64_t recycle_items = 0;           // recycle::after_items(n) (recycle.hpp); 0: never
   std::uint64_t recycle_rss_bytes = 0;       // recycle::above_rss(bytes); 0: never
+  std::uint64_t pre_aggregate_keys = pre_aggregate::default_switch_keys;  // reduce_by_key (pre_aggregate)
 };
 
 struct pipeline_options {
@@ -203,6 +219,7 @@ inline void apply_option(stage_options& o, const recycle& r) {
   if (r.items) o.recycle_items = r.items;
   if (r.rss_bytes) o.recycle_rss_bytes = r.rss_bytes;
 }
+inline void apply_option(stage_options& o, const pre_aggregate& p) { o.pre_aggregate_keys = p.switch_keys; }
 template <class KeyFn>
 void apply_option(stage_options& o, const key_by_t<KeyFn>&) {
   o.keyed = true;
@@ -216,7 +233,7 @@ template <class... Opts>
 stage_options make_stage_options(const Opts&... opts) {
   static_assert((stage_option<Opts> && ...),
                 "procflow: a stage option must be one of replicas(n), ordered, batch_bytes(n), ring_slots(n), "
-                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), restart(n), recycle::..., key_by(fn)");
+                "dispatch::..., own_process, auto_scale, max_latency(d), watchdog(d), skip, retry(n, backoff), restart(n), recycle::..., key_by(fn), pre_aggregate::...");
   stage_options o;
   (apply_option(o, opts), ...);
   return o;

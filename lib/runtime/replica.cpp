@@ -369,6 +369,10 @@ class Replica final : public detail::downstream {
         if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
         outbox_->end_batch();
       }
+      if (!ordered && !restart_ && ends_in_terminal()) {
+        set_stage(group_.end_stage - 1);
+        instances_.back()->after_batch(*outbox_, group_index_ > 0 && plan_.groups[group_index_ - 1].keyed);
+      }
       if (restart_) {
         // The batch's output is all published before its input is released (redelivery.hpp).
         if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);

@@ -48,6 +48,12 @@ namespace {
 using namespace procflow::runtime;
 using Clock = std::chrono::steady_clock;
 
+// Adds `more` (a terminal collector's note) to a stage's report note.
+void add_note(std::string& note, const std::string& more) {
+  if (more.empty()) return;
+  note += note.empty() ? more : "; " + more;
+}
+
 // Who runs in each child: group and replica within it.
 struct ReplicaId {
   std::size_t group;
@@ -115,6 +121,7 @@ class Supervisor final : public SupervisedRun {
     if (collector_) on_caller_side("at the end of the stream (merging partial results, a sink's finish())", [&] { collector_->finish(); });
     stop_if_interrupted();  // a Ctrl-C during the last moments is not swallowed
     run_report report = make_report(std::chrono::duration<double>(Clock::now() - t0).count());
+    if (collector_ && !report.stages.empty()) add_note(report.stages.back().note, collector_->note());
     sampler_.finish(report);
     if (!def_.options.dead_letter_path.empty()) faults::write_dead_letters(def_.options.dead_letter_path, report.dead_letters);
     if (!def_.options.profile.trace_path.empty())

@@ -4,6 +4,8 @@
 //   sequential_flat   the same loop over procflow's flat open-addressing table (a stronger peer)
 //   procflow          iota -> map(key) x2 -> reduce_by_key, default placement (as the issue writes it)
 //   procflow_shuffle  the same with reduce_by_key in 2 processes of its own (keyed dispatch)
+//   procflow_pre_aggregate_always  procflow with pf::pre_aggregate::always(): every replica keeps
+//                     its whole partial to the end (the behaviour before the adaptive switch)
 //   *_random_keys     (with --random-keys, instead of the rows above) the same three (sequential, procflow, procflow_shuffle) over random keys,
 //                     mix_hash(i) % K (about K(1 - e^(-N/K)) distinct keys). The rows above repeat
 //                     the key order (i * 2654435761) % K every K items, so a std::unordered_map loop
@@ -12,7 +14,10 @@
 // Fields: seconds (median wall time of the child, result checked), peak_rss_mb: the sum over every
 // process of the child's tree (the child and all its descendants) of VmHWM from /proc/<pid>/status,
 // sampled every 5 ms by the parent (each process's last seen high-water mark, summed: shared
-// memory pages count in each process that touched them, so this overstates rather than understates).
+// memory pages count in each process that touched them, so this overstates rather than understates);
+// cpu_s: median user + system CPU of the child and every process it reaped (RUSAGE_CHILDREN), so
+// that a loaded machine can still compare work done. The first repeat of a procflow variant
+// prints the reduce_by_key stage's report note (which aggregation mode ran, and why) to stderr.
 //
 //   groupby_bench [--json] [--quick] [--repeats=N] [--scale=F] [--only=...] [--keys=1,1000,...] [--random-keys]
 #include "bench_support.hpp"
@@ -22,6 +27,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,6 +45,14 @@ using i64 = std::int64_t;
 i64 key_of(i64 i, i64 k) { return static_cast<i64>((static_cast<std::uint64_t>(i) * 2654435761ULL) % static_cast<std::uint64_t>(k)); }
 i64 random_key_of(i64 i, i64 k) { return static_cast<i64>(pf::mix_hash(static_cast<std::uint64_t>(i)) % static_cast<std::uint64_t>(k)); }
 using key_fn = i64 (*)(i64, i64);
+
+bool print_note = false;  // in the child: print the reduce_by_key stage's note (first repeat)
+
+void note_mode(const pf::run_report& report) {
+  if (!print_note) return;
+  for (const auto& s : report.stages)
+    if (s.name == "count") fmt::print(stderr, "groupby_bench: note: {}\n", s.note);
+}
 
 // What every variant must agree on: key count, total count, and a checksum of key*count.
 struct Summary {
@@ -87,6 +101,17 @@ Summary with_procflow(i64 n, i64 k) {
   auto r = count_pipeline<Key>(n, k)
                .reduce_by_key("count", [](i64 key) { return key; }, i64{0}, [](i64& c, i64) { ++c; }, std::plus<>{})
                .run();
+  note_mode(r.report);
+  return summarize(r.value);
+}
+
+template <key_fn Key>
+Summary with_procflow_always(i64 n, i64 k) {
+  auto r = count_pipeline<Key>(n, k)
+               .reduce_by_key("count", [](i64 key) { return key; }, i64{0}, [](i64& c, i64) { ++c; }, std::plus<>{},
+                              pf::pre_aggregate::always())
+               .run();
+  note_mode(r.report);
   return summarize(r.value);
 }
 
@@ -96,6 +121,7 @@ Summary with_procflow_shuffle(i64 n, i64 k) {
                .reduce_by_key("count", [](i64 key) { return key; }, i64{0}, [](i64& c, i64) { ++c; }, std::plus<>{},
                               pf::replicas(2), pf::own_process)
                .run();
+  note_mode(r.report);
   return summarize(r.value);
 }
 
@@ -198,8 +224,15 @@ int main(int argc, char** argv) {
       const bool random_row = variant.ends_with("random_keys");
       const Summary& want = random_row ? expected_random : expected;
       if (!o.wants(variant) || random_row != random_keys) return;
-      std::vector<double> walls, rss;
+      std::vector<double> walls, rss, cpus;
+      auto children_cpu = [] {
+        rusage u{};
+        ::getrusage(RUSAGE_CHILDREN, &u);
+        return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+      };
       for (int r = 0; r < o.repeats; ++r) {
+        print_note = r == 0 && variant.starts_with("procflow");
+        const double cpu0 = children_cpu();
         const auto t0 = std::chrono::steady_clock::now();
         std::fflush(nullptr);
         const pid_t pid = ::fork();
@@ -216,15 +249,17 @@ int main(int argc, char** argv) {
         }
         rss.push_back(watch_tree(pid));
         walls.push_back(bench::seconds_since(t0));
+        cpus.push_back(children_cpu() - cpu0);
       }
       const double wall = bench::median(walls);
       rows.push_back({"groupby", variant, static_cast<double>(n) / wall,
-                      {{"keys", static_cast<double>(k)}, {"seconds", wall}, {"peak_rss_mb", bench::median(rss)}}, note});
+                      {{"keys", static_cast<double>(k)}, {"seconds", wall}, {"peak_rss_mb", bench::median(rss)}, {"cpu_s", bench::median(cpus)}}, note});
     };
     measure("sequential", sequential<key_of>, "std::unordered_map loop");
     measure("sequential_flat", sequential_flat<key_of>, "flat open-addressing table loop");
     measure("procflow", with_procflow<key_of>, "iota -> map x2 -> reduce_by_key (default placement)");
     measure("procflow_shuffle", with_procflow_shuffle<key_of>, "reduce_by_key replicas(2), own_process");
+    measure("procflow_pre_aggregate_always", with_procflow_always<key_of>, "default placement, pf::pre_aggregate::always()");
     measure("sequential_random_keys", sequential<random_key_of>, "std::unordered_map loop, keys mix_hash(i) % K");
     measure("procflow_random_keys", with_procflow<random_key_of>, "default placement, keys mix_hash(i) % K");
     measure("procflow_shuffle_random_keys", with_procflow_shuffle<random_key_of>,

@@ -362,7 +362,7 @@ TEST_CASE("reduce_by_key: a throwing key function or fold names its item (window
   }
 }
 
-TEST_CASE("keyed_piece codec: round trip of raw and string entries; a partition index or count out of range is refused") {
+TEST_CASE("keyed_piece codec: round trip of raw and string entries; a partition index, mode or count out of range is refused") {
   auto round_trip = [](const auto& piece) {
     using piece_type = std::decay_t<decltype(piece)>;
     std::vector<std::byte> bytes(pf::codec<piece_type>::encoded_size(piece));
@@ -371,12 +371,18 @@ TEST_CASE("keyed_piece codec: round trip of raw and string entries; a partition 
     const piece_type back = pf::codec<piece_type>::decode(in);
     CHECK(in.empty());
     CHECK(back.partition == piece.partition);
+    CHECK(back.mode == piece.mode);
+    CHECK(back.keys_at_switch == piece.keys_at_switch);
+    CHECK(back.items_at_switch == piece.items_at_switch);
     CHECK(back.entries == piece.entries);
     return bytes;
   };
-  pf::detail::keyed_piece<i64, i64> raw{63, {{1, 10}, {2, 20}, {-3, 30}}};
+  using mode = pf::detail::aggregation_mode;
+  // Bytes: partition, mode, keys at the switch, items at the switch, entry count, entries.
+  pf::detail::keyed_piece<i64, i64> raw{63, mode::shuffled, 5, 9, {{1, 10}, {2, 20}, {-3, 30}}};
   std::vector<std::byte> bytes = round_trip(raw);
-  round_trip(pf::detail::keyed_piece<std::string, i64>{5, {{"a", 1}, {std::string(300, 'b'), 2}, {"", 3}}});
+  round_trip(pf::detail::keyed_piece<std::string, i64>{5, mode::key_partitioned, 0, 0, {{"a", 1}, {std::string(300, 'b'), 2}, {"", 3}}});
+  round_trip(pf::detail::keyed_piece<std::string, i64>{0, mode::pre_aggregated, 1u << 20, 3u << 20, {}});
 
   bytes[0] = std::byte{64};  // partition index varint: 64 is out of range
   {
@@ -384,7 +390,13 @@ TEST_CASE("keyed_piece codec: round trip of raw and string entries; a partition 
     CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);
   }
   bytes[0] = std::byte{63};
-  bytes[1] = std::byte{4};  // 4 entries announced, 3 present
+  bytes[1] = std::byte{3};  // no such aggregation mode
+  {
+    pf::decoder in(bytes);
+    CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);
+  }
+  bytes[1] = std::byte{1};
+  bytes[4] = std::byte{4};  // 4 entries announced, 3 present
   {
     pf::decoder in(bytes);
     CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);

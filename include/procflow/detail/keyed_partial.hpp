@@ -7,6 +7,7 @@
 #pragma once
 
 #include <procflow/codec.hpp>
+#include <procflow/detail/aggregation_switch.hpp>
 #include <procflow/detail/flat_table.hpp>
 #include <procflow/detail/stage.hpp>
 #include <procflow/keyed.hpp>
@@ -18,6 +19,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -32,6 +34,11 @@ struct keyed_partial {
   std::vector<table> parts = std::vector<table>(keyed_partition_count);
 
   table& part_of(std::uint64_t hash) noexcept { return parts[keyed_partition_of(hash)]; }
+  std::size_t size() const noexcept {
+    std::size_t n = 0;
+    for (const auto& p : parts) n += p.size();
+    return n;
+  }
   void clear() noexcept {
     for (auto& p : parts) p.clear();
   }
@@ -45,16 +52,20 @@ inline constexpr bool raw_entries_v = is_raw_codec_v<K> && is_raw_codec_v<V> && 
 // What travels: one piece per non-empty partition of a replica's keyed_partial (its index and its
 // entries), so neither side ever holds the whole partial encoded (at 5 M keys that was an 80 MB
 // encode buffer in each replica and as much reassembled in the caller), and the caller files each
-// piece under its partition as it arrives.
+// piece under its partition as it arrives. The first piece a replica sends after its
+// aggregation_switch switched carries what the replica saw then (for the report's note).
 template <class K, class V>
 struct keyed_piece {
   std::uint32_t partition = 0;
+  aggregation_mode mode = aggregation_mode::pre_aggregated;
+  std::uint64_t keys_at_switch = 0;   // 0 but in that first piece
+  std::uint64_t items_at_switch = 0;
   std::vector<keyed_entry<K, V>> entries;
 };
 
 }  // namespace detail
 
-// Encoded: the partition index, the entry count, then the entries (a block of bytes for raw
+// Encoded: the partition index, the mode, the switch's keys and items, the entry count, then the entries (a block of bytes for raw
 // entries, key then accumulator otherwise). The index is rebuilt by the receiver.
 template <class K, class V>
 struct codec<detail::keyed_piece<K, V>> {
@@ -63,7 +74,8 @@ struct codec<detail::keyed_piece<K, V>> {
   static constexpr bool raw = detail::raw_entries_v<K, V>;
 
   static std::size_t encoded_size(const piece& p) noexcept {
-    std::size_t n = detail::varint_size(p.partition) + detail::varint_size(p.entries.size());
+    std::size_t n = detail::varint_size(p.partition) + 1 + detail::varint_size(p.keys_at_switch) +
+                    detail::varint_size(p.items_at_switch) + detail::varint_size(p.entries.size());
     if constexpr (raw) {
       n += p.entries.size() * sizeof(entry);
     } else {
@@ -73,6 +85,9 @@ struct codec<detail::keyed_piece<K, V>> {
   }
   static std::byte* encode(const piece& p, std::byte* out) noexcept {
     out = detail::put_varint(p.partition, out);
+    *out++ = static_cast<std::byte>(p.mode);
+    out = detail::put_varint(p.keys_at_switch, out);
+    out = detail::put_varint(p.items_at_switch, out);
     out = detail::put_varint(p.entries.size(), out);
     if constexpr (raw) {
       if (!p.entries.empty()) std::memcpy(out, p.entries.data(), p.entries.size() * sizeof(entry));
@@ -87,6 +102,12 @@ struct codec<detail::keyed_piece<K, V>> {
     const std::uint64_t partition = in.take_varint();
     if (partition >= keyed_partition_count) throw codec_error("codec: keyed piece with a partition index out of range");
     p.partition = static_cast<std::uint32_t>(partition);
+    const auto mode = static_cast<std::uint8_t>(*in.take(1));
+    if (mode > static_cast<std::uint8_t>(detail::aggregation_mode::key_partitioned))
+      throw codec_error("codec: keyed piece with an unknown aggregation mode");
+    p.mode = static_cast<detail::aggregation_mode>(mode);
+    p.keys_at_switch = in.take_varint();
+    p.items_at_switch = in.take_varint();
     const std::size_t n = in.take_count();
     if constexpr (raw) {
       const std::byte* bytes = in.take(n * sizeof(entry));  // n <= remaining, so no overflow
@@ -106,16 +127,25 @@ struct codec<detail::keyed_piece<K, V>> {
 
 namespace detail {
 
-// Sends every non-empty partition of `groups` as a keyed_piece and clears it as it goes (its memory
-// is given back at once).
+// Sends every non-empty partition of `groups` as a keyed_piece of `mode` and clears it as it goes:
+// its memory is given back at once, or kept for the next fill when `keep_capacity` (a replica
+// sending early, its tables small). `keys_at_switch`/`items_at_switch` go with the first piece.
 template <class K, class V, class Hash, class Port>
-void send_pieces(keyed_partial<K, V, Hash>& groups, Port& out) {
+void send_pieces(keyed_partial<K, V, Hash>& groups, Port& out, aggregation_mode mode = aggregation_mode::pre_aggregated,
+                 bool keep_capacity = false, std::uint64_t keys_at_switch = 0, std::uint64_t items_at_switch = 0) {
   for (std::size_t part = 0; part < groups.parts.size(); ++part) {
     auto& table = groups.parts[part];
     if (table.empty()) continue;
-    keyed_piece<K, V> piece{static_cast<std::uint32_t>(part), std::move(table.entries())};
-    table = typename keyed_partial<K, V, Hash>::table{};
+    keyed_piece<K, V> piece{static_cast<std::uint32_t>(part), mode, keys_at_switch, items_at_switch, std::move(table.entries())};
+    keys_at_switch = items_at_switch = 0;
     encode_item(piece, out);
+    if (keep_capacity) {
+      piece.entries.clear();
+      table.entries() = std::move(piece.entries);
+      table.clear();
+    } else {
+      table = typename keyed_partial<K, V, Hash>::table{};
+    }
   }
 }
 
@@ -162,14 +192,23 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
   using table = flat_table<K, V, Hash>;
   using entries = std::vector<keyed_entry<K, V>>;
 
-  keyed_collector(Merge merge, bool ordered) : merge_(std::move(merge)), ordered_(ordered), arrived_(keyed_partition_count) {}
+  // `switch_keys`: the stage's pre_aggregate setting (for the note).
+  keyed_collector(Merge merge, bool ordered, std::uint64_t switch_keys = pre_aggregate::default_switch_keys)
+      : merge_(std::move(merge)), ordered_(ordered), switch_keys_(switch_keys), arrived_(keyed_partition_count),
+        merged_(keyed_partition_count) {}
 
   // Files each piece under its partition: in arrival order when ordered (batches arrive in source
   // order), else by replica index (batch.meta.seq) so that the merge order does not depend on timing.
+  // A piece a switched replica sent early is merged into its partition at once (the shuffle's
+  // owner): holding it until the end would hold every key once per replica again.
   void consume(const batch_view& batch) override {
     decode_items(batch, scratch_);
     for (auto& p : scratch_) {
-      if (ordered_) {
+      observe(p);
+      if (p.mode == aggregation_mode::shuffled && !ordered_) {
+        merge_entries(merged_[p.partition], p.entries, merge_);
+        entries().swap(p.entries);
+      } else if (ordered_) {
         arrived_[p.partition].push_back(std::move(p.entries));
       } else {
         pending_.emplace(batch.meta.seq, std::move(p));
@@ -181,17 +220,77 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
   void finish() override {
     for (auto& [replica, p] : pending_) arrived_[p.partition].push_back(std::move(p.entries));
     pending_.clear();
-    std::vector<table> merged(keyed_partition_count);
     const std::size_t threads = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
-    parallel_for_index(keyed_partition_count, threads, [&](std::size_t part) { merge_partition(part, merged[part]); });
+    parallel_for_index(keyed_partition_count, threads, [&](std::size_t part) { merge_partition(part, merged_[part]); });
     arrived_.assign(keyed_partition_count, {});
-    result_ = keyed_result<K, V, Hash>(std::move(merged));
+    keys_ = 0;
+    for (const auto& t : merged_) keys_ += t.size();
+    result_ = keyed_result<K, V, Hash>(std::move(merged_));
+    merged_.assign(keyed_partition_count, table{});
   }
 
   keyed_result<K, V, Hash> take() override { return std::move(result_); }
 
+  // Which way the replicas aggregated, and why (the stage's note in the report).
+  std::string note() const override {
+    const std::string seen = " (" + std::to_string(keys_) + " distinct keys; " + std::to_string(groups_received_) +
+                             " groups received in " + std::to_string(pieces_) + " pieces)";
+    if (key_partitioned_)
+      return "aggregation: keyed dispatch, each replica owns its keys" + seen;
+    if (switched_ == 0) {
+      std::string why = switch_keys_ == pre_aggregate::never
+                            ? "pre_aggregate::always()"
+                            : "no replica's partial reached " + std::to_string(switch_keys_) + " distinct keys at under 2 items a key";
+      return "aggregation: pre-aggregated in each replica, " + why + seen;
+    }
+    std::string why = switch_keys_ == 0 ? "pre_aggregate::off()"
+                                        : "a partial held " + std::to_string(switch_at_keys_) + " distinct keys after " +
+                                              std::to_string(switch_at_items_) + " items, under 2 items a key (threshold " +
+                                              std::to_string(switch_keys_) + " keys)";
+    return "aggregation: switched to partitioned shuffle in " + std::to_string(switched_) +
+           (switched_ == 1 ? " replica" : " replicas") + ", partitions sent early and merged by the caller as they came: " +
+           why + seen;
+  }
+
  private:
-  // The pieces of partition `part`, in order: the first adopted as is (its index rebuilt), the
+  void observe(const piece& p) noexcept {
+    ++pieces_;
+    groups_received_ += p.entries.size();
+    if (p.mode == aggregation_mode::key_partitioned) key_partitioned_ = true;
+    if (p.mode == aggregation_mode::shuffled && p.items_at_switch != 0) {  // the replica's first piece after its switch
+      ++switched_;
+      if (p.keys_at_switch > switch_at_keys_) {
+        switch_at_keys_ = p.keys_at_switch;
+        switch_at_items_ = p.items_at_switch;
+      }
+    }
+  }
+
+  // Folds `source` into `total` with merge (absent keys appended), leaving `source` moved from.
+  // A window of hashes first, their index slots prefetched, then the probes (as the replicas
+  // fold): the misses of a large partition overlap.
+  static void merge_entries(table& total, entries& source, Merge& merge) {
+    constexpr std::size_t window = 16;
+    std::array<std::uint64_t, window> hashes;
+    for (std::size_t base = 0; base < source.size(); base += window) {
+      const std::size_t m = std::min(window, source.size() - base);
+      for (std::size_t j = 0; j < m; ++j) {
+        hashes[j] = table::hash_of(source[base + j].first);
+        total.prefetch(hashes[j]);
+      }
+      for (std::size_t j = 0; j < m; ++j) {
+        auto& e = source[base + j];
+        if (auto* t = total.find(e.first, hashes[j])) {
+          merge(t->second, std::move(e.second));
+        } else {
+          total.insert_new(std::move(e), hashes[j]);
+        }
+      }
+    }
+  }
+
+  // The pieces of partition `part`, in order, into `total` (which may hold what shuffled pieces
+  // brought already): the first adopted as is (its index rebuilt) when `total` is empty, the
   // others folded in with combine. With keyed dispatch one piece has it all.
   void merge_partition(std::size_t part, table& total) {
     Merge merge = merge_;  // a copy per thread: combine may keep state
@@ -202,34 +301,27 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
         total.rebuild_after_decode();
         continue;
       }
-      // A window of hashes first, their index slots prefetched, then the probes (as the replicas
-      // fold): the misses of a large partition overlap.
-      constexpr std::size_t window = 16;
-      std::array<std::uint64_t, window> hashes;
-      for (std::size_t base = 0; base < source.size(); base += window) {
-        const std::size_t m = std::min(window, source.size() - base);
-        for (std::size_t j = 0; j < m; ++j) {
-          hashes[j] = table::hash_of(source[base + j].first);
-          total.prefetch(hashes[j]);
-        }
-        for (std::size_t j = 0; j < m; ++j) {
-          auto& e = source[base + j];
-          if (auto* t = total.find(e.first, hashes[j])) {
-            merge(t->second, std::move(e.second));
-          } else {
-            total.insert_new(std::move(e), hashes[j]);
-          }
-        }
-      }
+      merge_entries(total, source, merge);
       entries().swap(source);  // free as we go
     }
   }
 
   Merge merge_;
   bool ordered_;
+  std::uint64_t switch_keys_;
+  // What arrived (for note()): pieces, their entries, replicas that switched and the largest
+  // partial seen at a switch, whether the input was dispatched by key; keys in the result.
+  std::uint64_t pieces_ = 0;
+  std::uint64_t groups_received_ = 0;
+  std::uint64_t switched_ = 0;
+  std::uint64_t switch_at_keys_ = 0;
+  std::uint64_t switch_at_items_ = 0;
+  bool key_partitioned_ = false;
+  std::uint64_t keys_ = 0;
   std::vector<piece> scratch_;
   std::vector<std::vector<entries>> arrived_;  // per partition, its pieces in merge order
   std::multimap<std::uint64_t, piece> pending_;
+  std::vector<table> merged_;  // per partition: the shuffled pieces merged so far, then the result
   keyed_result<K, V, Hash> result_;
 };
 

@@ -105,6 +105,10 @@ class stage_instance {
   virtual void begin_batch() {}
   virtual void end_batch(output_port& /*results*/) {}
   virtual void finish(output_port& /*results*/) {}
+  // Unordered runs in processes: after each batch, a terminal may send part of its partial early
+  // (reduce_by_key once pre-aggregation stops paying). `key_partitioned`: its input is dispatched
+  // by key (each replica owns its keys already).
+  virtual void after_batch(output_port& /*results*/, bool /*key_partitioned*/) {}
   // The replica's input has ended: the stage callable's finish(), if any, then its destruction
   // (detail/callable.hpp), before the replica's end of stream goes downstream. Throws on failure.
   virtual void end_of_stream() {}
@@ -167,6 +171,8 @@ class result_collector {
   // from; collect and a sink running in the caller take them without encoding.
   virtual void consume_items(void* /*vector*/) { throw std::logic_error("procflow: this terminal takes encoded batches only"); }
   virtual void finish() {}
+  // After finish(): what the terminal's report note should say about how it ran (else empty).
+  virtual std::string note() const { return {}; }
 };
 
 // A collector whose finished result the builder's run() takes.

@@ -521,15 +521,18 @@ class reduce_by_key_stage final : public input_stage<T> {
   }
   std::unique_ptr<result_collector> make_collector(bool ordered) const override {
     auto merge = [combine = combine_](Acc& total, Acc&& partial) mutable { fold_into(total, combine, std::move(partial)); };
-    return std::make_unique<keyed_collector<key_type, Acc, Hash, decltype(merge)>>(std::move(merge), ordered);
+    return std::make_unique<keyed_collector<key_type, Acc, Hash, decltype(merge)>>(std::move(merge), ordered,
+                                                                                  this->options().pre_aggregate_keys);
   }
 
  private:
   class instance final : public terminal_instance_base<T> {
    public:
-    instance(const reduce_by_key_stage& s, bool ordered) : stage_(s), fold_(s.fold_), ordered_(ordered) {}
+    instance(const reduce_by_key_stage& s, bool ordered)
+        : stage_(s), fold_(s.fold_), ordered_(ordered), switch_(s.options().pre_aggregate_keys) {}
     std::size_t apply(item_cursor& cursor) override {
       auto& in = this->in_;
+      switch_.folded(in.size());
       if constexpr (windowed) {
         if (!cursor.guard) return apply_windowed(cursor);
       }
@@ -553,6 +556,21 @@ class reduce_by_key_stage final : public input_stage<T> {
     }
     void begin_batch() override { groups_.clear(); }
     void end_batch(output_port& results) override { send_pieces(groups_, results); }
+    // Unordered, in processes: pre-aggregate while it pays, then send the partitions on as they
+    // fill (aggregation_switch.hpp). A replica fed by key owns its keys: it keeps them.
+    void after_batch(output_port& results, bool key_partitioned) override {
+      if (key_partitioned) {
+        mode_ = aggregation_mode::key_partitioned;
+        return;
+      }
+      const bool first = !switch_.switched();
+      if (!switch_.send_now(groups_.size())) return;
+      mode_ = aggregation_mode::shuffled;
+      // The first send gives the pre-aggregated table's memory back; later ones keep the small
+      // tables' capacity for the next fill.
+      send_pieces(groups_, results, mode_, !first, first ? switch_.keys_at_switch() : 0, first ? switch_.items_at_switch() : 0);
+      switch_.sent();
+    }
 
    private:
     // The fast path (no error policy): keys and hashes of a window of items first, each table slot
@@ -592,7 +610,7 @@ class reduce_by_key_stage final : public input_stage<T> {
 
    public:
     void finish(output_port& results) override {
-      if (!ordered_) send_pieces(groups_, results);
+      if (!ordered_) send_pieces(groups_, results, mode_);
     }
 
    private:
@@ -600,6 +618,8 @@ class reduce_by_key_stage final : public input_stage<T> {
     Fold fold_;
     partial_type groups_;
     bool ordered_;
+    aggregation_switch switch_;
+    aggregation_mode mode_ = aggregation_mode::pre_aggregated;
     std::array<window_key_type, window> window_keys_{};
     std::array<std::uint64_t, window> window_hashes_{};
   };
