@@ -25,9 +25,13 @@ std::unique_ptr<pd::stage_instance> make_filter(F pred) {
 }
 
 template <class T>
-pd::batch_buffer<T>& input(pd::stage_instance& s) { return *static_cast<pd::batch_buffer<T>*>(s.input_buffer()); }
+pd::batch_buffer<T>& input(pd::stage_instance& s) {
+  return *static_cast<pd::batch_buffer<T>*>(s.input_buffer());
+}
 template <class T>
-pd::batch_buffer<T>& output(pd::stage_instance& s) { return *static_cast<pd::batch_buffer<T>*>(s.output_buffer()); }
+pd::batch_buffer<T>& output(pd::stage_instance& s) {
+  return *static_cast<pd::batch_buffer<T>*>(s.output_buffer());
+}
 
 std::string long_text(int i) { return "a line long enough to live on the heap, number " + std::to_string(i); }
 
