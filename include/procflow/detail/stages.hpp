@@ -250,6 +250,24 @@ class filter_instance final : public instance_base<T, T> {
         kept += std::invoke(*pred_, std::as_const(in[i])) ? std::size_t{1} : std::size_t{0};
       });
       out.resize(kept);
+    } else if constexpr (std::is_default_constructible_v<T> && std::is_swappable_v<T>) {
+      // A kept item trades places with an element of out left from an earlier batch instead of
+      // being moved out: the input buffer keeps strings/vectors with their capacity, so the
+      // source's next fill (lines(), records()) assigns into them without allocating.
+      std::size_t kept = 0;
+      try {
+        for_each_item(in.size(), cursor, [&](std::size_t i) {
+          if (!std::invoke(*pred_, std::as_const(in[i]))) return;
+          if (kept == out.size()) out.emplace_back();
+          using std::swap;
+          swap(out[kept], in[i]);
+          ++kept;
+        });
+      } catch (...) {
+        out.erase(out.begin() + static_cast<std::ptrdiff_t>(kept), out.end());
+        throw;
+      }
+      out.erase(out.begin() + static_cast<std::ptrdiff_t>(kept), out.end());
     } else {
       out.clear();
       for_each_item(in.size(), cursor, [&](std::size_t i) {
