@@ -258,9 +258,15 @@ class filter_instance final : public instance_base<T, T> {
       try {
         for_each_item(in.size(), cursor, [&](std::size_t i) {
           if (!std::invoke(*pred_, std::as_const(in[i]))) return;
-          if (kept == out.size()) out.emplace_back();
-          using std::swap;
-          swap(out[kept], in[i]);
+          if (kept == out.size()) {
+            // No spare element to trade: move it out. (Not a swap with a new element: out's
+            // allocator default-initializes, and swapping would read a fresh element's
+            // indeterminate members, e.g. a bool: UBSan, seen in thread_mode_test.)
+            out.push_back(std::move(in[i]));
+          } else {
+            using std::swap;
+            swap(out[kept], in[i]);
+          }
           ++kept;
         });
       } catch (...) {
