@@ -24,8 +24,11 @@
 // may have run once already, but its future is set once). restarts() counts these. A crash
 // during wait() fails what is pending instead.
 //
-// Requests are published at once, except that concurrent submitters share a slot (the last of a
-// group publishes it), so many client threads fill slots instead of paying one wake-up per item.
+// A request is published at once while a replica is idle or about to be. While every replica has
+// a slot queued behind the one it works on, requests wait in one open slot, clocked by the
+// answers: the results thread publishes it when a result batch comes back (the latency bound is
+// the backstop), so busy replicas take requests in batches instead of paying a wake-up each
+// (started_run.cpp). Concurrent submitters share a slot (the last of a group publishes it).
 // Threads and forks as for running.hpp: start() forks on the calling thread (no other thread may
 // run then, unless pf::allow_threads); the pool's own threads run until it is destroyed. A
 // restart forks from the pool's restart thread while the caller's threads run: the new replicas
@@ -604,8 +607,12 @@ class service {
 template <class In, class... Opts>
 service<In, In, false> serve(std::string name, const Opts&... opts) {
   // Slots of 2 KiB (a few dozen small requests): a replica that dies fails the batch it held,
-  // so batches stay small; concurrent submitters still share them.
-  auto chain = pipeline(std::move(name), opts...).source("requests", input<detail::request<In>>(), batch_bytes(2048));
+  // so batches stay small; concurrent submitters still share them. Every stage hands on each
+  // batch's answers at once (max_latency(0), unless the options say otherwise): the answers are
+  // what clocks the requests held back while the replicas are busy (started_run.cpp), and a
+  // caller waits for them. The requests themselves keep the default bound as a backstop.
+  auto chain = pipeline(std::move(name), max_latency(std::chrono::nanoseconds(0)), opts...)
+                   .source("requests", input<detail::request<In>>(), batch_bytes(2048), max_latency(std::chrono::milliseconds(5)));
   return service<In, In, false>(std::move(chain), {"requests"});
 }
 

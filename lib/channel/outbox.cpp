@@ -38,6 +38,13 @@ bool Outbox::has_pending() const noexcept {
   return false;
 }
 
+std::uint64_t Outbox::min_queued_slots() const noexcept {
+  std::uint64_t fewest = UINT64_MAX;
+  for (std::size_t lane = 0; lane < lanes_.size(); ++lane)
+    if (lane >= max_masked_lanes || (active_ >> lane & 1) != 0) fewest = std::min(fewest, lanes_[lane].ring.size_approx());
+  return fewest;
+}
+
 void Outbox::refresh_membership() {
   if (!membership_) return;
   // SYNC POINT (acquire): pairs with the release in publish_membership(); `active` is then at

@@ -113,6 +113,9 @@ class Outbox final : public detail::output_port {
   detail::flush_gate& gate() noexcept { return gate_storage_; }
   // Some open slot holds items not yet published.
   bool has_pending() const noexcept;
+  // Fewest slots any active consumer has published to it and not yet released (the one it works
+  // on included): 0 or 1 means that consumer is idle or about to be. Racy (consumers move on).
+  std::uint64_t min_queued_slots() const noexcept;
 
  protected:
   std::byte* reserve_slow(std::size_t lane, std::size_t n) override;

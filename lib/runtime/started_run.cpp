@@ -11,6 +11,13 @@
 // whichever caller thread writes. Items wait in its open slot until it is full, until the
 // latency bound passes (a small timer thread publishes it), or are published at once
 // (publish_mode::now / group).
+//
+// publish_mode::group (pool submits) is clocked by the answers, as TCP by its acks: while every
+// consumer still has a slot queued behind the one it works on, publishing at once would only make
+// batches smaller (one wake-up of a replica, of the driver and of a caller per few requests), so
+// the open slot stays open; the driver publishes it as soon as a result batch comes back (a
+// replica finished one), and a writer publishes it when it finds a consumer running dry. The
+// latency bound stays the backstop. With the bound off, group mode publishes at once as before.
 #include "channel/event.hpp"
 #include "channel/outbox.hpp"
 #include "runtime/cancel_state.hpp"
@@ -42,7 +49,11 @@ class StartedRun final : public started_run {
   StartedRun(std::shared_ptr<const pipeline_def> def, std::shared_ptr<result_collector> collector,
              std::function<void(std::exception_ptr)> on_end)
       : def_(with_cancel(std::move(def))), collector_(std::move(collector)), on_end_(std::move(on_end)) {
-    supervised_ = runtime::start_supervised(*def_, collector_.get());  // forks, on this thread
+    // Result batches reach the caller's collector through acks_, which also publishes requests
+    // held for the answers' clock (publish_mode::group).
+    acks_.run = this;
+    acks_.collector = collector_.get();
+    supervised_ = runtime::start_supervised(*def_, collector_ ? &acks_ : nullptr);  // forks, on this thread
     const runtime::Plan& plan = supervised_->plan();
     if (plan.caller_fed) {
       const runtime::Group& g = plan.groups.front();
@@ -113,9 +124,15 @@ class StartedRun final : public started_run {
     }
     position_ += written;
     const int others = writer.leave();
-    if (mode == publish_mode::now || (mode == publish_mode::group && others == 0) || outbox_->publish_each_item()) {
+    if (mode == publish_mode::group && others == 0 && latency_.count() > 0 && outbox_->min_queued_slots() >= 2) {
+      hold_for_answers();
+      lock.unlock();
+      // A consumer may have run dry while this thread held the lock (the driver's try failed).
+      publish_held(/*only_if_dry=*/true);
+    } else if (mode == publish_mode::now || (mode == publish_mode::group && others == 0) || outbox_->publish_each_item()) {
       outbox_->flush();
       pending_ = false;
+      held_.store(false, std::memory_order_relaxed);
     } else if (mode == publish_mode::latency && !pending_) {
       pending_ = true;
       pending_since_ = Clock::now();
@@ -130,6 +147,7 @@ class StartedRun final : public started_run {
     if (closed_ || abandoned_.load(std::memory_order_relaxed)) return;
     outbox_->flush();
     pending_ = false;
+    held_.store(false, std::memory_order_relaxed);
   }
 
   void close() override {
@@ -191,6 +209,44 @@ class StartedRun final : public started_run {
     if (on_end_) on_end_(error);
   }
 
+  // The collector the supervisor feeds: the caller's, then the answers' clock (see the top).
+  struct AckingCollector final : result_collector {
+    StartedRun* run = nullptr;
+    result_collector* collector = nullptr;
+    void consume(const batch_view& batch) override {
+      collector->consume(batch);
+      run->publish_held();
+    }
+    void consume_items(void* items) override { collector->consume_items(items); }
+    void finish() override { collector->finish(); }
+    std::string note() const override { return collector->note(); }
+  };
+
+  // Under input_mutex_: the open slot waits for an answer (or the latency bound).
+  void hold_for_answers() {
+    if (!pending_) {
+      pending_ = true;
+      pending_since_ = Clock::now();
+      flush_cv_.notify_one();
+    }
+    held_.store(true, std::memory_order_relaxed);
+  }
+
+  // Publishes a slot held for the answers' clock. Never waits for the input lock: a writer that
+  // holds it publishes or holds by the same rule and checks the consumers again after unlocking
+  // (the driver must not wait behind a writer blocked on a full ring: that writer waits for
+  // the very replicas whose answers this thread reads).
+  void publish_held(bool only_if_dry = false) {
+    if (!held_.load(std::memory_order_relaxed)) return;
+    std::unique_lock lock(input_mutex_, std::try_to_lock);
+    if (!lock.owns_lock() || !held_.load(std::memory_order_relaxed)) return;
+    if (only_if_dry && outbox_->min_queued_slots() >= 2) return;
+    held_.store(false, std::memory_order_relaxed);
+    if (closed_ || abandoned_.load(std::memory_order_relaxed)) return;
+    outbox_->flush();
+    pending_ = false;
+  }
+
   // The caller's share of the report: the source's items, as a generator replica would count them.
   void mirror_counters() noexcept {
     // Relaxed: a counter, as every replica's (run_state.hpp).
@@ -222,6 +278,7 @@ class StartedRun final : public started_run {
       }
       if (!abandoned_.load(std::memory_order_relaxed)) outbox_->flush();
       pending_ = false;
+      held_.store(false, std::memory_order_relaxed);
     }
   }
 
@@ -243,6 +300,10 @@ class StartedRun final : public started_run {
   bool stop_flusher_ = false;
   // Writers between their arrival and the end of their write (publish_mode::group).
   std::atomic<int> writers_{0};
+  // The open slot waits for an answer to come back (publish_mode::group). Written under
+  // input_mutex_; read without it as a hint (publish_held() checks again under the lock).
+  std::atomic<bool> held_{false};
+  AckingCollector acks_;
 
   // Set by the driver thread when the run ended (abandoned_ also makes a waiting writer give up).
   std::atomic<bool> abandoned_{false};

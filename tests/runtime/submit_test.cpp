@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <future>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,6 +60,26 @@ TEST_CASE("submit: futures from 8 threads all resolve to the right values") {
   }
   CHECK(pt::count_children() == 0);
   CHECK(pt::dev_shm_entries() == shm_before);
+}
+
+TEST_CASE("submit: requests sent while the replicas are busy share batches, and idle replicas get each at once") {
+  auto pool = pf::serve<i64>("clocked").map("work", [](i64 x) {
+    std::this_thread::sleep_for(100us);
+    return x + 1;
+  }, pf::replicas(2)).start();
+  // One at a time, the replicas idle: each request is published as it is sent (else every one
+  // would wait for the latency bound), so 200 requests are 200 batches.
+  for (i64 i = 0; i < 200; ++i) REQUIRE(pool.submit(i).get() == i + 1);
+  // 4000 in a burst from one thread: once both replicas have work queued the rest wait in an
+  // open slot until answers come back. Before the answers' clock every submit was a batch alone.
+  std::vector<std::future<i64>> futures;
+  for (i64 i = 0; i < 4000; ++i) futures.push_back(pool.submit(i));
+  for (i64 i = 0; i < 4000; ++i) REQUIRE(futures[static_cast<std::size_t>(i)].get() == i + 1);
+  const pf::run_report report = pool.wait();
+  REQUIRE(report.stages.size() == 3);
+  CHECK(report.stages[1].items_in == 4200);
+  CHECK(report.stages[1].batches_in >= 200);
+  CHECK(report.stages[1].batches_in < 200 + 4000 / 4);
 }
 
 TEST_CASE("submit: a filter's futures hold an empty optional for the items it dropped") {
@@ -111,7 +132,7 @@ TEST_CASE("submit: a throwing item fails only its future; the pool keeps serving
   pool.wait();                              // and ends cleanly
 }
 
-TEST_CASE("submit: a replica killed while holding a request fails exactly that future; the pool restarts and answers the rest") {
+TEST_CASE("submit: a replica killed while holding a batch fails exactly its requests; the pool restarts and answers the rest") {
   const auto shm_before = pt::dev_shm_entries();
   {
     auto pool = pf::serve<i64>("crash").map("work", [](i64 x) {
@@ -123,6 +144,7 @@ TEST_CASE("submit: a replica killed while holding a request fails exactly that f
     for (i64 i = 0; i < 2000; ++i) futures.push_back(pool.submit(i));
     int answered = 0;
     std::vector<std::size_t> failed;
+    std::uint64_t range_first = 0, range_last = 0;
     for (std::size_t i = 0; i < futures.size(); ++i) {
       REQUIRE(futures[i].wait_for(20s) == std::future_status::ready);  // nothing hangs
       try {
@@ -134,10 +156,21 @@ TEST_CASE("submit: a replica killed while holding a request fails exactly that f
         CHECK(e.kind() == pf::stage_error::cause::signal);
         CHECK(e.signal_number() == SIGKILL);
         CHECK(e.stage() == "work");
+        REQUIRE(e.has_item_range());
+        range_first = e.item_range_first();
+        range_last = e.item_range_last();
       }
     }
-    CHECK(failed == std::vector<std::size_t>{500});  // the batch it held: request 500 alone
-    CHECK(answered == 1999);
+    // Exactly the requests of the batch it held (positions = submit order: the pool's first
+    // generation). While both replicas are busy, requests wait in one slot for the answers'
+    // clock, so that batch holds request 500 and up to a slot's worth of its neighbours.
+    REQUIRE(range_first <= 500);
+    REQUIRE(range_last > 500);
+    CHECK(range_last - range_first <= 64);
+    std::vector<std::size_t> expected(static_cast<std::size_t>(range_last - range_first));
+    std::iota(expected.begin(), expected.end(), static_cast<std::size_t>(range_first));
+    CHECK(failed == expected);
+    CHECK(answered == 2000 - static_cast<int>(expected.size()));
     CHECK(pool.restarts() == 1);
     CHECK(pool.submit(i64{7}).get() == 7);  // still serving
     pool.wait();
