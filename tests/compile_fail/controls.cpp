@@ -5,5 +5,5 @@
 #include "misplaced_pre_aggregate.cpp"
 #include "pointer_field_record.cpp"
 #include "pointer_struct_item.cpp"
-#include "view_item.cpp"
 #include "unfixed_enum.cpp"
+#include "view_item.cpp"

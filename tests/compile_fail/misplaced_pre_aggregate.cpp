@@ -19,7 +19,8 @@ void misplaced_pre_aggregate() {
 #elif PROCFLOW_COMPILE_FAIL == 2
   (void)pf::pipeline("p")
       .source("n", pf::iota(0, 10))
-      .map("twice", [](int x) { return 2 * x; }, pf::pre_aggregate::always())
+      .map(
+          "twice", [](int x) { return 2 * x; }, pf::pre_aggregate::always())
       .reduce_by_key("count", key, std::int64_t{0}, count, add);
 #else
   (void)pf::pipeline("p")
@@ -29,7 +30,8 @@ void misplaced_pre_aggregate() {
 #else
   (void)pf::pipeline("p")
       .source("n", pf::iota(0, 10))
-      .map("twice", [](int x) { return 2 * x; }, pf::replicas(2))
+      .map(
+          "twice", [](int x) { return 2 * x; }, pf::replicas(2))
       .reduce_by_key("count", key, std::int64_t{0}, count, add, pf::pre_aggregate::off());
 #endif
 }
