@@ -12,6 +12,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace procflow {
@@ -220,6 +221,10 @@ inline void apply_option(stage_options& o, const recycle& r) {
   if (r.rss_bytes) o.recycle_rss_bytes = r.rss_bytes;
 }
 inline void apply_option(stage_options& o, const pre_aggregate& p) { o.pre_aggregate_keys = p.switch_keys; }
+// pre_aggregate is refused at compile time everywhere but reduce_by_key (pipeline.hpp): on another
+// stage, or as a pipeline default, nothing would read it.
+template <class T>
+inline constexpr bool is_pre_aggregate_v = std::is_same_v<T, pre_aggregate>;
 template <class KeyFn>
 void apply_option(stage_options& o, const key_by_t<KeyFn>&) {
   o.keyed = true;

@@ -132,6 +132,8 @@ class flow {
     using U = detail::item_result_t<detail::callable_t<F>, T>;
     static_assert(!std::is_void_v<U>, "procflow: map(): the function must return the new item (use sink() to consume)");
     static_assert(detail::checked_encodable_v<U>, "procflow: map(): its result type cannot cross a process boundary (see above)");
+    static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
+                  "procflow: map(): pre_aggregate::... is an option of reduce_by_key only");
     return then<flow<U>>(detail::with_key_by<T>(std::make_shared<detail::map_stage<T, U, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
   }
 
@@ -140,6 +142,8 @@ class flow {
   flow<T> filter(std::string name, F pred, const Opts&... opts) const {
     static_assert(std::is_invocable_r_v<bool, detail::callable_t<F>&, const T&>,
                   "procflow: filter(): the predicate must take the previous stage's item (const T&) and return bool");
+    static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
+                  "procflow: filter(): pre_aggregate::... is an option of reduce_by_key only");
     return then<flow<T>>(detail::with_key_by<T>(std::make_shared<detail::filter_stage<T, F>>(std::move(name), std::move(pred), detail::make_stage_options(opts...)), opts...));
   }
 
@@ -148,6 +152,8 @@ class flow {
   // calls emit(u) for each output.
   template <class U = void, class F, class... Opts>
   auto flat_map(std::string name, F fn, const Opts&... opts) const {
+    static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
+                  "procflow: flat_map(): pre_aggregate::... is an option of reduce_by_key only");
     if constexpr (std::is_void_v<U>) {
       static_assert(detail::callable_with_item_v<detail::callable_t<F>, T>,
                     "procflow: flat_map(): the function cannot be called with the previous stage's item type "
@@ -176,6 +182,8 @@ class flow {
                   "procflow: reduce(): combine must be Acc combine(Acc, Acc) or void combine(Acc&, Acc)");
     static_assert(detail::checked_encodable_v<Acc>, "procflow: reduce(): the accumulator type cannot cross a process boundary (see above)");
     static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: reduce(): key_by() is for map, filter, flat_map and sink (reduce_by_key is keyed already)");
+    static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
+                  "procflow: reduce(): pre_aggregate::... is an option of reduce_by_key only");
     return then<runnable<Acc>>(std::make_shared<detail::reduce_stage<T, Acc, Fold, Combine>>(
         std::move(name), std::move(init), std::move(fold), std::move(combine), detail::make_stage_options(opts...)));
   }
@@ -229,6 +237,8 @@ class flow {
   template <class... Opts>
   runnable<std::vector<T>> collect(const Opts&... opts) const {
     static_assert(!(detail::is_key_by_v<Opts> || ...), "procflow: collect(): key_by() is for map, filter, flat_map and sink");
+    static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
+                  "procflow: collect(): pre_aggregate::... is an option of reduce_by_key only");
     return then<runnable<std::vector<T>>>(std::make_shared<detail::collect_stage<T>>("collect", detail::make_stage_options(opts...)));
   }
 
@@ -244,6 +254,8 @@ class flow {
   runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
     static_assert(detail::callable_with_item_v<detail::callable_t<F>, T>,
                   "procflow: sink(): the function cannot be called with the previous stage's item type");
+    static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
+                  "procflow: sink(): pre_aggregate::... is an option of reduce_by_key only");
     return then<runnable<void>>(detail::with_key_by<T>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), detail::make_stage_options(opts...)), opts...));
   }
 
@@ -266,6 +278,8 @@ class pipeline_builder {
   // returning std::optional<T> (same as pf::generate).
   template <class Src, class... Opts>
   auto source(std::string name, Src src, const Opts&... opts) const {
+    static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
+                  "procflow: source(): pre_aggregate::... is an option of reduce_by_key only");
     if constexpr (requires(Src& s) { s(); }) {
       return source(std::move(name), generate(std::move(src)), opts...);
     } else if constexpr (detail::is_input_source_v<Src>) {
@@ -289,6 +303,9 @@ class pipeline_builder {
 // fusion(false)) apply to every stage.
 template <class... Opts>
 pipeline_builder pipeline(std::string name, const Opts&... opts) {
+  static_assert(
+      !(detail::is_pre_aggregate_v<Opts> || ...),
+      "procflow: pipeline(): pre_aggregate::... is not a pipeline-wide option; give it to the reduce_by_key it is for");
   detail::pipeline_def def;
   def.name = std::move(name);
   (detail::apply_pipeline_option(def.options, opts), ...);

@@ -320,8 +320,10 @@ TEST_CASE("keyed_result: an exception in combine fails run() with a stage_error 
 }
 
 TEST_CASE("reduce_by_key: a throwing key function or fold names its item (windowed probes keep the position)") {
-  // The replica probes its table a window of items at a time (keys first, then folds): the error
-  // must still name the item that threw, whether the key function or the fold threw.
+  // A replica whose table holds 2^14 keys or more probes it a window of items at a time (keys
+  // first, then folds); a smaller one item by item. Either way the error must name the item that
+  // threw, whether the key function or the fold threw: 1000 keys stay item by item, 100 000 keys
+  // are windowed long before the bad item.
   constexpr i64 bad = 123'457;
   auto expect_item = [](auto run) {
     try {
@@ -334,31 +336,38 @@ TEST_CASE("reduce_by_key: a throwing key function or fold names its item (window
       CHECK(e.message() == "bad item");
     }
   };
-  SUBCASE("key function") {
-    expect_item([] {
-      return pf::pipeline("throwing_key")
-          .source("numbers", pf::iota<i64>(0, 300'000))
-          .reduce_by_key("groups",
-                         [](i64 i) {
-                           if (i == bad) throw std::runtime_error("bad item");
-                           return i % 1000;
-                         },
-                         i64{0}, std::plus<>{}, std::plus<>{}, pf::replicas(2))
-          .run();
-    });
-  }
-  SUBCASE("fold") {
-    expect_item([] {
-      return pf::pipeline("throwing_fold")
-          .source("numbers", pf::iota<i64>(0, 300'000))
-          .reduce_by_key("groups", [](i64 i) { return i % 1000; }, i64{0},
-                         [](i64& acc, i64 i) {
-                           if (i == bad) throw std::runtime_error("bad item");
-                           acc += i;
-                         },
-                         std::plus<>{}, pf::replicas(2))
-          .run();
-    });
+  for (const i64 keys : {i64{1000}, i64{100'000}}) {
+    CAPTURE(keys);
+    {
+      INFO("key function");
+      expect_item([keys] {
+        return pf::pipeline("throwing_key")
+            .source("numbers", pf::iota<i64>(0, 300'000))
+            .reduce_by_key(
+                "groups",
+                [keys](i64 i) {
+                  if (i == bad) throw std::runtime_error("bad item");
+                  return i % keys;
+                },
+                i64{0}, std::plus<>{}, std::plus<>{}, pf::replicas(2))
+            .run();
+      });
+    }
+    {
+      INFO("fold");
+      expect_item([keys] {
+        return pf::pipeline("throwing_fold")
+            .source("numbers", pf::iota<i64>(0, 300'000))
+            .reduce_by_key(
+                "groups", [keys](i64 i) { return i % keys; }, i64{0},
+                [](i64& acc, i64 i) {
+                  if (i == bad) throw std::runtime_error("bad item");
+                  acc += i;
+                },
+                std::plus<>{}, pf::replicas(2))
+            .run();
+      });
+    }
   }
 }
 

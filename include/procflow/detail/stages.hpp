@@ -558,7 +558,7 @@ class reduce_by_key_stage final : public input_stage<T> {
       auto& in = this->in_;
       switch_.folded(in.size());
       if constexpr (windowed) {
-        if (!cursor.guard) return apply_windowed(cursor);
+        if (!cursor.guard && groups_.size() >= windowed_from_keys) return apply_windowed(cursor);
       }
       if (!cursor.guard || !std::is_copy_constructible_v<T>) {
         for_each_item(in.size(), cursor, [&](std::size_t i) {
@@ -602,6 +602,7 @@ class reduce_by_key_stage final : public input_stage<T> {
     // costs one overlapped miss per window rather than one full miss per item. A throw names its
     // item as for_each_item does.
     static constexpr std::size_t window = 16;
+    static constexpr std::size_t windowed_from_keys = std::size_t{1} << 14;
     static constexpr bool windowed = std::is_default_constructible_v<key_type> && std::is_move_assignable_v<key_type>;
     using window_key_type = std::conditional_t<windowed, key_type, char>;
     std::size_t apply_windowed(item_cursor& cursor) {
