@@ -13,6 +13,8 @@
 // copy of each item (the original is kept for a retry). A crash (signal, exit) is never skipped.
 #pragma once
 
+#include <procflow/dead_letter.hpp>
+
 #include <chrono>
 #include <cstdint>
 #include <stdexcept>
@@ -69,7 +71,8 @@ struct restart {
 
 // Pipeline option: when run() returns, its dead letters (run_report::dead_letters) are also written
 // to `path`, one JSON object per line: {"stage", "replica", "item_seq", "exception_type",
-// "message"}; the file is replaced (written to path + ".tmp", then renamed), and is written empty
+// "message", "item_bytes", "item", "item_note"} ("item": the encoded item in base64, or null; see
+// dead_letter.hpp, and read_dead_letters() to read the file back); the file is replaced (written to path + ".tmp", then renamed), and is written empty
 // when nothing was skipped. A file that cannot be written fails run() with procflow::system_error
 // naming it.
 struct dead_letters_to {
@@ -78,8 +81,5 @@ struct dead_letters_to {
   }
   std::string path;
 };
-
-// Dead letters kept per replica (the first ones it skipped).
-inline constexpr std::uint32_t dead_letters_per_replica = 8;
 
 }  // namespace procflow
