@@ -6,11 +6,12 @@
 //   pf::pipeline("p", pf::skip)                           // every stage without its own policy
 //
 // A skipped item is counted (stage_report::items_skipped) and the first ones are kept in
-// run_report::dead_letters with the stage, the item's sequence number (as stage_error::item_seq)
-// and the exception. What a stage did before throwing stays done: a flat_map's items emitted
+// run_report::dead_letters with the stage, the item's sequence number (as stage_error::item_seq),
+// the exception and the item itself, encoded (dead_letter.hpp). What a stage did before throwing stays done: a flat_map's items emitted
 // for it (unless still in the stage's buffer, then they are dropped), a fold's changes to the
 // accumulator through `void fold(Acc&, T)`. A reduce or reduce_by_key fold under a policy gets a
-// copy of each item (the original is kept for a retry). A crash (signal, exit) is never skipped.
+// copy of each item, and so does a stage function that takes its item by value or only as an
+// rvalue (the original is kept whole for a retry and a dead letter). A crash (signal, exit) is never skipped.
 #pragma once
 
 #include <procflow/dead_letter.hpp>

@@ -66,10 +66,11 @@ class PolicyGuard final : public detail::item_guard {
     }
     if (!policy.then_skip) return detail::item_verdict::fail;
     ++tally->items_skipped;
-    if (record->dead_letter_count < dead_letters_per_replica) {
+    const std::uint64_t seq = dense ? first_item + index : stream_first + index;
+    if (record->dead_letter_count < dead_letters_per_replica && !recorded(seq)) {
       DeadLetter& d = record->dead_letters[record->dead_letter_count];
       d.stage = stage;
-      d.item_seq = dense ? first_item + index : stream_first + index;
+      d.item_seq = seq;
       keep_item(d, index);
       try {
         put_text(d.exception_type, current_exception_type());
@@ -91,6 +92,14 @@ class PolicyGuard final : public detail::item_guard {
     record->item_stage.store(stage, std::memory_order_relaxed);
     record->item_seq_now.store(dense ? first_item + index : stream_first + index, std::memory_order_relaxed);
     record->item_known.store(1, std::memory_order_relaxed);
+  }
+
+  // pf::restart: a replacement running its dead predecessor's batch again skips the same items;
+  // their letters are in the record already (it is never reset).
+  bool recorded(std::uint64_t seq) const noexcept {
+    for (std::uint32_t i = 0; i < record->dead_letter_count && i < dead_letters_per_replica; ++i)
+      if (record->dead_letters[i].stage == stage && record->dead_letters[i].item_seq == seq) return true;
+    return false;
   }
 
   // The encoded item beside the dead letter (dead_letter.hpp); codecs do not throw (codec.hpp).

@@ -424,6 +424,10 @@ class Supervisor final : public SupervisedRun {
       if (plan_.held_to_one[i])
         r.note = "holds state (its callable cannot be called as const): runs in 1 process; give it replicas(n) "
                  "to replicate it, or pf::per_replica for state per replica";
+      if (i == 0 && def_.options.defaults.restarts && r.process_group < plan_.groups.size() &&
+          plan_.groups[r.process_group].input == GroupInput::generator)
+        add_note(r.note, "not restarted under the pipeline's pf::restart: a generator's position lives in its process, so "
+                         "its death fails run() (a splittable source, e.g. pf::iota or pf::from, is restarted)");
       if (r.process_group < plan_.groups.size()) {
         r.replicas = elastic_.final_replicas(r.process_group);
         r.peak_replicas = elastic_.peak_replicas(r.process_group);
