@@ -50,8 +50,8 @@ struct dead_letter {
   template <encodable T>
   T decode_item() const {
     if (!item_kept)
-      throw error("dead letter of stage '" + stage + "' item " + std::to_string(item_seq) + ": the item was not kept (" +
-                  item_note + ")");
+      throw error("dead letter of stage '" + stage + "' item " + std::to_string(item_seq) +
+                  ": the item was not kept (" + item_note + ")");
     return decode_from_bytes<T>(item);
   }
 };

@@ -12,7 +12,8 @@ constexpr std::string_view alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmno
 constexpr std::array<std::int8_t, 256> reverse_alphabet() {
   std::array<std::int8_t, 256> r{};
   for (auto& v : r) v = -1;
-  for (std::size_t i = 0; i < alphabet.size(); ++i) r[static_cast<unsigned char>(alphabet[i])] = static_cast<std::int8_t>(i);
+  for (std::size_t i = 0; i < alphabet.size(); ++i)
+    r[static_cast<unsigned char>(alphabet[i])] = static_cast<std::int8_t>(i);
   return r;
 }
 constexpr auto sextet_of = reverse_alphabet();
@@ -24,7 +25,8 @@ std::string base64_encode(std::span<const std::byte> bytes) {
   out.reserve((bytes.size() + 2) / 3 * 4);
   std::size_t i = 0;
   for (; i + 3 <= bytes.size(); i += 3) {
-    const std::uint32_t v = std::to_integer<std::uint32_t>(bytes[i]) << 16 | std::to_integer<std::uint32_t>(bytes[i + 1]) << 8 |
+    const std::uint32_t v = std::to_integer<std::uint32_t>(bytes[i]) << 16 |
+                            std::to_integer<std::uint32_t>(bytes[i + 1]) << 8 |
                             std::to_integer<std::uint32_t>(bytes[i + 2]);
     for (int shift = 18; shift >= 0; shift -= 6) out.push_back(alphabet[(v >> shift) & 63]);
   }

@@ -84,7 +84,8 @@ std::vector<dead_letter> read_dead_letters(const std::string& path) {
         auto bytes = faults::base64_decode(item->get<std::string>());
         if (!bytes) throw bad("\"item\" is not base64");
         if (bytes->size() != d.item_bytes)
-          throw bad("\"item\" holds " + std::to_string(bytes->size()) + " bytes, \"item_bytes\" says " + std::to_string(d.item_bytes));
+          throw bad("\"item\" holds " + std::to_string(bytes->size()) + " bytes, \"item_bytes\" says " +
+                    std::to_string(d.item_bytes));
         d.item = std::move(*bytes);
         d.item_kept = true;
       } else if (d.item_note.empty()) {

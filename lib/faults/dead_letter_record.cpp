@@ -8,12 +8,14 @@ namespace procflow::faults {
 
 namespace {
 
-std::string bounded_text(const char* text, std::size_t capacity) { return std::string(text, ::strnlen(text, capacity)); }
+std::string bounded_text(const char* text, std::size_t capacity) {
+  return std::string(text, ::strnlen(text, capacity));
+}
 
 }  // namespace
 
-dead_letter read_dead_letter(const detail::pipeline_def& def, const runtime::RunState& state, std::uint32_t global_replica,
-                             std::uint32_t replica, std::uint32_t index) {
+dead_letter read_dead_letter(const detail::pipeline_def& def, const runtime::RunState& state,
+                             std::uint32_t global_replica, std::uint32_t replica, std::uint32_t index) {
   const runtime::DeadLetter& d = state.record(global_replica).dead_letters[index];
   dead_letter out;
   out.stage = d.stage < def.stages.size() ? def.stages[d.stage]->name() : std::string("?");

@@ -13,7 +13,7 @@ namespace procflow::faults {
 // Dead letter `index` (< the record's count, <= dead_letters_per_replica) of global replica
 // `global_replica`, replica `replica` of its stage. Checks what it reads (shared memory is not
 // trusted): text is cut at its buffer's end, an item size beyond the room is not kept.
-dead_letter read_dead_letter(const detail::pipeline_def& def, const runtime::RunState& state, std::uint32_t global_replica,
-                             std::uint32_t replica, std::uint32_t index);
+dead_letter read_dead_letter(const detail::pipeline_def& def, const runtime::RunState& state,
+                             std::uint32_t global_replica, std::uint32_t replica, std::uint32_t index);
 
 }  // namespace procflow::faults

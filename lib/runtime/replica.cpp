@@ -116,10 +116,17 @@ class PolicyGuard final : public detail::item_guard {
     const detail::kept_item kept = instance->keep_input_item(index, room);
     d.item_bytes = kept.bytes;
     switch (kept.state) {
-      case detail::item_keeping::kept: d.item_state = static_cast<std::uint32_t>(DeadItemState::kept); break;
-      case detail::item_keeping::too_large: d.item_state = static_cast<std::uint32_t>(DeadItemState::too_large); break;
-      case detail::item_keeping::consumed: d.item_state = static_cast<std::uint32_t>(DeadItemState::consumed); break;
-      case detail::item_keeping::unknown: break;
+      case detail::item_keeping::kept:
+        d.item_state = static_cast<std::uint32_t>(DeadItemState::kept);
+        break;
+      case detail::item_keeping::too_large:
+        d.item_state = static_cast<std::uint32_t>(DeadItemState::too_large);
+        break;
+      case detail::item_keeping::consumed:
+        d.item_state = static_cast<std::uint32_t>(DeadItemState::consumed);
+        break;
+      case detail::item_keeping::unknown:
+        break;
     }
   }
 

@@ -31,9 +31,11 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
     spans_offset_ = layout_.add(sizeof(metrics::SpanRing) * total_replicas_, alignof(metrics::SpanRing));
   // Written only when an item is skipped: fresh shared memory is zero and costs nothing untouched.
   bool may_skip = def.options.defaults.on_error && def.options.defaults.on_error->then_skip;
-  for (const auto& stage : def.stages) may_skip = may_skip || (stage->options().on_error && stage->options().on_error->then_skip);
+  for (const auto& stage : def.stages)
+    may_skip = may_skip || (stage->options().on_error && stage->options().on_error->then_skip);
   if (may_skip)
-    dead_items_offset_ = layout_.add(std::size_t{total_replicas_} * dead_letters_per_replica * dead_letter_item_bytes, shm::cache_line);
+    dead_items_offset_ =
+        layout_.add(std::size_t{total_replicas_} * dead_letters_per_replica * dead_letter_item_bytes, shm::cache_line);
   if (plan.restart_chunks) {
     owners_ = plan.chunks;
     owners_offset_ = layout_.add(sizeof(std::atomic<std::uint16_t>) * owners_, shm::cache_line);

@@ -426,8 +426,9 @@ class Supervisor final : public SupervisedRun {
                  "to replicate it, or pf::per_replica for state per replica";
       if (i == 0 && def_.options.defaults.restarts && r.process_group < plan_.groups.size() &&
           plan_.groups[r.process_group].input == GroupInput::generator)
-        add_note(r.note, "not restarted under the pipeline's pf::restart: a generator's position lives in its process, so "
-                         "its death fails run() (a splittable source, e.g. pf::iota or pf::from, is restarted)");
+        add_note(r.note,
+                 "not restarted under the pipeline's pf::restart: a generator's position lives in its process, so "
+                 "its death fails run() (a splittable source, e.g. pf::iota or pf::from, is restarted)");
       if (r.process_group < plan_.groups.size()) {
         r.replicas = elastic_.final_replicas(r.process_group);
         r.peak_replicas = elastic_.peak_replicas(r.process_group);
@@ -456,8 +457,10 @@ class Supervisor final : public SupervisedRun {
     for (std::size_t g = 0; g < plan_.groups.size(); ++g)
       for (std::uint32_t k = 0; k < plan_.groups[g].slots; ++k) {
         const std::uint32_t global = state_.first_replica(g) + k;
-        const std::uint32_t n = std::min<std::uint32_t>(state_.record(global).dead_letter_count, dead_letters_per_replica);  // never trust shared memory
-        for (std::uint32_t i = 0; i < n; ++i) report.dead_letters.push_back(faults::read_dead_letter(def_, state_, global, k, i));
+        const std::uint32_t n = std::min<std::uint32_t>(state_.record(global).dead_letter_count,
+                                                        dead_letters_per_replica);  // never trust shared memory
+        for (std::uint32_t i = 0; i < n; ++i)
+          report.dead_letters.push_back(faults::read_dead_letter(def_, state_, global, k, i));
       }
     if (def_.stages.back()->runs_in_supervisor() && report.stages.size() >= 2) {
       auto& collect = report.stages.back();

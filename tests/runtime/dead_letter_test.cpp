@@ -39,7 +39,9 @@ struct Trip {
 };
 PROCFLOW_CODEC(Trip, origin, delay, miles);
 
-Trip trip_of(i64 x) { return {"city-" + std::to_string(x), static_cast<std::int32_t>(x), static_cast<double>(x) * 0.5}; }
+Trip trip_of(i64 x) {
+  return {"city-" + std::to_string(x), static_cast<std::int32_t>(x), static_cast<double>(x) * 0.5};
+}
 
 }  // namespace dl_test
 
@@ -79,8 +81,12 @@ TEST_CASE("base64: RFC 4648 vectors, round trips, and non-canonical text refused
     for (char c : s) b.push_back(static_cast<std::byte>(c));
     return b;
   };
-  const std::pair<const char*, const char*> vectors[] = {{"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},
-                                                         {"foo", "Zm9v"},  {"foob", "Zm9vYg=="},  {"fooba", "Zm9vYmE="},
+  const std::pair<const char*, const char*> vectors[] = {{"", ""},
+                                                         {"f", "Zg=="},
+                                                         {"fo", "Zm8="},
+                                                         {"foo", "Zm9v"},
+                                                         {"foob", "Zm9vYg=="},
+                                                         {"fooba", "Zm9vYmE="},
                                                          {"foobar", "Zm9vYmFy"}};
   for (const auto& [plain, coded] : vectors) {
     CHECK(pf::faults::base64_encode(bytes(plain)) == coded);
@@ -105,18 +111,27 @@ TEST_CASE("a skipped item is kept encoded: decode_item gives back the item that 
     const auto r = pf::pipeline("dead items", pf::skip)
                        .source("n", pf::iota<i64>(0, n))
                        .map("trip", [](i64 x) { return trip_of(x); })
-                       .map("m", [](Trip t) {
-                         if (fails_in_m(t.delay)) throw std::invalid_argument("bad delay " + std::to_string(t.delay));
-                         return t;
-                       }, pf::replicas(2))
-                       .filter("f", [](const Trip& t) {
-                         if (fails_in_f(t.delay)) throw std::domain_error("bad origin " + t.origin);
-                         return true;
-                       })
-                       .reduce("count", i64{0}, [](i64 c, const Trip& t) {
-                         if (fails_in_count(t.delay)) throw std::range_error("bad miles " + std::to_string(t.miles));
-                         return c + 1;
-                       }, std::plus<>{})
+                       .map(
+                           "m",
+                           [](Trip t) {
+                             if (fails_in_m(t.delay))
+                               throw std::invalid_argument("bad delay " + std::to_string(t.delay));
+                             return t;
+                           },
+                           pf::replicas(2))
+                       .filter("f",
+                               [](const Trip& t) {
+                                 if (fails_in_f(t.delay)) throw std::domain_error("bad origin " + t.origin);
+                                 return true;
+                               })
+                       .reduce(
+                           "count", i64{0},
+                           [](i64 c, const Trip& t) {
+                             if (fails_in_count(t.delay))
+                               throw std::range_error("bad miles " + std::to_string(t.miles));
+                             return c + 1;
+                           },
+                           std::plus<>{})
                        .run();
     std::set<std::string> stages;
     REQUIRE(!r.report.dead_letters.empty());
@@ -146,17 +161,21 @@ TEST_CASE("a skipped item is kept encoded: decode_item gives back the item that 
   });
 }
 
-TEST_CASE("dead letters in the JSON report and in the file: base64 of the item; read_dead_letters reads the file back") {
+TEST_CASE(
+    "dead letters in the JSON report and in the file: base64 of the item; read_dead_letters reads the file back") {
   isolated("dead letter file items", [] {
     TempDir dir;
     const std::string path = dir.path + "/dead.jsonl";
     const auto r = pf::pipeline("dead file", pf::skip, pf::dead_letters_to(path))
                        .source("n", pf::iota<i64>(0, n))
                        .map("text", [](i64 x) { return "line " + std::to_string(x); })
-                       .map("parse", [](std::string&& s) {  // an rvalue-only function: a copy goes in
-                         if (s.ends_with("7")) throw std::invalid_argument("cannot parse '" + s + "'");
-                         return s.size();
-                       }, pf::replicas(2))
+                       .map(
+                           "parse",
+                           [](std::string&& s) {  // an rvalue-only function: a copy goes in
+                             if (s.ends_with("7")) throw std::invalid_argument("cannot parse '" + s + "'");
+                             return s.size();
+                           },
+                           pf::replicas(2))
                        .reduce("sum", std::size_t{0}, std::plus<>{}, std::plus<>{})
                        .run();
     REQUIRE(!r.report.dead_letters.empty());
@@ -188,15 +207,19 @@ TEST_CASE("an item larger than dead_letter_item_bytes keeps its size only; decod
   isolated("dead letter too large", [] {
     TempDir dir;
     const std::string path = dir.path + "/dead.jsonl";
-    const auto r = pf::pipeline("dead large", pf::dead_letters_to(path))
-                       .source("n", pf::iota<i64>(0, 64))
-                       .map("blob", [](i64 x) { return std::string(x == 40 ? 100000 : 10, 'a' + static_cast<char>(x % 26)); })
-                       .map("check", [](const std::string& s) {
-                         if (s.size() > 1000) throw std::length_error("too long");
-                         return s.size();
-                       }, pf::replicas(2), pf::skip)
-                       .reduce("sum", std::size_t{0}, std::plus<>{}, std::plus<>{})
-                       .run();
+    const auto r =
+        pf::pipeline("dead large", pf::dead_letters_to(path))
+            .source("n", pf::iota<i64>(0, 64))
+            .map("blob", [](i64 x) { return std::string(x == 40 ? 100000 : 10, 'a' + static_cast<char>(x % 26)); })
+            .map(
+                "check",
+                [](const std::string& s) {
+                  if (s.size() > 1000) throw std::length_error("too long");
+                  return s.size();
+                },
+                pf::replicas(2), pf::skip)
+            .reduce("sum", std::size_t{0}, std::plus<>{}, std::plus<>{})
+            .run();
     CHECK(r.value == 63 * 10);
     REQUIRE(r.report.dead_letters.size() == 1);
     const auto& d = r.report.dead_letters[0];
@@ -229,7 +252,8 @@ TEST_CASE("read_dead_letters: a missing file or a bad line is an error naming th
       << R"({"stage":"m","replica":0,"item_seq":4,"exception_type":"E","message":"x","item_bytes":3,"item":"Zm9v!","item_note":""})"
       << "\n";
   }
-  CHECK_THROWS_WITH_AS(pf::read_dead_letters(path), doctest::Contains("dead.jsonl' line 2: \"item\" is not base64"), pf::error);
+  CHECK_THROWS_WITH_AS(pf::read_dead_letters(path), doctest::Contains("dead.jsonl' line 2: \"item\" is not base64"),
+                       pf::error);
 }
 
 TEST_CASE("retry with a function that takes its item by value: the retry gets the whole item, not a moved-from one") {
@@ -244,11 +268,14 @@ TEST_CASE("retry with a function that takes its item by value: the retry gets th
     const auto r = pf::pipeline("retry value")
                        .source("n", pf::iota<i64>(0, n))
                        .map("text", [](i64 x) { return "item " + std::to_string(x); })
-                       .map("len", [tried = std::set<std::string>{}](std::string s) mutable {
-                         // Fails the first try of the items ending in 05.
-                         if (s.ends_with("05") && tried.insert(s).second) throw std::runtime_error("flaky on " + s);
-                         return static_cast<i64>(s.size());
-                       }, pf::replicas(2), pf::retry(2, 0ms))
+                       .map(
+                           "len",
+                           [tried = std::set<std::string>{}](std::string s) mutable {
+                             // Fails the first try of the items ending in 05.
+                             if (s.ends_with("05") && tried.insert(s).second) throw std::runtime_error("flaky on " + s);
+                             return static_cast<i64>(s.size());
+                           },
+                           pf::replicas(2), pf::retry(2, 0ms))
                        .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
                        .run();
     CHECK(r.value == expected);

@@ -394,7 +394,8 @@ TEST_CASE("crash matrix under restart: every fault at every moment in map and re
   enum class Fault { segfault, abort_, exit0, exit1, terminate, throw_ };
   enum class Moment { start, first_item, mid_stream, blocked, drain };
   static constexpr i64 items = 2000;
-  for (const Fault fault : {Fault::segfault, Fault::abort_, Fault::exit0, Fault::exit1, Fault::terminate, Fault::throw_})
+  for (const Fault fault :
+       {Fault::segfault, Fault::abort_, Fault::exit0, Fault::exit1, Fault::terminate, Fault::throw_})
     for (const Moment moment : {Moment::start, Moment::first_item, Moment::mid_stream, Moment::blocked, Moment::drain})
       for (const bool in_reduce : {false, true}) {
         const std::string what = "restart matrix fault " + std::to_string(static_cast<int>(fault)) + " moment " +
@@ -413,27 +414,35 @@ TEST_CASE("crash matrix under restart: every fault at every moment in map and re
               case Fault::exit0: ::_exit(0);
               case Fault::exit1: ::_exit(1);
               case Fault::terminate: std::terminate();
-              case Fault::throw_: throw std::runtime_error("transient");
+              case Fault::throw_:
+                throw std::runtime_error("transient");
             }
           };
           const auto run = [&](auto... policy) {
             return pf::pipeline("crash", pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2), policy...)
-                              .source("gen", [i = i64{0}]() mutable -> std::optional<i64> {
-                                if (i >= items) return std::nullopt;
-                                return i++;
-                              })
-                              .map("m", [in_reduce, maybe_fault](i64 x) {
-                                static i64 calls = 0;
-                                if (!in_reduce) maybe_fault(x, calls);
-                                return x;
-                              }, pf::replicas(2))
-                              .reduce("sum", i64{0}, [in_reduce, maybe_fault, moment](i64 acc, i64 x) {
-                                static i64 calls = 0;
-                                if (moment == Moment::blocked && x < 500) std::this_thread::sleep_for(1ms);
-                                if (in_reduce) maybe_fault(x, calls);
-                                return acc + x;
-                              }, std::plus<>{}, pf::replicas(2), pf::own_process)
-                              .run();
+                .source("gen",
+                        [i = i64{0}]() mutable -> std::optional<i64> {
+                          if (i >= items) return std::nullopt;
+                          return i++;
+                        })
+                .map(
+                    "m",
+                    [in_reduce, maybe_fault](i64 x) {
+                      static i64 calls = 0;
+                      if (!in_reduce) maybe_fault(x, calls);
+                      return x;
+                    },
+                    pf::replicas(2))
+                .reduce(
+                    "sum", i64{0},
+                    [in_reduce, maybe_fault, moment](i64 acc, i64 x) {
+                      static i64 calls = 0;
+                      if (moment == Moment::blocked && x < 500) std::this_thread::sleep_for(1ms);
+                      if (in_reduce) maybe_fault(x, calls);
+                      return acc + x;
+                    },
+                    std::plus<>{}, pf::replicas(2), pf::own_process)
+                .run();
           };
           const auto r = fault == Fault::throw_ ? run(pf::retry(1, 0ms)) : run();
           const i64 sum = r.value;
@@ -458,11 +467,15 @@ TEST_CASE("skip and restart: an item skipped in a batch that is redelivered is o
     static constexpr i64 items = 4000;
     const auto r = pf::pipeline("skip restart", pf::restart(1), pf::skip)
                        .source("n", pf::iota<i64>(0, items))
-                       .map("m", [shared](i64 x) {
-                         if (x == 5) throw std::invalid_argument("bad 5");
-                         if (x == 6 && shared->fired[0].exchange(1) == 0) ::raise(SIGKILL);  // in the batch holding 5
-                         return x;
-                       }, pf::replicas(2))
+                       .map(
+                           "m",
+                           [shared](i64 x) {
+                             if (x == 5) throw std::invalid_argument("bad 5");
+                             if (x == 6 && shared->fired[0].exchange(1) == 0)
+                               ::raise(SIGKILL);  // in the batch holding 5
+                             return x;
+                           },
+                           pf::replicas(2))
                        .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
                        .run();
     CHECK(r.value == items * (items - 1) / 2 - 5);

@@ -13,7 +13,6 @@
 #include <procflow/options.hpp>
 
 #include <algorithm>
-#include <stdexcept>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -21,9 +20,10 @@
 #include <memory>
 #include <new>
 #include <span>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
-#include <string>
 #include <vector>
 
 namespace procflow::detail {

@@ -225,7 +225,10 @@ class map_instance final : public instance_base<In, Out> {
         for_each_item(in.size(), cursor, [&](std::size_t i) { dst[i] = call_with_item(*fn_, in[i]); });
       } else {
         std::size_t kept = 0;  // under a policy: compact past skipped items
-        for_each_item(in.size(), cursor, [&](std::size_t i) { dst[kept] = call_keeping_item(*fn_, in[i]); ++kept; });
+        for_each_item(in.size(), cursor, [&](std::size_t i) {
+          dst[kept] = call_keeping_item(*fn_, in[i]);
+          ++kept;
+        });
         out.resize(kept);
       }
     } else {
@@ -320,25 +323,28 @@ class flat_map_instance final : public instance_base<In, Out> {
     std::size_t item_start = 0;  // out.size() when the current item began (a skip drops the rest)
     std::size_t spills_at_start = 0;
     const auto run = [&]<bool keep>(std::bool_constant<keep>) {
-      for_each_item(in.size(), cursor, [&](std::size_t i) {
-        item_start = out.size();
-        spills_at_start = spills_;
-        if constexpr (std::is_invocable_v<callable_t<F>&, const In&, emitter<Out>&>) {
-          std::invoke(*fn_, std::as_const(in[i]), emit);
-        } else {
-          // A range is consumed lazily: a view is never materialized beyond one spill.
-          auto&& produced = [&]() -> decltype(auto) {
-            if constexpr (keep) {
-              return call_keeping_item(*fn_, in[i]);
+      for_each_item(
+          in.size(), cursor,
+          [&](std::size_t i) {
+            item_start = out.size();
+            spills_at_start = spills_;
+            if constexpr (std::is_invocable_v<callable_t<F>&, const In&, emitter<Out>&>) {
+              std::invoke(*fn_, std::as_const(in[i]), emit);
             } else {
-              return call_with_item(*fn_, in[i]);
+              // A range is consumed lazily: a view is never materialized beyond one spill.
+              auto&& produced = [&]() -> decltype(auto) {
+                if constexpr (keep) {
+                  return call_keeping_item(*fn_, in[i]);
+                } else {
+                  return call_with_item(*fn_, in[i]);
+                }
+              }();
+              for (auto&& value : produced) emit(static_cast<Out>(std::forward<decltype(value)>(value)));
             }
-          }();
-          for (auto&& value : produced) emit(static_cast<Out>(std::forward<decltype(value)>(value)));
-        }
-      }, [&](std::size_t) {
-        if (spills_ == spills_at_start) out.resize(item_start);  // what was spilled already went on
-      });
+          },
+          [&](std::size_t) {
+            if (spills_ == spills_at_start) out.resize(item_start);  // what was spilled already went on
+          });
     };
     if (cursor.guard) {
       run(std::true_type{});
