@@ -6,12 +6,16 @@
 //   pf::pipeline("p", pf::skip)                           // every stage without its own policy
 //
 // A skipped item is counted (stage_report::items_skipped) and the first ones are kept in
-// run_report::dead_letters with the stage, the item's sequence number (as stage_error::item_seq)
-// and the exception. What a stage did before throwing stays done: a flat_map's items emitted
-// for it (unless still in the stage's buffer, then they are dropped), a fold's changes to the
-// accumulator through `void fold(Acc&, T)`. A reduce or reduce_by_key fold under a policy gets a
-// copy of each item (the original is kept for a retry). A crash (signal, exit) is never skipped.
+// run_report::dead_letters with the stage, the item's sequence number (as stage_error::item_seq),
+// the exception and the item itself, encoded (dead_letter.hpp). What a stage did before throwing
+// stays done: a flat_map's items emitted for it (unless still in the stage's buffer, then they are
+// dropped), a fold's changes to the accumulator through `void fold(Acc&, T)`. A reduce or
+// reduce_by_key fold under a policy gets a copy of each item, and so does a stage function that
+// takes its item by value or only as an rvalue (the original is kept whole for a retry and a dead
+// letter). A crash (signal, exit) is never skipped.
 #pragma once
+
+#include <procflow/dead_letter.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -69,17 +73,15 @@ struct restart {
 
 // Pipeline option: when run() returns, its dead letters (run_report::dead_letters) are also written
 // to `path`, one JSON object per line: {"stage", "replica", "item_seq", "exception_type",
-// "message"}; the file is replaced (written to path + ".tmp", then renamed), and is written empty
-// when nothing was skipped. A file that cannot be written fails run() with procflow::system_error
-// naming it.
+// "message", "item_bytes", "item", "item_note"} ("item": the encoded item in base64, or null; see
+// dead_letter.hpp, and read_dead_letters() to read the file back); the file is replaced (written
+// to path + ".tmp", then renamed), and is written empty when nothing was skipped. A file that
+// cannot be written fails run() with procflow::system_error naming it.
 struct dead_letters_to {
   explicit dead_letters_to(std::string p) : path(std::move(p)) {
     if (path.empty()) throw std::invalid_argument("procflow::dead_letters_to: empty path");
   }
   std::string path;
 };
-
-// Dead letters kept per replica (the first ones it skipped).
-inline constexpr std::uint32_t dead_letters_per_replica = 8;
 
 }  // namespace procflow

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include <procflow/dead_letter.hpp>
 #include <procflow/profile.hpp>
 #include <procflow/verdict.hpp>
 
@@ -67,17 +68,6 @@ struct replica_report {
   std::uint64_t read_bytes = 0;
   std::uint64_t written_bytes = 0;
   std::vector<named_counter> counters;  // the pf::counter counts of its stages in this replica
-};
-
-// An item a stage skipped (pf::skip): the stage, the replica, the item's sequence number (as
-// stage_error::item_seq) and what its function threw. The first dead_letters_per_replica per
-// replica are kept.
-struct dead_letter {
-  std::string stage;
-  std::uint32_t replica = 0;
-  std::uint64_t item_seq = 0;
-  std::string exception_type;
-  std::string message;
 };
 
 // One change the scheduler made: a process group (its stages) went from `from` to `to` replicas,

@@ -1,13 +1,25 @@
 #include "faults/dead_letter_file.hpp"
 
-#include <procflow/error.hpp>
+#include "faults/base64.hpp"
 
-#include <nlohmann/json.hpp>
+#include <procflow/error.hpp>
 
 #include <cerrno>
 #include <cstdio>
+#include <fstream>
 
 namespace procflow::faults {
+
+nlohmann::json dead_letter_json(const dead_letter& d) {
+  return {{"stage", d.stage},
+          {"replica", d.replica},
+          {"item_seq", d.item_seq},
+          {"exception_type", d.exception_type},
+          {"message", d.message},
+          {"item_bytes", d.item_bytes},
+          {"item", d.item_kept ? nlohmann::json(base64_encode(d.item)) : nlohmann::json(nullptr)},
+          {"item_note", d.item_note}};
+}
 
 void write_dead_letters(const std::string& path, const std::vector<dead_letter>& letters) {
   const std::string tmp = path + ".tmp";
@@ -16,9 +28,7 @@ void write_dead_letters(const std::string& path, const std::vector<dead_letter>&
   bool ok = true;
   int e = 0;
   for (const auto& d : letters) {
-    const nlohmann::json j = {{"stage", d.stage}, {"replica", d.replica}, {"item_seq", d.item_seq},
-                              {"exception_type", d.exception_type}, {"message", d.message}};
-    const std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    const std::string line = dead_letter_json(d).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     if (std::fwrite(line.data(), 1, line.size(), f) != line.size()) {
       ok = false;
       e = errno;
@@ -45,3 +55,49 @@ void write_dead_letters(const std::string& path, const std::vector<dead_letter>&
 }
 
 }  // namespace procflow::faults
+
+namespace procflow {
+
+std::vector<dead_letter> read_dead_letters(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw system_error(errno, "cannot open dead letter file '" + path + "'");
+  std::vector<dead_letter> letters;
+  std::string line;
+  for (std::size_t number = 1; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    const auto bad = [&](const std::string& why) {
+      return error("dead letter file '" + path + "' line " + std::to_string(number) + ": " + why);
+    };
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) throw bad("not a JSON object");
+    dead_letter d;
+    try {
+      d.stage = j.at("stage").get<std::string>();
+      d.replica = j.at("replica").get<std::uint32_t>();
+      d.item_seq = j.at("item_seq").get<std::uint64_t>();
+      d.exception_type = j.at("exception_type").get<std::string>();
+      d.message = j.at("message").get<std::string>();
+      d.item_bytes = j.value("item_bytes", std::uint64_t{0});
+      d.item_note = j.value("item_note", std::string());
+      const auto item = j.find("item");
+      if (item != j.end() && !item->is_null()) {
+        auto bytes = faults::base64_decode(item->get<std::string>());
+        if (!bytes) throw bad("\"item\" is not base64");
+        if (bytes->size() != d.item_bytes)
+          throw bad("\"item\" holds " + std::to_string(bytes->size()) + " bytes, \"item_bytes\" says " +
+                    std::to_string(d.item_bytes));
+        d.item = std::move(*bytes);
+        d.item_kept = true;
+      } else if (d.item_note.empty()) {
+        d.item_note = "not in the file";
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw bad(e.what());
+    }
+    letters.push_back(std::move(d));
+  }
+  if (in.bad()) throw system_error(errno, "cannot read dead letter file '" + path + "'");
+  return letters;
+}
+
+}  // namespace procflow

@@ -2,6 +2,8 @@
 // Field names are stable: new fields may be added, none renamed or removed within version 1.
 #include <procflow/report.hpp>
 
+#include "faults/dead_letter_file.hpp"
+
 #include <nlohmann/json.hpp>
 
 namespace procflow {
@@ -138,6 +140,8 @@ std::string run_report::to_json() const {
   for (const auto& d : decisions) j["decisions"].push_back(decision_json(d));
   j["samples"] = json::array();
   for (const auto& s : samples) j["samples"].push_back(sample_json(s));
+  j["dead_letters"] = json::array();  // pf::skip: the encoded item in base64 (dead_letter.hpp)
+  for (const auto& d : dead_letters) j["dead_letters"].push_back(faults::dead_letter_json(d));
   if (!restarts.empty()) {  // pf::restart
     j["restarts"] = json::array();
     for (const auto& r : restarts)

@@ -66,10 +66,12 @@ class PolicyGuard final : public detail::item_guard {
     }
     if (!policy.then_skip) return detail::item_verdict::fail;
     ++tally->items_skipped;
-    if (record->dead_letter_count < dead_letters_per_replica) {
+    const std::uint64_t seq = dense ? first_item + index : stream_first + index;
+    if (record->dead_letter_count < dead_letters_per_replica && !recorded(seq)) {
       DeadLetter& d = record->dead_letters[record->dead_letter_count];
       d.stage = stage;
-      d.item_seq = dense ? first_item + index : stream_first + index;
+      d.item_seq = seq;
+      keep_item(d, index);
       try {
         put_text(d.exception_type, current_exception_type());
         put_text(d.message, current_exception_message());
@@ -92,6 +94,42 @@ class PolicyGuard final : public detail::item_guard {
     record->item_known.store(1, std::memory_order_relaxed);
   }
 
+  // pf::restart: a replacement running its dead predecessor's batch again skips the same items;
+  // their letters are in the record already (it is never reset).
+  bool recorded(std::uint64_t seq) const noexcept {
+    for (std::uint32_t i = 0; i < record->dead_letter_count && i < dead_letters_per_replica; ++i)
+      if (record->dead_letters[i].stage == stage && record->dead_letters[i].item_seq == seq) return true;
+    return false;
+  }
+
+  // The encoded item beside the dead letter (dead_letter.hpp); codecs do not throw (codec.hpp).
+  void keep_item(DeadLetter& d, std::size_t index) const noexcept {
+    d.item_state = static_cast<std::uint32_t>(DeadItemState::none);
+    d.item_bytes = 0;
+    if (!instance) return;
+    std::span<std::byte> room;
+    try {
+      room = state->dead_letter_item(global_replica, record->dead_letter_count);
+    } catch (...) {
+      return;  // no room set aside: the letter goes without its item
+    }
+    const detail::kept_item kept = instance->keep_input_item(index, room);
+    d.item_bytes = kept.bytes;
+    switch (kept.state) {
+      case detail::item_keeping::kept:
+        d.item_state = static_cast<std::uint32_t>(DeadItemState::kept);
+        break;
+      case detail::item_keeping::too_large:
+        d.item_state = static_cast<std::uint32_t>(DeadItemState::too_large);
+        break;
+      case detail::item_keeping::consumed:
+        d.item_state = static_cast<std::uint32_t>(DeadItemState::consumed);
+        break;
+      case detail::item_keeping::unknown:
+        break;
+    }
+  }
+
   error_policy policy;
   bool track = false;
   std::uint32_t stage = 0;
@@ -100,6 +138,9 @@ class PolicyGuard final : public detail::item_guard {
   std::uint64_t stream_first = 0;  // else: position in this replica's input of the batch's first item
   Tally* tally = nullptr;
   ReplicaRecord* record = nullptr;
+  const RunState* state = nullptr;
+  std::uint32_t global_replica = 0;
+  const detail::stage_instance* instance = nullptr;  // the stage's, whose input items fail
 };
 
 class Replica final : public detail::downstream {
@@ -440,6 +481,9 @@ class Replica final : public detail::downstream {
           guard.stream_first = t.items_in - n;
           guard.tally = &t;
           guard.record = record_;
+          guard.state = &state_;
+          guard.global_replica = state_.first_replica(group_index_) + replica_;
+          guard.instance = instances_[k].get();
           cursor.guard = &guard;
         }
         try {

@@ -81,7 +81,9 @@ std::string run_report::to_string(bool per_replica) const {
     out += fmt::format("  restart: stage '{}' replica {} (pid {}, {}) at {:.3f} s{}\n", r.stage, r.replica, r.pid, r.cause, r.time_s,
                        r.redelivered ? fmt::format("; redelivered {} ({} output slots already sent)", r.batch, r.sent_slots) : std::string());
   for (const auto& d : dead_letters)
-    out += fmt::format("  dead letter: stage '{}' replica {} item {}: {}: {}\n", d.stage, d.replica, d.item_seq, d.exception_type, d.message);
+    out += fmt::format("  dead letter: stage '{}' replica {} item {} ({}): {}: {}\n", d.stage, d.replica, d.item_seq,
+                       d.item_kept ? fmt::format("{} bytes kept", d.item.size()) : "item not kept", d.exception_type,
+                       d.message);
   return out;
 }
 

@@ -29,6 +29,13 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
   user_counters_offset_ = layout_.add(sizeof(metrics::UserCounterTable) * (total_replicas_ + 1), alignof(metrics::UserCounterTable));
   if (!def.options.profile.trace_path.empty())
     spans_offset_ = layout_.add(sizeof(metrics::SpanRing) * total_replicas_, alignof(metrics::SpanRing));
+  // Written only when an item is skipped: fresh shared memory is zero and costs nothing untouched.
+  bool may_skip = def.options.defaults.on_error && def.options.defaults.on_error->then_skip;
+  for (const auto& stage : def.stages)
+    may_skip = may_skip || (stage->options().on_error && stage->options().on_error->then_skip);
+  if (may_skip)
+    dead_items_offset_ =
+        layout_.add(std::size_t{total_replicas_} * dead_letters_per_replica * dead_letter_item_bytes, shm::cache_line);
   if (plan.restart_chunks) {
     owners_ = plan.chunks;
     owners_offset_ = layout_.add(sizeof(std::atomic<std::uint16_t>) * owners_, shm::cache_line);
@@ -89,6 +96,15 @@ StageCounters& RunState::counters(std::size_t stage, std::uint32_t replica) cons
 ReplicaRecord& RunState::record(std::uint32_t global_replica) const {
   if (global_replica >= total_replicas_) throw shm_error(fmt::format("no record for replica {}", global_replica));
   return segment_.at<ReplicaRecord>(records_offset_, total_replicas_)[global_replica];
+}
+
+std::span<std::byte> RunState::dead_letter_item(std::uint32_t global_replica, std::uint32_t index) const {
+  if (dead_items_offset_ == 0) return {};
+  if (global_replica >= total_replicas_ || index >= dead_letters_per_replica)
+    throw shm_error(fmt::format("no dead letter item {} for replica {}", index, global_replica));
+  const std::size_t per_replica = std::size_t{dead_letters_per_replica} * dead_letter_item_bytes;
+  std::byte* all = segment_.at<std::byte>(dead_items_offset_, total_replicas_ * per_replica);
+  return {all + global_replica * per_replica + index * dead_letter_item_bytes, dead_letter_item_bytes};
 }
 
 metrics::ReplicaStats& RunState::stats(std::uint32_t global_replica) const {

@@ -62,11 +62,19 @@ enum class ReplicaPhase : std::uint32_t {
   producing = 4,  // a generator source producing items
 };
 
-// An item a replica skipped (policy skip): the first few are kept in its record.
+// An item a replica skipped (policy skip): the first few are kept in its record, and each one's
+// encoded item (dead_letter.hpp) beside the records when a stage may skip.
+enum class DeadItemState : std::uint32_t {
+  none = 0,       // not recorded (no room set aside, or an unknown stage)
+  kept = 1,       // item_bytes bytes in RunState::dead_letter_item()
+  too_large = 2,  // its encoding is larger than dead_letter_item_bytes
+  consumed = 3,   // the stage function took it as an rvalue and its type cannot be copied
+};
 struct DeadLetter {
   std::uint32_t stage;
-  std::uint32_t reserved;
-  std::uint64_t item_seq;   // as stage_error::item_seq
+  std::uint32_t item_state;  // DeadItemState: whether its encoded item is in RunState::dead_letter_item()
+  std::uint64_t item_seq;    // as stage_error::item_seq
+  std::uint64_t item_bytes;  // the size of the item's encoding (0: unknown)
   char exception_type[64];  // NUL-terminated (the supervisor forces termination anyway)
   char message[256];
 };
@@ -148,6 +156,9 @@ class RunState {
   // empty without restart.
   std::span<std::atomic<std::uint16_t>> chunk_owners() const;
   std::uint32_t max_replicas() const noexcept { return max_replicas_; }
+  // Room for the encoded item of dead letter `index` of a global replica (dead_letter_item_bytes);
+  // empty when no stage may skip (nothing set aside).
+  std::span<std::byte> dead_letter_item(std::uint32_t global_replica, std::uint32_t index) const;
 
  private:
   shm::SegmentLayout layout_;
@@ -159,6 +170,7 @@ class RunState {
   std::uint64_t user_counters_offset_ = 0;  // total_replicas_ + 1 tables
   std::uint64_t owners_offset_ = 0;  // 0: no chunk owners
   std::uint64_t owners_ = 0;
+  std::uint64_t dead_items_offset_ = 0;  // 0: no stage may skip
   std::size_t stages_ = 0;
   std::uint32_t max_replicas_ = 0;
   std::uint32_t total_replicas_ = 0;

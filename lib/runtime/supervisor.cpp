@@ -3,6 +3,7 @@
 // failure into a stage_error after stopping and reaping everybody.
 #include "channel/inbox.hpp"
 #include "faults/dead_letter_file.hpp"
+#include "faults/dead_letter_record.hpp"
 #include "faults/redelivery.hpp"
 #include "metrics/replica_rows.hpp"
 #include "metrics/sampler.hpp"
@@ -423,6 +424,11 @@ class Supervisor final : public SupervisedRun {
       if (plan_.held_to_one[i])
         r.note = "holds state (its callable cannot be called as const): runs in 1 process; give it replicas(n) "
                  "to replicate it, or pf::per_replica for state per replica";
+      if (i == 0 && def_.options.defaults.restarts && r.process_group < plan_.groups.size() &&
+          plan_.groups[r.process_group].input == GroupInput::generator)
+        add_note(r.note,
+                 "not restarted under the pipeline's pf::restart: a generator's position lives in its process, so "
+                 "its death fails run() (a splittable source, e.g. pf::iota or pf::from, is restarted)");
       if (r.process_group < plan_.groups.size()) {
         r.replicas = elastic_.final_replicas(r.process_group);
         r.peak_replicas = elastic_.peak_replicas(r.process_group);
@@ -450,15 +456,11 @@ class Supervisor final : public SupervisedRun {
     // Dead letters (every replica was reaped: its record is final).
     for (std::size_t g = 0; g < plan_.groups.size(); ++g)
       for (std::uint32_t k = 0; k < plan_.groups[g].slots; ++k) {
-        ReplicaRecord& rec = state_.record(state_.first_replica(g) + k);
-        const std::uint32_t n = std::min<std::uint32_t>(rec.dead_letter_count, dead_letters_per_replica);  // never trust shared memory
-        for (std::uint32_t i = 0; i < n; ++i) {
-          DeadLetter& d = rec.dead_letters[i];
-          d.exception_type[sizeof d.exception_type - 1] = '\0';
-          d.message[sizeof d.message - 1] = '\0';
-          report.dead_letters.push_back({d.stage < def_.stages.size() ? def_.stages[d.stage]->name() : std::string("?"), k, d.item_seq,
-                                         d.exception_type, d.message});
-        }
+        const std::uint32_t global = state_.first_replica(g) + k;
+        const std::uint32_t n = std::min<std::uint32_t>(state_.record(global).dead_letter_count,
+                                                        dead_letters_per_replica);  // never trust shared memory
+        for (std::uint32_t i = 0; i < n; ++i)
+          report.dead_letters.push_back(faults::read_dead_letter(def_, state_, global, k, i));
       }
     if (def_.stages.back()->runs_in_supervisor() && report.stages.size() >= 2) {
       auto& collect = report.stages.back();

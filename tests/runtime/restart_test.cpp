@@ -386,13 +386,16 @@ TEST_CASE("items larger than a slot are redelivered whole") {
 }
 
 // The crash matrix of crash_test.cpp under restart: each fault (once: a transient fault) at each
-// moment in the map or the reduce ends with the fault-free result, clean. (The generator source
-// cannot be restarted: its position lives in its process.)
-TEST_CASE("crash matrix under restart: every death at every moment in map and reduce ends with the fault-free result") {
-  enum class Fault { segfault, abort_, exit0, exit1, terminate };
+// moment in the map or the reduce ends with the fault-free result, clean. A throw is not a death:
+// its cells run under restart and retry(1) (restart alone fails on it, as crash_test checks). (The
+// generator source cannot be restarted: its position lives in its process; the refusal is checked
+// below.)
+TEST_CASE("crash matrix under restart: every fault at every moment in map and reduce ends with the fault-free result") {
+  enum class Fault { segfault, abort_, exit0, exit1, terminate, throw_ };
   enum class Moment { start, first_item, mid_stream, blocked, drain };
   static constexpr i64 items = 2000;
-  for (const Fault fault : {Fault::segfault, Fault::abort_, Fault::exit0, Fault::exit1, Fault::terminate})
+  for (const Fault fault :
+       {Fault::segfault, Fault::abort_, Fault::exit0, Fault::exit1, Fault::terminate, Fault::throw_})
     for (const Moment moment : {Moment::start, Moment::first_item, Moment::mid_stream, Moment::blocked, Moment::drain})
       for (const bool in_reduce : {false, true}) {
         const std::string what = "restart matrix fault " + std::to_string(static_cast<int>(fault)) + " moment " +
@@ -411,32 +414,80 @@ TEST_CASE("crash matrix under restart: every death at every moment in map and re
               case Fault::exit0: ::_exit(0);
               case Fault::exit1: ::_exit(1);
               case Fault::terminate: std::terminate();
+              case Fault::throw_:
+                throw std::runtime_error("transient");
             }
           };
-          const i64 sum = pf::pipeline("crash", pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2))
-                              .source("gen", [i = i64{0}]() mutable -> std::optional<i64> {
-                                if (i >= items) return std::nullopt;
-                                return i++;
-                              })
-                              .map("m", [in_reduce, maybe_fault](i64 x) {
-                                static i64 calls = 0;
-                                if (!in_reduce) maybe_fault(x, calls);
-                                return x;
-                              }, pf::replicas(2))
-                              .reduce("sum", i64{0}, [in_reduce, maybe_fault, moment](i64 acc, i64 x) {
-                                static i64 calls = 0;
-                                if (moment == Moment::blocked && x < 500) std::this_thread::sleep_for(1ms);
-                                if (in_reduce) maybe_fault(x, calls);
-                                return acc + x;
-                              }, std::plus<>{}, pf::replicas(2), pf::own_process)
-                              .run()
-                              .value;
+          const auto run = [&](auto... policy) {
+            return pf::pipeline("crash", pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2), policy...)
+                .source("gen",
+                        [i = i64{0}]() mutable -> std::optional<i64> {
+                          if (i >= items) return std::nullopt;
+                          return i++;
+                        })
+                .map(
+                    "m",
+                    [in_reduce, maybe_fault](i64 x) {
+                      static i64 calls = 0;
+                      if (!in_reduce) maybe_fault(x, calls);
+                      return x;
+                    },
+                    pf::replicas(2))
+                .reduce(
+                    "sum", i64{0},
+                    [in_reduce, maybe_fault, moment](i64 acc, i64 x) {
+                      static i64 calls = 0;
+                      if (moment == Moment::blocked && x < 500) std::this_thread::sleep_for(1ms);
+                      if (in_reduce) maybe_fault(x, calls);
+                      return acc + x;
+                    },
+                    std::plus<>{}, pf::replicas(2), pf::own_process)
+                .run();
+          };
+          const auto r = fault == Fault::throw_ ? run(pf::retry(1, 0ms)) : run();
+          const i64 sum = r.value;
+          if (fault == Fault::throw_) {
+            CHECK(r.report.restarts.empty());
+            CHECK(r.report.stages[in_reduce ? 2 : 1].retries == 1);
+          }
           CHECK(sum == items * (items - 1) / 2);
           CHECK(shared->fired[0].load() == 1);
           ::munmap(shared, sizeof(Shared));
           check_clean(shm_before);
         });
       }
+}
+
+// A replica that skipped an item (pf::skip) and then died in the same batch: its replacement runs
+// the batch again and skips the item again, but the report keeps one dead letter for it.
+TEST_CASE("skip and restart: an item skipped in a batch that is redelivered is one dead letter, not two") {
+  isolated("skip then die", [] {
+    const auto shm_before = pt::dev_shm_entries();
+    Shared* shared = make_shared_page();
+    static constexpr i64 items = 4000;
+    const auto r = pf::pipeline("skip restart", pf::restart(1), pf::skip)
+                       .source("n", pf::iota<i64>(0, items))
+                       .map(
+                           "m",
+                           [shared](i64 x) {
+                             if (x == 5) throw std::invalid_argument("bad 5");
+                             if (x == 6 && shared->fired[0].exchange(1) == 0)
+                               ::raise(SIGKILL);  // in the batch holding 5
+                             return x;
+                           },
+                           pf::replicas(2))
+                       .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+                       .run();
+    CHECK(r.value == items * (items - 1) / 2 - 5);
+    REQUIRE(r.report.restarts.size() == 1);
+    CHECK(r.report.restarts[0].redelivered);
+    REQUIRE(r.report.dead_letters.size() == 1);
+    CHECK(r.report.dead_letters[0].item_seq == 5);
+    CHECK(r.report.dead_letters[0].decode_item<i64>() == 5);
+    CHECK(r.report.stages[1].items_skipped == 1);
+    ::munmap(shared, sizeof(Shared));
+    check_clean(shm_before);
+  });
 }
 
 TEST_CASE("what restart cannot do is refused by name") {
@@ -475,5 +526,8 @@ TEST_CASE("what restart cannot do is refused by name") {
                        .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
                        .run();
     CHECK(r.value == i64{1000} * 999 / 2);
+    // ... and says so in the report.
+    CHECK(r.report.stages[0].note.find("not restarted under the pipeline's pf::restart") != std::string::npos);
+    CHECK(r.report.to_string().find("note: stage 'gen' not restarted") != std::string::npos);
   });
 }

@@ -13,15 +13,17 @@
 #include <procflow/options.hpp>
 
 #include <algorithm>
-#include <stdexcept>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <new>
+#include <span>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
-#include <string>
 #include <vector>
 
 namespace procflow::detail {
@@ -63,6 +65,49 @@ struct item_cursor {
   std::size_t skipped = 0;  // items skipped in this call of apply()
 };
 
+// How an input item was kept for a dead letter (dead_letter.hpp): its encoding, with the stage's
+// input codec, written into the room the runtime set aside.
+enum class item_keeping : std::uint8_t { unknown, kept, too_large, consumed };
+struct kept_item {
+  item_keeping state = item_keeping::unknown;
+  std::uint64_t bytes = 0;  // the size of the encoding (unknown, consumed: 0)
+};
+
+// Encodes `item` into `room` when it fits. `intact`: false when the stage function consumed it.
+template <class T>
+kept_item keep_item(const T& item, bool intact, std::span<std::byte> room) noexcept {
+  if (!intact) return {item_keeping::consumed, 0};
+  if constexpr (encodable<T>) {
+    const std::size_t n = codec<T>::encoded_size(item);
+    if (n > room.size()) return {item_keeping::too_large, n};
+    if (n != 0) codec<T>::encode(item, room.data());
+    return {item_keeping::kept, n};
+  } else {
+    return {};
+  }
+}
+
+// Calls a stage function under an error policy: the item stays in its buffer, whole, for a retry
+// and for a dead letter. Passed as const T& when the function takes that (a by-value parameter
+// then copies it), else as T&, else (a function taking T&& only) a copy is moved in; a type that
+// cannot be copied is moved in (call_keeps_item_v is then false).
+template <class F, class T>
+inline constexpr bool call_keeps_item_v =
+    std::is_invocable_v<F&, const T&> || std::is_invocable_v<F&, T&> || std::is_copy_constructible_v<T>;
+
+template <class F, class T>
+decltype(auto) call_keeping_item(F& fn, T& item) {
+  if constexpr (std::is_invocable_v<F&, const T&>) {
+    return std::invoke(fn, std::as_const(item));
+  } else if constexpr (std::is_invocable_v<F&, T&>) {
+    return std::invoke(fn, item);
+  } else if constexpr (std::is_copy_constructible_v<T>) {
+    return std::invoke(fn, T(item));
+  } else {
+    return std::invoke(fn, std::move(item));
+  }
+}
+
 // What a stage can hand a full output buffer to in the middle of its batch (the replica's
 // runtime: the rest of the fused chain, then the port). See stage_instance::spill().
 class downstream {
@@ -99,6 +144,9 @@ class stage_instance {
   virtual void* input_buffer() noexcept = 0;
   // Pointer to this stage's output buffer (a std::vector of its output type; terminals: null).
   virtual void* output_buffer() noexcept = 0;
+  // Under pf::skip, right after input item `index` failed for good: its encoding (this stage's
+  // input codec) into `room` for the dead letter, when it fits.
+  virtual kept_item keep_input_item(std::size_t /*index*/, std::span<std::byte> /*room*/) const noexcept { return {}; }
 
   // Terminals only. Ordered runs fold each source batch separately and emit one partial per
   // batch at end_batch(); unordered runs emit one partial per replica at finish().

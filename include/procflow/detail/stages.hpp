@@ -120,8 +120,13 @@ class instance_base : public stage_instance {
   void* output_buffer() noexcept override { return &out_; }
   std::size_t output_size() const noexcept override { return out_.size(); }
   void clear_output() noexcept override { out_.clear(); }
+  kept_item keep_input_item(std::size_t index, std::span<std::byte> room) const noexcept override {
+    return index < in_.size() ? keep_item(in_[index], input_survives_failure(), room) : kept_item{};
+  }
 
  protected:
+  // Under a policy, whether a failing item is still whole in in_ (see call_keeping_item).
+  virtual bool input_survives_failure() const noexcept { return true; }
   batch_buffer<In> in_;
   batch_buffer<Out> out_;
 };
@@ -134,8 +139,13 @@ class terminal_instance_base : public stage_instance {
   void hand_over(stage_instance&) override {}
   void* input_buffer() noexcept override { return &in_; }
   void* output_buffer() noexcept override { return nullptr; }
+  kept_item keep_input_item(std::size_t index, std::span<std::byte> room) const noexcept override {
+    return index < in_.size() ? keep_item(in_[index], input_survives_failure(), room) : kept_item{};
+  }
 
  protected:
+  // Under a policy, whether a failing item is still whole in in_ (see call_keeping_item).
+  virtual bool input_survives_failure() const noexcept { return true; }
   batch_buffer<In> in_;
 };
 
@@ -215,18 +225,26 @@ class map_instance final : public instance_base<In, Out> {
         for_each_item(in.size(), cursor, [&](std::size_t i) { dst[i] = call_with_item(*fn_, in[i]); });
       } else {
         std::size_t kept = 0;  // under a policy: compact past skipped items
-        for_each_item(in.size(), cursor, [&](std::size_t i) { dst[kept] = call_with_item(*fn_, in[i]); ++kept; });
+        for_each_item(in.size(), cursor, [&](std::size_t i) {
+          dst[kept] = call_keeping_item(*fn_, in[i]);
+          ++kept;
+        });
         out.resize(kept);
       }
     } else {
       out.clear();
       out.reserve(in.size());
-      for_each_item(in.size(), cursor, [&](std::size_t i) { out.push_back(call_with_item(*fn_, in[i])); });
+      if (!cursor.guard) {
+        for_each_item(in.size(), cursor, [&](std::size_t i) { out.push_back(call_with_item(*fn_, in[i])); });
+      } else {
+        for_each_item(in.size(), cursor, [&](std::size_t i) { out.push_back(call_keeping_item(*fn_, in[i])); });
+      }
     }
     return out.size();
   }
 
  private:
+  bool input_survives_failure() const noexcept override { return call_keeps_item_v<callable_t<F>, In>; }
   replica_callable<F> fn_;
 };
 
@@ -304,23 +322,46 @@ class flat_map_instance final : public instance_base<In, Out> {
     emitter<Out> emit(out, limit, &spill, this);
     std::size_t item_start = 0;  // out.size() when the current item began (a skip drops the rest)
     std::size_t spills_at_start = 0;
-    for_each_item(in.size(), cursor, [&](std::size_t i) {
-      item_start = out.size();
-      spills_at_start = spills_;
-      if constexpr (std::is_invocable_v<callable_t<F>&, const In&, emitter<Out>&>) {
-        std::invoke(*fn_, std::as_const(in[i]), emit);
-      } else {
-        // A range is consumed lazily: a view is never materialized beyond one spill.
-        auto&& produced = call_with_item(*fn_, in[i]);
-        for (auto&& value : produced) emit(static_cast<Out>(std::forward<decltype(value)>(value)));
-      }
-    }, [&](std::size_t) {
-      if (spills_ == spills_at_start) out.resize(item_start);  // what was spilled already went on
-    });
+    const auto run = [&]<bool keep>(std::bool_constant<keep>) {
+      for_each_item(
+          in.size(), cursor,
+          [&](std::size_t i) {
+            item_start = out.size();
+            spills_at_start = spills_;
+            if constexpr (std::is_invocable_v<callable_t<F>&, const In&, emitter<Out>&>) {
+              std::invoke(*fn_, std::as_const(in[i]), emit);
+            } else {
+              // A range is consumed lazily: a view is never materialized beyond one spill.
+              auto&& produced = [&]() -> decltype(auto) {
+                if constexpr (keep) {
+                  return call_keeping_item(*fn_, in[i]);
+                } else {
+                  return call_with_item(*fn_, in[i]);
+                }
+              }();
+              for (auto&& value : produced) emit(static_cast<Out>(std::forward<decltype(value)>(value)));
+            }
+          },
+          [&](std::size_t) {
+            if (spills_ == spills_at_start) out.resize(item_start);  // what was spilled already went on
+          });
+    };
+    if (cursor.guard) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
     return out.size();
   }
 
  private:
+  bool input_survives_failure() const noexcept override {
+    if constexpr (std::is_invocable_v<callable_t<F>&, const In&, emitter<Out>&>) {
+      return true;
+    } else {
+      return call_keeps_item_v<callable_t<F>, In>;
+    }
+  }
   static void spill(void* self) {
     auto* me = static_cast<flat_map_instance*>(self);
     ++me->spills_;
@@ -337,7 +378,11 @@ class sink_instance final : public terminal_instance_base<T> {
   explicit sink_instance(F& declared) : fn_(declared) {}
   std::size_t apply(item_cursor& cursor) override {
     auto& in = this->in_;
-    for_each_item(in.size(), cursor, [&](std::size_t i) { call_with_item(*fn_, in[i]); });
+    if (!cursor.guard) {
+      for_each_item(in.size(), cursor, [&](std::size_t i) { call_with_item(*fn_, in[i]); });
+    } else {
+      for_each_item(in.size(), cursor, [&](std::size_t i) { call_keeping_item(*fn_, in[i]); });
+    }
     return 0;
   }
   // The callable's finish() (the built-in file writers flush, close and rename there), then its
@@ -345,6 +390,7 @@ class sink_instance final : public terminal_instance_base<T> {
   void end_of_stream() override { fn_.finish(); }
 
  private:
+  bool input_survives_failure() const noexcept override { return call_keeps_item_v<callable_t<F>, T>; }
   replica_callable<F> fn_;
 };
 
@@ -497,6 +543,8 @@ class reduce_stage final : public input_stage<T> {
       return 0;
     }
     void begin_batch() override { acc_ = init_; }
+    // Under a policy the fold gets a copy (see apply()).
+    bool input_survives_failure() const noexcept override { return std::is_copy_constructible_v<T>; }
     void end_batch(output_port& results) override { encode_item(acc_, results); }
     void finish(output_port& results) override {
       if (!ordered_) encode_item(acc_, results);
@@ -579,6 +627,8 @@ class reduce_by_key_stage final : public input_stage<T> {
       return 0;
     }
     void begin_batch() override { groups_.clear(); }
+    // Under a policy the fold gets a copy (see apply()).
+    bool input_survives_failure() const noexcept override { return std::is_copy_constructible_v<T>; }
     void end_batch(output_port& results) override { send_pieces(groups_, results); }
     // Unordered, in processes: pre-aggregate while it pays, then send the partitions on as they
     // fill (aggregation_switch.hpp). A replica fed by key owns its keys: it keeps them.
