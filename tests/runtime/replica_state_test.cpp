@@ -159,13 +159,16 @@ TEST_CASE("this_replica names the stage, the replica index, the count, the pid a
     CHECK(outside.stage.empty());
 
     // A sink running in the caller's process: in_supervisor, replica 0 of 1.
+    // replica_info::stage is valid only while run() runs (the pipeline owns the name): copied.
     std::vector<pf::replica_info> seen;
+    std::vector<std::string> seen_stage;
     pf::pipeline("who_sink").source("n", pf::iota<u64>(0, 10)).map("m", [](u64 x) { return x; }).sink("s", [&](u64) {
       seen.push_back(pf::this_replica());
+      seen_stage.emplace_back(seen.back().stage);
     }).run();
     REQUIRE(seen.size() == 10);
     CHECK(seen[0].in_supervisor);
-    CHECK(seen[0].stage == "s");
+    CHECK(seen_stage[0] == "s");
     CHECK(seen[0].pid == ::getpid());
   });
 }

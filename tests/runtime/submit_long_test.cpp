@@ -58,7 +58,7 @@ TEST_CASE("submit: 10^6 requests keep RSS flat and leak no fd, mapping or child"
     for (auto& c : clients) c.join();
   }
   const std::size_t fds_before = count_entries("/proc/self/fd");
-  const std::size_t maps_before = count_lines("/proc/self/maps");
+  [[maybe_unused]] const std::size_t maps_before = count_lines("/proc/self/maps");
   const auto shm_before = pt::dev_shm_entries();
   constexpr i64 total = 1'000'000;
   long rss_warm = 0, rss_end = 0;
@@ -100,9 +100,13 @@ TEST_CASE("submit: 10^6 requests keep RSS flat and leak no fd, mapping or child"
     CHECK(report.stages.at(1).items_in == static_cast<std::uint64_t>(total));
   }
   MESSAGE("RSS after 10^5 submits: " << rss_warm << " KiB, after 10^6: " << rss_end << " KiB");
+#if !defined(PROCFLOW_SANITIZED)
+  // Under ASan freed blocks sit in its quarantine (256 MiB) and its allocator maps its own regions,
+  // so RSS and the mappings grow whatever procflow does; LeakSanitizer checks for leaks there.
   CHECK(rss_end < rss_warm + 8 * 1024);  // flat: 9x more requests, not 9x the memory
-  CHECK(count_entries("/proc/self/fd") == fds_before);
   CHECK(count_lines("/proc/self/maps") <= maps_before + 4);  // a new arena's pieces at most
+#endif
+  CHECK(count_entries("/proc/self/fd") == fds_before);
   CHECK(pt::count_children() == 0);
   CHECK(pt::dev_shm_entries() == shm_before);
 }
