@@ -134,6 +134,13 @@ Plan make_plan(const detail::pipeline_def& def) {
 
   const detail::source_base* src = stages.front()->source();
   const std::size_t last_worker = stages.back()->runs_in_supervisor() ? stages.size() - 1 : stages.size();
+  // A sink in the caller's process takes its items from the results channel, outside any
+  // replica's policy guard: a skip or retry asked of it could only be ignored.
+  if (const auto& t = *stages.back(); t.kind() == detail::stage_kind::sink && t.runs_in_supervisor() && t.options().on_error)
+    throw std::invalid_argument(fmt::format(
+        "procflow: stage '{}': pf::skip / pf::retry cannot apply to a sink that runs in the caller's process (its items "
+        "are handed to it outside any replica); give it pf::own_process to run it in a replica, where the policy applies",
+        t.name()));
   const bool fuse = def.options.fusion;
 
   // Source group, or the source fused into the first group.

@@ -429,6 +429,11 @@ class Supervisor final : public SupervisedRun {
         add_note(r.note,
                  "not restarted under the pipeline's pf::restart: a generator's position lives in its process, so "
                  "its death fails run() (a splittable source, e.g. pf::iota or pf::from, is restarted)");
+      if (i + 1 == def_.stages.size() && s.kind() == detail::stage_kind::sink && s.runs_in_supervisor() &&
+          def_.options.defaults.on_error)
+        add_note(r.note,
+                 "runs in the caller's process, so the pipeline's pf::skip / pf::retry does not apply to it (a throw "
+                 "fails run()); give it pf::own_process to run it in a replica, where the policy applies");
       if (r.process_group < plan_.groups.size()) {
         r.replicas = elastic_.final_replicas(r.process_group);
         r.peak_replicas = elastic_.peak_replicas(r.process_group);

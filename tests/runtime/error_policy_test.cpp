@@ -116,6 +116,32 @@ TEST_CASE("skip as the pipeline default: filter, flat_map (its partial output dr
   });
 }
 
+TEST_CASE("a sink in the caller's process: a policy of its own is refused by name, the pipeline's is noted; in a replica it applies") {
+  isolated("caller sink policy", [] {
+    auto declare = [](auto... opts) {
+      return pf::pipeline("sinks").source("n", pf::iota<i64>(0, n)).sink("out", [](i64 x) {
+        if (x % 7 == 0) throw std::runtime_error("sink");
+      }, opts...);
+    };
+    // Its items reach it outside any replica's guard: refused, not silently ignored.
+    try {
+      declare(pf::skip).run();
+      FAIL("a skip on a caller-side sink was accepted");
+    } catch (const std::invalid_argument& e) {
+      const std::string what = e.what();
+      CHECK(what.find("'out'") != std::string::npos);
+      CHECK(what.find("own_process") != std::string::npos);
+    }
+    CHECK_THROWS_AS(declare(pf::retry(2, 0ms)).run(), std::invalid_argument);
+    // In a replica of its own the policy applies.
+    const auto r = declare(pf::skip, pf::own_process).run();
+    CHECK(stage(r.report, "out").items_skipped == static_cast<std::uint64_t>((n + 6) / 7));
+    // The pipeline's default reaches every stage but this one: the report says so.
+    const auto d = pf::pipeline("sinks", pf::skip).source("n", pf::iota<i64>(0, n)).sink("out", [](i64) {}).run();
+    CHECK(stage(d.report, "out").note.find("does not apply") != std::string::npos);
+  });
+}
+
 TEST_CASE("retry(n, backoff): an item that fails twice then succeeds gives the exact result; retries are counted") {
   isolated("retry", [] {
     const auto r = pf::pipeline("retry")
