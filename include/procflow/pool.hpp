@@ -180,6 +180,9 @@ class pool_core final : public result_collector {
   }
   std::uint64_t restarts() const { return generation_.load(std::memory_order_acquire); }
 
+  // result_collector: requests are waiting for their answers (see result_collector::awaited).
+  bool awaited() const noexcept override { return table_size_.load(std::memory_order_relaxed) != 0; }
+
   // result_collector: the results channel (driver thread of the current generation). A job's
   // answers of one batch are stored under one lock of its state, and its caller woken once.
   void consume(const batch_view& batch) override {
@@ -216,6 +219,7 @@ class pool_core final : public result_collector {
         it = pending_.end();
       }
     }
+    counted();
     leave_job();
   }
 
@@ -262,7 +266,12 @@ class pool_core final : public result_collector {
   void add_entry(std::uint64_t first, pending_entry e) {
     std::lock_guard lock(mutex_);
     pending_.emplace(first, std::move(e));
+    counted();
   }
+
+  // Under mutex_, after pending_ changed: its size for awaited(), which reads it without the lock
+  // (a stale value costs at most one short spin, or one missed).
+  void counted() noexcept { table_size_.store(pending_.size(), std::memory_order_relaxed); }
 
   // Writes request `id` (of the table entry `entry`); a codec error (or no room for a try_submit)
   // fails and drops the whole entry (a first send hands out no future or job then) and propagates.
@@ -283,6 +292,7 @@ class pool_core final : public result_collector {
       if (it != pending_.end()) {
         fail_entry(it->second, std::current_exception());  // a redelivered job's caller waits on it
         pending_.erase(it);
+        counted();
       }
       if (dropped) *dropped = true;
       throw;
@@ -338,6 +348,7 @@ class pool_core final : public result_collector {
       e.job->notify();
       it = e.unanswered == 0 ? pending_.erase(it) : std::next(it);
     }
+    counted();
     ++ended_generation_;
     restarting_ = restart;
     restart_cv_.notify_all();
@@ -376,6 +387,7 @@ class pool_core final : public result_collector {
       std::vector<std::pair<std::uint64_t, pending_entry>> orphans;
       for (auto& [id, p] : pending_) orphans.emplace_back(id, std::move(p));  // in id order (a std::map)
       pending_.clear();
+      counted();
       restarting_ = false;
       restart_cv_.notify_all();
       lock.unlock();
@@ -512,6 +524,7 @@ class pool_core final : public result_collector {
 
   mutable std::mutex mutex_;  // pending_ and the restart state
   table pending_;
+  std::atomic<std::size_t> table_size_{0};  // pending_.size(), for awaited()
   std::uint64_t ended_generation_ = 0;  // generation whose end on_end handles next
   bool restarting_ = false;
   bool finishing_ = false;

@@ -51,9 +51,8 @@ class StartedRun final : public started_run {
       : def_(with_cancel(std::move(def))), collector_(std::move(collector)), on_end_(std::move(on_end)) {
     // Result batches reach the caller's collector through acks_, which also publishes requests
     // held for the answers' clock (publish_mode::group).
-    acks_.run = this;
-    acks_.collector = collector_.get();
-    supervised_ = runtime::start_supervised(*def_, collector_ ? &acks_ : nullptr);  // forks, on this thread
+    if (collector_) acks_.emplace(*this, *collector_);
+    supervised_ = runtime::start_supervised(*def_, acks_ ? &*acks_ : nullptr);  // forks, on this thread
     const runtime::Plan& plan = supervised_->plan();
     if (plan.caller_fed) {
       const runtime::Group& g = plan.groups.front();
@@ -210,16 +209,13 @@ class StartedRun final : public started_run {
   }
 
   // The collector the supervisor feeds: the caller's, then the answers' clock (see the top).
-  struct AckingCollector final : result_collector {
-    StartedRun* run = nullptr;
-    result_collector* collector = nullptr;
+  struct AckingCollector final : forwarding_collector {
+    AckingCollector(StartedRun& owner, result_collector& collector) : forwarding_collector(collector), run(owner) {}
     void consume(const batch_view& batch) override {
-      collector->consume(batch);
-      run->publish_held();
+      inner().consume(batch);
+      run.publish_held();
     }
-    void consume_items(void* items) override { collector->consume_items(items); }
-    void finish() override { collector->finish(); }
-    std::string note() const override { return collector->note(); }
+    StartedRun& run;
   };
 
   // Under input_mutex_: the open slot waits for an answer (or the latency bound).
@@ -303,7 +299,7 @@ class StartedRun final : public started_run {
   // The open slot waits for an answer to come back (publish_mode::group). Written under
   // input_mutex_; read without it as a hint (publish_held() checks again under the lock).
   std::atomic<bool> held_{false};
-  AckingCollector acks_;
+  std::optional<AckingCollector> acks_;
 
   // Set by the driver thread when the run ended (abandoned_ also makes a waiting writer give up).
   std::atomic<bool> abandoned_{false};

@@ -143,7 +143,7 @@ class Supervisor final : public SupervisedRun {
     auto next_check = Clock::now() + tick;
     batch_view batch;
     for (;;) {
-      if (results.receive_until(batch, next_check)) {
+      if (spin_for_answer(results, batch) || results.receive_until(batch, next_check)) {
         on_caller_side([&] {
           return fmt::format("result batch {} ({} items{})", batch.meta.seq, batch.items,
                              batch.meta.dense ? fmt::format(", source items from {}", batch.meta.first_item) : "");
@@ -161,6 +161,56 @@ class Supervisor final : public SupervisedRun {
         next_check = Clock::now() + tick;
       }
     }
+  }
+
+  // While a caller waits for answers the pipeline owes (collector_->awaited(): a pool's requests)
+  // and the replicas leave a core of the budget idle, this thread spins on the results channel
+  // for up to answer_spin before it sleeps, so an answer does not wait for its wake-up (about
+  // half of a lone request's round trip on a 2-core machine, issue 17). With every core taken it
+  // sleeps at once: spinning there would take the core an answer is computed on.
+  // A spin that ran out without an answer (the answers take longer, or other programs hold the
+  // cores the count thought idle) makes the next spin_backoff waits sleep at once.
+  bool spin_for_answer(channel::Inbox& results, batch_view& batch) {
+    constexpr auto answer_spin = std::chrono::microseconds(100);
+    constexpr int spin_backoff = 16;
+    if (spin_skips_ > 0) {
+      --spin_skips_;
+      return false;
+    }
+    if (!collector_ || !collector_->awaited() || !core_idle()) return false;
+    const auto until = Clock::now() + answer_spin;
+    for (;;) {
+      for (int i = 0; i < 64; ++i) {
+        if (results.try_receive(batch)) return true;
+        channel::cpu_relax();
+      }
+      if (results.at_end() || !collector_->awaited() || !core_idle()) return false;
+      if (Clock::now() >= until) {
+        spin_skips_ = spin_backoff;
+        return false;
+      }
+    }
+  }
+
+  // Whether the replicas awake (not asleep on their input), with this thread, leave a core of the
+  // budget free. A replica of a source group counts as awake.
+  bool core_idle() const noexcept {
+    std::uint32_t awake = 1;  // this thread
+    for (std::size_t g = 0; g < plan_.groups.size(); ++g) {
+      const Group& group = plan_.groups[g];
+      if (g == 0) {
+        if (!plan_.caller_fed) awake += group.replicas;
+        continue;
+      }
+      const channel::Channel& input = state_.input_of(g);
+      // Relaxed: a hint; a stale answer costs one short spin, or one missed.
+      const std::uint64_t active = input.membership().active.load(std::memory_order_relaxed);
+      for (std::uint32_t q = 0; q < input.consumers(); ++q) {
+        const bool member = q >= channel::max_masked_lanes || ((active >> q) & 1) != 0;
+        if (member && input.data_event(q).waiters.load(std::memory_order_relaxed) == 0) ++awake;
+      }
+    }
+    return awake <= plan_.cores;
   }
 
   // Live counters (metrics::Sampler); the user's progress callback counts as caller-side work.
@@ -482,6 +532,7 @@ class Supervisor final : public SupervisedRun {
 
   const pipeline_def& def_;
   result_collector* collector_;
+  int spin_skips_ = 0;  // spin_for_answer() backs off after a spin that found no answer
   Clock::time_point t0_;
   Plan plan_;
   RunState state_;

@@ -1,7 +1,8 @@
 // A wrapper stage (key_by's keyed_input_stage) is the stage it wraps with one behaviour changed:
 // every other stage_base virtual must reach the wrapped stage. Thread mode once lost every item of
 // a key_by stage because a new virtual kept its silent default in the wrapper. Each case calls one
-// virtual through the wrapper and checks that the probe underneath answered.
+// virtual through the wrapper and checks that the probe underneath answered. The same for
+// forwarding_collector (a started pipeline's answers' clock wraps the caller's collector).
 #include <procflow/detail/forwarding_stage.hpp>
 #include <procflow/detail/keyed_stage.hpp>
 
@@ -74,6 +75,19 @@ struct probe_stage final : stage_base {
   mutable bool collector_ordered = false;
 };
 
+// Answers every result_collector virtual with something no default answers, and records it.
+struct recording_collector final : result_collector {
+  void consume(const batch_view& batch) override { consumed = &batch; }
+  void consume_items(void* vector) override { items = vector; }
+  void finish() override { finished = true; }
+  std::string note() const override { return "inner note"; }
+  bool awaited() const noexcept override { return true; }
+
+  const batch_view* consumed = nullptr;
+  void* items = nullptr;
+  bool finished = false;
+};
+
 struct key_of_int {
   int operator()(const int& x) const { return x; }
 };
@@ -109,4 +123,21 @@ TEST_CASE("a key_by wrapper forwards every stage_base virtual but the keyed enco
 
   CHECK(s.make_collector(true) != nullptr);
   CHECK(probe->collector_ordered);
+}
+
+TEST_CASE("a forwarding_collector forwards every result_collector virtual") {
+  recording_collector inner;
+  forwarding_collector wrapper(inner);
+  result_collector& c = wrapper;
+
+  const batch_view batch;
+  c.consume(batch);
+  CHECK(inner.consumed == &batch);
+  int vector = 0;
+  c.consume_items(&vector);
+  CHECK(inner.items == &vector);
+  c.finish();
+  CHECK(inner.finished);
+  CHECK(c.note() == "inner note");
+  CHECK(c.awaited());
 }

@@ -221,6 +221,28 @@ class result_collector {
   virtual void finish() {}
   // After finish(): what the terminal's report note should say about how it ran (else empty).
   virtual std::string note() const { return {}; }
+  // True while somebody waits for results the pipeline still owes (a pool's pending requests):
+  // the thread reading the results channel may then spin briefly on an idle core instead of
+  // sleeping, so an answer does not wait for that thread's wake-up. Called often; keep it cheap.
+  virtual bool awaited() const noexcept { return false; }
+};
+
+// A collector that hands every call on to another; a wrapper overrides only what it adds.
+// Every virtual of result_collector is forwarded here: add a new one here too.
+class forwarding_collector : public result_collector {
+ public:
+  explicit forwarding_collector(result_collector& inner) : inner_(&inner) {}
+  void consume(const batch_view& batch) override { inner_->consume(batch); }
+  void consume_items(void* vector) override { inner_->consume_items(vector); }
+  void finish() override { inner_->finish(); }
+  std::string note() const override { return inner_->note(); }
+  bool awaited() const noexcept override { return inner_->awaited(); }
+
+ protected:
+  result_collector& inner() const noexcept { return *inner_; }
+
+ private:
+  result_collector* inner_;
 };
 
 // A collector whose finished result the builder's run() takes.
