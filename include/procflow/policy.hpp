@@ -62,8 +62,10 @@ struct retry {
 // factory's result, a file a sink in its own process wrote) starts afresh in the replacement.
 // A reduce under restart sends a partial per batch (its init must be combine's identity, as
 // with replicas). The run_report counts restarts per stage and lists each redelivered batch.
-// Not for a generate() source in its own process (its state is its position), pf::ordered
-// pipelines, or thread mode: run() refuses them by name.
+// A generate() source in its own process restarts only with its own restart(n) (not the
+// pipeline's): it runs again from its start and drops what was sent, so it must yield the same
+// items each time (checked: a replay that differs fails run()). Not for pf::ordered pipelines or
+// thread mode: run() refuses them by name.
 struct restart {
   explicit restart(std::uint32_t n) : times(n) {
     if (n == 0) throw std::invalid_argument("procflow::restart: need at least 1 restart (without it a death fails run())");

@@ -178,6 +178,42 @@ void Outbox::open(std::size_t lane, std::size_t n) {
   }
 }
 
+void Outbox::begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_t already_sent) noexcept {
+  origin_lane_ = lane;
+  origin_ = origin;
+  origin_slots_ = 0;
+  skip_slots_ = already_sent;
+  digest_hash_ = 0;
+  expect_slots_ = 0;
+  if (options_.digest && already_sent > 0) {
+    // The dead predecessor's digest: the entry covering the most slots, if one was complete.
+    // Acquire: pairs with the release store of `slots` after its `hash` (fold_digest).
+    for (const ReplayDigest::Entry& e : options_.digest->entries) {
+      const std::uint64_t slots = e.slots.load(std::memory_order_acquire);
+      if (slots == ReplayDigest::writing || slots <= expect_slots_ || slots > already_sent) continue;
+      expect_slots_ = slots;
+      expect_hash_ = e.hash.load(std::memory_order_relaxed);
+    }
+  }
+}
+
+// Folds one slot's payload into digest_hash_ (a multiply-xor over 8-byte words: a change is
+// found, not an adversary) and, for a published slot, records it in the shared digest.
+void Outbox::fold_digest(const std::byte* payload, std::size_t bytes) {
+  std::uint64_t h = digest_hash_ ^ (bytes * 0x9e3779b97f4a7c15ULL);
+  std::size_t k = 0;
+  for (; k + 8 <= bytes; k += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, payload + k, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 29;
+  }
+  std::uint64_t tail = 0;
+  std::memcpy(&tail, payload + k, bytes - k);
+  h = ((h ^ tail) * 0xc4ceb9fe1a85ec53ULL) ^ (h >> 31);
+  digest_hash_ = h;
+}
+
 void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t large_total) {
   Lane& l = lanes_[lane];
   detail::write_cursor& c = cursors_[lane];
@@ -188,6 +224,17 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
     --skip_slots_;
     ++origin_slots_;
     ++stats_.replayed_slots;
+    stats_.replayed_items += c.items;
+    if (options_.source) source_items_ += c.items;  // numbering goes on past them (a generator's replay)
+    if (options_.digest) {
+      fold_digest(l.ring.payload(slot), static_cast<std::size_t>(c.pos - l.ring.payload(slot)));
+      if (origin_slots_ == expect_slots_ && digest_hash_ != expect_hash_)
+        throw std::runtime_error(fmt::format(
+            "procflow: run again after its process died (pf::restart), this producer's first {} output slots differ from "
+            "those it had sent: a restarted generator must yield the same items from its start (one reading a socket, the "
+            "clock or a shared file offset cannot be restarted)",
+            expect_slots_));
+    }
     c = {};
     if (current_ == &c) current_ = &no_slot_;
     return;
@@ -206,7 +253,15 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   slot->origin_lane = origin_lane_;
   slot->origin = origin_;
   slot->origin_slot = options_.stamp_origin ? ++origin_slots_ : 0;
+  if (options_.digest) fold_digest(l.ring.payload(slot), bytes);
   l.ring.publish();  // release: the header and payload written above become visible
+  if (options_.digest) {
+    // After the slot is out (a death in between leaves the previous entry as the truth).
+    ReplayDigest::Entry& e = options_.digest->entries[origin_slots_ % 2];
+    e.slots.store(ReplayDigest::writing, std::memory_order_relaxed);
+    e.hash.store(digest_hash_, std::memory_order_release);  // after `writing`
+    e.slots.store(origin_slots_, std::memory_order_release);  // SYNC POINT: pairs with begin_origin's acquire
+  }
   notify(*l.data_event);
   stats_.slots += 1;
   gate_storage_.published.store(stats_.slots, std::memory_order_relaxed);

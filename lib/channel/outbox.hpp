@@ -7,6 +7,7 @@
 #pragma once
 
 #include "channel/channel.hpp"
+#include "channel/replay_digest.hpp"
 
 #include <procflow/detail/port.hpp>
 
@@ -56,6 +57,9 @@ struct OutboxOptions {
   // pf::restart: stamp every slot with its input batch (begin_origin) and its number in that
   // batch's output (SlotHeader::origin*).
   bool stamp_origin = false;
+  // With stamp_origin: keep a digest of the slots published here, and check the slots a replay
+  // drops against the one its dead predecessor kept (both: begin_origin). Null: no digest.
+  ReplayDigest* digest = nullptr;
   // Least-loaded and round-robin dispatch only (a keyed or ordered lane choice is not about
   // balance), and not with stamp_origin (redelivery needs slot boundaries that depend on the
   // items alone).
@@ -75,6 +79,7 @@ struct OutboxStats {
   std::uint64_t bytes = 0;       // payload bytes published
   std::uint64_t blocked_ns = 0;  // time spent waiting for a free slot (back-pressure)
   std::uint64_t replayed_slots = 0;  // pf::restart: rewritten slots not sent again (begin_origin)
+  std::uint64_t replayed_items = 0;  // ... and their items
 };
 
 class Outbox final : public detail::output_port {
@@ -95,12 +100,7 @@ class Outbox final : public detail::output_port {
   // written again (same items, same slot boundaries: the stages are deterministic and nothing but
   // a full slot or the end of the batch publishes one) but not published. Call with no slot open
   // holding items (after flush()).
-  void begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_t already_sent) noexcept {
-    origin_lane_ = lane;
-    origin_ = origin;
-    origin_slots_ = 0;
-    skip_slots_ = already_sent;
-  }
+  void begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_t already_sent) noexcept;
 
   const OutboxStats& stats() const noexcept { return stats_; }
 
@@ -165,6 +165,12 @@ class Outbox final : public detail::output_port {
   std::uint64_t origin_ = 0;
   std::uint64_t origin_slots_ = 0;  // output slots of the current origin so far (published or skipped)
   std::uint64_t skip_slots_ = 0;    // of them, still to skip
+  // OutboxOptions::digest: of this origin's slots so far (published or dropped), and what the
+  // dead predecessor's digest said (expect_slots_ == 0: nothing to check).
+  std::uint64_t digest_hash_ = 0;
+  std::uint64_t expect_slots_ = 0;
+  std::uint64_t expect_hash_ = 0;
+  void fold_digest(const std::byte* payload, std::size_t bytes);
   OutboxStats stats_;
   Clock::time_point wait_deadline_ = Clock::time_point::max();
   MembershipShared* membership_ = nullptr;  // null: more lanes than a mask holds, all active

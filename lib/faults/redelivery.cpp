@@ -59,6 +59,11 @@ Redelivery find_redelivery(const runtime::Plan& plan, const runtime::RunState& s
       r.batch = head == r.origin && tail - head > 0 && tail - head <= ring.geometry.slot_count;
     }
     r.lost = (noted_lane & lost_origin_bit) != 0 && phase == runtime::ReplicaPhase::in_batch;
+  } else {
+    // A generator: its whole stream is one batch, run again from its start (it was forked from
+    // the supervisor's untouched copy); the slots already published are dropped.
+    r.origin_lane = channel::no_origin_lane;
+    r.batch = true;
   }
   if (!r.batch && !r.lost) return r;
   const std::uint64_t first = rec.batch_first.load(std::memory_order_relaxed);
@@ -68,14 +73,20 @@ Redelivery find_redelivery(const runtime::Plan& plan, const runtime::RunState& s
   r.item_known = rec.item_known.load(std::memory_order_relaxed) != 0;
   r.item_stage = rec.item_stage.load(std::memory_order_relaxed);
   r.item_seq = rec.item_seq_now.load(std::memory_order_relaxed);
+  std::uint64_t sent_items = 0;  // a generator's: the items of its slots published so far
   if (const channel::Channel* out = output_of(plan, state, group)) {
     for (std::uint32_t q = 0; q < out->consumers(); ++q) {
       const channel::RingWriter writer(out->ring(slot, q));
       channel::SlotHeader h;
       std::memcpy(&h, writer.last_published(), sizeof h);  // a snapshot: the consumer may read it, nobody writes it
-      if (h.origin_slot != 0 && h.origin_lane == r.origin_lane && h.origin == r.origin) r.sent_slots = std::max(r.sent_slots, h.origin_slot);
+      if (h.origin_slot != 0 && h.origin_lane == r.origin_lane && h.origin == r.origin && h.origin_slot > r.sent_slots) {
+        r.sent_slots = h.origin_slot;
+        sent_items = h.first_item + h.items;
+      }
     }
   }
+  if (g.input == GroupInput::generator)
+    r.what = fmt::format("the generator's stream, run again from its start: source items [0, {}) were sent and are not sent twice", sent_items);
   return r;
 }
 

@@ -234,11 +234,10 @@ Plan make_plan(const detail::pipeline_def& def) {
       plan.restarts[i] = 0;  // runs in the supervisor: nothing to restart
       continue;
     }
-    if (plan.groups[k].input == GroupInput::generator) {
-      if (o.restarts)
-        throw std::invalid_argument(fmt::format("procflow: stage '{}': restart() cannot replace a source that runs in its own "
-                                                "process (a generator's position lives in that process)", stages[i]->name()));
-      plan.restarts[i] = 0;  // the pipeline's default does not apply to it
+    if (plan.groups[k].input == GroupInput::generator && !o.restarts) {
+      // A generator is run again from its start (faults/redelivery.hpp): only when its own
+      // restart(n) says it yields the same items again, not by the pipeline's default.
+      plan.restarts[i] = 0;
       continue;
     }
     if (plan.ordered)

@@ -185,6 +185,7 @@ class Replica final : public detail::downstream {
       }
       o.publish_each_item = group_.out_latency_ns == 0;
       o.stamp_origin = restart_;
+      if (restart_ && group_.input == GroupInput::generator) o.digest = &record_->digest;  // a replay is checked
       if (group_.output == GroupOutput::channel) o.slot_work = {&Replica::consumer_cost_ns, this};
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
       // A group ending in its terminal only sends partials at the end (or per ordered batch).
@@ -257,7 +258,7 @@ class Replica final : public detail::downstream {
   }
 
   void generator_progress() noexcept {
-    tallies_[0].items_out = outbox_->stats().items;
+    tallies_[0].items_out = outbox_->stats().items + outbox_->stats().replayed_items;
     record_->batch_items.store(tallies_[0].items_out, std::memory_order_relaxed);  // see ReplicaRecord::phase
     const std::uint64_t elapsed = ns_since(generator_start_);
     const std::uint64_t blocked = outbox_->stats().blocked_ns;
@@ -309,6 +310,9 @@ class Replica final : public detail::downstream {
     const auto t0 = Clock::now();
     generator_start_ = t0;
     if (group_.end_stage == 1) {
+      // pf::restart: the whole stream is one batch; a replacement runs the generator again from
+      // its start and drops the slots already published (faults/redelivery.hpp).
+      begin_origin(channel::no_origin_lane, 0, true);
       def_.stages[0]->source()->produce(*outbox_);
       tallies_[0].busy_ns = ns_since(t0) - outbox_->stats().blocked_ns;
     }
@@ -552,7 +556,7 @@ class Replica final : public detail::downstream {
         instances_.back()->finish(*outbox_);
       }
       outbox_->close();
-      if (group_.input == GroupInput::generator) tallies_[0].items_out = outbox_->stats().items;
+      if (group_.input == GroupInput::generator) tallies_[0].items_out = outbox_->stats().items + outbox_->stats().replayed_items;
     }
     flush_counters();
     if (spans_) spans_->flush();

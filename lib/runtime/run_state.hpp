@@ -11,6 +11,7 @@
 #pragma once
 
 #include "channel/channel.hpp"
+#include "channel/replay_digest.hpp"
 #include "metrics/replica_stats.hpp"
 #include "metrics/span_ring.hpp"
 #include "metrics/user_counter_table.hpp"
@@ -120,6 +121,8 @@ struct ReplicaRecord {
   std::uint64_t replay_origin;
   std::uint64_t replay_sent_slots;
   std::uint32_t incarnation;  // 0 for the first process in this slot, +1 per restart
+  // A restartable generator's published slots (Outbox::begin_origin checks a replay against it).
+  channel::ReplayDigest digest;
   // Dead letters kept (<= dead_letters_per_replica). Read after the replica was reaped.
   std::uint32_t dead_letter_count;
   DeadLetter dead_letters[dead_letters_per_replica];

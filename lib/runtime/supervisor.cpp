@@ -474,11 +474,12 @@ class Supervisor final : public SupervisedRun {
       if (plan_.held_to_one[i])
         r.note = "holds state (its callable cannot be called as const): runs in 1 process; give it replicas(n) "
                  "to replicate it, or pf::per_replica for state per replica";
-      if (i == 0 && def_.options.defaults.restarts && r.process_group < plan_.groups.size() &&
+      if (i == 0 && def_.options.defaults.restarts && !s.options().restarts && r.process_group < plan_.groups.size() &&
           plan_.groups[r.process_group].input == GroupInput::generator)
         add_note(r.note,
-                 "not restarted under the pipeline's pf::restart: a generator's position lives in its process, so "
-                 "its death fails run() (a splittable source, e.g. pf::iota or pf::from, is restarted)");
+                 "not restarted under the pipeline's pf::restart: a generator would be run again from its start, "
+                 "which is right only if it yields the same items again; say so with its own pf::restart(n) (a "
+                 "splittable source, e.g. pf::iota or pf::from, is restarted)");
       if (i + 1 == def_.stages.size() && s.kind() == detail::stage_kind::sink && s.runs_in_supervisor() &&
           def_.options.defaults.on_error)
         add_note(r.note,
