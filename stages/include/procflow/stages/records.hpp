@@ -59,6 +59,7 @@ class record {
 
   std::size_t size() const noexcept { return ends_.size() / 2; }  // fields, in file order
   bool empty() const noexcept { return ends_.empty(); }
+  std::size_t text_size() const noexcept { return text_.size(); }  // bytes of its keys and values
   std::string_view key(std::size_t i) const noexcept { return slice(i == 0 ? 0 : ends_[2 * i - 1], ends_[2 * i]); }
   std::string_view value(std::size_t i) const noexcept { return slice(ends_[2 * i], ends_[2 * i + 1]); }
 
