@@ -2,7 +2,8 @@
 // (include/procflow/detail/stored_key.hpp, issue 9: the per-row key cost): the groups are keyed by
 // std::string (the keyed_result's key type), every placement (fused / processes of its own,
 // unordered / ordered) gives the sequential answer, also past the windowed-probe threshold
-// (2^14 keys) and with user hashers (transparent, and one callable only with const std::string&);
+// (2^14 keys), in thread mode, and with user hashers (transparent, and one callable only with
+// const std::string&);
 // flat_table finds an existing key from a view without allocating and builds the std::string only
 // for a new key; a view hashes like its string.
 #include <procflow/procflow.hpp>
@@ -11,6 +12,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
@@ -19,14 +21,16 @@
 #include <string_view>
 #include <type_traits>
 #include <unordered_map>
+#include <vector>
 
-// Allocations made by this process (the flat_table checks run in the test process itself).
+// Allocations made by this process (the flat_table checks run in the test process itself; thread
+// mode allocates from oneTBB's threads too, hence atomic).
 namespace {
-std::size_t allocations = 0;
+std::atomic<std::size_t> allocations{0};
 }  // namespace
 
 [[gnu::noinline]] void* operator new(std::size_t n) {
-  ++allocations;
+  allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
   throw std::bad_alloc();
 }
@@ -91,6 +95,18 @@ TEST_CASE("reduce_by_key: a std::string_view key groups by std::string, in every
         CHECK(std::unordered_map<std::string, i64>(got.begin(), got.end()) == want);
       }
   }
+}
+
+TEST_CASE("reduce_by_key: a std::string_view key in thread mode (run(pf::in_threads)) gives the same groups") {
+  const auto want = expected(8000, 300);
+  auto flow = pf::pipeline("views in threads")
+                  .source("numbers", pf::iota<i64>(0, 8000))
+                  .map("row", [](i64 i) { return row(i, 300); }, pf::replicas(2))
+                  .reduce_by_key("sum", [](const std::string& line) { return key_of(line); }, i64{0},
+                                 [](i64 acc, const std::string& line) { return acc + std::stoll(line.substr(line.rfind('-') + 1)); },
+                                 std::plus<>{}, pf::replicas(2));
+  const auto got = flow.run(pf::in_threads).value.to_unordered_map();
+  CHECK(std::unordered_map<std::string, i64>(got.begin(), got.end()) == want);
 }
 
 TEST_CASE("reduce_by_key: a std::string_view key with a transparent hasher or one taking const std::string&") {
