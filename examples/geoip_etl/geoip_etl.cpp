@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace pf = procflow;
@@ -37,7 +38,7 @@ int run(const example::options& o) {
       pf::pipeline("geoip_etl", example::profile(o))
           .source("rows", pf::stages::csv_rows(o.input, csv))
           .reduce_by_key(
-              "per country", [](const pf::stages::csv_row& row) { return row.get<std::string>(2); }, std::uint64_t{0},
+              "per country", [](const pf::stages::csv_row& row) { return row.get<std::string_view>(2); }, std::uint64_t{0},
               [](std::uint64_t& addresses, const pf::stages::csv_row& row) {
                 const auto start = row.get<std::uint64_t>(0), end = row.get<std::uint64_t>(1);
                 if (end < start)

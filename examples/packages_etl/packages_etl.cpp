@@ -80,9 +80,9 @@ int run(const example::options& o) {
           .source("records", pf::stages::records(o.input, fields))
           .reduce_by_key(
               "per section",
-              [](const pf::stages::record& r) {
+              [](const pf::stages::record& r) {  // a view into the record: no string per record
                 const std::string_view s = r.get("Section");
-                return std::string(s.empty() ? std::string_view("unknown") : s);
+                return s.empty() ? std::string_view("unknown") : s;
               },
               section_totals{}, [](section_totals& t, const pf::stages::record& r) { add_package(t, r); },
               [](section_totals& into, const section_totals& other) { merge(into, other); }, pf::replicas(o.replicas))

@@ -19,6 +19,7 @@
 #include <procflow/codec.hpp>
 #include <procflow/detail/keyed_stage.hpp>
 #include <procflow/detail/stages.hpp>
+#include <procflow/detail/stored_key.hpp>
 #include <procflow/error.hpp>
 #include <procflow/execution.hpp>
 #include <procflow/hash.hpp>
@@ -197,13 +198,15 @@ class flow {
   // key's partition (the hash is mixed first, so keys 0, 4, 8, ... spread over 4 replicas) and
   // no merge is needed. The key is hashed with std::hash<K> where one exists; std::pair and
   // std::tuple keys use procflow::hash<K> (hash.hpp). An optional hasher may follow combine:
-  // reduce_by_key(name, key, init, fold, combine, hasher, opts...).
+  // reduce_by_key(name, key, init, fold, combine, hasher, opts...). A key function may return a
+  // std::string_view into its item: the groups are keyed by std::string, built only for a new key
+  // (detail/stored_key.hpp).
   template <class KeyFn, class Acc, class Fold, class Combine, class... Opts>
     requires(detail::stage_option<Opts> && ...)
   auto reduce_by_key(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, const Opts&... opts) const {
     static_assert(std::is_invocable_v<const KeyFn&, const T&>,
                   "procflow: reduce_by_key(): key must be callable with (const T&) or be a pointer to a member of T");
-    using K = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+    using K = detail::stored_key_t<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>>;
     static_assert(hashable_v<K>,
                   "procflow: reduce_by_key(): the key type needs std::hash (or is a std::pair / std::tuple of such); "
                   "otherwise pass a hasher after combine");
@@ -218,7 +221,7 @@ class flow {
   auto reduce_by_key(std::string name, KeyFn key, Acc init, Fold fold, Combine combine, Hash hash, const Opts&... opts) const {
     static_assert(std::is_invocable_v<const KeyFn&, const T&>,
                   "procflow: reduce_by_key(): key must be callable with (const T&) or be a pointer to a member of T");
-    using K = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+    using K = detail::stored_key_t<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>>;
     static_assert(std::is_invocable_r_v<std::size_t, const Hash&, const K&>,
                   "procflow: reduce_by_key(): the hasher must be callable as hash(const K&) -> std::size_t");
     static_assert(std::is_default_constructible_v<Hash>, "procflow: reduce_by_key(): the hasher must be default constructible");

@@ -206,3 +206,23 @@ TEST_CASE("the key's colon is found at every position: keys of 1..40 bytes, colo
   CHECK_THROWS_WITH_AS(read_split(pf::stages::records_source(bad, {})), (bad + ":2: expected 'Key: value'").c_str(),
                        pf::error);
 }
+
+TEST_CASE("record::find: the first field named exactly the key, among keys of equal length, prefixes and the empty key") {
+  const pf::stages::record r{{"Section", "net"},     {"Package", "curl"}, {"Pack", "p"},      {"Packagf", "x"},
+                             {"Section", "second"},  {"P", ""},           {"Installed-Size", "42"}};
+  CHECK(r.find("Section") == std::optional<std::string_view>("net"));  // the first of two
+  CHECK(r.find("Package") == std::optional<std::string_view>("curl"));
+  CHECK(r.find("Packagf") == std::optional<std::string_view>("x"));  // same length and first byte
+  CHECK(r.find("Pack") == std::optional<std::string_view>("p"));
+  CHECK(r.find("P") == std::optional<std::string_view>(""));  // a present key with an empty value
+  CHECK(r.find("Installed-Size") == std::optional<std::string_view>("42"));
+  CHECK_FALSE(r.find("Packag").has_value());
+  CHECK_FALSE(r.find("Packages").has_value());
+  CHECK_FALSE(r.find("section").has_value());
+  CHECK_FALSE(r.find("").has_value());
+  CHECK(r.get("Missing", "fallback") == "fallback");
+  CHECK_FALSE(pf::stages::record{}.find("Package").has_value());
+  const pf::stages::record empty_key{{"", "v"}, {"K", "w"}};
+  CHECK(empty_key.find("") == std::optional<std::string_view>("v"));
+  CHECK(empty_key.find("K") == std::optional<std::string_view>("w"));
+}

@@ -14,6 +14,7 @@
 #include <procflow/codec.hpp>
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>
+#include <procflow/detail/stored_key.hpp>
 
 #include <bit>
 #include <cstddef>
@@ -50,6 +51,9 @@ class flat_table {
   using entry = keyed_entry<K, V>;
 
   static std::uint64_t hash_of(const K& key) { return mix_hash(static_cast<std::uint64_t>(Hash{}(key))); }
+  // The same hash for a lookup key that compares with K (a std::string_view for std::string keys).
+  template <class L>
+  static std::uint64_t hash_of(const L& key) { return mix_hash(static_cast<std::uint64_t>(lookup_hash<Hash, K>(key))); }
 
   std::size_t size() const noexcept { return entries_.size(); }
   bool empty() const noexcept { return entries_.empty(); }
@@ -97,7 +101,8 @@ class flat_table {
     if (s != 0) __builtin_prefetch(entries_.data() + ((s & position_mask_) - 1));
   }
 
-  // The accumulator for `key`, inserted as `init` (a copy) when absent. The probe of a key already
+  // The accumulator for `key` (a K or a lookup key that compares with K, e.g. a std::string_view:
+  // K is built from it only when it is inserted), inserted as `init` (a copy) when absent. The probe of a key already
   // present is the per-item path of every reduce_by_key: small enough to inline into the caller's
   // loop; growing and inserting stay out of line (inlined, they made the whole call too big to
   // inline, and the call's register saves cost about a tenth of the probe).

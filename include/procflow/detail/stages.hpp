@@ -568,7 +568,10 @@ class reduce_stage final : public input_stage<T> {
 template <class T, class KeyFn, class Acc, class Fold, class Combine, class Hash>
 class reduce_by_key_stage final : public input_stage<T> {
  public:
-  using key_type = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+  // What the key function returns (lookup_type) and what the groups keep (key_type): they differ
+  // for a std::string_view key, stored as a std::string built only for a new key (stored_key.hpp).
+  using lookup_type = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+  using key_type = stored_key_t<lookup_type>;
   using result_type = keyed_result<key_type, Acc, Hash>;
   using partial_type = keyed_partial<key_type, Acc, Hash>;
   using table_type = flat_table<key_type, Acc, Hash>;
@@ -610,7 +613,7 @@ class reduce_by_key_stage final : public input_stage<T> {
       }
       if (!cursor.guard || !std::is_copy_constructible_v<T>) {
         for_each_item(in.size(), cursor, [&](std::size_t i) {
-          key_type key = std::invoke(stage_.key_, std::as_const(in[i]));
+          lookup_type key = std::invoke(stage_.key_, std::as_const(in[i]));
           const std::uint64_t h = table_type::hash_of(key);
           Acc& acc = groups_.part_of(h).find_or_insert(std::move(key), h, stage_.init_);
           fold_into(acc, fold_, std::move(in[i]));
@@ -618,7 +621,7 @@ class reduce_by_key_stage final : public input_stage<T> {
       } else if constexpr (std::is_copy_constructible_v<T>) {
         // Under a policy the fold gets a copy: the original stays for a retry.
         for_each_item(in.size(), cursor, [&](std::size_t i) {
-          key_type key = std::invoke(stage_.key_, std::as_const(in[i]));
+          lookup_type key = std::invoke(stage_.key_, std::as_const(in[i]));
           const std::uint64_t h = table_type::hash_of(key);
           Acc& acc = groups_.part_of(h).find_or_insert(std::move(key), h, stage_.init_);
           fold_into(acc, fold_, T(in[i]));
@@ -653,8 +656,8 @@ class reduce_by_key_stage final : public input_stage<T> {
     // item as for_each_item does.
     static constexpr std::size_t window = 16;
     static constexpr std::size_t windowed_from_keys = std::size_t{1} << 14;
-    static constexpr bool windowed = std::is_default_constructible_v<key_type> && std::is_move_assignable_v<key_type>;
-    using window_key_type = std::conditional_t<windowed, key_type, char>;
+    static constexpr bool windowed = std::is_default_constructible_v<lookup_type> && std::is_move_assignable_v<lookup_type>;
+    using window_key_type = std::conditional_t<windowed, lookup_type, char>;
     std::size_t apply_windowed(item_cursor& cursor) {
       auto& in = this->in_;
       const std::size_t n = in.size();

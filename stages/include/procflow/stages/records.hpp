@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -58,13 +59,23 @@ class record {
 
   std::size_t size() const noexcept { return ends_.size() / 2; }  // fields, in file order
   bool empty() const noexcept { return ends_.empty(); }
+  std::size_t text_size() const noexcept { return text_.size(); }  // bytes of its keys and values
   std::string_view key(std::size_t i) const noexcept { return slice(i == 0 ? 0 : ends_[2 * i - 1], ends_[2 * i]); }
   std::string_view value(std::size_t i) const noexcept { return slice(ends_[2 * i], ends_[2 * i + 1]); }
 
-  // The value of the first field named exactly `key`, or nullopt.
+  // The value of the first field named exactly `key`, or nullopt. A job calls it a few times per
+  // record: the lengths and first bytes are compared before any memcmp call (with string_view's ==,
+  // one memcmp call per field of the same length, the lookups cost ~15% of packages_etl's CPU).
   std::optional<std::string_view> find(std::string_view k) const noexcept {
-    for (std::size_t i = 0; i < size(); ++i)
-      if (key(i) == k) return value(i);
+    const char* text = text_.data();
+    std::uint64_t from = 0;  // start of field i's key
+    for (std::size_t i = 0; i + 1 < ends_.size(); i += 2) {
+      const std::uint64_t key_end = ends_[i];
+      if (key_end - from == k.size() &&
+          (k.empty() || (text[from] == k[0] && std::memcmp(text + from, k.data(), k.size()) == 0)))
+        return std::string_view(text + key_end, static_cast<std::size_t>(ends_[i + 1] - key_end));
+      from = ends_[i + 1];
+    }
     return std::nullopt;
   }
   std::string_view get(std::string_view k, std::string_view fallback = {}) const noexcept { return find(k).value_or(fallback); }
