@@ -37,12 +37,16 @@ struct Options {
   bool json = false;
   int repeats = 5;
   double scale = 1.0;  // multiplies item counts (--quick sets 0.05)
-  std::vector<std::string> only;  // --only=a,b: run only variants whose name contains one of these
+  // --only=a,b: run only variants whose name contains one of these; a name ending in '$' must
+  // match whole (--only=procflow$ runs the procflow row alone).
+  std::vector<std::string> only;
 
   bool wants(std::string_view variant) const {
     if (only.empty()) return true;
-    return std::any_of(only.begin(), only.end(),
-                       [&](const std::string& o) { return variant.find(o) != std::string_view::npos; });
+    return std::any_of(only.begin(), only.end(), [&](const std::string& o) {
+      if (!o.empty() && o.back() == '$') return variant == std::string_view(o).substr(0, o.size() - 1);
+      return variant.find(o) != std::string_view::npos;
+    });
   }
 };
 
