@@ -322,20 +322,15 @@ class filter_instance final : public instance_base<T, T> {
     auto& in = this->in_;
     auto& out = this->out_;
     if constexpr (std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>) {
-      // Branch-free compaction in place: every item is copied down over an item already read
-      // (kept <= i), the index advancing only past the kept ones; the compacted input buffer then
-      // becomes the output. No second buffer is written (pipeline_bench: this pass was the
-      // costliest of the chunk, writing 64 KiB into a buffer outside L1). Item i stays intact
-      // until it is read, so a retry under a policy sees it unchanged.
-      T* items = in.data();
+      // Branch-free compaction: copy every item, advance only past the kept ones.
+      out.resize(in.size());
+      T* dst = out.data();
       std::size_t kept = 0;
       for_each_item(in.size(), cursor, [&](std::size_t i) {
-        const T item = items[i];
-        items[kept] = item;
-        kept += std::invoke(*pred_, std::as_const(item)) ? std::size_t{1} : std::size_t{0};
+        dst[kept] = in[i];
+        kept += std::invoke(*pred_, std::as_const(in[i])) ? std::size_t{1} : std::size_t{0};
       });
-      in.resize(kept);
-      std::swap(in, out);
+      out.resize(kept);
     } else if constexpr (std::is_default_constructible_v<T> && std::is_swappable_v<T>) {
       // A kept item trades places with an element of out left from an earlier batch instead of
       // being moved out: the input buffer keeps strings/vectors with their capacity, so the
