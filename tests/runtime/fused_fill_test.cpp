@@ -57,27 +57,30 @@ void same_items(T first, T last, F fn) {
 }  // namespace
 
 TEST_CASE("an iota's first map computes the items the fill would have written, in order, in both modes") {
-  isolated("int64 from a negative start", [] { same_items<std::int64_t>(-70001, 130003, [](std::int64_t x) { return x * 3 + 1; }); });
+  isolated("int64 from a negative start",
+           [] { same_items<std::int64_t>(-70001, 130003, [](std::int64_t x) { return x * 3 + 1; }); });
   isolated("uint32 to uint64", [] {
     same_items<std::uint32_t>(4000000000u, 4000100000u, [](std::uint32_t x) { return std::uint64_t{x} * x; });
   });
-  isolated("int16 over its whole range", [] { same_items<std::int16_t>(-32768, 32767, [](std::int16_t x) { return static_cast<int>(x) - 1; }); });
-  isolated("to a string (the non-trivial output path)", [] {
-    same_items<std::int64_t>(5, 40005, [](std::int64_t x) { return std::to_string(x); });
-  });
-  isolated("a map that takes its item by reference", [] {
-    same_items<std::int64_t>(0, 50000, [](const std::int64_t& x) { return x ^ 0x5555; });
-  });
+  isolated("int16 over its whole range",
+           [] { same_items<std::int16_t>(-32768, 32767, [](std::int16_t x) { return static_cast<int>(x) - 1; }); });
+  isolated("to a string (the non-trivial output path)",
+           [] { same_items<std::int64_t>(5, 40005, [](std::int64_t x) { return std::to_string(x); }); });
+  isolated("a map that takes its item by reference",
+           [] { same_items<std::int64_t>(0, 50000, [](const std::int64_t& x) { return x ^ 0x5555; }); });
 }
 
 TEST_CASE("a throw in a computed item names its source position and the stage, in both modes") {
   isolated("throw at item 123457", [] {
     auto p = pf::pipeline("fused fill throw")
                  .source("n", pf::iota<std::int64_t>(1000, 301000))
-                 .map("m", [](std::int64_t x) {
-                   if (x == 124457) throw std::runtime_error("bad " + std::to_string(x));
-                   return x;
-                 }, pf::replicas(2))
+                 .map(
+                     "m",
+                     [](std::int64_t x) {
+                       if (x == 124457) throw std::runtime_error("bad " + std::to_string(x));
+                       return x;
+                     },
+                     pf::replicas(2))
                  .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
     for (const bool threads : {false, true}) {
       std::optional<pf::stage_error> error;
@@ -102,10 +105,13 @@ TEST_CASE("skip and retry on a map fed by an iota: exact results and counts as w
   isolated("skip", [] {
     const auto r = pf::pipeline("fused fill skip")
                        .source("n", pf::iota<std::int64_t>(0, 100000))
-                       .map("m", [](std::int64_t x) {
-                         if (x % 1000 == 7) throw std::runtime_error("skip me");
-                         return x;
-                       }, pf::replicas(2), pf::skip)
+                       .map(
+                           "m",
+                           [](std::int64_t x) {
+                             if (x % 1000 == 7) throw std::runtime_error("skip me");
+                             return x;
+                           },
+                           pf::replicas(2), pf::skip)
                        .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{})
                        .run();
     std::int64_t want = 0;
@@ -119,10 +125,14 @@ TEST_CASE("skip and retry on a map fed by an iota: exact results and counts as w
   isolated("retry", [] {
     const auto r = pf::pipeline("fused fill retry")
                        .source("n", pf::iota<std::int64_t>(0, 100000))
-                       .map("m", [tries = std::vector<int>(100000, 0)](std::int64_t x) mutable {
-                         if (x % 5000 == 0 && tries[static_cast<std::size_t>(x)]++ == 0) throw std::runtime_error("flaky");
-                         return x;
-                       }, pf::replicas(2), pf::retry(2, 1ms))
+                       .map(
+                           "m",
+                           [tries = std::vector<int>(100000, 0)](std::int64_t x) mutable {
+                             if (x % 5000 == 0 && tries[static_cast<std::size_t>(x)]++ == 0)
+                               throw std::runtime_error("flaky");
+                             return x;
+                           },
+                           pf::replicas(2), pf::retry(2, 1ms))
                        .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{})
                        .run();
     CHECK(r.value == std::int64_t{99999} * 100000 / 2);
