@@ -109,6 +109,19 @@ inline double self_cpu_seconds() {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+// CPU time (user + system) of this process and of every child it has reaped (RUSAGE_CHILDREN:
+// a run's replicas are reaped before run() returns), in seconds: a run's CPU is the difference.
+inline double tree_cpu_seconds() {
+  double total = 0;
+  for (const int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
+    rusage ru{};
+    getrusage(who, &ru);
+    total += static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+             static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  }
+  return total;
+}
+
 // Forks a child running `body`, which returns the child's exit status. Returns the pid.
 inline pid_t fork_child(const std::function<int()>& body) {
   std::fflush(nullptr);
