@@ -229,6 +229,16 @@ class source_stage final : public stage_base, public source_base {
       return static_cast<std::size_t>(last - first);
     }
   }
+  // An arithmetic iota's items are computed by a first map that can (the source fill fused into
+  // its loop); otherwise filled.
+  std::size_t fill_into(std::uint64_t first, std::uint64_t last, stage_instance& stage) const override {
+    if constexpr (is_iota && std::is_arithmetic_v<item_type>) {
+      const auto base = static_cast<item_type>(static_cast<std::uint64_t>(src_.first) + first);
+      const auto n = static_cast<std::size_t>(last - first);
+      if (stage.take_index_range(typeid(item_type), &base, n)) return n;
+    }
+    return fill_items(first, last, stage.input_buffer());
+  }
   std::uint64_t size() const noexcept override {
     if constexpr (is_custom) {
       return src_.size();

@@ -345,7 +345,7 @@ class Replica final : public detail::downstream {
       const auto [first, last] = chunk_range(plan_, chunk, total);
       set_stage(0);
       const auto t0 = clock_start();
-      const std::size_t n = src.fill_items(first, last, instances_.front()->input_buffer());
+      const std::size_t n = src.fill_into(first, last, *instances_.front());
       if (n == 0 && src.ended()) break;  // a source of unknown length (lib/mpi) has no more
       Tally& t = tallies_[0];
       t.items_out += n;

@@ -438,7 +438,7 @@ class ThreadRun {
     auto t0 = Clock::now();
     if (group.input == GroupInput::chunks) {
       try {
-        n = source_->fill_items(t->first, t->last, c.instances.front()->input_buffer());
+        n = source_->fill_into(t->first, t->last, *c.instances.front());
       } catch (...) {
         fail(0, c.index, false, 0);
       }

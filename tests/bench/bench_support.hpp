@@ -37,12 +37,16 @@ struct Options {
   bool json = false;
   int repeats = 5;
   double scale = 1.0;  // multiplies item counts (--quick sets 0.05)
-  std::vector<std::string> only;  // --only=a,b: run only variants whose name contains one of these
+  // --only=a,b: run only variants whose name contains one of these; a name ending in '$' must
+  // match whole (--only=procflow$ runs the procflow row alone).
+  std::vector<std::string> only;
 
   bool wants(std::string_view variant) const {
     if (only.empty()) return true;
-    return std::any_of(only.begin(), only.end(),
-                       [&](const std::string& o) { return variant.find(o) != std::string_view::npos; });
+    return std::any_of(only.begin(), only.end(), [&](const std::string& o) {
+      if (!o.empty() && o.back() == '$') return variant == std::string_view(o).substr(0, o.size() - 1);
+      return variant.find(o) != std::string_view::npos;
+    });
   }
 };
 
@@ -103,6 +107,19 @@ inline double self_cpu_seconds() {
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+// CPU time (user + system) of this process and of every child it has reaped (RUSAGE_CHILDREN:
+// a run's replicas are reaped before run() returns), in seconds: a run's CPU is the difference.
+inline double tree_cpu_seconds() {
+  double total = 0;
+  for (const int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
+    rusage ru{};
+    getrusage(who, &ru);
+    total += static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+             static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  }
+  return total;
 }
 
 // Forks a child running `body`, which returns the child's exit status. Returns the pid.

@@ -25,9 +25,11 @@ int main(int argc, char** argv) {
   std::uint64_t reference_sum = 0;
   auto measure = [&](const std::string& variant, const std::function<bench::peers::CpuResult()>& once, const std::string& note) {
     if (!o.wants(variant) && variant != "sequential") return;
-    std::vector<double> rates;
+    std::vector<double> rates, cpus;
     for (int i = 0; i < o.repeats; ++i) {
+      const double cpu0 = bench::tree_cpu_seconds();
       const auto r = once();
+      cpus.push_back(bench::tree_cpu_seconds() - cpu0);
       if (variant == "sequential") reference_sum = r.sum;
       if (r.sum != reference_sum) {
         fmt::print(stderr, "{}: wrong sum {} (expected {})\n", variant, r.sum, reference_sum);
@@ -39,7 +41,8 @@ int main(int argc, char** argv) {
     if (variant == "sequential") sequential_rate = rate;
     const double speedup = rate / sequential_rate;
     const double workers = variant == "sequential" ? 1.0 : static_cast<double>(cores);
-    rows.push_back({"cpu_bound", variant, rate, {{"speedup", speedup}, {"efficiency", speedup / workers}}, note});
+    // cpu_s: the median run's user + system CPU of the whole process tree (replicas included).
+    rows.push_back({"cpu_bound", variant, rate, {{"speedup", speedup}, {"efficiency", speedup / workers}, {"cpu_s", bench::median(cpus)}}, note});
   };
 
   measure("sequential", [&] { return bench::peers::sequential_cpu(n, iters); }, fmt::format("{} iterations ~ 20 us/item", iters));

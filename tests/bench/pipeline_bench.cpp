@@ -167,9 +167,11 @@ int main(int argc, char** argv) {
 
   auto measure = [&](const std::string& variant, std::uint64_t items, const std::function<Run()>& once, const std::string& note) {
     if (!o.wants(variant)) return;
-    std::vector<double> rates;
+    std::vector<double> rates, cpus;
     for (int i = 0; i < o.repeats; ++i) {
+      const double cpu0 = bench::tree_cpu_seconds();
       const Run r = once();
+      cpus.push_back(bench::tree_cpu_seconds() - cpu0);
       if (r.sum != (items == n ? expected : bench::peers::trivial_expected(items))) {
         fmt::print(stderr, "{}: wrong sum {}\n", variant, r.sum);
         std::exit(1);
@@ -180,6 +182,8 @@ int main(int argc, char** argv) {
     if (variant == "sequential") sequential_rate = rate;
     bench::Row row{"pipeline", variant, rate, {}, note};
     if (sequential_rate > 0) row.extra = {{"speedup", rate / sequential_rate}};
+    // CPU ns per item of the whole process tree (the run's replicas included), median.
+    row.extra.emplace_back("cpu_ns_per_item", bench::median(cpus) * 1e9 / static_cast<double>(items));
     rows.push_back(row);
   };
   auto wrap = [](bench::peers::TrivialResult r) { return Run{r.sum, r.seconds}; };

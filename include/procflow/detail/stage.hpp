@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -135,6 +136,13 @@ class stage_instance {
   virtual void clear_output() noexcept {}
   // Decodes `batch` into this stage's input buffer; returns the item count.
   virtual std::size_t decode(const batch_view& batch) = 0;
+  // The fused source fill (source_base::fill_into): a stage that can compute its input items from
+  // their index takes the items `first + i` (i < n, of the type `item`) instead of a filled input
+  // buffer, and its next apply() computes each item in its own loop: one pass fewer per chunk.
+  // Returns false (the default) when it cannot; the caller then fills the input buffer.
+  virtual bool take_index_range(const std::type_info& /*item*/, const void* /*first*/, std::size_t /*n*/) noexcept {
+    return false;
+  }
   // Runs the stage over its input buffer. Returns the number of items produced (terminals: 0).
   // On an exception from user code, sets cursor.index to the failing item and rethrows.
   virtual std::size_t apply(item_cursor& cursor) = 0;
@@ -186,6 +194,11 @@ class source_base {
   virtual std::size_t fill_items(std::uint64_t first, std::uint64_t last, void* vector) const {
     fill(first, last, vector);
     return static_cast<std::size_t>(last - first);
+  }
+  // fill_items() into the first stage's input buffer, or, for a source whose item i is its
+  // first item + i (pf::iota), offered to that stage to compute (stage_instance::take_index_range).
+  virtual std::size_t fill_into(std::uint64_t first, std::uint64_t last, stage_instance& stage) const {
+    return fill_items(first, last, stage.input_buffer());
   }
   // Units per claimed chunk this source prefers (0: the runtime sizes chunks for balance).
   virtual std::uint64_t preferred_chunk_units() const noexcept { return 0; }

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <type_traits>
+#include <typeinfo>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -214,7 +215,42 @@ class map_instance final : public instance_base<In, Out> {
   static constexpr bool holds_state = item_holds_state_v<F, In>;
   explicit map_instance(F& declared) : fn_(declared) {}
   void end_of_stream() override { fn_.finish(); }
+  std::size_t decode(const batch_view& batch) override {
+    indexed_ = false;
+    return instance_base<In, Out>::decode(batch);
+  }
+  void* input_buffer() noexcept override {
+    indexed_ = false;  // whoever writes the input buffer replaces a taken index range
+    return instance_base<In, Out>::input_buffer();
+  }
+  // An arithmetic iota's chunk: items first + i, computed in apply()'s loop (no filled buffer).
+  bool take_index_range(const std::type_info& item, const void* first, std::size_t n) noexcept override {
+    if constexpr (std::is_arithmetic_v<In>) {
+      if (item != typeid(In)) return false;
+      index_first_ = *static_cast<const In*>(first);
+      index_n_ = n;
+      indexed_ = true;
+      return true;
+    } else {
+      return false;
+    }
+  }
   std::size_t apply(item_cursor& cursor) override {
+    if constexpr (std::is_arithmetic_v<In>) {
+      if (indexed_) {
+        indexed_ = false;
+        const In first = index_first_;
+        // The same item as the source's fill (sources.hpp, iota), made where it is used.
+        const auto item = [first](std::size_t i) { return static_cast<In>(first + static_cast<In>(i)); };
+        if (!cursor.guard) return map_computed(index_n_, cursor, item);
+        // Under an error policy (or a redelivered batch's tracking) the items are made in the input
+        // buffer first: a retry, a skip's dead letter (keep_input_item) and the item numbers then
+        // come from the very path an unfused fill takes, item for item.
+        auto& in = this->in_;
+        in.resize(index_n_);
+        for (std::size_t i = 0; i < index_n_; ++i) in[i] = item(i);
+      }
+    }
     auto& in = this->in_;
     auto& out = this->out_;
     if constexpr (std::is_trivially_copyable_v<Out> && std::is_default_constructible_v<Out>) {
@@ -244,8 +280,35 @@ class map_instance final : public instance_base<In, Out> {
   }
 
  private:
+  // The fused fill without a policy guard: maps the computed items item(0..n) (the plain loop, a
+  // failing item's index in cursor.index) with no input buffer.
+  template <class Item>
+  std::size_t map_computed(std::size_t n, item_cursor& cursor, const Item& item) {
+    auto& out = this->out_;
+    if constexpr (std::is_trivially_copyable_v<Out> && std::is_default_constructible_v<Out>) {
+      out.resize(n);
+      Out* dst = out.data();
+      for_each_item(n, cursor, [&](std::size_t i) {
+        In x = item(i);
+        dst[i] = call_with_item(*fn_, x);
+      });
+    } else {
+      out.clear();
+      out.reserve(n);
+      for_each_item(n, cursor, [&](std::size_t i) {
+        In x = item(i);
+        out.push_back(call_with_item(*fn_, x));
+      });
+    }
+    return out.size();
+  }
+
   bool input_survives_failure() const noexcept override { return call_keeps_item_v<callable_t<F>, In>; }
   replica_callable<F> fn_;
+  // A taken index range (take_index_range), for the next apply().
+  std::conditional_t<std::is_arithmetic_v<In>, In, char> index_first_{};
+  std::size_t index_n_ = 0;
+  bool indexed_ = false;
 };
 
 template <class T, class F>
