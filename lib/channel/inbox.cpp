@@ -225,6 +225,8 @@ bool Inbox::start_stream(std::size_t ring, const SlotHeader* first, detail::batc
   st.hold = options_.hold_split_items && slots <= s.ring.slot_count();
   st.last_seen = false;
   st.batch_end = false;
+  st.released = 0;
+  st.unwoken = false;
   st.out = &out;
   held_origin_ring_ = ring;
   held_origin_index_ = s.ring.head_index();
@@ -252,10 +254,16 @@ bool Inbox::LargeStream::ensure_fragment() {
   Source& s = inbox.sources_[ring];
   if (!slot) {
     if (last_seen) return false;
-    const SlotHeader* next = nullptr;
+    const SlotHeader* next = s.ring.try_peek();
     const auto t0 = Clock::now();
-    wait(*inbox.data_event_, [&] { return (next = s.ring.try_peek()) != nullptr || s.ring.drained(); }, Clock::time_point::max(),
-         inbox.options_.spin);
+    if (!next && unwoken) {
+      // About to wait for the producer, which may itself wait for the slots given back quietly.
+      notify(*s.space_event);
+      unwoken = false;
+    }
+    if (!next)
+      wait(*inbox.data_event_, [&] { return (next = s.ring.try_peek()) != nullptr || s.ring.drained(); }, Clock::time_point::max(),
+           inbox.options_.spin);
     inbox.stats_.starved_ns += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
     if (!next) throw shm_error("channel: stream ended inside a split item");
     slot = next;
@@ -287,7 +295,20 @@ void Inbox::LargeStream::finish_fragment() {
   if (hold) {
     inbox.sources_[ring].ring.step();  // given back with the item (release())
   } else {
-    inbox.release_slot(ring);
+    // A producer writing this item faster than it is read fills the ring and sleeps; woken for
+    // every slot given back, it would write one fragment per wake-up (a futex wake and two
+    // context switches per slot). It is woken by every `wake_every`-th slot and the item's last,
+    // and before this reader waits for a fragment (ensure_fragment), so it always learns of the
+    // room before either side could wait for the other.
+    Source& s = inbox.sources_[ring];
+    s.ring.release();
+    const std::uint32_t wake_every = std::max<std::uint32_t>(1, s.ring.slot_count() / 2);
+    if (last_seen || ++released % wake_every == 0) {
+      notify(*s.space_event);
+      unwoken = false;
+    } else {
+      unwoken = true;
+    }
   }
   slot = nullptr;
   checked = false;

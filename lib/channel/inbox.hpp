@@ -99,6 +99,8 @@ class Inbox final : public detail::input_port {
     bool hold = false;                // its slots are stepped past, released with the item
     bool last_seen = false;           // the last fragment was reached
     bool batch_end = false;
+    std::uint32_t released = 0;       // fragments given back so far
+    bool unwoken = false;             // some were given back without waking their producer
     detail::batch_view* out = nullptr;
 
    private:

@@ -214,7 +214,7 @@ void Outbox::fold_digest(const std::byte* payload, std::size_t bytes) {
   digest_hash_ = h;
 }
 
-void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t large_total) {
+void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t large_total, bool wake) {
   Lane& l = lanes_[lane];
   detail::write_cursor& c = cursors_[lane];
   SlotHeader* slot = l.open;
@@ -262,7 +262,7 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
     e.hash.store(digest_hash_, std::memory_order_release);  // after `writing`
     e.slots.store(origin_slots_, std::memory_order_release);  // SYNC POINT: pairs with begin_origin's acquire
   }
-  notify(*l.data_event);
+  if (wake) notify(*l.data_event);
   stats_.slots += 1;
   gate_storage_.published.store(stats_.slots, std::memory_order_relaxed);
   stats_.items += c.items;
@@ -313,6 +313,15 @@ void Outbox::write_large_parts(std::size_t lane, std::span<const std::span<const
   std::size_t done = 0;
   std::size_t part = 0;         // part being copied
   std::size_t part_done = 0;    // bytes of it already copied
+  // A consumer that reads the item while it is written catches up with this producer and sleeps
+  // until the next fragment; waking it for every fragment costs a futex wake-up and two context
+  // switches per slot. It is woken by the first fragment, then by every `wake_every`-th and by
+  // the last, so it copies half a ring per wake-up. No wake-up is lost: every run of `wake_every`
+  // consecutive fragments holds one that wakes, and a ring holds at least that many, so this
+  // producer cannot fill the ring (and sleep) with the consumer asleep and not woken. Between
+  // fragments only this copy runs (never user code), so the delay is one half ring's copy.
+  const std::size_t wake_every = std::max<std::size_t>(1, lanes_[lane].ring.slot_count() / 2);
+  std::size_t fragment = 0;
   do {
     open(lane, max_item_bytes_);  // fragments fill whole slots
     in_fragments_ = true;
@@ -333,7 +342,8 @@ void Outbox::write_large_parts(std::size_t lane, std::span<const std::span<const
     }
     const bool last = done == total;
     c.items = last ? 1 : 0;
-    publish(lane, slot_fragment | (last ? slot_fragment_last : 0u), first ? total : 0);
+    publish(lane, slot_fragment | (last ? slot_fragment_last : 0u), first ? total : 0, last || fragment % wake_every == 0);
+    ++fragment;
   } while (done < total);
   in_fragments_ = false;
 }

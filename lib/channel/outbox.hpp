@@ -135,7 +135,9 @@ class Outbox final : public detail::output_port {
   void open(std::size_t lane, std::size_t n = 0);
   std::size_t slot_room(std::size_t n);
   std::size_t balanced_room(std::size_t n, std::size_t full);
-  void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0);
+  // wake = false: the consumer is not notified (a fragment between two that wake it; see
+  // write_large_parts).
+  void publish(std::size_t lane, std::uint32_t extra_flags = 0, std::uint64_t large_total = 0, bool wake = true);
   void publish_current_if_used();
 
   std::vector<Lane> lanes_;

@@ -5,14 +5,17 @@
 //               forked readers in turn, each reassembles and checksums them
 //   sequential  make and checksum every item in one loop
 // Each size moves about 256 MiB (--quick: 32 MiB). Rows: bytes, gb_per_s, vs_pipe (the median of
-// per-repeat ratios; the variants take turns within each repeat).
+// per-repeat ratios; the variants take turns within each repeat), vs_pipe_cpu and cpu_gb_per_s (the
+// same per CPU second of the run's whole process tree), vs_60k_bytes. --bytes=N runs one size.
 #include "bench_support.hpp"
 
 #include <procflow/procflow.hpp>
 
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <optional>
@@ -36,6 +39,19 @@ std::uint64_t checksum(const std::string& s) {
   }
   for (std::size_t k = words * 8; k < s.size(); ++k) sum += static_cast<unsigned char>(s[k]);
   return sum;
+}
+
+// CPU time (user + system) of this process and of its children that were waited for: every
+// process of a run (the pipeline's and the pipe's readers are reaped before a job returns).
+double tree_cpu_seconds() {
+  double total = 0;
+  for (const int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
+    rusage ru{};
+    ::getrusage(who, &ru);
+    total += static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+             static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  }
+  return total;
 }
 
 std::uint64_t procflow_job(std::size_t bytes, std::size_t n) {
@@ -132,11 +148,22 @@ std::uint64_t sequential_job(std::size_t bytes, std::size_t n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bench::Options o = bench::parse_options(argc, argv);
+  // --bytes=N (this bench's own option, may repeat): run only these item sizes, e.g. to profile one.
+  std::vector<std::size_t> only_bytes;
+  std::vector<char*> rest{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--bytes=", 8) == 0) {
+      only_bytes.push_back(std::strtoull(argv[i] + 8, nullptr, 10));
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  const bench::Options o = bench::parse_options(static_cast<int>(rest.size()), rest.data());
   const double volume = (o.scale < 1.0 ? 32.0 : 256.0) * 1024 * 1024;
   const std::size_t sizes[] = {1024, 60 * 1024, 70 * 1024, 1 << 20, 8 << 20, 64 << 20};
   std::vector<bench::Row> rows;
   for (const std::size_t bytes : sizes) {
+    if (!only_bytes.empty() && std::find(only_bytes.begin(), only_bytes.end(), bytes) == only_bytes.end()) continue;
     const std::size_t n = std::max<std::size_t>(2, static_cast<std::size_t>(volume / static_cast<double>(bytes)));
     const std::uint64_t want = sequential_job(bytes, n);
     struct Variant {
@@ -147,12 +174,15 @@ int main(int argc, char** argv) {
     // The variants take turns within each repeat, so a change of machine load hits all of them;
     // vs_pipe is the median of the per-repeat ratios.
     std::vector<std::vector<double>> rates(std::size(variants));
+    std::vector<std::vector<double>> cpu(std::size(variants));  // CPU seconds of the run's process tree
     for (int r = 0; r < o.repeats; ++r) {
       for (std::size_t v = 0; v < std::size(variants); ++v) {
         if (!o.wants(variants[v].name)) continue;
+        const double cpu0 = tree_cpu_seconds();
         const auto t0 = std::chrono::steady_clock::now();
         const std::uint64_t got = variants[v].job(bytes, n);
         const double secs = bench::seconds_since(t0);
+        cpu[v].push_back(tree_cpu_seconds() - cpu0);
         if (got != want) {
           fmt::print(stderr, "{} at {} bytes: wrong checksum\n", variants[v].name, bytes);
           return 1;
@@ -169,13 +199,20 @@ int main(int argc, char** argv) {
         std::vector<double> ratios;
         for (std::size_t r = 0; r < rates[v].size(); ++r) ratios.push_back(rates[v][r] / pipe_rates[r]);
         row.extra.push_back({"vs_pipe", bench::median(ratios)});
+        // The same per byte of CPU time (user + system of every process of the run): on a loaded
+        // machine the wall-clock ratio also measures who got the cores.
+        std::vector<double> cpu_ratios;
+        for (std::size_t r = 0; r < cpu[v].size(); ++r) cpu_ratios.push_back(cpu[1][r] / cpu[v][r]);
+        row.extra.push_back({"vs_pipe_cpu", bench::median(cpu_ratios)});
       }
+      row.extra.push_back({"cpu_gb_per_s", static_cast<double>(n) * static_cast<double>(bytes) / bench::median(cpu[v]) / 1e9});
       rows.push_back(row);
     }
   }
   // The second target: each size's byte rate against the same variant's at 60 KiB.
   for (auto& row : rows) {
     for (const auto& peer : rows) {
+      // (without the 60 KiB row, e.g. under --bytes, there is no vs_60k_bytes)
       if (peer.variant != row.variant || peer.extra.front().second != 60.0 * 1024) continue;
       row.extra.push_back({"vs_60k_bytes", (row.items_per_s * row.extra.front().second) / (peer.items_per_s * 60.0 * 1024)});
     }

@@ -468,6 +468,53 @@ TEST_CASE("channel: a streamed split item is read in pieces straight from its fr
   CHECK(pt::dev_shm_entries() == shm_before);
 }
 
+TEST_CASE("channel: a split item wakes a sleeping peer once per half ring, not once per fragment") {
+  // Issue 14: a producer writing a large item faster than it is read fills the ring and sleeps;
+  // woken for every slot the reader gives back (and the reader for every fragment published),
+  // the two sides paid a futex wake-up and two context switches per 64 KiB slot. A peer that
+  // sleeps is simulated by a registered waiter on its event; every wake-up bumps the event's
+  // epoch. 16 fragments through a 16-slot ring: the producer wakes its reader at fragments 0, 8
+  // and the last (it woke it 16 times before); the reader wakes its producer after giving back
+  // fragments 8 and 16 (16 times before). The item arrives intact.
+  shm::SegmentLayout layout;
+  constexpr std::uint32_t slots = 16;
+  constexpr std::uint32_t payload = 4096;
+  Channel ch(layout, 1, 1, {slots, payload});
+  const shm::Segment segment(layout);
+  ch.create(segment);
+  constexpr std::size_t big = std::size_t{slots} * payload;  // exactly 16 fragments
+  std::vector<std::byte> bytes(big);
+  for (std::size_t k = 0; k < big; ++k) bytes[k] = static_cast<std::byte>((k * 13 + (k >> 12)) & 0xff);
+
+  EventShared& data = ch.data_event(0);
+  EventShared& space = ch.space_event(0);
+  Outbox out(ch, 0);
+  data.waiters.fetch_add(1);  // the reader "sleeps"
+  const std::uint32_t data_before = data.epoch.load();
+  const std::span<const std::byte> parts[] = {std::span<const std::byte>(bytes)};
+  out.write_large_parts(any_lane, parts);
+  data.waiters.fetch_sub(1);
+  CHECK(data.epoch.load() - data_before == 3);
+
+  InboxOptions options;
+  options.stream_large_items = true;
+  Inbox in(ch, 0, options);
+  batch_view b;
+  REQUIRE(in.receive(b));
+  REQUIRE(b.large != nullptr);
+  REQUIRE(b.large_bytes == big);
+  space.waiters.fetch_add(1);  // the producer "sleeps"
+  const std::uint32_t space_before = space.epoch.load();
+  std::vector<std::byte> got(big);
+  b.large->read(got.data(), big);
+  space.waiters.fetch_sub(1);
+  CHECK(space.epoch.load() - space_before == 2);
+  CHECK(got == bytes);
+  in.release();
+  out.close();
+  CHECK_FALSE(in.receive(b));
+}
+
 TEST_CASE("channel: empty ordered batches keep sequence numbers gap-free") {
   // Batch s carries counts[s] items; the empty ones must still arrive (as empty batch ends).
   const std::vector<std::uint32_t> counts{2, 0, 1, 0, 0, 3, 0};
