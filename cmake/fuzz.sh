@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${PROCFLOW_FUZZ_SECONDS:-60}
-targets=${PROCFLOW_FUZZ_TARGETS:-"codec_fuzz shm_fuzz"}
+targets=${PROCFLOW_FUZZ_TARGETS:-"codec_fuzz shm_fuzz dead_letter_fuzz"}
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 
