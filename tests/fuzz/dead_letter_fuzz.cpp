@@ -9,11 +9,11 @@
 #include <procflow/dead_letter.hpp>
 #include <procflow/error.hpp>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <string>
 #include <string_view>
 
@@ -24,13 +24,14 @@ namespace {
   std::abort();
 }
 
-// One scratch file per fuzzing process, removed at exit.
-const std::string& scratch_path() {
-  static const std::string path = [] {
-    std::string p = "/tmp/procflow_dead_letter_fuzz." + std::to_string(::getpid()) + ".jsonl";
-    std::atexit([] { std::remove(scratch_path().c_str()); });
-    return p;
-  }();
+// The input as a file: an anonymous memory file (memfd), read back through /proc/self/fd (leaves
+// nothing behind however the fuzzer ends).
+const std::string& write_input(std::string_view text) {
+  static const int fd = ::memfd_create("dead_letter_fuzz", 0);
+  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  if (fd < 0) fail("memfd_create failed");
+  if (::ftruncate(fd, 0) != 0) fail("ftruncate failed");
+  if (!text.empty() && ::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) fail("pwrite failed");
   return path;
 }
 
@@ -43,12 +44,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (procflow::faults::base64_encode(*bytes) != text) fail("base64 that decodes is not canonical");
   }
 
-  {
-    std::ofstream out(scratch_path(), std::ios::binary | std::ios::trunc);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  }
+  const std::string& path = write_input(text);
   try {
-    for (const procflow::dead_letter& d : procflow::read_dead_letters(scratch_path())) {
+    for (const procflow::dead_letter& d : procflow::read_dead_letters(path)) {
       if (d.item_kept && d.item.size() != d.item_bytes) fail("a kept item's size differs from item_bytes");
       if (!d.item_kept && !d.item.empty()) fail("an item not kept has bytes");
     }
