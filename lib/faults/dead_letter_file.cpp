@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 
 namespace procflow::faults {
 
@@ -70,14 +71,27 @@ std::vector<dead_letter> read_dead_letters(const std::string& path) {
     };
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object()) throw bad("not a JSON object");
+    // A count is taken only as a non-negative JSON integer that fits its field: nlohmann's get<> would
+    // truncate 1.5, wrap -1 and convert 4e68 with undefined behaviour (found by dead_letter_fuzz).
+    const auto count = [&]<typename U>(const char* key, U fallback, bool required) -> U {
+      const auto it = j.find(key);
+      if (it == j.end()) {
+        if (required) throw bad(std::string("no \"") + key + "\"");
+        return fallback;
+      }
+      if (!it->is_number_unsigned() || it->get<std::uint64_t>() > std::numeric_limits<U>::max())
+        throw bad(std::string("\"") + key + "\" is not an integer from 0 to " +
+                  std::to_string(std::numeric_limits<U>::max()) + ": " + it->dump());
+      return static_cast<U>(it->get<std::uint64_t>());
+    };
     dead_letter d;
     try {
       d.stage = j.at("stage").get<std::string>();
-      d.replica = j.at("replica").get<std::uint32_t>();
-      d.item_seq = j.at("item_seq").get<std::uint64_t>();
+      d.replica = count("replica", std::uint32_t{0}, true);
+      d.item_seq = count("item_seq", std::uint64_t{0}, true);
       d.exception_type = j.at("exception_type").get<std::string>();
       d.message = j.at("message").get<std::string>();
-      d.item_bytes = j.value("item_bytes", std::uint64_t{0});
+      d.item_bytes = count("item_bytes", std::uint64_t{0}, false);
       d.item_note = j.value("item_note", std::string());
       const auto item = j.find("item");
       if (item != j.end() && !item->is_null()) {

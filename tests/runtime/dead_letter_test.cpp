@@ -256,6 +256,36 @@ TEST_CASE("read_dead_letters: a missing file or a bad line is an error naming th
                        pf::error);
 }
 
+TEST_CASE("read_dead_letters: a count that is not a non-negative integer in range is refused by name, not converted") {
+  // Found by dead_letter_fuzz: "item_bytes":4.4e68 reached an out-of-range float-to-integer conversion
+  // (undefined behaviour), and -1 or 1.5 were silently wrapped or truncated.
+  TempDir dir;
+  const std::string path = dir.path + "/dead.jsonl";
+  const auto with = [&](const std::string& field, const std::string& value) {
+    std::ofstream f(path);
+    std::string line = R"({"stage":"m","replica":0,"item_seq":3,"exception_type":"E","message":"x","item_bytes":3})";
+    const auto at = line.find("\"" + field + "\":");
+    REQUIRE(at != std::string::npos);
+    const auto from = at + field.size() + 3;
+    line.replace(from, line.find_first_of(",}", from) - from, value);
+    f << line << "\n";
+  };
+  for (const std::string field : {"item_bytes", "item_seq", "replica"}) {
+    for (const std::string value : {"444444444444444444444444444444444444444444444444444444444444444443", "-1", "1.5",
+                                    "\"3\"", "1e3"}) {
+      CAPTURE(field);
+      CAPTURE(value);
+      with(field, value);
+      CHECK_THROWS_WITH_AS(pf::read_dead_letters(path),
+                           doctest::Contains(("dead.jsonl' line 1: \"" + field + "\" is not").c_str()), pf::error);
+    }
+  }
+  with("replica", "4294967296");  // one past a std::uint32_t
+  CHECK_THROWS_WITH_AS(pf::read_dead_letters(path), doctest::Contains("\"replica\" is not"), pf::error);
+  with("replica", "4294967295");
+  CHECK(pf::read_dead_letters(path).at(0).replica == 4294967295u);
+}
+
 TEST_CASE("retry with a function that takes its item by value: the retry gets the whole item, not a moved-from one") {
   isolated("retry by value", [] {
     i64 expected = 0;
