@@ -79,6 +79,16 @@ std::uint32_t available_cores() {
   return static_cast<std::uint32_t>(std::max(1, CPU_COUNT(&set)));
 }
 
+std::vector<int> available_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (std::size_t c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(static_cast<int>(c));
+  return cpus;
+}
+
 bool caller_fed(const detail::pipeline_def& def) noexcept {
   return !def.stages.empty() && dynamic_cast<const detail::caller_source_base*>(def.stages.front().get()) != nullptr;
 }
@@ -267,6 +277,13 @@ Plan make_plan(const detail::pipeline_def& def) {
     if (grows) fit_boundary(grp.out_geometry, std::uint64_t{grp.slots} * (k + 1 < plan.groups.size() ? plan.groups[k + 1].slots : 1));
     plan.total_replicas += grp.replicas;
     plan.total_slots += grp.slots;
+  }
+  // Busy processes at once: the replicas started with, or the budget the scheduler may fill.
+  const std::uint32_t hardware = available_cores();
+  if (std::max(plan.total_replicas, plan.scheduled ? plan.cores : 0u) > hardware) plan.spin = 0;
+  if (def.options.pinning) {
+    plan.pin_cpus = available_cpus();
+    if (plan.pin_cpus.size() > plan.cores) plan.pin_cpus.resize(plan.cores);
   }
 
   plan.stage_group.assign(stages.size(), static_cast<std::uint32_t>(plan.groups.size()));

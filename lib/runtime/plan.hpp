@@ -73,6 +73,13 @@ struct Plan {
   // Per stage: pf::restart(n)'s n (0: none).
   std::vector<std::uint32_t> restarts;
   bool restart_chunks = false;  // the chunk-claiming group is restartable: chunks have owner words
+  // pf::pinning: the CPUs replica processes are pinned to, round robin by replica slot (the
+  // first plan.cores CPUs this process may run on); empty: not pinned.
+  std::vector<int> pin_cpus;
+  // Pause rounds an idle port spins before it sleeps (channel/event.hpp): none when more
+  // processes may be busy at once than this process has CPUs, where a spinning waiter would
+  // take the core the process it waits for needs.
+  std::uint32_t spin = channel::default_spin_iterations;
 };
 
 // Chunks a restartable chunk-claiming group may have (one owner word each in shared memory).
@@ -80,6 +87,8 @@ inline constexpr std::uint64_t max_restart_chunks = std::uint64_t{1} << 20;
 
 // The CPUs this process may run on (sched_getaffinity), at least 1.
 std::uint32_t available_cores();
+// Their numbers, in increasing order (empty when sched_getaffinity fails).
+std::vector<int> available_cpus();
 
 // The pipeline's source is fed by the caller (pf::input).
 bool caller_fed(const detail::pipeline_def& def) noexcept;

@@ -7,6 +7,7 @@
 #include "runtime/exception_info.hpp"
 #include "runtime/identity.hpp"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -171,6 +172,7 @@ class Replica final : public detail::downstream {
       o.seq_stride = group_.replicas;
       o.hold_split_items = restart_;
       o.stream_large_items = true;  // every batch goes to decode_items() (instances_.front()->decode)
+      o.spin = plan_.spin;
       inbox_.emplace(state_.input_of(group_index_), replica_, o);
     }
     if (group_.output != GroupOutput::none) {
@@ -184,6 +186,7 @@ class Replica final : public detail::downstream {
         o.publish_context = this;
       }
       o.publish_each_item = group_.out_latency_ns == 0;
+      o.spin = plan_.spin;
       o.stamp_origin = restart_;
       if (restart_ && group_.input == GroupInput::generator) o.digest = &record_->digest;  // a replay is checked
       if (group_.output == GroupOutput::channel) o.slot_work = {&Replica::consumer_cost_ns, this};
@@ -691,6 +694,17 @@ class Replica final : public detail::downstream {
   std::uint64_t items_base_ = 0;  // items_in of the first stage when this process started
 };
 
+// pf::pinning: this replica process runs on one CPU of the budget, by its slot (round robin). A
+// CPU taken away since the plan was made (a cgroup change) fails the call: the replica then runs
+// where the kernel puts it.
+void pin_to_cpu(const Plan& plan, std::uint32_t slot) noexcept {
+  if (plan.pin_cpus.empty()) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(static_cast<std::size_t>(plan.pin_cpus[slot % plan.pin_cpus.size()]), &set);
+  (void)sched_setaffinity(0, sizeof set, &set);
+}
+
 }  // namespace
 
 int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunState& state, std::size_t group,
@@ -698,6 +712,7 @@ int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunStat
   std::optional<Replica> r;
   metrics::ReplicaStats* stats = nullptr;
   try {
+    pin_to_cpu(plan, state.first_replica(group) + replica);
     stats = &state.stats(state.first_replica(group) + replica);
     metrics::record_start(*stats);
     metrics::use_counter_table(&state.user_counters(state.first_replica(group) + replica));  // pf::counter

@@ -65,6 +65,7 @@ class StartedRun final : public started_run {
       o.on_publish = [](void* self) { static_cast<StartedRun*>(self)->mirror_counters(); };
       o.publish_context = this;
       o.publish_each_item = g.out_latency_ns == 0;
+      o.spin = plan.spin;
       outbox_.emplace(channel, 0, o);
       space_event_ = &channel.space_event(0);
       latency_ = std::chrono::nanoseconds(std::max<std::int64_t>(g.out_latency_ns, 0));

@@ -136,6 +136,7 @@ class Supervisor final : public SupervisedRun {
   void drain_results() {
     channel::InboxOptions o;
     o.ordered = plan_.ordered;
+    o.spin = plan_.spin;
     channel::Inbox results(state_.results(), 0, o);
     // Under pf::restart a death is noticed within 10 ms (a poll of the pidfds per tick).
     const bool restarting = std::any_of(plan_.groups.begin(), plan_.groups.end(), [](const Group& g) { return g.restartable; });

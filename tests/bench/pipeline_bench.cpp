@@ -58,13 +58,14 @@ Run procflow_map_callable(std::uint64_t n, std::uint32_t replicas, MapFn map_fn)
 // that shows what the built-in counters and the supervisor's sampling cost).
 // `restart`: pf::restart(3) on every stage (its bookkeeping without any death: issue 8's "on vs off").
 Run procflow_trivial(std::uint64_t n, std::uint32_t replicas, bool splittable, bool fusion, bool latency_off = false, bool threads = false,
-                     bool counters_off = false, bool restart = false) {
+                     bool counters_off = false, bool restart = false, bool pinned = false) {
   const auto t0 = std::chrono::steady_clock::now();
   pf::profile_options profile;
   profile.counters = !counters_off;
-  auto start = restart       ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::restart(3), profile)
-               : latency_off ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pf::max_latency(pf::latency_off), profile)
-                             : pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), profile);
+  const pf::pinning pin(pinned);
+  auto start = restart       ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pin, pf::restart(3), profile)
+               : latency_off ? pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pin, pf::max_latency(pf::latency_off), profile)
+                             : pf::pipeline("trivial", pf::allow_threads, pf::fusion(fusion), pin, profile);
   auto run = [&](auto flow) {
     return flow.map("square", square, pf::replicas(replicas))
         .filter("div3", [](std::uint64_t v) { return v % 3 == 0; })
@@ -195,8 +196,12 @@ int main(int argc, char** argv) {
   measure("tbb_per_item", n_small, [&] { return wrap(bench::peers::tbb_trivial(n_small, 1, cores)); }, "one item per token (n/100)");
   const auto r = static_cast<std::uint32_t>(cores);
   measure("procflow", n, [&] { return procflow_trivial(n, r, true, true); }, fmt::format("iota claimed in chunks, {} fused replicas", r));
+  measure("procflow_pinned", n, [&] { return procflow_trivial(n, r, true, true, false, false, false, false, true); },
+          "as procflow, each replica pinned to a CPU (pf::pinning)");
   measure("procflow_1_replica", n, [&] { return procflow_trivial(n, 1, true, true); }, "iota chunks, 1 fused replica");
   measure("procflow_generator", n, [&] { return procflow_trivial(n, r, false, true); }, "generator process -> rings -> fused replicas");
+  measure("procflow_generator_pinned", n, [&] { return procflow_trivial(n, r, false, true, false, false, false, false, true); },
+          "as procflow_generator, each process pinned to a CPU (pf::pinning)");
   measure("procflow_function_pointer", n, [&] { return procflow_map_callable(n, r, &square_function); },
           "as procflow, the map given a function pointer (&square_function)");
   measure("procflow_fn_constant", n, [&] { return procflow_map_callable(n, r, pf::fn<&square_function>); },

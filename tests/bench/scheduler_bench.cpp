@@ -9,7 +9,10 @@
 // oversubscribed (every map at budget replicas, the kernel shares); fused (the three maps in one
 // process group of budget-1 replicas); best_static (the best of those); auto.
 //
-//   scheduler_bench [--json] [--quick] [--repeats=N] [--cores=6] [--unit-us=5] [--only=...]
+//   scheduler_bench [--json] [--quick] [--repeats=N] [--cores=6] [--unit-us=5] [--pin] [--only=...]
+//
+// --pin runs every variant with pf::pinning(true) (each replica process on one CPU); the rows say
+// "pinned":true.
 //
 // The budget defaults to 6 cores whatever the machine has: on a 2-core machine every variant is
 // oversubscribed relative to the hardware and the figures measure how well each split shares it.
@@ -48,6 +51,8 @@ struct Costs {
   }
 };
 
+bool pin = false;  // --pin
+
 Result run_pipeline(const Costs& c, std::uint32_t cores, bool fused, pf::replicas ra, pf::replicas rb, pf::replicas rc) {
   const auto t0 = std::chrono::steady_clock::now();
   // Each item carries its id (for the phase) and accumulates its work into a checksum.
@@ -60,7 +65,7 @@ Result run_pipeline(const Costs& c, std::uint32_t cores, bool fused, pf::replica
     return [c, map](Item v) { return Item{v.first, v.second + bench::peers::burn(v.first, c.iters(map, v.first))}; };
   };
   auto sum_fold = [](std::uint64_t a, const Item& v) { return a + v.second; };
-  auto start = pf::pipeline("scheduler_bench", pf::cores(cores), pf::batch_bytes(4096), pf::ring_slots(8)).source("gen", gen);
+  auto start = pf::pipeline("scheduler_bench", pf::cores(cores), pf::pinning(pin), pf::batch_bytes(4096), pf::ring_slots(8)).source("gen", gen);
   std::optional<pf::run_report> report;
   if (fused) {
     auto r = start.map("a", step(0), ra).map("b", step(1)).map("c", step(2)).reduce("sum", std::uint64_t{0}, sum_fold, std::plus<>{}).run();
@@ -97,6 +102,8 @@ int main(int argc, char** argv) {
     std::string_view a = argv[i];
     if (a.rfind("--cores=", 0) == 0) {
       cores = static_cast<std::uint32_t>(std::max(2, std::atoi(argv[i] + 8)));
+    } else if (a == "--pin") {
+      pin = true;
     } else if (a.rfind("--unit-us=", 0) == 0) {
       unit_us = std::atof(argv[i] + 10);
     } else {
@@ -150,8 +157,8 @@ int main(int argc, char** argv) {
     for (const auto& l : lines) {
       if (o.json) {
         fmt::print("{{\"bench\":\"scheduler_bench\",\"workload\":\"{}\",\"variant\":\"{}\",\"items_per_s\":{:.1f},\"replicas\":\"{}\","
-                   "\"processes\":{},\"cores\":{}{}}}\n",
-                   w.name, l.variant, l.r.items_per_s, l.r.split, l.r.processes, cores,
+                   "\"processes\":{},\"cores\":{},\"pinned\":{}{}}}\n",
+                   w.name, l.variant, l.r.items_per_s, l.r.split, l.r.processes, cores, pin,
                    l.variant == "best_static" ? fmt::format(",\"of\":\"{}\"", best->variant) : "");
       } else {
         fmt::print("{:<11} {:<16} {:>11.4g} items/s  maps {:<9} {:>2} processes{}{}\n", w.name, l.variant, l.r.items_per_s, l.r.split,

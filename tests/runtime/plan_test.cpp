@@ -10,7 +10,10 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <optional>
+#include <vector>
 
 namespace pf = procflow;
 using procflow::runtime::chunk_range;
@@ -84,4 +87,44 @@ TEST_CASE("plan: the two ranges of the report have 2^64 - 1 items, not 0 chunks"
   CHECK(s.chunks == u.chunks);
   // Chunk sizes that do not divide 2^64 - 1 evenly still end exactly at the last item.
   for (std::uint32_t replicas : {1u, 3u, 5u, 256u}) check_chunks(iota_pipeline<std::uint64_t>(0, u64_max, replicas), u64_max);
+}
+
+namespace {
+template <class... Opts>
+pf::detail::pipeline_def busy_pipeline(pf::replicas replicas, const Opts&... opts) {
+  return pf::pipeline("busy", opts...)
+      .source("numbers", pf::iota<std::int64_t>(0, 1000))
+      .map("id", [](std::int64_t x) { return x; }, replicas)
+      .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{})
+      .definition();
+}
+}  // namespace
+
+TEST_CASE("plan: an idle port spins only while no more processes may be busy than this process has CPUs") {
+  using procflow::runtime::available_cores;
+  constexpr auto spins = procflow::channel::default_spin_iterations;
+  const std::uint32_t hw = available_cores();
+  CHECK(make_plan(busy_pipeline(pf::replicas(hw))).spin == spins);
+  CHECK(make_plan(busy_pipeline(pf::replicas(hw + 1))).spin == 0);
+  // Under auto_scale the scheduler may fill the budget: it counts, not the replicas started with.
+  CHECK(make_plan(busy_pipeline(pf::replicas(pf::auto_scale), pf::cores(hw))).spin == spins);
+  CHECK(make_plan(busy_pipeline(pf::replicas(pf::auto_scale), pf::cores(hw + 4))).spin == 0);
+  // A generator in its own process is one more.
+  const auto generated = pf::pipeline("gen")
+                             .source("g", [i = 0]() mutable -> std::optional<int> { return i < 10 ? std::optional<int>(i++) : std::nullopt; })
+                             .map("id", [](int x) { return x; }, pf::replicas(hw))
+                             .reduce("sum", 0, std::plus<>{}, std::plus<>{})
+                             .definition();
+  CHECK(make_plan(generated).spin == 0);
+}
+
+TEST_CASE("plan: pinning lists the budget's CPUs, the first n of the caller's under cores(n); none without it") {
+  using procflow::runtime::available_cpus;
+  const std::vector<int> cpus = available_cpus();
+  REQUIRE(!cpus.empty());
+  CHECK(make_plan(busy_pipeline(pf::replicas(2))).pin_cpus.empty());
+  CHECK(make_plan(busy_pipeline(pf::replicas(2), pf::pinning(false))).pin_cpus.empty());
+  CHECK(make_plan(busy_pipeline(pf::replicas(2), pf::pinning(true))).pin_cpus == cpus);
+  CHECK(make_plan(busy_pipeline(pf::replicas(2), pf::pinning(true), pf::cores(1))).pin_cpus == std::vector<int>{cpus.front()});
+  CHECK(make_plan(busy_pipeline(pf::replicas(2), pf::pinning(true), pf::cores(static_cast<std::uint32_t>(cpus.size()) + 3))).pin_cpus == cpus);
 }
