@@ -72,13 +72,6 @@ void size_groups(Plan& plan) {
   }
 }
 
-std::uint32_t available_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-  return static_cast<std::uint32_t>(std::max(1, CPU_COUNT(&set)));
-}
-
 std::vector<int> available_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -88,6 +81,8 @@ std::vector<int> available_cpus() {
     if (CPU_ISSET(c, &set)) cpus.push_back(static_cast<int>(c));
   return cpus;
 }
+
+std::uint32_t available_cores() { return static_cast<std::uint32_t>(std::max<std::size_t>(1, available_cpus().size())); }
 
 bool caller_fed(const detail::pipeline_def& def) noexcept {
   return !def.stages.empty() && dynamic_cast<const detail::caller_source_base*>(def.stages.front().get()) != nullptr;
@@ -107,7 +102,8 @@ Plan make_plan(const detail::pipeline_def& def) {
   // default to one process (a file written by several would interleave).
   // auto_scale (on the stage, or on the pipeline for a stage without a count) is inherited the
   // same way; a sink is auto-scaled only when it asks itself.
-  plan.cores = def.options.cores.value_or(available_cores());
+  const std::uint32_t hardware = available_cores();
+  plan.cores = def.options.cores.value_or(hardware);
   plan.seed = def.options.seed ? *def.options.seed : (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
   std::vector<std::uint32_t> replicas(stages.size(), 1);
   plan.held_to_one.assign(stages.size(), 0);
@@ -279,7 +275,6 @@ Plan make_plan(const detail::pipeline_def& def) {
     plan.total_slots += grp.slots;
   }
   // Busy processes at once: the replicas started with, or the budget the scheduler may fill.
-  const std::uint32_t hardware = available_cores();
   if (std::max(plan.total_replicas, plan.scheduled ? plan.cores : 0u) > hardware) plan.spin = 0;
   if (def.options.pinning) {
     plan.pin_cpus = available_cpus();

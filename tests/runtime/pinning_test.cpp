@@ -39,15 +39,8 @@ template <class... Opts>
 std::vector<Where> where_replicas_run(std::uint32_t replicas, const Opts&... opts) {
   auto res = pf::pipeline("pin", opts...)
                  .source("n", pf::iota<std::int64_t>(0, 4000))
-                 .map("where", [](std::int64_t) {
-                   cpu_set_t set;
-                   CPU_ZERO(&set);
-                   std::vector<int> cpus;
-                   if (sched_getaffinity(0, sizeof set, &set) == 0)
-                     for (std::size_t c = 0; c < CPU_SETSIZE; ++c)
-                       if (CPU_ISSET(c, &set)) cpus.push_back(static_cast<int>(c));
-                   return Where{pf::this_replica().index, cpus};
-                 }, pf::replicas(replicas))
+                 .map("where", [](std::int64_t) { return Where{pf::this_replica().index, cpus_of_this_process()}; },
+                      pf::replicas(replicas))
                  .collect()
                  .run();
   REQUIRE(res.value.size() == 4000);
