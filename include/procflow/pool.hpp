@@ -184,10 +184,26 @@ class pool_core final : public result_collector {
   bool awaited() const noexcept override { return table_size_.load(std::memory_order_relaxed) != 0; }
 
   // result_collector: the results channel (driver thread of the current generation). A job's
-  // answers of one batch are stored under one lock of its state, and its caller woken once.
+  // answers of one batch are stored under one lock of its state, and its caller woken once. A
+  // submit()'s promise leaves the table under the lock and is set after it: setting it wakes a
+  // waiting caller (a futex syscall), which submitters must not queue behind.
   void consume(const batch_view& batch) override {
     decode_items(batch, items_);
-    std::lock_guard lock(mutex_);
+    settled_.clear();
+    {
+      std::lock_guard lock(mutex_);
+      take_answers();
+    }
+    // Only bad_alloc can throw here; the promises not set then break their futures when settled_
+    // is cleared, so no caller is left waiting.
+    for (auto& [promise, r] : settled_) answer(promise, *r);
+    settled_.clear();
+  }
+
+ private:
+  // consume() under mutex_: the answered submit()s' promises into settled_, a job's answers into
+  // its state.
+  void take_answers() {
     auto it = pending_.end();
     std::shared_ptr<job_state<result_type>> job;  // the job whose lock is held (kept alive by this)
     std::unique_lock<std::mutex> job_lock;
@@ -204,7 +220,7 @@ class pool_core final : public result_collector {
       if (it == pending_.end()) continue;  // answered already (before a restart redelivered it)
       pending_entry& e = it->second;
       if (!e.job) {
-        answer(*e.promise, r);
+        settled_.emplace_back(std::move(*e.promise), &r);
         pending_.erase(it);
         it = pending_.end();
         continue;
@@ -223,7 +239,6 @@ class pool_core final : public result_collector {
     leave_job();
   }
 
- private:
   // The table's entry for requests first .. first + count - 1 (first is the key): one submit()
   // (a promise) or consecutive requests of one submit_all() (a job).
   struct pending_entry {
@@ -533,6 +548,7 @@ class pool_core final : public result_collector {
   std::thread restarter_;
 
   batch_buffer<request<Out>> items_;  // driver thread only
+  std::vector<std::pair<std::promise<result_type>, request<Out>*>> settled_;  // consume(): promises to set
 };
 
 }  // namespace detail
