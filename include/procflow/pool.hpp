@@ -196,7 +196,9 @@ class pool_core final : public result_collector {
     }
     // Only bad_alloc can throw here; the promises not set then break their futures when settled_
     // is cleared, so no caller is left waiting.
-    for (auto& [promise, r] : settled_) answer(promise, *r);
+    // Last first: a caller waits on its earliest request, and finds the later ones of this batch
+    // set when it wakes instead of sleeping again on each (one wake-up per batch, not per answer).
+    for (auto it = settled_.rbegin(); it != settled_.rend(); ++it) answer(it->first, *it->second);
     settled_.clear();
   }
 
