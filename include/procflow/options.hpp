@@ -32,7 +32,10 @@ struct auto_scale_t {
 inline constexpr auto_scale_t auto_scale{};
 
 // Number of processes running a stage. A stage without it inherits the previous stage's count
-// (the source counts as 1), so `.map(f, replicas(4)).filter(g)` runs both with 4 replicas —
+// (the source counts as 1), so `.map(f, replicas(4)).filter(g)` runs both with 4 replicas; the
+// stateless map/filter/flat_map stages before the first stage with a count take that count when
+// they can all run in its processes (fusion on, none with own_process or key_by), so
+// `.filter(g).map(f, replicas(4))` filters in the map's 4 processes rather than in one before them —
 // except a stage whose callable holds state (it cannot be called as const: a `mutable` lambda, a
 // functor with a non-const operator()): it runs in one process unless given replicas(n) or
 // replicas(auto_scale) itself (the run report notes it). A pf::per_replica factory's callable is

@@ -88,6 +88,31 @@ bool caller_fed(const detail::pipeline_def& def) noexcept {
   return !def.stages.empty() && dynamic_cast<const detail::caller_source_base*>(def.stages.front().get()) != nullptr;
 }
 
+// The stateless stages between the source and the first stage given a count take that count
+// when they would all run in its processes: `lines -> filter -> map(replicas(4))` filters in the
+// map's 4 processes (which then read the chunks themselves) instead of in one process and a hop
+// before them. Only maps, filters and flat_maps without options that keep them apart (a count,
+// auto_scale, own_process, key_by, held state); the stage with the count must fuse with them.
+static void adopt_first_count(const detail::pipeline_def& def, std::vector<std::uint32_t>& replicas,
+                              const std::vector<bool>& automatic) {
+  const auto& stages = def.stages;
+  if (!def.options.fusion) return;
+  auto stateless = [&](std::size_t i) {
+    const detail::stage_base& s = *stages[i];
+    const auto& o = s.options();
+    const bool kind = s.kind() == detail::stage_kind::map || s.kind() == detail::stage_kind::filter ||
+                      s.kind() == detail::stage_kind::flat_map;
+    return kind && !o.replicas && !automatic[i] && !o.own_process && !o.keyed && !s.holds_state() && !s.runs_in_supervisor();
+  };
+  std::size_t first = 1;
+  while (first < stages.size() && stateless(first)) ++first;
+  if (first == 1 || first == stages.size()) return;
+  const detail::stage_base& counted = *stages[first];
+  const auto& o = counted.options();
+  if (!o.replicas || o.own_process || o.keyed || counted.runs_in_supervisor() || counted.kind() == detail::stage_kind::sink) return;
+  for (std::size_t i = 1; i < first; ++i) replicas[i] = *o.replicas;
+}
+
 Plan make_plan(const detail::pipeline_def& def) {
   const auto& stages = def.stages;
   if (stages.size() < 2) throw std::invalid_argument(fmt::format("pipeline '{}' needs a source and a terminal stage", def.name));
@@ -129,6 +154,7 @@ Plan make_plan(const detail::pipeline_def& def) {
       automatic[i] = automatic[i - 1];
     }
   }
+  adopt_first_count(def, replicas, automatic);
   constexpr std::uint32_t max_replicas = 256;  // P x Q rings per boundary: keep the segment sane
   for (std::size_t i = 1; i < stages.size(); ++i)
     if (replicas[i] > max_replicas)

@@ -13,6 +13,7 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace pf = procflow;
@@ -127,4 +128,51 @@ TEST_CASE("plan: pinning lists the budget's CPUs, the first n of the caller's un
   CHECK(make_plan(busy_pipeline(pf::replicas(2), pf::pinning(true))).pin_cpus == cpus);
   CHECK(make_plan(busy_pipeline(pf::replicas(2), pf::pinning(true), pf::cores(1))).pin_cpus == std::vector<int>{cpus.front()});
   CHECK(make_plan(busy_pipeline(pf::replicas(2), pf::pinning(true), pf::cores(static_cast<std::uint32_t>(cpus.size()) + 3))).pin_cpus == cpus);
+}
+
+namespace {
+
+// Each group's [first, end) stages and replicas started with, in order.
+std::vector<std::tuple<std::size_t, std::size_t, std::uint32_t>> groups_of(const pf::detail::pipeline_def& def) {
+  std::vector<std::tuple<std::size_t, std::size_t, std::uint32_t>> out;
+  for (const auto& g : make_plan(def).groups) out.emplace_back(g.first_stage, g.end_stage, g.replicas);
+  return out;
+}
+
+using Groups = std::vector<std::tuple<std::size_t, std::size_t, std::uint32_t>>;
+
+auto is_even = [](std::int64_t x) { return x % 2 == 0; };
+auto twice = [](std::int64_t x) { return 2 * x; };
+
+}  // namespace
+
+TEST_CASE("plan: stateless stages before the first count take it and run in its processes, with the source's chunks") {
+  // iota -> filter -> map(replicas(3)): one group of 3 reading chunks (it was 1 + 3 with a hop).
+  CHECK(groups_of(pf::pipeline("p").source("n", pf::iota<std::int64_t>(0, 100)).filter("even", is_even)
+                      .map("x2", twice, pf::replicas(3)).collect().definition()) == Groups{{0, 3, 3}});
+  CHECK(groups_of(pf::pipeline("p").source("n", pf::iota<std::int64_t>(0, 100)).filter("even", is_even).map("x2", twice)
+                      .map("x4", twice, pf::replicas(3)).collect().definition()) == Groups{{0, 4, 3}});
+  // A generator stays one process; the stages after it take the count together.
+  const auto gen = [i = std::int64_t{0}]() mutable -> std::optional<std::int64_t> {
+    return i < 10 ? std::optional<std::int64_t>(i++) : std::nullopt;
+  };
+  CHECK(groups_of(pf::pipeline("p").source("g", gen).map("x2", twice).map("x4", twice, pf::replicas(2)).collect().definition()) ==
+        Groups{{0, 1, 1}, {1, 3, 2}});
+  // Stages after the counted one inherit it as before.
+  CHECK(groups_of(pf::pipeline("p").source("n", pf::iota<std::int64_t>(0, 100)).filter("even", is_even)
+                      .map("x2", twice, pf::replicas(2)).map("x4", twice).collect().definition()) == Groups{{0, 4, 2}});
+}
+
+TEST_CASE("plan: a stage before the first count keeps one process when it holds state, asks for its own, or fusion is off") {
+  const auto source = [] { return pf::pipeline("p").source("n", pf::iota<std::int64_t>(0, 100)); };
+  // A mutable lambda holds state: never replicated by accident.
+  CHECK(groups_of(source().map("count", [n = 0](std::int64_t x) mutable { return x + n++; })
+                      .map("x2", twice, pf::replicas(3)).collect().definition()) == Groups{{0, 2, 1}, {2, 3, 3}});
+  CHECK(groups_of(source().filter("even", is_even, pf::own_process).map("x2", twice, pf::replicas(3)).collect().definition()) ==
+        Groups{{0, 1, 1}, {1, 2, 1}, {2, 3, 3}});
+  // The counted stage in its own processes: nothing to fuse with.
+  CHECK(groups_of(source().filter("even", is_even).map("x2", twice, pf::replicas(3), pf::own_process).collect().definition()) ==
+        Groups{{0, 2, 1}, {2, 3, 3}});
+  CHECK(groups_of(pf::pipeline("p", pf::fusion(false)).source("n", pf::iota<std::int64_t>(0, 100)).filter("even", is_even)
+                      .map("x2", twice, pf::replicas(3)).collect().definition()) == Groups{{0, 1, 1}, {1, 2, 1}, {2, 3, 3}});
 }
