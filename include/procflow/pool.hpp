@@ -189,15 +189,13 @@ class pool_core final : public result_collector {
   // waiting caller (a futex syscall), which submitters must not queue behind.
   void consume(const batch_view& batch) override {
     decode_items(batch, items_);
-    settled_.clear();
+    settled_.clear();  // after a throw below, this breaks the unset futures: no caller is left waiting
     {
       std::lock_guard lock(mutex_);
       take_answers();
     }
-    // Only bad_alloc can throw here; the promises not set then break their futures when settled_
-    // is cleared, so no caller is left waiting.
-    // Last first: a caller waits on its earliest request, and finds the later ones of this batch
-    // set when it wakes instead of sleeping again on each (one wake-up per batch, not per answer).
+    // Last first (only bad_alloc can throw here): a caller waits on its earliest request, and
+    // finds the later ones of this batch set when it wakes instead of sleeping again on each.
     for (auto it = settled_.rbegin(); it != settled_.rend(); ++it) answer(it->first, *it->second);
     settled_.clear();
   }

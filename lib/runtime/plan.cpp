@@ -35,6 +35,32 @@ void fit_boundary(channel::RingGeometry& g, std::uint64_t rings) {
   while (bytes() > scalable_boundary_bytes && g.payload_bytes > 8192) g.payload_bytes /= 2;
 }
 
+// Whether stage s may run in the processes of the group before it (the group loop's `joins`
+// adds: the same count or both auto, and a group that does not read a generator).
+bool may_join(const detail::stage_base& s, bool fusion) {
+  return fusion && !s.options().own_process && s.kind() != detail::stage_kind::sink;
+}
+
+// The maps, filters and flat_maps right after the source that took the previous stage's count
+// (`inherited`) take the first explicit count after them instead, when they and that stage all
+// run in one group: `lines -> filter -> map(replicas(4))` filters in the map's 4 processes (which
+// then read the chunks themselves) instead of in one process and a hop before them.
+void adopt_first_count(const detail::pipeline_def& def, const std::vector<bool>& inherited, std::vector<std::uint32_t>& replicas) {
+  const auto& stages = def.stages;
+  auto adopts = [&](std::size_t i) {
+    const detail::stage_base& s = *stages[i];
+    const bool stateless_kind = s.kind() == detail::stage_kind::map || s.kind() == detail::stage_kind::filter ||
+                                s.kind() == detail::stage_kind::flat_map;
+    return inherited[i] && stateless_kind && !s.options().keyed && may_join(s, def.options.fusion);
+  };
+  std::size_t first = 1;
+  while (first < stages.size() && adopts(first)) ++first;
+  if (first == 1 || first == stages.size()) return;
+  const detail::stage_base& counted = *stages[first];
+  if (!counted.options().replicas || counted.options().keyed || counted.runs_in_supervisor() || !may_join(counted, def.options.fusion)) return;
+  for (std::size_t i = 1; i < first; ++i) replicas[i] = *counted.options().replicas;
+}
+
 }  // namespace
 
 // Which auto groups may change while running, how many replicas they start with (an even share
@@ -88,31 +114,6 @@ bool caller_fed(const detail::pipeline_def& def) noexcept {
   return !def.stages.empty() && dynamic_cast<const detail::caller_source_base*>(def.stages.front().get()) != nullptr;
 }
 
-// The stateless stages between the source and the first stage given a count take that count
-// when they would all run in its processes: `lines -> filter -> map(replicas(4))` filters in the
-// map's 4 processes (which then read the chunks themselves) instead of in one process and a hop
-// before them. Only maps, filters and flat_maps without options that keep them apart (a count,
-// auto_scale, own_process, key_by, held state); the stage with the count must fuse with them.
-static void adopt_first_count(const detail::pipeline_def& def, std::vector<std::uint32_t>& replicas,
-                              const std::vector<bool>& automatic) {
-  const auto& stages = def.stages;
-  if (!def.options.fusion) return;
-  auto stateless = [&](std::size_t i) {
-    const detail::stage_base& s = *stages[i];
-    const auto& o = s.options();
-    const bool kind = s.kind() == detail::stage_kind::map || s.kind() == detail::stage_kind::filter ||
-                      s.kind() == detail::stage_kind::flat_map;
-    return kind && !o.replicas && !automatic[i] && !o.own_process && !o.keyed && !s.holds_state() && !s.runs_in_supervisor();
-  };
-  std::size_t first = 1;
-  while (first < stages.size() && stateless(first)) ++first;
-  if (first == 1 || first == stages.size()) return;
-  const detail::stage_base& counted = *stages[first];
-  const auto& o = counted.options();
-  if (!o.replicas || o.own_process || o.keyed || counted.runs_in_supervisor() || counted.kind() == detail::stage_kind::sink) return;
-  for (std::size_t i = 1; i < first; ++i) replicas[i] = *o.replicas;
-}
-
 Plan make_plan(const detail::pipeline_def& def) {
   const auto& stages = def.stages;
   if (stages.size() < 2) throw std::invalid_argument(fmt::format("pipeline '{}' needs a source and a terminal stage", def.name));
@@ -133,6 +134,7 @@ Plan make_plan(const detail::pipeline_def& def) {
   std::vector<std::uint32_t> replicas(stages.size(), 1);
   plan.held_to_one.assign(stages.size(), 0);
   std::vector<bool> automatic(stages.size(), false);
+  std::vector<bool> inherited(stages.size(), false);
   for (std::size_t i = 1; i < stages.size(); ++i) {
     const auto& o = stages[i]->options();
     const bool sink = stages[i]->kind() == detail::stage_kind::sink;
@@ -152,9 +154,10 @@ Plan make_plan(const detail::pipeline_def& def) {
     } else {
       replicas[i] = replicas[i - 1];
       automatic[i] = automatic[i - 1];
+      inherited[i] = true;
     }
   }
-  adopt_first_count(def, replicas, automatic);
+  adopt_first_count(def, inherited, replicas);
   constexpr std::uint32_t max_replicas = 256;  // P x Q rings per boundary: keep the segment sane
   for (std::size_t i = 1; i < stages.size(); ++i)
     if (replicas[i] > max_replicas)
@@ -195,8 +198,7 @@ Plan make_plan(const detail::pipeline_def& def) {
   for (std::size_t i = 1; i < last_worker; ++i) {
     const auto& s = *stages[i];
     Group& cur = plan.groups.back();
-    const bool joins = fuse && !s.options().own_process && s.kind() != detail::stage_kind::sink &&
-                       automatic[i] == cur.auto_scale && (automatic[i] || replicas[i] == cur.replicas) &&
+    const bool joins = may_join(s, fuse) && automatic[i] == cur.auto_scale && (automatic[i] || replicas[i] == cur.replicas) &&
                        (cur.input != GroupInput::generator);
     if (joins) {
       cur.end_stage = i + 1;
