@@ -64,8 +64,9 @@ struct retry {
 // with replicas). The run_report counts restarts per stage and lists each redelivered batch.
 // A generate() source in its own process restarts only with its own restart(n) (not the
 // pipeline's): it runs again from its start and drops what was sent, so it must yield the same
-// items each time (checked: a replay that differs fails run()). Not for pf::ordered pipelines or
-// thread mode: run() refuses them by name.
+// items each time (checked: a replay that differs fails run()). In a pf::ordered pipeline the
+// replacement reads on at the batch its predecessor expected, and the order holds; a generator's
+// own restart there, and thread mode, are refused by name.
 struct restart {
   explicit restart(std::uint32_t n) : times(n) {
     if (n == 0) throw std::invalid_argument("procflow::restart: need at least 1 restart (without it a death fails run())");

@@ -8,8 +8,9 @@
 // The replica finishes its batch, runs its teardown (every stage callable's finish(), then its
 // destruction; a reduce sends its partial) and exits; a new process takes its slot (the same
 // rings: nothing in them is lost or read twice), runs the per_replica factories again and goes on
-// with the next batch. stage_report::recycles counts them. Not with pf::ordered (batch order lives
-// in the process), in thread mode, or on a generate() source in its own process: run() refuses them.
+// with the next batch. stage_report::recycles counts them. Ordered, a ring-fed replica leaves
+// between batches and its replacement reads on at the batch it expected next. Not in thread mode
+// or on a generate() source in its own process: run() refuses them.
 #pragma once
 
 #include <cstdint>

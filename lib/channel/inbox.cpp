@@ -13,6 +13,11 @@ Inbox::Inbox(const Channel& channel, std::uint32_t consumer, const InboxOptions&
   if (options.seq_stride == 0) throw std::invalid_argument("Inbox: seq_stride must be >= 1");
   for (std::uint32_t p = 0; p < channel.producers(); ++p)
     sources_.push_back({RingReader(channel.ring(p, consumer)), &channel.space_event(p), &channel.ack(p), false});
+  if (options.continue_ring) {
+    if (!options.ordered || *options.continue_ring >= sources_.size())
+      throw std::invalid_argument(fmt::format("Inbox: cannot continue a batch on ring {} of {}", *options.continue_ring, sources_.size()));
+    ordered_ring_ = *options.continue_ring;
+  }
 }
 
 bool Inbox::update_end() {

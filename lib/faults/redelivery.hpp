@@ -20,8 +20,12 @@
 //             (its inbox's data event, its outbox's space event: nobody else waits on them) is
 //             cleared before the replacement starts.
 //
-// A reduce at the end of a restartable group sends a partial per batch, since a dead replica's
-// accumulator is lost with it.
+//   ordered   A pf::ordered consumer stores in its record, after each input slot it gives back,
+//             the batch it expects next and the ring that batch began on (a batch's slots all come
+//             from one ring); the replacement's inbox starts there (Replica::resume_ordered).
+//
+// A reduce at the end of a restartable group sends a partial per batch (per input slot), since a
+// dead replica's accumulator is lost with it; ordered, the partials go out in input order.
 #pragma once
 
 #include "runtime/plan.hpp"

@@ -170,6 +170,7 @@ class Replica final : public detail::downstream {
       o.ordered = plan_.ordered;
       o.first_seq = replica_;
       o.seq_stride = group_.replicas;
+      if (plan_.ordered && record_->incarnation > 0) resume_ordered(o);  // a restart or a recycle
       o.hold_split_items = restart_;
       o.stream_large_items = true;  // every batch goes to decode_items() (instances_.front()->decode)
       o.spin = plan_.spin;
@@ -395,8 +396,27 @@ class Replica final : public detail::downstream {
       process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
       tallies_[first_worker_].bytes_in += batch.large ? batch.large_bytes : batch.bytes.size();
       inbox_->release();
-      if (time_to_recycle()) break;
+      if (plan_.ordered && (restart_ || recycles())) note_ordered_position();
+      // Ordered, a recycled replica leaves between batches: its batch's output, and a terminal's
+      // partial of it, are sent at the batch's end.
+      if (time_to_recycle() && !(plan_.ordered && in_batch)) break;
     }
+  }
+
+  // An ordered pipeline under pf::restart or pf::recycle: where this replica is in its ordered
+  // input, after each slot it gave back; a replacement reads on from there (resume_ordered). A
+  // batch in hand when it died is still at the head of its ring, so the place stored before it is
+  // the right one.
+  void note_ordered_position() noexcept {
+    record_->ordered_next_seq.store(inbox_->expected_seq() + 1, std::memory_order_relaxed);
+    const auto ring = inbox_->ring_in_progress();
+    record_->ordered_ring.store(ring ? *ring + 1 : 0, std::memory_order_relaxed);
+  }
+  void resume_ordered(channel::InboxOptions& o) const noexcept {
+    const std::uint64_t next = record_->ordered_next_seq.load(std::memory_order_relaxed);
+    if (next == 0) return;  // the predecessor gave nothing back: it starts where it did
+    o.first_seq = next - 1;
+    if (const std::uint32_t ring = record_->ordered_ring.load(std::memory_order_relaxed); ring != 0) o.continue_ring = ring - 1;
   }
 
   // Runs one decoded batch through the fused stages and sends the result on.
@@ -413,19 +433,18 @@ class Replica final : public detail::downstream {
       // Waiting for room downstream is blocked time, not busy time: the scheduler's true rate
       // (items per busy second) must not count it.
       const std::uint64_t blocked_before = outbox_->stats().blocked_ns;
+      // Under restart a terminal sends a partial per input slot (redelivery.hpp), ordered or not.
+      if (restart_ && ends_in_terminal()) instances_.back()->end_batch(*outbox_);
       if (ordered && batch_end) {
-        if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
+        if (ends_in_terminal() && !restart_) instances_.back()->end_batch(*outbox_);
         outbox_->end_batch();
       }
       if (!ordered && !restart_ && ends_in_terminal()) {
         set_stage(group_.end_stage - 1);
         instances_.back()->after_batch(*outbox_, group_index_ > 0 && plan_.groups[group_index_ - 1].keyed);
       }
-      if (restart_) {
-        // The batch's output is all published before its input is released (redelivery.hpp).
-        if (ends_in_terminal()) instances_.back()->end_batch(*outbox_);
-        outbox_->flush();
-      }
+      // The batch's output is all published before its input is released (redelivery.hpp).
+      if (restart_) outbox_->flush();
       const std::uint64_t elapsed = elapsed_ns(t0);
       const std::uint64_t blocked = outbox_->stats().blocked_ns - blocked_before;
       if (outbox_->publish_each_item()) outbox_->flush();
@@ -567,6 +586,7 @@ class Replica final : public detail::downstream {
 
   // pf::recycle: after a batch, whether this process has taken its share of items or grown past
   // its memory limit; then it leaves (leave_for_replacement) and a fresh one takes its slot.
+  bool recycles() const noexcept { return group_.recycle_items != 0 || group_.recycle_rss_bytes != 0; }
   bool time_to_recycle() {
     if (group_.recycle_items != 0 && tallies_[first_worker_].items_in - items_base_ >= group_.recycle_items) recycled_ = true;
     if (group_.recycle_rss_bytes != 0 && resident_bytes() > group_.recycle_rss_bytes) recycled_ = true;

@@ -11,7 +11,11 @@
 //  - a replica the watchdog kills is replaced like a crashed one; an exception is not a death;
 //  - a generator source under its own restart(n) is run again from its start, sending only what
 //    its dead predecessor had not sent; the pipeline's default leaves it alone, and says so;
-//  - what restart cannot do is refused by name (ordered, thread mode).
+//  - ordered pipelines: kill -9 rounds keep the order item for item; a batch split over slots
+//    whose replica dies half-way, or whose consumer dies between its slots, arrives whole and in
+//    order; an order-sensitive reduce gets every partial in order;
+//  - what restart cannot do is refused by name (thread mode; a generator's own restart in an
+//    ordered pipeline).
 // Every case runs in a child of the test under a watchdog (support/isolated.hpp).
 #include "support/child_process.hpp"
 #include "support/isolated.hpp"
@@ -32,6 +36,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -137,6 +142,22 @@ const pf::stage_report& stage(const pf::run_report& r, const std::string& name) 
     if (s.name == name) return s;
   throw std::runtime_error("no stage " + name);
 }
+
+// A fold that sees the order: a polynomial hash of the sequence, with the combine that joins two
+// hashed runs (associative, not commutative).
+struct Ordered_hash {
+  std::uint64_t h = 0, n = 0;
+  bool operator==(const Ordered_hash&) const = default;
+};
+PROCFLOW_CODEC(Ordered_hash, h, n);
+std::uint64_t pow31(std::uint64_t n) {
+  std::uint64_t r = 1, b = 31;
+  for (; n; n >>= 1, b *= b)
+    if (n & 1) r *= b;
+  return r;
+}
+Ordered_hash fold_hash(Ordered_hash a, i64 x) { return {a.h * 31 + static_cast<std::uint64_t>(x), a.n + 1}; }
+Ordered_hash join_hash(Ordered_hash a, Ordered_hash b) { return {a.h * pow31(b.n) + b.h, a.n + b.n}; }
 
 }  // namespace
 
@@ -474,6 +495,63 @@ TEST_CASE("crash matrix under restart: every fault at every moment in source, ma
 
 // A replica that skipped an item (pf::skip) and then died in the same batch: its replacement runs
 // the batch again and skips the item again, but the report keeps one dead letter for it.
+TEST_CASE("ordered crash matrix under restart: every fault at every moment in map and reduce keeps the order") {
+  enum class Fault { segfault, abort_, exit0, exit1, terminate };
+  enum class Moment { start, first_item, mid_stream, blocked, drain };
+  static constexpr i64 items = 2000;
+  Ordered_hash want;
+  for (i64 x = 0; x < items; ++x) want = fold_hash(want, x);
+  for (const Fault fault : {Fault::segfault, Fault::abort_, Fault::exit0, Fault::exit1, Fault::terminate})
+    for (const Moment moment : {Moment::start, Moment::first_item, Moment::mid_stream, Moment::blocked, Moment::drain})
+      for (const bool in_reduce : {false, true}) {
+        const std::string what = "ordered restart matrix fault " + std::to_string(static_cast<int>(fault)) + " moment " +
+                                 std::to_string(static_cast<int>(moment)) + (in_reduce ? " reduce" : " map");
+        isolated(what, [&] {
+          const auto shm_before = pt::dev_shm_entries();
+          Shared* shared = make_shared_page();
+          const i64 at = moment == Moment::first_item ? 0 : moment == Moment::mid_stream ? items / 2 : moment == Moment::blocked ? 700 : items - 1;
+          // Fires once across every process of the run.
+          auto maybe_fault = [shared, moment, at, fault](i64 x, i64& calls) {
+            const bool here = moment == Moment::start ? calls++ == 0 : x == at;
+            if (!here || shared->fired[0].exchange(1) != 0) return;
+            switch (fault) {
+              case Fault::segfault: ::raise(SIGSEGV); break;
+              case Fault::abort_: std::abort();
+              case Fault::exit0: ::_exit(0);
+              case Fault::exit1: ::_exit(1);
+              case Fault::terminate: std::terminate();
+            }
+          };
+          const auto r = pf::pipeline("ocrash", pf::ordered, pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2))
+                             .source("n", pf::iota<i64>(0, items))
+                             .map(
+                                 "m",
+                                 [in_reduce, maybe_fault](i64 x) {
+                                   static i64 calls = 0;
+                                   if (!in_reduce) maybe_fault(x, calls);
+                                   return x;
+                                 },
+                                 pf::replicas(2))
+                             .reduce(
+                                 "hash", Ordered_hash{},
+                                 [in_reduce, maybe_fault, moment](Ordered_hash acc, i64 x) {
+                                   static i64 calls = 0;
+                                   if (moment == Moment::blocked && x < 500) std::this_thread::sleep_for(1ms);
+                                   if (in_reduce) maybe_fault(x, calls);
+                                   return fold_hash(acc, x);
+                                 },
+                                 join_hash, pf::replicas(2), pf::own_process)
+                             .run();
+          REQUIRE(r.report.restarts.size() == 1);
+          CHECK(r.report.restarts[0].stage == (in_reduce ? "hash" : "m"));
+          CHECK(r.value == want);
+          CHECK(shared->fired[0].load() == 1);
+          ::munmap(shared, sizeof(Shared));
+          check_clean(shm_before);
+        });
+      }
+}
+
 TEST_CASE("skip and restart: an item skipped in a batch that is redelivered is one dead letter, not two") {
   isolated("skip then die", [] {
     const auto shm_before = pt::dev_shm_entries();
@@ -639,6 +717,97 @@ TEST_CASE("a restarted generator that yields different items is a stage_error, n
   });
 }
 
+TEST_CASE("ordered: kill -9 rounds keep the order item for item, and an order-sensitive reduce its partials' order") {
+  constexpr i64 n = 200000;
+  std::vector<i64> expected;
+  Ordered_hash want;
+  for (i64 x = 0; x < n; ++x) {
+    expected.push_back(spin(spin(x, 300), 300) & 0xffffff);
+    want = fold_hash(want, expected.back());
+  }
+  for (std::uint64_t seed : {41u, 42u, 43u}) {
+    isolated("ordered kill -9 round seed " + std::to_string(seed), [&] {
+      const auto shm_before = pt::dev_shm_entries();
+      Shared* shared = make_shared_page();
+      pf::result<std::vector<i64>> r;
+      pf::result<Ordered_hash> h;
+      {
+        Killer killer(seed, 8, 15ms, 80ms, shared);
+        // Both kinds of restartable group (chunk-claiming, channel-fed), ordered between them and
+        // into the caller; rings of 2 slots: a slot lost per death would hang the run.
+        r = pf::pipeline("okill9", pf::ordered, pf::restart(100), pf::ring_slots(2), pf::batch_bytes(4096))
+                .source("n", pf::iota<i64>(0, n))
+                .map("a", [](i64 x) { return spin(x, 300); }, pf::replicas(2))
+                .map("b", [](i64 x) { return spin(x, 300) & 0xffffff; }, pf::replicas(2), pf::own_process)
+                .collect()
+                .run();
+        h = pf::pipeline("okill9r", pf::ordered, pf::restart(100), pf::ring_slots(2), pf::batch_bytes(4096))
+                .source("n", pf::iota<i64>(0, n))
+                .map("a", [](i64 x) { return spin(x, 300); }, pf::replicas(2))
+                .map("b", [](i64 x) { return spin(x, 300) & 0xffffff; }, pf::replicas(2), pf::own_process)
+                .reduce("hash", Ordered_hash{}, fold_hash, join_hash)
+                .run();
+      }
+      REQUIRE(r.value.size() == expected.size());
+      std::size_t first_wrong = 0;
+      while (first_wrong < expected.size() && r.value[first_wrong] == expected[first_wrong]) ++first_wrong;
+      CHECK_MESSAGE(first_wrong == expected.size(), "first item out of place: ", first_wrong);
+      CHECK(h.value == want);
+      const int kills = shared->kills.load();
+      MESSAGE("seed ", seed, ": ", kills, " kills, ", total_restarts(r.report), " + ", total_restarts(h.report), " restarts");
+      CHECK(total_restarts(r.report) + total_restarts(h.report) >= 1);
+      CHECK(total_restarts(r.report) + total_restarts(h.report) <= static_cast<std::uint32_t>(kills));
+      ::munmap(shared, sizeof(Shared));
+      check_clean(shm_before);
+    });
+  }
+}
+
+TEST_CASE("ordered: a batch split over many slots arrives whole and in order when its producer or its consumer dies inside it") {
+  // One item per chunk; each fans out to 20000 items over ~40 slots of 4 KiB, one ordered batch.
+  constexpr i64 n = 60;
+  constexpr i64 fan = 20000;
+  std::vector<i64> expected(static_cast<std::size_t>(n * fan));
+  std::iota(expected.begin(), expected.end(), i64{0});
+  struct where {
+    const char* name;
+    bool in_producer;
+  };
+  for (const where w : {where{"producer", true}, where{"consumer", false}}) {
+    isolated(std::string("ordered split batch, death in the ") + w.name, [&] {
+      const auto shm_before = pt::dev_shm_entries();
+      Shared* shared = make_shared_page();
+      const bool in_producer = w.in_producer;
+      const auto r = pf::pipeline("osplit", pf::ordered, pf::restart(2), pf::batch_bytes(4096), pf::ring_slots(4))
+                         .source("n", pf::iota<i64>(0, n))
+                         .flat_map<i64>("fan", [shared, in_producer](i64 x, pf::emitter<i64>& emit) {
+                           for (i64 k = 0; k < fan; ++k) {
+                             // The producer dies once after many of batch 30's slots went out.
+                             if (in_producer && x == 30 && k == 15000 && shared->fired[0].exchange(1) == 0) ::raise(SIGSEGV);
+                             emit(x * fan + k);
+                           }
+                         }, pf::replicas(2))
+                         .map("id", [shared, in_producer](i64 y) {
+                           // The consumer dies once in the middle of batch 31, between its slots.
+                           if (!in_producer && y == 31 * fan + 9000 && shared->fired[1].exchange(1) == 0) ::raise(SIGSEGV);
+                           return y;
+                         }, pf::replicas(2), pf::own_process)
+                         .collect()
+                         .run();
+      REQUIRE(r.value.size() == expected.size());
+      std::size_t first_wrong = 0;
+      while (first_wrong < expected.size() && r.value[first_wrong] == expected[first_wrong]) ++first_wrong;
+      CHECK_MESSAGE(first_wrong == expected.size(), "first item out of place: ", first_wrong);
+      REQUIRE(r.report.restarts.size() == 1);
+      CHECK(r.report.restarts[0].stage == (in_producer ? "fan" : "id"));
+      CHECK(r.report.restarts[0].cause.find("signal 11") != std::string::npos);
+      if (in_producer) CHECK(r.report.restarts[0].sent_slots > 0);  // it died with part of its output sent
+      ::munmap(shared, sizeof(Shared));
+      check_clean(shm_before);
+    });
+  }
+}
+
 TEST_CASE("what restart cannot do is refused by name") {
   isolated("refusals", [] {
     const auto thrown = [](auto&& run) -> std::string {
@@ -650,8 +819,15 @@ TEST_CASE("what restart cannot do is refused by name") {
       return "";
     };
     CHECK(thrown([] {
-            pf::pipeline("o", pf::ordered, pf::restart(1)).source("n", pf::iota<i64>(0, 10)).map("m", [](i64 x) { return x; }).collect().run();
-          }).find("cannot be combined with pf::ordered") != std::string::npos);
+            pf::pipeline("og", pf::ordered)
+                .source("gen", pf::generate([i = i64{0}]() mutable -> std::optional<i64> {
+                  if (i == 10) return std::nullopt;
+                  return i++;
+                }), pf::restart(1))
+                .map("m", [](i64 x) { return x; })
+                .collect()
+                .run();
+          }).find("a generator source's restart() cannot be combined with pf::ordered") != std::string::npos);
     CHECK(thrown([] {
             pf::pipeline("t", pf::restart(1)).source("n", pf::iota<i64>(0, 10)).map("m", [](i64 x) { return x; }).collect().run(pf::in_threads);
           }).find("pf::restart") != std::string::npos);
