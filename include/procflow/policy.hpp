@@ -65,8 +65,8 @@ struct retry {
 // A generate() source in its own process restarts only with its own restart(n) (not the
 // pipeline's): it runs again from its start and drops what was sent, so it must yield the same
 // items each time (checked: a replay that differs fails run()). In a pf::ordered pipeline the
-// replacement reads on at the batch its predecessor expected, and the order holds; a generator's
-// own restart there, and thread mode, are refused by name.
+// replacement reads on at the batch its predecessor expected, and the order holds. Not in thread
+// mode: run() refuses it by name.
 struct restart {
   explicit restart(std::uint32_t n) : times(n) {
     if (n == 0) throw std::invalid_argument("procflow::restart: need at least 1 restart (without it a death fails run())");

@@ -235,6 +235,7 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
             "clock or a shared file offset cannot be restarted)",
             expect_slots_));
     }
+    step_slow_start();  // a replay cuts the same slots as the stream it replays
     c = {};
     if (current_ == &c) current_ = &no_slot_;
     return;
@@ -268,14 +269,20 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   stats_.items += c.items;
   stats_.bytes += bytes;
   if (options_.source) source_items_ += c.items;
-  if (slow_start_bytes_ != 0 && !done_slow_start_ && ++slow_start_slots_ == lanes_.size()) {
-    slow_start_slots_ = 0;
-    slow_start_bytes_ *= 2;
-  }
+  step_slow_start();
   l.open = nullptr;
   c = {};
   if (current_ == &c) current_ = &no_slot_;
   if (options_.on_publish) options_.on_publish(options_.publish_context);
+}
+
+// After each slot of an ordered source's slow start (slot_room): the size doubles once every
+// lane had a slot of it.
+void Outbox::step_slow_start() noexcept {
+  if (slow_start_bytes_ != 0 && !done_slow_start_ && ++slow_start_slots_ == lanes_.size()) {
+    slow_start_slots_ = 0;
+    slow_start_bytes_ *= 2;
+  }
 }
 
 void Outbox::publish_current_if_used() {

@@ -133,6 +133,7 @@ class Outbox final : public detail::output_port {
   // still open on one is published first, then the change is acknowledged.
   void refresh_membership();
   void open(std::size_t lane, std::size_t n = 0);
+  void step_slow_start() noexcept;
   std::size_t slot_room(std::size_t n);
   std::size_t balanced_room(std::size_t n, std::size_t full);
   // wake = false: the consumer is not notified (a fragment between two that wake it; see

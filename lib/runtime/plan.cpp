@@ -274,12 +274,6 @@ Plan make_plan(const detail::pipeline_def& def) {
       plan.restarts[i] = 0;
       continue;
     }
-    // An ordered generator's slot sizes start small and grow (Outbox::slot_room); its replay is
-    // not yet cut into the same slots, which the replay digest checks.
-    if (plan.groups[k].input == GroupInput::generator && plan.ordered)
-      throw std::invalid_argument(fmt::format(
-          "procflow: stage '{}': a generator source's restart() cannot be combined with pf::ordered (the stages after it can restart)",
-          stages[i]->name()));
     plan.groups[k].restartable = true;
   }
   // pf::recycle: the smallest limits of a group's stages (per stage only: not a pipeline default).

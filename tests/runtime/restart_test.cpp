@@ -14,8 +14,7 @@
 //  - ordered pipelines: kill -9 rounds keep the order item for item; a batch split over slots
 //    whose replica dies half-way, or whose consumer dies between its slots, arrives whole and in
 //    order; an order-sensitive reduce gets every partial in order;
-//  - what restart cannot do is refused by name (thread mode; a generator's own restart in an
-//    ordered pipeline).
+//  - what restart cannot do is refused by name (thread mode).
 // Every case runs in a child of the test under a watchdog (support/isolated.hpp).
 #include "support/child_process.hpp"
 #include "support/isolated.hpp"
@@ -587,14 +586,17 @@ TEST_CASE("skip and restart: an item skipped in a batch that is redelivered is o
 // predecessor published are written again but not sent: every item arrives exactly once. Small
 // items across many slots, and items larger than a slot whose fragments the death split.
 TEST_CASE("a generator source under its own restart(n) is run again from its start: every item exactly once") {
+  for (const bool ordered : {false, true})
   for (const bool large : {false, true}) {
-    isolated(large ? "generator restart, large items" : "generator restart", [large] {
+    isolated(std::string(large ? "generator restart, large items" : "generator restart") + (ordered ? ", ordered" : ""), [large, ordered] {
       const auto shm_before = pt::dev_shm_entries();
       Shared* shared = make_shared_page();
       const i64 items = large ? 60 : 200000;
       const std::size_t bytes = large ? 150000 : 16;  // 150 KB: three fragments of a 64 KiB slot
       const i64 die_at = large ? 31 : 120000;
-      const auto r = pf::pipeline("gen restart")
+      // Ordered, the generator's slots start small and grow (Outbox::slot_room): the replay must
+      // cut the same slots to match the digest and the slots already sent.
+      const auto r = (ordered ? pf::pipeline("gen restart", pf::ordered) : pf::pipeline("gen restart"))
                          .source(
                              "gen",
                              [shared, items, bytes, die_at, i = i64{0}]() mutable -> std::optional<std::string> {
@@ -618,7 +620,7 @@ TEST_CASE("a generator source under its own restart(n) is run again from its sta
                          .collect()
                          .run();
       std::vector<i64> got = r.value;
-      std::sort(got.begin(), got.end());
+      if (!ordered) std::sort(got.begin(), got.end());
       std::vector<i64> want(static_cast<std::size_t>(items));
       for (i64 k = 0; k < items; ++k) want[static_cast<std::size_t>(k)] = k;
       if (got != want) {
@@ -818,16 +820,6 @@ TEST_CASE("what restart cannot do is refused by name") {
       }
       return "";
     };
-    CHECK(thrown([] {
-            pf::pipeline("og", pf::ordered)
-                .source("gen", pf::generate([i = i64{0}]() mutable -> std::optional<i64> {
-                  if (i == 10) return std::nullopt;
-                  return i++;
-                }), pf::restart(1))
-                .map("m", [](i64 x) { return x; })
-                .collect()
-                .run();
-          }).find("a generator source's restart() cannot be combined with pf::ordered") != std::string::npos);
     CHECK(thrown([] {
             pf::pipeline("t", pf::restart(1)).source("n", pf::iota<i64>(0, 10)).map("m", [](i64 x) { return x; }).collect().run(pf::in_threads);
           }).find("pf::restart") != std::string::npos);
