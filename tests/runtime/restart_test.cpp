@@ -142,6 +142,29 @@ const pf::stage_report& stage(const pf::run_report& r, const std::string& name) 
   throw std::runtime_error("no stage " + name);
 }
 
+// The crash matrices' faults and moments: a fault that fires once across every process of a run
+// (the first to reach it wins the shared flag), at the first call (start) or at item `at`.
+enum class Fault { segfault, abort_, exit0, exit1, terminate, throw_ };
+enum class Moment { start, first_item, mid_stream, blocked, drain };
+i64 fault_item(Moment moment, i64 items) {
+  return moment == Moment::first_item ? 0 : moment == Moment::mid_stream ? items / 2 : moment == Moment::blocked ? 700 : items - 1;
+}
+auto fault_once(Shared* shared, Fault fault, Moment moment, i64 at) {
+  return [shared, moment, at, fault](i64 x, i64& calls) {
+    const bool here = moment == Moment::start ? calls++ == 0 : x == at;
+    if (!here || shared->fired[0].exchange(1) != 0) return;
+    switch (fault) {
+      case Fault::segfault: ::raise(SIGSEGV); break;
+      case Fault::abort_: std::abort();
+      case Fault::exit0: ::_exit(0);
+      case Fault::exit1: ::_exit(1);
+      case Fault::terminate: std::terminate();
+      case Fault::throw_:
+        throw std::runtime_error("transient");
+    }
+  };
+}
+
 // A fold that sees the order: a polynomial hash of the sequence, with the combine that joins two
 // hashed runs (associative, not commutative).
 struct Ordered_hash {
@@ -413,8 +436,6 @@ TEST_CASE("items larger than a slot are redelivered whole") {
 // throw is not a death: its cells run under restart and retry(1) in the map and the reduce
 // (restart alone fails on it, as crash_test checks); a source has no item to retry.
 TEST_CASE("crash matrix under restart: every fault at every moment in source, map and reduce ends with the fault-free result") {
-  enum class Fault { segfault, abort_, exit0, exit1, terminate, throw_ };
-  enum class Moment { start, first_item, mid_stream, blocked, drain };
   enum class Where { source, map, reduce };
   static constexpr i64 items = 2000;
   for (const Fault fault :
@@ -429,21 +450,7 @@ TEST_CASE("crash matrix under restart: every fault at every moment in source, ma
         isolated(what, [&] {
           const auto shm_before = pt::dev_shm_entries();
           Shared* shared = make_shared_page();
-          const i64 at = moment == Moment::first_item ? 0 : moment == Moment::mid_stream ? items / 2 : moment == Moment::blocked ? 700 : items - 1;
-          // Fires once across every process of the run.
-          auto maybe_fault = [shared, moment, at, fault](i64 x, i64& calls) {
-            const bool here = moment == Moment::start ? calls++ == 0 : x == at;
-            if (!here || shared->fired[0].exchange(1) != 0) return;
-            switch (fault) {
-              case Fault::segfault: ::raise(SIGSEGV); break;
-              case Fault::abort_: std::abort();
-              case Fault::exit0: ::_exit(0);
-              case Fault::exit1: ::_exit(1);
-              case Fault::terminate: std::terminate();
-              case Fault::throw_:
-                throw std::runtime_error("transient");
-            }
-          };
+          const auto maybe_fault = fault_once(shared, fault, moment, fault_item(moment, items));
           const auto run = [&](auto... policy) {
             return pf::pipeline("crash", pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2), policy...)
                 .source(
@@ -495,8 +502,6 @@ TEST_CASE("crash matrix under restart: every fault at every moment in source, ma
 // A replica that skipped an item (pf::skip) and then died in the same batch: its replacement runs
 // the batch again and skips the item again, but the report keeps one dead letter for it.
 TEST_CASE("ordered crash matrix under restart: every fault at every moment in map and reduce keeps the order") {
-  enum class Fault { segfault, abort_, exit0, exit1, terminate };
-  enum class Moment { start, first_item, mid_stream, blocked, drain };
   static constexpr i64 items = 2000;
   Ordered_hash want;
   for (i64 x = 0; x < items; ++x) want = fold_hash(want, x);
@@ -508,19 +513,7 @@ TEST_CASE("ordered crash matrix under restart: every fault at every moment in ma
         isolated(what, [&] {
           const auto shm_before = pt::dev_shm_entries();
           Shared* shared = make_shared_page();
-          const i64 at = moment == Moment::first_item ? 0 : moment == Moment::mid_stream ? items / 2 : moment == Moment::blocked ? 700 : items - 1;
-          // Fires once across every process of the run.
-          auto maybe_fault = [shared, moment, at, fault](i64 x, i64& calls) {
-            const bool here = moment == Moment::start ? calls++ == 0 : x == at;
-            if (!here || shared->fired[0].exchange(1) != 0) return;
-            switch (fault) {
-              case Fault::segfault: ::raise(SIGSEGV); break;
-              case Fault::abort_: std::abort();
-              case Fault::exit0: ::_exit(0);
-              case Fault::exit1: ::_exit(1);
-              case Fault::terminate: std::terminate();
-            }
-          };
+          const auto maybe_fault = fault_once(shared, fault, moment, fault_item(moment, items));
           const auto r = pf::pipeline("ocrash", pf::ordered, pf::restart(2), pf::batch_bytes(256), pf::ring_slots(2))
                              .source("n", pf::iota<i64>(0, items))
                              .map(
