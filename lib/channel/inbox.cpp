@@ -18,6 +18,24 @@ Inbox::Inbox(const Channel& channel, std::uint32_t consumer, const InboxOptions&
       throw std::invalid_argument(fmt::format("Inbox: cannot continue a batch on ring {} of {}", *options.continue_ring, sources_.size()));
     ordered_ring_ = *options.continue_ring;
   }
+  if (options.resume_at_head) {
+    // The slot a dead predecessor held: unreleased, so its header is final. Any of its batch's
+    // slots names the batch, and the batch goes on from this ring.
+    const std::uint32_t r = *options.resume_at_head;
+    const SlotHeader* slot = options.ordered && r < sources_.size() ? sources_[r].ring.try_peek() : nullptr;
+    if (!slot) throw shm_error(fmt::format("Inbox: no held slot at the head of ring {} to resume at", r));
+    const std::uint64_t seq = slot->seq;
+    if (seq < options.first_seq || (seq - options.first_seq) % options.seq_stride != 0)
+      throw shm_error(fmt::format("ordered channel: a held slot of batch {} is not this consumer's", seq));
+    expected_seq_ = seq;
+    ordered_ring_ = none;
+  }
+}
+
+Inbox::position Inbox::position_after_release() const noexcept {
+  if (held_batch_end_) return {expected_seq_ + options_.seq_stride, std::nullopt};
+  if (ordered_ring_ == none) return {expected_seq_, std::nullopt};
+  return {expected_seq_, static_cast<std::uint32_t>(ordered_ring_)};
 }
 
 bool Inbox::update_end() {

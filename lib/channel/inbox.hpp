@@ -25,10 +25,12 @@ struct InboxOptions {
   bool ordered = false;
   std::uint64_t first_seq = 0;
   std::uint64_t seq_stride = 1;
-  // A replacement of a dead replica (pf::restart) reads on where its predecessor was: first_seq is
-  // then the batch it expected next, and continue_ring the ring that batch had begun on, if it had
-  // (Inbox::expected_seq(), ring_in_progress()).
+  // A replacement of a dead replica (pf::restart, pf::recycle) reads on where its predecessor was:
+  // first_seq is then the batch it expected next and continue_ring the ring that batch had begun
+  // on, if it had (Inbox::position_after_release()); or, when the predecessor died holding a slot
+  // (still at the head of its ring), resume_at_head names that ring: the slot's batch is read first.
   std::optional<std::uint32_t> continue_ring;
+  std::optional<std::uint32_t> resume_at_head;
   std::uint32_t spin = default_spin_iterations;
   // Largest item accepted from a peer (an item split over slots is reassembled in memory).
   std::uint64_t max_item_bytes = std::uint64_t{1} << 30;
@@ -74,13 +76,14 @@ class Inbox final : public detail::input_port {
   // False when the batch out with the caller is an item whose slots were already given back (it
   // was larger than its ring): a replacement could not read it again.
   bool held_redeliverable() const noexcept { return held_redeliverable_; }
-  // Ordered: the batch expected next and the ring it began on, if it began (a batch's slots all
-  // come from one ring). What a replacement needs to read on (InboxOptions::continue_ring).
-  std::uint64_t expected_seq() const noexcept { return expected_seq_; }
-  std::optional<std::uint32_t> ring_in_progress() const noexcept {
-    if (ordered_ring_ == none) return std::nullopt;
-    return static_cast<std::uint32_t>(ordered_ring_);
-  }
+  // Ordered: where this inbox will be once the batch out with the caller is released — the batch
+  // expected next and the ring it began on, if it began (a batch's slots all come from one ring).
+  // What a replacement needs to read on (InboxOptions::continue_ring).
+  struct position {
+    std::uint64_t seq;
+    std::optional<std::uint32_t> ring;
+  };
+  position position_after_release() const noexcept;
 
  private:
   struct Source {

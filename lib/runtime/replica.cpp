@@ -395,28 +395,34 @@ class Replica final : public detail::downstream {
       in_batch = !batch.batch_end;
       process(batch.meta, n, batch.batch_end, batch_start, decode_ns);
       tallies_[first_worker_].bytes_in += batch.large ? batch.large_bytes : batch.bytes.size();
-      inbox_->release();
       if (plan_.ordered && (restart_ || recycles())) note_ordered_position();
+      inbox_->release();
       // Ordered, a recycled replica leaves between batches: its batch's output, and a terminal's
       // partial of it, are sent at the batch's end.
       if (time_to_recycle() && !(plan_.ordered && in_batch)) break;
     }
   }
 
-  // An ordered pipeline under pf::restart or pf::recycle: where this replica is in its ordered
-  // input, after each slot it gave back; a replacement reads on from there (resume_ordered). A
-  // batch in hand when it died is still at the head of its ring, so the place stored before it is
-  // the right one.
+  // An ordered pipeline under pf::restart or pf::recycle: where this replica will be in its
+  // ordered input once the slot in hand is given back, stored just before it is. A replacement
+  // reads on from there (resume_ordered) — unless its predecessor died still holding a slot
+  // (before or after this store: the slot is at the head of its ring either way, and the
+  // supervisor said so in `replay`), which it then reads first.
+  static constexpr int resume_ring_shift = 48;
   void note_ordered_position() noexcept {
-    record_->ordered_next_seq.store(inbox_->expected_seq() + 1, std::memory_order_relaxed);
-    const auto ring = inbox_->ring_in_progress();
-    record_->ordered_ring.store(ring ? *ring + 1 : 0, std::memory_order_relaxed);
+    const channel::Inbox::position p = inbox_->position_after_release();
+    const std::uint64_t ring = p.ring ? std::uint64_t{*p.ring} + 1 : 0;
+    record_->ordered_resume.store((ring << resume_ring_shift) | (p.seq + 1), std::memory_order_relaxed);
   }
   void resume_ordered(channel::InboxOptions& o) const noexcept {
-    const std::uint64_t next = record_->ordered_next_seq.load(std::memory_order_relaxed);
-    if (next == 0) return;  // the predecessor gave nothing back: it starts where it did
-    o.first_seq = next - 1;
-    if (const std::uint32_t ring = record_->ordered_ring.load(std::memory_order_relaxed); ring != 0) o.continue_ring = ring - 1;
+    if (replay_pending_ && replay_lane_ != channel::no_origin_lane) {
+      o.resume_at_head = replay_lane_;
+      return;
+    }
+    const std::uint64_t word = record_->ordered_resume.load(std::memory_order_relaxed);
+    if (word == 0) return;  // the predecessor gave nothing back: it starts where it did
+    o.first_seq = (word & ((std::uint64_t{1} << resume_ring_shift) - 1)) - 1;
+    if (const std::uint64_t ring = word >> resume_ring_shift; ring != 0) o.continue_ring = static_cast<std::uint32_t>(ring - 1);
   }
 
   // Runs one decoded batch through the fused stages and sends the result on.

@@ -121,11 +121,11 @@ struct ReplicaRecord {
   std::uint64_t replay_origin;
   std::uint64_t replay_sent_slots;
   std::uint32_t incarnation;  // 0 for the first process in this slot, +1 per restart
-  // Ordered input under pf::restart: the replica's place in it after each slot it gave back
-  // (Inbox::expected_seq() + 1, ring_in_progress() + 1; 0: none stored / no ring), so that a
-  // replacement reads on from there. Relaxed: read after the process was reaped.
-  std::atomic<std::uint64_t> ordered_next_seq;
-  std::atomic<std::uint32_t> ordered_ring;
+  // Ordered input under pf::restart or pf::recycle: the replica's place in it once the slot in
+  // hand is given back, stored just before it is (Inbox::position_after_release(); one word, so a
+  // death cannot tear it): low 48 bits the batch expected next + 1, high 16 bits the ring it began
+  // on + 1 (0: not begun); 0 when nothing was stored. Relaxed: read after the process was reaped.
+  std::atomic<std::uint64_t> ordered_resume;
   // A restartable generator's published slots (Outbox::begin_origin checks a replay against it).
   channel::ReplayDigest digest;
   // Dead letters kept (<= dead_letters_per_replica). Read after the replica was reaped.

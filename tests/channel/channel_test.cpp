@@ -613,6 +613,90 @@ TEST_CASE("channel: a gap in ordered sequence numbers is reported, not waited on
   CHECK(pt::dev_shm_entries() == shm_before);
 }
 
+TEST_CASE("channel: an ordered consumer's replacement reads on where its predecessor was, holding a slot or not") {
+  // Producer 0 sends batch 0 over several slots, producer 1 batch 1 in one. A consumer "dies"
+  // (its Inbox is dropped) after releasing a slot inside batch 0, and again while holding one;
+  // each replacement starts from what a replica's record keeps (pf::restart): the position after
+  // the release, or the ring whose head slot it held. Every item arrives once, in order.
+  const auto shm_before = pt::dev_shm_entries();
+  {
+    shm::SegmentLayout layout;
+    Channel ch(layout, 2, 1, {8, 1024});
+    const shm::Segment segment(layout);
+    ch.create(segment);
+    constexpr std::uint64_t batch0_items = 12;  // 300-byte items, 3 to a 1 KiB slot: 4 slots
+    for (std::uint32_t p = 0; p < 2; ++p) {
+      pt::ChildProcess producer([&, p] {
+        OutboxOptions options;
+        options.dispatch = Dispatch::by_sequence;
+        Outbox out(ch, p, options);
+        out.begin_batch({p, 0, false});
+        for (std::uint64_t i = 0; i < (p == 0 ? batch0_items : 2); ++i) pt::send_item(out, any_lane, pt::make_item(p, i, 300));
+        out.end_batch();
+        out.close();
+        return 0;
+      });
+      REQUIRE(producer.succeeded_within(10s));
+    }
+    pt::ChildProcess consumer([&] {
+      std::vector<std::pair<std::uint32_t, std::uint64_t>> got;  // (producer, index) in arrival order
+      auto take = [&](const batch_view& b, std::uint64_t want_seq) {
+        if (b.meta.seq != want_seq) throw std::runtime_error(fmt::format("batch {} where {} was due", b.meta.seq, want_seq));
+        for (const auto& item : pt::decode_batch(b)) {
+          const auto id = pt::check_item(item);
+          got.emplace_back(id.producer, id.index);
+        }
+      };
+      InboxOptions options;
+      options.ordered = true;
+      batch_view b;
+      Inbox::position after{};
+      {
+        Inbox first(ch, 0, options);
+        if (!first.receive(b) || b.batch_end) return fail("batch 0 should span slots");
+        take(b, 0);
+        after = first.position_after_release();
+        if (after.seq != 0 || after.ring != std::optional<std::uint32_t>{0}) return fail("position inside batch 0 on ring 0");
+        first.release();
+      }  // dies after the release
+      InboxOptions resumed = options;
+      resumed.first_seq = after.seq;
+      resumed.continue_ring = after.ring;
+      {
+        Inbox second(ch, 0, resumed);
+        for (;;) {  // the rest of batch 0
+          if (!second.receive(b)) return fail("batch 0 did not end");
+          take(b, 0);
+          const bool end = b.batch_end;
+          second.release();
+          if (end) break;
+        }
+        if (!second.receive(b)) return fail("no batch 1");
+        const std::size_t before = got.size();
+        take(b, 1);
+        got.resize(before);  // its items are read again below
+      }  // dies holding batch 1's slot, at the head of ring 1
+      InboxOptions held = options;
+      held.resume_at_head = 1;  // without it: batch 0 is due, and "never arrived"
+      Inbox third(ch, 0, held);
+      std::uint64_t seq = 1;
+      while (third.receive(b)) {
+        take(b, seq);
+        if (b.batch_end) ++seq;
+        third.release();
+      }
+      if (seq != 2) return fail("stream ended at batch {}", seq);
+      std::vector<std::pair<std::uint32_t, std::uint64_t>> want;
+      for (std::uint64_t i = 0; i < batch0_items; ++i) want.emplace_back(0, i);
+      for (std::uint64_t i = 0; i < 2; ++i) want.emplace_back(1, i);
+      return got == want ? 0 : fail("{} items, not each once in order", got.size());
+    });
+    CHECK(consumer.succeeded_within(10s));
+  }
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
 TEST_CASE("channel: Outbox misuse throws instead of corrupting the stream") {
   shm::SegmentLayout layout;
   Channel ch(layout, 1, 2, {2, 256});
