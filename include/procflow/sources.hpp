@@ -148,13 +148,11 @@ class source_stage final : public stage_base, public source_base {
         user_code_scope user(gate);
         return next();
       };
-      if (out.publish_each_item()) {
-        while (auto item = call()) {
-          encode_item(*item, out);
-          out.flush();
-        }
-      } else {
-        while (auto item = call()) encode_item(*item, out);
+      // Asked per item: a restarted generator's replay publishes item by item until it has
+      // dropped what its dead predecessor sent (then back to the latency bound's setting).
+      while (auto item = call()) {
+        encode_item(*item, out);
+        if (out.publish_each_item()) out.flush();
       }
     }
   }

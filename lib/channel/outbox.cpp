@@ -183,41 +183,122 @@ void Outbox::begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_
   origin_ = origin;
   origin_slots_ = 0;
   skip_slots_ = already_sent;
-  digest_hash_ = 0;
-  expect_slots_ = 0;
-  if (options_.digest && already_sent > 0) {
-    // The dead predecessor's digest: the entry covering the most slots, if one was complete.
-    // Acquire: pairs with the release store of `slots` after its `hash` (fold_digest).
+}
+
+void Outbox::begin_source_replay(const SourceReplay& r) noexcept {
+  if (r.items == 0 && r.fragments == 0) return;
+  source_replay_ = true;
+  replay_ = r;
+  publish_each_item_ = true;  // the generator flushes after each item: no slot straddles the end of the drop
+  expect_items_ = 0;
+  if (options_.digest) {
+    // The dead predecessor's digest: the entry covering the most items, if one was complete.
+    // Acquire: pairs with the release store of `items` after its `hash` (publish).
     for (const ReplayDigest::Entry& e : options_.digest->entries) {
-      const std::uint64_t slots = e.slots.load(std::memory_order_acquire);
-      if (slots == ReplayDigest::writing || slots <= expect_slots_ || slots > already_sent) continue;
-      expect_slots_ = slots;
+      const std::uint64_t items = e.items.load(std::memory_order_acquire);
+      if (items == ReplayDigest::writing || items <= expect_items_ || items > r.items) continue;
+      expect_items_ = items;
       expect_hash_ = e.hash.load(std::memory_order_relaxed);
     }
   }
 }
 
-// Folds one slot's payload into digest_hash_ (a multiply-xor over 8-byte words: a change is
-// found, not an adversary) and, for a published slot, records it in the shared digest.
-void Outbox::fold_digest(const std::byte* payload, std::size_t bytes) {
-  std::uint64_t h = digest_hash_ ^ (bytes * 0x9e3779b97f4a7c15ULL);
+// Folds published (or dropped) bytes into the digest as one stream of little-endian 8-byte words
+// (a multiply-xor: a change is found, not an adversary); a partial last word is carried to the
+// next call, so the value does not depend on where the slots were cut.
+void Outbox::fold_digest(const std::byte* payload, std::size_t bytes) noexcept {
+  std::uint64_t h = digest_hash_;
+  std::uint64_t carry = digest_carry_;
+  std::size_t have = static_cast<std::size_t>(digest_bytes_ % 8);
+  digest_bytes_ += bytes;
+  const auto mix = [&h](std::uint64_t w) {
+    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 29;
+  };
   std::size_t k = 0;
+  if (have != 0) {
+    const std::size_t take = std::min(8 - have, bytes);
+    std::uint64_t w = 0;
+    std::memcpy(&w, payload, take);
+    carry |= w << (8 * have);
+    k = take;
+    have += take;
+    if (have == 8) {
+      mix(carry);
+      carry = 0;
+    }
+  }
   for (; k + 8 <= bytes; k += 8) {
     std::uint64_t w;
     std::memcpy(&w, payload + k, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdULL;
-    h ^= h >> 29;
+    mix(w);
   }
-  std::uint64_t tail = 0;
-  std::memcpy(&tail, payload + k, bytes - k);
-  h = ((h ^ tail) * 0xc4ceb9fe1a85ec53ULL) ^ (h >> 31);
+  if (k < bytes) {
+    carry = 0;
+    std::memcpy(&carry, payload + k, bytes - k);
+  }
   digest_hash_ = h;
+  digest_carry_ = carry;
+}
+
+std::uint64_t Outbox::digest_value() const noexcept {
+  std::uint64_t h = (digest_hash_ ^ (digest_bytes_ * 0x9e3779b97f4a7c15ULL) ^ digest_carry_) * 0xc4ceb9fe1a85ec53ULL;
+  return h ^ (h >> 31);
+}
+
+void Outbox::throw_replay_differs() const {
+  throw std::runtime_error(fmt::format(
+      "procflow: run again after its process died (pf::restart), this generator's first {} items differ from those it "
+      "had sent: a restarted generator must yield the same items from its start (one reading a socket, the clock or a "
+      "shared file offset cannot be restarted)",
+      source_items_));
+}
+
+// begin_source_replay: this slot holds an item (or a fragment of one) that the dead predecessor
+// had sent. It is dropped, not published: the slot stays claimed and is filled again from its
+// start (open() reuses a claimed empty slot).
+void Outbox::drop_replayed(Lane& l, detail::write_cursor& c, std::uint32_t flags) {
+  const bool fragment = (flags & slot_fragment) != 0;
+  const bool ends_item = !fragment || (flags & slot_fragment_last) != 0;
+  bool differs = false;
+  if (fragment && replay_.items == 0) {
+    // The item that was being sent when the predecessor died: its fragments already out.
+    differs = ends_item || replay_.fragments == 0;
+    if (!differs) --replay_.fragments;
+  } else if (c.items > replay_.items) {
+    differs = true;  // (every item is a slot of its own until the drop ends)
+  } else {
+    replay_.items -= c.items;
+  }
+  ++stats_.replayed_slots;
+  stats_.replayed_items += c.items;
+  source_items_ += c.items;  // numbering goes on past them
+  if (options_.digest) {
+    fold_digest(l.ring.payload(l.open), static_cast<std::size_t>(c.pos - l.ring.payload(l.open)));
+    differs = differs || (ends_item && source_items_ == expect_items_ && digest_value() != expect_hash_);
+  }
+  if (differs) throw_replay_differs();
+  c = {};
+  if (current_ == &c) current_ = &no_slot_;
+  if (replay_.items == 0 && replay_.fragments == 0) {
+    // All dropped: the stream goes on where the predecessor's stopped, in slots cut as they come.
+    source_replay_ = false;
+    publish_each_item_ = options_.publish_each_item;
+    source_seq_ = replay_.next_seq;
+    origin_slots_ = replay_.slots;
+    if (in_fragments_) l.meta.seq = replay_.next_seq - 1;  // the rest of the item in flight keeps its number
+    wake_next_ = true;  // its consumer may sleep waiting for this stream (mid-item too)
+  }
 }
 
 void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t large_total, bool wake) {
   Lane& l = lanes_[lane];
   detail::write_cursor& c = cursors_[lane];
   SlotHeader* slot = l.open;
+  if (source_replay_) {
+    drop_replayed(l, c, extra_flags);
+    return;
+  }
   if (skip_slots_ > 0) {
     // A replay: this slot was published by the replica that died (begin_origin). The slot stays
     // claimed and is filled again from its start (open() reuses a claimed empty slot).
@@ -225,17 +306,7 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
     ++origin_slots_;
     ++stats_.replayed_slots;
     stats_.replayed_items += c.items;
-    if (options_.source) source_items_ += c.items;  // numbering goes on past them (a generator's replay)
-    if (options_.digest) {
-      fold_digest(l.ring.payload(slot), static_cast<std::size_t>(c.pos - l.ring.payload(slot)));
-      if (origin_slots_ == expect_slots_ && digest_hash_ != expect_hash_)
-        throw std::runtime_error(fmt::format(
-            "procflow: run again after its process died (pf::restart), this producer's first {} output slots differ from "
-            "those it had sent: a restarted generator must yield the same items from its start (one reading a socket, the "
-            "clock or a shared file offset cannot be restarted)",
-            expect_slots_));
-    }
-    step_slow_start();  // a replay cuts the same slots as the stream it replays
+    if (options_.source) source_items_ += c.items;  // numbering goes on past them
     c = {};
     if (current_ == &c) current_ = &no_slot_;
     return;
@@ -254,16 +325,19 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
   slot->origin_lane = origin_lane_;
   slot->origin = origin_;
   slot->origin_slot = options_.stamp_origin ? ++origin_slots_ : 0;
+  slot->origin_fragment = options_.stamp_origin && (flags & slot_fragment) ? fragment_ : 0;
   if (options_.digest) fold_digest(l.ring.payload(slot), bytes);
   l.ring.publish();  // release: the header and payload written above become visible
-  if (options_.digest) {
-    // After the slot is out (a death in between leaves the previous entry as the truth).
-    ReplayDigest::Entry& e = options_.digest->entries[origin_slots_ % 2];
-    e.slots.store(ReplayDigest::writing, std::memory_order_relaxed);
-    e.hash.store(digest_hash_, std::memory_order_release);  // after `writing`
-    e.slots.store(origin_slots_, std::memory_order_release);  // SYNC POINT: pairs with begin_origin's acquire
+  if (options_.digest && (!(flags & slot_fragment) || (flags & slot_fragment_last))) {
+    // After the slot is out (a death in between leaves the previous entry as the truth), and
+    // only where an item ends (a replay compares there).
+    ReplayDigest::Entry& e = options_.digest->entries[digest_writes_++ % 2];
+    e.items.store(ReplayDigest::writing, std::memory_order_relaxed);
+    e.hash.store(digest_value(), std::memory_order_release);  // after `writing`
+    e.items.store(source_items_ + c.items, std::memory_order_release);  // SYNC POINT: pairs with begin_source_replay's acquire
   }
-  if (wake) notify(*l.data_event);
+  if (wake || wake_next_) notify(*l.data_event);
+  wake_next_ = false;
   stats_.slots += 1;
   gate_storage_.published.store(stats_.slots, std::memory_order_relaxed);
   stats_.items += c.items;
@@ -313,7 +387,8 @@ void Outbox::write_large_parts(std::size_t lane, std::span<const std::span<const
   for (const auto& part : parts) total += part.size();
   if (lane == any_lane) {
     publish_current_if_used();  // items written before this one go first
-    lane = pick_lane();
+    // A replay's item in flight when its predecessor died goes on in the ring it was going to.
+    lane = source_replay_ && replay_.items == 0 ? replay_.lane : pick_lane();
   } else if (lanes_[lane].open && cursors_[lane].items > 0) {
     publish(lane);
   }
@@ -349,9 +424,11 @@ void Outbox::write_large_parts(std::size_t lane, std::span<const std::span<const
     }
     const bool last = done == total;
     c.items = last ? 1 : 0;
+    fragment_ = fragment + 1;
     publish(lane, slot_fragment | (last ? slot_fragment_last : 0u), first ? total : 0, last || fragment % wake_every == 0);
     ++fragment;
   } while (done < total);
+  fragment_ = 0;
   in_fragments_ = false;
 }
 
@@ -375,6 +452,8 @@ void Outbox::flush() {
 void Outbox::close() {
   if (closed_) return;
   flush();
+  // A replay that ended before it dropped all its predecessor had sent: the stream was shorter.
+  if (source_replay_) throw_replay_differs();
   closed_ = true;
   current_ = &no_slot_;
   for (auto& l : lanes_) {

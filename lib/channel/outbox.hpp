@@ -102,6 +102,22 @@ class Outbox final : public detail::output_port {
   // holding items (after flush()).
   void begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_t already_sent) noexcept;
 
+  // What a restartable generator's dead predecessor had published, read back from the last slot
+  // of each output ring (faults/redelivery.hpp).
+  struct SourceReplay {
+    std::uint64_t items = 0;      // items published whole
+    std::uint64_t fragments = 0;  // fragments published of the next item (larger than a slot)
+    std::uint32_t lane = 0;       // ... on this lane
+    std::uint64_t next_seq = 0;   // the batch number the next new slot gets
+    std::uint64_t slots = 0;      // origin_slot of the last slot published
+  };
+  // pf::restart of a generator, run again from its start (after begin_origin): drops the items
+  // (and fragments) `r` names by count, whatever slots its predecessor cut them into (the latency
+  // flusher cuts by time), so the replay may cut its own. Until they are dropped every item is a
+  // slot of its own (publish_each_item()), and the dropped bytes are checked against the
+  // predecessor's digest.
+  void begin_source_replay(const SourceReplay& r) noexcept;
+
   const OutboxStats& stats() const noexcept { return stats_; }
 
   // Waits for a free slot end at `deadline` (then the write throws would_block, having written
@@ -168,12 +184,24 @@ class Outbox final : public detail::output_port {
   std::uint64_t origin_ = 0;
   std::uint64_t origin_slots_ = 0;  // output slots of the current origin so far (published or skipped)
   std::uint64_t skip_slots_ = 0;    // of them, still to skip
-  // OutboxOptions::digest: of this origin's slots so far (published or dropped), and what the
-  // dead predecessor's digest said (expect_slots_ == 0: nothing to check).
+  // begin_source_replay: still to drop, and where the stream goes on.
+  bool source_replay_ = false;
+  SourceReplay replay_;
+  std::uint64_t fragment_ = 0;  // write_large_parts: number of the fragment being published (1, 2, ...)
+  bool wake_next_ = false;      // the first slot after a replay wakes its consumer (it may sleep mid-item)
+  void drop_replayed(Lane& l, detail::write_cursor& c, std::uint32_t flags);
+  [[noreturn]] void throw_replay_differs() const;
+  // OutboxOptions::digest: a hash of the bytes published so far as one stream (8-byte words, the
+  // last partial word carried), and what the dead predecessor's digest said (expect_items_ == 0:
+  // nothing to check).
   std::uint64_t digest_hash_ = 0;
-  std::uint64_t expect_slots_ = 0;
+  std::uint64_t digest_carry_ = 0;
+  std::uint64_t digest_bytes_ = 0;
+  std::uint64_t digest_writes_ = 0;
+  std::uint64_t expect_items_ = 0;
   std::uint64_t expect_hash_ = 0;
-  void fold_digest(const std::byte* payload, std::size_t bytes);
+  void fold_digest(const std::byte* payload, std::size_t bytes) noexcept;
+  std::uint64_t digest_value() const noexcept;
   OutboxStats stats_;
   Clock::time_point wait_deadline_ = Clock::time_point::max();
   MembershipShared* membership_ = nullptr;  // null: more lanes than a mask holds, all active

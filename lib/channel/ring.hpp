@@ -49,9 +49,12 @@ struct SlotHeader {
   std::uint32_t origin_lane;
   std::uint64_t origin;
   std::uint64_t origin_slot;
+  // A fragment of a stamped source slot (a restartable generator's item larger than a slot): its
+  // number among the item's fragments (1, 2, ...); 0 in any other slot.
+  std::uint64_t origin_fragment;
 };
 static_assert(std::is_standard_layout_v<SlotHeader> && std::is_trivially_copyable_v<SlotHeader>);
-static_assert(sizeof(SlotHeader) == 56);
+static_assert(sizeof(SlotHeader) == 64);
 inline constexpr std::uint32_t no_origin_lane = 0xffffffffu;
 
 inline constexpr std::size_t slot_header_bytes = 64;  // payload starts 64-byte aligned

@@ -73,7 +73,6 @@ Redelivery find_redelivery(const runtime::Plan& plan, const runtime::RunState& s
   r.item_known = rec.item_known.load(std::memory_order_relaxed) != 0;
   r.item_stage = rec.item_stage.load(std::memory_order_relaxed);
   r.item_seq = rec.item_seq_now.load(std::memory_order_relaxed);
-  std::uint64_t sent_items = 0;  // a generator's: the items of its slots published so far
   if (const channel::Channel* out = output_of(plan, state, group)) {
     for (std::uint32_t q = 0; q < out->consumers(); ++q) {
       const channel::RingWriter writer(out->ring(slot, q));
@@ -81,12 +80,23 @@ Redelivery find_redelivery(const runtime::Plan& plan, const runtime::RunState& s
       std::memcpy(&h, writer.last_published(), sizeof h);  // a snapshot: the consumer may read it, nobody writes it
       if (h.origin_slot != 0 && h.origin_lane == r.origin_lane && h.origin == r.origin && h.origin_slot > r.sent_slots) {
         r.sent_slots = h.origin_slot;
-        sent_items = h.first_item + h.items;
+        // A generator's slots are dense source slots: first_item is the position of their first
+        // item (of a fragment's item), and the last fragment of an item counts it.
+        const bool in_item = (h.flags & channel::slot_fragment) && !(h.flags & channel::slot_fragment_last);
+        r.sent_items = h.first_item + (in_item ? 0 : h.items);
+        r.sent_fragments = in_item ? h.origin_fragment : 0;
+        r.fragment_lane = q;
+        r.next_seq = h.seq + 1;
       }
     }
   }
   if (g.input == GroupInput::generator)
-    r.what = fmt::format("the generator's stream, run again from its start: source items [0, {}) were sent and are not sent twice", sent_items);
+    r.what = r.sent_fragments == 0
+                 ? fmt::format("the generator's stream, run again from its start: source items [0, {}) were sent and are not sent twice",
+                               r.sent_items)
+                 : fmt::format("the generator's stream, run again from its start: source items [0, {}) and {} fragments of item {} "
+                               "were sent and are not sent twice",
+                               r.sent_items, r.sent_fragments, r.sent_items);
   return r;
 }
 
@@ -103,6 +113,10 @@ void prepare_replacement(const runtime::Plan& plan, const runtime::RunState& sta
   rec.replay_lane = r.origin_lane;
   rec.replay_origin = r.origin;
   rec.replay_sent_slots = r.sent_slots;
+  rec.replay_sent_items = r.sent_items;
+  rec.replay_sent_fragments = r.sent_fragments;
+  rec.replay_next_seq = r.next_seq;
+  rec.replay_fragment_lane = r.fragment_lane;
   ++rec.incarnation;
   // The dead replica may have been asleep on its events: it was their only waiter.
   if (g.input == GroupInput::channel) state.input_of(group).data_event(slot).waiters.store(0, std::memory_order_relaxed);

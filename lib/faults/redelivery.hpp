@@ -15,14 +15,23 @@
 //             slot boundaries depend on the items only). The last slot of each output ring tells
 //             how many slots of the dead replica's batch were published: the replacement runs
 //             the batch again and publishes only the slots after those (Outbox::begin_origin).
+//   generator Its whole stream is one batch, and its slots are cut by the latency flusher too
+//             (by time), so a replay drops by count of items instead: the last slot of each
+//             output ring tells how many items were sent (its source position and item count)
+//             and, for an item larger than a slot, how many of its fragments (origin_fragment)
+//             and where; the replacement runs the generator from its start, drops that many,
+//             and checks the dropped bytes against its predecessor's digest
+//             (Outbox::begin_source_replay).
 //   capacity  A claimed, unpublished output slot is claimed again by the replacement (the ring's
 //             tail is the truth); a dead replica's registration as a sleeper on its two events
 //             (its inbox's data event, its outbox's space event: nobody else waits on them) is
 //             cleared before the replacement starts.
 //
-//   ordered   A pf::ordered consumer stores in its record, after each input slot it gives back,
-//             the batch it expects next and the ring that batch began on (a batch's slots all come
-//             from one ring); the replacement's inbox starts there (Replica::resume_ordered).
+//   ordered   A pf::ordered consumer stores in its record, just before it gives an input slot
+//             back, the batch it expects next and the ring that batch began on (a batch's slots
+//             all come from one ring); the replacement's inbox starts there
+//             (Replica::resume_ordered), unless its predecessor died holding a slot: that slot's
+//             batch is read first (the replay lane).
 //
 // A reduce at the end of a restartable group sends a partial per batch (per input slot), since a
 // dead replica's accumulator is lost with it; ordered, the partials go out in input order.
@@ -72,6 +81,11 @@ struct Redelivery {
   std::uint32_t origin_lane = 0;  // as stamped on output slots
   std::uint64_t origin = 0;
   std::uint64_t sent_slots = 0;   // of that batch's output slots, already published
+  // A generator's (dropped by count of items, not slots: its slots may be cut by time):
+  std::uint64_t sent_items = 0;      // items published whole
+  std::uint64_t sent_fragments = 0;  // fragments published of the next item (larger than a slot)
+  std::uint32_t fragment_lane = 0;   // ... on this output ring
+  std::uint64_t next_seq = 0;        // the batch number of the next new slot
   std::string what;               // "batch 12: source items [992, 1024)"
   bool item_known = false;        // it was running a redelivered batch item by item
   std::uint32_t item_stage = 0;

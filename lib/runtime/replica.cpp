@@ -193,9 +193,10 @@ class Replica final : public detail::downstream {
       if (group_.output == GroupOutput::channel) o.slot_work = {&Replica::consumer_cost_ns, this};
       outbox_.emplace(group_.output == GroupOutput::results ? state_.results() : state_.input_of(group_index_ + 1), replica_, o);
       // A group ending in its terminal only sends partials at the end (or per ordered batch).
-      // Not under restart: slot boundaries must depend on the items only (faults/redelivery.hpp);
-      // every batch's output is published at its end instead.
-      if (group_.out_latency_ns > 0 && !ends_in_terminal() && !restart_)
+      // Under restart only a generator (whose replay drops by items): elsewhere slot boundaries
+      // must depend on the items only (faults/redelivery.hpp), and every batch's output is
+      // published at its end instead.
+      if (group_.out_latency_ns > 0 && !ends_in_terminal() && (!restart_ || o.source))
         flusher_.emplace(*outbox_, std::chrono::nanoseconds(group_.out_latency_ns));
       gate_.emplace(*outbox_);  // after the flusher: it decides how the gate fences
     }
@@ -293,6 +294,11 @@ class Replica final : public detail::downstream {
     replay_lane_ = record_->replay_lane;
     replay_origin_ = record_->replay_origin;
     replay_sent_ = record_->replay_sent_slots;
+    source_replay_.items = record_->replay_sent_items;
+    source_replay_.fragments = record_->replay_sent_fragments;
+    source_replay_.lane = record_->replay_fragment_lane;
+    source_replay_.next_seq = record_->replay_next_seq;
+    source_replay_.slots = record_->replay_sent_slots;
   }
 
   // pf::restart: the batch about to run is `origin` of input ring `lane` (faults/redelivery.hpp).
@@ -305,7 +311,14 @@ class Replica final : public detail::downstream {
     // Relaxed: read after the process was reaped; stored before any output of the batch.
     record_->batch_origin_lane.store(redeliverable ? lane : lane | faults::lost_origin_bit, std::memory_order_relaxed);
     record_->batch_origin.store(origin, std::memory_order_relaxed);
-    if (outbox_) outbox_->begin_origin(lane, origin, replay ? replay_sent_ : 0);
+    if (!outbox_) return;
+    if (group_.input == GroupInput::generator) {
+      // Dropped by count of items: its slots may have been cut by the latency flusher.
+      outbox_->begin_origin(lane, origin, 0);
+      if (replay) outbox_->begin_source_replay(source_replay_);
+    } else {
+      outbox_->begin_origin(lane, origin, replay ? replay_sent_ : 0);
+    }
   }
 
   void run_generator() {
@@ -711,6 +724,7 @@ class Replica final : public detail::downstream {
   bool tracking_ = false;        // running the redelivered batch: each item is noted
   bool replay_pending_ = false;  // the predecessor's batch has not come round yet
   std::uint32_t replay_lane_ = 0;
+  channel::Outbox::SourceReplay source_replay_;  // a generator's replay (begin_origin)
   std::uint64_t replay_origin_ = 0;
   std::uint64_t replay_sent_ = 0;
   std::uint64_t starved_base_ = 0;  // the predecessor's, for the counters

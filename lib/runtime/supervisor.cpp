@@ -481,12 +481,6 @@ class Supervisor final : public SupervisedRun {
                  "not restarted under the pipeline's pf::restart: a generator would be run again from its start, "
                  "which is right only if it yields the same items again; say so with its own pf::restart(n) (a "
                  "splittable source, e.g. pf::iota or pf::from, is restarted)");
-      if (i == 0 && r.process_group < plan_.groups.size() && plan_.groups[r.process_group].restartable &&
-          plan_.groups[r.process_group].input == GroupInput::generator && plan_.groups[r.process_group].out_latency_ns > 0)
-        add_note(r.note,
-                 "under its pf::restart its items are sent when a slot fills or the stream ends, not within "
-                 "pf::max_latency: a replay must cut its slots where the run that died did (give it pf::max_latency(0) "
-                 "to send each item at once)");
       if (i + 1 == def_.stages.size() && s.kind() == detail::stage_kind::sink && s.runs_in_supervisor() &&
           def_.options.defaults.on_error)
         add_note(r.note,

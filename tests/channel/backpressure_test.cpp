@@ -341,7 +341,7 @@ TEST_CASE("receive_until returns at its deadline when a split item's producer di
     pt::ChildProcess producer([&] {
       RingWriter w(ch.ring(0, 0));
       SlotHeader* s = w.try_claim();
-      *s = SlotHeader{64, 0, 0, 0, 1000, slot_fragment, 0, 0, 0};  // first 64 of 1000 bytes, then nothing
+      *s = SlotHeader{64, 0, 0, 0, 1000, slot_fragment, 0, 0, 0, 0};  // first 64 of 1000 bytes, then nothing
       w.publish();
       notify(ch.data_event(0));
       return 0;

@@ -637,11 +637,11 @@ TEST_CASE("a generator source under its own restart(n) is run again from its sta
   }
 }
 
-TEST_CASE("a slow generator under restart: replayed exactly once, and the report says it has no latency bound") {
-  // A replay drops the output slots the dead run published by count, so the slots must end where
-  // they ended before: a generator under pf::restart runs without the latency flusher (whose cuts
-  // depend on timing) and its slots fill or end with the stream. Known limit (README, Restart):
-  // a slow generator's items then wait for a full slot; the report's note on the source says so.
+TEST_CASE("a slow generator under restart keeps its latency bound and is replayed exactly once") {
+  // The latency flusher cuts a slow generator's slots by time, so no replay cuts them the same:
+  // the replay drops what was sent by count of items (Outbox::begin_source_replay). Item 0 must
+  // reach the map while the generator waits for it (no full slot ever comes meanwhile); then the
+  // generator dies and its replacement sends items 250.. exactly once.
   isolated("generator restart, slots cut by time", [] {
     const auto shm_before = pt::dev_shm_entries();
     Shared* shared = make_shared_page();
@@ -649,27 +649,43 @@ TEST_CASE("a slow generator under restart: replayed exactly once, and the report
     constexpr i64 die_at = 250;
     std::string message;
     std::vector<i64> got;
+    pf::run_report report;
     try {
-      const auto r = pf::pipeline("slow gen restart")
-                         .source(
-                             "gen",
-                             [shared, i = i64{0}]() mutable -> std::optional<i64> {
-                               if (i >= items) return std::nullopt;
-                               if (i == die_at && shared->fired[0].exchange(1) == 0) ::raise(SIGKILL);
-                               std::this_thread::sleep_for(std::chrono::microseconds(300 + 700 * (i % 3 == 0)));
-                               return i++;
-                             },
-                             pf::restart(1))
-                         .map("id", [](i64 x) { return x; }, pf::replicas(2))
-                         .collect()
-                         .run();
-      got = r.value;
-      REQUIRE(r.report.restarts.size() == 1);
-      CHECK(r.report.stages[0].note.find("not within pf::max_latency") != std::string::npos);
+      auto r = pf::pipeline("slow gen restart")
+                   .source(
+                       "gen",
+                       [shared, i = i64{0}]() mutable -> std::optional<i64> {
+                         if (i >= items) return std::nullopt;
+                         if (i == 1) {
+                           const auto until = std::chrono::steady_clock::now() + 20s;
+                           while (shared->fired[1].load() == 0 && std::chrono::steady_clock::now() < until)
+                             std::this_thread::sleep_for(1ms);
+                           if (shared->fired[1].load() == 0) shared->fired[2].store(1);  // item 0 never arrived
+                         }
+                         if (i == die_at && shared->fired[0].exchange(1) == 0) ::raise(SIGKILL);
+                         std::this_thread::sleep_for(std::chrono::microseconds(300 + 700 * (i % 3 == 0)));
+                         return i++;
+                       },
+                       pf::restart(1), pf::max_latency(2ms))
+                   .map(
+                       "id",
+                       [shared](i64 x) {
+                         if (x == 0) shared->fired[1].store(1);
+                         return x;
+                       },
+                       pf::replicas(2))
+                   .collect()
+                   .run();
+      got = std::move(r.value);
+      report = std::move(r.report);
     } catch (const pf::stage_error& e) {
       message = e.what();
     }
     CHECK(message == "");
+    CHECK(shared->fired[2].load() == 0);  // item 0 reached the map within the bound, under restart
+    REQUIRE(report.restarts.size() == 1);
+    CHECK(report.restarts[0].batch.find("source items [0, ") != std::string::npos);
+    CHECK(report.stages[0].note.find("max_latency") == std::string::npos);  // no "no latency bound" note any more
     std::sort(got.begin(), got.end());
     std::vector<i64> want(static_cast<std::size_t>(items));
     for (i64 k = 0; k < items; ++k) want[static_cast<std::size_t>(k)] = k;
@@ -679,12 +695,73 @@ TEST_CASE("a slow generator under restart: replayed exactly once, and the report
   });
 }
 
+// Killed from outside while it writes items of 1 MiB (16 fragments of a slot, more than a ring
+// holds), the generator dies with an item half sent: once the map has the 11th large item, both map replicas
+// stop taking items for 300 ms, so the generator blocks on a full ring inside an item; then the
+// replica holding item 10 kills it. The replacement drops the items sent whole and that item's
+// fragments, and sends the rest of the item into the ring it was going to, then the stream on.
+TEST_CASE("a generator killed with an item larger than a slot half sent: its replacement sends the rest of it, then the stream on") {
+  for (const bool ordered : {false, true}) {
+    isolated(std::string("generator restart mid-item") + (ordered ? ", ordered" : ""), [ordered] {
+      const auto shm_before = pt::dev_shm_entries();
+      Shared* shared = make_shared_page();
+      // 302 small items first (many to a slot where the replay cuts one slot per item: the
+      // replay's slot count differs from the one it replays), then items of 1 MiB.
+      constexpr i64 small = 302;
+      constexpr i64 items = small + 30;
+      static constexpr auto size_of = [](i64 i) { return i < small ? std::size_t{16} : std::size_t{1} << 20; };
+      const auto r = (ordered ? pf::pipeline("gen mid-item", pf::ordered) : pf::pipeline("gen mid-item"))
+                         .source(
+                             "gen",
+                             [shared, i = i64{0}]() mutable -> std::optional<std::string> {
+                               shared->fired[3].store(static_cast<int>(::getpid()));
+                               if (i >= items) return std::nullopt;
+                               std::string s(size_of(i), static_cast<char>('a' + i % 26));
+                               std::memcpy(s.data(), &i, sizeof i);
+                               ++i;
+                               return s;
+                             },
+                             pf::restart(1))
+                         .map(
+                             "id",
+                             [shared](const std::string& s) {
+                               i64 i = 0;
+                               std::memcpy(&i, s.data(), sizeof i);
+                               const bool intact = s.size() == size_of(i) && s.back() == static_cast<char>('a' + i % 26) &&
+                                                   s[s.size() / 2] == static_cast<char>('a' + i % 26);
+                               if (i == small + 10 && shared->fired[0].exchange(1) == 0) {
+                                 shared->fired[4].store(1);  // the other replica stalls on its next item
+                                 std::this_thread::sleep_for(300ms);
+                                 ::kill(shared->fired[3].load(), SIGKILL);
+                                 shared->fired[4].store(0);
+                               }
+                               while (shared->fired[4].load() != 0) std::this_thread::sleep_for(1ms);
+                               return intact ? i : i64{-1};
+                             },
+                             pf::replicas(2))
+                         .collect()
+                         .run();
+      std::vector<i64> got = r.value;
+      if (!ordered) std::sort(got.begin(), got.end());
+      std::vector<i64> want(static_cast<std::size_t>(items));
+      for (i64 k = 0; k < items; ++k) want[static_cast<std::size_t>(k)] = k;
+      CHECK(got == want);  // none lost, none twice, none torn
+      REQUIRE(r.report.restarts.size() == 1);
+      MESSAGE(r.report.restarts[0].batch);
+      CHECK(r.report.restarts[0].batch.find(" of item ") != std::string::npos);  // it died mid-item
+      ::munmap(shared, sizeof(Shared));
+      check_clean(shm_before);
+    });
+  }
+}
+
 // A generator that does not yield the same items when run again (here: it reads what its dead
 // predecessor left in shared memory, as one reading a socket or a shared file offset would): the
 // replay's dropped slots differ from those sent, and run() fails naming the source, instead of
 // sending a mix of two different streams.
 TEST_CASE("a restarted generator that yields different items is a stage_error, not silently wrong data") {
-  isolated("generator restart, not deterministic", [] {
+  for (const bool shorter : {false, true})
+  isolated(shorter ? "generator restart, a shorter stream" : "generator restart, not deterministic", [shorter] {
     const auto shm_before = pt::dev_shm_entries();
     Shared* shared = make_shared_page();
     std::string message, stage;
@@ -692,9 +769,13 @@ TEST_CASE("a restarted generator that yields different items is a stage_error, n
       pf::pipeline("gen differs")
           .source(
               "gen",
-              [shared, i = i64{0}]() mutable -> std::optional<i64> {
+              [shared, shorter, i = i64{0}]() mutable -> std::optional<i64> {
                 if (i >= 100000) return std::nullopt;
                 if (i == 50000 && shared->fired[0].exchange(1) == 0) ::raise(SIGKILL);
+                if (shorter) {
+                  if (shared->fired[0].load() != 0 && i == 20000) return std::nullopt;  // ends before what was sent
+                  return i++;
+                }
                 return shared->fired[0].load() != 0 ? 7 * i++ : i++;  // another stream after the death
               },
               pf::restart(1))
