@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -74,6 +75,24 @@ Shared* make_shared_page() {
   void* p = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   REQUIRE(p != MAP_FAILED);
   return new (p) Shared{};
+}
+
+// `got` holds 0 .. items-1 once each (in that order when `ordered`); on failure, says what is
+// missing and what came twice or from nowhere.
+void check_each_once(std::vector<i64> got, i64 items, bool ordered) {
+  if (!ordered) std::sort(got.begin(), got.end());
+  std::vector<i64> want(static_cast<std::size_t>(items));
+  std::iota(want.begin(), want.end(), i64{0});
+  if (got != want) {
+    std::vector<i64> sorted = got;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<i64> missing, extra;
+    std::set_difference(want.begin(), want.end(), sorted.begin(), sorted.end(), std::back_inserter(missing));
+    std::set_difference(sorted.begin(), sorted.end(), want.begin(), want.end(), std::back_inserter(extra));
+    MESSAGE("got " << got.size() << " items; missing " << missing.size() << " (first " << (missing.empty() ? -2 : missing.front()) << "), extra "
+                   << extra.size() << " (first " << (extra.empty() ? -2 : extra.front()) << ")");
+  }
+  CHECK(got == want);
 }
 
 // Some work per item, so that a run lasts long enough to be killed into.
@@ -612,18 +631,7 @@ TEST_CASE("a generator source under its own restart(n) is run again from its sta
                              pf::replicas(2))
                          .collect()
                          .run();
-      std::vector<i64> got = r.value;
-      if (!ordered) std::sort(got.begin(), got.end());
-      std::vector<i64> want(static_cast<std::size_t>(items));
-      for (i64 k = 0; k < items; ++k) want[static_cast<std::size_t>(k)] = k;
-      if (got != want) {
-        std::vector<i64> missing, extra;
-        std::set_difference(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(missing));
-        std::set_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(extra));
-        MESSAGE("got " << got.size() << " items; missing " << missing.size() << " (first " << (missing.empty() ? -2 : missing.front()) << "), extra "
-                       << extra.size() << " (first " << (extra.empty() ? -2 : extra.front()) << ")");
-      }
-      CHECK(got == want);  // none lost, none twice, none torn
+      check_each_once(r.value, items, ordered);  // none lost, none twice, none torn
       REQUIRE(r.report.restarts.size() == 1);
       CHECK(r.report.restarts[0].stage == "gen");
       CHECK(r.report.restarts[0].cause.find("signal 9") != std::string::npos);
@@ -686,10 +694,7 @@ TEST_CASE("a slow generator under restart keeps its latency bound and is replaye
     REQUIRE(report.restarts.size() == 1);
     CHECK(report.restarts[0].batch.find("source items [0, ") != std::string::npos);
     CHECK(report.stages[0].note.find("max_latency") == std::string::npos);  // no "no latency bound" note any more
-    std::sort(got.begin(), got.end());
-    std::vector<i64> want(static_cast<std::size_t>(items));
-    for (i64 k = 0; k < items; ++k) want[static_cast<std::size_t>(k)] = k;
-    CHECK(got == want);  // none lost, none twice
+    check_each_once(got, items, false);  // none lost, none twice
     ::munmap(shared, sizeof(Shared));
     check_clean(shm_before);
   });
@@ -741,11 +746,7 @@ TEST_CASE("a generator killed with an item larger than a slot half sent: its rep
                              pf::replicas(2))
                          .collect()
                          .run();
-      std::vector<i64> got = r.value;
-      if (!ordered) std::sort(got.begin(), got.end());
-      std::vector<i64> want(static_cast<std::size_t>(items));
-      for (i64 k = 0; k < items; ++k) want[static_cast<std::size_t>(k)] = k;
-      CHECK(got == want);  // none lost, none twice, none torn
+      check_each_once(r.value, items, ordered);  // none lost, none twice, none torn
       REQUIRE(r.report.restarts.size() == 1);
       MESSAGE(r.report.restarts[0].batch);
       CHECK(r.report.restarts[0].batch.find(" of item ") != std::string::npos);  // it died mid-item
