@@ -306,7 +306,6 @@ void Outbox::publish(std::size_t lane, std::uint32_t extra_flags, std::uint64_t 
     ++origin_slots_;
     ++stats_.replayed_slots;
     stats_.replayed_items += c.items;
-    if (options_.source) source_items_ += c.items;  // numbering goes on past them
     c = {};
     if (current_ == &c) current_ = &no_slot_;
     return;

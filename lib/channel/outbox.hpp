@@ -102,15 +102,6 @@ class Outbox final : public detail::output_port {
   // holding items (after flush()).
   void begin_origin(std::uint32_t lane, std::uint64_t origin, std::uint64_t already_sent) noexcept;
 
-  // What a restartable generator's dead predecessor had published, read back from the last slot
-  // of each output ring (faults/redelivery.hpp).
-  struct SourceReplay {
-    std::uint64_t items = 0;      // items published whole
-    std::uint64_t fragments = 0;  // fragments published of the next item (larger than a slot)
-    std::uint32_t lane = 0;       // ... on this lane
-    std::uint64_t next_seq = 0;   // the batch number the next new slot gets
-    std::uint64_t slots = 0;      // origin_slot of the last slot published
-  };
   // pf::restart of a generator, run again from its start (after begin_origin): drops the items
   // (and fragments) `r` names by count, whatever slots its predecessor cut them into (the latency
   // flusher cuts by time), so the replay may cut its own. Until they are dropped every item is a

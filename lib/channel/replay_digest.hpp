@@ -22,4 +22,15 @@ struct ReplayDigest {
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
+// What a restartable generator's dead predecessor had published, read back from the last slot of
+// each output ring (faults::find_redelivery), handed to its replacement in its replica record,
+// and dropped by count of items by the replacement's Outbox::begin_source_replay.
+struct SourceReplay {
+  std::uint64_t items = 0;      // items published whole
+  std::uint64_t fragments = 0;  // fragments published of the next item (larger than a slot)
+  std::uint64_t next_seq = 0;   // the batch number the next new slot gets
+  std::uint64_t slots = 0;      // origin_slot of the last slot published
+  std::uint32_t lane = 0;       // the output ring the fragments went to
+};
+
 }  // namespace procflow::channel

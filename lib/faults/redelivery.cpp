@@ -83,20 +83,21 @@ Redelivery find_redelivery(const runtime::Plan& plan, const runtime::RunState& s
         // A generator's slots are dense source slots: first_item is the position of their first
         // item (of a fragment's item), and the last fragment of an item counts it.
         const bool in_item = (h.flags & channel::slot_fragment) && !(h.flags & channel::slot_fragment_last);
-        r.sent_items = h.first_item + (in_item ? 0 : h.items);
-        r.sent_fragments = in_item ? h.origin_fragment : 0;
-        r.fragment_lane = q;
-        r.next_seq = h.seq + 1;
+        r.source.items = h.first_item + (in_item ? 0 : h.items);
+        r.source.fragments = in_item ? h.origin_fragment : 0;
+        r.source.lane = q;
+        r.source.next_seq = h.seq + 1;
+        r.source.slots = h.origin_slot;
       }
     }
   }
   if (g.input == GroupInput::generator)
-    r.what = r.sent_fragments == 0
+    r.what = r.source.fragments == 0
                  ? fmt::format("the generator's stream, run again from its start: source items [0, {}) were sent and are not sent twice",
-                               r.sent_items)
-                 : fmt::format("the generator's stream, run again from its start: source items [0, {}) and {} fragments of item {} "
+                               r.source.items)
+                 : fmt::format("the generator's stream, run again from its start: source items [0, {}) and {} fragment{} of item {} "
                                "were sent and are not sent twice",
-                               r.sent_items, r.sent_fragments, r.sent_items);
+                               r.source.items, r.source.fragments, r.source.fragments == 1 ? "" : "s", r.source.items);
   return r;
 }
 
@@ -113,10 +114,7 @@ void prepare_replacement(const runtime::Plan& plan, const runtime::RunState& sta
   rec.replay_lane = r.origin_lane;
   rec.replay_origin = r.origin;
   rec.replay_sent_slots = r.sent_slots;
-  rec.replay_sent_items = r.sent_items;
-  rec.replay_sent_fragments = r.sent_fragments;
-  rec.replay_next_seq = r.next_seq;
-  rec.replay_fragment_lane = r.fragment_lane;
+  rec.replay_source = r.source;
   ++rec.incarnation;
   // The dead replica may have been asleep on its events: it was their only waiter.
   if (g.input == GroupInput::channel) state.input_of(group).data_event(slot).waiters.store(0, std::memory_order_relaxed);

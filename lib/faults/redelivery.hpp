@@ -81,11 +81,8 @@ struct Redelivery {
   std::uint32_t origin_lane = 0;  // as stamped on output slots
   std::uint64_t origin = 0;
   std::uint64_t sent_slots = 0;   // of that batch's output slots, already published
-  // A generator's (dropped by count of items, not slots: its slots may be cut by time):
-  std::uint64_t sent_items = 0;      // items published whole
-  std::uint64_t sent_fragments = 0;  // fragments published of the next item (larger than a slot)
-  std::uint32_t fragment_lane = 0;   // ... on this output ring
-  std::uint64_t next_seq = 0;        // the batch number of the next new slot
+  // A generator's (dropped by count of items, not slots: its slots may be cut by time).
+  channel::SourceReplay source;
   std::string what;               // "batch 12: source items [992, 1024)"
   bool item_known = false;        // it was running a redelivered batch item by item
   std::uint32_t item_stage = 0;

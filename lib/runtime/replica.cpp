@@ -196,7 +196,7 @@ class Replica final : public detail::downstream {
       // Under restart only a generator (whose replay drops by items): elsewhere slot boundaries
       // must depend on the items only (faults/redelivery.hpp), and every batch's output is
       // published at its end instead.
-      if (group_.out_latency_ns > 0 && !ends_in_terminal() && (!restart_ || o.source))
+      if (group_.out_latency_ns > 0 && !ends_in_terminal() && (!restart_ || replays_by_items()))
         flusher_.emplace(*outbox_, std::chrono::nanoseconds(group_.out_latency_ns));
       gate_.emplace(*outbox_);  // after the flusher: it decides how the gate fences
     }
@@ -246,6 +246,10 @@ class Replica final : public detail::downstream {
 
  private:
   bool ends_in_terminal() const { return def_.stages[group_.end_stage - 1]->is_terminal(); }
+  // Under pf::restart a generator's replay drops what its predecessor sent by count of items
+  // (Outbox::begin_source_replay), so its slots may be cut by time; every other group's replay
+  // drops whole slots, whose boundaries must depend on the items only (faults/redelivery.hpp).
+  bool replays_by_items() const { return group_.input == GroupInput::generator; }
 
   // What pf::this_replica() answers in this process (runtime/identity.hpp).
   void set_identity() const {
@@ -294,11 +298,7 @@ class Replica final : public detail::downstream {
     replay_lane_ = record_->replay_lane;
     replay_origin_ = record_->replay_origin;
     replay_sent_ = record_->replay_sent_slots;
-    source_replay_.items = record_->replay_sent_items;
-    source_replay_.fragments = record_->replay_sent_fragments;
-    source_replay_.lane = record_->replay_fragment_lane;
-    source_replay_.next_seq = record_->replay_next_seq;
-    source_replay_.slots = record_->replay_sent_slots;
+    source_replay_ = record_->replay_source;
   }
 
   // pf::restart: the batch about to run is `origin` of input ring `lane` (faults/redelivery.hpp).
@@ -312,8 +312,7 @@ class Replica final : public detail::downstream {
     record_->batch_origin_lane.store(redeliverable ? lane : lane | faults::lost_origin_bit, std::memory_order_relaxed);
     record_->batch_origin.store(origin, std::memory_order_relaxed);
     if (!outbox_) return;
-    if (group_.input == GroupInput::generator) {
-      // Dropped by count of items: its slots may have been cut by the latency flusher.
+    if (replays_by_items()) {
       outbox_->begin_origin(lane, origin, 0);
       if (replay) outbox_->begin_source_replay(source_replay_);
     } else {
@@ -724,7 +723,7 @@ class Replica final : public detail::downstream {
   bool tracking_ = false;        // running the redelivered batch: each item is noted
   bool replay_pending_ = false;  // the predecessor's batch has not come round yet
   std::uint32_t replay_lane_ = 0;
-  channel::Outbox::SourceReplay source_replay_;  // a generator's replay (begin_origin)
+  channel::SourceReplay source_replay_;  // a generator's replay (begin_origin)
   std::uint64_t replay_origin_ = 0;
   std::uint64_t replay_sent_ = 0;
   std::uint64_t starved_base_ = 0;  // the predecessor's, for the counters

@@ -120,13 +120,8 @@ struct ReplicaRecord {
   std::uint32_t replay_lane;
   std::uint64_t replay_origin;
   std::uint64_t replay_sent_slots;
-  // A generator's replay (channel::Outbox::begin_source_replay): the items its predecessor had
-  // sent whole, the fragments sent of the next one and the ring they went to, and the batch
-  // number its next new slot takes.
-  std::uint64_t replay_sent_items;
-  std::uint64_t replay_sent_fragments;
-  std::uint64_t replay_next_seq;
-  std::uint32_t replay_fragment_lane;
+  // A generator's replay (channel::Outbox::begin_source_replay): what its predecessor had sent.
+  channel::SourceReplay replay_source;
   std::uint32_t incarnation;  // 0 for the first process in this slot, +1 per restart
   // Ordered input under pf::restart or pf::recycle: the replica's place in it once the slot in
   // hand is given back, stored just before it is (Inbox::position_after_release(); one word, so a
