@@ -6,11 +6,13 @@
 //    process's teardown (finish()) run before it leaves;
 //  - a stage that leaks memory on purpose kept under its RSS limit, with the sequential result;
 //  - ordered pipelines keep their order item for item (a replacement reads on at the batch its
-//    predecessor expected next; a ring-fed replica leaves between batches);
+//    predecessor expected next; a ring-fed replica leaves between batches, so an ordered terminal
+//    reduce's partial of a batch is sent whole);
 //  - thread mode refused by name.
 // Every case runs in a child of the test under a watchdog (support/isolated.hpp).
 #include "support/child_process.hpp"
 #include "support/isolated.hpp"
+#include "support/ordered_hash.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -157,6 +159,29 @@ TEST_CASE("recycle in an ordered pipeline: every item once and in order, with ba
     CHECK_MESSAGE(first_wrong == r.value.size(), "first item out of place: ", first_wrong);
     CHECK(stage(r.report, "m").recycles >= 8);
     ::munmap(shared, sizeof(Shared));
+  });
+}
+
+TEST_CASE("recycle in an ordered pipeline ending in an order-sensitive reduce: a replica leaves between batches") {
+  // The recycled group holds the terminal reduce, which sends its partial per ordered batch at the
+  // batch's end; a batch (5000 items, 40 KB) spans 10 slots of 4 KiB and a replica's share (7000
+  // items) ends inside one, so a replica that left there would take that batch's first part of
+  // the partial with it.
+  isolated("ordered terminal reduce in a recycled ring-fed group", [] {
+    constexpr i64 n = 40, fan = 5000;
+    pt::Ordered_hash want;
+    for (i64 x = 0; x < n * fan; ++x) want = pt::fold_hash(want, 3 * x);
+    const auto r = pf::pipeline("orecycle3", pf::ordered, pf::batch_bytes(4096))
+                       .source("n", pf::iota<i64>(0, n))
+                       .flat_map<i64>("fan", [](i64 x, pf::emitter<i64>& emit) {
+                         for (i64 k = 0; k < fan; ++k) emit(x * fan + k);
+                       }, pf::replicas(2))
+                       .map("m", [](i64 x) { return 3 * x; }, pf::replicas(2), pf::own_process, pf::recycle::after_items(7000))
+                       .reduce("hash", pt::Ordered_hash{}, pt::fold_hash, pt::join_hash)
+                       .run();
+    CHECK(r.value.n == static_cast<std::uint64_t>(n * fan));
+    CHECK(r.value == want);
+    CHECK(stage(r.report, "m").recycles >= 8);
   });
 }
 

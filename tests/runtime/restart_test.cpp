@@ -18,6 +18,7 @@
 // Every case runs in a child of the test under a watchdog (support/isolated.hpp).
 #include "support/child_process.hpp"
 #include "support/isolated.hpp"
+#include "support/ordered_hash.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -184,21 +185,10 @@ auto fault_once(Shared* shared, Fault fault, Moment moment, i64 at) {
   };
 }
 
-// A fold that sees the order: a polynomial hash of the sequence, with the combine that joins two
-// hashed runs (associative, not commutative).
-struct Ordered_hash {
-  std::uint64_t h = 0, n = 0;
-  bool operator==(const Ordered_hash&) const = default;
-};
-PROCFLOW_CODEC(Ordered_hash, h, n);
-std::uint64_t pow31(std::uint64_t n) {
-  std::uint64_t r = 1, b = 31;
-  for (; n; n >>= 1, b *= b)
-    if (n & 1) r *= b;
-  return r;
-}
-Ordered_hash fold_hash(Ordered_hash a, i64 x) { return {a.h * 31 + static_cast<std::uint64_t>(x), a.n + 1}; }
-Ordered_hash join_hash(Ordered_hash a, Ordered_hash b) { return {a.h * pow31(b.n) + b.h, a.n + b.n}; }
+// A fold that sees the order (support/ordered_hash.hpp).
+using pt::fold_hash;
+using pt::join_hash;
+using pt::Ordered_hash;
 
 }  // namespace
 
