@@ -19,6 +19,12 @@
 // operations, and both answers must agree, as must the per-stage item counts of the run's report.
 // One seed in ten injects a fault: one chain stage throws on one item of its input; run() must
 // then throw stage_error naming that stage and, in its message, that item.
+// Replacements (drawn from a stream of their own, so the fixed seeds kept the shapes they had
+// before): one seed in six without that fault and without a sink runs under pf::restart(3) with
+// one chain stage's process killed (SIGKILL, SIGSEGV or _exit(3)) the first time any process meets
+// one item of its input — the answer must still agree and the report list exactly one restart; and
+// one seed in six recycles one chain stage's processes (pf::recycle::after_items, a sixth to a half
+// of its input) — the answer must still agree. Not in thread mode, not with a caller-fed source.
 //
 // Each seed runs in a child process under a watchdog (support/isolated.hpp): a hang fails naming
 // the seed. The fixed seeds are a regression set; rotating seeds (derived from the time, printed)
@@ -38,12 +44,15 @@
 #include <fmt/core.h>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -237,7 +246,15 @@ struct Op {
   bool heavy = false;                 // flat_map: heavy-tailed fan-out
   std::optional<std::uint64_t> fault;  // throw on the item of this weight
   void (*probe)() = nullptr;           // called by the stage on every item (pipeline only)
+  // Under pf::restart: the first process that meets the item of this weight dies (crash_how:
+  // SIGKILL, SIGSEGV or _exit(3)); `crashed`, in memory shared by the run's processes, says it
+  // happened (pipeline only: null in the sequential reference).
+  std::optional<std::uint64_t> crash;
+  int crash_how = 0;
+  std::atomic<int>* crashed = nullptr;
 };
+
+inline const char* crash_name(int how) { return how == 0 ? "SIGKILL" : how == 1 ? "SIGSEGV" : "_exit(3)"; }
 
 // Thrown by a stage with an injected fault; its message names the item by its weight.
 inline std::string fault_message(std::uint64_t w) { return fmt::format("injected fault at item of weight {:#x}", w); }
@@ -246,6 +263,14 @@ template <class T>
 void maybe_fault(const Op& op, const T& x) {
   if (op.probe) op.probe();
   if (op.fault && weight(x) == *op.fault) throw std::runtime_error(fault_message(*op.fault));
+  if (op.crashed && weight(x) == *op.crash && op.crashed->exchange(1) == 0) {
+    if (op.crash_how == 0) ::raise(SIGKILL);
+    if (op.crash_how == 1) {
+      ::signal(SIGSEGV, SIG_DFL);  // this process only: doctest's handler would report a crash of the test
+      ::raise(SIGSEGV);
+    }
+    ::_exit(3);
+  }
 }
 
 inline i64 op_map(const Op& op, i64 x) {
@@ -404,6 +429,7 @@ struct StageSpec {
   bool ordered = false;
   bool round_robin = false;
   bool automatic = false;  // replicas(auto_scale)
+  std::uint64_t recycle_items = 0;  // pf::recycle::after_items (0: none), with any profile
 };
 
 struct PipeSpec {
@@ -411,6 +437,7 @@ struct PipeSpec {
   std::optional<std::uint32_t> slots;
   bool no_fusion = false;
   bool ordered = false;
+  std::uint32_t restarts = 0;  // pf::restart(n) (0: none)
 };
 
 struct Step {
@@ -473,6 +500,7 @@ inline std::string describe(const StageSpec& s) {
   if (s.own) d += " own_process";
   if (s.round_robin) d += " dispatch::round_robin";
   if (s.ordered) d += " ordered";
+  if (s.recycle_items) d += fmt::format(" recycle::after_items({})", s.recycle_items);
   return d;
 }
 
@@ -491,9 +519,15 @@ inline const char* kind_name(OpKind k) {
 // Calls k(options...) with exactly the stage options `s` asks for (options are types, so each
 // combination is its own call).
 template <class K>
-auto with_stage_options(const StageSpec& s, K&& k) {
+auto with_stage_options(const StageSpec& s, K&& kk) {
   // A few option profiles rather than every combination: each combination of option types is a
-  // separate instantiation of the whole builder call, and compile time matters.
+  // separate instantiation of the whole builder call, and compile time matters. Every profile
+  // takes a pf::recycle (all zero: none), so recycling adds no instantiation.
+  auto k = [&](auto... o) {
+    pf::recycle recycle;
+    recycle.items = s.recycle_items;
+    return kk(o..., recycle);
+  };
   if (s.ordered) return s.replicas ? k(pf::replicas(*s.replicas), pf::ordered) : k(pf::ordered);
   if (s.automatic) return k(pf::replicas(pf::auto_scale));
   if (s.bytes) {
@@ -510,7 +544,8 @@ template <class K>
 auto with_pipeline_options(const PipeSpec& p, K&& k) {
   auto with_ordered = [&](auto... o) { return p.ordered ? k(o..., pf::ordered) : k(o...); };
   auto with_fusion = [&](auto... o) { return p.no_fusion ? with_ordered(o..., pf::fusion(false)) : with_ordered(o...); };
-  auto with_slots = [&](auto... o) { return p.slots ? with_fusion(o..., pf::ring_slots(*p.slots)) : with_fusion(o...); };
+  auto with_restart = [&](auto... o) { return p.restarts ? with_fusion(o..., pf::restart(p.restarts)) : with_fusion(o...); };
+  auto with_slots = [&](auto... o) { return p.slots ? with_restart(o..., pf::ring_slots(*p.slots)) : with_restart(o...); };
   return p.bytes ? with_slots(pf::batch_bytes(*p.bytes)) : with_slots();
 }
 
@@ -701,6 +736,9 @@ struct Features {
   // test through start() / push() / wait() (run_case sets caller_items to the source's items).
   bool caller_source = false;
   const void* caller_items = nullptr;  // a std::vector<T> of run_terminal's T
+  // Now and then pf::restart with a chain stage's process killed once, or pf::recycle on a chain
+  // stage (not in thread mode, not with a caller-fed source).
+  bool replacements = true;
 };
 
 // run() in the mode the test asks for; a caller-fed source: start(), push every item, wait().
@@ -719,6 +757,7 @@ struct Terminal_spec {
   bool generator_source = false;
   StageSpec spec;
   KeySpec keys;
+  bool replaced = false;  // replicas may be replaced (restart, recycle): a key may meet two pids
 };
 
 // Runs the pipeline `f` ends with the terminal, compares its value with the sequential `seq`
@@ -787,7 +826,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
       const std::size_t last = report.stages.size() - 1;
       const bool keyed = !features.in_threads && !ordered && last >= 2 && report.stages[last].process_group != report.stages[last - 1].process_group &&
                          !(term.generator_source && report.stages[last - 1].process_group == report.stages[1].process_group);
-      if (keyed) {
+      if (keyed && !term.replaced) {
         // Key-hash dispatch: every key met exactly one accumulator ...
         CHECK(got.keys_per_pid.count(-1) == 0);
         // ... and the keys spread: with enough of them, no replica holds more than twice its share.
@@ -944,9 +983,30 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
       fault_stage = i;
     }
   };
+  // pf::restart and pf::recycle, drawn from a stream of their own so that the fixed seeds keep
+  // the shapes they had before: one seed in six (without an injected throw or a sink, whose
+  // effects would be at least once) runs under pf::restart(3) with one chain stage's process
+  // killed on one item of its input; one in six recycles a chain stage's processes.
+  Rng more(mix(seed ^ 0x7e57a47ULL));
+  const bool may_replace = features.replacements && !features.in_threads && source_kind != SourceKind::caller;
+  std::optional<std::size_t> crash_stage;
+  if (may_replace && !inject && term.terminal != Terminal::sink && chance(more, 1.0 / 6)) {
+    pipe.restarts = 3;
+    const std::size_t i = std::uniform_int_distribution<std::size_t>(0, length - 1)(more);
+    if (steps[i].op.kind != OpKind::convert) crash_stage = i;
+  }
+  const std::uint64_t crash_pick = more();
+  const int crash_how = std::uniform_int_distribution<int>(0, 2)(more);
+  auto maybe_crash = [&](std::size_t i, const auto& input) {
+    if (crash_stage == i && !input.empty()) {
+      steps[i].op.crash = weight(input[mix(crash_pick) % input.size()]);
+      steps[i].op.crash_how = crash_how;
+    }
+  };
   for (std::size_t i = 0; i < length; ++i) {
     if (i < convert_at) {
       maybe_inject(i, seq_s);
+      maybe_crash(i, seq_s);
       seq_s = apply_step(steps[i], seq_s);
       counts.push_back(seq_s.size());
     } else if (i == convert_at) {
@@ -956,11 +1016,30 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
       counts.push_back(seq_t.size());
     } else {
       maybe_inject(i, seq_t);
+      maybe_crash(i, seq_t);
       seq_t = apply_step(steps[i], seq_t);
       counts.push_back(seq_t.size());
     }
   }
   if constexpr (std::is_same_v<S, T>) seq_t = seq_s;
+  std::optional<std::size_t> recycle_stage;
+  if (may_replace && chance(more, 1.0 / 6)) {
+    // After a sixth to a half of the stage's input per process (at least 64 items): a few
+    // replacements, not one fork per item.
+    const std::size_t i = std::uniform_int_distribution<std::size_t>(0, length - 1)(more);
+    const std::uint64_t input = counts[i];
+    steps[i].spec.recycle_items = std::max<std::uint64_t>(64, input / std::uniform_int_distribution<std::uint64_t>(2, 6)(more));
+    recycle_stage = i;
+  }
+  term.replaced = pipe.restarts != 0 || recycle_stage.has_value();
+  // The crash flag lives in memory the run's processes share (this seed's child unmaps it at exit).
+  std::atomic<int>* crashed = nullptr;
+  if (crash_stage && steps[*crash_stage].op.crash) {
+    void* page = ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(page != MAP_FAILED);
+    crashed = new (page) std::atomic<int>(0);
+    steps[*crash_stage].op.crashed = crashed;
+  }
 
   // Describe it, so a failure can be read without replaying.
   const char* source_name = source_kind == SourceKind::iota       ? "iota"
@@ -968,15 +1047,16 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
                             : source_kind == SourceKind::generate ? "generate"
                             : source_kind == SourceKind::caller   ? "input (pushed by the caller)"
                                                                   : "generate(delayed)";
-  std::string desc = fmt::format("pipeline{}{}{}{}: source {} of {} {} items{}{}", pipe.bytes ? fmt::format(" batch_bytes({})", *pipe.bytes) : "",
+  std::string desc = fmt::format("pipeline{}{}{}{}{}: source {} of {} {} items{}{}", pipe.bytes ? fmt::format(" batch_bytes({})", *pipe.bytes) : "",
                                  pipe.slots ? fmt::format(" ring_slots({})", *pipe.slots) : "", pipe.no_fusion ? " fusion(false)" : "",
-                                 pipe.ordered ? " ordered" : "", source_name, n, type_name<S>(),
+                                 pipe.ordered ? " ordered" : "", pipe.restarts ? fmt::format(" restart({})", pipe.restarts) : "", source_name, n, type_name<S>(),
                                  source_kind == SourceKind::iota ? fmt::format(" from {}", iota_first) : "", describe(source_spec));
   for (std::size_t i = 0; i < length; ++i)
-    desc += fmt::format("\n  s{}: {} v{}{}{}{}", i + 1,
+    desc += fmt::format("\n  s{}: {} v{}{}{}{}{}", i + 1,
                         steps[i].op.kind == OpKind::convert ? fmt::format("map(convert {} -> {})", type_name<S>(), type_name<T>()) : kind_name(steps[i].op.kind),
                         steps[i].op.variant, steps[i].op.heavy ? " heavy-tailed" : "", describe(steps[i].spec),
-                        steps[i].op.fault ? " FAULT: " + fault_message(*steps[i].op.fault) : "");
+                        steps[i].op.fault ? " FAULT: " + fault_message(*steps[i].op.fault) : "",
+                        steps[i].op.crash ? fmt::format(" CRASH ({}) at item of weight {:#x}", crash_name(steps[i].op.crash_how), *steps[i].op.crash) : "");
   const char* terminal_name = term.terminal == Terminal::collect  ? "collect"
                               : term.terminal == Terminal::reduce ? (ordered ? "reduce(concat)" : "reduce(sum)")
                               : term.terminal == Terminal::sink   ? (features.cout_sink ? "sink(std::cout)" : "sink(write)")
@@ -1071,6 +1151,11 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
     if (steps[i - 1].spec.own || pipe.no_fusion) CHECK(report.stages[i].process_group != report.stages[i - 1].process_group);
   }
   CHECK(report.stages.back().items_in == counts.back());
+  if (crashed) {
+    // The item was met, its process died once and was replaced.
+    CHECK(crashed->load() == 1);
+    CHECK(report.restarts.size() == 1);
+  }
 }
 
 // ------------------------------------------------------------------ seeds
