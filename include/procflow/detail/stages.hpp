@@ -716,8 +716,10 @@ class reduce_by_key_stage final : public input_stage<T> {
     // The fast path (no error policy): keys and hashes of a window of items first, each table slot
     // they will probe prefetched, then the probes and folds. A table larger than the cache then
     // costs one overlapped miss per window rather than one full miss per item. A throw names its
-    // item as for_each_item does.
-    static constexpr std::size_t window = 16;
+    // item as for_each_item does. 64 items a window: enough misses in flight to cover DRAM latency
+    // (groupby_bench at 1e6 keys, medians of 5 alternated runs: 0.50 s with 16, 0.41 s with 64;
+    // 1e5 and 5e6 keys unchanged within noise).
+    static constexpr std::size_t window = 64;
     static constexpr std::size_t windowed_from_keys = std::size_t{1} << 14;
     static constexpr bool windowed = std::is_default_constructible_v<lookup_type> && std::is_move_assignable_v<lookup_type>;
     using window_key_type = std::conditional_t<windowed, lookup_type, char>;
