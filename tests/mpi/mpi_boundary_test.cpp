@@ -145,7 +145,7 @@ TEST_CASE("back-pressure crosses ranks: the generator never runs far ahead of sl
   SharedCounters* c = &file.counters();
   const std::int64_t n = 3000;
   auto job = pf::pipeline("slow")
-                 .source("gen", [c, i = std::int64_t{0}, n]() mutable -> std::optional<std::int64_t> {
+                 .source("gen", [c, i = std::int64_t{0}]() mutable -> std::optional<std::int64_t> {
                    if (i == n) return std::nullopt;
                    const std::int64_t lag = c->produced.fetch_add(1) + 1 - c->consumed.load();
                    std::int64_t seen = c->max_lag.load();

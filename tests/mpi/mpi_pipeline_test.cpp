@@ -31,9 +31,9 @@ int world_size() {
 // About `us` microseconds of CPU per call (so that every rank gets a share of the chunks).
 std::int64_t burn(std::int64_t x, int us) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
-  std::int64_t h = x;
-  while (std::chrono::steady_clock::now() < until) h = h * 6364136223846793005LL + 1442695040888963407LL;
-  return x + (h & 0);  // h used, x unchanged
+  auto h = static_cast<std::uint64_t>(x);  // unsigned: the LCG wraps by design
+  while (std::chrono::steady_clock::now() < until) h = h * 6364136223846793005ULL + 1442695040888963407ULL;
+  return x + static_cast<std::int64_t>(h & 0);  // h used, x unchanged
 }
 
 }  // namespace
