@@ -449,8 +449,15 @@ enum class SourceKind { iota, from, generate, delayed, caller };
 enum class Terminal { collect, reduce, reduce_by_key, sink };
 enum class KeyProfile { mixed, pow2, prefix, pairs };
 
-inline std::uint32_t random_bytes(Rng& rng) {  // log-uniform 64 B .. 64 KiB
-  const double e = std::uniform_real_distribution<double>(6.0, 16.0)(rng);
+// The smallest batch_bytes drawn (pipeline and stage): random_bytes is log-uniform from it to 64 KiB.
+inline constexpr std::uint32_t min_batch_bytes = 64;
+// The restart draw kills a process on an item this small at most, below any ring: an item larger than
+// its whole input ring that was in hand at a death cannot be read again, and run() fails naming it,
+// as README's Restart section says.
+inline constexpr std::size_t max_crash_item_bytes = min_batch_bytes / 2;
+
+inline std::uint32_t random_bytes(Rng& rng) {
+  const double e = std::uniform_real_distribution<double>(std::log2(double{min_batch_bytes}), 16.0)(rng);
   return static_cast<std::uint32_t>(std::pow(2.0, e));
 }
 inline std::uint32_t random_slots(Rng& rng) { return 1u << std::uniform_int_distribution<unsigned>(0, 5)(rng); }
@@ -997,14 +1004,11 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
   }
   const std::uint64_t crash_pick = more();
   const int crash_how = std::uniform_int_distribution<int>(0, 2)(more);
-  // The item is a small one (32 bytes at most, below any ring: batch_bytes >= 64): an item larger
-  // than its whole input ring that was in hand at a death cannot be read again, and run() fails
-  // naming it, as README's Restart section says.
   auto maybe_crash = [&](std::size_t i, const auto& input) {
     if (crash_stage != i) return;
     for (std::size_t k = 0; k < input.size(); ++k) {
       const auto& x = input[(mix(crash_pick) + k) % input.size()];
-      if (weight_size(x) > 32) continue;
+      if (weight_size(x) > max_crash_item_bytes) continue;
       steps[i].op.crash = weight(x);
       steps[i].op.crash_how = crash_how;
       return;
@@ -1029,16 +1033,16 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
     }
   }
   if constexpr (std::is_same_v<S, T>) seq_t = seq_s;
-  std::optional<std::size_t> recycle_stage;
+  bool recycled = false;
   if (may_replace && chance(more, 1.0 / 6)) {
     // After a sixth to a half of the stage's input per process (at least 64 items): a few
     // replacements, not one fork per item.
     const std::size_t i = std::uniform_int_distribution<std::size_t>(0, length - 1)(more);
     const std::uint64_t input = counts[i];
     steps[i].spec.recycle_items = std::max<std::uint64_t>(64, input / std::uniform_int_distribution<std::uint64_t>(2, 6)(more));
-    recycle_stage = i;
+    recycled = true;
   }
-  term.replaced = pipe.restarts != 0 || recycle_stage.has_value();
+  term.replaced = pipe.restarts != 0 || recycled;
   // The crash flag lives in memory the run's processes share (this seed's child unmaps it at exit).
   std::atomic<int>* crashed = nullptr;
   if (crash_stage && steps[*crash_stage].op.crash) {
