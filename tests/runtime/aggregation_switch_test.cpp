@@ -9,7 +9,8 @@
 // - at the threshold: one replica, K = n - 1 keys never switch, K = n keys switch;
 // - the report's note on the stage says which mode ran, why, and the distinct keys seen;
 // - an exception in combine while the caller merges shuffled pieces is a stage_error;
-// - ordered runs and keyed dispatch (own processes) keep their own modes.
+// - ordered runs and keyed dispatch (own processes) keep their own modes;
+// - replicas recycled (forked) while the caller's merge threads fold shuffled pieces: exact.
 #include <procflow/procflow.hpp>
 #include <procflow/detail/aggregation_switch.hpp>
 
@@ -219,4 +220,23 @@ TEST_CASE("reduce_by_key: an exception in combine while the caller merges shuffl
     CHECK(e.stage() == "groups");
     CHECK(std::string(e.what()).find("combine refused") != std::string::npos);
   }
+}
+
+TEST_CASE("reduce_by_key: replicas recycled while the caller's merge threads fold shuffled pieces: the groups exact") {
+  // Every batch is sent early (off()), so the merge threads work through the whole run, and a
+  // replacement is forked every 5000 items: the forks meet the merge threads at work.
+  constexpr i64 n = 200000;
+  constexpr i64 keys = 20000;
+  const auto r = pf::pipeline("recycled", pf::batch_bytes(4096))
+                     .source("numbers", pf::iota<i64>(0, n))
+                     .map("spread", [](i64 i) { return spread(i, keys); }, pf::replicas(2), pf::recycle::after_items(5000))
+                     .reduce_by_key("count", [](i64 k) { return k; }, i64{0}, [](i64 c, i64) { return c + 1; }, std::plus<>{},
+                                    pf::pre_aggregate::off())
+                     .run();
+  std::unordered_map<i64, i64> want;
+  for (i64 i = 0; i < n; ++i) ++want[spread(i, keys)];
+  CHECK(r.value == want);
+  for (const auto& s : r.report.stages)
+    if (s.name == "spread") CHECK(s.recycles >= 10);
+  CHECK(says(note_of(r.report, "count"), "switched to partitioned shuffle"));
 }

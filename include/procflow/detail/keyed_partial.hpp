@@ -9,6 +9,7 @@
 #include <procflow/codec.hpp>
 #include <procflow/detail/aggregation_switch.hpp>
 #include <procflow/detail/flat_table.hpp>
+#include <procflow/detail/partition_workers.hpp>
 #include <procflow/detail/stage.hpp>
 #include <procflow/keyed.hpp>
 
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -199,15 +201,16 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
 
   // Files each piece under its partition: in arrival order when ordered (batches arrive in source
   // order), else by replica index (batch.meta.seq) so that the merge order does not depend on timing.
-  // A piece a switched replica sent early is merged into its partition at once (the shuffle's
-  // owner): holding it until the end would hold every key once per replica again.
+  // A piece a switched replica sent early is merged into its partition as it comes (holding it
+  // until the end would hold every key once per replica again), by the merge thread that owns the
+  // partition: the shuffle's owners, merging in parallel while the caller drains the rings.
   void consume(const batch_view& batch) override {
     decode_items(batch, scratch_);
     for (auto& p : scratch_) {
       observe(p);
       if (p.mode == aggregation_mode::shuffled && !ordered_) {
-        merge_entries(merged_[p.partition], p.entries, merge_);
-        entries().swap(p.entries);
+        const std::size_t weight = p.entries.size();
+        shuffle_mergers().post(p.partition, std::move(p.entries), weight);
       } else if (ordered_) {
         arrived_[p.partition].push_back(std::move(p.entries));
       } else {
@@ -218,10 +221,13 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
   }
 
   void finish() override {
+    if (shuffle_mergers_) {
+      shuffle_mergers_->join();
+      shuffle_mergers_.reset();
+    }
     for (auto& [replica, p] : pending_) arrived_[p.partition].push_back(std::move(p.entries));
     pending_.clear();
-    const std::size_t threads = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
-    parallel_for_index(keyed_partition_count, threads, [&](std::size_t part) { merge_partition(part, merged_[part]); });
+    parallel_for_index(keyed_partition_count, merge_threads(), [&](std::size_t part) { merge_partition(part, merged_[part]); });
     arrived_.assign(keyed_partition_count, {});
     keys_ = 0;
     for (const auto& t : merged_) keys_ += t.size();
@@ -264,6 +270,22 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
         switch_at_items_ = p.items_at_switch;
       }
     }
+  }
+
+  static std::size_t merge_threads() noexcept { return std::max(1u, std::min(4u, std::thread::hardware_concurrency())); }
+
+  // Started at the first shuffled piece: a run that pre-aggregates starts no thread before finish().
+  partition_workers<entries>& shuffle_mergers() {
+    if (!shuffle_mergers_) {
+      const std::size_t threads = merge_threads();
+      shuffle_merges_.clear();
+      for (std::size_t t = 0; t < threads; ++t) shuffle_merges_.push_back(merge_);  // a copy per thread: combine may keep state
+      // At most 4 spill tables' worth queued per thread (about 4 MiB of 16-byte entries).
+      shuffle_mergers_ = std::make_unique<partition_workers<entries>>(
+          threads, 4 * aggregation_switch::shuffle_table_keys,
+          [this](std::size_t t, std::size_t part, entries& source) { merge_entries(merged_[part], source, shuffle_merges_[t]); });
+    }
+    return *shuffle_mergers_;
   }
 
   // Folds `source` into `total` with merge (absent keys appended), leaving `source` moved from.
@@ -322,6 +344,8 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
   std::vector<std::vector<entries>> arrived_;  // per partition, its pieces in merge order
   std::multimap<std::uint64_t, piece> pending_;
   std::vector<table> merged_;  // per partition: the shuffled pieces merged so far, then the result
+  std::vector<Merge> shuffle_merges_;
+  std::unique_ptr<partition_workers<entries>> shuffle_mergers_;  // last: joined before the tables go
   keyed_result<K, V, Hash> result_;
 };
 
