@@ -11,8 +11,9 @@
 // items of 64-200 KiB, larger than any default slot) and ring_slots (1..32), random own_process /
 // fusion(false) / dispatch::round_robin, and a terminal: collect (compared as a sorted multiset, or
 // as the exact sequence under pf::ordered), reduce (a sum; under pf::ordered the exact sequence,
-// kept by an associative but non-commutative concatenation), reduce_by_key (on well-mixed keys, or
-// structured ones: multiples of 2^k, strings with a common prefix, pairs; the keys each replica
+// kept by an associative but non-commutative concatenation), reduce_by_key (on 1, 7 or one well-mixed
+// key per item, or structured ones: multiples of 2^k, strings with a common prefix, pairs; under a
+// random pre_aggregate setting: default, always, off, until_keys(1..64); the keys each replica
 // held are recorded and, when the reduce runs in processes of its own, checked: every key met one
 // accumulator and no replica got more than twice its fair share) or sink (writing every item to a
 // file read back afterwards). The same chain then runs as a plain sequential loop over the same
@@ -642,21 +643,33 @@ inline Group combine_group(Group a, Group b) {
 struct KeySpec {
   KeyProfile profile = KeyProfile::mixed;
   unsigned shift = 0;  // pow2: keys are multiples of 2^shift
+  std::uint64_t mixed_keys = 7;  // mixed: this many keys; 0: one per distinct item
+  pf::pre_aggregate pre = pf::pre_aggregate::until_keys(pf::pre_aggregate::default_switch_keys);
 };
+
+inline std::string describe(const pf::pre_aggregate& p) {
+  if (p.switch_keys == pf::pre_aggregate::default_switch_keys) return "";
+  if (p.switch_keys == pf::pre_aggregate::never) return ", pre_aggregate::always()";
+  if (p.switch_keys == 0) return ", pre_aggregate::off()";
+  return fmt::format(", pre_aggregate::until_keys({})", p.switch_keys);
+}
 
 inline std::string describe(const KeySpec& k) {
   switch (k.profile) {
-    case KeyProfile::mixed: return "7 well-mixed int64 keys";
-    case KeyProfile::pow2: return fmt::format("512 int64 keys, multiples of 2^{}", k.shift);
-    case KeyProfile::prefix: return "512 string keys with a common 24-byte prefix";
-    case KeyProfile::pairs: return "512 pair keys (a*31+b hash)";
+    case KeyProfile::mixed:
+      return (k.mixed_keys ? fmt::format("{} well-mixed int64 key{}", k.mixed_keys, k.mixed_keys == 1 ? "" : "s")
+                           : std::string("well-mixed int64 keys, one per distinct item")) +
+             describe(k.pre);
+    case KeyProfile::pow2: return fmt::format("512 int64 keys, multiples of 2^{}", k.shift) + describe(k.pre);
+    case KeyProfile::prefix: return "512 string keys with a common 24-byte prefix" + describe(k.pre);
+    case KeyProfile::pairs: return "512 pair keys (a*31+b hash)" + describe(k.pre);
   }
   return "?";
 }
 
 template <class T>
 i64 int_key(const KeySpec& k, const T& x) {
-  if (k.profile == KeyProfile::mixed) return static_cast<i64>(weight(x) % 7);
+  if (k.profile == KeyProfile::mixed) return static_cast<i64>(k.mixed_keys ? weight(x) % k.mixed_keys : weight(x) >> 1);
   return static_cast<i64>(weight(x) % 512) << k.shift;
 }
 template <class T>
@@ -812,7 +825,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
         using K = std::decay_t<decltype(key(std::declval<const T&>()))>;
         auto fold = [](Group g, const T& x) { return fold_group(g, weight(x)); };
         auto combine = [](Group a, Group b) { return combine_group(a, b); };
-        auto r = run_mode<T>(with_stage_options(spec, [&](auto... o) { return f.reduce_by_key("groups", key, Group{0, 0, 0}, fold, combine, o...); }), features);
+        auto r = run_mode<T>(with_stage_options(spec, [&](auto... o) { return f.reduce_by_key("groups", key, Group{0, 0, 0}, fold, combine, o..., keys.pre); }), features);
         std::unordered_map<K, Group> want;
         for (const T& x : seq) want[key(x)] = fold_group(want[key(x)], weight(x));
         return std::pair{keyed_answer(r.value), std::pair{keyed_answer(want), r.report}};
@@ -1043,6 +1056,21 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
     recycled = true;
   }
   term.replaced = pipe.restarts != 0 || recycled;
+  // reduce_by_key's cardinality and pre_aggregate setting, from a third stream of the seed: well-mixed
+  // keys are 7 (as before) three times in five, else 1 key or one per distinct item (more keys than
+  // items' worth of repeats); the switch is the default one, always(), off() (every batch shuffled:
+  // the caller's merge threads fold the pieces while the run goes on) or until_keys(1..64).
+  if (term.terminal == Terminal::reduce_by_key) {
+    Rng keyed(mix(seed ^ 0x6b657965ULL));
+    const int cardinality = std::uniform_int_distribution<int>(0, 4)(keyed);
+    term.keys.mixed_keys = cardinality == 0 ? 1 : cardinality == 1 ? 0 : 7;
+    switch (std::uniform_int_distribution<int>(0, 3)(keyed)) {
+      case 0: break;
+      case 1: term.keys.pre = pf::pre_aggregate::always(); break;
+      case 2: term.keys.pre = pf::pre_aggregate::off(); break;
+      default: term.keys.pre = pf::pre_aggregate::until_keys(std::uniform_int_distribution<std::uint64_t>(1, 64)(keyed)); break;
+    }
+  }
   // The crash flag lives in memory the run's processes share (this seed's child unmaps it at exit).
   std::atomic<int>* crashed = nullptr;
   if (crash_stage && steps[*crash_stage].op.crash) {
