@@ -70,13 +70,8 @@ class partition_workers {
 
   // Waits until every posted item was worked, joins the threads, rethrows the first exception.
   void join() {
-    for (auto& w : workers_) {
-      std::lock_guard lock(w.mutex);
-      w.closing = true;
-      w.changed.notify_all();
-    }
-    for (auto& w : workers_)
-      if (w.thread.joinable()) w.thread.join();
+    set_all(&worker::closing);
+    join_all();
     rethrow();
   }
 
@@ -125,11 +120,20 @@ class partition_workers {
       std::lock_guard lock(error_mutex_);
       if (!error_) error_ = std::move(e);
     }
+    set_all(&worker::failed);
+  }
+
+  // Sets `flag` on every worker and wakes it.
+  void set_all(bool worker::*flag) {
     for (auto& w : workers_) {
       std::lock_guard lock(w.mutex);
-      w.failed = true;
+      w.*flag = true;
       w.changed.notify_all();
     }
+  }
+  void join_all() noexcept {
+    for (auto& w : workers_)
+      if (w.thread.joinable()) w.thread.join();
   }
 
   void rethrow() {
@@ -138,13 +142,8 @@ class partition_workers {
   }
 
   void stop() noexcept {
-    for (auto& w : workers_) {
-      std::lock_guard lock(w.mutex);
-      w.stopping = true;
-      w.changed.notify_all();
-    }
-    for (auto& w : workers_)
-      if (w.thread.joinable()) w.thread.join();
+    set_all(&worker::stopping);
+    join_all();
   }
 
   std::size_t max_queued_;
