@@ -3,7 +3,9 @@
 // - each partition's items are worked in the order posted, always by the thread that owns it;
 // - post() waits while the owning thread's queue is over its bound, and goes on when it drains;
 // - the first exception of a work call reaches post() or join(), and the threads end;
-// - the destructor stops and joins with items still queued.
+// - the destructor stops and joins with items still queued;
+// - a thread that cannot be started (its state throws) leaves the started ones owning every
+//   partition, and none started throws from the constructor.
 #include <procflow/detail/partition_workers.hpp>
 
 #include <doctest/doctest.h>
@@ -32,6 +34,9 @@ bool eventually(Pred done) {
   return true;
 }
 
+// Each thread's state is its index.
+std::size_t thread_index(std::size_t t) { return t; }
+
 }  // namespace
 
 TEST_CASE("partition_workers: each partition's items are worked in the order posted, by the thread that owns it") {
@@ -43,7 +48,7 @@ TEST_CASE("partition_workers: each partition's items are worked in the order pos
   std::vector<std::size_t> owner(partitions, threads);
   std::atomic<bool> wrong_owner{false};
   {
-    pd::partition_workers<std::uint64_t> workers(threads, 64, [&](std::size_t t, std::size_t part, std::uint64_t& item) {
+    pd::partition_workers<std::uint64_t, std::size_t> workers(threads, 64, thread_index, [&](std::size_t& t, std::size_t part, std::uint64_t& item) {
       if (t != part % threads) wrong_owner.store(true);
       if (owner[part] == threads) owner[part] = t;
       seen[part].push_back(item);
@@ -68,7 +73,7 @@ TEST_CASE("partition_workers: post() waits while the owning thread's queue is ov
   std::atomic<bool> release{false};
   std::atomic<int> worked{0};
   std::atomic<int> posted{0};
-  pd::partition_workers<int> workers(1, 10, [&](std::size_t, std::size_t, int&) {
+  pd::partition_workers<int, std::size_t> workers(1, 10, thread_index, [&](std::size_t&, std::size_t, int&) {
     while (!release.load()) std::this_thread::sleep_for(1ms);
     worked.fetch_add(1);
   });
@@ -95,7 +100,7 @@ TEST_CASE("partition_workers: post() waits while the owning thread's queue is ov
 }
 
 TEST_CASE("partition_workers: the first exception of a work call reaches post() or join(), and the threads end") {
-  pd::partition_workers<int> workers(2, 8, [](std::size_t, std::size_t, int& item) {
+  pd::partition_workers<int, std::size_t> workers(2, 8, thread_index, [](std::size_t&, std::size_t, int& item) {
     if (item == 7) throw std::runtime_error("merge refused item 7");
   });
   std::string caught;
@@ -113,7 +118,7 @@ TEST_CASE("partition_workers: the destructor stops and joins with items still qu
   std::atomic<int> worked{0};
   const auto t0 = std::chrono::steady_clock::now();
   {
-    pd::partition_workers<int> workers(2, 1000000, [&](std::size_t, std::size_t, int&) {
+    pd::partition_workers<int, std::size_t> workers(2, 1000000, thread_index, [&](std::size_t&, std::size_t, int&) {
       std::this_thread::sleep_for(1ms);
       worked.fetch_add(1);
     });
@@ -121,4 +126,32 @@ TEST_CASE("partition_workers: the destructor stops and joins with items still qu
   }
   CHECK(worked.load() < 2000);  // most were dropped, not worked (1 ms each on 2 threads: 1 s)
   CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+}
+
+TEST_CASE("partition_workers: a thread that cannot start leaves the started ones owning every partition") {
+  // make_state throws for the third thread: not a std::system_error from std::thread, which the
+  // constructor once caught alone (the two started threads were then destroyed joinable:
+  // std::terminate).
+  const auto two_only = [](std::size_t t) -> std::size_t {
+    if (t >= 2) throw std::runtime_error("no state for thread " + std::to_string(t));
+    return t;
+  };
+  constexpr std::size_t partitions = 16;
+  std::vector<std::size_t> worked_on(partitions, 99);
+  std::atomic<int> worked{0};
+  {
+    pd::partition_workers<int, std::size_t> workers(4, 64, two_only, [&](std::size_t& t, std::size_t part, int&) {
+      worked_on[part] = t;
+      worked.fetch_add(1);
+    });
+    CHECK(workers.threads() == 2);
+    for (int i = 0; i < 1000; ++i) workers.post(static_cast<std::size_t>(i) % partitions, i, 1);
+    workers.join();
+  }
+  CHECK(worked.load() == 1000);
+  for (std::size_t p = 0; p < partitions; ++p) CHECK(worked_on[p] == p % 2);
+
+  const auto none = [](std::size_t) -> std::size_t { throw std::runtime_error("no state at all"); };
+  CHECK_THROWS_WITH_AS((pd::partition_workers<int, std::size_t>(2, 64, none, [](std::size_t&, std::size_t, int&) {})),
+                       "no state at all", std::runtime_error);
 }

@@ -275,15 +275,13 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
   static std::size_t merge_threads() noexcept { return std::max(1u, std::min(4u, std::thread::hardware_concurrency())); }
 
   // Started at the first shuffled piece: a run that pre-aggregates starts no thread before finish().
-  partition_workers<entries>& shuffle_mergers() {
+  partition_workers<entries, Merge>& shuffle_mergers() {
     if (!shuffle_mergers_) {
-      const std::size_t threads = merge_threads();
-      shuffle_merges_.clear();
-      for (std::size_t t = 0; t < threads; ++t) shuffle_merges_.push_back(merge_);  // a copy per thread: combine may keep state
-      // At most 4 spill tables' worth queued per thread (about 4 MiB of 16-byte entries).
-      shuffle_mergers_ = std::make_unique<partition_workers<entries>>(
-          threads, 4 * aggregation_switch::shuffle_table_keys,
-          [this](std::size_t t, std::size_t part, entries& source) { merge_entries(merged_[part], source, shuffle_merges_[t]); });
+      // At most 4 spill tables' worth queued per thread (about 4 MiB of 16-byte entries); a copy
+      // of the merge per thread: combine may keep state.
+      shuffle_mergers_ = std::make_unique<partition_workers<entries, Merge>>(
+          merge_threads(), 4 * aggregation_switch::shuffle_table_keys, [this](std::size_t) { return merge_; },
+          [this](Merge& merge, std::size_t part, entries& source) { merge_entries(merged_[part], source, merge); });
     }
     return *shuffle_mergers_;
   }
@@ -344,8 +342,7 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
   std::vector<std::vector<entries>> arrived_;  // per partition, its pieces in merge order
   std::multimap<std::uint64_t, piece> pending_;
   std::vector<table> merged_;  // per partition: the shuffled pieces merged so far, then the result
-  std::vector<Merge> shuffle_merges_;
-  std::unique_ptr<partition_workers<entries>> shuffle_mergers_;  // last: joined before the tables go
+  std::unique_ptr<partition_workers<entries, Merge>> shuffle_mergers_;  // last: joined before the tables go
   keyed_result<K, V, Hash> result_;
 };
 

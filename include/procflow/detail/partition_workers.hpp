@@ -10,6 +10,10 @@
 // throws stops the workers; post() and join() rethrow it. The destructor stops and joins them
 // (queued items are dropped).
 //
+// Each thread has a State of its own, made for it by make_state(thread index) before it starts
+// and handed to every work call on that thread (the collector's copy of the user's merge, which
+// may keep state).
+//
 // Replicas may be forked from this process while these threads work (pf::restart, pf::recycle):
 // the children run only replica code, never the collector, and glibc's malloc takes its arena
 // locks around fork(). Checked under GCC 12's ASan too, whose allocator has no fork handlers:
@@ -25,27 +29,29 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 
 namespace procflow::detail {
 
-template <class Item>
+template <class Item, class State>
 class partition_workers {
  public:
-  // work(thread index, partition, item): called on that thread only.
-  using work_fn = std::function<void(std::size_t, std::size_t, Item&)>;
+  using make_state_fn = std::function<State(std::size_t thread)>;
+  // work(the thread's state, partition, item): called on the thread that owns the partition.
+  using work_fn = std::function<void(State&, std::size_t, Item&)>;
 
-  partition_workers(std::size_t threads, std::size_t max_queued, work_fn work)
+  partition_workers(std::size_t threads, std::size_t max_queued, const make_state_fn& make_state, work_fn work)
       : max_queued_(max_queued), work_(std::move(work)), workers_(std::max<std::size_t>(1, threads)) {
     for (; started_ < workers_.size(); ++started_) {
       try {
-        workers_[started_].thread = std::thread([this, t = started_] { run(t); });
-      } catch (const std::system_error&) {
+        workers_[started_].thread = std::thread([this, t = started_, state = make_state(started_)]() mutable { run(t, state); });
+      } catch (...) {
+        // Whatever failed (no more threads, no memory, make_state): the threads started own every
+        // partition. With none started there is nothing to work with.
         if (started_ == 0) throw;
-        break;  // no more threads: the ones started own every partition
+        break;
       }
     }
   }
@@ -92,7 +98,7 @@ class partition_workers {
     std::thread thread;
   };
 
-  void run(std::size_t t) {
+  void run(std::size_t t, State& state) {
     worker& w = workers_[t];
     for (;;) {
       std::unique_lock lock(w.mutex);
@@ -102,7 +108,7 @@ class partition_workers {
       w.queue.pop_front();
       lock.unlock();
       try {
-        work_(t, p.partition, p.item);
+        work_(state, p.partition, p.item);
       } catch (...) {
         fail(std::current_exception());
         return;
