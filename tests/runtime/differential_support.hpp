@@ -655,16 +655,17 @@ inline std::string describe(const pf::pre_aggregate& p) {
 }
 
 inline std::string describe(const KeySpec& k) {
+  std::string keys = "?";
   switch (k.profile) {
     case KeyProfile::mixed:
-      return (k.mixed_keys ? fmt::format("{} well-mixed int64 key{}", k.mixed_keys, k.mixed_keys == 1 ? "" : "s")
-                           : std::string("well-mixed int64 keys, one per distinct item")) +
-             describe(k.pre);
-    case KeyProfile::pow2: return fmt::format("512 int64 keys, multiples of 2^{}", k.shift) + describe(k.pre);
-    case KeyProfile::prefix: return "512 string keys with a common 24-byte prefix" + describe(k.pre);
-    case KeyProfile::pairs: return "512 pair keys (a*31+b hash)" + describe(k.pre);
+      keys = k.mixed_keys ? fmt::format("{} well-mixed int64 key{}", k.mixed_keys, k.mixed_keys == 1 ? "" : "s")
+                          : std::string("well-mixed int64 keys, one per distinct item");
+      break;
+    case KeyProfile::pow2: keys = fmt::format("512 int64 keys, multiples of 2^{}", k.shift); break;
+    case KeyProfile::prefix: keys = "512 string keys with a common 24-byte prefix"; break;
+    case KeyProfile::pairs: keys = "512 pair keys (a*31+b hash)"; break;
   }
-  return "?";
+  return keys + describe(k.pre);
 }
 
 template <class T>
