@@ -15,6 +15,7 @@
 #include <procflow/error.hpp>
 #include <procflow/hash.hpp>
 #include <procflow/detail/stored_key.hpp>
+#include <procflow/detail/table_memory.hpp>
 
 #include <bit>
 #include <cstddef>
@@ -49,6 +50,7 @@ template <class K, class V, class Hash>
 class flat_table {
  public:
   using entry = keyed_entry<K, V>;
+  using entry_vector = std::vector<entry, table_allocator<entry>>;
 
   static std::uint64_t hash_of(const K& key) { return mix_hash(static_cast<std::uint64_t>(Hash{}(key))); }
   // The same hash for a lookup key that compares with K (a std::string_view for std::string keys).
@@ -61,8 +63,8 @@ class flat_table {
   const entry* end() const noexcept { return entries_.data() + entries_.size(); }
   entry* begin() noexcept { return entries_.data(); }
   entry* end() noexcept { return entries_.data() + entries_.size(); }
-  std::vector<entry>& entries() noexcept { return entries_; }
-  const std::vector<entry>& entries() const noexcept { return entries_; }
+  entry_vector& entries() noexcept { return entries_; }
+  const entry_vector& entries() const noexcept { return entries_; }
 
   void clear() noexcept {
     entries_.clear();
@@ -192,8 +194,8 @@ class flat_table {
     }
   }
 
-  std::vector<entry> entries_;
-  std::vector<std::uint32_t> index_;  // 0 = empty, else tag | (the entry's position + 1)
+  entry_vector entries_;
+  std::vector<std::uint32_t, table_allocator<std::uint32_t>> index_;  // 0 = empty, else tag | (the entry's position + 1)
   std::size_t mask_ = 0;
   unsigned position_bits_ = 0;         // log2(index_.size())
   std::uint32_t position_mask_ = 0;    // the low position_bits_ bits

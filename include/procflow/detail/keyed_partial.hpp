@@ -62,7 +62,7 @@ struct keyed_piece {
   aggregation_mode mode = aggregation_mode::pre_aggregated;
   std::uint64_t keys_at_switch = 0;   // 0 but in that first piece
   std::uint64_t items_at_switch = 0;
-  std::vector<keyed_entry<K, V>> entries;
+  std::vector<keyed_entry<K, V>, table_allocator<keyed_entry<K, V>>> entries;  // flat_table's entry_vector
 };
 
 }  // namespace detail
@@ -192,7 +192,7 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
  public:
   using piece = keyed_piece<K, V>;
   using table = flat_table<K, V, Hash>;
-  using entries = std::vector<keyed_entry<K, V>>;
+  using entries = typename table::entry_vector;
 
   // `switch_keys`: the stage's pre_aggregate setting (for the note).
   keyed_collector(Merge merge, bool ordered, std::uint64_t switch_keys = pre_aggregate::default_switch_keys)

@@ -1,0 +1,143 @@
+// Checks include/procflow/detail/table_memory.hpp (reduce_by_key's tables in replica processes):
+// - before the arena is in use, and for small arrays, memory comes from operator new;
+// - in use, large arrays come from 2 MiB-aligned regions advised for huge pages (the kernel's
+//   VmFlags say "hg"), and an array allocated before is still freed by operator delete;
+// - the buddy blocks split and merge: a table that doubles as it grows reuses what it outgrew, so
+//   the arena's footprint stays near the largest array, and every block is distinct while live;
+// - a flat_table on the arena keeps its contents through growth.
+// The arena cannot be switched off again, so the cases that need it off run first, in order.
+#include <procflow/detail/flat_table.hpp>
+#include <procflow/detail/table_memory.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace mem = procflow::detail::table_memory;
+
+namespace {
+
+// The VmFlags line of the mapping that holds p, from /proc/self/smaps ("" when none).
+std::string vm_flags_of(const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    std::uintptr_t lo = 0;
+    std::uintptr_t hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (line.find('-') < line.find(' ') && (head >> std::hex >> lo >> dash >> hi) && dash == '-') {
+      inside = a >= lo && a < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("table_memory: before the arena is in use, every array comes from operator new") {
+  REQUIRE_FALSE(mem::arena_in_use());
+  void* big = mem::allocate(std::size_t{4} << 20, 8);
+  CHECK_FALSE(mem::from_arena(big));
+  mem::deallocate(big, std::size_t{4} << 20, 8);
+}
+
+TEST_CASE("table_memory: in use, large arrays come from huge-page regions; small ones and earlier ones do not") {
+  void* earlier = mem::allocate(std::size_t{1} << 20, 8);  // operator new: the arena is not in use yet
+  mem::use_arena_in_this_process();
+  REQUIRE(mem::arena_in_use());
+
+  void* small = mem::allocate(mem::arena_min_bytes - 1, 8);
+  CHECK_FALSE(mem::from_arena(small));
+  mem::deallocate(small, mem::arena_min_bytes - 1, 8);
+
+  void* large = mem::allocate(std::size_t{3} << 20, 8);  // a 4 MiB block
+  CHECK(mem::from_arena(large));
+  CHECK(reinterpret_cast<std::uintptr_t>(large) % (std::size_t{2} << 20) == 0);
+  std::memset(large, 1, std::size_t{3} << 20);
+  CHECK(vm_flags_of(large).find(" hg") != std::string::npos);
+
+  CHECK_FALSE(mem::from_arena(earlier));
+  mem::deallocate(earlier, std::size_t{1} << 20, 8);  // to operator delete (ASan would see a bad free otherwise)
+  mem::deallocate(large, std::size_t{3} << 20, 8);
+}
+
+TEST_CASE("table_memory: a growing table reuses what it outgrew, and keeps its contents") {
+  REQUIRE(mem::arena_in_use());
+  using table = procflow::detail::flat_table<std::int64_t, std::int64_t, std::hash<std::int64_t>>;
+  std::vector<table> parts(64);  // as a replica's partial: 64 partitions growing side by side
+  constexpr std::int64_t keys = 1 << 20;
+  const std::size_t carved_before = mem::carved_bytes();
+  for (int round = 0; round < 2; ++round)
+    for (std::int64_t k = 0; k < keys; ++k) {
+      const std::uint64_t h = table::hash_of(k);
+      ++parts[h >> 58].find_or_insert(k, h, 0);
+    }
+  std::int64_t total = 0;
+  bool exact = true;
+  for (const auto& t : parts)
+    for (const auto& e : t) {
+      total += e.second;
+      exact = exact && e.second == 2;
+    }
+  CHECK(exact);
+  CHECK(total == 2 * keys);
+  CHECK(mem::from_arena(parts[0].begin()));
+  // Live at the end: 64 x (16 384 entries of 16 bytes + 32 768 index slots of 4) = 24 MiB, with
+  // each partition's old and new arrays side by side while it grows. With the buddies merged this
+  // cuts 38 MiB; every size a partition outgrew kept on a list of its own cut 44 MiB.
+  const std::size_t carved = mem::carved_bytes() - carved_before;
+  MESSAGE("carved for the table: " << (carved >> 20) << " MiB");
+  CHECK(carved <= (std::size_t{40} << 20));
+}
+
+TEST_CASE("table_memory: buddy blocks are distinct while live, split and merge back") {
+  REQUIRE(mem::arena_in_use());
+  std::mt19937_64 rng(42);
+  struct block {
+    unsigned char* p;
+    std::size_t bytes;
+    unsigned char fill;
+  };
+  std::vector<block> live;
+  for (int step = 0; step < 4000; ++step) {
+    if (!live.empty() && (rng() % 2 == 0 || live.size() > 64)) {
+      const std::size_t i = rng() % live.size();
+      const block b = live[i];
+      // Nobody wrote over it while it was live.
+      CHECK(std::all_of(b.p, b.p + b.bytes, [&](unsigned char x) { return x == b.fill; }));
+      mem::deallocate(b.p, b.bytes, 8);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    } else {
+      const std::size_t bytes = (std::size_t{64} << 10) << (rng() % 6);  // 64 KiB .. 2 MiB
+      auto* p = static_cast<unsigned char*>(mem::allocate(bytes, 8));
+      REQUIRE(mem::from_arena(p));
+      CHECK(reinterpret_cast<std::uintptr_t>(p) % std::min(bytes, std::size_t{2} << 20) == 0);
+      const auto fill = static_cast<unsigned char>(rng());
+      std::memset(p, fill, bytes);
+      live.push_back({p, bytes, fill});
+    }
+  }
+  for (const block& b : live) mem::deallocate(b.p, b.bytes, 8);
+
+  // Everything merged back into whole superblocks: 32 blocks of 64 KiB now fill one superblock,
+  // contiguously, in address order after the splits.
+  std::vector<std::uintptr_t> small;
+  for (int i = 0; i < 32; ++i) small.push_back(reinterpret_cast<std::uintptr_t>(mem::allocate(std::size_t{64} << 10, 8)));
+  std::sort(small.begin(), small.end());
+  for (std::size_t i = 1; i < small.size(); ++i) CHECK(small[i] - small[i - 1] == (std::size_t{64} << 10));
+  CHECK(small.front() % (std::size_t{2} << 20) == 0);
+  for (auto p : small) mem::deallocate(reinterpret_cast<void*>(p), std::size_t{64} << 10, 8);
+}
