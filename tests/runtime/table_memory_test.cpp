@@ -2,16 +2,26 @@
 // - before the arena is in use, and for small arrays, memory comes from operator new;
 // - in use, large arrays come from 2 MiB-aligned regions advised for huge pages (the kernel's
 //   VmFlags say "hg"), and an array allocated before is still freed by operator delete;
-// - the buddy blocks split and merge: a table that doubles as it grows reuses what it outgrew, so
-//   the arena's footprint stays near the largest array, and every block is distinct while live;
-// - a flat_table on the arena keeps its contents through growth.
+// - the buddy blocks split and merge: a table that doubles as it grows reuses what it outgrew,
+//   and every block is distinct while live;
+// - a flat_table keeps its contents through growth, its arrays on the arena;
+// - outside a replica only a thread in an arena_scope allocates from it (arrays written whole
+//   when allocated, not those filled as they go), and the arena unmaps
+//   everything when its last block is freed; a fork while another thread holds its lock leaves
+//   the child a usable arena.
 // The arena cannot be switched off again, so the cases that need it off run first, in order.
 #include <procflow/detail/flat_table.hpp>
 #include <procflow/detail/table_memory.hpp>
 
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -19,6 +29,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace mem = procflow::detail::table_memory;
@@ -49,21 +60,82 @@ std::string vm_flags_of(const void* p) {
 
 TEST_CASE("table_memory: before the arena is in use, every array comes from operator new") {
   REQUIRE_FALSE(mem::arena_in_use());
-  void* big = mem::allocate(std::size_t{4} << 20, 8);
+  void* big = mem::allocate(std::size_t{4} << 20, 8, true);
   CHECK_FALSE(mem::from_arena(big));
   mem::deallocate(big, std::size_t{4} << 20, 8);
 }
 
+TEST_CASE("table_memory: outside a replica, a thread in an arena_scope allocates from the arena, which gives everything back when its last block is freed") {
+  REQUIRE_FALSE(mem::arena_in_use());
+  void* inside = nullptr;
+  void* outside = nullptr;
+  {
+    mem::arena_scope scope;
+    inside = mem::allocate(std::size_t{1} << 20, 8, true);
+    void* growing = mem::allocate(std::size_t{1} << 20, 8, false);  // filled as it goes: operator new outside a replica
+    CHECK_FALSE(mem::from_arena(growing));
+    mem::deallocate(growing, std::size_t{1} << 20, 8);
+    std::thread([&] { outside = mem::allocate(std::size_t{1} << 20, 8, true); }).join();  // another thread: not in the scope
+  }
+  void* after = mem::allocate(std::size_t{1} << 20, 8, true);
+  CHECK(mem::from_arena(inside));
+  CHECK_FALSE(mem::from_arena(outside));
+  CHECK_FALSE(mem::from_arena(after));
+  CHECK(mem::mapped_bytes() >= (std::size_t{2} << 20));
+  mem::deallocate(outside, std::size_t{1} << 20, 8);
+  mem::deallocate(after, std::size_t{1} << 20, 8);
+  CHECK(mem::mapped_bytes() > 0);
+  mem::deallocate(inside, std::size_t{1} << 20, 8);  // freed on another path than it was allocated: by address
+  CHECK(mem::mapped_bytes() == 0);
+}
+
+TEST_CASE("table_memory: a fork while another thread holds the arena's lock leaves the child an arena it can use") {
+  // The parent's thread allocates and frees in a loop (taking the lock each time) while the main
+  // thread forks; each child allocates from the arena and exits. Without the fork handlers a child
+  // whose fork fell inside the lock would wait for ever (the timeout below fails it).
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    mem::arena_scope scope;
+    while (!stop.load()) mem::deallocate(mem::allocate(std::size_t{1} << 16, 8, true), std::size_t{1} << 16, 8);
+  });
+  int hung = 0;
+  for (int i = 0; i < 200; ++i) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      mem::arena_scope scope;
+      void* p = mem::allocate(std::size_t{1} << 16, 8, true);
+      mem::deallocate(p, std::size_t{1} << 16, 8);
+      ::_exit(0);
+    }
+    REQUIRE(pid > 0);
+    int status = -1;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > until) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        ++hung;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    if (hung != 0) break;
+  }
+  stop.store(true);
+  churn.join();
+  CHECK(hung == 0);
+}
+
 TEST_CASE("table_memory: in use, large arrays come from huge-page regions; small ones and earlier ones do not") {
-  void* earlier = mem::allocate(std::size_t{1} << 20, 8);  // operator new: the arena is not in use yet
+  void* earlier = mem::allocate(std::size_t{1} << 20, 8, true);  // operator new: the arena is not in use yet
   mem::use_arena_in_this_process();
   REQUIRE(mem::arena_in_use());
 
-  void* small = mem::allocate(mem::arena_min_bytes - 1, 8);
+  void* small = mem::allocate(mem::arena_min_bytes - 1, 8, true);
   CHECK_FALSE(mem::from_arena(small));
   mem::deallocate(small, mem::arena_min_bytes - 1, 8);
 
-  void* large = mem::allocate(std::size_t{3} << 20, 8);  // a 4 MiB block
+  void* large = mem::allocate(std::size_t{3} << 20, 8, true);  // a 4 MiB block
   CHECK(mem::from_arena(large));
   CHECK(reinterpret_cast<std::uintptr_t>(large) % (std::size_t{2} << 20) == 0);
   std::memset(large, 1, std::size_t{3} << 20);
@@ -94,10 +166,11 @@ TEST_CASE("table_memory: a growing table reuses what it outgrew, and keeps its c
     }
   CHECK(exact);
   CHECK(total == 2 * keys);
+  // In a replica both arrays are the arena's. Live at the end: 64 x (16 384 entries of 16 bytes +
+  // 32 768 index slots of 4) = 24 MiB, each partition's old and new arrays side by side while it
+  // grows. With the buddies merged this cuts 38 MiB; every size a partition outgrew kept on a list
+  // of its own cut 44 MiB.
   CHECK(mem::from_arena(parts[0].begin()));
-  // Live at the end: 64 x (16 384 entries of 16 bytes + 32 768 index slots of 4) = 24 MiB, with
-  // each partition's old and new arrays side by side while it grows. With the buddies merged this
-  // cuts 38 MiB; every size a partition outgrew kept on a list of its own cut 44 MiB.
   const std::size_t carved = mem::carved_bytes() - carved_before;
   MESSAGE("carved for the table: " << (carved >> 20) << " MiB");
   CHECK(carved <= (std::size_t{40} << 20));
@@ -122,7 +195,7 @@ TEST_CASE("table_memory: buddy blocks are distinct while live, split and merge b
       live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
     } else {
       const std::size_t bytes = (std::size_t{64} << 10) << (rng() % 6);  // 64 KiB .. 2 MiB
-      auto* p = static_cast<unsigned char*>(mem::allocate(bytes, 8));
+      auto* p = static_cast<unsigned char*>(mem::allocate(bytes, 8, true));
       REQUIRE(mem::from_arena(p));
       CHECK(reinterpret_cast<std::uintptr_t>(p) % std::min(bytes, std::size_t{2} << 20) == 0);
       const auto fill = static_cast<unsigned char>(rng());
@@ -135,7 +208,7 @@ TEST_CASE("table_memory: buddy blocks are distinct while live, split and merge b
   // Everything merged back into whole superblocks: 32 blocks of 64 KiB now fill one superblock,
   // contiguously, in address order after the splits.
   std::vector<std::uintptr_t> small;
-  for (int i = 0; i < 32; ++i) small.push_back(reinterpret_cast<std::uintptr_t>(mem::allocate(std::size_t{64} << 10, 8)));
+  for (int i = 0; i < 32; ++i) small.push_back(reinterpret_cast<std::uintptr_t>(mem::allocate(std::size_t{64} << 10, 8, true)));
   std::sort(small.begin(), small.end());
   for (std::size_t i = 1; i < small.size(); ++i) CHECK(small[i] - small[i - 1] == (std::size_t{64} << 10));
   CHECK(small.front() % (std::size_t{2} << 20) == 0);

@@ -195,7 +195,7 @@ class flat_table {
   }
 
   entry_vector entries_;
-  std::vector<std::uint32_t, table_allocator<std::uint32_t>> index_;  // 0 = empty, else tag | (the entry's position + 1)
+  std::vector<std::uint32_t, table_allocator<std::uint32_t, true>> index_;  // 0 = empty, else tag | (the entry's position + 1)
   std::size_t mask_ = 0;
   unsigned position_bits_ = 0;         // log2(index_.size())
   std::uint32_t position_mask_ = 0;    // the low position_bits_ bits

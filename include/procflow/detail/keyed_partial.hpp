@@ -11,6 +11,7 @@
 #include <procflow/detail/flat_table.hpp>
 #include <procflow/detail/partition_workers.hpp>
 #include <procflow/detail/stage.hpp>
+#include <procflow/detail/table_memory.hpp>
 #include <procflow/keyed.hpp>
 
 #include <algorithm>
@@ -227,7 +228,10 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
     }
     for (auto& [replica, p] : pending_) arrived_[p.partition].push_back(std::move(p.entries));
     pending_.clear();
-    parallel_for_index(keyed_partition_count, merge_threads(), [&](std::size_t part) { merge_partition(part, merged_[part]); });
+    parallel_for_index(keyed_partition_count, merge_threads(), [&](std::size_t part) {
+      table_memory::arena_scope huge_pages;  // the result's tables on huge pages
+      merge_partition(part, merged_[part]);
+    });
     arrived_.assign(keyed_partition_count, {});
     keys_ = 0;
     for (const auto& t : merged_) keys_ += t.size();
@@ -281,7 +285,10 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
       // of the merge per thread: combine may keep state.
       shuffle_mergers_ = std::make_unique<partition_workers<entries, Merge>>(
           merge_threads(), 4 * aggregation_switch::shuffle_table_keys, [this](std::size_t) { return merge_; },
-          [this](Merge& merge, std::size_t part, entries& source) { merge_entries(merged_[part], source, merge); });
+          [this](Merge& merge, std::size_t part, entries& source) {
+            table_memory::arena_scope huge_pages;  // the merged tables grow on huge pages
+            merge_entries(merged_[part], source, merge);
+          });
     }
     return *shuffle_mergers_;
   }
