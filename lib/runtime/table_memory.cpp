@@ -1,4 +1,4 @@
-// The arena behind table_allocator in replica processes (include/procflow/detail/table_memory.hpp).
+// The arena behind table_allocator (include/procflow/detail/table_memory.hpp).
 #include <procflow/detail/table_memory.hpp>
 
 #include <pthread.h>
@@ -80,8 +80,8 @@ class arena {
     }
     if (c >= huge_class) {
       // Whole huge pages free: their memory goes back to the kernel now (the mapping stays, and a
-      // reuse faults in one fresh huge page per 2 MiB). Kept, a table's outgrown arrays raised the
-      // caller's peak at 5 M keys by 40 MB.
+      // reuse faults in one fresh huge page per 2 MiB), so a replica that let its pre-aggregated
+      // table go (the switch to the shuffle), or one that lives on, does not keep it resident.
       ::madvise(reinterpret_cast<void*>(block), std::size_t{1} << c, MADV_DONTNEED);
       *reinterpret_cast<std::uintptr_t*>(block) = large_free_[c];
       large_free_[c] = block;

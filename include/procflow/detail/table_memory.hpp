@@ -41,9 +41,10 @@ void deallocate(void* p, std::size_t bytes, std::size_t align) noexcept;
 // code is checked); irreversible.
 void use_arena_in_this_process() noexcept;
 bool arena_in_use() noexcept;
-// While one lives, arrays this thread allocates come from the arena too (the caller's merges of
-// reduce_by_key pieces). Outside a replica the arena gives all its memory back when the last of
-// its blocks is freed (the result the merges built, once the user lets it go).
+// While one lives, the `filled` arrays this thread allocates come from the arena too (the index
+// arrays of the tables the caller's merge threads build from reduce_by_key pieces). Outside a
+// replica the arena gives all its memory back when the last of its blocks is freed (the result
+// the merges built, once the user lets it go).
 class arena_scope {
  public:
   arena_scope() noexcept;
