@@ -245,10 +245,12 @@ void deallocate(void* p, std::size_t bytes, std::size_t align) noexcept {
   if (bytes >= arena_min_bytes && align <= arena_min_bytes && created.load(std::memory_order_acquire) &&
       the_arena().deallocate(p, bytes))
     return;
+  // Unsized: clang before 19 declares no sized operator delete without -fsized-deallocation (the
+  // fuzzing build).
   if (align > __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
-    ::operator delete(p, bytes, std::align_val_t(align));
+    ::operator delete(p, std::align_val_t(align));
   } else {
-    ::operator delete(p, bytes);
+    ::operator delete(p);
   }
 }
 
