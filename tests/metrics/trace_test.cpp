@@ -108,10 +108,18 @@ TEST_CASE("the trace has a track per replica with well-formed spans that match t
   const auto& trivial = seconds_by_group["group 1: trivial"];
   const auto& slow = seconds_by_group["group 2: slow"];
   INFO(r.report.to_string(true));
+  // A span says "mostly": it absorbs the runtime's own time between batches (gaps under 200 us)
+  // and pieces of another kind under 20 us (span_ring.cpp), which the counters keep apart as
+  // runtime_s. So a group's spans of one kind may exceed its counter by its runtime time, no more.
+  const auto runtime_of = [&](std::uint32_t group) {
+    double s = 0;
+    for (const auto& row : r.report.replica_rows) s += row.process_group == group ? row.runtime_s : 0;
+    return s;
+  };
   CHECK(trivial.at("blocked") >= 0.8 * r.report.stages[1].blocked_s);
-  CHECK(trivial.at("blocked") <= r.report.stages[1].blocked_s + 0.01);
+  CHECK(trivial.at("blocked") <= r.report.stages[1].blocked_s + runtime_of(1) + 0.01);
   CHECK(slow.at("busy") >= 0.8 * r.report.stages[2].busy_s);
-  CHECK(slow.at("busy") <= r.report.stages[2].busy_s + 0.01);
+  CHECK(slow.at("busy") <= r.report.stages[2].busy_s + runtime_of(2) + 0.01);
   CHECK(pt::count_children() == 0);
   CHECK(pt::dev_shm_entries() == shm_before);
 }
