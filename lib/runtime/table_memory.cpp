@@ -41,31 +41,18 @@ class arena {
   void unlock() noexcept { mutex_.unlock(); }
 
   void* allocate(std::size_t bytes) {
-    const unsigned c = std::max(min_class, static_cast<unsigned>(std::bit_width(bytes - 1)));
+    const unsigned c = class_of(bytes);
     std::lock_guard lock(mutex_);
-    live_ += std::size_t{1} << c;
-    if (c >= huge_class) return reinterpret_cast<void*>(take_large(c));
-    unsigned k = c;
-    while (k < huge_class && small_free_[k] == nullptr) ++k;
-    std::uintptr_t block = 0;
-    if (k == huge_class) {
-      block = take_large(huge_class);
-    } else {
-      block = reinterpret_cast<std::uintptr_t>(small_free_[k]);
-      unlink(block, k);
-    }
-    while (k > c) {  // keep the lower half, free the upper
-      --k;
-      link(block + (std::uintptr_t{1} << k), k);
-    }
+    const std::uintptr_t block = c >= huge_class ? take_large(c) : take_small(c);
+    live_ += std::size_t{1} << c;  // after: a block that could not be mapped (bad_alloc) is not live
     return reinterpret_cast<void*>(block);
   }
 
   // False when p is not the arena's (it came from operator new before the arena was in use).
   bool deallocate(void* p, std::size_t bytes) noexcept {
-    unsigned c = std::max(min_class, static_cast<unsigned>(std::bit_width(bytes - 1)));
+    unsigned c = class_of(bytes);
     std::lock_guard lock(mutex_);
-    if (find_region(p) == nullptr) return false;
+    if (find_region(reinterpret_cast<std::uintptr_t>(p)) == nullptr) return false;
     live_ -= std::size_t{1} << c;
     if (live_ == 0 && !in_use.load(std::memory_order_relaxed)) {
       release();  // outside a replica: nothing of the arena's is left in use, give it all back
@@ -93,7 +80,7 @@ class arena {
 
   bool contains(const void* p) noexcept {
     std::lock_guard lock(mutex_);
-    return find_region(p) != nullptr;
+    return find_region(reinterpret_cast<std::uintptr_t>(p)) != nullptr;
   }
   std::size_t carved() noexcept {
     std::lock_guard lock(mutex_);
@@ -117,15 +104,17 @@ class arena {
     free_block* next;
   };
 
-  const region* find_region(const void* p) const noexcept {
-    const auto a = reinterpret_cast<std::uintptr_t>(p);
-    for (const auto& r : regions_)
-      if (a >= r.start && a < r.end) return &r;
+  static unsigned class_of(std::size_t bytes) noexcept {
+    return std::max(min_class, static_cast<unsigned>(std::bit_width(bytes - 1)));
+  }
+
+  region* find_region(std::uintptr_t address) noexcept {
+    for (auto& r : regions_)
+      if (address >= r.start && address < r.end) return &r;
     return nullptr;
   }
   region& region_of(std::uintptr_t block) noexcept {
-    for (auto& r : regions_)
-      if (block >= r.start && block < r.end) return r;
+    if (region* r = find_region(block)) return *r;
     std::abort();  // every block the arena handed out lies in one of its regions
   }
 
@@ -171,6 +160,25 @@ class arena {
     bump_ = end_ = 0;
   }
 
+  // The smallest free block of class c or more, split down to c (the upper halves freed); a fresh
+  // superblock when none is free.
+  std::uintptr_t take_small(unsigned c) {
+    unsigned k = c;
+    while (k < huge_class && small_free_[k] == nullptr) ++k;
+    std::uintptr_t block = 0;
+    if (k == huge_class) {
+      block = take_large(huge_class);
+    } else {
+      block = reinterpret_cast<std::uintptr_t>(small_free_[k]);
+      unlink(block, k);
+    }
+    while (k > c) {  // keep the lower half, free the upper
+      --k;
+      link(block + (std::uintptr_t{1} << k), k);
+    }
+    return block;
+  }
+
   std::uintptr_t take_large(unsigned c) {
     if (const std::uintptr_t block = large_free_[c]) {
       large_free_[c] = *reinterpret_cast<std::uintptr_t*>(block);
@@ -195,7 +203,7 @@ class arena {
     const auto raw = reinterpret_cast<std::uintptr_t>(m);
     const auto start = (raw + huge_page - 1) & ~(huge_page - 1);
     if (start > raw) ::munmap(m, start - raw);
-    if (raw + huge_page > start) ::munmap(reinterpret_cast<void*>(start + len), raw + huge_page - start);
+    ::munmap(reinterpret_cast<void*>(start + len), raw + huge_page - start);  // start - raw < huge_page: never empty
     ::madvise(reinterpret_cast<void*>(start), len, MADV_HUGEPAGE);  // a hint: without it, 4 KiB pages
     regions_.push_back({start, start + len, std::move(bits)});
     bump_ = start;

@@ -16,6 +16,7 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -56,6 +57,33 @@ std::string vm_flags_of(const void* p) {
   return {};
 }
 
+// Waits for the child up to `timeout`, then kills it: its exit status, or -1 when it hung.
+int wait_or_kill(pid_t pid, std::chrono::seconds timeout) {
+  int status = -1;
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// This process's virtual size in bytes (VmSize in /proc/self/status).
+std::size_t virtual_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  std::size_t kib = 0;
+  while (status >> key) {
+    if (key == "VmSize:" && status >> kib) return kib * 1024;
+    status.ignore(1 << 12, '\n');
+  }
+  return 0;
+}
+
 }  // namespace
 
 TEST_CASE("table_memory: before the arena is in use, every array comes from operator new") {
@@ -89,6 +117,35 @@ TEST_CASE("table_memory: outside a replica, a thread in an arena_scope allocates
   CHECK(mem::mapped_bytes() == 0);
 }
 
+TEST_CASE("table_memory: an allocation the arena cannot map throws bad_alloc and leaves no count behind") {
+  // In a child, under an address-space limit: a 1 GiB block cannot be mapped. The arena must not
+  // count it as live, or it would never give its regions back when the blocks it did hand out
+  // are freed (the caller's arena unmaps when its count returns to 0).
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    mem::arena_scope scope;
+    void* held = mem::allocate(std::size_t{1} << 20, 8, true);
+    rlimit limit{};
+    ::getrlimit(RLIMIT_AS, &limit);
+    const rlimit saved = limit;
+    limit.rlim_cur = virtual_bytes() + (std::size_t{256} << 20);
+    ::setrlimit(RLIMIT_AS, &limit);
+    bool threw = false;
+    try {
+      mem::allocate(std::size_t{1} << 30, 8, true);
+    } catch (const std::bad_alloc&) {
+      threw = true;
+    }
+    ::setrlimit(RLIMIT_AS, &saved);
+    if (!threw) ::_exit(2);
+    mem::deallocate(held, std::size_t{1} << 20, 8);
+    ::_exit(mem::mapped_bytes() == 0 ? 0 : 3);
+  }
+  REQUIRE(pid > 0);
+  // 2: the 1 GiB block did not fail; 3: the arena kept its regions after its last block was freed.
+  CHECK(wait_or_kill(pid, std::chrono::seconds(30)) == 0);
+}
+
 TEST_CASE("table_memory: a fork while another thread holds the arena's lock leaves the child an arena it can use") {
   // The parent's thread allocates and frees in a loop (taking the lock each time) while the main
   // thread forks; each child allocates from the arena and exits. Without the fork handlers a child
@@ -108,18 +165,10 @@ TEST_CASE("table_memory: a fork while another thread holds the arena's lock leav
       ::_exit(0);
     }
     REQUIRE(pid > 0);
-    int status = -1;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (::waitpid(pid, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > until) {
-        ::kill(pid, SIGKILL);
-        ::waitpid(pid, &status, 0);
-        ++hung;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    if (wait_or_kill(pid, std::chrono::seconds(5)) == -1) {
+      ++hung;
+      break;
     }
-    if (hung != 0) break;
   }
   stop.store(true);
   churn.join();
