@@ -15,7 +15,8 @@
 
 #include <doctest/doctest.h>
 
-#include <signal.h>
+#include "support/child_process.hpp"
+
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,21 +56,6 @@ std::string vm_flags_of(const void* p) {
     }
   }
   return {};
-}
-
-// Waits for the child up to `timeout`, then kills it: its exit status, or -1 when it hung.
-int wait_or_kill(pid_t pid, std::chrono::seconds timeout) {
-  int status = -1;
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > until) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // This process's virtual size in bytes (VmSize in /proc/self/status).
@@ -121,8 +107,7 @@ TEST_CASE("table_memory: an allocation the arena cannot map throws bad_alloc and
   // In a child, under an address-space limit: a 1 GiB block cannot be mapped. The arena must not
   // count it as live, or it would never give its regions back when the blocks it did hand out
   // are freed (the caller's arena unmaps when its count returns to 0).
-  const pid_t pid = ::fork();
-  if (pid == 0) {
+  procflow::test::ChildProcess child([] {
     mem::arena_scope scope;
     void* held = mem::allocate(std::size_t{1} << 20, 8, true);
     rlimit limit{};
@@ -137,13 +122,15 @@ TEST_CASE("table_memory: an allocation the arena cannot map throws bad_alloc and
       threw = true;
     }
     ::setrlimit(RLIMIT_AS, &saved);
-    if (!threw) ::_exit(2);
+    if (!threw) return 2;
     mem::deallocate(held, std::size_t{1} << 20, 8);
-    ::_exit(mem::mapped_bytes() == 0 ? 0 : 3);
-  }
-  REQUIRE(pid > 0);
+    return mem::mapped_bytes() == 0 ? 0 : 3;
+  });
   // 2: the 1 GiB block did not fail; 3: the arena kept its regions after its last block was freed.
-  CHECK(wait_or_kill(pid, std::chrono::seconds(30)) == 0);
+  const auto status = child.wait_for(std::chrono::seconds(30));
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 0);
 }
 
 TEST_CASE("table_memory: a fork while another thread holds the arena's lock leaves the child an arena it can use") {
@@ -157,15 +144,12 @@ TEST_CASE("table_memory: a fork while another thread holds the arena's lock leav
   });
   int hung = 0;
   for (int i = 0; i < 200; ++i) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
+    procflow::test::ChildProcess child([] {
       mem::arena_scope scope;
-      void* p = mem::allocate(std::size_t{1} << 16, 8, true);
-      mem::deallocate(p, std::size_t{1} << 16, 8);
-      ::_exit(0);
-    }
-    REQUIRE(pid > 0);
-    if (wait_or_kill(pid, std::chrono::seconds(5)) == -1) {
+      mem::deallocate(mem::allocate(std::size_t{1} << 16, 8, true), std::size_t{1} << 16, 8);
+      return 0;
+    });
+    if (!child.succeeded_within(std::chrono::seconds(5))) {
       ++hung;
       break;
     }
