@@ -30,6 +30,12 @@
 //   - failures: a replica failing on any rank ends the job on every rank, each throwing the same
 //     procflow::stage_error (stage, replica, pid, cause as on one machine; its message starts
 //     "on MPI rank R of N"). A rank *process* that dies is MPI's to handle: mpirun ends the job.
+//     A rank that is stopped, hung or cut off without its connection failing (where MPI cannot
+//     tell) is found by silence: the ranks exchange heartbeats during a run, and one not heard
+//     for run_options::silence_limit (10 s) is lost. Every other rank's run then throws a
+//     stage_error (cause lost, naming the lost rank and the pipeline). The job cannot go on (a
+//     collective would wait for the lost rank): later runs throw, and the environment's
+//     destructor calls MPI_Abort instead of MPI_Finalize, so mpirun ends every rank.
 //   - the report: result::report sums every rank's counters per stage; result::ranks (on rank 0)
 //     holds each rank's own report; rank_table() prints them with a rank column.
 #pragma once
@@ -38,6 +44,7 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -110,21 +117,31 @@ struct rank_outcome {
 
 // Runs `def` on every rank of `comm` (lib/mpi/rank_run.cpp). `collector` is the terminal's (null
 // for a sink in its own processes). Collective: every rank of `comm` must call it.
-rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector, MPI_Comm comm);
+rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector, MPI_Comm comm,
+                          std::chrono::milliseconds silence_limit);
 // Rank 0's bytes on every rank of `comm`.
 void broadcast(MPI_Comm comm, std::vector<std::byte>& bytes);
 
 }  // namespace detail
 
-// Runs the job on every rank of `comm` (collective: every rank calls it with the same
-// declaration). Blocks; throws procflow::stage_error on every rank when any rank's stage fails.
+struct run_options {
+  MPI_Comm comm = MPI_COMM_WORLD;
+  // How long a rank may go unheard during a run before it is taken as lost (see the top of this
+  // file). Heartbeats go every quarter of it, at most every second.
+  std::chrono::milliseconds silence_limit = std::chrono::seconds(10);
+};
+
+// Runs the job on every rank of `options.comm` (collective: every rank calls it with the same
+// declaration and options). Blocks; throws procflow::stage_error on every rank when any rank's
+// stage fails or a rank is lost.
 template <class R>
-result<R> run(const runnable<R>& job, MPI_Comm comm = MPI_COMM_WORLD) {
+result<R> run(const runnable<R>& job, const run_options& options) {
+  const MPI_Comm comm = options.comm;
   const auto& def = job.definition();
   const bool is_ordered = def.options.defaults.ordered ||
                           std::any_of(def.stages.begin(), def.stages.end(), [](const auto& s) { return s->options().ordered; });
   auto collector = def.stages.back()->make_collector(is_ordered);
-  detail::rank_outcome o = detail::run_on_ranks(def, collector.get(), comm);
+  detail::rank_outcome o = detail::run_on_ranks(def, collector.get(), comm, options.silence_limit);
   result<R> r;
   if constexpr (!std::is_void_v<R>) {
     auto* typed = static_cast<procflow::detail::typed_collector<R>*>(collector.get());
@@ -144,6 +161,11 @@ result<R> run(const runnable<R>& job, MPI_Comm comm = MPI_COMM_WORLD) {
   r.size = o.size;
   r.sent = o.sent;
   return r;
+}
+
+template <class R>
+result<R> run(const runnable<R>& job, MPI_Comm comm = MPI_COMM_WORLD) {
+  return run(job, run_options{comm});
 }
 
 }  // namespace procflow::mpi

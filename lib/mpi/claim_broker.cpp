@@ -15,7 +15,9 @@ namespace procflow::mpi_detail {
 
 namespace {
 
-enum tag : int { claim = 1, grant = 2, status = 3, outcome = 4, data = 5, credit = 6, end = 7 };
+enum tag : int { claim = 1, grant = 2, status = 3, outcome = 4, data = 5, credit = 6, end = 7, alive = 8 };
+
+using Clock = std::chrono::steady_clock;
 
 struct MpiFailure {
   std::string what;
@@ -24,11 +26,15 @@ struct MpiFailure {
 }  // namespace
 
 ClaimBroker::ClaimBroker(MPI_Comm comm, ChunkTable* table, std::uint64_t total_chunks, std::uint32_t claim_chunks,
-                         std::function<void()> stop_local, const detail::cancel_state* user_cancel)
+                         std::function<void()> stop_local, const detail::cancel_state* user_cancel,
+                         std::chrono::milliseconds silence_limit)
     : comm_(comm), table_(table), total_chunks_(total_chunks), claim_chunks_(std::max<std::uint32_t>(claim_chunks, 1)),
-      stop_local_(std::move(stop_local)), user_cancel_(user_cancel) {
+      stop_local_(std::move(stop_local)), user_cancel_(user_cancel),
+      silence_limit_(std::max(silence_limit, std::chrono::milliseconds(1))),
+      heartbeat_(std::min<Clock::duration>(silence_limit_ / 4, std::chrono::seconds(1))) {
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
+  lost_.assign(static_cast<std::size_t>(size_), false);
 }
 
 ClaimBroker::~ClaimBroker() {
@@ -84,21 +90,47 @@ void ClaimBroker::pause(int& idle_rounds) {
 }
 
 void ClaimBroker::send(int to, int message_tag, std::vector<std::byte> bytes) {
-  PendingSend s{MPI_REQUEST_NULL, std::make_unique<std::vector<std::byte>>(std::move(bytes))};
+  PendingSend s{MPI_REQUEST_NULL, std::make_unique<std::vector<std::byte>>(std::move(bytes)), to};
   check(MPI_Isend(s.bytes->data(), static_cast<int>(s.bytes->size()), MPI_BYTE, to, message_tag, comm_, &s.request), "MPI_Isend");
   ++traffic_.messages;
   traffic_.bytes += s.bytes->size();
   sends_.push_back(std::move(s));
 }
 
-// True when every send has completed.
+// True when every send has completed, but those to a lost rank (never awaited: it may not read).
 bool ClaimBroker::poll_sends() {
+  bool done_all = true;
   for (auto it = sends_.begin(); it != sends_.end();) {
     int done = 0;
     check(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!done && !lost_[static_cast<std::size_t>(it->to)]) done_all = false;
     it = done ? sends_.erase(it) : it + 1;
   }
-  return sends_.empty();
+  return done_all;
+}
+
+// Leaving with sends to a lost rank outstanding: their requests are freed and their buffers kept
+// (MPI may still read them until the job ends, which a lost rank's job does soon: see "Silence").
+void ClaimBroker::abandon_sends() {
+  for (PendingSend& s : sends_) {
+    MPI_Request_free(&s.request);
+    (void)s.bytes.release();  // deliberately leaked: still MPI's to read
+  }
+  sends_.clear();
+}
+
+RankStatus ClaimBroker::lost_status(int rank, const char* side) const {
+  RankStatus s;
+  s.kind = RankStatus::state::lost;
+  s.rank = rank;
+  s.failure.kind = stage_error::cause::lost;
+  s.failure.in_supervisor = true;
+  s.failure.replica = stage_error::no_replica;
+  s.failure.message = fmt::format(
+      "{} nothing from it for {:.1f} s (the silence limit): the rank is stopped, hung or cut off. The MPI job cannot go on; "
+      "procflow::mpi::environment aborts it (MPI_Abort) instead of finalizing",
+      side, std::chrono::duration<double>(silence_limit_).count());
+  return s;
 }
 
 namespace {
@@ -138,16 +170,40 @@ void ClaimBroker::run_root() {
   bool outcome_sent = false;
   bool local_recorded = false;
   int idle = 0;
+  const Clock::time_point started = Clock::now();
+  std::vector<Clock::time_point> heard(static_cast<std::size_t>(size_), started);
+  Clock::time_point alive_sent = started;
   const auto on_status = [&](int from, RankStatus s) {
     if (statuses[static_cast<std::size_t>(from)]) return;
     statuses[static_cast<std::size_t>(from)] = std::move(s);
     ++reported;
     const RankStatus& got = *statuses[static_cast<std::size_t>(from)];
-    if (got.kind == RankStatus::state::failed && !outcome_sent) {
+    const bool failure = got.kind == RankStatus::state::failed || got.kind == RankStatus::state::lost;
+    if (failure && (!outcome_sent || (got.kind == RankStatus::state::lost && outcome_.kind != RankStatus::state::lost))) {
+      // A lost rank overrides an earlier failure's outcome: every rank must learn that the job
+      // cannot go on. A rank already told of the failure reads this second OUTCOME while it waits
+      // for rank 0's GRANT or END, and leaves without them (rank 0 leaves at once, below).
       outcome_ = got;
       for (int r = 1; r < size_; ++r) send(r, outcome, encode_status(outcome_));
       outcome_sent = true;
       if (!local_done_.load(std::memory_order_acquire)) stop_local_();
+    }
+  };
+  // Heartbeats to the ranks not yet told the outcome; a rank silent for the limit before its
+  // STATUS is lost.
+  const auto watch = [&] {
+    const Clock::time_point now = Clock::now();
+    if (!outcome_sent && now - alive_sent >= heartbeat_) {
+      for (int r = 1; r < size_; ++r)
+        if (!lost_[static_cast<std::size_t>(r)]) send(r, alive, {});
+      alive_sent = now;
+    }
+    for (int r = 1; r < size_; ++r) {
+      const auto i = static_cast<std::size_t>(r);
+      if (statuses[i] || now - heard[i] < silence_limit_) continue;
+      lost_[i] = true;
+      credits[i] = 0;
+      on_status(r, lost_status(r, "rank 0 heard"));
     }
   };
   for (;;) {
@@ -201,7 +257,11 @@ void ClaimBroker::run_root() {
       check(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
       std::vector<std::byte> bytes(static_cast<std::size_t>(std::max(count, 0)));
       check(MPI_Recv(bytes.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, comm_, MPI_STATUS_IGNORE), "MPI_Recv");
-      if (st.MPI_TAG == claim && bytes.size() == 8) {
+      heard[static_cast<std::size_t>(st.MPI_SOURCE)] = Clock::now();
+      if (lost_[static_cast<std::size_t>(st.MPI_SOURCE)]) {
+        // Too late: the job already ended for this rank. Read and dropped.
+      } else if (st.MPI_TAG == alive) {
+      } else if (st.MPI_TAG == claim && bytes.size() == 8) {
         std::uint64_t wanted = 0;
         std::memcpy(&wanted, bytes.data(), 8);
         const std::uint64_t count_granted = std::min<std::uint64_t>(std::max<std::uint64_t>(wanted, 1), total_chunks_ - next_chunk_);
@@ -224,6 +284,16 @@ void ClaimBroker::run_root() {
       } else {
         throw MpiFailure{fmt::format("rank 0: unexpected message (tag {}, {} bytes) from rank {}", st.MPI_TAG, count, st.MPI_SOURCE)};
       }
+    }
+    watch();
+    if (outcome_sent && outcome_.kind == RankStatus::state::lost) {
+      // The job cannot go on: the other ranks leave on this OUTCOME without their STATUS, and
+      // nothing still on its way here will be read. The OUTCOME goes out first (sends progress
+      // only inside MPI calls), for at most a heartbeat in case another rank is silent too.
+      const Clock::time_point until = Clock::now() + heartbeat_;
+      while (!poll_sends() && Clock::now() < until) pause(idle);
+      abandon_sends();
+      return;
     }
     if (reported == size_ && !outcome_sent) {
       outcome_ = RankStatus{};  // every rank succeeded (a failure would have been sent already)
@@ -259,9 +329,32 @@ void ClaimBroker::run_member() {
   bool status_sent = false;
   bool outcome_received = false;
   int idle = 0;
+  Clock::time_point heard = Clock::now();  // from rank 0
+  Clock::time_point alive_sent = heard;
+  // Rank 0 lost: leave now, the receives cancelled (their buffers go with this run) and the
+  // sends abandoned.
+  const auto leave_lost = [&] {
+    for (PostedReceive& p : posted) {
+      MPI_Cancel(&p.request);
+      MPI_Wait(&p.request, MPI_STATUS_IGNORE);
+    }
+    abandon_sends();
+  };
   for (;;) {
     bool busy = false;
     if (user_cancel_ && user_cancel_->requested.load(std::memory_order_relaxed) != 0) stop_local_();
+    const Clock::time_point now = Clock::now();
+    if (!outcome_received && now - heard >= silence_limit_) {
+      outcome_ = lost_status(0, "this rank heard");
+      if (!local_done_.load(std::memory_order_acquire)) stop_local_();
+      leave_lost();
+      return;
+    }
+    // Also after a failure's OUTCOME, while this rank's run stops: until STATUS (nothing after it).
+    if (!status_sent && now - alive_sent >= heartbeat_) {
+      send(0, alive, {});
+      alive_sent = now;
+    }
     // No CLAIM after STATUS (STATUS is this rank's last message: rank 0 leaves once it has every
     // rank's, and a CLAIM it never reads would leave this rank waiting for its GRANT).
     if (table_ && !exhausted_ && !claim_outstanding && !outcome_received && !status_sent) {
@@ -297,7 +390,9 @@ void ClaimBroker::run_member() {
       check(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
       std::vector<std::byte> bytes(static_cast<std::size_t>(std::max(count, 0)));
       check(MPI_Recv(bytes.data(), count, MPI_BYTE, 0, st.MPI_TAG, comm_, MPI_STATUS_IGNORE), "MPI_Recv");
-      if (st.MPI_TAG == grant && bytes.size() == 16) {
+      heard = Clock::now();
+      if (st.MPI_TAG == alive) {
+      } else if (st.MPI_TAG == grant && bytes.size() == 16) {
         std::uint64_t first = 0;
         std::uint64_t n = 0;
         std::memcpy(&first, bytes.data(), 8);
@@ -322,6 +417,12 @@ void ClaimBroker::run_member() {
           throw MpiFailure{fmt::format("rank {}: the job's outcome could not be decoded ({})", rank_, e.what())};
         }
         outcome_received = true;
+        if (outcome_.kind == RankStatus::state::lost) {
+          // Another rank is lost: rank 0 will not wait for our messages, so neither do we.
+          if (!local_done_.load(std::memory_order_acquire)) stop_local_();
+          leave_lost();
+          return;
+        }
         if (outcome_.kind == RankStatus::state::failed && !local_done_.load(std::memory_order_acquire)) stop_local_();
       } else {
         throw MpiFailure{fmt::format("rank {}: unexpected message (tag {}, {} bytes) from rank 0", rank_, st.MPI_TAG, count)};

@@ -31,6 +31,15 @@
 //    stream ended or the job is failing; DATA only before END), and returns after all statuses,
 //    OUTCOME and END are out and its sends completed.
 //
+// Silence (where MPI cannot tell: a rank stopped, hung, or cut off without its connection
+// failing): before its STATUS, every rank sends rank 0 an ALIVE at least every heartbeat, and rank
+// 0 sends each rank one until its OUTCOME. A rank that has not reported and from which rank 0
+// heard nothing for the silence limit is lost: the outcome is a `lost` failure naming it, sent to
+// every other rank. A rank that hears nothing from rank 0 for the limit before its OUTCOME ends
+// with rank 0 lost. Either way the brokers leave without waiting for the lost rank (its sends are
+// abandoned, receives cancelled), and the MPI job cannot run collectives any more: rank_run.cpp
+// refuses further runs and the environment aborts the job instead of finalizing it.
+//
 // Thread use: the broker calls MPI only between start() and join(); the rank's main thread calls
 // MPI only outside that window (MPI_THREAD_SERIALIZED suffices). The broker never forks and holds
 // no lock the forked replicas could need (they only read the ChunkTable).
@@ -44,6 +53,7 @@
 #include <mpi.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <string>
 #include <vector>
@@ -73,8 +83,10 @@ class ClaimBroker {
   // `table` is null when no source is split across ranks. `total_chunks`: the global chunk count.
   // `stop_local` asks this rank's local run to stop (a failure elsewhere); `user_cancel` (may be
   // null) is the user's cancel_source, forwarded to `stop_local`.
+  // `silence_limit`: see "Silence" above (its quarter, at most 1 s, is the heartbeat).
   ClaimBroker(MPI_Comm comm, ChunkTable* table, std::uint64_t total_chunks, std::uint32_t claim_chunks,
-              std::function<void()> stop_local, const detail::cancel_state* user_cancel);
+              std::function<void()> stop_local, const detail::cancel_state* user_cancel,
+              std::chrono::milliseconds silence_limit);
   // The stage boundary between ranks: rank 0's queue (with the slots each rank has), or a rank's
   // inbox. Call before start().
   void export_to_ranks(ExportQueue* queue, std::uint32_t slots_per_rank) noexcept {
@@ -100,6 +112,8 @@ class ClaimBroker {
   void run_member();
   bool poll_sends();
   void send(int to, int tag, std::vector<std::byte> bytes);
+  void abandon_sends();
+  RankStatus lost_status(int rank, const char* side) const;
   void grant_locally();
   void check(int rc, const char* what);
   static void pause(int& idle_rounds);
@@ -124,9 +138,14 @@ class ClaimBroker {
   std::optional<RankStatus> local_status_;
   std::atomic<bool> local_done_{false};   // local_status_ is set (release by main, acquire by broker)
 
+  std::chrono::steady_clock::duration silence_limit_;
+  std::chrono::steady_clock::duration heartbeat_;
+  std::vector<bool> lost_;  // rank 0: ranks declared lost (their sends no longer awaited)
+
   struct PendingSend {
     MPI_Request request;
     std::unique_ptr<std::vector<std::byte>> bytes;
+    int to;
   };
   std::vector<PendingSend> sends_;
   RankStatus outcome_;

@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <memory>
 #include <thread>
 #include <tuple>
@@ -34,6 +36,8 @@ namespace procflow::mpi {
 namespace {
 
 int current_rank = -1;  // read by replicas too (forked after it is set)
+// Set when a run lost a rank (ClaimBroker, "Silence"): the job cannot run collectives any more.
+std::string lost_job;
 
 void check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
@@ -188,7 +192,17 @@ environment::environment(int& argc, char**& argv) {
   }
 }
 
-environment::~environment() { MPI_Finalize(); }
+environment::~environment() {
+  if (lost_job.empty()) {
+    MPI_Finalize();
+    return;
+  }
+  // MPI_Finalize would wait for the lost rank; MPI_Abort has mpirun end every rank, the lost one
+  // (stopped or hung) included.
+  std::fprintf(stderr, "procflow::mpi: aborting the MPI job (%s)\n", lost_job.c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+}
 
 std::string rank_table(const std::vector<rank_report>& ranks) {
   std::string out = fmt::format("{:>4}  {:<16} {:<13} {:>8} {:>14} {:>14} {:>10} {:>9}\n", "rank", "stage", "kind", "replicas",
@@ -204,7 +218,10 @@ namespace detail {
 
 void broadcast(MPI_Comm comm, std::vector<std::byte>& bytes) { mpi_detail::broadcast_bytes(comm, bytes); }
 
-rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector, MPI_Comm user_comm) {
+rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector, MPI_Comm user_comm,
+                          std::chrono::milliseconds silence_limit) {
+  if (!lost_job.empty())
+    throw procflow::error(fmt::format("procflow::mpi::run: an earlier run lost a rank ({}); the MPI job cannot run another", lost_job));
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) throw procflow::error("procflow::mpi::run: MPI is not initialized (create a procflow::mpi::environment first)");
@@ -270,7 +287,7 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
                                    stop.request_stop();
                                    if (exports) exports->stop();
                                  },
-                                 def.options.cancel.get());
+                                 def.options.cancel.get(), silence_limit);
   if (exports) broker.export_to_ranks(exports.get(), boundary_slots);
   if (imports) broker.import_from_root(imports.get());
   struct RankScope {
@@ -294,8 +311,12 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
     status = status_of_current_exception(stopped.load(std::memory_order_relaxed), def.name);
   }
   broker.local_finished(status);
-  const mpi_detail::RankStatus outcome = broker.join();
-  if (outcome.kind == mpi_detail::RankStatus::state::failed) throw mpi_detail::make_rank_error(outcome, size);
+  mpi_detail::RankStatus outcome = broker.join();
+  if (outcome.kind == mpi_detail::RankStatus::state::lost) {
+    outcome.failure.stage = def.name;  // no stage of it is to blame: the pipeline is named
+    lost_job = fmt::format("MPI rank {} of {} was lost during '{}'", outcome.rank, size, def.name);
+  }
+  if (outcome.kind != mpi_detail::RankStatus::state::ok) throw mpi_detail::make_rank_error(outcome, size);
 
   rank_outcome o;
   o.rank = rank;

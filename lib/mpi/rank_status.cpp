@@ -27,7 +27,7 @@ std::vector<std::byte> encode_status(const RankStatus& s) {
 RankStatus decode_status(const std::vector<std::byte>& bytes) {
   const auto w = decode_from_bytes<wire>(bytes);
   RankStatus s;
-  if (std::get<0>(w) > static_cast<std::uint8_t>(RankStatus::state::cancelled)) throw codec_error("procflow::mpi: bad rank status");
+  if (std::get<0>(w) > static_cast<std::uint8_t>(RankStatus::state::lost)) throw codec_error("procflow::mpi: bad rank status");
   if (std::get<5>(w) > static_cast<std::uint8_t>(stage_error::cause::timeout)) throw codec_error("procflow::mpi: bad failure cause");
   s.kind = static_cast<RankStatus::state>(std::get<0>(w));
   s.rank = std::get<1>(w);

@@ -11,10 +11,12 @@
 namespace procflow::mpi_detail {
 
 struct RankStatus {
-  enum class state : std::uint8_t { ok, failed, cancelled };
+  // lost: a rank sent nothing for the silence limit (stopped, hung, cut off); a failure after
+  // which the MPI job cannot run collectives any more (see ClaimBroker, "Silence").
+  enum class state : std::uint8_t { ok, failed, cancelled, lost };
   state kind = state::ok;
-  int rank = 0;                  // the rank whose local run failed (failed only)
-  stage_error::details failure;  // failed only
+  int rank = 0;                  // the rank whose local run failed (failed, lost)
+  stage_error::details failure;  // failed, lost
 };
 
 std::vector<std::byte> encode_status(const RankStatus& s);
