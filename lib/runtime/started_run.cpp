@@ -22,6 +22,7 @@
 #include "channel/outbox.hpp"
 #include "runtime/cancel_state.hpp"
 #include "runtime/identity.hpp"
+#include "runtime/run_state.hpp"
 #include "runtime/supervisor.hpp"
 
 #include <procflow/detail/started_run.hpp>
@@ -185,13 +186,15 @@ class StartedRun final : public started_run {
   }
 
   void drive() {
-    // pf::this_replica() in a sink or collect running here (this thread only: the caller's own
-    // threads keep their identity), as run() answers on the caller's thread.
+    // pf::this_replica() and pf::counter() in a sink or collect running here (this thread only:
+    // the caller's own threads keep their identity), as run() answers on the caller's thread.
     runtime::ThreadIdentity caller_side;
     caller_side.id.def = def_.get();
     caller_side.id.stage = def_->stages.size() - 1;
     caller_side.id.run_seed = supervised_->plan().seed;
     caller_side.id.in_supervisor = true;
+    const runtime::RunState& state = supervised_->state();
+    caller_side.counters = &state.user_counters(state.total_replicas());  // the supervisor's table
     const runtime::ThreadIdentityScope wear(caller_side);
     std::exception_ptr error;
     try {

@@ -144,6 +144,32 @@ TEST_CASE("a sink in the caller's process counts too, and a handle kept by a per
   CHECK(stage_counter(r.report.stages[2], "stored") == static_cast<u64>(n));
 }
 
+TEST_CASE("a sink in the caller's process of a started pipeline counts as under run()") {
+  // start(): the sink runs on the pipeline's driver thread, which must count into the caller's
+  // table as run()'s calling thread does (it threw "not in a run" before).
+  CleanupCheck cleanup;
+  constexpr i64 n = 10'000;
+  i64 stored = 0;
+  auto job = pf::pipeline("started_caller_side")
+                 .source("numbers", pf::iota<i64>(0, n))
+                 .map("work", [](i64 x) {
+                   pf::counter("seen").add();
+                   return x;
+                 }, pf::replicas(2))
+                 .sink("store", [&stored](i64 x) {
+                   ++stored;
+                   pf::counter("stored").add();
+                   if (x % 2 == 0) pf::counter("even").add(2);
+                 })
+                 .start();
+  const auto r = job.wait();
+  CHECK(stored == n);
+  INFO(r.report.to_string(true));
+  CHECK(stage_counter(r.report.stages[1], "seen") == static_cast<u64>(n));
+  CHECK(stage_counter(r.report.stages[2], "stored") == static_cast<u64>(n));
+  CHECK(stage_counter(r.report.stages[2], "even") == static_cast<u64>(n));
+}
+
 TEST_CASE("past the fixed limits, and outside a run, counter() refuses with a clear error") {
   CleanupCheck cleanup;
   auto too_many = [] {
