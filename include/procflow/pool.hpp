@@ -593,9 +593,10 @@ class service {
  public:
   service(flow<detail::request<Cur>> chain, std::vector<std::string> names) : chain_(std::move(chain)), names_(std::move(names)) {}
 
+  // fn may be a pf::per_replica factory: each replica builds its own callable (a connection, a
+  // model) once, and its finish() runs when the pool ends.
   template <class F, class... Opts>
   auto map(std::string name, F fn, const Opts&... opts) const {
-    static_assert(!detail::is_factory_v<F>, "procflow: serve(): per_replica factories are not supported in a pool's stages yet");
     static_assert(detail::callable_with_item_v<detail::callable_t<F>, Cur>,
                   "procflow: serve().map(): the function cannot be called with the previous stage's item type");
     using U = detail::item_result_t<detail::callable_t<F>, Cur>;
@@ -603,19 +604,18 @@ class service {
     auto names = names_;
     names.push_back(name);
     const auto stage = static_cast<std::uint32_t>(names_.size());
-    return service<In, U, MayDrop>(chain_.map(std::move(name), detail::request_map<Cur, U, F>{std::move(fn), stage}, opts...),
+    return service<In, U, MayDrop>(chain_.map(std::move(name), wrap<false, U>(std::move(fn), stage), opts...),
                                    std::move(names));
   }
 
   template <class F, class... Opts>
   auto filter(std::string name, F pred, const Opts&... opts) const {
-    static_assert(!detail::is_factory_v<F>, "procflow: serve(): per_replica factories are not supported in a pool's stages yet");
     static_assert(std::is_invocable_r_v<bool, detail::callable_t<F>&, const Cur&>,
                   "procflow: serve().filter(): the predicate must take the previous stage's item (const T&) and return bool");
     auto names = names_;
     names.push_back(name);
     const auto stage = static_cast<std::uint32_t>(names_.size());
-    return service<In, Cur, true>(chain_.map(std::move(name), detail::request_filter<Cur, F>{std::move(pred), stage}, opts...),
+    return service<In, Cur, true>(chain_.map(std::move(name), wrap<true, Cur>(std::move(pred), stage), opts...),
                                   std::move(names));
   }
 
@@ -627,6 +627,20 @@ class service {
   }
 
  private:
+  // The user's callable wrapped to pass request ids on (request_filter for a filter, else
+  // request_map to U); a per_replica factory becomes a factory of wrapped callables.
+  template <bool Filter, class U, class F>
+  static auto wrap(F fn, std::uint32_t stage) {
+    if constexpr (detail::is_factory_v<F>) {
+      using Made = detail::callable_t<F>;
+      return per_replica([make = std::move(fn.factory), stage]() mutable { return wrap<Filter, U, Made>(make(), stage); });
+    } else if constexpr (Filter) {
+      return detail::request_filter<Cur, F>{std::move(fn), stage};
+    } else {
+      return detail::request_map<Cur, U, F>{std::move(fn), stage};
+    }
+  }
+
   flow<detail::request<Cur>> chain_;
   std::vector<std::string> names_;
 };

@@ -6,7 +6,8 @@
 //  - a replica killed while it holds requests fails those futures (stage_error naming the signal),
 //    every other pending future resolves (a value or that error, never nothing), and the pool
 //    leaves no process and no /dev/shm entry;
-//  - try_submit never blocks.
+//  - try_submit never blocks;
+//  - per_replica factories in a pool's map and filter run once in each replica, finish() at the end.
 #include "support/child_process.hpp"
 
 #include <procflow/procflow.hpp>
@@ -14,6 +15,7 @@
 #include <doctest/doctest.h>
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -98,6 +100,52 @@ TEST_CASE("submit: a filter's futures hold an empty optional for the items it dr
       CHECK(!r.has_value());
     }
   }
+}
+
+TEST_CASE("submit: per_replica map and filter build their callables in each replica once, and finish() them at the end") {
+  struct Counts {
+    std::atomic<int> maps_made{0};
+    std::atomic<int> filters_made{0};
+    std::atomic<int> finished{0};
+  };
+  void* mem = ::mmap(nullptr, sizeof(Counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  auto* counts = new (mem) Counts{};
+  // Doubles an item only in the process that built it (-1 elsewhere: built in the caller, copied).
+  struct Doubler {
+    Counts* counts;
+    pid_t built_in;
+    i64 operator()(i64 x) const { return ::getpid() == built_in ? 2 * x : -1; }
+    void finish() { counts->finished.fetch_add(1); }
+  };
+  {
+    auto pool = pf::serve<i64>("per_replica_pool")
+                    .map("double", pf::per_replica([counts] {
+                      counts->maps_made.fetch_add(1);
+                      return Doubler{counts, ::getpid()};
+                    }), pf::replicas(2))
+                    .filter("small", pf::per_replica([counts] {
+                      counts->filters_made.fetch_add(1);
+                      return [limit = i64{1000}](i64 y) { return y < limit; };
+                    }))
+                    .start();
+    std::vector<std::future<std::optional<i64>>> futures;
+    for (i64 i = 0; i < 1000; ++i) futures.push_back(pool.submit(i));
+    for (i64 i = 0; i < 1000; ++i) {
+      const auto r = futures[static_cast<std::size_t>(i)].get();
+      if (2 * i < 1000) {
+        REQUIRE(r.has_value());
+        CHECK(*r == 2 * i);
+      } else {
+        CHECK(!r.has_value());
+      }
+    }
+    pool.wait();
+  }
+  CHECK(counts->maps_made.load() == 2);
+  CHECK(counts->filters_made.load() == 2);
+  CHECK(counts->finished.load() == 2);
+  ::munmap(mem, sizeof(Counts));
 }
 
 TEST_CASE("submit: a throwing item fails only its future; the pool keeps serving") {

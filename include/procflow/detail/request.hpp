@@ -70,6 +70,12 @@ struct request_map {
   {
     return apply(fn, r);
   }
+  // A per_replica callable's finish() at the pool's end (callable.hpp calls it when present).
+  void finish()
+    requires requires(F& f) { f.finish(); }
+  {
+    fn.finish();
+  }
 
  private:
   template <class Fn>
@@ -100,6 +106,11 @@ struct request_filter {
     requires(!std::is_invocable_r_v<bool, const F&, const T&>)
   {
     return apply(pred, r);
+  }
+  void finish()
+    requires requires(F& f) { f.finish(); }
+  {
+    pred.finish();
   }
 
  private:
