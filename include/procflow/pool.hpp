@@ -250,7 +250,7 @@ class pool_core final : public result_collector {
     // submit_all()
     std::shared_ptr<job_state<result_type>> job;
     std::shared_ptr<const std::vector<In>> job_items;  // the job's items, kept for a redelivery
-    std::vector<std::uint32_t> job_index;  // the job item of each request; empty: the k-th is item k
+    std::vector<std::size_t> job_index;  // the job item of each request; empty: the k-th is item k
 
     std::size_t job_item(std::uint64_t k) const { return job_index.empty() ? static_cast<std::size_t>(k) : job_index[k]; }
   };
@@ -434,12 +434,12 @@ class pool_core final : public result_collector {
   // Sends an entry of the dead generation again: a request, or a job's unanswered items as one
   // entry of the new generation.
   void redeliver(pending_entry&& p) {
-    std::vector<std::uint32_t> items;  // the job items still unanswered
+    std::vector<std::size_t> items;  // the job items still unanswered
     if (p.job) {
       {
         auto job_lock = p.job->lock();
         for (std::uint64_t k = 0; k < p.count; ++k)
-          if (!p.job->answered(p.job_item(k))) items.push_back(static_cast<std::uint32_t>(p.job_item(k)));
+          if (!p.job->answered(p.job_item(k))) items.push_back(p.job_item(k));
       }
       if (items.empty()) return;
     }
@@ -447,7 +447,7 @@ class pool_core final : public result_collector {
     struct context {
       pool_core* self;
       pending_entry* p;
-      std::vector<std::uint32_t>* items;
+      std::vector<std::size_t>* items;
       std::uint64_t generation;
       bool added;
     } c{this, &p, &items, generation_.load(std::memory_order_relaxed), false};
