@@ -120,54 +120,40 @@ TEST_CASE("named counters are summed exactly per stage and per replica, and show
   CHECK(track);
 }
 
-TEST_CASE("a sink in the caller's process counts too, and a handle kept by a per_replica factory") {
-  CleanupCheck cleanup;
-  constexpr i64 n = 10'000;
-  i64 stored = 0;
-  auto r = pf::pipeline("caller_side")
-               .source("numbers", pf::iota<i64>(0, n))
-               .map("work", pf::per_replica([] {
-                 // The handle is made once per replica (after the fork) and bumped per item.
-                 return [hits = pf::counter("hits")](i64 x) mutable {
-                   hits.add();
-                   return x;
-                 };
-               }), pf::replicas(2))
-               .sink("store", [&stored](i64) {
-                 ++stored;
-                 pf::counter("stored").add();
-               })
-               .run();
-  CHECK(stored == n);
-  INFO(r.report.to_string(true));
-  CHECK(stage_counter(r.report.stages[1], "hits") == static_cast<u64>(n));
-  CHECK(stage_counter(r.report.stages[2], "stored") == static_cast<u64>(n));
+// A sink in the caller's process counting beside a replica stage's per_replica handle: the
+// declaration run() and start() share (start(): the sink runs on the pipeline's driver thread,
+// which must count into the caller's table as run()'s calling thread does).
+auto caller_side_counting(const char* name, i64 n, i64& stored) {
+  return pf::pipeline(name)
+      .source("numbers", pf::iota<i64>(0, n))
+      .map("work", pf::per_replica([] {
+        // The handle is made once per replica (after the fork) and bumped per item.
+        return [hits = pf::counter("hits")](i64 x) mutable {
+          hits.add();
+          return x;
+        };
+      }), pf::replicas(2))
+      .sink("store", [&stored](i64 x) {
+        ++stored;
+        pf::counter("stored").add();
+        if (x % 2 == 0) pf::counter("even").add(2);
+      });
 }
 
-TEST_CASE("a sink in the caller's process of a started pipeline counts as under run()") {
-  // start(): the sink runs on the pipeline's driver thread, which must count into the caller's
-  // table as run()'s calling thread does (it threw "not in a run" before).
+TEST_CASE("a sink in the caller's process counts too, under run() and start(), and a handle kept by a per_replica factory") {
   CleanupCheck cleanup;
   constexpr i64 n = 10'000;
-  i64 stored = 0;
-  auto job = pf::pipeline("started_caller_side")
-                 .source("numbers", pf::iota<i64>(0, n))
-                 .map("work", [](i64 x) {
-                   pf::counter("seen").add();
-                   return x;
-                 }, pf::replicas(2))
-                 .sink("store", [&stored](i64 x) {
-                   ++stored;
-                   pf::counter("stored").add();
-                   if (x % 2 == 0) pf::counter("even").add(2);
-                 })
-                 .start();
-  const auto r = job.wait();
-  CHECK(stored == n);
-  INFO(r.report.to_string(true));
-  CHECK(stage_counter(r.report.stages[1], "seen") == static_cast<u64>(n));
-  CHECK(stage_counter(r.report.stages[2], "stored") == static_cast<u64>(n));
-  CHECK(stage_counter(r.report.stages[2], "even") == static_cast<u64>(n));
+  for (const bool started : {false, true}) {
+    CAPTURE(started);
+    i64 stored = 0;
+    const pf::run_report report = started ? caller_side_counting("started_caller_side", n, stored).start().wait().report
+                                          : caller_side_counting("caller_side", n, stored).run().report;
+    CHECK(stored == n);
+    INFO(report.to_string(true));
+    CHECK(stage_counter(report.stages[1], "hits") == static_cast<u64>(n));
+    CHECK(stage_counter(report.stages[2], "stored") == static_cast<u64>(n));
+    CHECK(stage_counter(report.stages[2], "even") == static_cast<u64>(n));
+  }
 }
 
 TEST_CASE("past the fixed limits, and outside a run, counter() refuses with a clear error") {
