@@ -5,13 +5,17 @@
 //   submit1  one submit() round trip: p50 <= 50 us (vs ProcessPoolExecutor(2).submit, 263 us);
 //   clients8 8 client threads submitting ~20 us items: items/s >= 0.9x one batch run() of them.
 // Every row: bench "serve_bench", variant, job, p50_us / p99_us (per job; clients8: per request,
-// from submit to its answer), jobs_per_s (clients8: requests per second), medians over --repeats.
+// from submit to its answer), jobs_per_s (clients8: requests per second), medians over --repeats;
+// the clients8 rows also caller_cpu_us: the calling process's CPU per request (all its threads:
+// clients, the pool's driver and results threads; not the replicas, which are its children).
 //
 //   serve_bench [--json] [--quick] [--repeats=N] [--only=procflow,python]
 #include "bench_support.hpp"
 #include "pipeline_peers.hpp"
 
 #include <procflow/procflow.hpp>
+
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <future>
@@ -27,7 +31,16 @@ struct Latencies {
   std::vector<double> us;
   double seconds = 0;  // wall time of the whole series
   std::size_t jobs = 0;
+  double caller_cpu_s = -1;  // CPU of the calling process over the series (its threads, not its children); -1: not taken
 };
+
+// User + system CPU of this process so far: every thread of it, none of its children.
+double process_cpu_s() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -38,26 +51,31 @@ double percentile(std::vector<double> v, double p) {
 
 struct Figures {
   double p50 = 0, p99 = 0, jobs_per_s = 0;
+  double caller_cpu_us = -1;  // per job (per request for clients8); -1: not taken
 };
 
 // Medians over repeats of each figure.
 Figures summarize(const std::vector<Latencies>& runs) {
-  std::vector<double> p50, p99, rate;
+  std::vector<double> p50, p99, rate, cpu;
   for (const auto& r : runs) {
     p50.push_back(percentile(r.us, 0.5));
     p99.push_back(percentile(r.us, 0.99));
     rate.push_back(static_cast<double>(r.jobs) / r.seconds);
+    if (r.caller_cpu_s >= 0) cpu.push_back(r.caller_cpu_s * 1e6 / static_cast<double>(r.jobs));
   }
-  return {bench::median(p50), bench::median(p99), bench::median(rate)};
+  return {bench::median(p50), bench::median(p99), bench::median(rate), cpu.empty() ? -1.0 : bench::median(cpu)};
 }
 
 void print_row(const bench::Options& o, const std::string& variant, const std::string& job, const Figures& f, const std::string& note) {
+  // caller_cpu_us only where taken (the clients8 rows): the calling process's CPU per job.
+  const std::string cpu = f.caller_cpu_us >= 0 ? fmt::format(R"(,"caller_cpu_us":{:.3g})", f.caller_cpu_us) : "";
   if (o.json) {
-    fmt::print(R"({{"bench":"serve_bench","variant":"{}","job":"{}","p50_us":{:.4g},"p99_us":{:.4g},"jobs_per_s":{:.6g},"note":"{}"}})"
+    fmt::print(R"({{"bench":"serve_bench","variant":"{}","job":"{}","p50_us":{:.4g},"p99_us":{:.4g},"jobs_per_s":{:.6g}{},"note":"{}"}})"
                "\n",
-               variant, job, f.p50, f.p99, f.jobs_per_s, bench::json_escape(note));
+               variant, job, f.p50, f.p99, f.jobs_per_s, cpu, bench::json_escape(note));
   } else {
-    fmt::print("{:<22} {:<9} {:>10.1f} {:>10.1f} {:>12.0f}  {}\n", variant, job, f.p50, f.p99, f.jobs_per_s, note);
+    const std::string cpu_text = f.caller_cpu_us >= 0 ? fmt::format(" [caller CPU {:.2f} us/job]", f.caller_cpu_us) : "";
+    fmt::print("{:<22} {:<9} {:>10.1f} {:>10.1f} {:>12.0f}  {}{}\n", variant, job, f.p50, f.p99, f.jobs_per_s, note, cpu_text);
   }
   std::fflush(stdout);
 }
@@ -159,6 +177,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < o.repeats; ++r) {
       {
         const auto t0 = Clock::now();
+        const double cpu0 = process_cpu_s();
         // allow_threads: the pool's own threads are idle meanwhile and hold nothing a stage uses.
         auto res = pf::pipeline("batch", pf::allow_threads).source("n", pf::iota<std::uint64_t>(0, client_items))
                        .map("burn", burn, pf::replicas(2))
@@ -167,6 +186,7 @@ int main(int argc, char** argv) {
         (void)res;
         Latencies l;
         l.seconds = bench::seconds_since(t0);
+        l.caller_cpu_s = process_cpu_s() - cpu0;
         l.jobs = client_items;
         l.us.push_back(l.seconds * 1e6);
         batch_runs.push_back(std::move(l));
@@ -174,6 +194,7 @@ int main(int argc, char** argv) {
       constexpr int clients = 8;
       std::vector<std::vector<double>> lat(clients);
       const auto t0 = Clock::now();
+      const double cpu0 = process_cpu_s();
       std::vector<std::thread> threads;
       for (int c = 0; c < clients; ++c)
         threads.emplace_back([&, c] {
@@ -191,6 +212,7 @@ int main(int argc, char** argv) {
       for (auto& t : threads) t.join();
       Latencies l;
       l.seconds = bench::seconds_since(t0);
+      l.caller_cpu_s = process_cpu_s() - cpu0;
       for (auto& v : lat) l.us.insert(l.us.end(), v.begin(), v.end());
       l.jobs = l.us.size();
       client_runs.push_back(std::move(l));
