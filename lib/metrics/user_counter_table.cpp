@@ -104,7 +104,7 @@ template <class Fn>
 void for_each_table(const runtime::Plan& plan, const runtime::RunState& state, Fn&& fn) {
   for (std::size_t g = 0; g < plan.groups.size(); ++g)
     for (std::uint32_t k = 0; k < plan.groups[g].slots; ++k) fn(state.user_counters(state.first_replica(g) + k), g, k);
-  fn(state.user_counters(state.total_replicas()), plan.groups.size(), 0u);
+  fn(state.caller_counters(), plan.groups.size(), 0u);
 }
 
 }  // namespace

@@ -156,6 +156,7 @@ class RunState {
   // The named counters (pf::counter) of a global replica; index total_replicas() is the
   // supervisor's own table (a sink or collect running in the caller).
   metrics::UserCounterTable& user_counters(std::uint32_t global_replica_or_supervisor) const;
+  metrics::UserCounterTable& caller_counters() const { return user_counters(total_replicas_); }
   std::uint32_t total_replicas() const noexcept { return total_replicas_; }
   // Channel feeding group `g` (g >= 1), and the results channel to the supervisor.
   const channel::Channel& input_of(std::size_t group) const { return channels_.at(group - 1); }

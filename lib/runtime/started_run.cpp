@@ -193,8 +193,7 @@ class StartedRun final : public started_run {
     caller_side.id.stage = def_->stages.size() - 1;
     caller_side.id.run_seed = supervised_->plan().seed;
     caller_side.id.in_supervisor = true;
-    const runtime::RunState& state = supervised_->state();
-    caller_side.counters = &state.user_counters(state.total_replicas());  // the supervisor's table
+    caller_side.counters = &supervised_->state().caller_counters();
     const runtime::ThreadIdentityScope wear(caller_side);
     std::exception_ptr error;
     try {

@@ -89,7 +89,7 @@ class Supervisor final : public SupervisedRun {
 
   std::uint64_t seed() const noexcept { return plan_.seed; }
   // pf::counter's table for a sink or collect running in this process.
-  metrics::UserCounterTable& caller_counters() const { return state_.user_counters(state_.total_replicas()); }
+  metrics::UserCounterTable& caller_counters() const { return state_.caller_counters(); }
 
   run_report run() {
     start();
