@@ -19,8 +19,9 @@
 //     lib/mpi/claim_broker.hpp for why point-to-point rather than MPI_Fetch_and_op).
 //   - a generator (pf::generate) runs on rank 0 and feeds the next stage's replicas on ranks
 //     1..N-1: a stage boundary between ranks carrying the encoded batches as MPI messages, under
-//     credit-based flow control (lib/mpi/import_inbox.hpp). With pf::ordered, or when only the
-//     terminal follows the generator, the whole job runs on rank 0.
+//     credit-based flow control (lib/mpi/import_inbox.hpp). Under pf::ordered each batch carries
+//     its place in rank 0's export order, by which rank 0 orders every rank's results. When only
+//     the terminal follows the generator, the whole job runs on rank 0.
 //   - the terminal's results: every rank's encoded result batches are gathered on rank 0, which
 //     merges them with the terminal's own collector: collect (in source order with pf::ordered),
 //     reduce (partials combined in source order with pf::ordered), reduce_by_key (every rank's

@@ -451,6 +451,11 @@ void ClaimBroker::run_member() {
         if (!done) break;  // receives complete in the order they match
         int count = 0;
         check(MPI_Get_count(&rs, MPI_BYTE, &count), "MPI_Get_count");
+        if (static_cast<std::size_t>(count) >= batch_header_bytes) {  // else wait_for() refuses it
+          std::uint64_t place = 0;
+          std::memcpy(&place, imports_->slot_data(it->slot) + sizeof(std::uint64_t), sizeof place);
+          imports_->note_place(it->batch, place);
+        }
         imports_->publish(it->slot, it->batch, static_cast<std::size_t>(count));
         ++received;
         it = posted.erase(it);

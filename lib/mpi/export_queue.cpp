@@ -18,18 +18,23 @@ void ExportQueue::push(const detail::batch_view& batch) {
   if (n > max_message_bytes_)
     throw procflow::error(fmt::format("procflow::mpi: a batch of {} bytes ({} items) is larger than a receiving slot across ranks ({} bytes)",
                                       batch.bytes.size(), batch.items, max_message_bytes_ - batch_header_bytes));
-  // The header (the item count), then the encoded items. Appended rather than memcpy'd into a
-  // sized vector: GCC cannot see that data() of a non-empty vector is not null (-Wnull-dereference).
-  static_assert(batch_header_bytes == sizeof(std::uint64_t));
-  const auto header = std::bit_cast<std::array<std::byte, batch_header_bytes>>(std::uint64_t{batch.items});
+  // The header (the item count and the batch's place in this queue's order), then the encoded
+  // items. Appended rather than memcpy'd into a sized vector: GCC cannot see that data() of a
+  // non-empty vector is not null (-Wnull-dereference). Called by one thread (the collector), in
+  // the order of rank 0's results (source order under pf::ordered).
+  static_assert(batch_header_bytes == 2 * sizeof(std::uint64_t));
+  const auto items = std::bit_cast<std::array<std::byte, 8>>(std::uint64_t{batch.items});
+  const auto place = std::bit_cast<std::array<std::byte, 8>>(pushed_);
   std::vector<std::byte> message;
   message.reserve(n);
-  message.insert(message.end(), header.begin(), header.end());
+  message.insert(message.end(), items.begin(), items.end());
+  message.insert(message.end(), place.begin(), place.end());
   message.insert(message.end(), batch.bytes.begin(), batch.bytes.end());
   std::unique_lock lock(mutex_);
   room_.wait(lock, [&] { return stopped_ || queue_.size() < capacity_; });
   if (stopped_) throw procflow::error("procflow::mpi: the job was stopped while rank 0 was sending the source's items");
   queue_.push_back(std::move(message));
+  ++pushed_;
 }
 
 void ExportQueue::finish() {

@@ -10,6 +10,7 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -42,6 +43,7 @@ class ExportQueue {
   std::size_t max_message_bytes_;
   bool finished_ = false;
   bool stopped_ = false;
+  std::uint64_t pushed_ = 0;  // batches pushed: the next one's place (collector thread only)
 };
 
 // The terminal of rank 0's local pipeline: a sink that runs in the rank's process and hands every

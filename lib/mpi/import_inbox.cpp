@@ -62,6 +62,17 @@ void ImportInbox::release(std::uint64_t b) const noexcept {
   slot_shared(static_cast<std::uint32_t>(b % shared_->slots)).filled.store(0, std::memory_order_release);
 }
 
+void ImportInbox::note_place(std::uint64_t batch, std::uint64_t place) {
+  const std::lock_guard lock(places_mutex_);
+  if (places_.size() <= batch) places_.resize(batch + 1, 0);
+  places_[batch] = place;
+}
+
+std::uint64_t ImportInbox::place_of(std::uint64_t batch) const {
+  const std::lock_guard lock(places_mutex_);
+  return batch < places_.size() ? places_[batch] : batch;
+}
+
 void ImportInbox::publish(std::uint32_t slot, std::uint64_t batch, std::size_t message_bytes) const noexcept {
   ImportSlotShared& s = slot_shared(slot);
   s.message_bytes = message_bytes;

@@ -11,13 +11,16 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <span>
 #include <type_traits>
+#include <vector>
 
 namespace procflow::mpi_detail {
 
-// Bytes at the start of every data message: the item count (the encoded items follow).
-inline constexpr std::size_t batch_header_bytes = 8;
+// Bytes at the start of every data message: the item count, then the batch's place in rank 0's
+// export order (what orders the results across ranks under pf::ordered); the encoded items follow.
+inline constexpr std::size_t batch_header_bytes = 16;
 
 struct ImportSlotShared {
   // Batch number + 1 of the batch the slot holds; 0: free. Stored by the broker with release
@@ -68,12 +71,20 @@ class ImportInbox {
   void publish(std::uint32_t slot, std::uint64_t batch, std::size_t message_bytes) const noexcept;
   void set_total(std::uint64_t total) const noexcept { shared_->total.store(total, std::memory_order_release); }
 
+  // This rank's process only (not shared with the replicas): the export place of local batch b,
+  // noted by the broker before it publishes b, read by the terminal's collector for a result of
+  // batch b (so always after).
+  void note_place(std::uint64_t batch, std::uint64_t place);
+  std::uint64_t place_of(std::uint64_t batch) const;
+
  private:
   ImportSlotShared& slot_shared(std::uint32_t slot) const noexcept { return slots_[slot]; }
   ImportInboxShared* shared_ = nullptr;
   ImportSlotShared* slots_ = nullptr;
   std::byte* data_ = nullptr;
   std::size_t bytes_ = 0;
+  mutable std::mutex places_mutex_;
+  std::vector<std::uint64_t> places_;  // by local batch number
 };
 
 }  // namespace procflow::mpi_detail

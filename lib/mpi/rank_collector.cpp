@@ -36,7 +36,10 @@ void RankCollector::consume(const detail::batch_view& batch) {
   }
   Kept k;
   k.seq = batch.meta.seq;
-  k.order = ordered_ ? (table_ ? table_->entry(batch.meta.seq) : batch.meta.seq) : kept_.size();
+  k.order = !ordered_ ? kept_.size()
+            : table_  ? table_->entry(batch.meta.seq)
+            : imports_ ? imports_->place_of(batch.meta.seq)
+                       : batch.meta.seq;
   k.first_item = batch.meta.first_item;
   k.dense = batch.meta.dense;
   k.items = batch.items;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "mpi/chunk_table.hpp"
+#include "mpi/import_inbox.hpp"
 
 #include <procflow/detail/stage.hpp>
 
@@ -21,9 +22,10 @@ namespace procflow::mpi_detail {
 class RankCollector final : public detail::result_collector {
  public:
   // `table`: maps local chunk numbers (the batches' seq when ordered) to global ones; null when
-  // the source is not split. `forward`: a sink in the caller (see above).
-  RankCollector(detail::result_collector* target, const ChunkTable* table, bool ordered, bool forward)
-      : target_(target), table_(table), ordered_(ordered), forward_(forward) {}
+  // the source is not split. `imports`: the same for a stage boundary between ranks (a local
+  // batch's place in rank 0's export order); null without one. `forward`: a sink in the caller.
+  RankCollector(detail::result_collector* target, const ChunkTable* table, const ImportInbox* imports, bool ordered, bool forward)
+      : target_(target), table_(table), imports_(imports), ordered_(ordered), forward_(forward) {}
 
   void consume(const detail::batch_view& batch) override;
   void finish() override;
@@ -43,6 +45,7 @@ class RankCollector final : public detail::result_collector {
   };
   detail::result_collector* target_;
   const ChunkTable* table_;
+  const ImportInbox* imports_;
   bool ordered_;
   bool forward_;
   std::vector<Kept> kept_;

@@ -258,9 +258,10 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
   const bool is_ordered = def.options.defaults.ordered ||
                           std::any_of(def.stages.begin(), def.stages.end(), [](const auto& s) { return s->options().ordered; });
   // A generator on rank 0 feeding the next stage's replicas on ranks 1..N-1 (a stage boundary
-  // between ranks). Not with pf::ordered (batches would need a global order), nor when the
-  // generator is the whole pipeline but its terminal.
-  const bool boundary = !split && size > 1 && !is_ordered && def.stages.size() > 2 && source != nullptr;
+  // between ranks), also under pf::ordered (each batch carries its place in rank 0's export
+  // order, by which rank 0 orders every rank's results); not when the generator is the whole
+  // pipeline but its terminal.
+  const bool boundary = !split && size > 1 && def.stages.size() > 2 && source != nullptr;
   const bool runs_here = split || boundary || rank == 0;  // otherwise a generator runs on rank 0 only
   constexpr std::uint32_t boundary_slots = 8;
   constexpr std::size_t boundary_slot_bytes = std::size_t{4} << 20;
@@ -277,7 +278,7 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
     local.stages.front() = std::make_shared<mpi_detail::ImportSource>(def.stages.front(), *imports);
   }
   const bool forward = def.stages.back()->runs_in_supervisor() && def.stages.back()->kind() == procflow::detail::stage_kind::sink;
-  mpi_detail::RankCollector results(collector, table.get(), is_ordered, forward);
+  mpi_detail::RankCollector results(collector, table.get(), imports.get(), is_ordered, forward);
 
   const std::uint32_t claim_chunks = std::max(2u, std::thread::hardware_concurrency());
   std::atomic<bool> stopped{false};

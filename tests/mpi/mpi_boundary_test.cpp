@@ -36,6 +36,14 @@ int world_size() {
   return s;
 }
 
+// A run of consecutive items [first, last]; `contiguous`: made of runs that joined up in order.
+struct Span {
+  std::int64_t first = -1;
+  std::int64_t last = -1;
+  bool contiguous = true;
+};
+PROCFLOW_CODEC(Span, first, last, contiguous);
+
 auto counting_generator(std::int64_t n) {
   return [i = std::int64_t{0}, n]() mutable -> std::optional<std::int64_t> {
     if (i == n) return std::nullopt;
@@ -138,6 +146,41 @@ TEST_CASE("generator -> flat_map -> collect, and -> reduce_by_key, across the bo
     REQUIRE(grouped.value.size() == counts.size());
     for (const auto& [k, c] : counts) CHECK(grouped.value.at(k) == c);
   }
+}
+
+TEST_CASE("pf::ordered across the boundary: collect in source order, and a non-commutative reduce in order") {
+  // The generator's batches go to ranks 1..N-1 as they have credits; rank 0 puts every rank's
+  // results back in the export order. Items of uneven cost, so that ranks finish out of order.
+  const std::int64_t n = 60'000;
+  auto uneven = [](std::int64_t x) {
+    if (x % 997 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    return x * 3 + 1;
+  };
+  const auto collected = pf::mpi::run(pf::pipeline("ordered_collect", pf::ordered)
+                                          .source("gen", counting_generator(n))
+                                          .map("f", uneven, pf::replicas(2))
+                                          .collect());
+  // A reduce whose combine is not commutative: the first and last item of each run of items, and
+  // whether the runs joined up (only in order do they).
+  const auto join = [](Span a, Span b) {
+    if (a.first < 0) return b;
+    if (b.first < 0) return a;
+    return Span{a.first, b.last, a.contiguous && b.contiguous && b.first == a.last + 1};
+  };
+  const auto spanned = pf::mpi::run(pf::pipeline("ordered_reduce", pf::ordered)
+                                        .source("gen", counting_generator(n))
+                                        .map("id", [](std::int64_t x) { return x; }, pf::replicas(2))
+                                        .reduce("span", Span{}, [join](Span acc, std::int64_t x) { return join(acc, Span{x, x, true}); }, join));
+  if (world_rank() == 0) {
+    REQUIRE(collected.value.size() == static_cast<std::size_t>(n));
+    bool in_order = true;
+    for (std::int64_t x = 0; x < n; ++x) in_order = in_order && collected.value[static_cast<std::size_t>(x)] == x * 3 + 1;
+    CHECK(in_order);
+    if (world_size() > 1) CHECK(collected.sent.batches > 0);  // it did cross the boundary
+  }
+  CHECK(spanned.value.first == 0);
+  CHECK(spanned.value.last == n - 1);
+  CHECK(spanned.value.contiguous);
 }
 
 TEST_CASE("back-pressure crosses ranks: the generator never runs far ahead of slow remote consumers") {
