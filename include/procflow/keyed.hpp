@@ -138,6 +138,13 @@ class keyed_result {
     parts_.assign(keyed_partition_count, partition{});
     return m;
   }
+  // The partitions moved out (keyed_partition_count of them; this result is left empty), e.g. to
+  // hand each to a thread or a writer of its own.
+  std::vector<partition> take_partitions() && {
+    std::vector<partition> out = std::move(parts_);
+    parts_.assign(keyed_partition_count, partition{});
+    return out;
+  }
   // Code written when reduce_by_key returned a std::unordered_map keeps compiling.
   operator std::unordered_map<K, V, Hash>() const& { return to_unordered_map(); }  // NOLINT(google-explicit-constructor)
   operator std::unordered_map<K, V, Hash>() && { return std::move(*this).to_unordered_map(); }  // NOLINT

@@ -24,10 +24,15 @@
 //     the terminal follows the generator, the whole job runs on rank 0.
 //   - the terminal's results: every rank's encoded result batches are gathered on rank 0, which
 //     merges them with the terminal's own collector: collect (in source order with pf::ordered),
-//     reduce (partials combined in source order with pf::ordered), reduce_by_key (every rank's
-//     keyed partials merged partition by partition on rank 0). The value is on rank 0; a reduce's
-//     value is broadcast to every rank as well; collect and reduce_by_key give the other ranks an
-//     empty value. A sink runs on every rank over that rank's items.
+//     reduce (partials combined in source order with pf::ordered). The value is on rank 0; a
+//     reduce's value is broadcast to every rank as well; collect gives the other ranks an empty
+//     value. A sink runs on every rank over that rank's items.
+//   - reduce_by_key: keys go to their owning rank (partition p of keyed_result's 64 to rank
+//     p % N): each rank merges its replicas' partials, sends each merged partition to its owner
+//     (MPI_Alltoallv), and the owners merge them in rank order. run_options::keys then says where
+//     the value is: on rank 0 (gathered; default) or on the owners (keyed_value::owned). Under
+//     pf::ordered every rank's partials are merged on rank 0 in source order instead.
+//     A combine that throws on any rank ends the run on every rank with the same stage_error.
 //   - failures: a replica failing on any rank ends the job on every rank, each throwing the same
 //     procflow::stage_error (stage, replica, pid, cause as on one machine; its message starts
 //     "on MPI rank R of N"). A rank *process* that dies is MPI's to handle: mpirun ends the job.
@@ -82,7 +87,7 @@ struct traffic {
 
 template <class R>
 struct result {
-  R value{};                       // rank 0 (reduce: every rank); see above
+  R value{};                       // rank 0 (reduce: every rank; reduce_by_key: see keyed_value)
   run_report report;               // every rank's counters summed per stage (rank 0; else this rank's)
   std::vector<rank_report> ranks;  // rank 0: each rank's report
   int rank = 0;                    // this process's rank in the communicator
@@ -106,6 +111,23 @@ int rank() noexcept;
 // A table of every rank's per-stage counters, with a rank column.
 std::string rank_table(const std::vector<rank_report>& ranks);
 
+// Where an unordered reduce_by_key's value ends up (see the top of this file: each rank merges
+// the groups of the key partitions it owns).
+enum class keyed_value : std::uint8_t {
+  on_root,  // gathered on rank 0, whose value holds every group; the other ranks' values are empty
+  owned,    // kept where merged: each rank's value holds the groups of the partitions it owns
+            // (keyed_result partition p on rank p % N); the ranks' values are disjoint, their
+            // union is the result. No gather, so no rank needs memory for every group.
+};
+
+struct run_options {
+  MPI_Comm comm = MPI_COMM_WORLD;
+  // How long a rank may go unheard during a run before it is taken as lost (see the top of this
+  // file). Heartbeats go every quarter of it, at most every second.
+  std::chrono::milliseconds silence_limit = std::chrono::seconds(10);
+  keyed_value keys = keyed_value::on_root;
+};
+
 namespace detail {
 
 struct rank_outcome {
@@ -114,23 +136,18 @@ struct rank_outcome {
   int rank = 0;
   int size = 1;
   traffic sent;
+  bool value_here = false;  // the collector holds this rank's value (rank 0; every owner with keyed_value::owned)
 };
 
-// Runs `def` on every rank of `comm` (lib/mpi/rank_run.cpp). `collector` is the terminal's (null
-// for a sink in its own processes). Collective: every rank of `comm` must call it.
-rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector, MPI_Comm comm,
-                          std::chrono::milliseconds silence_limit);
+// Runs `def` on every rank of `options.comm` (lib/mpi/rank_run.cpp). `collector` is the terminal's
+// (null for a sink in its own processes). Collective: every rank of the communicator must call it.
+rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector,
+                          const run_options& options);
 // Rank 0's bytes on every rank of `comm`.
 void broadcast(MPI_Comm comm, std::vector<std::byte>& bytes);
 
 }  // namespace detail
 
-struct run_options {
-  MPI_Comm comm = MPI_COMM_WORLD;
-  // How long a rank may go unheard during a run before it is taken as lost (see the top of this
-  // file). Heartbeats go every quarter of it, at most every second.
-  std::chrono::milliseconds silence_limit = std::chrono::seconds(10);
-};
 
 // Runs the job on every rank of `options.comm` (collective: every rank calls it with the same
 // declaration and options). Blocks; throws procflow::stage_error on every rank when any rank's
@@ -142,11 +159,11 @@ result<R> run(const runnable<R>& job, const run_options& options) {
   const bool is_ordered = def.options.defaults.ordered ||
                           std::any_of(def.stages.begin(), def.stages.end(), [](const auto& s) { return s->options().ordered; });
   auto collector = def.stages.back()->make_collector(is_ordered);
-  detail::rank_outcome o = detail::run_on_ranks(def, collector.get(), comm, options.silence_limit);
+  detail::rank_outcome o = detail::run_on_ranks(def, collector.get(), options);
   result<R> r;
   if constexpr (!std::is_void_v<R>) {
     auto* typed = static_cast<procflow::detail::typed_collector<R>*>(collector.get());
-    if (o.rank == 0) r.value = typed->take();
+    if (o.value_here) r.value = typed->take();
     if constexpr (encodable<R>) {
       if (def.stages.back()->kind() == procflow::detail::stage_kind::reduce) {
         std::vector<std::byte> bytes;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <tuple>
 #include <unistd.h>
 
@@ -77,15 +78,104 @@ std::vector<std::vector<std::byte>> gather_bytes(MPI_Comm comm, const std::vecto
   return out;
 }
 
-void broadcast_bytes(MPI_Comm comm, std::vector<std::byte>& bytes) {
+void broadcast_bytes(MPI_Comm comm, std::vector<std::byte>& bytes, int root) {
   unsigned long long n = bytes.size();
-  check(MPI_Bcast(&n, 1, MPI_UNSIGNED_LONG_LONG, 0, comm), "MPI_Bcast");
+  check(MPI_Bcast(&n, 1, MPI_UNSIGNED_LONG_LONG, root, comm), "MPI_Bcast");
   if (n > static_cast<unsigned long long>(INT_MAX)) throw procflow::error("procflow::mpi: a broadcast value passes 2 GiB");
   bytes.resize(static_cast<std::size_t>(n));
-  check(MPI_Bcast(bytes.data(), static_cast<int>(n), MPI_BYTE, 0, comm), "MPI_Bcast");
+  check(MPI_Bcast(bytes.data(), static_cast<int>(n), MPI_BYTE, root, comm), "MPI_Bcast");
 }
 
-std::uint64_t RankCollector::gather_to_root(MPI_Comm comm, const std::string& terminal_name) {
+namespace {
+
+// Collective: out[r] to rank r; returns what every rank sent this one (index = rank). Throws
+// procflow::error on every rank together when any rank's sends or receives pass what
+// MPI_Alltoallv can count.
+std::vector<std::vector<std::byte>> exchange_bytes(MPI_Comm comm, const std::vector<std::vector<std::byte>>& out) {
+  const std::size_t size = out.size();
+  std::vector<int> send_counts(size);
+  std::vector<int> send_displs(size);
+  std::vector<std::byte> sending;
+  long long total = 0;
+  for (std::size_t r = 0; r < size; ++r) total += static_cast<long long>(out[r].size());
+  int too_large = total > INT_MAX ? 1 : 0;
+  if (!too_large) {
+    sending.reserve(static_cast<std::size_t>(total));
+    for (std::size_t r = 0; r < size; ++r) {
+      send_displs[r] = static_cast<int>(sending.size());
+      send_counts[r] = static_cast<int>(out[r].size());
+      sending.insert(sending.end(), out[r].begin(), out[r].end());
+    }
+  }
+  std::vector<int> recv_counts(size);
+  check(MPI_Alltoall(send_counts.data(), 1, MPI_INT, recv_counts.data(), 1, MPI_INT, comm), "MPI_Alltoall");
+  std::vector<int> recv_displs(size);
+  long long received = 0;
+  for (std::size_t r = 0; r < size; ++r) {
+    recv_displs[r] = static_cast<int>(std::min<long long>(received, INT_MAX));
+    received += recv_counts[r];
+  }
+  if (received > INT_MAX) too_large = 1;
+  int any_too_large = 0;
+  check(MPI_Allreduce(&too_large, &any_too_large, 1, MPI_INT, MPI_MAX, comm), "MPI_Allreduce");
+  if (any_too_large) throw procflow::error("procflow::mpi: the keyed groups one rank sends or receives pass 2 GiB (MPI_Alltoallv counts are int)");
+  std::vector<std::byte> all(static_cast<std::size_t>(received));
+  check(MPI_Alltoallv(sending.data(), send_counts.data(), send_displs.data(), MPI_BYTE, all.data(), recv_counts.data(),
+                      recv_displs.data(), MPI_BYTE, comm),
+        "MPI_Alltoallv");
+  std::vector<std::vector<std::byte>> in;
+  for (std::size_t r = 0; r < size; ++r) in.emplace_back(all.begin() + recv_displs[r], all.begin() + recv_displs[r] + recv_counts[r]);
+  return in;
+}
+
+// Encoded items back to back (each is self-delimiting), after their count: one batch on arrival.
+void append_framed_item(std::vector<std::byte>& frame, const std::vector<std::byte>& item) {
+  if (frame.empty()) frame.resize(sizeof(std::uint64_t));
+  std::uint64_t count = 0;
+  std::memcpy(&count, frame.data(), sizeof count);
+  ++count;
+  std::memcpy(frame.data(), &count, sizeof count);
+  frame.insert(frame.end(), item.begin(), item.end());
+}
+
+// Caller-side errors follow run()'s rule: a stage_error naming the terminal, in the supervisor;
+// `where` says what this rank was doing (the agreement adds which rank). Called in a catch block.
+[[noreturn]] void throw_merge_error(const std::string& terminal_name, const std::string& where) {
+  stage_error::details d;
+  d.stage = terminal_name;
+  d.in_supervisor = true;
+  d.replica = stage_error::no_replica;
+  d.pid = static_cast<std::int32_t>(::getpid());
+  d.kind = stage_error::cause::exception;
+  d.exception_type = runtime::current_exception_type();
+  d.message = where + ": " + runtime::current_exception_message();
+  std::throw_with_nested(stage_error(std::move(d)));
+}
+
+// Runs `step`; what it throws becomes the stage_error above, returned rather than thrown.
+template <class Step>
+std::exception_ptr merge_step(const std::string& terminal_name, const char* where, Step&& step) {
+  try {
+    try {
+      step();
+    } catch (...) {
+      throw_merge_error(terminal_name, where);
+    }
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
+int rank_of(MPI_Comm comm) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  return rank;
+}
+
+}  // namespace
+
+std::uint64_t RankCollector::gather_to_root(MPI_Comm comm, const std::string& terminal_name, const agreement& agree) {
   if (forward_ || !target_) return 0;
   std::vector<wire_batch> wire;
   wire.reserve(kept_.size());
@@ -97,7 +187,10 @@ std::uint64_t RankCollector::gather_to_root(MPI_Comm comm, const std::string& te
   const std::vector<std::byte> mine = encode_to_bytes(wire);
   wire.clear();
   const auto all = gather_bytes(comm, mine);
-  if (all.empty()) return mine.size();  // not rank 0
+  if (all.empty()) {  // not rank 0
+    agree(nullptr);
+    return mine.size();
+  }
 
   struct Entry {
     std::uint64_t order;
@@ -106,52 +199,97 @@ std::uint64_t RankCollector::gather_to_root(MPI_Comm comm, const std::string& te
   };
   std::vector<std::vector<wire_batch>> per_rank;
   std::vector<Entry> entries;
-  // Caller-side errors follow run()'s rule: a stage_error naming the terminal, in the supervisor.
-  const auto fail = [&](const std::string& where) {
-    stage_error::details d;
-    d.stage = terminal_name;
-    d.in_supervisor = true;
-    d.replica = stage_error::no_replica;
-    d.pid = static_cast<std::int32_t>(::getpid());
-    d.kind = stage_error::cause::exception;
-    d.exception_type = runtime::current_exception_type();
-    d.message = "on MPI rank 0, " + where + ": " + runtime::current_exception_message();
-    std::throw_with_nested(stage_error(std::move(d)));
-  };
-  try {
+  std::exception_ptr failure = merge_step(terminal_name, "decoding the ranks' result batches", [&] {
     for (std::size_t r = 0; r < all.size(); ++r) {
       per_rank.push_back(decode_from_bytes<std::vector<wire_batch>>(all[r]));
       for (std::size_t i = 0; i < per_rank.back().size(); ++i) entries.push_back({std::get<0>(per_rank.back()[i]), r, i});
     }
-  } catch (...) {
-    fail("decoding the ranks' result batches");
-  }
+  });
   // Ordered: by global chunk (a rank's batches of one chunk keep their arrival order; batches of
   // chunks granted to nobody, empty partials, go last). Unordered: rank by rank, as they arrived.
   if (ordered_) std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.order < b.order; });
-  try {
-    for (const Entry& e : entries) {
-      const wire_batch& w = per_rank[e.rank][e.index];
-      const auto& payload = std::get<5>(w);
+  if (!failure)
+    failure = merge_step(terminal_name, "merging the ranks' result batches", [&] {
+      for (const Entry& e : entries) {
+        const wire_batch& w = per_rank[e.rank][e.index];
+        const auto& payload = std::get<5>(w);
+        detail::batch_view view;
+        view.bytes = {reinterpret_cast<const std::byte*>(payload.data()), payload.size()};
+        view.items = std::get<4>(w);
+        // Unordered partials are merged in seq order (replica index): keep ranks apart.
+        view.meta.seq = ordered_ ? std::get<1>(w) : (static_cast<std::uint64_t>(e.rank) << 32) + std::get<1>(w);
+        view.meta.first_item = std::get<2>(w);
+        view.meta.dense = std::get<3>(w);
+        view.batch_end = true;
+        target_->consume(view);
+      }
+    });
+  if (!failure) failure = merge_step(terminal_name, "at the end of the stream (merging partial results)", [&] { target_->finish(); });
+  agree(failure);
+  return mine.size();
+}
+
+void RankCollector::consume_framed(std::span<const std::byte> batch, int rank) {
+  if (batch.empty()) return;
+  if (batch.size() < sizeof(std::uint64_t)) throw codec_error("codec: a rank's keyed groups are shorter than their count");
+  std::uint64_t count = 0;
+  std::memcpy(&count, batch.data(), sizeof count);
+  detail::batch_view view;
+  view.bytes = batch.subspan(sizeof count);
+  view.items = static_cast<std::uint32_t>(count);
+  view.meta.seq = static_cast<std::uint64_t>(rank);  // merged in rank order
+  view.batch_end = true;
+  target_->consume(view);
+}
+
+std::uint64_t RankCollector::route_keys(MPI_Comm comm, const std::string& terminal_name, bool keep_owned, const agreement& agree) {
+  const int rank = rank_of(comm);
+  int size = 1;
+  MPI_Comm_size(comm, &size);
+  std::uint64_t sent = 0;
+
+  // 1. This rank's partials merged (in replica order, as run() merges them), then split by owner.
+  std::vector<std::vector<std::byte>> to_owner(static_cast<std::size_t>(size));
+  agree(merge_step(terminal_name, "merging this rank's partial results", [&] {
+    for (const Kept& k : kept_) {
       detail::batch_view view;
-      view.bytes = {reinterpret_cast<const std::byte*>(payload.data()), payload.size()};
-      view.items = std::get<4>(w);
-      // Unordered partials are merged in seq order (replica index): keep ranks apart.
-      view.meta.seq = ordered_ ? std::get<1>(w) : (static_cast<std::uint64_t>(e.rank) << 32) + std::get<1>(w);
-      view.meta.first_item = std::get<2>(w);
-      view.meta.dense = std::get<3>(w);
+      view.bytes = k.bytes;
+      view.items = k.items;
+      view.meta.seq = k.seq;
+      view.meta.first_item = k.first_item;
+      view.meta.dense = k.dense;
       view.batch_end = true;
       target_->consume(view);
     }
-  } catch (...) {
-    fail("merging the ranks' result batches");
-  }
-  try {
+    kept_.clear();
     target_->finish();
-  } catch (...) {
-    fail("at the end of the stream (merging partial results)");
-  }
-  return mine.size();
+    for (const auto& part : target_->take_partitions())
+      append_framed_item(to_owner[part.partition % static_cast<std::size_t>(size)], part.item);
+  }));
+
+  // 2. Each partition to its owner, which merges the ranks' pieces in rank order.
+  for (int r = 0; r < size; ++r)
+    if (r != rank) sent += to_owner[static_cast<std::size_t>(r)].size();
+  const auto owned = exchange_bytes(comm, to_owner);
+  to_owner.clear();
+  agree(merge_step(terminal_name, "merging the ranks' groups of the keys this rank owns", [&] {
+    for (std::size_t r = 0; r < owned.size(); ++r) consume_framed(owned[r], static_cast<int>(r));
+    target_->finish();
+  }));
+  if (keep_owned) return sent;
+
+  // 3. The owners' partitions to rank 0 (disjoint: nothing left to combine). Rank 0 files its own
+  // back in first, as the target's next finish() builds its value from what it consumed.
+  std::vector<std::byte> mine;
+  for (const auto& part : target_->take_partitions()) append_framed_item(mine, part.item);
+  const auto all = gather_bytes(comm, rank == 0 ? std::vector<std::byte>{} : mine);
+  agree(merge_step(terminal_name, "gathering the merged groups on rank 0", [&] {
+    if (all.empty()) return;  // not rank 0
+    consume_framed(mine, 0);
+    for (std::size_t r = 1; r < all.size(); ++r) consume_framed(all[r], static_cast<int>(r));
+    target_->finish();
+  }));
+  return sent + (rank != 0 ? mine.size() : 0);
 }
 
 }  // namespace procflow::mpi_detail

@@ -179,6 +179,34 @@ mpi_detail::RankStatus status_of_current_exception(bool stopped, const std::stri
   return s;
 }
 
+// Collective: when any rank passes a failure, every rank throws the same stage_error, made of the
+// lowest such rank's status as for a stage failure ("on MPI rank R of N: ..."); on that rank it
+// carries the original exception nested.
+void agree_on_failure(MPI_Comm comm, int rank, int size, const std::exception_ptr& failure, const std::string& pipeline) {
+  const int mine = failure ? rank : size;
+  int first = size;
+  check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
+  if (first == size) return;
+  std::vector<std::byte> status;
+  mpi_detail::RankStatus s;
+  if (rank == first) {
+    try {
+      std::rethrow_exception(failure);
+    } catch (...) {
+      s = status_of_current_exception(false, pipeline);
+      s.rank = rank;
+      status = mpi_detail::encode_status(s);
+    }
+  }
+  mpi_detail::broadcast_bytes(comm, status, first);
+  if (rank != first) throw mpi_detail::make_rank_error(mpi_detail::decode_status(status), size);
+  try {
+    std::rethrow_exception(failure);
+  } catch (...) {
+    std::throw_with_nested(mpi_detail::make_rank_error(s, size));
+  }
+}
+
 }  // namespace
 
 int rank() noexcept { return current_rank; }
@@ -218,8 +246,10 @@ namespace detail {
 
 void broadcast(MPI_Comm comm, std::vector<std::byte>& bytes) { mpi_detail::broadcast_bytes(comm, bytes); }
 
-rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector, MPI_Comm user_comm,
-                          std::chrono::milliseconds silence_limit) {
+rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::detail::result_collector* collector,
+                          const run_options& options) {
+  const MPI_Comm user_comm = options.comm;
+  const std::chrono::milliseconds silence_limit = options.silence_limit;
   if (!lost_job.empty())
     throw procflow::error(fmt::format("procflow::mpi::run: an earlier run lost a rank ({}); the MPI job cannot run another", lost_job));
   int initialized = 0;
@@ -322,23 +352,15 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
   rank_outcome o;
   o.rank = rank;
   o.size = size;
-  // Results to rank 0. A failure merging there is agreed on like a stage failure, so that no rank
-  // goes on into the caller's next collective (a reduce's broadcast) without rank 0.
-  std::uint64_t result_bytes = 0;
-  std::vector<std::byte> merge_status;
-  std::exception_ptr merge_error;
-  try {
-    result_bytes = results.gather_to_root(comm.get(), def.stages.back()->name());
-  } catch (...) {
-    if (rank != 0) throw;  // an MPI failure on this rank: nothing to agree on with a broken communicator
-    merge_error = std::current_exception();
-    mpi_detail::RankStatus failed = status_of_current_exception(false, def.name);
-    failed.rank = 0;
-    merge_status = mpi_detail::encode_status(failed);
-  }
-  mpi_detail::broadcast_bytes(comm.get(), merge_status);
-  if (merge_error) std::rethrow_exception(merge_error);
-  if (!merge_status.empty()) throw mpi_detail::make_rank_error(mpi_detail::decode_status(merge_status), size);
+  // Results to rank 0, or keyed groups to the ranks owning their keys. A failure merging on any
+  // rank is agreed on like a stage failure, so that no rank goes on into the next collective (a
+  // reduce's broadcast, the reports' gather) without the others.
+  const auto agree = [&](std::exception_ptr failure) { agree_on_failure(comm.get(), rank, size, failure, def.name); };
+  const bool route_keys = size > 1 && !is_ordered && !forward && collector && collector->keyed();
+  const bool keep_owned = route_keys && options.keys == keyed_value::owned;
+  const std::uint64_t result_bytes = route_keys ? results.route_keys(comm.get(), def.stages.back()->name(), keep_owned, agree)
+                                                : results.gather_to_root(comm.get(), def.stages.back()->name(), agree);
+  o.value_here = rank == 0 || keep_owned;
 
   // Reports (and the traffic counted so far) to rank 0.
   mpi_detail::BrokerTraffic sent = broker.traffic();

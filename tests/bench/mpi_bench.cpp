@@ -8,7 +8,9 @@
 // boundary between ranks, boundary_1rank / boundary_2ranks: a generator of 8-byte items feeding a
 // trivial map (on 2 ranks, rank 0 generates and rank 1 maps: every item crosses). A 1-rank
 // variant runs on a communicator holding rank 0 alone while rank 1 waits without spinning; a 2-rank
-// variant gives each rank half the cores as replicas. The ratio column is against the 1-rank
+// variant gives each rank half the cores as replicas. groupby_1rank / groupby_2ranks: reduce_by_key
+// over 2 M keys (8 M items), each rank merging the key partitions it owns, the groups gathered on
+// rank 0; groupby_owned_*: the same with pf::mpi::keyed_value::owned (no gather). The ratio column is against the 1-rank
 // variant of the same pipeline. Rows are printed by rank 0.
 #include "bench_support.hpp"
 #include "pipeline_peers.hpp"
@@ -121,6 +123,35 @@ int main(int argc, char** argv) {
     return std::make_pair(static_cast<double>(boundary_n) / s, r.sent);
   };
 
+  // reduce_by_key at high cardinality: on 2 ranks each rank merges the partitions it owns, then
+  // (on_root) rank 0 gathers the merged groups; keyed_value::owned skips the gather (the ranks'
+  // values are checked together).
+  const auto groupby_n = static_cast<std::int64_t>(8'000'000 * o.scale);
+  const std::int64_t groupby_keys = std::max<std::int64_t>(1, groupby_n / 4);
+  const auto groupby = [&](MPI_Comm comm, std::uint32_t replicas, pf::mpi::keyed_value where) {
+    auto job = pf::pipeline("groupby")
+                   .source("numbers", pf::iota<std::int64_t>(0, groupby_n))
+                   .reduce_by_key("by_key", [groupby_keys](std::int64_t x) { return x * 2654435761LL % groupby_keys; }, std::int64_t{0},
+                                  [](std::int64_t acc, std::int64_t) { return acc + 1; }, std::plus<>{}, pf::replicas(replicas));
+    pf::mpi::run_options options;
+    options.comm = comm;
+    options.keys = where;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = pf::mpi::run(job, options);
+    const double s = bench::seconds_since(t0);
+    std::int64_t counted[2] = {static_cast<std::int64_t>(r.value.size()), 0};
+    for (const auto& [k, c] : r.value) counted[1] += c;
+    std::int64_t total[2] = {counted[0], counted[1]};
+    if (where == pf::mpi::keyed_value::owned) MPI_Allreduce(counted, total, 2, MPI_INT64_T, MPI_SUM, comm);
+    if (r.rank == 0 && (total[1] != groupby_n || total[0] > groupby_keys)) {
+      fmt::print(stderr, "groupby: wrong groups ({} keys, {} items)\n", total[0], total[1]);
+      std::exit(1);
+    }
+    return std::make_pair(static_cast<double>(groupby_n) / s, r.sent);
+  };
+  const auto groupby_on_root = [&](MPI_Comm comm, std::uint32_t replicas) { return groupby(comm, replicas, pf::mpi::keyed_value::on_root); };
+  const auto groupby_owned = [&](MPI_Comm comm, std::uint32_t replicas) { return groupby(comm, replicas, pf::mpi::keyed_value::owned); };
+
   std::vector<bench::Row> rows;
   const auto measure = [&](const std::string& pipeline, const auto& once, std::uint64_t n) {
     Measured one_rank;
@@ -159,6 +190,8 @@ int main(int argc, char** argv) {
   if (o.wants("trivial")) measure("trivial", trivial, static_cast<std::uint64_t>(trivial_n));
   if (o.wants("cpu")) measure("cpu", cpu, cpu_n);
   if (o.wants("boundary")) measure("boundary", boundary, static_cast<std::uint64_t>(boundary_n));
+  if (o.wants("groupby")) measure("groupby", groupby_on_root, static_cast<std::uint64_t>(groupby_n));
+  if (o.wants("groupby_owned")) measure("groupby_owned", groupby_owned, static_cast<std::uint64_t>(groupby_n));
   if (rank == 0) bench::report(o, rows);
   if (alone != MPI_COMM_NULL) MPI_Comm_free(&alone);
   return 0;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -152,6 +153,84 @@ TEST_CASE("reduce_by_key across ranks: every key once, with the sequential accum
     REQUIRE(r.value.size() == expected.size());
     for (const auto& [k, v] : expected) CHECK(r.value.at(k) == v);
   }
+}
+
+TEST_CASE("reduce_by_key with keyed_value::owned: each rank holds the groups of the partitions it owns; together the sequential result") {
+  const std::int64_t n = 1'000'000;
+  auto job = pf::pipeline("owned")
+                 .source("n", pf::iota<std::int64_t>(0, n))
+                 .map("mix", [](std::int64_t x) { return x * 2654435761LL % 100003; })
+                 .reduce_by_key("by_key", [](std::int64_t x) { return std::to_string(x % 4099); }, std::int64_t{0},
+                                [](std::int64_t acc, std::int64_t x) { return acc + x; }, std::plus<>{}, pf::replicas(2));
+  pf::mpi::run_options options;
+  options.keys = pf::mpi::keyed_value::owned;
+  const auto r = pf::mpi::run(job, options);
+  std::map<std::string, std::int64_t> expected;
+  for (std::int64_t x = 0; x < n; ++x) {
+    const std::int64_t y = x * 2654435761LL % 100003;
+    expected[std::to_string(y % 4099)] += y;
+  }
+  // Only the partitions this rank owns, each group complete.
+  const auto parts = r.value.partitions();
+  for (std::size_t p = 0; p < parts.size(); ++p)
+    if (static_cast<int>(p % static_cast<std::size_t>(world_size())) != world_rank()) CHECK(parts[p].size() == 0);
+  std::int64_t wrong = 0;
+  for (const auto& [k, v] : r.value) wrong += expected.count(k) == 0 || expected.at(k) != v ? 1 : 0;
+  CHECK(wrong == 0);
+  // Disjoint across ranks, and every key somewhere.
+  std::int64_t held = static_cast<std::int64_t>(r.value.size());
+  std::int64_t total = 0;
+  MPI_Allreduce(&held, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+  CHECK(total == static_cast<std::int64_t>(expected.size()));
+  if (world_size() > 1) CHECK(held < total);
+}
+
+TEST_CASE("reduce_by_key: a combine failing on rank 1 (merging the keys it owns) ends the run on every rank with the same stage_error") {
+  const int me = world_rank();
+  auto job = pf::pipeline("combine_fails")
+                 .source("n", pf::iota<std::int64_t>(0, 400'000))
+                 .reduce_by_key("by_key", [](std::int64_t x) { return x % 1000; }, std::int64_t{0},
+                                [](std::int64_t acc, std::int64_t x) { return acc + x; },
+                                [me](std::int64_t a, std::int64_t b) {
+                                  if (me == 1) throw std::runtime_error("boom in combine");
+                                  return a + b;
+                                },
+                                pf::replicas(2));
+  bool threw = false;
+  try {
+    (void)pf::mpi::run(job);
+  } catch (const pf::stage_error& e) {
+    threw = true;
+    CHECK(e.stage() == "by_key");
+    CHECK(std::string(e.what()).find("on MPI rank 1 of") != std::string::npos);
+    CHECK(std::string(e.what()).find("boom in combine") != std::string::npos);
+  }
+  CHECK(threw);
+  // The job goes on: the next run on every rank works.
+  auto next = pf::pipeline("after").source("n", pf::iota<std::int64_t>(0, 1000)).reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
+  CHECK(pf::mpi::run(next).value == 999 * 1000 / 2);
+}
+
+TEST_CASE("reduce: a combine failing on rank 0 (merging every rank's partials) ends the run on every rank with the same stage_error") {
+  const int me = world_rank();
+  auto job = pf::pipeline("reduce_combine_fails")
+                 .source("n", pf::iota<std::int64_t>(0, 100'000))
+                 .reduce("sum", std::int64_t{0}, std::plus<>{},
+                         [me](std::int64_t a, std::int64_t b) {
+                           if (me == 0) throw std::runtime_error("boom in reduce");
+                           return a + b;
+                         },
+                         pf::replicas(2));
+  bool threw = false;
+  try {
+    (void)pf::mpi::run(job);
+  } catch (const pf::stage_error& e) {
+    threw = true;
+    CHECK(e.stage() == "sum");
+    CHECK(std::string(e.what()).find("on MPI rank 0 of") != std::string::npos);
+    CHECK(std::string(e.what()).find("boom in reduce") != std::string::npos);
+  }
+  CHECK(threw);
 }
 
 TEST_CASE("a generator source: rank 0 feeds the stages on the other ranks; the result is complete") {

@@ -241,6 +241,19 @@ class keyed_collector final : public typed_collector<keyed_result<K, V, Hash>> {
 
   keyed_result<K, V, Hash> take() override { return std::move(result_); }
 
+  bool keyed() const noexcept override { return true; }
+  std::vector<result_collector::encoded_partition> take_partitions() override {
+    std::vector<result_collector::encoded_partition> out;
+    auto parts = std::move(result_).take_partitions();
+    for (std::size_t part = 0; part < parts.size(); ++part) {
+      if (parts[part].empty()) continue;
+      const piece p{static_cast<std::uint32_t>(part), aggregation_mode::pre_aggregated, 0, 0, std::move(parts[part].entries())};
+      parts[part] = table{};
+      out.push_back({p.partition, encode_to_bytes(p)});
+    }
+    return out;
+  }
+
   // Which way the replicas aggregated, and why (the stage's note in the report).
   std::string note() const override {
     const std::string seen = " (" + std::to_string(keys_) + " distinct keys; " + std::to_string(groups_received_) +

@@ -238,6 +238,16 @@ class result_collector {
   // the thread reading the results channel may then spin briefly on an idle core instead of
   // sleeping, so an answer does not wait for that thread's wake-up. Called often; keep it cheap.
   virtual bool awaited() const noexcept { return false; }
+  // A keyed terminal (reduce_by_key), after finish(): its groups moved out as one encoded item per
+  // non-empty partition, which a collector of the same terminal consume()s (a batch of that one
+  // item) to merge them with others. procflow::mpi sends each to the rank that owns its partition.
+  // keyed() is false, and take_partitions() empty, for every other terminal.
+  struct encoded_partition {
+    std::uint32_t partition = 0;
+    std::vector<std::byte> item;
+  };
+  virtual bool keyed() const noexcept { return false; }
+  virtual std::vector<encoded_partition> take_partitions() { return {}; }
 };
 
 // A collector that hands every call on to another; a wrapper overrides only what it adds.
@@ -250,6 +260,8 @@ class forwarding_collector : public result_collector {
   void finish() override { inner_->finish(); }
   std::string note() const override { return inner_->note(); }
   bool awaited() const noexcept override { return inner_->awaited(); }
+  bool keyed() const noexcept override { return inner_->keyed(); }
+  std::vector<encoded_partition> take_partitions() override { return inner_->take_partitions(); }
 
  protected:
   result_collector& inner() const noexcept { return *inner_; }
