@@ -5,6 +5,8 @@
 
 #include <procflow/procflow.hpp>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -185,52 +187,47 @@ TEST_CASE("reduce_by_key with keyed_value::owned: each rank holds the groups of 
   if (world_size() > 1) CHECK(held < total);
 }
 
-TEST_CASE("reduce_by_key: a combine failing on rank 1 (merging the keys it owns) ends the run on every rank with the same stage_error") {
-  const int me = world_rank();
-  auto job = pf::pipeline("combine_fails")
-                 .source("n", pf::iota<std::int64_t>(0, 400'000))
-                 .reduce_by_key("by_key", [](std::int64_t x) { return x % 1000; }, std::int64_t{0},
-                                [](std::int64_t acc, std::int64_t x) { return acc + x; },
-                                [me](std::int64_t a, std::int64_t b) {
-                                  if (me == 1) throw std::runtime_error("boom in combine");
-                                  return a + b;
-                                },
-                                pf::replicas(2));
+// Runs `job`, whose combine throws on rank `failing` only: every rank must throw the same
+// stage_error, naming `stage`, that rank and `what`; the next run then works on every rank.
+template <class Job>
+void check_combine_failure(const Job& job, const std::string& stage, int failing, const std::string& what) {
   bool threw = false;
   try {
     (void)pf::mpi::run(job);
   } catch (const pf::stage_error& e) {
     threw = true;
-    CHECK(e.stage() == "by_key");
-    CHECK(std::string(e.what()).find("on MPI rank 1 of") != std::string::npos);
-    CHECK(std::string(e.what()).find("boom in combine") != std::string::npos);
+    CHECK(e.stage() == stage);
+    CHECK(std::string(e.what()).find(fmt::format("on MPI rank {} of", failing)) != std::string::npos);
+    CHECK(std::string(e.what()).find(what) != std::string::npos);
   }
   CHECK(threw);
-  // The job goes on: the next run on every rank works.
   auto next = pf::pipeline("after").source("n", pf::iota<std::int64_t>(0, 1000)).reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
   CHECK(pf::mpi::run(next).value == 999 * 1000 / 2);
 }
 
-TEST_CASE("reduce: a combine failing on rank 0 (merging every rank's partials) ends the run on every rank with the same stage_error") {
+TEST_CASE("a combine failing on one rank ends the run on every rank with the same stage_error") {
   const int me = world_rank();
-  auto job = pf::pipeline("reduce_combine_fails")
-                 .source("n", pf::iota<std::int64_t>(0, 100'000))
-                 .reduce("sum", std::int64_t{0}, std::plus<>{},
-                         [me](std::int64_t a, std::int64_t b) {
-                           if (me == 0) throw std::runtime_error("boom in reduce");
-                           return a + b;
-                         },
-                         pf::replicas(2));
-  bool threw = false;
-  try {
-    (void)pf::mpi::run(job);
-  } catch (const pf::stage_error& e) {
-    threw = true;
-    CHECK(e.stage() == "sum");
-    CHECK(std::string(e.what()).find("on MPI rank 0 of") != std::string::npos);
-    CHECK(std::string(e.what()).find("boom in reduce") != std::string::npos);
-  }
-  CHECK(threw);
+  // reduce_by_key: rank 1 merges the partitions it owns (before keys were routed, only rank 0 merged).
+  check_combine_failure(pf::pipeline("keyed_combine_fails")
+                            .source("n", pf::iota<std::int64_t>(0, 400'000))
+                            .reduce_by_key("by_key", [](std::int64_t x) { return x % 1000; }, std::int64_t{0},
+                                           [](std::int64_t acc, std::int64_t x) { return acc + x; },
+                                           [me](std::int64_t a, std::int64_t b) {
+                                             if (me == 1) throw std::runtime_error("boom in combine");
+                                             return a + b;
+                                           },
+                                           pf::replicas(2)),
+                        "by_key", 1, "boom in combine");
+  // reduce: rank 0 combines every rank's partials.
+  check_combine_failure(pf::pipeline("reduce_combine_fails")
+                            .source("n", pf::iota<std::int64_t>(0, 100'000))
+                            .reduce("sum", std::int64_t{0}, std::plus<>{},
+                                    [me](std::int64_t a, std::int64_t b) {
+                                      if (me == 0) throw std::runtime_error("boom in reduce");
+                                      return a + b;
+                                    },
+                                    pf::replicas(2)),
+                        "sum", 0, "boom in reduce");
 }
 
 TEST_CASE("a generator source: rank 0 feeds the stages on the other ranks; the result is complete") {
