@@ -152,6 +152,25 @@ TEST_CASE("reduce_by_key: the keyed result converts to std::unordered_map<K, Acc
   CHECK(r.value.to_unordered_map() == m);
 }
 
+TEST_CASE("keyed_result::take_partitions moves every group out by partition and leaves the result empty") {
+  auto r = pf::pipeline("take")
+               .source("numbers", pf::iota<i64>(0, 10'000))
+               .reduce_by_key("mod", [](i64 i) { return i % 517; }, i64{0}, std::plus<>{}, std::plus<>{}, pf::replicas(2))
+               .run();
+  const auto expected = r.value.to_unordered_map();
+  auto parts = std::move(r.value).take_partitions();
+  REQUIRE(parts.size() == pf::keyed_partition_count);
+  std::unordered_map<i64, i64> got;
+  for (std::size_t p = 0; p < parts.size(); ++p)
+    for (const auto& [k, v] : parts[p]) {
+      CHECK(pf::keyed_partition_of(decltype(r.value)::partition::hash_of(k)) == p);
+      got.emplace(k, v);
+    }
+  CHECK(got == expected);
+  CHECK(r.value.size() == 0);  // NOLINT(bugprone-use-after-move): left empty, by contract
+  CHECK(r.value.partitions().size() == pf::keyed_partition_count);
+}
+
 TEST_CASE("procflow::hash: pairs and tuples differ by element and by order") {
   const pf::hash<std::pair<int, int>> h;
   CHECK(h({1, 2}) != h({2, 1}));
