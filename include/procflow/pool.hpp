@@ -279,7 +279,17 @@ class pool_core final : public result_collector {
   }
 
   void add_entry(std::uint64_t first, pending_entry e) {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
+    // A writer that passed the run's stopped check just before its generation ended for good (no
+    // restart) arrives after on_end settled the table: nobody would settle this entry (its future
+    // would never be ready), so it fails now with the generation's failure. A generation ending
+    // with a restart waits for its writers (run_mutex_), whose entries the restart takes over.
+    if ((first >> request_generation_shift) < ended_generation_ && !restarting_) {
+      const std::exception_ptr failure = ended_failure_;
+      lock.unlock();
+      fail_entry(e, failure);
+      return;
+    }
     pending_.emplace(first, std::move(e));
     counted();
   }
@@ -365,6 +375,7 @@ class pool_core final : public result_collector {
     }
     counted();
     ++ended_generation_;
+    ended_failure_ = failure;
     restarting_ = restart;
     restart_cv_.notify_all();
   }
@@ -541,6 +552,7 @@ class pool_core final : public result_collector {
   table pending_;
   std::atomic<std::size_t> table_size_{0};  // pending_.size(), for awaited()
   std::uint64_t ended_generation_ = 0;  // generation whose end on_end handles next
+  std::exception_ptr ended_failure_;    // the failure on_end settled the last ended generation with
   bool restarting_ = false;
   bool finishing_ = false;
   bool stopping_ = false;

@@ -259,6 +259,79 @@ TEST_CASE("submit: 8 threads keep submitting through a crash and a restart") {
   CHECK(pool.restarts() == 1);
 }
 
+namespace {
+// An item whose copy can be held inside submit(): once armed with a value, the next copy of an
+// item of that value (the pool keeps one for a redelivery) waits until released.
+std::atomic<int> hold_copy_of{-1000};
+std::atomic<bool> copy_held{false};
+std::atomic<bool> copy_released{false};
+struct Gate {
+  int v = 0;
+  Gate() = default;
+  explicit Gate(int x) : v(x) {}
+  Gate(const Gate& o) : v(o.v) {
+    int armed = v;
+    if (!hold_copy_of.compare_exchange_strong(armed, -1000)) return;
+    copy_held = true;
+    for (int i = 0; i < 20'000 && !copy_released; ++i) std::this_thread::sleep_for(1ms);
+  }
+  Gate& operator=(const Gate&) = default;
+};
+PROCFLOW_CODEC(Gate, v);
+}  // namespace
+
+TEST_CASE("submit: a request written just as its generation ends for good still gets an answer (no future left unresolved)") {
+  // The window: a submit passes the run's stopped check, then the generation ends without a
+  // restart (wait() is under way, so a crash fails what is pending), then the submit files its
+  // request in the pool's table, which the generation's end has already settled. The held copy
+  // keeps the submit inside that window while the generation ends.
+  const auto shm_before = pt::dev_shm_entries();
+  auto* go = static_cast<std::atomic<int>*>(::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(go != MAP_FAILED);
+  new (go) std::atomic<int>(0);
+  {
+    auto pool = pf::serve<Gate>("late").map("work", [go](const Gate& g) {
+      if (g.v == -1) {  // dies when told to, holding this request's batch
+        for (int i = 0; i < 20'000 && go->load() == 0; ++i) std::this_thread::sleep_for(1ms);
+        ::raise(SIGKILL);
+      }
+      return g.v;
+    }, pf::replicas(1)).start();
+    auto bomb = pool.submit(Gate{-1});
+    hold_copy_of = 7;
+    std::future<int> late;
+    std::atomic<bool> submit_threw{false};
+    std::thread writer([&] {
+      try {
+        late = pool.submit(Gate{7});
+      } catch (const std::exception&) {
+        submit_threw = true;  // an error from submit() itself is an answer too
+      }
+    });
+    for (int i = 0; i < 10'000 && !copy_held; ++i) std::this_thread::sleep_for(1ms);
+    REQUIRE(copy_held.load());
+    std::thread waiter([&] {
+      try {
+        pool.wait();
+      } catch (const pf::stage_error&) {
+      }
+    });
+    std::this_thread::sleep_for(300ms);  // the waiter is in wait(): a crash no longer restarts
+    go->store(1);
+    CHECK(bomb.wait_for(20s) == std::future_status::ready);  // the generation's end settled the table
+    copy_released = true;
+    writer.join();
+    if (!submit_threw) {
+      REQUIRE(late.valid());
+      CHECK(late.wait_for(10s) == std::future_status::ready);  // never, before the fix
+    }
+    waiter.join();
+  }
+  ::munmap(go, sizeof(std::atomic<int>));
+  CHECK(pt::count_children() == 0);
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
 TEST_CASE("submit: try_submit never blocks") {
   auto pool = pf::serve<i64>("slow", pf::ring_slots(2), pf::batch_bytes(1024))
                   .map("slow", [](i64 x) { std::this_thread::sleep_for(1ms); return x; })
