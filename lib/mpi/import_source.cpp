@@ -8,7 +8,8 @@ ImportSource::ImportSource(std::shared_ptr<const detail::stage_base> inner, cons
     : detail::stage_base(inner->name(), inner->kind(), inner->options()), inner_(std::move(inner)), source_(inner_->source()), inbox_(&inbox) {}
 
 void ImportSource::produce(detail::output_port&) const {
-  throw std::logic_error("procflow::mpi: the stages after a generator must take its items across ranks directly (remove fusion(false))");
+  throw std::logic_error("procflow::mpi: the stage after a generator must take its items across ranks directly, in its own replicas (remove "
+      "fusion(false) from the pipeline and the source, and own_process from that stage)");
 }
 
 std::size_t ImportSource::fill_items(std::uint64_t first, std::uint64_t /*last*/, void* vector) const {

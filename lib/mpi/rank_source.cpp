@@ -24,7 +24,7 @@ std::uint64_t RankSource::chunk_units_for(const detail::source_base& source, int
 void RankSource::produce(detail::output_port&) const {
   throw std::logic_error(
       "procflow::mpi: a splittable source must run fused into the first stage's replicas across ranks "
-      "(remove fusion(false) from the source)");
+      "(remove fusion(false) from the pipeline and the source, and own_process from the first stage)");
 }
 
 std::size_t RankSource::fill_items(std::uint64_t first, std::uint64_t /*last*/, void* vector) const {

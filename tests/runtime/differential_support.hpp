@@ -20,6 +20,8 @@
 // operations, and both answers must agree, as must the per-stage item counts of the run's report.
 // One seed in ten injects a fault: one chain stage throws on one item of its input; run() must
 // then throw stage_error naming that stage and, in its message, that item.
+// Under MPI (tests/mpi/mpi_differential_test.cpp, built with PROCFLOW_DIFFTEST_MPI) every run goes
+// through pf::mpi::run; Features::on_ranks then leaves out what MPI refuses or reports otherwise.
 // Replacements (drawn from a stream of their own, so the fixed seeds kept the shapes they had
 // before): one seed in six without that fault and without a sink runs under pf::restart(3) with
 // one chain stage's process killed (SIGKILL, SIGSEGV or _exit(3)) the first time any process meets
@@ -38,6 +40,9 @@
 #include "support/isolated.hpp"
 
 #include <procflow/procflow.hpp>
+#ifdef PROCFLOW_DIFFTEST_MPI
+#include <procflow/mpi.hpp>  // tests/mpi/mpi_differential_test.cpp: every run across MPI ranks
+#endif
 
 #include "scheduler/elastic.hpp"
 
@@ -760,17 +765,26 @@ struct Features {
   // Now and then pf::restart with a chain stage's process killed once, or pf::recycle on a chain
   // stage (not in thread mode, not with a caller-fed source).
   bool replacements = true;
+  // Across the ranks of an MPI job (built with PROCFLOW_DIFFTEST_MPI): the report sums the ranks'
+  // replicas and has no process groups, so only its item counts are checked; a sink (which runs
+  // on every rank over that rank's items) becomes a collect. Rank 0 holds the value checked.
+  bool on_ranks = false;
 };
 
 // run() in the mode the test asks for; a caller-fed source: start(), push every item, wait().
 template <class T, class Runnable>
 auto run_mode(const Runnable& r, const Features& features) {
+#ifdef PROCFLOW_DIFFTEST_MPI
+  (void)features;
+  return pf::mpi::run(r);
+#else
   if (features.caller_items) {
     auto job = r.start();
     for (const T& x : *static_cast<const std::vector<T>*>(features.caller_items)) job.push(x);
     return job.wait();
   }
   return features.in_threads ? r.run(pf::in_threads) : r.run();
+#endif
 }
 
 struct Terminal_spec {
@@ -845,7 +859,7 @@ pf::run_report run_terminal(const pf::flow<T>& f, const Terminal_spec& term, boo
       // Key-hash dispatch happens when the reduce runs in processes of its own, unordered, fed by
       // a group that encodes per item (not straight from a generator's process: lib/runtime/plan.cpp).
       const std::size_t last = report.stages.size() - 1;
-      const bool keyed = !features.in_threads && !ordered && last >= 2 && report.stages[last].process_group != report.stages[last - 1].process_group &&
+      const bool keyed = !features.in_threads && !features.on_ranks && !ordered && last >= 2 && report.stages[last].process_group != report.stages[last - 1].process_group &&
                          !(term.generator_source && report.stages[last - 1].process_group == report.stages[1].process_group);
       if (keyed && !term.replaced) {
         // Key-hash dispatch: every key met exactly one accumulator ...
@@ -957,10 +971,17 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
   if (chance(rng, 0.7)) pipe.bytes = random_bytes(rng);
   if (chance(rng, 0.7)) pipe.slots = random_slots(rng);
   pipe.no_fusion = chance(rng, 0.2);
+  // Across MPI ranks a source runs fused into the first stage's replicas (refused otherwise with a
+  // stage_error saying so: README, "Across machines").
+  if (features.on_ranks) {
+    pipe.no_fusion = false;
+    steps[0].spec.own = false;
+  }
 
   Terminal_spec term;
   term.generator_source = source_kind == SourceKind::generate || source_kind == SourceKind::delayed || source_kind == SourceKind::caller;
   term.terminal = features.cout_sink && chance(rng, 0.5) ? Terminal::sink : static_cast<Terminal>(std::uniform_int_distribution<int>(0, 3)(rng));
+  if (features.on_ranks && term.terminal == Terminal::sink) term.terminal = Terminal::collect;
   if (term.terminal != Terminal::collect) term.spec = random_stage_spec(rng);
   if (term.terminal == Terminal::reduce_by_key) {
     term.keys.profile = static_cast<KeyProfile>(std::uniform_int_distribution<int>(0, 3)(rng));
@@ -1160,7 +1181,7 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
       INFO("what(): ", std::string(e.what()));
       CHECK(e.stage() == stage);
       CHECK(e.kind() == pf::stage_error::cause::exception);
-      CHECK(e.message() == message);
+      CHECK(e.message().ends_with(message));  // across MPI ranks after "on MPI rank R of N: "
       CHECK(std::string(e.what()).find(message) != std::string::npos);
     }
     return;
@@ -1186,6 +1207,7 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
     CHECK(report.stages[i].items_in == counts[i - 1]);
     CHECK(report.stages[i].items_out == counts[i]);
     // Thread mode: replicas(n) bounds the instances (one per worker thread that ran the stage).
+    if (features.on_ranks) continue;
     if (steps[i - 1].spec.replicas && !features.in_threads) CHECK(report.stages[i].replicas == *steps[i - 1].spec.replicas);
     if (steps[i - 1].spec.replicas && features.in_threads) CHECK(report.stages[i].replicas <= std::max<std::uint32_t>(1, *steps[i - 1].spec.replicas));
     if (steps[i - 1].spec.own || pipe.no_fusion) CHECK(report.stages[i].process_group != report.stages[i - 1].process_group);
@@ -1240,6 +1262,26 @@ inline void run_seeds(const std::vector<std::uint64_t>& seeds, const std::functi
   }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   MESSAGE(fmt::format("{} random pipelines in {:.1f} s, {} failed", seeds.size(), s, failed));
+  CHECK(pt::dev_shm_entries() == shm_before);
+}
+
+// Runs `one(seed)` for every seed in this process: for an MPI rank, whose children cannot call
+// MPI (a hang is the test runner's timeout). Checks that no child process and no /dev/shm entry
+// is left.
+inline void run_seeds_here(const std::vector<std::uint64_t>& seeds, const std::function<void(std::uint64_t)>& one) {
+  const auto shm_before = pt::dev_shm_entries();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const std::uint64_t seed : seeds) {
+    INFO("seed ", seed, " (replay with PROCFLOW_SEED=", seed, ")");
+    try {
+      one(seed);
+    } catch (const std::exception& e) {
+      FAIL_CHECK("exception: ", std::string(e.what()));
+    }
+    CHECK(pt::count_children() == 0);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  MESSAGE(fmt::format("{} random pipelines in {:.1f} s", seeds.size(), s));
   CHECK(pt::dev_shm_entries() == shm_before);
 }
 
