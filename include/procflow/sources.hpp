@@ -115,28 +115,12 @@ class source_stage final : public stage_base, public source_base {
   void produce(output_port& out) const override {
     if constexpr (is_custom) {
       if (src_.splittable()) {
-        // Not fused (e.g. fusion(false)): this process reads every unit in order.
-        batch_buffer<item_type> chunk;
-        const std::uint64_t n = src_.size();
-        const std::uint64_t step = std::max<std::uint64_t>(1, src_.preferred_chunk());
-        for (std::uint64_t i = 0; i < n; i += step) {
-          src_.fill(i, std::min(n, i + step), chunk);
-          encode_items(chunk, out);
-        }
+        produce_units(out, 0, src_.size());  // not fused (e.g. fusion(false)): every unit in order
       } else {
         while (auto item = src_.next()) encode_item(*item, out);
       }
     } else if constexpr (splittable_v) {
-      batch_buffer<item_type> chunk;
-      const std::uint64_t n = size();
-      constexpr std::uint64_t step = 4096;
-      // Advances by what is left, never past n: `i + step` would wrap for n near 2^64.
-      for (std::uint64_t i = 0; i < n;) {
-        const std::uint64_t len = std::min(step, n - i);
-        fill(i, i + len, &chunk);
-        encode_items(chunk, out);
-        i += len;
-      }
+      produce_units(out, 0, size());
     } else {
       // Runs in the source's own process (a forked copy of this object), so advancing the
       // generator in place touches no other process's state.
@@ -196,6 +180,28 @@ class source_stage final : public stage_base, public source_base {
 
   std::size_t decode_batch(const batch_view& batch, void* vector) const override {
     return decode_items(batch, *static_cast<batch_buffer<item_type>*>(vector));
+  }
+  void produce_batch(output_port& out, const batch_view& batch) const override {
+    batch_buffer<item_type> items;
+    decode_items(batch, items);
+    encode_items(items, out);
+  }
+  void produce_units(output_port& out, std::uint64_t first, std::uint64_t last) const override {
+    if constexpr (is_custom || splittable_v) {
+      if (!splittable()) throw std::logic_error("procflow: this source cannot produce a range of its units");
+      batch_buffer<item_type> chunk;
+      std::uint64_t step = 4096;
+      if constexpr (is_custom) step = std::max<std::uint64_t>(1, src_.preferred_chunk());
+      // Advances by what is left, never past `last`: `i + step` would wrap near 2^64.
+      for (std::uint64_t i = first; i < last;) {
+        const std::uint64_t len = std::min(step, last - i);
+        fill_items(i, i + len, &chunk);
+        encode_items(chunk, out);
+        i += len;
+      }
+    } else {
+      source_base::produce_units(out, first, last);  // a generator: refused
+    }
   }
 
   bool splittable() const noexcept override {

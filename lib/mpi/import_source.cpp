@@ -4,12 +4,28 @@
 
 namespace procflow::mpi_detail {
 
-ImportSource::ImportSource(std::shared_ptr<const detail::stage_base> inner, const ImportInbox& inbox)
-    : detail::stage_base(inner->name(), inner->kind(), inner->options()), inner_(std::move(inner)), source_(inner_->source()), inbox_(&inbox) {}
+ImportSource::ImportSource(std::shared_ptr<const detail::stage_base> inner, const ImportInbox& inbox, bool ordered)
+    : detail::stage_base(inner->name(), inner->kind(), inner->options()),
+      inner_(std::move(inner)),
+      source_(inner_->source()),
+      inbox_(&inbox),
+      ordered_(ordered) {}
 
-void ImportSource::produce(detail::output_port&) const {
-  throw std::logic_error("procflow::mpi: the stage after a generator must take its items across ranks directly, in its own replicas (remove "
-      "fusion(false) from the pipeline and the source, and own_process from that stage)");
+void ImportSource::produce(detail::output_port& out) const {
+  if (ordered_)
+    throw std::logic_error(
+        "procflow::mpi: under pf::ordered the stage after a generator must take its items across ranks directly, in its own "
+        "replicas (remove fusion(false) from the pipeline and the source, and own_process from that stage)");
+  for (std::uint64_t b = 0;; ++b) {
+    const ImportInbox::Batch got = inbox_->wait_for(b);
+    if (got.ended) return;
+    detail::batch_view view;
+    view.bytes = got.bytes;
+    view.items = got.items;
+    view.batch_end = true;
+    source_->produce_batch(out, view);  // throws codec_error on a corrupt batch
+    inbox_->release(b);
+  }
 }
 
 std::size_t ImportSource::fill_items(std::uint64_t first, std::uint64_t /*last*/, void* vector) const {

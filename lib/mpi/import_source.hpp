@@ -14,9 +14,13 @@ namespace procflow::mpi_detail {
 
 class ImportSource final : public detail::stage_base, public detail::source_base {
  public:
-  ImportSource(std::shared_ptr<const detail::stage_base> inner, const ImportInbox& inbox);
+  // `ordered`: the pipeline is (see produce()).
+  ImportSource(std::shared_ptr<const detail::stage_base> inner, const ImportInbox& inbox, bool ordered);
 
   const detail::source_base* source() const noexcept override { return this; }
+  // When the next stage runs in a process of its own (fusion(false), own_process): every batch
+  // this rank receives, decoded and encoded into `out`. Refused under pf::ordered, whose results
+  // are put in order across ranks by received batch.
   void produce(detail::output_port& out) const override;
   bool splittable() const noexcept override { return true; }
   std::uint64_t size() const noexcept override { return std::uint64_t{1} << 62; }  // a bound: ended() says when
@@ -30,6 +34,7 @@ class ImportSource final : public detail::stage_base, public detail::source_base
   std::shared_ptr<const detail::stage_base> inner_;
   const detail::source_base* source_;
   const ImportInbox* inbox_;
+  bool ordered_;
   mutable bool ended_ = false;  // per replica process (each has its own copy after the fork)
 };
 

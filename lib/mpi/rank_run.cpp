@@ -274,6 +274,8 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
   local.options.allow_threads = true;
   const cancel_source stop;
   local.options.cancel = stop.state();
+  const bool is_ordered = def.options.defaults.ordered ||
+                          std::any_of(def.stages.begin(), def.stages.end(), [](const auto& s) { return s->options().ordered; });
   const procflow::detail::source_base* source = def.stages.front()->source();
   const bool split = source && source->splittable();
   std::unique_ptr<mpi_detail::ChunkTable> table;
@@ -283,10 +285,8 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
     const std::uint64_t units = source->size();
     total_chunks = units / chunk_units + (units % chunk_units != 0 ? 1 : 0);
     table = std::make_unique<mpi_detail::ChunkTable>(total_chunks);
-    local.stages.front() = std::make_shared<mpi_detail::RankSource>(def.stages.front(), chunk_units, *table);
+    local.stages.front() = std::make_shared<mpi_detail::RankSource>(def.stages.front(), chunk_units, *table, is_ordered);
   }
-  const bool is_ordered = def.options.defaults.ordered ||
-                          std::any_of(def.stages.begin(), def.stages.end(), [](const auto& s) { return s->options().ordered; });
   // A generator on rank 0 feeding the next stage's replicas on ranks 1..N-1 (a stage boundary
   // between ranks), also under pf::ordered (each batch carries its place in rank 0's export
   // order, by which rank 0 orders every rank's results); not when the generator is the whole
@@ -305,7 +305,7 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
     export_collector = local.stages.back()->make_collector(false);
   } else if (boundary) {
     imports = std::make_unique<mpi_detail::ImportInbox>(boundary_slots, boundary_slot_bytes);
-    local.stages.front() = std::make_shared<mpi_detail::ImportSource>(def.stages.front(), *imports);
+    local.stages.front() = std::make_shared<mpi_detail::ImportSource>(def.stages.front(), *imports, is_ordered);
   }
   const bool forward = def.stages.back()->runs_in_supervisor() && def.stages.back()->kind() == procflow::detail::stage_kind::sink;
   mpi_detail::RankCollector results(collector, table.get(), imports.get(), is_ordered, forward);

@@ -17,11 +17,15 @@ namespace procflow::mpi_detail {
 
 class RankSource final : public detail::stage_base, public detail::source_base {
  public:
-  // `inner` is the declared source stage (splittable); `chunk_units` the length of a chunk.
-  RankSource(std::shared_ptr<const detail::stage_base> inner, std::uint64_t chunk_units, const ChunkTable& table);
+  // `inner` is the declared source stage (splittable); `chunk_units` the length of a chunk;
+  // `ordered`: the pipeline is (see produce()).
+  RankSource(std::shared_ptr<const detail::stage_base> inner, std::uint64_t chunk_units, const ChunkTable& table, bool ordered);
 
   const detail::source_base* source() const noexcept override { return this; }
 
+  // In a process of its own (fusion(false), or own_process on the first stage): the rank's chunks
+  // in the order granted, each encoded into `out`. Refused under pf::ordered, whose results are
+  // put in order across ranks by chunk (a batch of such a process may span two chunks).
   void produce(detail::output_port& out) const override;
   bool splittable() const noexcept override { return true; }
   std::uint64_t size() const noexcept override { return size_; }
@@ -39,6 +43,7 @@ class RankSource final : public detail::stage_base, public detail::source_base {
   std::uint64_t size_;
   std::uint64_t chunk_units_;
   const ChunkTable* table_;
+  bool ordered_;
 };
 
 }  // namespace procflow::mpi_detail

@@ -230,6 +230,28 @@ TEST_CASE("a combine failing on one rank ends the run on every rank with the sam
                         "sum", 0, "boom in reduce");
 }
 
+TEST_CASE("a source in a process of its own (fusion(false)) produces its rank's chunks; under pf::ordered it is refused by name") {
+  const std::int64_t n = 300'000;
+  auto job = pf::pipeline("unfused", pf::fusion(false))
+                 .source("n", pf::iota<std::int64_t>(0, n))
+                 .map("twice", [](std::int64_t x) { return 2 * x; }, pf::replicas(2))
+                 .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
+  const auto r = pf::mpi::run(job);
+  CHECK(r.value == n * (n - 1));  // threw before: the source had to be fused
+  if (r.rank == 0) CHECK(r.report.stages.at(0).items_out == static_cast<std::uint64_t>(n));  // merged on rank 0
+  auto ordered = pf::pipeline("unfused_ordered", pf::fusion(false), pf::ordered)
+                     .source("n", pf::iota<std::int64_t>(0, 1000))
+                     .map("twice", [](std::int64_t x) { return 2 * x; })
+                     .collect();
+  bool refused = false;
+  try {
+    (void)pf::mpi::run(ordered);
+  } catch (const pf::stage_error& e) {
+    refused = std::string(e.what()).find("under pf::ordered a splittable source must run fused") != std::string::npos;
+  }
+  CHECK(refused);
+}
+
 TEST_CASE("a generator source: rank 0 feeds the stages on the other ranks; the result is complete") {
   auto job = pf::pipeline("gen")
                  .source("gen", [i = 0]() mutable -> std::optional<int> {

@@ -971,12 +971,6 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
   if (chance(rng, 0.7)) pipe.bytes = random_bytes(rng);
   if (chance(rng, 0.7)) pipe.slots = random_slots(rng);
   pipe.no_fusion = chance(rng, 0.2);
-  // Across MPI ranks a source runs fused into the first stage's replicas (refused otherwise with a
-  // stage_error saying so: README, "Across machines").
-  if (features.on_ranks) {
-    pipe.no_fusion = false;
-    steps[0].spec.own = false;
-  }
 
   Terminal_spec term;
   term.generator_source = source_kind == SourceKind::generate || source_kind == SourceKind::delayed || source_kind == SourceKind::caller;
@@ -1001,6 +995,12 @@ void run_case(Rng& rng, std::uint64_t seed, const Features& features) {
       ordered = true;
       break;
     default: break;
+  }
+  // Across MPI ranks under pf::ordered the source runs fused into the first stage's replicas
+  // (refused otherwise, with a stage_error saying so: README, "Across machines").
+  if (features.on_ranks && ordered) {
+    pipe.no_fusion = false;
+    steps[0].spec.own = false;
   }
 
   // The sequential reference, with the item count after every stage.

@@ -212,6 +212,16 @@ class source_base {
   virtual std::size_t decode_batch(const batch_view& /*batch*/, void* /*vector*/) const {
     throw std::logic_error("procflow: this source cannot decode its batches");
   }
+  // For a process that produces only part of a splittable source (lib/mpi: a rank's share, in a
+  // process of its own): encodes the items of units [first, last) into `out`.
+  virtual void produce_units(output_port& /*out*/, std::uint64_t /*first*/, std::uint64_t /*last*/) const {
+    throw std::logic_error("procflow: this source cannot produce a range of its units");
+  }
+  // The same for a batch of this source's own encoded items arriving from elsewhere (lib/mpi):
+  // decoded and encoded again into `out`.
+  virtual void produce_batch(output_port& /*out*/, const batch_view& /*batch*/) const {
+    throw std::logic_error("procflow: this source cannot decode its batches");
+  }
   // Thread mode, sources that are not splittable (a generator): replaces `vector`'s content by
   // the next items, at most `max`, returning early once coarse_clock_ns() has reached
   // `deadline_ns` with at least one item (a slow stream still flows). Returns the item count: 0
