@@ -43,6 +43,15 @@ Redelivery find_redelivery(const runtime::Plan& plan, const runtime::RunState& s
   const std::uint32_t noted_lane = rec.batch_origin_lane.load(std::memory_order_relaxed);
   r.origin = rec.batch_origin.load(std::memory_order_relaxed);
   const auto phase = static_cast<runtime::ReplicaPhase>(rec.phase.load(std::memory_order_relaxed));
+  // A replica that died before it began any batch had none in hand, whatever its rings hold: a
+  // channel's ring 0 may have a later batch at its head, which an ordered replacement would take
+  // for its predecessor's and start there (past its own first batches); a chunk it claimed
+  // without beginning it has no output out and goes to the replacement by its owner word.
+  const bool noted = rec.origin_noted.load(std::memory_order_relaxed) != 0;
+  if (g.input != GroupInput::generator && !noted) {
+    r.origin_lane = g.input == GroupInput::chunks ? channel::no_origin_lane : 0;
+    return r;
+  }
   if (g.input == GroupInput::chunks) {
     r.origin_lane = channel::no_origin_lane;
     const auto owners = state.chunk_owners();

@@ -9,7 +9,8 @@
 //             fetch_add the counter, then CAS the word 0 -> slot + 1; done: chunk_done), so the
 //             replacement finds the dead replica's chunk (owner == its slot) and any chunk below
 //             the counter that nobody owns (a death between the fetch_add and the CAS; a live
-//             replica that loses that CAS to the replacement claims on).
+//             replica that loses that CAS to the replacement claims on). A replica that died
+//             before it began any batch (ReplicaRecord::origin_noted) had none in hand.
 //   output    Every output slot carries its input batch (SlotHeader::origin*) and its number in
 //             that batch's output; a batch ends with its output published (no latency flusher:
 //             slot boundaries depend on the items only). The last slot of each output ring tells

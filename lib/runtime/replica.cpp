@@ -311,6 +311,7 @@ class Replica final : public detail::downstream {
     // Relaxed: read after the process was reaped; stored before any output of the batch.
     record_->batch_origin_lane.store(redeliverable ? lane : lane | faults::lost_origin_bit, std::memory_order_relaxed);
     record_->batch_origin.store(origin, std::memory_order_relaxed);
+    record_->origin_noted.store(1, std::memory_order_relaxed);  // after the origin (a death in between: none)
     if (!outbox_) return;
     if (replays_by_items()) {
       outbox_->begin_origin(lane, origin, 0);

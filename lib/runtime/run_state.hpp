@@ -106,8 +106,11 @@ struct ReplicaRecord {
   std::atomic<std::uint64_t> batch_items;  // items in the batch (a generator: items produced so far)
   // pf::restart (runtime/redelivery.hpp). The batch's origin as stamped on its output slots
   // (input ring and slot index, or no_origin_lane and the chunk), written with the fields above.
+  // origin_noted: 1 once an origin was stored (after it): until then the zeros above name no
+  // batch, not ring 0's slot 0 (or chunk 0).
   std::atomic<std::uint32_t> batch_origin_lane;
   std::atomic<std::uint64_t> batch_origin;
+  std::atomic<std::uint32_t> origin_noted;
   // While a replacement runs a redelivered batch: the item in hand (stage, item number as
   // stage_error::item_seq), stored before each item so that a death names it. Relaxed: read
   // after the process was reaped.

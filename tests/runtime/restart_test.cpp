@@ -830,6 +830,50 @@ TEST_CASE("ordered: kill -9 rounds keep the order item for item, and an order-se
   }
 }
 
+TEST_CASE("ordered: a replica killed before its first batch starts at its own first batch, whatever its rings hold") {
+  // A consumer replica dies before it began any batch while a ring other than its first batch's
+  // holds a later batch of its own. Its record names no batch: its replacement must not take that
+  // ring's head for a batch in hand (seen: it started there, skipped its first batches and failed
+  // with "unexpected batch 0" when they came).
+  constexpr i64 n = 30000;  // ~50 chunks of 4 KiB
+  isolated("ordered death before the first batch", [&] {
+    const auto shm_before = pt::dev_shm_entries();
+    Shared* shared = make_shared_page();
+    const auto r = pf::pipeline("ofirst", pf::ordered, pf::restart(4), pf::ring_slots(2), pf::batch_bytes(4096))
+                       .source("n", pf::iota<i64>(0, n))
+                       // Replica 1 claims the first chunks; replica 0 starts late, so its first
+                       // chunk is a later batch, for either consumer.
+                       .map("a", pf::per_replica([shared] {
+                              if (pf::this_replica().index == 0) std::this_thread::sleep_for(150ms);
+                              return [shared](i64 x) {
+                                if (pf::this_replica().index == 0) shared->fired[4].store(1);
+                                return x;
+                              };
+                            }),
+                            pf::replicas(2))
+                       // Both consumers die once, before their first batch, after replica 0 of
+                       // "a" published its first chunk (into ring 0 of one of them).
+                       .map("b", pf::per_replica([shared] {
+                              if (shared->fired[pf::this_replica().index].exchange(1) == 0) {
+                                const auto give_up = std::chrono::steady_clock::now() + 10s;
+                                while (shared->fired[4].load() == 0 && std::chrono::steady_clock::now() < give_up)
+                                  std::this_thread::sleep_for(1ms);
+                                std::this_thread::sleep_for(100ms);
+                                ::raise(SIGKILL);
+                              }
+                              return [](i64 x) { return x; };
+                            }),
+                            pf::replicas(2), pf::own_process)
+                       .collect()
+                       .run();
+    CHECK(shared->fired[4].load() == 1);
+    check_each_once(r.value, n, /*ordered=*/true);
+    CHECK(stage(r.report, "b").restarts == 2);
+    ::munmap(shared, sizeof(Shared));
+    check_clean(shm_before);
+  });
+}
+
 TEST_CASE("ordered: a batch split over many slots arrives whole and in order when its producer or its consumer dies inside it") {
   // One item per chunk; each fans out to 20000 items over ~40 slots of 4 KiB, one ordered batch.
   constexpr i64 n = 60;
