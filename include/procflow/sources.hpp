@@ -181,10 +181,12 @@ class source_stage final : public stage_base, public source_base {
   std::size_t decode_batch(const batch_view& batch, void* vector) const override {
     return decode_items(batch, *static_cast<batch_buffer<item_type>*>(vector));
   }
-  void produce_batch(output_port& out, const batch_view& batch) const override {
+  void produce_batches(output_port& out, const std::function<bool(batch_view&)>& next) const override {
     batch_buffer<item_type> items;
-    decode_items(batch, items);
-    encode_items(items, out);
+    for (batch_view batch; next(batch);) {
+      decode_items(batch, items);  // replaces the buffer's items (reusing their memory)
+      encode_items(items, out);
+    }
   }
   void produce_units(output_port& out, std::uint64_t first, std::uint64_t last) const override {
     if constexpr (is_custom || splittable_v) {

@@ -16,16 +16,20 @@ void ImportSource::produce(detail::output_port& out) const {
     throw std::logic_error(
         "procflow::mpi: under pf::ordered the stage after a generator must take its items across ranks directly, in its own "
         "replicas (remove fusion(false) from the pipeline and the source, and own_process from that stage)");
-  for (std::uint64_t b = 0;; ++b) {
+  std::uint64_t b = 0;
+  bool holding = false;
+  // Throws codec_error on a corrupt batch.
+  source_->produce_batches(out, [&](detail::batch_view& view) {
+    if (holding) inbox_->release(b++);  // the batch before was encoded into `out`
     const ImportInbox::Batch got = inbox_->wait_for(b);
-    if (got.ended) return;
-    detail::batch_view view;
+    holding = !got.ended;
+    if (got.ended) return false;
+    view = {};
     view.bytes = got.bytes;
     view.items = got.items;
     view.batch_end = true;
-    source_->produce_batch(out, view);  // throws codec_error on a corrupt batch
-    inbox_->release(b);
-  }
+    return true;
+  });
 }
 
 std::size_t ImportSource::fill_items(std::uint64_t first, std::uint64_t /*last*/, void* vector) const {

@@ -28,6 +28,20 @@ void check(int rc, const char* what) {
 // One kept batch on the wire: order, seq, first_item, dense, items, the encoded items.
 using wire_batch = std::tuple<std::uint64_t, std::uint64_t, std::uint64_t, bool, std::uint32_t, std::vector<std::uint8_t>>;
 
+// A whole result batch as the target consumes it (a kept batch, one off the wire, a rank's
+// keyed groups).
+detail::batch_view result_view(std::span<const std::byte> bytes, std::uint32_t items, std::uint64_t seq,
+                               std::uint64_t first_item = 0, bool dense = false) {
+  detail::batch_view view;
+  view.bytes = bytes;
+  view.items = items;
+  view.meta.seq = seq;
+  view.meta.first_item = first_item;
+  view.meta.dense = dense;
+  view.batch_end = true;
+  return view;
+}
+
 }  // namespace
 
 void RankCollector::consume(const detail::batch_view& batch) {
@@ -213,15 +227,10 @@ std::uint64_t RankCollector::gather_to_root(MPI_Comm comm, const std::string& te
       for (const Entry& e : entries) {
         const wire_batch& w = per_rank[e.rank][e.index];
         const auto& payload = std::get<5>(w);
-        detail::batch_view view;
-        view.bytes = {reinterpret_cast<const std::byte*>(payload.data()), payload.size()};
-        view.items = std::get<4>(w);
         // Unordered partials are merged in seq order (replica index): keep ranks apart.
-        view.meta.seq = ordered_ ? std::get<1>(w) : (static_cast<std::uint64_t>(e.rank) << 32) + std::get<1>(w);
-        view.meta.first_item = std::get<2>(w);
-        view.meta.dense = std::get<3>(w);
-        view.batch_end = true;
-        target_->consume(view);
+        const std::uint64_t seq = ordered_ ? std::get<1>(w) : (static_cast<std::uint64_t>(e.rank) << 32) + std::get<1>(w);
+        target_->consume(result_view({reinterpret_cast<const std::byte*>(payload.data()), payload.size()}, std::get<4>(w), seq,
+                                     std::get<2>(w), std::get<3>(w)));
       }
     });
   if (!failure) failure = merge_step(terminal_name, "at the end of the stream (merging partial results)", [&] { target_->finish(); });
@@ -234,12 +243,8 @@ void RankCollector::consume_framed(std::span<const std::byte> batch, int rank) {
   if (batch.size() < sizeof(std::uint64_t)) throw codec_error("codec: a rank's keyed groups are shorter than their count");
   std::uint64_t count = 0;
   std::memcpy(&count, batch.data(), sizeof count);
-  detail::batch_view view;
-  view.bytes = batch.subspan(sizeof count);
-  view.items = static_cast<std::uint32_t>(count);
-  view.meta.seq = static_cast<std::uint64_t>(rank);  // merged in rank order
-  view.batch_end = true;
-  target_->consume(view);
+  // Merged in rank order.
+  target_->consume(result_view(batch.subspan(sizeof count), static_cast<std::uint32_t>(count), static_cast<std::uint64_t>(rank)));
 }
 
 std::uint64_t RankCollector::route_keys(MPI_Comm comm, const std::string& terminal_name, bool keep_owned, const agreement& agree) {
@@ -251,16 +256,7 @@ std::uint64_t RankCollector::route_keys(MPI_Comm comm, const std::string& termin
   // 1. This rank's partials merged (in replica order, as run() merges them), then split by owner.
   std::vector<std::vector<std::byte>> to_owner(static_cast<std::size_t>(size));
   agree(merge_step(terminal_name, "merging this rank's partial results", [&] {
-    for (const Kept& k : kept_) {
-      detail::batch_view view;
-      view.bytes = k.bytes;
-      view.items = k.items;
-      view.meta.seq = k.seq;
-      view.meta.first_item = k.first_item;
-      view.meta.dense = k.dense;
-      view.batch_end = true;
-      target_->consume(view);
-    }
+    for (const Kept& k : kept_) target_->consume(result_view(k.bytes, k.items, k.seq, k.first_item, k.dense));
     kept_.clear();
     target_->finish();
     for (const auto& part : target_->take_partitions())

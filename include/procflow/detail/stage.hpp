@@ -217,9 +217,10 @@ class source_base {
   virtual void produce_units(output_port& /*out*/, std::uint64_t /*first*/, std::uint64_t /*last*/) const {
     throw std::logic_error("procflow: this source cannot produce a range of its units");
   }
-  // The same for a batch of this source's own encoded items arriving from elsewhere (lib/mpi):
-  // decoded and encoded again into `out`.
-  virtual void produce_batch(output_port& /*out*/, const batch_view& /*batch*/) const {
+  // The same for batches of this source's own encoded items arriving from elsewhere (lib/mpi):
+  // `next` fills in the next batch (false: no more), which is decoded and encoded again into
+  // `out`, through one item buffer for them all.
+  virtual void produce_batches(output_port& /*out*/, const std::function<bool(batch_view&)>& /*next*/) const {
     throw std::logic_error("procflow: this source cannot decode its batches");
   }
   // Thread mode, sources that are not splittable (a generator): replaces `vector`'s content by
