@@ -135,9 +135,7 @@ class StartedRun final : public started_run {
       pending_ = false;
       held_.store(false, std::memory_order_relaxed);
     } else if (mode == publish_mode::latency && !pending_) {
-      pending_ = true;
-      pending_since_ = Clock::now();
-      flush_cv_.notify_one();
+      start_pending();
     }
     return true;
   }
@@ -223,12 +221,19 @@ class StartedRun final : public started_run {
 
   // Under input_mutex_: the open slot waits for an answer (or the latency bound).
   void hold_for_answers() {
-    if (!pending_) {
-      pending_ = true;
-      pending_since_ = Clock::now();
+    if (!pending_) start_pending();
+    held_.store(true, std::memory_order_relaxed);
+  }
+
+  // Under input_mutex_: the open slot starts its wait for the latency bound. The flusher is
+  // woken only when parked; while it ticks, it finds the slot itself (flush_loop).
+  void start_pending() {
+    pending_ = true;
+    pending_since_ = Clock::now();
+    if (flusher_parked_) {
+      flusher_parked_ = false;
       flush_cv_.notify_one();
     }
-    held_.store(true, std::memory_order_relaxed);
   }
 
   // Publishes a slot held for the answers' clock. Never waits for the input lock: a writer that
@@ -262,22 +267,35 @@ class StartedRun final : public started_run {
     if (closed_) throw procflow::error(fmt::format("procflow: pipeline '{}': push/submit after close()", def_->name));
   }
 
-  // Publishes the open slot once it is older than the latency bound.
+  // Publishes the open slot once it is older than the latency bound. While slots keep opening
+  // (a busy pool opens and publishes thousands a second) it ticks once per bound instead of
+  // being woken for each: a wake-up per slot cost its writer a futex call and this thread a
+  // context switch. After idle_ticks_to_park ticks with nothing open it parks until a writer
+  // wakes it (start_pending). Either way a slot opened at t is published by t + bound.
   void flush_loop() {
+    constexpr int idle_ticks_to_park = 4;
+    int idle_ticks = 0;
     std::unique_lock lock(input_mutex_);
     while (!stop_flusher_) {
-      if (!pending_ || closed_) {
-        flush_cv_.wait(lock);
+      if (pending_ && !closed_) {
+        idle_ticks = 0;
+        const auto due = pending_since_ + latency_;
+        if (Clock::now() < due) {
+          flush_cv_.wait_until(lock, due);
+          continue;
+        }
+        if (!abandoned_.load(std::memory_order_relaxed)) outbox_->flush();
+        pending_ = false;
+        held_.store(false, std::memory_order_relaxed);
         continue;
       }
-      const auto due = pending_since_ + latency_;
-      if (Clock::now() < due) {
-        flush_cv_.wait_until(lock, due);
+      if (closed_ || ++idle_ticks > idle_ticks_to_park) {
+        flusher_parked_ = true;
+        flush_cv_.wait(lock, [&] { return !flusher_parked_ || stop_flusher_; });
+        idle_ticks = 0;
         continue;
       }
-      if (!abandoned_.load(std::memory_order_relaxed)) outbox_->flush();
-      pending_ = false;
-      held_.store(false, std::memory_order_relaxed);
+      flush_cv_.wait_for(lock, latency_);  // a tick: a slot opened meanwhile is due after it
     }
   }
 
@@ -297,6 +315,7 @@ class StartedRun final : public started_run {
   std::chrono::nanoseconds latency_{0};
   std::condition_variable flush_cv_;
   bool stop_flusher_ = false;
+  bool flusher_parked_ = false;  // in its untimed wait: a new pending slot must wake it
   // Writers between their arrival and the end of their write (publish_mode::group).
   std::atomic<int> writers_{0};
   // The open slot waits for an answer to come back (publish_mode::group). Written under

@@ -2,6 +2,7 @@
 //  - start() + push/close + results as they come equal a sequential reference, ordered (exact
 //    order) and unordered (same multiset);
 //  - try_push never blocks: false while the rings are full, and every accepted item arrives;
+//  - under a latency bound, a pushed item arrives while the input stays open (the flusher);
 //  - a sink runs in the caller's process (this_replica() there names it, on its thread only);
 //    wait() returns run()'s report;
 //  - destroying the handle mid-stream stops it in order: every pushed item reaches the sink,
@@ -172,6 +173,42 @@ TEST_CASE("start: a sink runs in the caller's process, fed while the input is op
   job.wait();
   CHECK(sum.load() == work(3) + work(4));
   CHECK(wrong_process.load() == 0);
+}
+
+TEST_CASE("start: under a latency bound, an item pushed while the input stays open arrives, whether the input was just opened, busy or long idle") {
+  // The caller's open slot is published by the flusher thread once the bound passes: it ticks
+  // while slots keep opening and parks after a few idle ticks (started_run.cpp). Each push
+  // below must arrive without close(): right after start, after an idle stretch long enough to
+  // park it, and in a stream of pushes a few ms apart.
+  std::atomic<i64> sum{0};
+  auto job = pf::pipeline("bounded", pf::max_latency(10ms)).source("in", pf::input<i64>()).map("work", work)
+                 .sink("add", [&](i64 x) { sum += x; })
+                 .start();
+  auto arrives = [&](i64 expected) {
+    for (int i = 0; i < 5000 && sum.load() != expected; ++i) std::this_thread::sleep_for(1ms);
+    return sum.load() == expected;
+  };
+  i64 expected = 0;
+  job.push(i64{1});
+  expected += work(1);
+  CHECK(arrives(expected));
+  std::this_thread::sleep_for(300ms);  // far beyond the flusher's idle ticks: it is parked
+  job.push(i64{2});
+  expected += work(2);
+  CHECK(arrives(expected));
+  for (i64 i = 10; i < 30; ++i) {
+    job.push(i);
+    expected += work(i);
+    std::this_thread::sleep_for(3ms);
+  }
+  CHECK(arrives(expected));
+  std::this_thread::sleep_for(300ms);
+  job.push(i64{5});
+  expected += work(5);
+  CHECK(arrives(expected));
+  job.close();
+  job.wait();
+  CHECK(sum.load() == expected);
 }
 
 TEST_CASE("start: this_replica() in a sink in the caller names the sink, on its thread only") {
