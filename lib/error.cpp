@@ -39,6 +39,7 @@ stage_error::stage_error(details d) : error(""), d_(std::move(d)) {
       what += ": killed by the watchdog: " + d_.message;
       break;
   }
+  if (!d_.history.empty()) what += "; before it, under pf::restart: " + d_.history;
   static_cast<std::runtime_error&>(*this) = std::runtime_error(what);
 }
 

@@ -92,6 +92,9 @@ class stage_error : public error {
     bool has_item_range = false;
     std::uint64_t range_first = 0;
     std::uint64_t range_last = 0;
+    // A run under pf::restart: the replicas that died and were replaced before this failure, as
+    // its report's restart lines would say (the report is not returned when the run fails).
+    std::string history;
   };
 
   explicit stage_error(details d);
@@ -117,6 +120,8 @@ class stage_error : public error {
   bool has_item_range() const noexcept { return d_.has_item_range; }
   std::uint64_t item_range_first() const noexcept { return d_.range_first; }
   std::uint64_t item_range_last() const noexcept { return d_.range_last; }
+  // Under pf::restart: the restarts before this failure ("" when none); what() says it too.
+  const std::string& history() const noexcept { return d_.history; }
 
  private:
   details d_;

@@ -96,6 +96,9 @@ struct restart_record {
   bool redelivered = false;     // a batch went to the replacement again
   std::string batch;            // which one: "batch 12: source items [992, 1024)"
   std::uint64_t sent_slots = 0; // of its output slots, published by the dead replica (not sent twice)
+
+  // "stage 'b' replica 1 (pid 42, killed by signal 9 (Killed)) at 0.120 s; redelivered batch 3: ..."
+  std::string to_string() const;
 };
 
 struct run_report {

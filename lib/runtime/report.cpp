@@ -19,6 +19,11 @@ std::string mebibytes(std::uint64_t bytes) { return fmt::format("{:.1f}", static
 
 }  // namespace
 
+std::string restart_record::to_string() const {
+  return fmt::format("stage '{}' replica {} (pid {}, {}) at {:.3f} s{}", stage, replica, pid, cause, time_s,
+                     redelivered ? fmt::format("; redelivered {} ({} output slots already sent)", batch, sent_slots) : std::string());
+}
+
 std::string run_report::to_string(bool per_replica) const {
   std::string out = fmt::format("pipeline '{}': {:.3f} s wall, {} processes\n", pipeline, wall_s, processes);
   out += fmt::format("  {:<16} {:<13} {:>4} {:>5} {:>12} {:>12} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9}\n", "stage", "kind",
@@ -77,9 +82,7 @@ std::string run_report::to_string(bool per_replica) const {
     if (s.items_skipped || s.retries) out += fmt::format("  {}: {} items skipped, {} retries\n", s.name, s.items_skipped, s.retries);
   for (const auto& s : stages)
     if (s.recycles) out += fmt::format("  {}: {} replicas recycled\n", s.name, s.recycles);
-  for (const auto& r : restarts)
-    out += fmt::format("  restart: stage '{}' replica {} (pid {}, {}) at {:.3f} s{}\n", r.stage, r.replica, r.pid, r.cause, r.time_s,
-                       r.redelivered ? fmt::format("; redelivered {} ({} output slots already sent)", r.batch, r.sent_slots) : std::string());
+  for (const auto& r : restarts) out += "  restart: " + r.to_string() + "\n";
   for (const auto& d : dead_letters)
     out += fmt::format("  dead letter: stage '{}' replica {} item {} ({}): {}: {}\n", d.stage, d.replica, d.item_seq,
                        d.item_kept ? fmt::format("{} bytes kept", d.item.size()) : "item not kept", d.exception_type,

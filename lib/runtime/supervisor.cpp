@@ -401,8 +401,18 @@ class Supervisor final : public SupervisedRun {
       for (std::size_t i = g.first_stage; i < g.end_stage; ++i) fused += (fused.empty() ? "" : ", ") + def_.stages[i]->name();
       if (d.kind != stage_error::cause::exception) d.message += (d.message.empty() ? "" : "; ") + fmt::format("process runs stages {}", fused);
     }
+    d.history = restart_history();
     children_.kill_and_reap_all();
     throw stage_error(std::move(d));
+  }
+
+  // The restarts before a failure, for its stage_error: the last few, oldest first.
+  std::string restart_history() const {
+    constexpr std::size_t shown = 8;
+    const std::size_t first = restart_log_.size() > shown ? restart_log_.size() - shown : 0;
+    std::string out = first != 0 ? fmt::format("({} earlier restarts not shown) ", first) : std::string();
+    for (std::size_t i = first; i < restart_log_.size(); ++i) out += (i > first ? "; " : "") + restart_log_[i].to_string();
+    return out;
   }
 
   // What a replica that died without a failure record was doing (see ReplicaRecord::phase):

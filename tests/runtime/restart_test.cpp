@@ -9,6 +9,7 @@
 //  - a poison item that kills every replica that touches it ends the run after n restarts with
 //    a stage_error naming the item and the signal;
 //  - a replica the watchdog kills is replaced like a crashed one; an exception is not a death;
+//    a failure after restarts names them (stage_error::history());
 //  - a generator source under its own restart(n) is run again from its start, sending only what
 //    its dead predecessor had not sent; the pipeline's default leaves it alone, and says so;
 //  - ordered pipelines: kill -9 rounds keep the order item for item; a batch split over slots
@@ -413,7 +414,37 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
     } catch (const pf::stage_error& e) {
       CHECK(e.kind() == pf::stage_error::cause::exception);
       CHECK(e.item_seq() == 4242);
+      CHECK(e.history().empty());  // nothing was restarted before it
     }
+  });
+  // A run that restarted a replica and then failed returns no report: its stage_error keeps the
+  // restarts, as the report's restart lines would have said them.
+  isolated("a failure after a restart names the restart", [] {
+    Shared* shared = make_shared_page();
+    try {
+      pf::pipeline("restarted then throws", pf::restart(2))
+          .source("n", pf::iota<i64>(0, 20000))
+          .map("m", [shared](i64 x) {
+            if (x == 1000 && shared->fired[0].exchange(1) == 0) {
+              shared->fired[1].store(static_cast<int>(::getpid()));
+              ::raise(SIGKILL);
+            }
+            if (x == 15000) throw std::runtime_error("bad");
+            return x;
+          })
+          .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
+          .run();
+      FAIL("run() succeeded");
+    } catch (const pf::stage_error& e) {
+      CHECK(e.kind() == pf::stage_error::cause::exception);
+      CHECK(e.item_seq() == 15000);
+      const std::string dead = "(pid " + std::to_string(shared->fired[1].load()) + ", killed by signal 9";
+      CHECK(e.history().find("stage 'm' replica 0 " + dead) != std::string::npos);
+      CHECK(e.history().find("redelivered") != std::string::npos);
+      CHECK(std::string(e.what()).find("under pf::restart: stage 'm' replica 0 " + dead) != std::string::npos);
+      MESSAGE(std::string(e.what()));
+    }
+    ::munmap(shared, sizeof(Shared));
   });
 }
 
