@@ -39,6 +39,7 @@
 #include <fstream>
 #include <iterator>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -185,6 +186,24 @@ auto fault_once(Shared* shared, Fault fault, Moment moment, i64 at) {
     }
   };
 }
+
+// 0 .. n-1 in chunks of a known size: a replica that processed more than `chunk` items of its
+// claims works in its second chunk, so its first one was published.
+struct Chunked {
+  using item_type = i64;
+  static constexpr std::uint64_t chunk = 256;
+  i64 n;
+  bool splittable() const { return true; }
+  std::uint64_t size() const { return static_cast<std::uint64_t>(n); }
+  std::uint64_t preferred_chunk() const { return chunk; }
+  bool units_are_items() const { return true; }
+  std::size_t fill(std::uint64_t first, std::uint64_t last, pf::detail::batch_buffer<i64>& out) const {
+    out.resize(static_cast<std::size_t>(last - first));
+    for (std::uint64_t i = first; i < last; ++i) out[static_cast<std::size_t>(i - first)] = static_cast<i64>(i);
+    return out.size();
+  }
+  std::optional<i64> next() { return std::nullopt; }
+};
 
 // A fold that sees the order (support/ordered_hash.hpp).
 using pt::fold_hash;
@@ -866,30 +885,31 @@ TEST_CASE("ordered: a replica killed before its first batch starts at its own fi
   // holds a later batch of its own. Its record names no batch: its replacement must not take that
   // ring's head for a batch in hand (seen: it started there, skipped its first batches and failed
   // with "unexpected batch 0" when they came).
-  constexpr i64 n = 30000;  // ~50 chunks of 4 KiB
+  constexpr i64 n = 30000;  // ~117 chunks
   isolated("ordered death before the first batch", [&] {
     const auto shm_before = pt::dev_shm_entries();
     Shared* shared = make_shared_page();
     const auto r = pf::pipeline("ofirst", pf::ordered, pf::restart(4), pf::ring_slots(2), pf::batch_bytes(4096))
-                       .source("n", pf::iota<i64>(0, n))
+                       .source("n", Chunked{n})
                        // Replica 1 claims the first chunks; replica 0 starts late, so its first
-                       // chunk is a later batch, for either consumer.
+                       // chunk is a later batch, for either consumer. fired[4] counts its items.
                        .map("a", pf::per_replica([shared] {
                               if (pf::this_replica().index == 0) std::this_thread::sleep_for(150ms);
                               return [shared](i64 x) {
-                                if (pf::this_replica().index == 0) shared->fired[4].store(1);
+                                if (pf::this_replica().index == 0) shared->fired[4].fetch_add(1);
                                 return x;
                               };
                             }),
                             pf::replicas(2))
-                       // Both consumers die once, before their first batch, after replica 0 of
-                       // "a" published its first chunk (into ring 0 of one of them).
+                       // Both consumers die once, before their first batch, once replica 0 of "a"
+                       // works in its second chunk: its first was published (into ring 0 of one
+                       // of them; under restart a chunk ends with its output published).
                        .map("b", pf::per_replica([shared] {
                               if (shared->fired[pf::this_replica().index].exchange(1) == 0) {
                                 const auto give_up = std::chrono::steady_clock::now() + 10s;
-                                while (shared->fired[4].load() == 0 && std::chrono::steady_clock::now() < give_up)
+                                while (shared->fired[4].load() <= static_cast<int>(Chunked::chunk) &&
+                                       std::chrono::steady_clock::now() < give_up)
                                   std::this_thread::sleep_for(1ms);
-                                std::this_thread::sleep_for(100ms);
                                 ::raise(SIGKILL);
                               }
                               return [](i64 x) { return x; };
@@ -897,7 +917,7 @@ TEST_CASE("ordered: a replica killed before its first batch starts at its own fi
                             pf::replicas(2), pf::own_process)
                        .collect()
                        .run();
-    CHECK(shared->fired[4].load() == 1);
+    CHECK(shared->fired[4].load() > static_cast<int>(Chunked::chunk));
     check_each_once(r.value, n, /*ordered=*/true);
     CHECK(stage(r.report, "b").restarts == 2);
     ::munmap(shared, sizeof(Shared));
