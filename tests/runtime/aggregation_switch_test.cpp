@@ -170,15 +170,23 @@ TEST_CASE("reduce_by_key: at the threshold, one replica: n - 1 keys stay pre-agg
 }
 
 TEST_CASE("reduce_by_key: a replica that switched sends its partitions early: more groups received than keys, the result exact") {
-  // 40000 items over 40000 keys with until_keys(1000): each replica switches at about 1000 keys
-  // and then sends whenever its tables hold 1000 keys; the caller receives every group about once.
+  // 40000 items over 40000 keys with until_keys(1000): a replica switches at about 1000 keys and
+  // then sends whenever its tables hold 1000 keys; the caller receives every group about once.
+  // Dispatch is dynamic: under load one replica may take nearly every batch and the other never
+  // reach 1000 keys, so the note may say 1 replica or 2; either way the pieces are many.
   auto r = count_by(items, [](i64 k) { return k; }, pf::pre_aggregate::until_keys(1000));
   CHECK(r.value.size() == static_cast<std::size_t>(items));
   for (const auto& [k, c] : r.value) CHECK(c == 1);
   const std::string& note = note_of(r.report, "count");
   CAPTURE(note);
-  CHECK(says(note, "switched to partitioned shuffle in 2 replicas"));
-  CHECK(says(note, "40000 distinct keys; 40000 groups received"));
+  CHECK((says(note, "switched to partitioned shuffle in 1 replica,") || says(note, "switched to partitioned shuffle in 2 replicas")));
+  CHECK(says(note, "40000 distinct keys; 40000 groups received in "));
+  const auto at = note.find("groups received in ");
+  REQUIRE(at != std::string::npos);
+  const long pieces = std::stol(note.substr(at + std::string("groups received in ").size()));
+  // Sent early: a send holds at most ~1000 keys plus one batch (512 items), so 40000 groups take
+  // at least ~26 sends; sent only at the end, they would take one piece set per replica.
+  CHECK(pieces >= 20);
 }
 
 TEST_CASE("reduce_by_key: ordered runs and keyed dispatch keep their modes; the note says so") {
