@@ -156,6 +156,7 @@ mpi_detail::RankStatus status_of_current_exception(bool stopped, const std::stri
     s.failure.has_item_range = e.has_item_range();
     s.failure.range_first = e.item_range_first();
     s.failure.range_last = e.item_range_last();
+    s.failure.history = e.history();
   } catch (const interrupted& e) {
     if (stopped) {
       s.kind = mpi_detail::RankStatus::state::cancelled;

@@ -12,7 +12,7 @@ namespace procflow::mpi_detail {
 namespace {
 
 using wire = std::tuple<std::uint8_t, std::int32_t, std::string, std::uint32_t, std::int32_t, std::uint8_t, bool, std::uint64_t,
-                        std::string, std::string, std::int32_t, std::int32_t, bool, bool, std::uint64_t, std::uint64_t>;
+                        std::string, std::string, std::int32_t, std::int32_t, bool, bool, std::uint64_t, std::uint64_t, std::string>;
 
 }  // namespace
 
@@ -20,7 +20,7 @@ std::vector<std::byte> encode_status(const RankStatus& s) {
   const auto& d = s.failure;
   const wire w{static_cast<std::uint8_t>(s.kind), s.rank, d.stage, d.replica, d.pid, static_cast<std::uint8_t>(d.kind),
                d.has_item, d.item_seq, d.exception_type, d.message, d.signal_number, d.exit_code, d.in_supervisor,
-               d.has_item_range, d.range_first, d.range_last};
+               d.has_item_range, d.range_first, d.range_last, d.history};
   return encode_to_bytes(w);
 }
 
@@ -46,6 +46,7 @@ RankStatus decode_status(const std::vector<std::byte>& bytes) {
   d.has_item_range = std::get<13>(w);
   d.range_first = std::get<14>(w);
   d.range_last = std::get<15>(w);
+  d.history = std::get<16>(w);
   return s;
 }
 

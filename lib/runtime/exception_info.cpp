@@ -31,7 +31,7 @@ std::string current_exception_message() {
   }
 }
 
-void throw_caller_side_error(const std::string& stage, const std::string& where) {
+void throw_caller_side_error(const std::string& stage, const std::string& where, std::string history) {
   stage_error::details d;
   d.stage = stage;
   d.in_supervisor = true;
@@ -40,6 +40,7 @@ void throw_caller_side_error(const std::string& stage, const std::string& where)
   d.kind = stage_error::cause::exception;
   d.exception_type = current_exception_type();
   d.message = where.empty() ? current_exception_message() : where + ": " + current_exception_message();
+  d.history = std::move(history);
   std::throw_with_nested(stage_error(std::move(d)));
 }
 

@@ -131,9 +131,7 @@ class StartedRun final : public started_run {
       // A consumer may have run dry while this thread held the lock (the driver's try failed).
       publish_held(/*only_if_dry=*/true);
     } else if (mode == publish_mode::now || (mode == publish_mode::group && others == 0) || outbox_->publish_each_item()) {
-      outbox_->flush();
-      pending_ = false;
-      held_.store(false, std::memory_order_relaxed);
+      publish_open_slot();
     } else if (mode == publish_mode::latency && !pending_) {
       start_pending();
     }
@@ -143,10 +141,8 @@ class StartedRun final : public started_run {
   void flush() override {
     if (!outbox_) return;
     std::lock_guard lock(input_mutex_);
-    if (closed_ || abandoned_.load(std::memory_order_relaxed)) return;
-    outbox_->flush();
-    pending_ = false;
-    held_.store(false, std::memory_order_relaxed);
+    if (closed_) return;
+    publish_open_slot();
   }
 
   void close() override {
@@ -245,10 +241,19 @@ class StartedRun final : public started_run {
     std::unique_lock lock(input_mutex_, std::try_to_lock);
     if (!lock.owns_lock() || !held_.load(std::memory_order_relaxed)) return;
     if (only_if_dry && outbox_->min_queued_slots() >= 2) return;
-    held_.store(false, std::memory_order_relaxed);
-    if (closed_ || abandoned_.load(std::memory_order_relaxed)) return;
-    outbox_->flush();
+    if (closed_) {
+      held_.store(false, std::memory_order_relaxed);
+      return;
+    }
+    publish_open_slot();
+  }
+
+  // Publishes the slot writers have filled so far (input_mutex_ held): it is neither pending for
+  // the latency bound nor held for the answers any more. After an abandon nothing is published.
+  void publish_open_slot() {
+    if (!abandoned_.load(std::memory_order_relaxed)) outbox_->flush();
     pending_ = false;
+    held_.store(false, std::memory_order_relaxed);
   }
 
   // The caller's share of the report: the source's items, as a generator replica would count them.
@@ -284,9 +289,7 @@ class StartedRun final : public started_run {
           flush_cv_.wait_until(lock, due);
           continue;
         }
-        if (!abandoned_.load(std::memory_order_relaxed)) outbox_->flush();
-        pending_ = false;
-        held_.store(false, std::memory_order_relaxed);
+        publish_open_slot();
         continue;
       }
       if (closed_ || ++idle_ticks > idle_ticks_to_park) {

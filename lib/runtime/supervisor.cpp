@@ -335,9 +335,9 @@ class Supervisor final : public SupervisedRun {
     } catch (...) {
       children_.kill_and_reap_all();
       if constexpr (std::is_invocable_v<const Where&>) {
-        runtime::throw_caller_side_error(def_.stages.back()->name(), where());
+        runtime::throw_caller_side_error(def_.stages.back()->name(), where(), restart_history());
       } else {
-        runtime::throw_caller_side_error(def_.stages.back()->name(), where);
+        runtime::throw_caller_side_error(def_.stages.back()->name(), where, restart_history());
       }
     }
   }
@@ -572,12 +572,12 @@ void check_fork_rule(const pipeline_def& def) {
   if (!def.options.allow_threads) {
     // A thread joined just now is still listed for a moment (the kernel wakes its joiner before
     // it removes the thread: seen ~1 in 1000 joins): it gets a short grace, a running one does not.
-    if (const std::size_t threads = process::thread_count(); threads > 1 && !process::await_thread_count(1, std::chrono::milliseconds(50)))
+    if (!process::await_thread_count(1, std::chrono::milliseconds(50)))
       throw procflow::error(fmt::format(
           "procflow: pipeline '{}': run() was called while this process has {} threads; fork() copies only the "
           "calling thread, so a lock another thread holds would stay locked in every replica. Join the other "
           "threads first, or pass procflow::allow_threads to pipeline() if they hold nothing a stage uses",
-          def.name, threads));
+          def.name, process::thread_count()));
   }
 }
 

@@ -89,6 +89,34 @@ TEST_CASE("an exception in a stage on rank 0: the same stage_error (type, messag
   CHECK(healthy_run() == std::int64_t{100'000} * 99'999 / 2);
 }
 
+TEST_CASE("under pf::restart, a failure on the last rank after its restarts keeps its restart history on every rank") {
+  const int last = world_size() - 1;
+  bool thrown = false;
+  try {
+    // Every replica on the last rank dies at its first item: restart(2) replaces it twice, the
+    // third death ends the job. The history travels from that rank to every other in its status.
+    auto job = pf::pipeline("faulty", pf::restart(2))
+                   .source("n", pf::iota<std::int64_t>(0, 4000))
+                   .map("boom", [last](std::int64_t x) {
+                     if (pf::mpi::rank() == last) ::raise(SIGKILL);
+                     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                     return x;
+                   })
+                   .reduce("sum", std::int64_t{0}, std::plus<>{}, std::plus<>{});
+    pf::mpi::run(job);
+  } catch (const pf::stage_error& e) {
+    thrown = true;
+    CHECK(e.stage() == "boom");
+    CHECK(e.signal_number() == SIGKILL);
+    CHECK(e.message().find("on MPI rank " + std::to_string(last)) != std::string::npos);
+    CAPTURE(e.history());
+    CHECK(e.history().find("stage 'boom' replica") != std::string::npos);
+    CHECK(std::string(e.what()).find("under pf::restart") != std::string::npos);
+  }
+  CHECK(thrown);
+  CHECK(healthy_run() == std::int64_t{100'000} * 99'999 / 2);
+}
+
 TEST_CASE("no replica outlives a failed job") {
   try {
     pf::mpi::run(job_failing_on(world_size() - 1, [](std::int64_t) { ::raise(SIGKILL); }));

@@ -164,6 +164,18 @@ const pf::stage_report& stage(const pf::run_report& r, const std::string& name) 
   throw std::runtime_error("no stage " + name);
 }
 
+// The stage_error of a run that must fail (`run` calls the pipeline's run()).
+template <class Run>
+pf::stage_error failure_of(Run run) {
+  try {
+    run();
+  } catch (const pf::stage_error& e) {
+    return e;
+  }
+  FAIL("run() succeeded");
+  throw std::logic_error("unreachable");  // FAIL throws
+}
+
 // The crash matrices' faults and moments: a fault that fires once across every process of a run
 // (the first to reach it wins the shared flag), at the first call (start) or at item `at`.
 enum class Fault { segfault, abort_, exit0, exit1, terminate, throw_ };
@@ -420,7 +432,7 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
     ::munmap(shared, sizeof(Shared));
   });
   isolated("exception under restart", [] {
-    try {
+    const auto e = failure_of([] {
       pf::pipeline("throws", pf::restart(2))
           .source("n", pf::iota<i64>(0, 10000))
           .map("m", [](i64 x) {
@@ -429,18 +441,16 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
           })
           .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
           .run();
-      FAIL("run() succeeded");
-    } catch (const pf::stage_error& e) {
-      CHECK(e.kind() == pf::stage_error::cause::exception);
-      CHECK(e.item_seq() == 4242);
-      CHECK(e.history().empty());  // nothing was restarted before it
-    }
+    });
+    CHECK(e.kind() == pf::stage_error::cause::exception);
+    CHECK(e.item_seq() == 4242);
+    CHECK(e.history().empty());  // nothing was restarted before it
   });
   // A run that restarted a replica and then failed returns no report: its stage_error keeps the
   // restarts, as the report's restart lines would have said them.
   isolated("a failure after a restart names the restart", [] {
     Shared* shared = make_shared_page();
-    try {
+    const auto e = failure_of([shared] {
       pf::pipeline("restarted then throws", pf::restart(2))
           .source("n", pf::iota<i64>(0, 20000))
           .map("m", [shared](i64 x) {
@@ -453,16 +463,34 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
           })
           .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
           .run();
-      FAIL("run() succeeded");
-    } catch (const pf::stage_error& e) {
-      CHECK(e.kind() == pf::stage_error::cause::exception);
-      CHECK(e.item_seq() == 15000);
-      const std::string dead = "(pid " + std::to_string(shared->fired[1].load()) + ", killed by signal 9";
-      CHECK(e.history().find("stage 'm' replica 0 " + dead) != std::string::npos);
-      CHECK(e.history().find("redelivered") != std::string::npos);
-      CHECK(std::string(e.what()).find("under pf::restart: stage 'm' replica 0 " + dead) != std::string::npos);
-      MESSAGE(std::string(e.what()));
-    }
+    });
+    CHECK(e.kind() == pf::stage_error::cause::exception);
+    CHECK(e.item_seq() == 15000);
+    const std::string dead = "(pid " + std::to_string(shared->fired[1].load()) + ", killed by signal 9";
+    CHECK(e.history().find("stage 'm' replica 0 " + dead) != std::string::npos);
+    CHECK(e.history().find("redelivered") != std::string::npos);
+    CHECK(std::string(e.what()).find("under pf::restart: stage 'm' replica 0 " + dead) != std::string::npos);
+    MESSAGE(std::string(e.what()));
+    ::munmap(shared, sizeof(Shared));
+  });
+  // The same for a failure on the caller's side (here the reduce's combine, merging the
+  // replicas' partials in the supervisor).
+  isolated("a caller-side failure after a restart names the restart", [] {
+    Shared* shared = make_shared_page();
+    const auto e = failure_of([shared] {
+      pf::pipeline("restarted then combine throws", pf::restart(2))
+          .source("n", pf::iota<i64>(0, 20000))
+          .map("m", [shared](i64 x) {
+            if (x == 1000 && shared->fired[0].exchange(1) == 0) ::raise(SIGKILL);
+            return x;
+          })
+          .reduce("sum", i64{0}, std::plus<>{}, [](i64, i64) -> i64 { throw std::runtime_error("combine failed"); })
+          .run();
+    });
+    CHECK(e.in_supervisor());
+    CHECK(e.message().find("combine failed") != std::string::npos);
+    CHECK(e.history().find("stage 'm' replica 0 (pid ") != std::string::npos);
+    MESSAGE(std::string(e.what()));
     ::munmap(shared, sizeof(Shared));
   });
 }
