@@ -122,6 +122,8 @@ class stage_error : public error {
   std::uint64_t item_range_last() const noexcept { return d_.range_last; }
   // Under pf::restart: the restarts before this failure ("" when none); what() says it too.
   const std::string& history() const noexcept { return d_.history; }
+  // Everything above in one value (to pass the failure on, e.g. to another MPI rank).
+  const details& info() const noexcept { return d_; }
 
  private:
   details d_;

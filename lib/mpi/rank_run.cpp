@@ -142,21 +142,7 @@ mpi_detail::RankStatus status_of_current_exception(bool stopped, const std::stri
   try {
     throw;
   } catch (const stage_error& e) {
-    s.failure.stage = e.stage();
-    s.failure.replica = e.replica();
-    s.failure.pid = e.pid();
-    s.failure.kind = e.kind();
-    s.failure.has_item = e.has_item();
-    s.failure.item_seq = e.item_seq();
-    s.failure.exception_type = e.exception_type();
-    s.failure.message = e.message();
-    s.failure.signal_number = e.signal_number();
-    s.failure.exit_code = e.exit_code();
-    s.failure.in_supervisor = e.in_supervisor();
-    s.failure.has_item_range = e.has_item_range();
-    s.failure.range_first = e.item_range_first();
-    s.failure.range_last = e.item_range_last();
-    s.failure.history = e.history();
+    s.failure = e.info();
   } catch (const interrupted& e) {
     if (stopped) {
       s.kind = mpi_detail::RankStatus::state::cancelled;

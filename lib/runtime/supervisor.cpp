@@ -334,11 +334,13 @@ class Supervisor final : public SupervisedRun {
       throw;  // already names its stage
     } catch (...) {
       children_.kill_and_reap_all();
+      std::string text;
       if constexpr (std::is_invocable_v<const Where&>) {
-        runtime::throw_caller_side_error(def_.stages.back()->name(), where(), restart_history());
+        text = where();
       } else {
-        runtime::throw_caller_side_error(def_.stages.back()->name(), where, restart_history());
+        text = where;
       }
+      runtime::throw_caller_side_error(def_.stages.back()->name(), text, restart_history());
     }
   }
 

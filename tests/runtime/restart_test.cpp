@@ -447,22 +447,30 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
     CHECK(e.history().empty());  // nothing was restarted before it
   });
   // A run that restarted a replica and then failed returns no report: its stage_error keeps the
-  // restarts, as the report's restart lines would have said them.
-  isolated("a failure after a restart names the restart", [] {
+  // restarts, as the report's restart lines would have said them. The two cases run
+  // iota(20000) -> map "m" (its replica SIGKILLed once, at item 1000; the pid kept in
+  // fired[1]; then `then`) -> reduce, under restart(2).
+  const auto killed_once_then = [](Shared* shared, auto then, auto combine) {
+    return pf::pipeline("restarted then fails", pf::restart(2))
+        .source("n", pf::iota<i64>(0, 20000))
+        .map("m", [shared, then](i64 x) {
+          if (x == 1000 && shared->fired[0].exchange(1) == 0) {
+            shared->fired[1].store(static_cast<int>(::getpid()));
+            ::raise(SIGKILL);
+          }
+          return then(x);
+        })
+        .reduce("sum", i64{0}, std::plus<>{}, combine)
+        .run();
+  };
+  isolated("a failure after a restart names the restart", [&] {
     Shared* shared = make_shared_page();
-    const auto e = failure_of([shared] {
-      pf::pipeline("restarted then throws", pf::restart(2))
-          .source("n", pf::iota<i64>(0, 20000))
-          .map("m", [shared](i64 x) {
-            if (x == 1000 && shared->fired[0].exchange(1) == 0) {
-              shared->fired[1].store(static_cast<int>(::getpid()));
-              ::raise(SIGKILL);
-            }
-            if (x == 15000) throw std::runtime_error("bad");
-            return x;
-          })
-          .reduce("sum", i64{0}, std::plus<>{}, std::plus<>{})
-          .run();
+    const auto e = failure_of([&] {
+      const auto throw_at_15000 = [](i64 x) {
+        if (x == 15000) throw std::runtime_error("bad");
+        return x;
+      };
+      killed_once_then(shared, throw_at_15000, std::plus<>{});
     });
     CHECK(e.kind() == pf::stage_error::cause::exception);
     CHECK(e.item_seq() == 15000);
@@ -475,21 +483,15 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
   });
   // The same for a failure on the caller's side (here the reduce's combine, merging the
   // replicas' partials in the supervisor).
-  isolated("a caller-side failure after a restart names the restart", [] {
+  isolated("a caller-side failure after a restart names the restart", [&] {
     Shared* shared = make_shared_page();
-    const auto e = failure_of([shared] {
-      pf::pipeline("restarted then combine throws", pf::restart(2))
-          .source("n", pf::iota<i64>(0, 20000))
-          .map("m", [shared](i64 x) {
-            if (x == 1000 && shared->fired[0].exchange(1) == 0) ::raise(SIGKILL);
-            return x;
-          })
-          .reduce("sum", i64{0}, std::plus<>{}, [](i64, i64) -> i64 { throw std::runtime_error("combine failed"); })
-          .run();
+    const auto e = failure_of([&] {
+      killed_once_then(shared, [](i64 x) { return x; }, [](i64, i64) -> i64 { throw std::runtime_error("combine failed"); });
     });
     CHECK(e.in_supervisor());
     CHECK(e.message().find("combine failed") != std::string::npos);
-    CHECK(e.history().find("stage 'm' replica 0 (pid ") != std::string::npos);
+    const std::string dead = "(pid " + std::to_string(shared->fired[1].load()) + ", killed by signal 9";
+    CHECK(e.history().find("stage 'm' replica 0 " + dead) != std::string::npos);
     MESSAGE(std::string(e.what()));
     ::munmap(shared, sizeof(Shared));
   });
