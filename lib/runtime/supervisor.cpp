@@ -138,9 +138,11 @@ class Supervisor final : public SupervisedRun {
     o.ordered = plan_.ordered;
     o.spin = plan_.spin;
     channel::Inbox results(state_.results(), 0, o);
-    // Under pf::restart a death is noticed within 10 ms (a poll of the pidfds per tick).
+    // Under pf::restart a death is noticed within 10 ms (a poll of the pidfds per tick). So is the
+    // end of a scalable group: its consumers' end of stream waits for the supervisor to close the
+    // lanes of its slots never started (Elastic::on_exit), once per scalable boundary in turn.
     const bool restarting = std::any_of(plan_.groups.begin(), plan_.groups.end(), [](const Group& g) { return g.restartable; });
-    const auto tick = std::chrono::milliseconds(restarting ? 10 : 50);
+    const auto tick = std::chrono::milliseconds(restarting || elastic_.scheduling() ? 10 : 50);
     auto next_check = Clock::now() + tick;
     batch_view batch;
     for (;;) {

@@ -8,6 +8,8 @@
 // Variants: one_each; static_A_B_C for every split of the budget left after the generator;
 // oversubscribed (every map at budget replicas, the kernel shares); fused (the three maps in one
 // process group of budget-1 replicas); best_static (the best of those); auto.
+// Then workload end_of_stream, variants end_of_stream_auto / end_of_stream_fixed (field lag_ms):
+// how long a run's end takes to cross each boundary between groups in processes of their own.
 //
 //   scheduler_bench [--json] [--quick] [--repeats=N] [--cores=6] [--unit-us=5] [--pin] [--only=...]
 //
@@ -92,6 +94,35 @@ Result run_pipeline(const Costs& c, std::uint32_t cores, bool fused, pf::replica
   return res;
 }
 
+// The end of a run through scalable boundaries: 2 000 cheap items through three maps in processes
+// of their own, auto or fixed at one replica each. Returns the median, over the repeats, of the
+// mean lag (ms) between one group's last replica ending and the next group's: a scalable group's
+// consumers see their end of stream only once the supervisor has closed the lanes of its slots
+// never started, so this is the supervisor's reaction time per boundary.
+double end_of_stream_lag_ms(bool automatic, int repeats) {
+  std::vector<double> lags;
+  for (int k = 0; k < repeats; ++k) {
+    const pf::replicas r = automatic ? pf::replicas(pf::auto_scale) : pf::replicas(1);
+    const auto id = [](std::uint64_t x) { return x; };
+    auto run = pf::pipeline("end_of_stream", pf::cores(2))
+                   .source("n", pf::iota<std::uint64_t>(0, 2000))
+                   .map("a", id, r, pf::own_process)
+                   .map("b", id, r, pf::own_process)
+                   .map("c", id, r, pf::own_process)
+                   .reduce("sum", std::uint64_t{0}, std::plus<>{}, std::plus<>{})
+                   .run();
+    std::vector<double> ends;  // per process group: when its last replica ended
+    for (const auto& row : run.report.replica_rows) {
+      if (ends.size() <= row.process_group) ends.resize(row.process_group + 1, 0.0);
+      ends[row.process_group] = std::max(ends[row.process_group], row.end_s);
+    }
+    double lag = 0;
+    for (std::size_t g = 1; g < ends.size(); ++g) lag += ends[g] - ends[g - 1];
+    lags.push_back(ends.size() > 1 ? 1e3 * lag / static_cast<double>(ends.size() - 1) : 0.0);
+  }
+  return bench::median(lags);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -150,7 +181,9 @@ int main(int argc, char** argv) {
     const Line* best = nullptr;
     for (const auto& l : lines)
       if (l.variant != "auto" && (!best || l.r.items_per_s > best->r.items_per_s)) best = &l;
-    if (best) lines.push_back({"best_static", best->r, best->oversubscribes});
+    // Copied out before the push_back below, which may move `lines` (and leave `best` dangling).
+    const std::string best_variant = best ? best->variant : "";
+    if (best) lines.push_back(Line{"best_static", best->r, best->oversubscribes});
     const Line* auto_line = nullptr;
     for (const auto& l : lines)
       if (l.variant == "auto") auto_line = &l;
@@ -159,12 +192,23 @@ int main(int argc, char** argv) {
         fmt::print("{{\"bench\":\"scheduler_bench\",\"workload\":\"{}\",\"variant\":\"{}\",\"items_per_s\":{:.1f},\"replicas\":\"{}\","
                    "\"processes\":{},\"cores\":{},\"pinned\":{}{}}}\n",
                    w.name, l.variant, l.r.items_per_s, l.r.split, l.r.processes, cores, pin,
-                   l.variant == "best_static" ? fmt::format(",\"of\":\"{}\"", best->variant) : "");
+                   l.variant == "best_static" ? fmt::format(",\"of\":\"{}\"", best_variant) : "");
       } else {
         fmt::print("{:<11} {:<16} {:>11.4g} items/s  maps {:<9} {:>2} processes{}{}\n", w.name, l.variant, l.r.items_per_s, l.r.split,
                    l.r.processes, auto_line && l.variant != "auto" ? fmt::format("  auto/this {:.2f}", auto_line->r.items_per_s / l.r.items_per_s) : "",
                    l.r.decisions.empty() ? "" : "  decisions: " + l.r.decisions);
       }
+    }
+  }
+  // Rows: workload end_of_stream, variants auto and fixed, field lag_ms (see above).
+  for (const bool automatic : {true, false}) {
+    const std::string variant = automatic ? "auto" : "fixed";
+    if (!o.wants("end_of_stream_" + variant)) continue;
+    const double lag = end_of_stream_lag_ms(automatic, std::max(o.repeats, 5));
+    if (o.json) {
+      fmt::print("{{\"bench\":\"scheduler_bench\",\"workload\":\"end_of_stream\",\"variant\":\"{}\",\"lag_ms\":{:.2f}}}\n", variant, lag);
+    } else {
+      fmt::print("{:<11} {:<16} {:>8.2f} ms from one group's end to the next's (median)\n", "end_of_stream", variant, lag);
     }
   }
   return 0;
