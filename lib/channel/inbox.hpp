@@ -61,7 +61,10 @@ class Inbox final : public detail::input_port {
   bool receive(detail::batch_view& out) override;
   void release() override;
   // receive() that gives up at `deadline`: false on timeout or at end of stream (see at_end()).
-  bool receive_until(detail::batch_view& out, Clock::time_point deadline);
+  // With `wake`: also false as soon as *wake != seen (another process counts something this
+  // consumer must act on, and notifies the data event after counting; see Supervisor).
+  bool receive_until(detail::batch_view& out, Clock::time_point deadline, const std::atomic<std::uint32_t>* wake = nullptr,
+                     std::uint32_t seen = 0);
   bool at_end() const override { return end_; }
   // A retiring consumer: true once no producer can send it anything any more — every producer
   // acknowledged membership epoch `epoch` (which excluded this consumer) or closed its ring, and

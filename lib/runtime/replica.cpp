@@ -242,6 +242,12 @@ class Replica final : public detail::downstream {
     ReplicaRecord& r = record();
     // SYNC POINT (release): pairs with the supervisor's acquire load of the status.
     r.status.store(static_cast<std::uint32_t>(recycled_ ? ReplicaStatus::recycled : ReplicaStatus::completed), std::memory_order_release);
+    if (group_.scalable && plan_.has_results) {
+      // SYNC POINT (release): our closed lanes are visible to a supervisor that sees the count
+      // (Inbox::receive_until's acquire); the notify wakes it if it sleeps on the results.
+      state_.header().scalable_ends.fetch_add(1, std::memory_order_release);
+      channel::notify(state_.results().data_event(0));
+    }
   }
 
  private:

@@ -56,6 +56,7 @@ RunState::RunState(const detail::pipeline_def& def, const Plan& plan)
   h->stages = static_cast<std::uint32_t>(stages_);
   h->replicas = total_replicas_;
   h->next_chunk.store(0, std::memory_order_relaxed);
+  h->scalable_ends.store(0, std::memory_order_relaxed);
   auto* c = segment_.at<StageCounters>(counters_offset_, stages_ * max_replicas_);
   for (std::size_t i = 0; i < stages_ * max_replicas_; ++i) new (c + i) StageCounters{};
   auto* r = segment_.at<ReplicaRecord>(records_offset_, total_replicas_);

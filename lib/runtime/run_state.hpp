@@ -35,6 +35,11 @@ struct alignas(shm::cache_line) RunHeader {
   // Relaxed: the counter only hands out distinct numbers; the chunk's items are computed from
   // the number, nothing is published through it.
   alignas(shm::cache_line) std::atomic<std::uint64_t> next_chunk;
+  // Replicas of scalable groups that ended (completed, after closing their output lanes). Each
+  // adds 1 (release) and then notifies the results channel's data event, so that the supervisor,
+  // waiting there, reaps it and closes the lanes of its group's slots never started at once
+  // rather than at its next tick (the consumers' end of stream waits for that).
+  alignas(shm::cache_line) std::atomic<std::uint32_t> scalable_ends;
 };
 static_assert(std::is_standard_layout_v<RunHeader>);
 

@@ -138,15 +138,19 @@ class Supervisor final : public SupervisedRun {
     o.ordered = plan_.ordered;
     o.spin = plan_.spin;
     channel::Inbox results(state_.results(), 0, o);
-    // Under pf::restart a death is noticed within 10 ms (a poll of the pidfds per tick). So is the
-    // end of a scalable group: its consumers' end of stream waits for the supervisor to close the
-    // lanes of its slots never started (Elastic::on_exit), once per scalable boundary in turn.
+    // Under pf::restart a death is noticed within 10 ms (a poll of the pidfds per tick).
     const bool restarting = std::any_of(plan_.groups.begin(), plan_.groups.end(), [](const Group& g) { return g.restartable; });
-    const auto tick = std::chrono::milliseconds(restarting || elastic_.scheduling() ? 10 : 50);
+    const auto tick = std::chrono::milliseconds(restarting ? 10 : 50);
     auto next_check = Clock::now() + tick;
+    // A replica of a scalable group that ended counts itself here and wakes us: once all of a
+    // group's replicas completed, the lanes of its slots never started are closed at once
+    // (Elastic::on_completions), which its consumers' end of stream waits for, instead of when
+    // the next tick reaps the group.
+    const std::atomic<std::uint32_t>& ends = state_.header().scalable_ends;
+    std::uint32_t ends_seen = ends.load(std::memory_order_acquire);
     batch_view batch;
     for (;;) {
-      if (spin_for_answer(results, batch) || results.receive_until(batch, next_check)) {
+      if (spin_for_answer(results, batch) || results.receive_until(batch, next_check, &ends, ends_seen)) {
         on_caller_side([&] {
           return fmt::format("result batch {} ({} items{})", batch.meta.seq, batch.items,
                              batch.meta.dense ? fmt::format(", source items from {}", batch.meta.first_item) : "");
@@ -154,6 +158,10 @@ class Supervisor final : public SupervisedRun {
         results.release();
       } else if (results.at_end()) {
         return;
+      }
+      if (const std::uint32_t now_ends = ends.load(std::memory_order_acquire); now_ends != ends_seen) {
+        ends_seen = now_ends;
+        elastic_.on_completions();
       }
       if (Clock::now() >= next_check) {
         stop_if_interrupted();

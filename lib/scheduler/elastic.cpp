@@ -144,6 +144,24 @@ void Elastic::on_exit(std::size_t group, std::uint32_t slot) {
   if (alive_[group] == 0) close_unstarted_outputs(group);
 }
 
+void Elastic::on_completions() {
+  for (std::size_t g = 0; g < plan_.groups.size(); ++g) {
+    if (input_done_[g] || !plan_.groups[g].scalable || next_slot_[g] == 0) continue;
+    bool all = true;
+    for (std::uint32_t slot = 0; slot < next_slot_[g] && all; ++slot) {
+      const runtime::ReplicaRecord& record = state_.record(state_.first_replica(g) + slot);
+      // SYNC POINT (acquire): pairs with the replica's release store of its status, made after
+      // it closed its own lanes.
+      all = record.status.load(std::memory_order_acquire) == static_cast<std::uint32_t>(runtime::ReplicaStatus::completed);
+    }
+    if (!all) continue;
+    // Every started replica completed, so some ended on its input (retiring ones alone cannot
+    // all complete: at least one active replica never retires). No slot starts any more.
+    input_done_[g] = true;
+    close_unstarted_outputs(g);
+  }
+}
+
 void Elastic::close_unstarted_outputs(std::size_t group) {
   const channel::Channel* out = output_of(group);
   if (!out) return;

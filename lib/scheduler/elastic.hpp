@@ -51,6 +51,10 @@ class Elastic {
   void start();
   // A replica ended and completed cleanly.
   void on_exit(std::size_t group, std::uint32_t slot);
+  // Replicas of scalable groups recorded their completion (RunHeader::scalable_ends moved): a
+  // group all of whose started replicas completed has ended, and the lanes of its slots never
+  // started are closed now, before its processes are reaped (their exit takes a while).
+  void on_completions();
   // A replica died and is replaced in its slot (pf::restart, faults/redelivery.hpp): the slot
   // stays started (and retiring, if it was), a new process runs in it.
   void restart_slot(std::size_t group, std::uint32_t slot) {
