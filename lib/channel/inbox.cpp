@@ -360,17 +360,13 @@ void Inbox::LargeStream::skip_rest() {
 
 bool Inbox::receive(detail::batch_view& out) { return receive_until(out, Clock::time_point::max()); }
 
-bool Inbox::receive_until(detail::batch_view& out, Clock::time_point deadline, const std::atomic<std::uint32_t>* wake,
-                          std::uint32_t seen) {
+bool Inbox::receive_until(detail::batch_view& out, Clock::time_point deadline, const std::function<bool()>& interrupt) {
   deadline_ = deadline;
   if (poll(out)) return true;
   if (end_) return false;
   bool got = false;
   const auto t0 = Clock::now();
-  // Acquire: pairs with the counting process's release, so what it did before counting (closing
-  // its rings) is visible once the count is seen.
-  const auto woken = [&] { return wake && wake->load(std::memory_order_acquire) != seen; };
-  wait(*data_event_, [&] { return (got = poll(out)) || end_ || woken(); }, deadline, options_.spin);
+  wait(*data_event_, [&] { return (got = poll(out)) || end_ || (interrupt && interrupt()); }, deadline, options_.spin);
   stats_.starved_ns += static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
   return got;
 }

@@ -14,6 +14,7 @@
 #include <procflow/detail/stage.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -61,10 +62,9 @@ class Inbox final : public detail::input_port {
   bool receive(detail::batch_view& out) override;
   void release() override;
   // receive() that gives up at `deadline`: false on timeout or at end of stream (see at_end()).
-  // With `wake`: also false as soon as *wake != seen (another process counts something this
-  // consumer must act on, and notifies the data event after counting; see Supervisor).
-  bool receive_until(detail::batch_view& out, Clock::time_point deadline, const std::atomic<std::uint32_t>* wake = nullptr,
-                     std::uint32_t seen = 0);
+  // With `interrupt`: also false as soon as it returns true, tested on every wake-up (whoever
+  // makes it true notifies the data event afterwards; see Supervisor::drain_results).
+  bool receive_until(detail::batch_view& out, Clock::time_point deadline, const std::function<bool()>& interrupt = {});
   bool at_end() const override { return end_; }
   // A retiring consumer: true once no producer can send it anything any more — every producer
   // acknowledged membership epoch `epoch` (which excluded this consumer) or closed its ring, and

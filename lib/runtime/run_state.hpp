@@ -37,8 +37,9 @@ struct alignas(shm::cache_line) RunHeader {
   alignas(shm::cache_line) std::atomic<std::uint64_t> next_chunk;
   // Replicas of scalable groups that ended (completed, after closing their output lanes). Each
   // adds 1 (release) and then notifies the results channel's data event, so that the supervisor,
-  // waiting there, reaps it and closes the lanes of its group's slots never started at once
-  // rather than at its next tick (the consumers' end of stream waits for that).
+  // waiting there, reads the group's replica records and, once all completed, closes the lanes of
+  // its slots never started at once rather than when it reaps them at its next tick (the
+  // consumers' end of stream waits for that; Elastic::on_completions).
   alignas(shm::cache_line) std::atomic<std::uint32_t> scalable_ends;
 };
 static_assert(std::is_standard_layout_v<RunHeader>);

@@ -148,9 +148,12 @@ class Supervisor final : public SupervisedRun {
     // the next tick reaps the group.
     const std::atomic<std::uint32_t>& ends = state_.header().scalable_ends;
     std::uint32_t ends_seen = ends.load(std::memory_order_acquire);
+    // Acquire: pairs with the replica's release, so what it did before counting itself (closing
+    // its lanes, recording its completion) is visible once the count is seen.
+    const std::function<bool()> ends_moved = [&] { return ends.load(std::memory_order_acquire) != ends_seen; };
     batch_view batch;
     for (;;) {
-      if (spin_for_answer(results, batch) || results.receive_until(batch, next_check, &ends, ends_seen)) {
+      if (spin_for_answer(results, batch) || results.receive_until(batch, next_check, ends_moved)) {
         on_caller_side([&] {
           return fmt::format("result batch {} ({} items{})", batch.meta.seq, batch.items,
                              batch.meta.dense ? fmt::format(", source items from {}", batch.meta.first_item) : "");
@@ -344,12 +347,13 @@ class Supervisor final : public SupervisedRun {
       throw;  // already names its stage
     } catch (...) {
       children_.kill_and_reap_all();
-      std::string text;
-      if constexpr (std::is_invocable_v<const Where&>) {
-        text = where();
-      } else {
-        text = where;
-      }
+      const std::string text = [&]() -> std::string {
+        if constexpr (std::is_invocable_v<const Where&>) {
+          return where();
+        } else {
+          return where;
+        }
+      }();
       runtime::throw_caller_side_error(def_.stages.back()->name(), text, restart_history());
     }
   }

@@ -31,12 +31,12 @@ Elastic::Elastic(const detail::pipeline_def& def, const runtime::Plan& plan, con
   slots_.resize(n);
   for (std::size_t g = 0; g < n; ++g) slots_[g].resize(plan.groups[g].slots);
   active_.assign(n, 0);
-  alive_.assign(n, 0);
   peak_.assign(n, 0);
   final_.assign(n, 0);
   next_slot_.assign(n, 0);
   lanes_.assign(n, 0);
   input_done_.assign(n, false);
+  ended_.assign(n, false);
   // The hook applies to the next run only, scheduled or not.
   std::vector<ForcedStep> forced = std::move(pending_forced());
   pending_forced().clear();
@@ -99,7 +99,6 @@ void Elastic::start_slot(std::size_t group) {
   slots_[group][slot].started = true;
   ++next_slot_[group];
   ++active_[group];
-  ++alive_[group];
   ++processes_;
   peak_[group] = std::max(peak_[group], active_[group]);
   final_[group] = active_[group];
@@ -136,33 +135,34 @@ void Elastic::apply(std::size_t group, std::uint32_t target) {
 void Elastic::on_exit(std::size_t group, std::uint32_t slot) {
   SlotState& s = slots_.at(group).at(slot);
   s.ended = true;
-  --alive_[group];
   if (!s.retiring) {
     --active_[group];
     input_done_[group] = true;
   }
-  if (alive_[group] == 0) close_unstarted_outputs(group);
+  end_if_completed(group);
 }
 
 void Elastic::on_completions() {
   for (std::size_t g = 0; g < plan_.groups.size(); ++g) {
-    if (input_done_[g] || !plan_.groups[g].scalable || next_slot_[g] == 0) continue;
-    bool all = true;
-    for (std::uint32_t slot = 0; slot < next_slot_[g] && all; ++slot) {
-      const runtime::ReplicaRecord& record = state_.record(state_.first_replica(g) + slot);
-      // SYNC POINT (acquire): pairs with the replica's release store of its status, made after
-      // it closed its own lanes.
-      all = record.status.load(std::memory_order_acquire) == static_cast<std::uint32_t>(runtime::ReplicaStatus::completed);
-    }
-    if (!all) continue;
-    // Every started replica completed, so some ended on its input (retiring ones alone cannot
-    // all complete: at least one active replica never retires). No slot starts any more.
-    input_done_[g] = true;
-    close_unstarted_outputs(g);
+    if (plan_.groups[g].scalable) end_if_completed(g);
   }
 }
 
-void Elastic::close_unstarted_outputs(std::size_t group) {
+void Elastic::end_if_completed(std::size_t group) {
+  if (ended_[group] || next_slot_[group] == 0) return;
+  for (std::uint32_t slot = 0; slot < next_slot_[group]; ++slot) {
+    const runtime::ReplicaRecord& record = state_.record(state_.first_replica(group) + slot);
+    // SYNC POINT (acquire): pairs with the replica's release store of its status, made after it
+    // closed its own lanes. A slot reaped as completed counts too (its record says so as well).
+    const bool completed = slots_[group][slot].ended ||
+                           record.status.load(std::memory_order_acquire) == static_cast<std::uint32_t>(runtime::ReplicaStatus::completed);
+    if (!completed) return;  // running, retiring, or dead and being restarted in its slot
+  }
+  // Every started replica completed, so some ended on its input (retiring ones alone cannot all
+  // complete: at least one active replica never retires). No slot starts any more, and the lanes
+  // of the slots never started are closed, once: the consumers' end of stream counts them.
+  input_done_[group] = true;
+  ended_[group] = true;
   const channel::Channel* out = output_of(group);
   if (!out) return;
   bool any = false;

@@ -80,7 +80,9 @@ class Elastic {
   void apply(std::size_t group, std::uint32_t target);
   void start_slot(std::size_t group);
   void retire_slot(std::size_t group, std::uint32_t slot);
-  void close_unstarted_outputs(std::size_t group);
+  // The group ended once every started replica completed (reaped, or recorded in its record):
+  // its input is done and the lanes of its slots never started are closed, once.
+  void end_if_completed(std::size_t group);
   const channel::Channel* output_of(std::size_t group) const;
   std::uint32_t first_worker(std::size_t group) const;
 
@@ -94,12 +96,12 @@ class Elastic {
   std::vector<ForcedStep> forced_;
   std::vector<std::vector<SlotState>> slots_;
   std::vector<std::uint32_t> active_;    // started, not retiring, not ended
-  std::vector<std::uint32_t> alive_;     // started, not ended
   std::vector<std::uint32_t> peak_;
   std::vector<std::uint32_t> final_;
   std::vector<std::uint32_t> next_slot_;
   std::vector<std::uint64_t> lanes_;     // active input lanes of a channel-fed group
   std::vector<bool> input_done_;         // a replica ended on its own: the group's input is finished
+  std::vector<bool> ended_;              // end_if_completed closed the group's unstarted lanes
   std::vector<scheduler_decision> decisions_;
   std::uint32_t processes_ = 0;
 };

@@ -8,8 +8,9 @@
 // Variants: one_each; static_A_B_C for every split of the budget left after the generator;
 // oversubscribed (every map at budget replicas, the kernel shares); fused (the three maps in one
 // process group of budget-1 replicas); best_static (the best of those); auto.
-// Then workload end_of_stream, variants end_of_stream_auto / end_of_stream_fixed (field lag_ms):
-// how long a run's end takes to cross each boundary between groups in processes of their own.
+// Then workload end_of_stream, variants auto and fixed (field lag_ms; selected with --only=
+// end_of_stream_auto / end_of_stream_fixed, since the other workloads have an `auto` too): how
+// long a run's end takes to cross each boundary between groups in processes of their own.
 //
 //   scheduler_bench [--json] [--quick] [--repeats=N] [--cores=6] [--unit-us=5] [--pin] [--only=...]
 //

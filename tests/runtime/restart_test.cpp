@@ -463,6 +463,10 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
         .reduce("sum", i64{0}, std::plus<>{}, combine)
         .run();
   };
+  // How the history names the killed replica.
+  const auto killed_replica = [](const Shared* shared) {
+    return "stage 'm' replica 0 (pid " + std::to_string(shared->fired[1].load()) + ", killed by signal 9";
+  };
   isolated("a failure after a restart names the restart", [&] {
     Shared* shared = make_shared_page();
     const auto e = failure_of([&] {
@@ -474,10 +478,10 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
     });
     CHECK(e.kind() == pf::stage_error::cause::exception);
     CHECK(e.item_seq() == 15000);
-    const std::string dead = "(pid " + std::to_string(shared->fired[1].load()) + ", killed by signal 9";
-    CHECK(e.history().find("stage 'm' replica 0 " + dead) != std::string::npos);
+    const std::string dead = killed_replica(shared);
+    CHECK(e.history().find(dead) != std::string::npos);
     CHECK(e.history().find("redelivered") != std::string::npos);
-    CHECK(std::string(e.what()).find("under pf::restart: stage 'm' replica 0 " + dead) != std::string::npos);
+    CHECK(std::string(e.what()).find("under pf::restart: " + dead) != std::string::npos);
     MESSAGE(std::string(e.what()));
     ::munmap(shared, sizeof(Shared));
   });
@@ -490,8 +494,7 @@ TEST_CASE("the watchdog's kill is restarted like a crash; an exception is not a 
     });
     CHECK(e.in_supervisor());
     CHECK(e.message().find("combine failed") != std::string::npos);
-    const std::string dead = "(pid " + std::to_string(shared->fired[1].load()) + ", killed by signal 9";
-    CHECK(e.history().find("stage 'm' replica 0 " + dead) != std::string::npos);
+    CHECK(e.history().find(killed_replica(shared)) != std::string::npos);
     MESSAGE(std::string(e.what()));
     ::munmap(shared, sizeof(Shared));
   });
