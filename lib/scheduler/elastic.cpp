@@ -153,10 +153,9 @@ void Elastic::end_if_completed(std::size_t group) {
   for (std::uint32_t slot = 0; slot < next_slot_[group]; ++slot) {
     const runtime::ReplicaRecord& record = state_.record(state_.first_replica(group) + slot);
     // SYNC POINT (acquire): pairs with the replica's release store of its status, made after it
-    // closed its own lanes. A slot reaped as completed counts too (its record says so as well).
-    const bool completed = slots_[group][slot].ended ||
-                           record.status.load(std::memory_order_acquire) == static_cast<std::uint32_t>(runtime::ReplicaStatus::completed);
-    if (!completed) return;  // running, retiring, or dead and being restarted in its slot
+    // closed its own lanes. A slot reaped by on_exit passed check(), which requires this status.
+    if (record.status.load(std::memory_order_acquire) != static_cast<std::uint32_t>(runtime::ReplicaStatus::completed))
+      return;  // running, retiring, or dead and being restarted in its slot
   }
   // Every started replica completed, so some ended on its input (retiring ones alone cannot all
   // complete: at least one active replica never retires). No slot starts any more, and the lanes

@@ -80,7 +80,7 @@ class Elastic {
   void apply(std::size_t group, std::uint32_t target);
   void start_slot(std::size_t group);
   void retire_slot(std::size_t group, std::uint32_t slot);
-  // The group ended once every started replica completed (reaped, or recorded in its record):
+  // The group ended once every started replica recorded its completion (reaped or not yet):
   // its input is done and the lanes of its slots never started are closed, once.
   void end_if_completed(std::size_t group);
   const channel::Channel* output_of(std::size_t group) const;
