@@ -40,6 +40,7 @@
 // Decoding never reads past its input: every length is checked against the bytes left.
 #pragma once
 
+#include <procflow/detail/prefault.hpp>
 #include <procflow/error.hpp>
 
 #include <algorithm>
@@ -362,6 +363,7 @@ struct codec<std::basic_string<char, Traits, Alloc>> {
   // (in body_unit bytes), reusing the string's memory.
   static constexpr std::size_t body_unit = 1;
   static std::span<std::byte> resize_body(string& s, std::size_t n) {
+    detail::reserve_mapped(s, n);
     s.resize(n);
     return std::as_writable_bytes(std::span(s.data(), s.size()));
   }
@@ -425,6 +427,7 @@ struct codec<std::vector<T, Alloc>> {
   static std::span<std::byte> resize_body(vector& v, std::size_t n)
     requires is_raw_codec_v<T>
   {
+    detail::reserve_mapped(v, n);
     v.resize(n);
     return std::as_writable_bytes(std::span(v.data(), v.size()));
   }

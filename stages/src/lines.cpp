@@ -54,6 +54,7 @@ lines_source::lines_source(std::string input, line_options options)
 std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<std::string>& out) const {
   // Items of the previous chunk are reused as storage: assigning into a string that has the
   // capacity already costs no allocation (a batch of lines allocates only while it grows).
+  detail::size_fresh_batch(out, (last - first) * input_->block_bytes(), 32);
   std::size_t n = 0;
   detail::for_each_block(*input_, first, last, [&](detail::Reader& r, const detail::input_set::block& block) {
     while (r.offset() < block.end) {

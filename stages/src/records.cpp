@@ -261,6 +261,7 @@ records_source::records_source(std::string input, record_options options)
 std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const {
   // Records are parsed into out's existing elements (left from an earlier batch when the buffer
   // comes back), reusing their strings; the surplus is dropped at the end.
+  detail::size_fresh_batch(out, (last - first) * input_->block_bytes(), 64);
   std::size_t n = 0;
   auto slot = [&]() -> record& {
     if (n == out.size()) out.emplace_back();

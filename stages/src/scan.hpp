@@ -3,6 +3,7 @@
 
 #include "reader.hpp"
 
+#include <procflow/detail/stage.hpp>
 #include <procflow/stages/input.hpp>
 
 #include <algorithm>
@@ -69,6 +70,16 @@ void for_each_block(const input_set& input, std::uint64_t first, std::uint64_t l
     if (block.begin > 0 && !seek_line_start(r, block.end)) continue;
     read(r, block);
   }
+}
+
+// Sizes a fresh batch buffer (a replica's first chunk) at once for `bytes` of input (at most
+// 4 MiB of it) at `item_bytes` an item; shorter items, or larger blocks, grow it further. Grown
+// from nothing, it moved every item up to 16 times and mapped twice the memory, page by page
+// (procflow/detail/prefault.hpp: what is reserved here is mapped at once, hence the cap).
+template <class T>
+void size_fresh_batch(procflow::detail::batch_buffer<T>& out, std::uint64_t bytes, std::size_t item_bytes) {
+  constexpr std::uint64_t most = std::uint64_t{4} << 20;
+  if (out.capacity() == 0) out.reserve(static_cast<std::size_t>(std::min(bytes, most) / item_bytes));
 }
 
 inline std::string_view strip_cr(std::string_view line) noexcept {

@@ -10,6 +10,7 @@
 
 #include <procflow/codec.hpp>
 #include <procflow/detail/port.hpp>
+#include <procflow/detail/prefault.hpp>
 #include <procflow/options.hpp>
 
 #include <algorithm>
@@ -340,6 +341,8 @@ class stage_base {
 
 // Allocator whose default construction leaves trivial types uninitialized: growing a stage's
 // reused batch buffer (resize) then costs no zero-filling pass over memory it is about to overwrite.
+// A large block is mapped in one call (prefault.hpp): a batch buffer is filled end to end at once,
+// and its first fill in a fresh replica otherwise took one page fault per 4 KiB.
 template <class T>
 struct default_init_allocator : std::allocator<T> {
   template <class U>
@@ -349,6 +352,11 @@ struct default_init_allocator : std::allocator<T> {
   default_init_allocator() noexcept = default;
   template <class U>
   default_init_allocator(const default_init_allocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    T* p = std::allocator<T>::allocate(n);
+    if (n * sizeof(T) >= prefault_min_bytes) prefault(p, n * sizeof(T));
+    return p;
+  }
   template <class U>
   void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {
     ::new (static_cast<void*>(p)) U;

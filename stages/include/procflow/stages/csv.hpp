@@ -109,6 +109,8 @@ class csv_row {
     text_.clear();
     ends_.clear();
   }
+  // Room for `fields` field offsets (a reader sizes a fresh row for its columns once).
+  void reserve_fields(std::size_t fields) { ends_.reserve(fields); }
   void add_field(std::string_view text) {
     if (!ends_.empty()) text_.push_back(',');  // one separator byte between fields
     text_.append(text);
