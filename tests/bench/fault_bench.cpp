@@ -2,7 +2,8 @@
 // per page (a plain write to each), against one MADV_POPULATE_WRITE call for the block
 // (procflow::detail::prefault), and a stage's batch buffer filled after its allocation (which
 // prefaults blocks of 64 KiB and more). The reason batch buffers are prefaulted: on the virtual
-// machines procflow is measured on, a fault costs ~14 us and the populate ~0.7 us a page.
+// machines procflow is measured on, a fault costs ~11 us, the populate ~0.6 us a page and the
+// first write to a populated page still ~5 us (the hypervisor's shadow page tables).
 //
 //   fault_bench [--json] [--quick] [--repeats=N] [--scale=F] [--only=a,b]
 //

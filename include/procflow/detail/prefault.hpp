@@ -1,11 +1,12 @@
 // prefault: map a block's pages in one system call instead of one page fault per page.
 //
 // A stage's batch buffer (and a grown one) is written end to end right after it is allocated.
-// Touching fresh anonymous memory costs one page fault per 4 KiB page; on the virtual machines
-// this project is measured on a fault costs ~14 us, and MADV_POPULATE_WRITE maps the same pages
-// for ~0.7 us each (`tests/bench/fault_bench`). On bare metal both are cheaper and the ratio
-// smaller, never inverted. A hint: false when the kernel does not know the advice (Linux < 5.14)
-// or the block holds no whole page, and nothing else changes.
+// Touching fresh anonymous memory costs one page fault per 4 KiB page. On the virtual machines
+// this project is measured on (paravirtualized, shadow page tables) a fault costs ~11 us; after
+// MADV_POPULATE_WRITE (~0.6 us a page) the first write to each page still costs ~5 us (the
+// hypervisor fills its own table), so a prefaulted page costs about half (`fault_bench`). On bare
+// metal both are cheaper and the ratio smaller, not inverted. A hint: false when the kernel does
+// not know the advice (Linux < 5.14) or the block holds no whole page, and nothing else changes.
 #pragma once
 
 #include <cstddef>
