@@ -25,7 +25,7 @@ static_assert(arena_min_bytes == std::size_t{1} << min_class);
 
 std::atomic<bool> in_use{false};   // a replica process: every thread allocates from the arena
 std::atomic<bool> created{false};  // the arena exists: a large block may be its
-thread_local bool in_scope = false;  // this thread is inside an arena_scope
+thread_local arena_scope::arrays in_scope = arena_scope::arrays::none;  // the innermost arena_scope of this thread
 
 // Blocks are powers of two. Those of 2 MiB and more are cut from regions on 2 MiB boundaries and
 // wait on their size's list when freed. Smaller ones are a buddy system inside 2 MiB superblocks:
@@ -243,7 +243,8 @@ void* plain_allocate(std::size_t bytes, std::size_t align) {
 }  // namespace
 
 void* allocate(std::size_t bytes, std::size_t align, bool filled) {
-  if (bytes < arena_min_bytes || align > arena_min_bytes || !((in_scope && filled) || in_use.load(std::memory_order_relaxed)))
+  if (bytes < arena_min_bytes || align > arena_min_bytes || !(in_scope == arena_scope::arrays::every || (in_scope == arena_scope::arrays::filled && filled) ||
+                                                                    in_use.load(std::memory_order_relaxed)))
     return plain_allocate(bytes, align);
   return the_arena().allocate(bytes);
 }
@@ -268,7 +269,7 @@ bool from_arena(const void* p) noexcept { return created.load(std::memory_order_
 std::size_t carved_bytes() noexcept { return created.load(std::memory_order_acquire) ? the_arena().carved() : 0; }
 std::size_t mapped_bytes() noexcept { return created.load(std::memory_order_acquire) ? the_arena().mapped() : 0; }
 
-arena_scope::arena_scope() noexcept : outer_(in_scope) { in_scope = true; }
+arena_scope::arena_scope(arrays which) noexcept : outer_(in_scope) { in_scope = which; }
 arena_scope::~arena_scope() { in_scope = outer_; }
 
 }  // namespace procflow::detail::table_memory

@@ -14,6 +14,7 @@
 #include <procflow/procflow.hpp>
 #include <procflow/detail/flat_table.hpp>
 #include <procflow/detail/keyed_partial.hpp>
+#include <procflow/detail/table_memory.hpp>
 
 #include <doctest/doctest.h>
 
@@ -294,6 +295,39 @@ TEST_CASE("keyed_result: ordered, a non-commutative fold and combine see each ke
   }
 }
 
+TEST_CASE("reduce_by_key: past 2^17 keys a replica folds a batch partition by partition: groups exact, each key's items in order") {
+  // A replica whose table holds 2^17 keys or more sorts each batch by partition before it folds
+  // (stages.hpp, apply_by_partition). The sort must be stable: the fold counts the items of a key
+  // that arrive after a larger one (none may), and keeps the key's count and its largest item.
+  // Runs of 4 consecutive items share a key, so a batch holds several items of a key; each
+  // replica sees ~800 000 items over all 200 000 keys, past the threshold after about half.
+  constexpr i64 n = 1'600'000;
+  constexpr i64 keys = 200'000;
+  auto key = [](i64 i) { return (i / 4) % keys; };
+  using acc = std::tuple<i64, i64, i64>;  // the largest item so far, items out of order, items
+  auto fold = [](acc a, i64 i) {
+    auto& [last, out_of_order, count] = a;
+    if (i < last) ++out_of_order;
+    last = i;
+    ++count;
+    return a;
+  };
+  auto combine = [](acc a, const acc& b) {
+    return acc{std::max(std::get<0>(a), std::get<0>(b)), std::get<1>(a) + std::get<1>(b), std::get<2>(a) + std::get<2>(b)};
+  };
+  std::unordered_map<i64, acc> want;
+  for (i64 i = 0; i < n; ++i) want[key(i)] = acc{i, 0, std::get<2>(want[key(i)]) + 1};
+  for (bool ordered : {false, true}) {
+    CAPTURE(ordered);
+    auto r = (ordered ? pf::pipeline("by_partition", pf::ordered) : pf::pipeline("by_partition"))
+                 .source("numbers", pf::iota<i64>(0, n))
+                 .map("id", [](i64 i) { return i; }, pf::replicas(2))
+                 .reduce_by_key("groups", key, acc{-1, 0, 0}, fold, combine)
+                 .run();
+    check_keyed(r.value, want);
+  }
+}
+
 TEST_CASE("keyed_result: with reduce_by_key in processes of its own, each partition comes from one replica") {
   // The accumulator is the pid of the replica that folded the key (same_owner fails the run if a
   // key met two replicas); every entry of a partition must name the same pid.
@@ -340,31 +374,33 @@ TEST_CASE("keyed_result: an exception in combine fails run() with a stage_error 
 
 TEST_CASE("reduce_by_key: a throwing key function or fold names its item (windowed probes keep the position)") {
   // A replica whose table holds 2^14 keys or more probes it a window of items at a time (keys
-  // first, then folds); a smaller one item by item. Either way the error must name the item that
-  // threw, whether the key function or the fold threw: 1000 keys stay item by item, 100 000 keys
-  // are windowed long before the bad item.
-  constexpr i64 bad = 123'457;
-  auto expect_item = [](auto run) {
-    try {
-      (void)run();
-      FAIL("run() should have thrown");
-    } catch (const pf::stage_error& e) {
-      CHECK(e.stage() == "groups");
-      CHECK(e.has_item());
-      CHECK(e.item_seq() == static_cast<std::uint64_t>(bad));
-      CHECK(e.message() == "bad item");
-    }
-  };
-  for (const i64 keys : {i64{1000}, i64{100'000}}) {
+  // first, then folds), one of 2^17 keys or more sorts each batch by partition first; a smaller
+  // one goes item by item. Each way the error must name the item that threw, whether the key
+  // function or the fold threw: 1000 keys stay item by item, 100 000 keys are windowed long before
+  // the bad item, and with 400 000 keys each replica holds ~175 000 when it meets the bad item.
+  for (const i64 keys : {i64{1000}, i64{100'000}, i64{400'000}}) {
     CAPTURE(keys);
+    const i64 bad = keys == 400'000 ? 350'001 : 123'457;
+    const i64 n = keys == 400'000 ? 400'000 : 300'000;
+    auto expect_item = [bad](auto run) {
+      try {
+        (void)run();
+        FAIL("run() should have thrown");
+      } catch (const pf::stage_error& e) {
+        CHECK(e.stage() == "groups");
+        CHECK(e.has_item());
+        CHECK(e.item_seq() == static_cast<std::uint64_t>(bad));
+        CHECK(e.message() == "bad item");
+      }
+    };
     {
       INFO("key function");
-      expect_item([keys] {
+      expect_item([keys, bad, n] {
         return pf::pipeline("throwing_key")
-            .source("numbers", pf::iota<i64>(0, 300'000))
+            .source("numbers", pf::iota<i64>(0, n))
             .reduce_by_key(
                 "groups",
-                [keys](i64 i) {
+                [keys, bad](i64 i) {
                   if (i == bad) throw std::runtime_error("bad item");
                   return i % keys;
                 },
@@ -374,12 +410,12 @@ TEST_CASE("reduce_by_key: a throwing key function or fold names its item (window
     }
     {
       INFO("fold");
-      expect_item([keys] {
+      expect_item([keys, bad, n] {
         return pf::pipeline("throwing_fold")
-            .source("numbers", pf::iota<i64>(0, 300'000))
+            .source("numbers", pf::iota<i64>(0, n))
             .reduce_by_key(
                 "groups", [keys](i64 i) { return i % keys; }, i64{0},
-                [](i64& acc, i64 i) {
+                [bad](i64& acc, i64 i) {
                   if (i == bad) throw std::runtime_error("bad item");
                   acc += i;
                 },
@@ -429,6 +465,42 @@ TEST_CASE("keyed_piece codec: round trip of raw and string entries; a partition 
     pf::decoder in(bytes);
     CHECK_THROWS_AS(pf::codec<decltype(raw)>::decode(in), pf::codec_error);
   }
+}
+
+TEST_CASE("keyed_piece codec: a large pre-aggregated piece decodes onto the arena's huge pages; shuffled, keyed and wasteful ones do not") {
+  // The caller keeps a replica's pre-aggregated partitions until the end of the run: each decodes
+  // into arena memory (a fault per 2 MiB), unless the arena's power-of-two block would waste more
+  // than a quarter of itself. Shuffled pieces are freed right after their merge and keyed ones
+  // adopted whole: malloc's memory.
+  using mode = pf::detail::aggregation_mode;
+  using piece = pf::detail::keyed_piece<i64, i64>;
+  namespace mem = pf::detail::table_memory;
+  REQUIRE_FALSE(mem::arena_in_use());  // the caller's process: the arena only under a scope
+  auto decoded = [](mode m, std::size_t n) {
+    piece p{7, m, 0, 0, {}};
+    for (std::size_t i = 0; i < n; ++i) p.entries.push_back({static_cast<i64>(i), 1});
+    std::vector<std::byte> bytes(pf::codec<piece>::encoded_size(p));
+    pf::codec<piece>::encode(p, bytes.data());
+    pf::decoder in(bytes);
+    piece back = pf::codec<piece>::decode(in);
+    CHECK(back.entries == p.entries);
+    return back;
+  };
+  const std::size_t exact = 8192;   // 128 KiB: a power of two
+  const std::size_t wasteful = 5000;  // 80 000 bytes in a 128 KiB block: 39% unused
+  const std::size_t snug = 7000;      // 112 000 bytes in 128 KiB: 15% unused
+  const piece a = decoded(mode::pre_aggregated, exact);
+  const piece b = decoded(mode::pre_aggregated, snug);
+  const piece c = decoded(mode::pre_aggregated, wasteful);
+  const piece d = decoded(mode::shuffled, exact);
+  const piece e = decoded(mode::key_partitioned, exact);
+  const piece small = decoded(mode::pre_aggregated, 1000);  // 16 000 bytes: below the arena's 64 KiB
+  CHECK(mem::from_arena(a.entries.data()));
+  CHECK(mem::from_arena(b.entries.data()));
+  CHECK_FALSE(mem::from_arena(c.entries.data()));
+  CHECK_FALSE(mem::from_arena(d.entries.data()));
+  CHECK_FALSE(mem::from_arena(e.entries.data()));
+  CHECK_FALSE(mem::from_arena(small.entries.data()));
 }
 
 TEST_CASE("flat_table: grows, finds, refuses a decoded duplicate") {

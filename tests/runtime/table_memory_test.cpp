@@ -6,7 +6,7 @@
 //   and every block is distinct while live;
 // - a flat_table keeps its contents through growth, its arrays on the arena;
 // - outside a replica only a thread in an arena_scope allocates from it (arrays written whole
-//   when allocated, not those filled as they go), and the arena unmaps
+//   when allocated, not those filled as they go, unless the scope says every array), and the arena unmaps
 //   everything when its last block is freed; a fork while another thread holds its lock leaves
 //   the child a usable arena.
 // The arena cannot be switched off again, so the cases that need it off run first, in order.
@@ -100,6 +100,31 @@ TEST_CASE("table_memory: outside a replica, a thread in an arena_scope allocates
   mem::deallocate(after, std::size_t{1} << 20, 8);
   CHECK(mem::mapped_bytes() > 0);
   mem::deallocate(inside, std::size_t{1} << 20, 8);  // freed on another path than it was allocated: by address
+  CHECK(mem::mapped_bytes() == 0);
+}
+
+TEST_CASE("table_memory: arena_scope(arrays::every) takes the arrays filled as they go too, and an inner scope gives the outer one back") {
+  // The caller decodes reduce_by_key pieces under arrays::every (each sized once, written whole).
+  REQUIRE_FALSE(mem::arena_in_use());
+  constexpr std::size_t bytes = std::size_t{1} << 20;
+  void* every = nullptr;
+  void* filled_again = nullptr;
+  void* growing_again = nullptr;
+  {
+    mem::arena_scope outer;  // filled arrays only
+    {
+      mem::arena_scope inner(mem::arena_scope::arrays::every);
+      every = mem::allocate(bytes, 8, false);
+    }
+    filled_again = mem::allocate(bytes, 8, true);
+    growing_again = mem::allocate(bytes, 8, false);
+  }
+  void* after = mem::allocate(bytes, 8, false);
+  CHECK(mem::from_arena(every));
+  CHECK(mem::from_arena(filled_again));
+  CHECK_FALSE(mem::from_arena(growing_again));  // the outer scope again: not every array
+  CHECK_FALSE(mem::from_arena(after));
+  for (void* p : {every, filled_again, growing_again, after}) mem::deallocate(p, bytes, 8);
   CHECK(mem::mapped_bytes() == 0);
 }
 

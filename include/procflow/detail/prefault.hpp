@@ -19,14 +19,19 @@ inline constexpr std::size_t prefault_min_bytes = std::size_t{64} << 10;
 // Maps the whole pages inside [p, p + bytes) writable, as a write to each would.
 bool prefault(void* p, std::size_t bytes) noexcept;
 
+// prefault() for a block of prefault_min_bytes or more (what a fresh block that is about to be
+// written whole gets); a smaller one is left to fault.
+inline void prefault_large(void* p, std::size_t bytes) noexcept {
+  if (bytes >= prefault_min_bytes) prefault(p, bytes);
+}
+
 // Grows a std::string or std::vector to room for `n` elements, the new memory mapped in one call:
 // a large item decoded into it (codec resize_body) is then written without a fault per page.
 template <class Container>
 void reserve_mapped(Container& c, std::size_t n) {
   if (n <= c.capacity()) return;
   c.reserve(n);
-  const std::size_t bytes = c.capacity() * sizeof(typename Container::value_type);
-  if (bytes >= prefault_min_bytes) prefault(c.data(), bytes);
+  prefault_large(c.data(), c.capacity() * sizeof(typename Container::value_type));
 }
 
 }  // namespace procflow::detail

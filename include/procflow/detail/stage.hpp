@@ -354,7 +354,7 @@ struct default_init_allocator : std::allocator<T> {
   default_init_allocator(const default_init_allocator<U>&) noexcept {}
   T* allocate(std::size_t n) {
     T* p = std::allocator<T>::allocate(n);
-    if (n * sizeof(T) >= prefault_min_bytes) prefault(p, n * sizeof(T));
+    prefault_large(p, n * sizeof(T));
     return p;
   }
   template <class U>

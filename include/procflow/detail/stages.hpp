@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <type_traits>
@@ -726,6 +727,7 @@ class reduce_by_key_stage final : public input_stage<T> {
     std::size_t apply_windowed(item_cursor& cursor) {
       auto& in = this->in_;
       const std::size_t n = in.size();
+      if (groups_.size() >= by_partition_from_keys && n <= std::numeric_limits<std::uint32_t>::max()) return apply_by_partition(cursor);
       std::size_t i = 0;
       try {
         for (std::size_t base = 0; base < n; base += window) {
@@ -751,6 +753,52 @@ class reduce_by_key_stage final : public input_stage<T> {
       return 0;
     }
 
+    // Once the tables outgrow the caches, a batch is folded one partition at a time: a stable
+    // counting sort of its items by partition first (keys and hashes computed once, in input
+    // order), then each partition's items in windows as above. Consecutive probes then stay in one
+    // table (its pages and TLB entries) instead of scattering over all 64. A key's items keep their
+    // order (same key, same partition; the sort is stable), so a non-commutative fold sees them as
+    // before. Measured (two processes at once, 10 M items, key (i * 2654435761) % K, 8192-item
+    // batches, per item): K = 1e5 11.3 -> 12.0 ns (so not below by_partition_from_keys), 1e6 28 ->
+    // 18 ns, 5e6 71 -> 29 ns.
+    static constexpr std::size_t by_partition_from_keys = std::size_t{1} << 17;
+    std::size_t apply_by_partition(item_cursor& cursor) {
+      auto& in = this->in_;
+      const std::size_t n = in.size();
+      batch_keys_.resize(n);
+      batch_hashes_.resize(n);
+      order_.resize(n);
+      std::array<std::uint32_t, keyed_partition_count + 1> start{};
+      std::size_t i = 0;
+      try {
+        for (; i < n; ++i) {
+          batch_keys_[i] = std::invoke(stage_.key_, std::as_const(in[i]));
+          batch_hashes_[i] = table_type::hash_of(batch_keys_[i]);
+          ++start[keyed_partition_of(batch_hashes_[i]) + 1];
+        }
+        for (std::size_t p = 0; p < keyed_partition_count; ++p) start[p + 1] += start[p];
+        auto next = start;
+        for (std::size_t j = 0; j < n; ++j) order_[next[keyed_partition_of(batch_hashes_[j])]++] = static_cast<std::uint32_t>(j);
+        for (std::size_t p = 0; p < keyed_partition_count; ++p) {
+          table_type& table = groups_.parts[p];
+          for (std::size_t base = start[p], end = start[p + 1]; base < end; base += window) {
+            const std::size_t last = std::min(end, base + window);
+            for (std::size_t j = base; j < last; ++j) table.prefetch(batch_hashes_[order_[j]]);
+            for (std::size_t j = base; j < last; ++j) table.prefetch_entry(batch_hashes_[order_[j]]);
+            for (std::size_t j = base; j < last; ++j) {
+              i = order_[j];
+              Acc& acc = table.find_or_insert(std::move(batch_keys_[i]), batch_hashes_[i], stage_.init_);
+              fold_into(acc, fold_, std::move(in[i]));
+            }
+          }
+        }
+      } catch (...) {
+        cursor.index = i;
+        throw;
+      }
+      return 0;
+    }
+
    public:
     void finish(output_port& results) override {
       if (!ordered_) send_pieces(groups_, results, mode_);
@@ -765,6 +813,9 @@ class reduce_by_key_stage final : public input_stage<T> {
     aggregation_mode mode_ = aggregation_mode::pre_aggregated;
     std::array<window_key_type, window> window_keys_{};
     std::array<std::uint64_t, window> window_hashes_{};
+    std::vector<window_key_type> batch_keys_;  // apply_by_partition: the batch's keys, hashes, and
+    std::vector<std::uint64_t> batch_hashes_;  // its item indices in partition order
+    std::vector<std::uint32_t> order_;
   };
 
   KeyFn key_;

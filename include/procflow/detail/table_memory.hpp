@@ -42,18 +42,20 @@ void deallocate(void* p, std::size_t bytes, std::size_t align) noexcept;
 void use_arena_in_this_process() noexcept;
 bool arena_in_use() noexcept;
 // While one lives, the `filled` arrays this thread allocates come from the arena too (the index
-// arrays of the tables the caller's merge threads build from reduce_by_key pieces). Outside a
-// replica the arena gives all its memory back when the last of its blocks is freed (the result
-// the merges built, once the user lets it go).
+// arrays of the tables the caller's merge threads build from reduce_by_key pieces), or with
+// arrays::every all of them (the pieces the caller decodes: each sized once and written whole at
+// once, so a huge page holds nothing unwritten). Outside a replica the arena gives all its memory
+// back when the last of its blocks is freed (the result the merges built, once the user lets it go).
 class arena_scope {
  public:
-  arena_scope() noexcept;
+  enum class arrays : unsigned char { none, filled, every };
+  explicit arena_scope(arrays which = arrays::filled) noexcept;
   ~arena_scope();
   arena_scope(const arena_scope&) = delete;
   arena_scope& operator=(const arena_scope&) = delete;
 
  private:
-  bool outer_;
+  arrays outer_;
 };
 
 // For tests: whether p lies in memory the arena handed out; how many bytes it has cut from its
