@@ -4,11 +4,13 @@
 // Arrays of 64 KiB and more come from an arena of 2 MiB-aligned regions advised for transparent
 // huge pages (MADV_HUGEPAGE; this kernel's default policy is `madvise`): every such array in a
 // replica process (a child procflow forked, which exits when its run ends), and in the caller's
-// process the index arrays (written whole when allocated) of the tables the merge threads build
-// (arena_scope). Everything else: operator new, as any vector. A partial of millions of keys
+// process the index arrays (written whole when allocated) of the tables the merge threads build,
+// and the entries of the pre-aggregated pieces it decodes (sized once and written whole; only when
+// the power-of-two block wastes at most a quarter: keyed_piece's codec) (arena_scope). Everything
+// else: operator new, as any vector. A partial of millions of keys
 // spreads over 64 partitions whose arrays double as they grow; in 4 KiB pages every first touch
 // faults (costly under this machine's hypervisor) and nearly every probe misses the TLB. The
-// caller's entry arrays stay in 4 KiB pages: they fill as they go, and a huge page would make
+// entry arrays the caller's merges grow stay in 4 KiB pages: they fill as they go, and a huge page would make
 // their unfilled half resident (tried: 2.3x the loop at 5 M keys, but 40 MB more, over the 1.5x
 // memory budget). Inside each 2 MiB page the arena is a buddy system, so what a table outgrew is
 // merged and reused by the next growth; whole free huge pages go back to the kernel. A replica's
@@ -44,7 +46,8 @@ bool arena_in_use() noexcept;
 // While one lives, the `filled` arrays this thread allocates come from the arena too (the index
 // arrays of the tables the caller's merge threads build from reduce_by_key pieces), or with
 // arrays::every all of them (the pieces the caller decodes: each sized once and written whole at
-// once, so a huge page holds nothing unwritten). Outside a replica the arena gives all its memory
+// once; what stays unwritten is the block's power-of-two rounding, which the caller bounds).
+// Outside a replica the arena gives all its memory
 // back when the last of its blocks is freed (the result the merges built, once the user lets it go).
 class arena_scope {
  public:
