@@ -57,6 +57,19 @@ struct pipeline_def {
   std::vector<std::shared_ptr<const stage_base>> stages;  // source first, terminal last
 };
 
+// How many items reach the terminal, when that is known before the run: a splittable source
+// whose units are items (pf::iota, pf::from) followed by maps only (one item out per item in),
+// none of them allowed to skip a failing item. 0 when not known.
+inline std::uint64_t known_item_count(const pipeline_def& def) noexcept {
+  const source_base* source = def.stages.front()->source();
+  if (!source || !source->splittable() || !source->units_are_items()) return 0;
+  auto may_skip = [](const stage_options& o) { return o.on_error && o.on_error->then_skip; };
+  if (may_skip(def.options.defaults)) return 0;
+  for (std::size_t i = 0; i + 1 < def.stages.size(); ++i)
+    if ((i > 0 && !def.stages[i]->one_to_one()) || may_skip(def.stages[i]->options())) return 0;
+  return source->size();
+}
+
 // Runs a complete pipeline in processes (lib/runtime/supervisor.cpp). `collector` receives what
 // the terminal sends back (null for sink). Throws stage_error if a stage fails.
 run_report run_in_processes(const pipeline_def& def, result_collector* collector);
@@ -102,6 +115,8 @@ class runnable {
     const bool is_ordered = def_.options.defaults.ordered ||
                          std::any_of(def_.stages.begin(), def_.stages.end(), [](const auto& s) { return s->options().ordered; });
     auto collector = def_.stages.back()->make_collector(is_ordered);
+    if (collector)
+      if (const std::uint64_t items = detail::known_item_count(def_)) collector->expect_items(items);
     if constexpr (std::is_void_v<R>) {
       // A sink running in this process (see stage_base::runs_in_supervisor) has a collector.
       return {run_pipeline(def_, collector.get())};

@@ -1,7 +1,7 @@
 // pipeline_bench: source -> map(x*x) -> filter(x%3==0) -> reduce(sum) over int64 items, procflow
 // in processes against a plain sequential loop and tbb::parallel_pipeline (batched tokens and one
 // item per token) in the same run (SPEC §5, "pipeline overhead"). Also: peak RSS for 10x the
-// input (bounded memory).
+// input (bounded memory), and a large collect() against a push_back loop (collect_*).
 //
 //   pipeline_bench [--json] [--quick] [--repeats=N] [--only=...]
 #include "bench_support.hpp"
@@ -236,6 +236,42 @@ int main(int argc, char** argv) {
     std::vector<double> rates;
     for (int i = 0; i < o.repeats; ++i) rates.push_back(static_cast<double>(n / 4 * 4) / flat(emitter));
     rows.push_back({"pipeline", variant, bench::median(rates), {}, "iota -> flat_map x4 -> reduce, 2 fused replicas (output items/s)"});
+  }
+  // A large result: iota(0, n/2) -> map x r -> collect(), every item kept, against a push_back loop
+  // of the same values (rows collect_sequential, collect_procflow; items/s, speedup over the loop).
+  {
+    const auto m = static_cast<std::int64_t>(n / 2);
+    auto checked = [&](const std::vector<std::int64_t>& v, const char* variant) {
+      std::uint64_t sum = 0;
+      for (const std::int64_t x : v) sum += static_cast<std::uint64_t>(x);
+      const auto um = static_cast<std::uint64_t>(m);
+      if (v.size() != um || sum != 3 * (um * (um - 1) / 2) + um) {
+        fmt::print(stderr, "{}: wrong result ({} items)\n", variant, v.size());
+        std::exit(1);
+      }
+    };
+    const auto value = [](std::int64_t x) { return 3 * x + 1; };
+    double loop_rate = 0;
+    for (const char* variant : {"collect_sequential", "collect_procflow"}) {
+      if (!o.wants(variant)) continue;
+      const bool loop = variant == std::string_view("collect_sequential");
+      std::vector<double> rates;
+      for (int i = 0; i < o.repeats; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        std::vector<std::int64_t> v;
+        if (loop) {
+          for (std::int64_t x = 0; x < m; ++x) v.push_back(value(x));
+        } else {
+          v = pf::pipeline("collect", pf::allow_threads).source("numbers", pf::iota<std::int64_t>(0, m)).map("f", value, pf::replicas(r)).collect().run().value;
+        }
+        rates.push_back(static_cast<double>(m) / bench::seconds_since(t0));
+        checked(v, variant);
+      }
+      bench::Row row{"pipeline", variant, bench::median(rates), {}, loop ? "push_back loop, n/2 items" : "iota -> map x r -> collect(), n/2 items"};
+      if (loop) loop_rate = row.items_per_s;
+      else if (loop_rate > 0) row.extra = {{"speedup", row.items_per_s / loop_rate}};
+      rows.push_back(row);
+    }
   }
   measure("procflow_unfused", n_small * 10, [&] { return procflow_trivial(n_small * 10, r, false, false); },
           "every stage in its own processes (n/10)");

@@ -79,12 +79,14 @@ struct probe_stage final : stage_base {
 struct recording_collector final : result_collector {
   void consume(const batch_view& batch) override { consumed = &batch; }
   void consume_items(void* vector) override { items = vector; }
+  void expect_items(std::uint64_t n) override { expected = n; }
   void finish() override { finished = true; }
   std::string note() const override { return "inner note"; }
   bool awaited() const noexcept override { return true; }
 
   const batch_view* consumed = nullptr;
   void* items = nullptr;
+  std::uint64_t expected = 0;
   bool finished = false;
 };
 
@@ -136,6 +138,8 @@ TEST_CASE("a forwarding_collector forwards every result_collector virtual") {
   int vector = 0;
   c.consume_items(&vector);
   CHECK(inner.items == &vector);
+  c.expect_items(42);
+  CHECK(inner.expected == 42);
   c.finish();
   CHECK(inner.finished);
   CHECK(c.note() == "inner note");

@@ -340,6 +340,43 @@ TEST_CASE("one item through every terminal") {
   CHECK(generated.value == std::vector<std::string>{"only!"});
 }
 
+TEST_CASE("collect() sizes its result once when the source's count reaches it unchanged") {
+  // Many batches, so a vector grown batch by batch ends with room to spare; sized from the
+  // source's count up front, its capacity is the count exactly (the values checked too).
+  CleanupCheck cleanup;
+  constexpr i64 n = 300'001;
+  auto mapped = [](auto source) {
+    return pf::pipeline("sized").source("src", std::move(source)).map("twice", [](i64 x) { return 2 * x; }, pf::replicas(2));
+  };
+  for (const bool threads : {false, true}) {
+    CAPTURE(threads);
+    auto run = [&](auto builder) { return threads ? builder.run(pf::in_threads).value : builder.run().value; };
+    auto from_iota = run(mapped(pf::iota<i64>(0, n)).collect(pf::ordered));
+    REQUIRE(from_iota.size() == static_cast<std::size_t>(n));
+    CHECK(from_iota.capacity() == from_iota.size());
+    CHECK(from_iota[n - 1] == 2 * (n - 1));
+    std::vector<i64> values(n);
+    std::iota(values.begin(), values.end(), i64{0});
+    auto from_vector = run(mapped(pf::from(values)).map("inc", [](i64 x) { return x + 1; }).collect());
+    REQUIRE(from_vector.size() == static_cast<std::size_t>(n));
+    CHECK(from_vector.capacity() == from_vector.size());
+    std::sort(from_vector.begin(), from_vector.end());
+    CHECK(from_vector[n - 1] == 2 * (n - 1) + 1);
+  }
+  // Not when an item may be dropped (a filter, a skipping policy) or multiplied (flat_map): the
+  // source's count says nothing then, and the result holds what came.
+  const auto kept = mapped(pf::iota<i64>(0, n)).filter("some", [](i64 x) { return x % 3 == 0; }).collect().run().value;
+  CHECK(kept.size() == static_cast<std::size_t>(n / 3 + 1));
+  const auto skipped = pf::pipeline("skip")
+                           .source("src", pf::iota<i64>(0, n))
+                           .map("odd", [](i64 x) { return x % 2 ? x : throw std::runtime_error("even"); }, pf::skip)
+                           .collect()
+                           .run()
+                           .value;
+  CHECK(skipped.size() == static_cast<std::size_t>(n / 2));
+  CHECK(skipped.capacity() < static_cast<std::size_t>(n));
+}
+
 TEST_CASE("a 10 MB string item crosses map and collect (larger than any ring slot)") {
   CleanupCheck cleanup;
   constexpr std::size_t size = 10u << 20;

@@ -128,6 +128,15 @@ TEST_CASE("table_memory: arena_scope(arrays::every) takes the arrays filled as t
   CHECK(mem::mapped_bytes() == 0);
 }
 
+TEST_CASE("table_memory: an array fills its block when at most a quarter of the power of two stays unused") {
+  using mem::fills_its_block;
+  CHECK(fills_its_block(std::size_t{1} << 20));
+  CHECK(fills_its_block(std::size_t{3} << 19));          // 1.5 MiB of 2 MiB: a quarter unused
+  CHECK_FALSE(fills_its_block((std::size_t{3} << 19) - 1));
+  CHECK_FALSE(fills_its_block(1'250'000));                // a 1.25 MB piece in a 2 MiB block
+  CHECK_FALSE(fills_its_block((std::size_t{1} << 20) + 1));
+}
+
 TEST_CASE("table_memory: an allocation the arena cannot map throws bad_alloc and leaves no count behind") {
   // In a child, under an address-space limit: a 1 GiB block cannot be mapped. The arena must not
   // count it as live, or it would never give its regions back when the blocks it did hand out

@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -119,12 +118,10 @@ struct codec<detail::keyed_piece<K, V>> {
         // A replica's pre-aggregated partition, kept until the end of the run and then adopted or
         // merged: sized once and written whole here, so on huge pages (a fault per 2 MiB instead
         // of one per 4 KiB page; the caller's time receiving a million groups was mostly faults)
-        // when the arena's power-of-two block wastes at most a quarter of itself (pieces of 1.25 MB
-        // in 2 MiB blocks made pre_aggregate::always() at 5 M keys hold 140 MB more). Not a
-        // shuffled piece (freed right after its merge: malloc reuses that memory, the arena would
-        // hand its huge pages back and fault them in again) nor a keyed one (adopted whole).
-        const std::size_t size = n * sizeof(entry);
-        const bool huge = p.mode == detail::aggregation_mode::pre_aggregated && std::bit_ceil(size) - size <= std::bit_ceil(size) / 4;
+        // when it fills its arena block (table_memory::fills_its_block). Not a shuffled piece
+        // (freed right after its merge: malloc reuses that memory, the arena would hand its huge
+        // pages back and fault them in again) nor a keyed one (adopted whole).
+        const bool huge = p.mode == detail::aggregation_mode::pre_aggregated && detail::table_memory::fills_its_block(n * sizeof(entry));
         const auto arrays = huge ? detail::table_memory::arena_scope::arrays::every : detail::table_memory::arena_scope::arrays::none;
         detail::table_memory::arena_scope huge_pages(arrays);
         p.entries.resize(n);

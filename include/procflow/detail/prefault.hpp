@@ -25,6 +25,10 @@ inline void prefault_large(void* p, std::size_t bytes) noexcept {
   if (bytes >= prefault_min_bytes) prefault(p, bytes);
 }
 
+// The machine's physical memory in bytes (0 if unknown): a bound for what is worth reserving
+// ahead.
+std::size_t physical_memory_bytes() noexcept;
+
 // Grows a std::string or std::vector to room for `n` elements, the new memory mapped in one call:
 // a large item decoded into it (codec resize_body) is then written without a fault per page.
 template <class Container>

@@ -243,6 +243,10 @@ class result_collector {
   // Thread mode: the terminal's input items themselves (a batch_buffer of its input type), moved
   // from; collect and a sink running in the caller take them without encoding.
   virtual void consume_items(void* /*vector*/) { throw std::logic_error("procflow: this terminal takes encoded batches only"); }
+  // Before the first consume: `items` items will arrive (the source's size, when every stage
+  // before this terminal passes its items on one for one and none may skip one), so collect() can
+  // size its result once rather than double it page by page. A hint: a failed run brings fewer.
+  virtual void expect_items(std::uint64_t /*items*/) {}
   virtual void finish() {}
   // After finish(): what the terminal's report note should say about how it ran (else empty).
   virtual std::string note() const { return {}; }
@@ -269,6 +273,7 @@ class forwarding_collector : public result_collector {
   explicit forwarding_collector(result_collector& inner) : inner_(&inner) {}
   void consume(const batch_view& batch) override { inner_->consume(batch); }
   void consume_items(void* vector) override { inner_->consume_items(vector); }
+  void expect_items(std::uint64_t items) override { inner_->expect_items(items); }
   void finish() override { inner_->finish(); }
   std::string note() const override { return inner_->note(); }
   bool awaited() const noexcept override { return inner_->awaited(); }
