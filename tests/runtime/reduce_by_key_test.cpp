@@ -503,6 +503,43 @@ TEST_CASE("keyed_piece codec: a large pre-aggregated piece decodes onto the aren
   CHECK_FALSE(mem::from_arena(small.entries.data()));
 }
 
+TEST_CASE("flat_table: keys across the index's sparse (a quarter full) and dense (half) sizes") {
+  // 20 000 keys in one table: its index grows from 16 slots through 2^13 (the last sparse size)
+  // to 2^16. Every key is found once with its sum, after growth, after reserve() and after a
+  // rebuild from decoded entries, and the rebuilt table still inserts.
+  using table = pf::detail::flat_table<i64, i64, std::hash<i64>>;
+  constexpr i64 keys = 20'000;
+  auto check_all = [&](const table& t, i64 times) {
+    REQUIRE(t.size() == static_cast<std::size_t>(keys));
+    bool all = true;
+    for (i64 k = 0; k < keys; ++k) {
+      const auto* e = t.find(k * 7919, table::hash_of(k * 7919));
+      all = all && e != nullptr && e->second == times * k;
+    }
+    CHECK(all);
+    CHECK(t.find(-1, table::hash_of(-1)) == nullptr);
+  };
+  table grown;
+  for (int round = 0; round < 2; ++round)
+    for (i64 k = 0; k < keys; ++k) grown.find_or_insert(k * 7919, table::hash_of(k * 7919), 0) += k;
+  check_all(grown, 2);
+  for (const std::size_t n : {std::size_t{1}, std::size_t{2048}, std::size_t{2049}, std::size_t{8192}, std::size_t{keys}}) {
+    CAPTURE(n);
+    table reserved;
+    reserved.reserve(n);
+    for (std::size_t k = 0; k < n; ++k) reserved.find_or_insert(static_cast<i64>(k), table::hash_of(static_cast<i64>(k)), 0) = 1;
+    CHECK(reserved.size() == n);
+    CHECK(reserved.find(static_cast<i64>(n - 1), table::hash_of(static_cast<i64>(n - 1))) != nullptr);
+  }
+  table decoded;
+  decoded.entries().assign(grown.begin(), grown.end());
+  decoded.rebuild_after_decode();
+  check_all(decoded, 2);
+  decoded.find_or_insert(-1, table::hash_of(-1), 5);
+  CHECK(decoded.size() == static_cast<std::size_t>(keys + 1));
+  CHECK(decoded.find(-1, table::hash_of(-1))->second == 5);
+}
+
 TEST_CASE("flat_table: grows, finds, refuses a decoded duplicate") {
   using table = pf::detail::flat_table<std::string, i64, std::hash<std::string>>;
   table t;
