@@ -1,5 +1,6 @@
 #include "runtime/identity.hpp"
 
+#include <procflow/detail/bad_input.hpp>
 #include <procflow/replica.hpp>
 
 #include <unistd.h>
@@ -55,6 +56,18 @@ std::uint64_t replica_seed(std::uint64_t run_seed, std::size_t stage, std::uint3
 }
 
 }  // namespace procflow::runtime
+
+namespace procflow::detail {
+
+bool running_stage_skips() noexcept {
+  const runtime::Identity& current = runtime::identity();
+  if (!current.def || current.stage >= current.def->stages.size()) return false;
+  const auto& own = current.def->stages[current.stage]->options().on_error;
+  const auto& policy = own ? own : current.def->options.defaults.on_error;
+  return policy && policy->then_skip;
+}
+
+}  // namespace procflow::detail
 
 namespace procflow {
 

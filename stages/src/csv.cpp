@@ -1,6 +1,8 @@
 #include "reader.hpp"
+#include "reject.hpp"
 #include "scan.hpp"
 
+#include <procflow/detail/bad_input.hpp>
 #include <procflow/error.hpp>
 #include <procflow/stages/csv.hpp>
 
@@ -393,14 +395,35 @@ const std::vector<std::string>& columns(std::uint32_t id) {
   return id < t.size() ? t[id] : t[0];
 }
 
+
 // Reads rows from one Reader: rows that start before `limit` (split blocks) or all of them.
 class RowCursor {
  public:
   RowCursor(Reader& r, const csv_options& o, std::uint32_t columns_id, std::uint64_t limit, std::uint64_t line)
       : r_(r), o_(o), columns_(columns_id), limit_(limit), line_(line), fields_(std::max<std::size_t>(columns(columns_id).size(), 1)) {}
 
-  // Next row into `row`; false at the end (of the block or the input).
+  // Next row into `row`; false at the end (of the block or the input). Under pf::skip a
+  // malformed row is set aside (counted, appended to the reject file) and reading goes on.
   bool next(csv_row& row) {
+    if (!skip_) return read(row);
+    for (;;) {
+      try {
+        return read(row);
+      } catch (const bad_row& bad) {
+        set_aside(bad);
+      }
+    }
+  }
+
+ private:
+  // A malformed row under pf::skip (thrown by fail(), caught by next()).
+  struct bad_row {
+    std::uint64_t start;  // file offset of the row
+    std::size_t field;
+    std::string what;
+  };
+
+  bool read(csv_row& row) {
     // A fresh row gets its offsets' room at once (a no-op once it has it): growing them one field
     // at a time cost four allocations per row, and in a fresh replica the pages they touched.
     row.reserve_fields(fields_);
@@ -440,7 +463,6 @@ class RowCursor {
     }
   }
 
- private:
   // A row with a quoted field that does not close on its first line: parsed from the window
   // (multiline rows, the end of the input, the errors of the single-line rule).
   bool general(csv_row& row) {
@@ -468,11 +490,25 @@ class RowCursor {
   }
 
   [[noreturn]] void fail(std::uint64_t start, std::size_t field, const std::string& what) {
+    if (skip_) throw bad_row{start, field, what};
     throw procflow::error(where(r_.file(), start, line_) + ":" + std::to_string(field + 1) + ": " + what);
+  }
+
+  // Sets the bad row aside and moves past the physical line where it starts. The reader is
+  // still at the row's start: a row moves it only once read whole.
+  void set_aside(const bad_row& bad) {
+    if (r_.offset() != bad.start) throw procflow::error(where(r_.file(), bad.start, 0) + ": cannot skip a malformed row here");
+    const input_file& f = r_.file();
+    const std::uint64_t line = line_ != 0 ? line_ : f.plain && f.path != "-" ? line_at(f.id, bad.start) : 0;
+    reject("rows rejected", o_.reject_file,
+           {f.path, std::to_string(line), std::to_string(bad.field + 1), bad.what, line_for_reject(r_)});
+    seek_line_start(r_, UINT64_MAX);  // past the line's '\n' (or at the end of the input)
+    if (line_ != 0) ++line_;
   }
 
   Reader& r_;
   const csv_options& o_;
+  bool skip_ = procflow::detail::running_stage_skips();
   std::uint32_t columns_;
   std::uint64_t limit_;
   std::uint64_t line_;  // line of the reader's position (0: unknown, split block)
@@ -609,6 +645,7 @@ csv_source::csv_source(std::string input, csv_options options)
     }
   }
   columns_ = detail::register_columns(std::move(names));
+  if (!options_.reject_file.empty()) detail::create_reject_file(options_.reject_file, "file,line,column,error,text");
 }
 
 std::size_t csv_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<csv_row>& out) const {

@@ -1,6 +1,8 @@
 #include "reader.hpp"
+#include "reject.hpp"
 #include "scan.hpp"
 
+#include <procflow/detail/bad_input.hpp>
 #include <procflow/error.hpp>
 #include <procflow/stages/records.hpp>
 
@@ -95,13 +97,40 @@ class RecordCursor {
   RecordCursor(Reader& r, const record_options& o, std::uint64_t limit, std::uint64_t line, bool after_blank)
       : r_(r), o_(o), limit_(limit), start_(r.offset()), base_line_(line), after_blank_(after_blank) {}
 
+  // Next record into `out`; false at the end (of the block or the input). Under pf::skip a
+  // malformed record is set aside (counted, appended to the reject file) and reading goes on.
   bool next(record& out) {
+    if (!skip_) return read(out);
+    for (;;) {
+      try {
+        return read(out);
+      } catch (const bad_record& bad) {
+        set_aside(bad);
+      }
+    }
+  }
+
+ private:
+  // A malformed record under pf::skip (thrown by fail(), caught by next()).
+  struct bad_record {
+    std::uint64_t offset;  // file offset of the line at fault
+    std::uint64_t line;
+    std::string what;
+  };
+
+  bool read(record& out) {
     // Find the next record start (a non-blank line after a blank one) before the limit.
     for (;;) {
       if (r_.offset() >= limit_) return false;
       std::string_view line;
       bool nl = false;
-      if (!read_line(line, nl)) return false;
+      try {
+        if (!read_line(line, nl, /*tail=*/!after_blank_)) return false;
+      } catch (const long_tail&) {  // in a record an earlier block owns: its cursor reports the line
+        if (!seek_line_start(r_, UINT64_MAX)) return false;
+        ++rel_;
+        continue;
+      }
       const bool is_blank = blank(line);
       const bool is_comment = o_.comment != '\0' && !line.empty() && line[0] == o_.comment;
       if (is_blank) {
@@ -146,21 +175,21 @@ class RecordCursor {
           after_blank_ = true;
           break;
         }
-        if (seen == 0) fail(r_.offset(), "continuation line before any field");
+        if (seen == 0) fail(r_.offset() + pos, "continuation line before any field");
         if (keep) out.continue_value(trim(line));
         pos += used;
         rel_ += nl ? 1 : 0;
         continue;
       }
       if (r_.offset() + pos - record_start > o_.max_record_bytes)
-        fail(r_.offset(), "record longer than " + std::to_string(o_.max_record_bytes) + " bytes");
+        fail(r_.offset() + pos, "record longer than " + std::to_string(o_.max_record_bytes) + " bytes");
       if (first == o_.comment && o_.comment != '\0') {
         pos += used;
         rel_ += nl ? 1 : 0;
         continue;
       }
       const std::size_t colon = find_colon(line, r_.window().size() - pos);
-      if (colon == 0 || colon == line.size()) fail(r_.offset(), "expected 'Key: value'");
+      if (colon == 0 || colon == line.size()) fail(r_.offset() + pos, "expected 'Key: value'");
       if (seen++ == 0) {
         if (base_line_ != 0) {
           out.set_line(base_line_ + rel_);
@@ -183,10 +212,9 @@ class RecordCursor {
       last_bytes_ = out.text_size();
       return true;
     }
-    return next(out);
+    return read(out);
   }
 
- private:
   // Whether a field is kept (record_options::fields).
   bool wanted(std::string_view key) const noexcept {
     if (o_.fields.empty()) return true;
@@ -194,8 +222,12 @@ class RecordCursor {
       if (k.size() == key.size() && k[0] == key[0] && std::memcmp(k.data(), key.data(), k.size()) == 0) return true;
     return false;
   }
-  bool read_line(std::string_view& line, bool& nl) {
+  // A line longer than max_record_bytes that may be the tail of a record an earlier block owns
+  // (thrown by read_line(..., tail = true), caught while looking for a record's start).
+  struct long_tail {};
+  bool read_line(std::string_view& line, bool& nl, bool tail = false) {
     const std::size_t len = find_line(r_, o_.max_record_bytes, nl, [&] {
+      if (tail) throw long_tail{};
       fail(r_.offset(), "line longer than " + std::to_string(o_.max_record_bytes) + " bytes");
     });
     if (len == std::string_view::npos) return false;
@@ -211,8 +243,23 @@ class RecordCursor {
     if (base_line_ == 0) base_line_ = line_at(r_.file().id, start_);
     return base_line_ + rel_;
   }
-  [[noreturn]] void fail(std::uint64_t, const std::string& what) {
+  // `offset`: the start of the line at fault (current_line()), at or after the reader's position.
+  [[noreturn]] void fail(std::uint64_t offset, const std::string& what) {
+    if (skip_) throw bad_record{offset, current_line(), what};
     throw procflow::error(r_.file().path + ":" + std::to_string(current_line()) + ": " + what);
+  }
+
+  // Sets the bad record aside: moves to the line at fault, then past the record's remaining lines
+  // (up to a blank line, which read() then takes as the next record's separator).
+  void set_aside(const bad_record& bad) {
+    r_.advance(static_cast<std::size_t>(bad.offset - r_.offset()));
+    reject("records rejected", o_.reject_file, {r_.file().path, std::to_string(bad.line), bad.what, line_for_reject(r_)});
+    after_blank_ = false;
+    for (;;) {
+      if (!seek_line_start(r_, UINT64_MAX)) return;  // the end of the input
+      ++rel_;
+      if (blank(line_for_reject(r_))) return;
+    }
   }
 
   Reader& r_;
@@ -222,6 +269,7 @@ class RecordCursor {
   std::uint64_t base_line_;  // line of start_, or 0 until needed (split blocks)
   std::uint64_t rel_ = 0;    // newlines consumed since start_
   bool after_blank_;
+  bool skip_ = procflow::detail::running_stage_skips();
   std::size_t last_fields_ = 0;  // fields of the last record
   std::size_t last_bytes_ = 0;   // text bytes (keys and values) the last record kept
 };
@@ -256,7 +304,9 @@ class record_stream {
 }  // namespace detail
 
 records_source::records_source(std::string input, record_options options)
-    : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {}
+    : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {
+  if (!options_.reject_file.empty()) detail::create_reject_file(options_.reject_file, "file,line,error,text");
+}
 
 std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const {
   // Records are parsed into out's existing elements (left from an earlier batch when the buffer

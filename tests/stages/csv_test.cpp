@@ -136,6 +136,92 @@ TEST_CASE("malformed CSV is an error with file:line:column, never a crash") {
   CHECK(read_sequential(e).empty());
 }
 
+TEST_CASE("bad rows under pf::skip: counted, written to the reject file with file:line:column and text, the rest read") {
+  for (const bool multiline : {false, true}) {  // split blocks over replicas; one source process
+    CAPTURE(multiline);
+    pt::temp_dir dir("csv_reject");
+    std::string text = "k,v\n";
+    std::vector<std::string> want;  // the good rows' keys
+    std::vector<fields> rejects;    // file,line,column,text (the error text is checked apart)
+    const std::string path = dir.path() + "/in.csv";
+    for (int i = 0; i < 3000; ++i) {
+      const std::string k = std::to_string(i), line_no = std::to_string(i + 2);
+      std::string line;
+      switch (i % 89 == 0 ? (i / 89) % 3 : 3) {
+        case 0:  // text after a closing quote
+          line = k + ",\"x\"y";
+          rejects.push_back({path, line_no, "2", line});
+          break;
+        case 1:  // longer than max_row_bytes, with a '\r' before the '\n' (not part of the text)
+          line = k + "," + std::string(150, 'z') + "\"q,\"\r";
+          rejects.push_back({path, line_no, "1", line.substr(0, line.size() - 1)});
+          break;
+        case 2:  // a quote that does not close on its line: an error when splitting, data with multiline
+          if (multiline) {
+            line = k + ",\"v,\"\"q\"";  // quoted, with an escaped quote: a good row
+            want.push_back(k);
+          } else {
+            line = k + ",\"open";
+            rejects.push_back({path, line_no, "2", line});
+          }
+          break;
+        default:
+          line = k + ",v";
+          want.push_back(k);
+      }
+      text += line + "\n";
+    }
+    dir.write("in.csv", text);
+    pf::stages::csv_options o;
+    o.block_bytes = 700;
+    o.max_row_bytes = 100;
+    o.multiline = multiline;
+    o.reject_file = dir.path() + "/rejects.csv";
+    const auto r = pf::pipeline("rejects")
+                       .source("rows", pf::stages::csv_rows(path, o), pf::skip)
+                       .map("k", [](const pf::stages::csv_row& row) { return row.get<std::string>("k"); }, pf::replicas(2))
+                       .collect()
+                       .run();
+    std::vector<std::string> got = r.value;
+    std::sort(got.begin(), got.end());
+    std::sort(want.begin(), want.end());
+    CHECK(got == want);
+    std::uint64_t counted = 0;
+    for (const auto& c : r.report.stages.front().counters)
+      if (c.name == "rows rejected") counted += c.value;
+    CHECK(counted == rejects.size());
+
+    std::sort(rejects.begin(), rejects.end());
+    CHECK(pt::reject_records(o.reject_file, "file,line,column,error,text", 3) == rejects);
+  }
+
+  // The reader follows its own stage's policy: pf::skip on a later stage does not make it skip.
+  pt::temp_dir dir("csv_reject_fail");
+  const std::string path = dir.write("in.csv", "k,v\n1,v\n2,\"x\"y\n3,v\n");
+  try {
+    pf::pipeline("no skip")
+        .source("rows", pf::stages::csv_rows(path))
+        .map("k", [](const pf::stages::csv_row& row) { return row.get<std::string>("k"); }, pf::skip)
+        .collect()
+        .run();
+    FAIL("no error");
+  } catch (const pf::stage_error& e) {
+    CHECK(std::string(e.what()).find(path + ":3:2: unexpected character after a closing quote") != std::string::npos);
+  }
+  // The pipeline's pf::skip reaches the reader.
+  const auto r = pf::pipeline("skip all", pf::skip)
+                     .source("rows", pf::stages::csv_rows(path))
+                     .map("k", [](const pf::stages::csv_row& row) { return row.get<std::string>("k"); })
+                     .collect(pf::ordered)
+                     .run();
+  CHECK(r.value == std::vector<std::string>{"1", "3"});
+  // A reject file that cannot be made fails the declaration, naming it.
+  pf::stages::csv_options nowhere;
+  nowhere.reject_file = dir.path() + "/no/such/dir/rejects.csv";
+  CHECK(error_of([&] { pf::stages::csv_rows(path, nowhere); }).find(nowhere.reject_file) != std::string::npos);
+  CHECK(pt::count_children() == 0);
+}
+
 TEST_CASE("a quoted line break: an error when splitting, data with multiline") {
   pt::temp_dir dir("csv_multiline");
   const std::string path = dir.write("m.csv", "k,text\n1,\"two\nlines\"\n2,plain\n");

@@ -9,6 +9,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -89,6 +90,67 @@ TEST_CASE("a line that is not Key: value names file and line") {
       CHECK(std::string(e.what()) == path + ":4: expected 'Key: value'");
     }
   }
+}
+
+TEST_CASE("bad records under pf::skip: counted, written to the reject file with file:line and text, the rest read") {
+  using fields = std::vector<std::string>;
+  for (const bool split : {true, false}) {  // blocks over replicas; one source process (comment lines)
+    CAPTURE(split);
+    pt::temp_dir dir("records_reject");
+    const std::string path = dir.path() + "/Packages";
+    std::string text;
+    std::uint64_t line = 1;
+    std::vector<std::string> want;  // the good records' Package
+    std::vector<fields> rejects;    // file,line,text
+    for (int i = 0; i < 2000; ++i) {
+      const std::string k = std::to_string(i);
+      std::vector<std::string> lines = {"Package: p" + k, "Section: s", "Description: d", " more"};
+      if (!split && i % 7 == 0) lines.insert(lines.begin() + 1, "# a comment");
+      switch (i % 71 == 0 ? (i / 71) % 3 : 3) {
+        case 0:  // a line that is not Key: value, inside the record
+          lines.insert(lines.begin() + 2, "not a field " + k);
+          rejects.push_back({path, std::to_string(line + 2), lines[2]});
+          break;
+        case 1:  // a record that starts with a continuation line
+          lines.insert(lines.begin(), " continued " + k);
+          rejects.push_back({path, std::to_string(line), lines[0]});
+          break;
+        case 2:  // a line longer than max_record_bytes, then more lines of the record
+          lines[1] = "Section: " + std::string(300, 'x');
+          rejects.push_back({path, std::to_string(line + 1), lines[1]});
+          break;
+        default:
+          want.push_back("p" + k);
+      }
+      for (const std::string& l : lines) text += l + "\n", ++line;
+      text += i % 2 ? "\n" : " \t\n";  // blank lines, some with spaces
+      ++line;
+    }
+    dir.write("Packages", text);
+    pf::stages::record_options o;
+    o.block_bytes = 600;
+    o.max_record_bytes = 200;
+    if (!split) o.comment = '#';
+    o.reject_file = dir.path() + "/rejects.csv";
+    pf::stages::records_source src = pf::stages::records(path, o);
+    CHECK(src.splittable() == split);
+    const auto r = pf::pipeline("rejects")
+                       .source("records", src, pf::skip)
+                       .map("package", [](const record& rec) { return std::string(rec.find("Package").value_or("?")); }, pf::replicas(2))
+                       .collect()
+                       .run();
+    std::vector<std::string> got = r.value;
+    std::sort(got.begin(), got.end());
+    std::sort(want.begin(), want.end());
+    CHECK(got == want);
+    std::uint64_t counted = 0;
+    for (const auto& c : r.report.stages.front().counters)
+      if (c.name == "records rejected") counted += c.value;
+    CHECK(counted == rejects.size());
+    std::sort(rejects.begin(), rejects.end());
+    CHECK(pt::reject_records(o.reject_file, "file,line,error,text", 2) == rejects);
+  }
+  CHECK(pt::count_children() == 0);
 }
 
 TEST_CASE("split records over 1..3 replicas equal sequential reading (random file)") {

@@ -7,7 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 namespace procflow::test {
 
@@ -46,6 +48,37 @@ inline std::string read_text(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// Splits one line of the reject file (RFC 4180, no line breaks inside: the readers keep one line).
+inline std::vector<std::string> reject_fields(const std::string& line) {
+  std::vector<std::string> f(1);
+  bool quoted = false;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted && c == '"' && i + 1 < line.size() && line[i + 1] == '"') f.back() += '"', ++i;
+    else if (c == '"') quoted = !quoted;
+    else if (c == ',' && !quoted) f.emplace_back();
+    else f.back() += c;
+  }
+  return f;
+}
+
+// The records of a reject file after its header line, each without its error field (`error_at`),
+// sorted (replicas append in no particular order); the header and the error texts are checked.
+inline std::vector<std::vector<std::string>> reject_records(const std::string& path, const std::string& header, std::size_t error_at) {
+  std::istringstream file(read_text(path));
+  std::string line;
+  std::vector<std::vector<std::string>> out;
+  if (!std::getline(file, line) || line != header) return {{"bad header: " + line}};
+  while (std::getline(file, line)) {
+    std::vector<std::string> f = reject_fields(line);
+    if (f.size() <= error_at || f[error_at].empty()) return {{"bad record: " + line}};
+    f.erase(f.begin() + static_cast<std::ptrdiff_t>(error_at));
+    out.push_back(std::move(f));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace procflow::test

@@ -31,6 +31,20 @@
 //   flights.csv:1042:7 (dep_delay): cannot read "abc" as a number
 // Malformed input (an unterminated quote, text after a closing quote, a row longer than
 // `max_row_bytes`) is an error of the same form, never a crash.
+//
+// Bad rows under pf::skip. When the reading stage skips failing items — pf::skip (or
+// retry(..., pf::skip)) on the source, or on the pipeline — a malformed row is set aside instead
+// of failing the run: the reader counts it in the stage's counter "rows rejected" (counter.hpp;
+// in the run report and its table) and goes on at the next physical line. With `reject_file`
+// set, each rejected row is also appended to that file as a CSV record
+//     file,line,column,error,text
+// line: the physical line where the row starts; column: the 1-based field where the error was
+// found, as in the error message; text: that line without its line break, cut at
+// reject_text_bytes. One write(2) per record with O_APPEND, so replicas append whole records, in
+// no particular order. The file is created (truncated) with that header when csv_rows() is
+// declared. A field that parses as CSV but not as the type asked (get<double> of "abc") is no
+// reader error: it fails in the stage that asks, under that stage's policy (a skipped item keeps
+// its row and message in the run's dead letters, dead_letter.hpp).
 #pragma once
 
 #include <procflow/codec.hpp>
@@ -58,6 +72,7 @@ struct csv_options {
   bool multiline = false;             // quoted fields may hold line breaks (reads sequentially)
   std::size_t max_row_bytes = std::size_t{64} << 20;
   std::uint64_t block_bytes = default_block_bytes;
+  std::string reject_file;            // rows set aside under pf::skip, as CSV (see above); "" = none
 };
 
 class csv_row;

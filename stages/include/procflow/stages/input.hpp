@@ -21,6 +21,9 @@ namespace procflow::stages {
 // Default block size: 1 MiB of a file per claimed chunk (a line belongs to the block it starts in).
 inline constexpr std::uint64_t default_block_bytes = std::uint64_t{1} << 20;
 
+// The longest line text a reject record keeps (csv_options::reject_file, record_options::reject_file).
+inline constexpr std::size_t reject_text_bytes = std::size_t{64} << 10;
+
 struct input_file {
   std::string path;        // as resolved ("-" for stdin)
   std::uint64_t size = 0;  // bytes when the input was declared (plain files)

@@ -12,6 +12,14 @@
 // whitespace) is appended after a '\n'. Lines starting with `comment` (when set) are skipped.
 // A line that is neither is a procflow::error naming "file:line".
 //
+// Bad records under pf::skip. When the reading stage skips failing items (pf::skip on the source
+// or on the pipeline), a malformed record is set aside instead of failing the run: counted in
+// the stage's counter "records rejected", and with `reject_file` set appended to that file as a
+// CSV record `file,line,error,text` (line and text: the line at fault, cut at
+// reject_text_bytes; one O_APPEND write each, replicas' records whole, in no particular order;
+// the file is created with that header when records() is declared). Reading goes on after the
+// record's next blank line; the fields read before the fault are dropped with the record.
+//
 // Plain files (without `comment` set) are SPLITTABLE like lines(): a record belongs to the block where its first line
 // starts (a record starts after a blank line), and the reader finishes it past the block's end.
 // stdin and .gz files are read in a source process. record::line() is the file's line of the
@@ -45,6 +53,8 @@ struct record_options {
   // fields, its line() set); the other fields are skipped without being copied. Reading the 3
   // fields packages_etl uses of a Packages index's ~20 costs about 0.6x the CPU of reading all.
   std::vector<std::string> fields;
+  // Records set aside under pf::skip, as CSV `file,line,error,text` (see above); "" = none.
+  std::string reject_file;
 };
 
 // One record: its fields' keys and values back to back in one string, with the end of every key

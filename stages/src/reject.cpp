@@ -1,0 +1,62 @@
+#include "reject.hpp"
+
+#include <procflow/counter.hpp>
+#include <procflow/error.hpp>
+#include <procflow/stages/input.hpp>
+#include <procflow/stages/writers.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+namespace procflow::stages::detail {
+
+namespace {
+
+void write_file(const std::string& path, std::string_view text, int mode) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode, 0666);
+  if (fd < 0) throw procflow::system_error(errno, "cannot open reject file '" + path + "'");
+  while (!text.empty()) {
+    const ssize_t n = ::write(fd, text.data(), text.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = n < 0 ? errno : EIO;
+      ::close(fd);
+      throw procflow::system_error(e, "cannot write reject file '" + path + "'");
+    }
+    text.remove_prefix(static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+void create_reject_file(const std::string& path, std::string_view header) {
+  write_file(path, std::string(header) + "\n", O_TRUNC);
+}
+
+void reject(std::string_view counter_name, const std::string& path, std::initializer_list<std::string_view> fields) {
+  procflow::counter(counter_name).add();
+  if (path.empty()) return;
+  std::string record;
+  for (const std::string_view& f : fields) {
+    if (&f != fields.begin()) record += ',';
+    append_csv_field(record, f, ',');
+  }
+  record += '\n';
+  write_file(path, record, O_APPEND);
+}
+
+std::string_view line_for_reject(Reader& r) {
+  // A line that was too long may not be read whole yet.
+  while (r.window().find('\n') == std::string_view::npos && r.window().size() < reject_text_bytes && r.more()) {
+  }
+  std::string_view text = r.window();
+  text = text.substr(0, std::min({text.find('\n'), text.size(), reject_text_bytes}));
+  if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+  return text;
+}
+
+}  // namespace procflow::stages::detail

@@ -1,0 +1,25 @@
+// Bad input set aside under pf::skip (csv_rows, records): counted in a stage counter and, when
+// the reader's options name a reject file, appended to it as one CSV record each.
+#pragma once
+
+#include "reader.hpp"
+
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+namespace procflow::stages::detail {
+
+// Creates (truncates) the reject file `path` with its header line (when a reader is declared).
+void create_reject_file(const std::string& path, std::string_view header);
+
+// Counts one rejected row or record in this stage's counter `counter_name` and, when `path` is
+// not empty, appends `fields` to it as a CSV record in one write(2) (O_APPEND: records of several
+// replicas stay whole).
+void reject(std::string_view counter_name, const std::string& path, std::initializer_list<std::string_view> fields);
+
+// The line at the reader's position without its line break (and one '\r'), read as far as
+// reject_text_bytes; valid until the reader moves.
+std::string_view line_for_reject(Reader& r);
+
+}  // namespace procflow::stages::detail
