@@ -10,6 +10,9 @@
 //   --report-json FILE, --trace FILE, --html FILE   the run's profile as JSON, a Perfetto timeline,
 //                 an HTML page; --progress / --no-progress: the live progress line on stderr (default:
 //                 on when stderr is a terminal)
+//   --reject FILE (examples that read rows or records) go on past bad input: the pipeline runs under
+//                 pf::skip, the reader's malformed rows go to FILE (csv_options::reject_file), items a
+//                 stage fails on are skipped; both are counted on stderr and in the report
 //
 // Exit status: 0 success; 1 pipeline error (one line on stderr naming the stage and the cause);
 // 2 bad usage or missing default data; 130 / 143 when interrupted by SIGINT / SIGTERM: run() stops and
@@ -58,6 +61,7 @@ struct options {
   std::string trace;        // --trace FILE
   std::string html;         // --html FILE
   bool progress = true;     // --progress / --no-progress (the line shows only on a terminal)
+  std::string reject;       // --reject FILE (examples whose description names what they reject)
 };
 
 // The directory the data sets live in: $PROCFLOW_DATA, else /var/tmp/procflow-data.
@@ -74,6 +78,7 @@ struct description {
   std::string how_to_get;     // what to run when the default input is missing
   std::string output_columns; // the --output header
   std::string extra_help;     // further options, may be empty
+  std::string rejects;        // what --reject FILE sets aside ("malformed rows"); empty: no --reject
 };
 
 inline void print_help(const description& d) {
@@ -89,14 +94,19 @@ inline void print_help(const description& d) {
   fmt::print(
       "  --output FILE  write the full result as CSV: {0}\n"
       "  --replicas N   processes per parallel stage (default: the number of cores)\n"
-      "{1}"
+      "{1}{2}"
       "  --report-json FILE  the run's profile report as JSON (lib/metrics/profiling.md)\n"
       "  --trace FILE   a Chrome / Perfetto timeline of the run (open in ui.perfetto.dev)\n"
       "  --html FILE    the profile report as one HTML page\n"
       "  --progress, --no-progress  the live progress line on stderr (default: on when it is a terminal)\n"
       "  --help         this text\n\n"
       "exit status: 0 ok, 1 pipeline error, 2 bad usage or missing data, 130/143 interrupted\n",
-      d.output_columns, d.extra_help);
+      d.output_columns, d.extra_help,
+      d.rejects.empty() ? std::string()
+                        : fmt::format("  --reject FILE  go on past bad input (pf::skip): {} into FILE as CSV\n"
+                                      "                 (file,line,...,error,text), rows a stage fails on skipped and\n"
+                                      "                 counted in the report (default: the first bad row stops the run)\n",
+                                      d.rejects));
 }
 
 inline std::uint64_t parse_count(std::string_view flag, std::string_view text, std::uint64_t max) {
@@ -134,6 +144,9 @@ inline std::optional<options> parse(
       std::string& field = a == "--trace" ? o.trace : a == "--html" ? o.html : o.report_json;
       field = need_value();
       if (field.empty()) throw usage_error(fmt::format("{} needs a file name", a));
+    } else if (a == "--reject" && !d.rejects.empty()) {
+      o.reject = need_value();
+      if (o.reject.empty()) throw usage_error("--reject needs a file name");
     } else if (a == "--progress" || a == "--no-progress") {
       o.progress = a == "--progress";
     } else if (int used = extra ? extra(a, value) : 0; used > 0) {
@@ -186,6 +199,32 @@ inline void finish_report(const options& o, const procflow::run_report& report) 
   fmt::print(stderr, "{}\n", report.to_string());
   if (!o.report_json.empty()) write_text_file(o.report_json, report.to_json());
   if (!o.html.empty()) write_text_file(o.html, report.to_html());
+}
+
+// One line: newlines in a message become "; ".
+inline std::string one_line(std::string s) {
+  for (std::size_t p; (p = s.find('\n')) != std::string::npos;) s.replace(p, 1, "; ");
+  return s;
+}
+
+// --reject: what the run set aside, on stderr (nothing without --reject).
+inline void print_set_aside(const options& o, const procflow::run_report& report) {
+  if (o.reject.empty()) return;
+  std::uint64_t malformed = 0;
+  for (const auto& stage : report.stages)
+    for (const auto& c : stage.counters)
+      if (c.name == "rows rejected" || c.name == "records rejected") malformed += c.value;
+  fmt::print(stderr, "set aside: {} malformed in {}\n", malformed, o.reject);
+  for (const auto& stage : report.stages) {
+    if (stage.items_skipped == 0) continue;
+    std::string first;
+    for (const auto& d : report.dead_letters)
+      if (d.stage == stage.name) {
+        first = "; the first: " + d.message;
+        break;
+      }
+    fmt::print(stderr, "set aside: {} items stage '{}' failed on{}\n", stage.items_skipped, stage.name, one_line(first));
+  }
 }
 
 // One CSV field (RFC 4180: quoted when it holds a comma, a quote or a line break).
@@ -269,14 +308,9 @@ int finish(const options& o, const Rows& rows, ToFields&& to_fields, const procf
     for (const auto& r : rows) out.row(to_fields(r));
     out.commit();
   }
+  print_set_aside(o, report);
   finish_report(o, report);
   return 0;
-}
-
-// One line: newlines in a message become "; ".
-inline std::string one_line(std::string s) {
-  for (std::size_t p; (p = s.find('\n')) != std::string::npos;) s.replace(p, 1, "; ");
-  return s;
 }
 
 // Runs an example's body with the exit-status convention.

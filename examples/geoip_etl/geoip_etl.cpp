@@ -1,6 +1,6 @@
 // geoip CSV rows -> (country, end - start + 1) -> IPv4 addresses per country
 //
-//   geoip_etl [INPUT] [--output FILE] [--replicas N]
+//   geoip_etl [INPUT] [--output FILE] [--replicas N] [--reject FILE]
 //
 // INPUT is Tor's IPv4-to-country table (`start,end,country` rows of integer addresses, `#` comments),
 // a directory of such files, or `-`. The default is the copy cmake/fetch-data.sh unpacks from Debian's
@@ -10,7 +10,8 @@
 // procflow::stages::csv_rows is a splittable source: each replica of `per country` claims byte ranges of
 // the file and parses its rows; per-country sums are kept per replica and merged by the supervisor.
 // A row with end < start, a non-number or a missing column stops the run with an error naming the
-// file, line and column.
+// file, line and column; with --reject FILE the run goes on past it (malformed CSV into FILE, rows
+// the fold fails on skipped; both counted on stderr).
 #include <procflow/procflow.hpp>
 #include <procflow/stages/csv.hpp>
 
@@ -33,9 +34,14 @@ int run(const example::options& o) {
   csv.header = false;
   csv.comment = '#';
   csv.columns = {"start", "end", "country"};
+  csv.reject_file = o.reject;
 
+  // --reject: the whole pipeline under pf::skip (the reader sets malformed rows aside, the fold
+  // skips a row it throws on).
+  const auto pipeline = o.reject.empty() ? pf::pipeline("geoip_etl", example::profile(o))
+                                         : pf::pipeline("geoip_etl", example::profile(o), pf::skip);
   const auto result =
-      pf::pipeline("geoip_etl", example::profile(o))
+      pipeline
           .source("rows", pf::stages::csv_rows(o.input, csv))
           .reduce_by_key(
               "per country", [](const pf::stages::csv_row& row) { return row.get<std::string_view>(2); }, std::uint64_t{0},
@@ -69,6 +75,6 @@ int main(int argc, char** argv) {
        data + "/tor-geoipdb/usr/share/tor/geoip",
        "bash cmake/fetch-data.sh   (or: apt-get download tor-geoipdb && dpkg-deb -x tor-geoipdb_*.deb " + data +
            "/tor-geoipdb)",
-       "country,addresses", ""},
+       "country,addresses", "", "malformed CSV rows"},
       argc, argv, run);
 }

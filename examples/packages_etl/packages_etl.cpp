@@ -1,6 +1,6 @@
 // Packages index -> records -> per Section: packages, total and mean Installed-Size, largest package
 //
-//   packages_etl [INPUT] [--output FILE] [--replicas N]
+//   packages_etl [INPUT] [--output FILE] [--replicas N] [--reject FILE]
 //
 // INPUT is a Debian `Packages` index (blank-line separated "Key: value" records), a directory of them,
 // or `-`. The default is the index `apt-get update` left in /var/lib/apt/lists/, decompressed by
@@ -75,8 +75,13 @@ void merge(section_totals& into, const section_totals& other) {
 int run(const example::options& o) {
   pf::stages::record_options fields;
   fields.fields = {"Package", "Section", "Installed-Size"};  // the only fields the job reads (the rest is not copied)
+  fields.reject_file = o.reject;
+  // --reject: the whole pipeline under pf::skip (the reader sets malformed records aside, the fold
+  // skips a record it throws on).
+  const auto pipeline = o.reject.empty() ? pf::pipeline("packages_etl", example::profile(o))
+                                         : pf::pipeline("packages_etl", example::profile(o), pf::skip);
   const auto result =
-      pf::pipeline("packages_etl", example::profile(o))
+      pipeline
           .source("records", pf::stages::records(o.input, fields))
           .reduce_by_key(
               "per section",
@@ -123,6 +128,6 @@ int main(int argc, char** argv) {
        data + "/Packages",
        "bash cmake/fetch-data.sh   (or: /usr/lib/apt/apt-helper cat-file /var/lib/apt/lists/*_Packages.lz4 > " + data +
            "/Packages)",
-       "section,packages,total_installed_size,mean_installed_size,largest_package", ""},
+       "section,packages,total_installed_size,mean_installed_size,largest_package", "", "malformed records"},
       argc, argv, run);
 }

@@ -13,6 +13,13 @@ geoip x11), runs every variant R times and reports the median:
   procflow       the example binary itself, --replicas 2
   python_pool    tests/bench/python/etl_pool.py: multiprocessing.Pool(2).imap_unordered, chunksize 2048
   unix_pipeline  awk / tr / sort / uniq (LC_ALL=C)
+  sequential_pair  two copies of the sequential loop at once, each on the whole input: what two
+                 processes get out of this machine's two cores now (shared caches, memory bandwidth,
+                 a neighbour's load). Its speedup is 2 x the loop's wall / the pair's wall: the ceiling
+                 of a 2-process run of the job, which is 2.0 only on a machine with two idle cores.
+
+Variants run in rounds (one run of each, then the next round), so that a load that drifts during
+the run weighs on all of them alike.
 
 Every variant writes its --output; a variant whose output differs from the sequential loop's fails the
 run (exit 1) instead of reporting a time. Wall time and CPU time (user + system of the process and all
@@ -66,15 +73,20 @@ UNIX = {
 }
 
 
-def run_timed(cmd, env=None):
-    """Runs cmd; returns (wall seconds, cpu seconds of it and its descendants, returncode, stderr)."""
+def run_timed(cmds, env=None):
+    """Runs the commands at once; returns (wall seconds until the last ends, cpu seconds of them and
+    their descendants, the first non-zero returncode or 0, stderr)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    stderr = p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return wall, ru.ru_utime + ru.ru_stime, p.returncode, stderr.decode(errors="replace")
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for c in cmds]
+    cpu, rc, stderr = 0.0, 0, ""
+    for p in procs:
+        err = p.stderr.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        cpu += ru.ru_utime + ru.ru_stime
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 and rc == 0:
+            rc, stderr = code, err.decode(errors="replace")
+    return time.perf_counter() - t0, cpu, rc, stderr
 
 
 def scaled_copy(src, k, tmpdir, name):
@@ -101,7 +113,7 @@ def main():
                     help="without --scale, replicate each input to about this size (default 100 MB)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per variant; the median is reported (default 3)")
     ap.add_argument("--jobs", default="packages_etl,word_count,geoip_etl")
-    ap.add_argument("--variants", default="sequential,procflow,python_pool,unix_pipeline")
+    ap.add_argument("--variants", default="sequential,procflow,sequential_pair,python_pool,unix_pipeline")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--data", default=os.environ.get("PROCFLOW_DATA") or "/var/tmp/procflow-data")
@@ -145,59 +157,73 @@ def main():
                                 "--processes", str(args.replicas), "--output"],
                 "unix_pipeline": ["bash", "-c", "set -o pipefail; " + UNIX[job]],
             }
+            # One run of every variant per round, rounds repeated: a drifting load on a shared machine
+            # then weighs on every variant alike.
+            order = ["sequential"] + [v for v in variants if v != "sequential"]
+            samples = {v: ([], []) for v in order}
+            broken = set()
             reference = None
-            results = {}
-            for variant in ["sequential"] + [v for v in variants if v != "sequential"]:
-                out = os.path.join(tmpdir, f"{job}.{variant}.csv")
-                cmd = list(commands[variant])
-                env = None
-                if variant == "unix_pipeline":
-                    env = dict(os.environ, IN=inp, OUT=out)
-                else:
-                    cmd.append(out)
-                walls, cpus = [], []
-                for _ in range(args.repeats):
-                    wall, cpu, rc, err = run_timed(cmd, env)
+            for _ in range(args.repeats):
+                for variant in order:
+                    if variant in broken:
+                        continue
+                    outs = [os.path.join(tmpdir, f"{job}.{variant}.csv")]
+                    env = None
+                    if variant == "unix_pipeline":
+                        cmds = [list(commands[variant])]
+                        env = dict(os.environ, IN=inp, OUT=outs[0])
+                    elif variant == "sequential_pair":
+                        outs.append(os.path.join(tmpdir, f"{job}.{variant}.2.csv"))
+                        cmds = [commands["sequential"] + [o] for o in outs]
+                    else:
+                        cmds = [commands[variant] + [outs[0]]]
+                    wall, cpu, rc, err = run_timed(cmds, env)
                     if rc != 0:
                         print(f"etl_compare: {job}/{variant} failed (exit {rc}): {err.strip()[-400:]}", file=sys.stderr)
                         failed = True
-                        break
-                    walls.append(wall)
-                    cpus.append(cpu)
-                if len(walls) != args.repeats:
-                    continue
-                with open(out, "rb") as f:
-                    produced = f.read()
-                if reference is None:
-                    reference = produced
-                elif produced != reference:
-                    print(f"etl_compare: {job}/{variant}: its output differs from the sequential loop's ({out})",
-                          file=sys.stderr)
-                    failed = True
-                    continue
-                results[variant] = (statistics.median(walls), statistics.median(cpus))
+                        broken.add(variant)
+                        continue
+                    samples[variant][0].append(wall)
+                    samples[variant][1].append(cpu)
+                    for out in outs:
+                        with open(out, "rb") as f:
+                            produced = f.read()
+                        if variant == "sequential":
+                            reference = produced
+                        elif reference is not None and produced != reference:
+                            print(f"etl_compare: {job}/{variant}: its output differs from the sequential loop's ({out})",
+                                  file=sys.stderr)
+                            failed = True
+                            broken.add(variant)
+            results = {v: (statistics.median(w), statistics.median(c)) for v, (w, c) in samples.items()
+                       if v not in broken and w}
             if "sequential" not in results:
                 continue
             base = results["sequential"][0]
             if not args.json:
                 print(f"\n{job}: {os.path.basename(src)} x{scale} = {size / 1e6:.1f} MB")
-                print(f"  {'variant':<14} {'wall s':>8} {'cpu s':>8} {'MB/s':>8} {'speedup':>8} {'cpu/seq':>8}")
+                print(f"  {'variant':<16} {'wall s':>8} {'cpu s':>8} {'MB/s':>8} {'speedup':>8} {'cpu/seq':>8}")
             for variant in variants:
                 if variant not in results:
                     continue
                 wall, cpu = results[variant]
+                work = 2 if variant == "sequential_pair" else 1  # the pair does the job twice
                 row = {"bench": job, "variant": variant, "wall_s": round(wall, 4), "cpu_s": round(cpu, 4),
-                       "mb_per_s": round(size / 1e6 / wall, 2), "speedup": round(base / wall, 3),
-                       "cpu_vs_sequential": round(cpu / results["sequential"][1], 3) if results["sequential"][1] else None,
+                       "mb_per_s": round(work * size / 1e6 / wall, 2), "speedup": round(work * base / wall, 3),
+                       "cpu_vs_sequential": round(cpu / work / results["sequential"][1], 3) if results["sequential"][1] else None,
                        "scale": scale, "input_bytes": size, "replicas": args.replicas,
                        "loadavg_1min": round(load[0], 2)}
                 if args.json:
                     print(json.dumps(row), flush=True)
                 else:
-                    print(f"  {variant:<14} {wall:8.3f} {cpu:8.3f} {row['mb_per_s']:8.1f} {row['speedup']:7.2f}x "
+                    print(f"  {variant:<16} {wall:8.3f} {cpu:8.3f} {row['mb_per_s']:8.1f} {row['speedup']:7.2f}x "
                           f"{row['cpu_vs_sequential'] or 0:7.2f}x")
             if not args.json and "procflow" in results and "python_pool" in results:
                 print(f"  procflow vs python_pool: {results['python_pool'][0] / results['procflow'][0]:.1f}x")
+            if not args.json and "procflow" in results and "sequential_pair" in results:
+                ceiling = 2 * base / results["sequential_pair"][0]
+                print(f"  two loops at once do the job at {ceiling:.2f}x one loop's rate on this machine now; "
+                      f"procflow reaches {base / results['procflow'][0] / ceiling:.2f} of that")
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return 1 if failed else 0

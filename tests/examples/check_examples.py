@@ -218,6 +218,37 @@ BAD = {
 }
 
 
+# --reject FILE: (input, the good part of it, the line of its one malformed row/record, items a stage
+# fails on). The run goes on; FILE holds the malformed one with its line; the rest is skipped and counted.
+REJECT = {
+    "geoip_etl": (b"1,2,AU\n5,3,US\n7,\"x\"y,US\n10,19,US\n", b"1,2,AU\n10,19,US\n", 3, 1),
+    "packages_etl": (b"Package: a\nSection: x\nInstalled-Size: 1\n\n"
+                     b"Package: b\nSection: x\nInstalled-Size: lots\n\n"
+                     b"Package: c\nnot a field\nSection: y\n\n"
+                     b"Package: d\nSection: y\nInstalled-Size: 5\n",
+                     b"Package: a\nSection: x\nInstalled-Size: 1\n\nPackage: d\nSection: y\nInstalled-Size: 5\n", 10, 1),
+}
+
+
+def rejects(job, binary, tmp):
+    text, good, line, failed = REJECT[job]
+    bad = os.path.join(tmp, "reject-input")
+    with open(bad, "wb") as f:
+        f.write(text)
+    out, rej = os.path.join(tmp, "reject-out.csv"), os.path.join(tmp, "rejects.csv")
+    rc, _, err = run(binary, [bad, "--output", out, "--reject", rej, "--replicas", "2"])
+    if not check(rc == 0, f"{job} --reject: exit 0 past bad input (got {rc}: {err.strip()[-400:]})"):
+        return
+    check(read_csv(out) == REFERENCE[job](good), f"{job} --reject: the result is that of the good rows only")
+    rows = read_csv(rej)
+    check(len(rows) == 2 and rows[0][:2] == ["file", "line"] and rows[1][0] == bad and rows[1][1] == str(line),
+          f"{job} --reject: the reject file holds the malformed one with its file and line {line} (got {rows})")
+    check(f"set aside: 1 malformed in {rej}" in err and f"set aside: {failed} items stage" in err,
+          f"{job} --reject: stderr counts what was set aside (got {[l for l in err.splitlines() if 'set aside' in l]})")
+    rc, _, err = run(binary, [bad, "--output", out])
+    check(rc == 1, f"{job} without --reject: the same input stops the run (got {rc})")
+
+
 def cli_convention(job, binary, tmp):
     rc, out, _ = run(binary, ["--help"])
     check(rc == 0 and "--output" in out and "--replicas" in out, f"{job} --help: exit 0 and describes the options")
@@ -250,6 +281,11 @@ def cli_convention(job, binary, tmp):
               f"{job} on a bad row: exit 1, first stderr line names stage and cause {words} (got {rc}: {lines[:1]})")
         leftovers = [n for n in os.listdir(tmp) if n.startswith("bad.csv")]
         check(not leftovers, f"{job}: a failed run leaves no output file (found {leftovers})")
+    if job in REJECT:
+        rejects(job, binary, tmp)
+    else:
+        rc, _, err = run(binary, ["--reject", os.path.join(tmp, "r.csv")])
+        check(rc == 2, f"{job} takes no --reject: exit 2 (got {rc})")
 
 
 def processes_running(binary):
