@@ -142,7 +142,8 @@ int main(int argc, char** argv) {
        "  --height H     image height = number of items (default 1200)\n"
        "  --iterations I at most I iterations per point (default 2000)\n"
        "  --scaling N    a scaling study instead: speedup and parallel efficiency at 1..N replicas vs the loop\n"
-       "                 (--report-json / --html then get the study as JSON / an SVG chart)\n"},
+       "                 (--report-json / --html then get the study as JSON / an SVG chart)\n",
+       ""},
       argc, argv, run, [](std::string_view flag, const char* value) {
         std::uint32_t* target = flag == "--width" ? &width : flag == "--height" ? &height : flag == "--iterations" ? &max_iterations
                                 : flag == "--scaling" ? &scaling_max : nullptr;

@@ -155,7 +155,8 @@ int main(int argc, char** argv) {
        "", "", "draws,hits,estimate,standard_error,seed",
        "  --draws N      points drawn (default 20000000)\n"
        "  --seed S       run seed (default: fresh entropy per run)\n"
-       "  --no-python    skip the Python multiprocessing.Pool comparison\n"},
+       "  --no-python    skip the Python multiprocessing.Pool comparison\n",
+       ""},
       argc, argv, run, [](std::string_view flag, const char* value) {
         if (flag == "--no-python") {
           with_python = false;

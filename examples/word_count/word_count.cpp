@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
       {"word_count", "lines -> words counted per replica -> merged counts: the words of a text, the most frequent first.",
        data + "/bible-kjv.txt",
        "bash cmake/fetch-data.sh   (or: apt-get install bible-kjv && bible -f gen1:1-rev22:21 > " + data + "/bible-kjv.txt)",
-       "word,count", "  --top K        how many words to print on stdout (default 20)\n"},
+       "word,count", "  --top K        how many words to print on stdout (default 20)\n", ""},
       argc, argv, run, [](std::string_view flag, const char* value) {
         if (flag != "--top") return 0;
         if (!value) throw example::usage_error("--top needs a value");

@@ -6,7 +6,7 @@
 // a last line without a newline is a line; an empty file has no lines.
 //
 // `input` is a file, a directory, a glob or "-" (see input.hpp). Plain files are SPLITTABLE: no
-// source process; the replicas of the next stage claim blocks of `block_bytes` (1 MiB) through
+// source process; the replicas of the next stage claim blocks of `block_bytes` (256 KiB) through
 // a shared counter and each reads the lines that *start* in its block (reading past the block's
 // end to finish the last one), so every line is read exactly once. With pf::ordered, lines
 // arrive in file order (files in the resolved order). stdin and .gz files are read
