@@ -252,6 +252,7 @@ class RecordCursor {
   // Sets the bad record aside: moves to the line at fault, then past the record's remaining lines
   // (up to a blank line, which read() then takes as the next record's separator).
   void set_aside(const bad_record& bad) {
+    if (bad.offset < r_.offset()) throw procflow::error(r_.file().path + ":" + std::to_string(bad.line) + ": cannot skip a malformed record here");
     r_.advance(static_cast<std::size_t>(bad.offset - r_.offset()));
     reject("records rejected", o_.reject_file, {r_.file().path, std::to_string(bad.line), bad.what, line_for_reject(r_)});
     after_blank_ = false;

@@ -1,6 +1,8 @@
 // Test support for tests/stages: temporary files and directories removed at the end of a test.
 #pragma once
 
+#include <procflow/report.hpp>
+
 #include <unistd.h>
 
 #include <atomic>
@@ -48,6 +50,20 @@ inline std::string read_text(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+template <class T>
+std::vector<T> sorted(std::vector<T> v) {
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+// pf::counter `name` of the run's stage `stage`, summed over its replicas (0 when it has none).
+inline std::uint64_t stage_counter(const procflow::run_report& r, std::size_t stage, const std::string& name) {
+  std::uint64_t n = 0;
+  for (const auto& c : r.stages.at(stage).counters)
+    if (c.name == name) n += c.value;
+  return n;
 }
 
 // Splits one line of the reject file (RFC 4180, no line breaks inside: the readers keep one line).
