@@ -1,6 +1,8 @@
 #include "reader.hpp"
+#include "reject.hpp"
 #include "scan.hpp"
 
+#include <procflow/detail/bad_input.hpp>
 #include <procflow/error.hpp>
 #include <procflow/stages/lines.hpp>
 
@@ -8,6 +10,21 @@
 
 namespace procflow::stages {
 namespace detail {
+
+namespace {
+
+// A line past max_line_bytes under pf::skip: thrown from inside find_line, caught by the reading loop.
+struct long_line {};
+
+// The line of `r`'s position (`line`: its number) is longer than max_line_bytes: an error, or under
+// pf::skip the line set aside and the reader moved past it.
+std::string too_long(const line_options& o) { return "line longer than " + std::to_string(o.max_line_bytes) + " bytes"; }
+void set_aside(Reader& r, const line_options& o, std::uint64_t line) {
+  reject("lines rejected", o.reject_file, {r.file().path, std::to_string(line), too_long(o), line_for_reject(r)});
+  seek_line_start(r, UINT64_MAX);
+}
+
+}  // namespace
 
 // Sequential reading (stdin, gzip, or a pipeline without fusion): file after file.
 class line_stream {
@@ -23,9 +40,16 @@ class line_stream {
       }
       bool nl = false;
       Reader& r = *reader_;
-      const std::size_t len = find_line(r, options_.max_line_bytes, nl, [&] {
-        throw procflow::error(where(r.file(), r.offset(), line_ + 1) + ": line longer than " + std::to_string(options_.max_line_bytes) + " bytes");
-      });
+      std::size_t len = 0;
+      try {
+        len = find_line(r, options_.max_line_bytes, nl, [&] {
+          if (skip_) throw long_line{};
+          throw procflow::error(where(r.file(), r.offset(), line_ + 1) + ": " + too_long(options_));
+        });
+      } catch (const long_line&) {
+        set_aside(r, options_, ++line_);
+        continue;
+      }
       if (len == std::string_view::npos) {
         reader_.reset();
         ++file_;
@@ -44,25 +68,35 @@ class line_stream {
   std::size_t file_ = 0;
   std::unique_ptr<Reader> reader_;
   std::uint64_t line_ = 0;
+  bool skip_ = procflow::detail::running_stage_skips();
 };
 
 }  // namespace detail
 
 lines_source::lines_source(std::string input, line_options options)
-    : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {}
+    : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {
+  if (!options_.reject_file.empty()) detail::create_reject_file(options_.reject_file, "file,line,error,text");
+}
 
 std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<std::string>& out) const {
   // Items of the previous chunk are reused as storage: assigning into a string that has the
   // capacity already costs no allocation (a batch of lines allocates only while it grows).
   detail::size_fresh_batch(out, (last - first) * input_->block_bytes(), 32);
   std::size_t n = 0;
+  const bool skip = procflow::detail::running_stage_skips();
   detail::for_each_block(*input_, first, last, [&](detail::Reader& r, const detail::input_set::block& block) {
     while (r.offset() < block.end) {
       bool nl = false;
-      const std::size_t len = detail::find_line(r, options_.max_line_bytes, nl, [&] {
-        throw procflow::error(detail::where(r.file(), r.offset(), 0) + ": line longer than " +
-                              std::to_string(options_.max_line_bytes) + " bytes");
-      });
+      std::size_t len = 0;
+      try {
+        len = detail::find_line(r, options_.max_line_bytes, nl, [&] {
+          if (skip) throw detail::long_line{};
+          throw procflow::error(detail::where(r.file(), r.offset(), 0) + ": " + detail::too_long(options_));
+        });
+      } catch (const detail::long_line&) {
+        detail::set_aside(r, options_, detail::line_at(r.file().id, r.offset()));
+        continue;
+      }
       if (len == std::string_view::npos) break;
       const std::string_view line = detail::strip_cr(r.window().substr(0, len));
       if (n < out.size()) {

@@ -174,6 +174,47 @@ TEST_CASE("an over-long line in a split file names file and line") {
   CHECK(pt::count_children() == 0);
 }
 
+TEST_CASE("over-long lines under pf::skip: counted, written to the reject file with file:line, the rest read") {
+  using fields = std::vector<std::string>;
+  for (const bool split : {true, false}) {  // blocks over replicas; one source process (gzip)
+    CAPTURE(split);
+    pt::temp_dir dir("lines_reject");
+    std::string text;
+    std::vector<std::string> want;
+    std::vector<fields> rejects;  // file,line,text
+    const std::string path = dir.path() + (split ? "/in.txt" : "/in.txt.gz");
+    for (int i = 0; i < 3000; ++i) {
+      std::string line = "line " + std::to_string(i);
+      if (i % 97 == 5) {
+        line += std::string(300 + static_cast<std::size_t>(i), 'x');  // past max_line_bytes, some past a block
+        rejects.push_back({path, std::to_string(i + 1), line});
+      } else {
+        want.push_back(line);
+      }
+      text += line + (i % 2 ? "\n" : "\r\n");
+    }
+    if (split) {
+      dir.write("in.txt", text);
+    } else {
+      gzFile f = gzopen(path.c_str(), "wb");
+      REQUIRE(f);
+      REQUIRE(gzwrite(f, text.data(), static_cast<unsigned>(text.size())) == static_cast<int>(text.size()));
+      gzclose(f);
+    }
+    pf::stages::line_options o;
+    o.max_line_bytes = 200;
+    o.block_bytes = 1000;
+    o.reject_file = dir.path() + "/rejects.csv";
+    pf::stages::lines_source src(path, o);
+    CHECK(src.splittable() == split);
+    const auto r = pf::pipeline("rejects").source("read", src, pf::skip).map("id", [](std::string s) { return s; }, pf::replicas(2)).collect().run();
+    CHECK(pt::sorted(r.value) == pt::sorted(want));
+    CHECK(pt::stage_counter(r.report, 0, "lines rejected") == rejects.size());
+    CHECK(pt::reject_records(o.reject_file, "file,line,error,text", 2) == pt::sorted(rejects));
+  }
+  CHECK(pt::count_children() == 0);
+}
+
 TEST_CASE("\"-\" reads standard input in a source process (and csv_rows takes its header from it)") {
   pt::temp_dir dir("lines_stdin");
   const std::string path = dir.write("in.txt", "h1,h2\nx,1\r\ny,2\nz,3");

@@ -13,7 +13,11 @@
 // sequentially in a source process.
 //
 // A line longer than `max_line_bytes` (64 MiB) is a procflow::error naming file and line
-// ("data.txt:1234: line longer than 67108864 bytes"), never an unbounded allocation.
+// ("data.txt:1234: line longer than 67108864 bytes"), never an unbounded allocation. Under
+// pf::skip (on the source or the pipeline) it is set aside instead: counted in the stage's
+// counter "lines rejected" and, with `reject_file` set, appended to that CSV file as
+// `file,line,error,text` (text cut at reject_text_bytes; one O_APPEND write each; the file is
+// created with that header when lines() is declared), and reading goes on at the next line.
 #pragma once
 
 #include <procflow/error.hpp>
@@ -31,6 +35,7 @@ namespace procflow::stages {
 struct line_options {
   std::size_t max_line_bytes = std::size_t{64} << 20;
   std::uint64_t block_bytes = default_block_bytes;  // bytes per claimed chunk (splittable files)
+  std::string reject_file;  // over-long lines set aside under pf::skip, as CSV (see above); "" = none
 };
 
 namespace detail {
