@@ -395,7 +395,6 @@ const std::vector<std::string>& columns(std::uint32_t id) {
   return id < t.size() ? t[id] : t[0];
 }
 
-
 // Reads rows from one Reader: rows that start before `limit` (split blocks) or all of them.
 class RowCursor {
  public:
