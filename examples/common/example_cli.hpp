@@ -11,7 +11,8 @@
 //                 an HTML page; --progress / --no-progress: the live progress line on stderr (default:
 //                 on when stderr is a terminal)
 //   --reject FILE (examples that read rows or records) go on past bad input: the pipeline runs under
-//                 pf::skip, the reader's malformed rows go to FILE (csv_options::reject_file), items a
+//                 pf::skip, the reader's malformed rows or records go to FILE (csv_options /
+//                 record_options::reject_file), items a
 //                 stage fails on are skipped; both are counted on stderr and in the report
 //
 // Exit status: 0 success; 1 pipeline error (one line on stderr naming the stage and the cause);

@@ -16,9 +16,9 @@ namespace {
 // A line past max_line_bytes under pf::skip: thrown from inside find_line, caught by the reading loop.
 struct long_line {};
 
-// The line of `r`'s position (`line`: its number) is longer than max_line_bytes: an error, or under
-// pf::skip the line set aside and the reader moved past it.
+// The error text for a line longer than max_line_bytes.
 std::string too_long(const line_options& o) { return "line longer than " + std::to_string(o.max_line_bytes) + " bytes"; }
+// Under pf::skip: sets the over-long line at `r`'s position (line number `line`) aside and moves past it.
 void set_aside(Reader& r, const line_options& o, std::uint64_t line) {
   reject("lines rejected", o.reject_file, {r.file().path, std::to_string(line), too_long(o), line_for_reject(r)});
   seek_line_start(r, UINT64_MAX);
