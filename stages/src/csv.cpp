@@ -404,14 +404,7 @@ class RowCursor {
   // Next row into `row`; false at the end (of the block or the input). Under pf::skip a
   // malformed row is set aside (counted, appended to the reject file) and reading goes on.
   bool next(csv_row& row) {
-    if (!skip_) return read(row);
-    for (;;) {
-      try {
-        return read(row);
-      } catch (const bad_row& bad) {
-        set_aside(bad);
-      }
-    }
+    return read_setting_aside<bad_row>(skip_, [&] { return read(row); }, [&](const bad_row& bad) { set_aside(bad); });
   }
 
  private:
@@ -420,6 +413,7 @@ class RowCursor {
     std::uint64_t start;  // file offset of the row
     std::size_t field;
     std::string what;
+    std::uint64_t lines_before = 0;  // the row's line breaks before the one at fault (quoted, multiline)
   };
 
   bool read(csv_row& row) {
@@ -470,7 +464,9 @@ class RowCursor {
       std::uint64_t newlines = 0;
       const std::uint64_t start = r_.offset();
       const Parsed p = parse_row(r_.window(), r_.at_end(), o_, row, used, newlines,
-                                 [&](std::size_t field, std::uint64_t, const std::string& what) { fail(start, field, what); });
+                                 [&](std::size_t field, std::uint64_t lines_before, const std::string& what) {
+                                   fail(start, field, what, lines_before);
+                                 });
       if (p == Parsed::more) {
         if (r_.window().size() > o_.max_row_bytes)
           fail(start, row.size(), "row longer than " + std::to_string(o_.max_row_bytes) + " bytes");
@@ -488,21 +484,26 @@ class RowCursor {
     }
   }
 
-  [[noreturn]] void fail(std::uint64_t start, std::size_t field, const std::string& what) {
-    if (skip_) throw bad_row{start, field, what};
+  // `lines_before`: line breaks inside the row (its quoted fields) before the line at fault.
+  [[noreturn]] void fail(std::uint64_t start, std::size_t field, const std::string& what, std::uint64_t lines_before = 0) {
+    if (skip_) throw bad_row{start, field, what, lines_before};
     throw procflow::error(where(r_.file(), start, line_) + ":" + std::to_string(field + 1) + ": " + what);
   }
 
-  // Sets the bad row aside and moves past the physical line where it starts. The reader is
-  // still at the row's start: a row moves it only once read whole.
+  // Sets the bad row aside and moves past the physical line at fault: the row's first line, or,
+  // when the fault follows a quoted field that spans lines, the line it is on — so the rest of
+  // that field is not read as rows of its own. The reader is still at the row's start: a row
+  // moves it only once read whole.
   void set_aside(const bad_row& bad) {
     if (r_.offset() != bad.start) throw procflow::error(where(r_.file(), bad.start, 0) + ": cannot skip a malformed row here");
     const input_file& f = r_.file();
     const std::uint64_t line = line_ != 0 ? line_ : f.plain && f.path != "-" ? line_at(f.id, bad.start) : 0;
     reject("rows rejected", o_.reject_file,
            {f.path, std::to_string(line), std::to_string(bad.field + 1), bad.what, line_for_reject(r_)});
-    seek_line_start(r_, UINT64_MAX);  // past the line's '\n' (or at the end of the input)
-    if (line_ != 0) ++line_;
+    for (std::uint64_t i = 0; i <= bad.lines_before; ++i) {
+      if (!seek_line_start(r_, UINT64_MAX)) return;  // past the line's '\n', or at the end of the input
+      if (line_ != 0) ++line_;
+    }
   }
 
   Reader& r_;

@@ -100,14 +100,7 @@ class RecordCursor {
   // Next record into `out`; false at the end (of the block or the input). Under pf::skip a
   // malformed record is set aside (counted, appended to the reject file) and reading goes on.
   bool next(record& out) {
-    if (!skip_) return read(out);
-    for (;;) {
-      try {
-        return read(out);
-      } catch (const bad_record& bad) {
-        set_aside(bad);
-      }
-    }
+    return read_setting_aside<bad_record>(skip_, [&] { return read(out); }, [&](const bad_record& bad) { set_aside(bad); });
   }
 
  private:

@@ -18,6 +18,20 @@ void create_reject_file(const std::string& path, std::string_view header);
 // replicas stay whole).
 void reject(std::string_view counter_name, const std::string& path, std::initializer_list<std::string_view> fields);
 
+// A cursor's next(): `read()` (true: an item was read; false: the end). Under pf::skip (`skip`)
+// a malformed row or record thrown as a `Bad` is set aside by `set_aside(bad)` and reading goes on.
+template <class Bad, class Read, class SetAside>
+bool read_setting_aside(bool skip, Read&& read, SetAside&& set_aside) {
+  if (!skip) return read();
+  for (;;) {
+    try {
+      return read();
+    } catch (const Bad& bad) {
+      set_aside(bad);
+    }
+  }
+}
+
 // The line at the reader's position without its line break (and one '\r'), read as far as
 // reject_text_bytes; valid until the reader moves.
 std::string_view line_for_reject(Reader& r);

@@ -187,6 +187,25 @@ TEST_CASE("bad rows under pf::skip: counted, written to the reject file with fil
     CHECK(pt::reject_records(o.reject_file, "file,line,column,error,text", 3) == pt::sorted(rejects));
   }
 
+  // A bad row whose quoted field spans lines is set aside whole: its later lines are not read as
+  // rows of their own, and the rows after it keep their line numbers.
+  {
+    pt::temp_dir dir("csv_reject_multiline");
+    const std::string path = dir.write("in.csv",
+                                       "k,v\n1,v\n2,\"a\nb\"x\n3,\"c\nd\"\n4,v\n5,\"e\n\nf\" \n6,v\n7,\"g\"z\n8,v\n");
+    pf::stages::csv_options o = multiline();
+    o.reject_file = dir.path() + "/rejects.csv";
+    const auto r = pf::pipeline("multiline rejects")
+                       .source("rows", pf::stages::csv_rows(path, o), pf::skip)
+                       .map("k", [](const pf::stages::csv_row& row) { return row.get<std::string>("k") + "=" + row.get<std::string>("v"); })
+                       .collect(pf::ordered)
+                       .run();
+    CHECK(r.value == std::vector<std::string>{"1=v", "3=c\nd", "4=v", "6=v", "8=v"});
+    CHECK(pt::stage_counter(r.report, 0, "rows rejected") == 3);
+    CHECK(pt::reject_records(o.reject_file, "file,line,column,error,text", 3) ==
+          std::vector<fields>{{path, "12", "2", "7,\"g\"z"}, {path, "3", "2", "2,\"a"}, {path, "8", "2", "5,\"e"}});
+  }
+
   // The reader follows its own stage's policy: pf::skip on a later stage does not make it skip.
   pt::temp_dir dir("csv_reject_fail");
   const std::string path = dir.write("in.csv", "k,v\n1,v\n2,\"x\"y\n3,v\n");
