@@ -215,7 +215,13 @@ inline void print_set_aside(const options& o, const procflow::run_report& report
   for (const auto& stage : report.stages)
     for (const auto& c : stage.counters)
       if (c.name == "rows rejected" || c.name == "records rejected") malformed += c.value;
-  fmt::print(stderr, "set aside: {} malformed in {}\n", malformed, o.reject);
+  std::string first_malformed;  // readers keep their first rejects as dead letters too
+  for (const auto& d : report.dead_letters)
+    if (d.exception_type == "bad input") {
+      first_malformed = "; the first: " + one_line(d.message);
+      break;
+    }
+  fmt::print(stderr, "set aside: {} malformed in {}{}\n", malformed, o.reject, first_malformed);
   for (const auto& stage : report.stages) {
     if (stage.items_skipped == 0) continue;
     std::string first;

@@ -11,6 +11,10 @@
 // dead_letter_item_bytes and the item still exists after the stage function threw (a function
 // that takes its item only as an rvalue, T&&, of a type that cannot be copied consumes it).
 //
+// A reader in stages/ (csv_rows, records, lines) under pf::skip keeps the input it sets aside the
+// same way: exception_type "bad input", the message naming file, line (and column), item_seq the
+// line, and the item the text of that line, a std::string (decode_item<std::string>()).
+//
 // In the JSON report (run_report::to_json) and in a pf::dead_letters_to file, `item` is the
 // standard base64 (RFC 4648, with padding) of those bytes, or null when not kept; `item_bytes`
 // is the size of the whole encoding either way. read_dead_letters() reads such a file back.

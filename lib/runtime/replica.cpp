@@ -7,6 +7,9 @@
 #include "runtime/exception_info.hpp"
 #include "runtime/identity.hpp"
 
+#include <procflow/codec.hpp>
+#include <procflow/detail/bad_input.hpp>
+
 #include <sched.h>
 #include <unistd.h>
 
@@ -18,9 +21,11 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <typeinfo>
+#include <vector>
 
 namespace procflow::runtime {
 
@@ -39,6 +44,30 @@ void put_text(char (&field)[N], const std::string& text) noexcept {
   std::memcpy(field, text.data(), n);
   field[n] = '\0';
 }
+
+// The next free dead letter of `record`, its stage and item_seq set, or null when the first
+// dead_letters_per_replica are kept already or one holds (stage, seq) already: under pf::restart a
+// replacement running its dead predecessor's batch again skips the same items, and their letters
+// are in the record (it is never reset). Counted in the record by the caller once filled.
+DeadLetter* free_dead_letter(ReplicaRecord& record, std::uint32_t stage, std::uint64_t seq, bool dedupe = true) noexcept {
+  if (record.dead_letter_count >= dead_letters_per_replica) return nullptr;
+  for (std::uint32_t i = 0; dedupe && i < record.dead_letter_count; ++i)
+    if (record.dead_letters[i].stage == stage && record.dead_letters[i].item_seq == seq) return nullptr;
+  DeadLetter& d = record.dead_letters[record.dead_letter_count];
+  d.stage = stage;
+  d.item_seq = seq;
+  d.item_state = static_cast<std::uint32_t>(DeadItemState::none);
+  d.item_bytes = 0;
+  return &d;
+}
+
+// Where this replica process keeps what its readers set aside (detail::set_aside_input).
+struct InputRejects {
+  const RunState* state = nullptr;
+  ReplicaRecord* record = nullptr;
+  std::uint32_t global_replica = 0;
+};
+InputRejects input_rejects;
 
 // Local tallies of one stage in this replica, mirrored to shared memory after every batch.
 struct Tally {
@@ -68,10 +97,8 @@ class PolicyGuard final : public detail::item_guard {
     if (!policy.then_skip) return detail::item_verdict::fail;
     ++tally->items_skipped;
     const std::uint64_t seq = dense ? first_item + index : stream_first + index;
-    if (record->dead_letter_count < dead_letters_per_replica && !recorded(seq)) {
-      DeadLetter& d = record->dead_letters[record->dead_letter_count];
-      d.stage = stage;
-      d.item_seq = seq;
+    if (DeadLetter* letter = free_dead_letter(*record, stage, seq)) {
+      DeadLetter& d = *letter;
       keep_item(d, index);
       try {
         put_text(d.exception_type, current_exception_type());
@@ -93,14 +120,6 @@ class PolicyGuard final : public detail::item_guard {
     record->item_stage.store(stage, std::memory_order_relaxed);
     record->item_seq_now.store(dense ? first_item + index : stream_first + index, std::memory_order_relaxed);
     record->item_known.store(1, std::memory_order_relaxed);
-  }
-
-  // pf::restart: a replacement running its dead predecessor's batch again skips the same items;
-  // their letters are in the record already (it is never reset).
-  bool recorded(std::uint64_t seq) const noexcept {
-    for (std::uint32_t i = 0; i < record->dead_letter_count && i < dead_letters_per_replica; ++i)
-      if (record->dead_letters[i].stage == stage && record->dead_letters[i].item_seq == seq) return true;
-    return false;
   }
 
   // The encoded item beside the dead letter (dead_letter.hpp); codecs do not throw (codec.hpp).
@@ -762,6 +781,7 @@ int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunStat
     stats = &state.stats(state.first_replica(group) + replica);
     metrics::record_start(*stats);
     metrics::use_counter_table(&state.user_counters(state.first_replica(group) + replica));  // pf::counter
+    input_rejects = {&state, &state.record(state.first_replica(group) + replica), state.first_replica(group) + replica};
     r.emplace(def, plan, state, group, replica);
     r->run();
     metrics::record_end(*stats);
@@ -775,3 +795,32 @@ int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunStat
 }
 
 }  // namespace procflow::runtime
+
+namespace procflow::detail {
+
+void set_aside_input(const std::string& message, std::string_view text, std::uint64_t line) noexcept {
+  const runtime::InputRejects& target = runtime::input_rejects;
+  const runtime::Identity& id = runtime::identity();
+  if (!target.record || !id.def) return;
+  // A line number names the input: a restarted replica reading its predecessor's block again
+  // does not keep it twice. Without one (0), every such letter is kept.
+  runtime::DeadLetter* d = runtime::free_dead_letter(*target.record, static_cast<std::uint32_t>(id.stage), line, line != 0);
+  if (!d) return;
+  runtime::put_text(d->exception_type, "bad input");
+  runtime::put_text(d->message, message);
+  try {
+    const std::vector<std::byte> item = encode_to_bytes(std::string(text));
+    d->item_bytes = item.size();
+    const std::span<std::byte> room = target.state->dead_letter_item(target.global_replica, target.record->dead_letter_count);
+    if (item.size() > room.size()) {
+      d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::too_large);
+    } else {
+      std::memcpy(room.data(), item.data(), item.size());
+      d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::kept);
+    }
+  } catch (...) {  // no room set aside, or out of memory: the letter goes without its item
+  }
+  ++target.record->dead_letter_count;
+}
+
+}  // namespace procflow::detail

@@ -498,8 +498,7 @@ class RowCursor {
     if (r_.offset() != bad.start) throw procflow::error(where(r_.file(), bad.start, 0) + ": cannot skip a malformed row here");
     const input_file& f = r_.file();
     const std::uint64_t line = line_ != 0 ? line_ : f.plain && f.path != "-" ? line_at(f.id, bad.start) : 0;
-    reject("rows rejected", o_.reject_file,
-           {f.path, std::to_string(line), std::to_string(bad.field + 1), bad.what, line_for_reject(r_)});
+    reject("rows rejected", o_.reject_file, {f.path, line, bad.field + 1, bad.what, line_for_reject(r_)});
     for (std::uint64_t i = 0; i <= bad.lines_before; ++i) {
       if (!seek_line_start(r_, UINT64_MAX)) return;  // past the line's '\n', or at the end of the input
       if (line_ != 0) ++line_;

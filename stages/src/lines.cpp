@@ -20,7 +20,7 @@ struct long_line {};
 std::string too_long(const line_options& o) { return "line longer than " + std::to_string(o.max_line_bytes) + " bytes"; }
 // Under pf::skip: sets the over-long line at `r`'s position (line number `line`) aside and moves past it.
 void set_aside(Reader& r, const line_options& o, std::uint64_t line) {
-  reject("lines rejected", o.reject_file, {r.file().path, std::to_string(line), too_long(o), line_for_reject(r)});
+  reject("lines rejected", o.reject_file, {r.file().path, line, std::nullopt, too_long(o), line_for_reject(r)});
   seek_line_start(r, UINT64_MAX);
 }
 

@@ -247,7 +247,7 @@ class RecordCursor {
   void set_aside(const bad_record& bad) {
     if (bad.offset < r_.offset()) throw procflow::error(r_.file().path + ":" + std::to_string(bad.line) + ": cannot skip a malformed record here");
     r_.advance(static_cast<std::size_t>(bad.offset - r_.offset()));
-    reject("records rejected", o_.reject_file, {r_.file().path, std::to_string(bad.line), bad.what, line_for_reject(r_)});
+    reject("records rejected", o_.reject_file, {r_.file().path, bad.line, std::nullopt, bad.what, line_for_reject(r_)});
     after_blank_ = false;
     for (;;) {
       if (!seek_line_start(r_, UINT64_MAX)) return;  // the end of the input

@@ -1,6 +1,7 @@
 #include "reject.hpp"
 
 #include <procflow/counter.hpp>
+#include <procflow/detail/bad_input.hpp>
 #include <procflow/error.hpp>
 #include <procflow/stages/input.hpp>
 #include <procflow/stages/writers.hpp>
@@ -37,14 +38,24 @@ void create_reject_file(const std::string& path, std::string_view header) {
   write_file(path, std::string(header) + "\n", O_TRUNC);
 }
 
-void reject(std::string_view counter_name, const std::string& path, std::initializer_list<std::string_view> fields) {
+void reject(std::string_view counter_name, const std::string& path, const rejected& r) {
   procflow::counter(counter_name).add();
+  std::string message = r.file;  // file:line[:column]: error, as the error would read without pf::skip
+  for (const std::size_t n : {std::size_t{r.line}, r.column.value_or(0)})
+    if (n != 0) message.append(1, ':').append(std::to_string(n));
+  message.append(": ").append(r.error);
+  procflow::detail::set_aside_input(message, r.text, r.line);
   if (path.empty()) return;
   std::string record;
-  for (const std::string_view& f : fields) {
-    if (&f != fields.begin()) record += ',';
+  const auto field = [&](std::string_view f) {
     append_csv_field(record, f, ',');
-  }
+    record += ',';
+  };
+  field(r.file);
+  field(std::to_string(r.line));
+  if (r.column) field(std::to_string(*r.column));
+  field(r.error);
+  append_csv_field(record, r.text, ',');
   record += '\n';
   write_file(path, record, O_APPEND);
 }

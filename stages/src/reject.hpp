@@ -4,7 +4,7 @@
 
 #include "reader.hpp"
 
-#include <initializer_list>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -13,10 +13,21 @@ namespace procflow::stages::detail {
 // Creates (truncates) the reject file `path` with its header line (when a reader is declared).
 void create_reject_file(const std::string& path, std::string_view header);
 
-// Counts one rejected row or record in this stage's counter `counter_name` and, when `path` is
-// not empty, appends `fields` to it as a CSV record in one write(2) (O_APPEND: records of several
-// replicas stay whole).
-void reject(std::string_view counter_name, const std::string& path, std::initializer_list<std::string_view> fields);
+// A malformed row, record or line set aside under pf::skip.
+struct rejected {
+  const std::string& file;
+  std::uint64_t line = 0;            // 0: unknown
+  std::optional<std::size_t> column;  // 1-based; a reader without columns leaves it out
+  std::string_view error;
+  std::string_view text;  // its (first) line, as line_for_reject() gives it
+};
+
+// Counts one rejected row or record in this stage's counter `counter_name`, keeps it among the
+// run's dead letters (report.dead_letters, pf::dead_letters_to: the message names file, line and
+// column; the item is the text as a std::string), and, when `path` is not empty, appends it to
+// that reject file as one CSV record (file,line[,column],error,text) in one write(2) (O_APPEND:
+// records of several replicas stay whole).
+void reject(std::string_view counter_name, const std::string& path, const rejected& r);
 
 // A cursor's next(): `read()` (true: an item was read; false: the end). Under pf::skip (`skip`)
 // a malformed row or record thrown as a `Bad` is set aside by `set_aside(bad)` and reading goes on.

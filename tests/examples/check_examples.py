@@ -243,7 +243,7 @@ def rejects(job, binary, tmp):
     rows = read_csv(rej)
     check(len(rows) == 2 and rows[0][:2] == ["file", "line"] and rows[1][0] == bad and rows[1][1] == str(line),
           f"{job} --reject: the reject file holds the malformed one with its file and line {line} (got {rows})")
-    check(f"set aside: 1 malformed in {rej}" in err and f"set aside: {failed} items stage" in err,
+    check(f"set aside: 1 malformed in {rej}; the first: {bad}:{line}" in err and f"set aside: {failed} items stage" in err,
           f"{job} --reject: stderr counts what was set aside (got {[l for l in err.splitlines() if 'set aside' in l]})")
     rc, _, err = run(binary, [bad, "--output", out])
     check(rc == 1, f"{job} without --reject: the same input stops the run (got {rc})")

@@ -204,6 +204,14 @@ TEST_CASE("bad rows under pf::skip: counted, written to the reject file with fil
     CHECK(pt::stage_counter(r.report, 0, "rows rejected") == 3);
     CHECK(pt::reject_records(o.reject_file, "file,line,column,error,text", 3) ==
           std::vector<fields>{{path, "12", "2", "7,\"g\"z"}, {path, "3", "2", "2,\"a"}, {path, "8", "2", "5,\"e"}});
+    // They are the run's dead letters as well: the message as the error would read, the text as the item.
+    std::vector<fields> letters;
+    for (const pf::dead_letter& d : r.report.dead_letters)
+      letters.push_back({d.stage, std::to_string(d.item_seq), d.exception_type, d.message, d.decode_item<std::string>()});
+    CHECK(pt::sorted(letters) ==
+          std::vector<fields>{{"rows", "12", "bad input", path + ":12:2: unexpected character after a closing quote", "7,\"g\"z"},
+                              {"rows", "3", "bad input", path + ":3:2: unexpected character after a closing quote", "2,\"a"},
+                              {"rows", "8", "bad input", path + ":8:2: unexpected character after a closing quote", "5,\"e"}});
   }
 
   // The reader follows its own stage's policy: pf::skip on a later stage does not make it skip.

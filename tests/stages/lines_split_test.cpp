@@ -211,6 +211,7 @@ TEST_CASE("over-long lines under pf::skip: counted, written to the reject file w
     CHECK(pt::sorted(r.value) == pt::sorted(want));
     CHECK(pt::stage_counter(r.report, 0, "lines rejected") == rejects.size());
     CHECK(pt::reject_records(o.reject_file, "file,line,error,text", 2) == pt::sorted(rejects));
+    CHECK(pt::reader_letters_wrong(r.report, "read", rejects) == "");  // the first ones, as dead letters
   }
   CHECK(pt::count_children() == 0);
 }

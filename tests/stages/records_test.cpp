@@ -142,6 +142,7 @@ TEST_CASE("bad records under pf::skip: counted, written to the reject file with 
     CHECK(pt::sorted(r.value) == pt::sorted(want));
     CHECK(pt::stage_counter(r.report, 0, "records rejected") == rejects.size());
     CHECK(pt::reject_records(o.reject_file, "file,line,error,text", 2) == pt::sorted(rejects));
+    CHECK(pt::reader_letters_wrong(r.report, "records", rejects) == "");  // the first ones, as dead letters
   }
   CHECK(pt::count_children() == 0);
 }

@@ -1,6 +1,7 @@
 // Test support for tests/stages: temporary files and directories removed at the end of a test.
 #pragma once
 
+#include <procflow/dead_letter.hpp>
 #include <procflow/report.hpp>
 
 #include <unistd.h>
@@ -95,6 +96,24 @@ inline std::vector<std::vector<std::string>> reject_records(const std::string& p
   }
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// What is wrong with the dead letters a reader left in `stage` under pf::skip ("" when nothing):
+// there must be some, each one of `rejects` ({file, line, text}, as the reject file has them),
+// typed "bad input", its message naming file and line, its item the text.
+inline std::string reader_letters_wrong(const run_report& r, const std::string& stage,
+                                        const std::vector<std::vector<std::string>>& rejects) {
+  std::size_t n = 0;
+  for (const dead_letter& d : r.dead_letters) {
+    if (d.stage != stage) continue;
+    ++n;
+    const std::vector<std::string> seen{rejects.empty() ? "" : rejects[0][0], std::to_string(d.item_seq),
+                                        d.item_kept ? d.decode_item<std::string>() : "(not kept)"};
+    if (std::find(rejects.begin(), rejects.end(), seen) == rejects.end()) return "not a reject: line " + seen[1] + " " + seen[2];
+    if (d.exception_type != "bad input") return "type " + d.exception_type;
+    if (d.message.rfind(seen[0] + ":" + seen[1] + ":", 0) != 0) return "message " + d.message;
+  }
+  return n == 0 ? "no dead letters" : "";
 }
 
 }  // namespace procflow::test
