@@ -169,3 +169,25 @@ TEST_CASE("flat_table: a std::string_view finds an existing key without allocati
   CHECK(t.size() == keys.size() + 1);
   CHECK(t.find(std::string(fresh), table::hash_of(fresh))->second == 5);
 }
+
+TEST_CASE("keys_equal: stored strings against views of every length to 40, differing at each byte, as ==") {
+  for (std::size_t n = 0; n <= 40; ++n) {
+    std::string stored(n, 'a');
+    for (std::size_t i = 0; i < n; ++i) stored[i] = static_cast<char>('a' + (i * 7) % 26);
+    CHECK(pf::detail::keys_equal(stored, std::string_view(stored)));
+    CHECK(pf::detail::keys_equal(stored, stored));
+    std::string longer = stored + "x";
+    CHECK_FALSE(pf::detail::keys_equal(stored, std::string_view(longer)));
+    CHECK_FALSE(pf::detail::keys_equal(longer, std::string_view(stored)));
+    for (std::size_t i = 0; i < n; ++i) {  // each byte alone decides
+      std::string other = stored;
+      other[i] = static_cast<char>(other[i] ^ 0x40);
+      CAPTURE(n);
+      CAPTURE(i);
+      CHECK_FALSE(pf::detail::keys_equal(stored, std::string_view(other)));
+    }
+  }
+  CHECK(pf::detail::keys_equal(std::string("ab\0c", 4), std::string_view("ab\0c", 4)));  // bytes, not C strings
+  CHECK_FALSE(pf::detail::keys_equal(std::string("ab\0c", 4), std::string_view("ab\0d", 4)));
+  CHECK(pf::detail::keys_equal(42, 42L));  // other keys: their ==
+}
