@@ -339,17 +339,23 @@ struct codec<std::basic_string_view<C, Traits>> : detail::refused_codec<std::bas
 template <class T, std::size_t Extent>
 struct codec<std::span<T, Extent>> : detail::refused_codec<std::span<T, Extent>> {};
 
+namespace detail {
+// A std::string's encoding, from any characters (a view of them encodes as the string would).
+inline std::size_t chars_encoded_size(std::size_t n) noexcept { return varint_size(n) + n; }
+inline std::byte* encode_chars(std::string_view s, std::byte* out) noexcept {
+  out = put_varint(s.size(), out);
+  if (!s.empty()) std::memcpy(out, s.data(), s.size());
+  return out + s.size();
+}
+}  // namespace detail
+
 // std::string: varint length, then the bytes.
 template <class Traits, class Alloc>
 struct codec<std::basic_string<char, Traits, Alloc>> {
   using string = std::basic_string<char, Traits, Alloc>;
   static constexpr std::size_t min_encoded_size = 1;  // the length
-  static std::size_t encoded_size(const string& s) noexcept { return detail::varint_size(s.size()) + s.size(); }
-  static std::byte* encode(const string& s, std::byte* out) noexcept {
-    out = detail::put_varint(s.size(), out);
-    if (!s.empty()) std::memcpy(out, s.data(), s.size());
-    return out + s.size();
-  }
+  static std::size_t encoded_size(const string& s) noexcept { return detail::chars_encoded_size(s.size()); }
+  static std::byte* encode(const string& s, std::byte* out) noexcept { return detail::encode_chars(std::string_view(s.data(), s.size()), out); }
   static string decode(decoder& in) {
     const std::size_t n = in.take_count();
     const std::byte* p = in.take(n);

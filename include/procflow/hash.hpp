@@ -38,6 +38,26 @@ constexpr std::uint64_t mix_hash(std::uint64_t h) noexcept {
 
 namespace detail {
 
+// A string of at most 16 bytes as two 64-bit words that together hold every one of its bytes:
+// two overlapping 8-byte loads (8..16 bytes), two overlapping 4-byte loads (4..7), or the first,
+// middle and last byte (1..3). Two strings of the same length are equal exactly when their words
+// are: the short-string step of both string_key_hash and keys_equal (flat_table.hpp).
+struct string_words {
+  std::uint64_t a = 0, b = 0;
+  bool operator==(const string_words&) const = default;
+};
+inline string_words short_string_words(const char* s, std::size_t n) noexcept {
+  const auto* p = reinterpret_cast<const unsigned char*>(s);
+  const auto load = [p](std::size_t at, auto word) {
+    std::memcpy(&word, p + at, sizeof word);
+    return static_cast<std::uint64_t>(word);
+  };
+  if (n >= 8) return {load(0, std::uint64_t{}), load(n - 8, std::uint64_t{})};
+  if (n >= 4) return {load(0, std::uint32_t{}), load(n - 4, std::uint32_t{})};
+  if (n > 0) return {std::uint64_t{p[0]} << 16 | std::uint64_t{p[n >> 1]} << 8 | p[n - 1], 0};
+  return {};
+}
+
 // The hash reduce_by_key keys std::string keys by when their hasher is the default
 // std::hash<std::string> (flat_table::hash_of; a stored string and a view of it hash alike).
 // Strings of up to 16 bytes — words, codes, most ETL keys — take two loads and one 64x64->128
@@ -46,23 +66,9 @@ namespace detail {
 inline std::uint64_t string_key_hash(std::string_view s) noexcept {
   const std::size_t n = s.size();
   if (n > 16) return static_cast<std::uint64_t>(std::hash<std::string_view>{}(s));
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const auto load = [p](std::size_t at, auto word) {
-    std::memcpy(&word, p + at, sizeof word);
-    return static_cast<std::uint64_t>(word);
-  };
-  std::uint64_t a = 0, b = 0;
-  if (n >= 8) {
-    a = load(0, std::uint64_t{});
-    b = load(n - 8, std::uint64_t{});
-  } else if (n >= 4) {
-    a = load(0, std::uint32_t{});
-    b = load(n - 4, std::uint32_t{});
-  } else if (n > 0) {
-    a = std::uint64_t{p[0]} << 16 | std::uint64_t{p[n >> 1]} << 8 | p[n - 1];
-  }
+  const string_words w = short_string_words(s.data(), n);
   __extension__ using u128 = unsigned __int128;
-  const u128 m = static_cast<u128>(a ^ 0xa0761d6478bd642fULL) * (b ^ 0xe7037ed1a0b428dbULL ^ n);
+  const u128 m = static_cast<u128>(w.a ^ 0xa0761d6478bd642fULL) * (w.b ^ 0xe7037ed1a0b428dbULL ^ n);
   return static_cast<std::uint64_t>(m) ^ static_cast<std::uint64_t>(m >> 64);
 }
 

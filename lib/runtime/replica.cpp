@@ -10,6 +10,8 @@
 #include <procflow/codec.hpp>
 #include <procflow/detail/bad_input.hpp>
 
+#include <fmt/format.h>
+
 #include <sched.h>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <span>
@@ -39,7 +42,7 @@ std::uint64_t ns_since(Clock::time_point t0) noexcept {
 
 // Copies `text` into a fixed-size record field, always NUL-terminated.
 template <std::size_t N>
-void put_text(char (&field)[N], const std::string& text) noexcept {
+void put_text(char (&field)[N], std::string_view text) noexcept {
   const std::size_t n = std::min(text.size(), N - 1);
   std::memcpy(field, text.data(), n);
   field[n] = '\0';
@@ -798,27 +801,34 @@ int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunStat
 
 namespace procflow::detail {
 
-void set_aside_input(const std::string& message, std::string_view text, std::uint64_t line) noexcept {
+void set_aside_input(const bad_input& input) noexcept {
   const runtime::InputRejects& target = runtime::input_rejects;
   const runtime::Identity& id = runtime::identity();
   if (!target.record || !id.def) return;
   // A line number names the input: a restarted replica reading its predecessor's block again
   // does not keep it twice. Without one (0), every such letter is kept.
-  runtime::DeadLetter* d = runtime::free_dead_letter(*target.record, static_cast<std::uint32_t>(id.stage), line, line != 0);
+  runtime::DeadLetter* d = runtime::free_dead_letter(*target.record, static_cast<std::uint32_t>(id.stage), input.line, input.line != 0);
   if (!d) return;
   runtime::put_text(d->exception_type, "bad input");
-  runtime::put_text(d->message, message);
-  try {
-    const std::vector<std::byte> item = encode_to_bytes(std::string(text));
-    d->item_bytes = item.size();
-    const std::span<std::byte> room = target.state->dead_letter_item(target.global_replica, target.record->dead_letter_count);
-    if (item.size() > room.size()) {
-      d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::too_large);
-    } else {
-      std::memcpy(room.data(), item.data(), item.size());
-      d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::kept);
-    }
-  } catch (...) {  // no room set aside, or out of memory: the letter goes without its item
+  try {  // file:line[:column]: error, on the stack unless longer than the letter's field
+    fmt::basic_memory_buffer<char, sizeof d->message> message;
+    const auto out = std::back_inserter(message);
+    fmt::format_to(out, "{}", input.file);
+    if (input.line != 0) fmt::format_to(out, ":{}", input.line);
+    if (input.column && input.line != 0) fmt::format_to(out, ":{}", *input.column);
+    if (input.column && input.line == 0) fmt::format_to(out, ": column {}", *input.column);  // no bare number after the file
+    fmt::format_to(out, ": {}", input.error);
+    runtime::put_text(d->message, std::string_view(message.data(), message.size()));
+  } catch (...) {  // out of memory
+    d->message[0] = '\0';
+  }
+  const std::span<std::byte> room = target.state->dead_letter_item(target.global_replica, target.record->dead_letter_count);
+  d->item_bytes = chars_encoded_size(input.text.size());
+  if (d->item_bytes > room.size()) {
+    d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::too_large);
+  } else {
+    encode_chars(input.text, room.data());
+    d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::kept);
   }
   ++target.record->dead_letter_count;
 }

@@ -40,11 +40,7 @@ void create_reject_file(const std::string& path, std::string_view header) {
 
 void reject(std::string_view counter_name, const std::string& path, const rejected& r) {
   procflow::counter(counter_name).add();
-  std::string message = r.file;  // file:line[:column]: error, as the error would read without pf::skip
-  if (r.line != 0) message.append(1, ':').append(std::to_string(r.line));
-  if (r.column) message.append(r.line != 0 ? ":" : ": column ").append(std::to_string(*r.column));  // no bare number after the file
-  message.append(": ").append(r.error);
-  procflow::detail::set_aside_input(message, r.text, r.line);
+  procflow::detail::set_aside_input(r);
   if (path.empty()) return;
   std::string record;
   const auto field = [&](std::string_view f) {

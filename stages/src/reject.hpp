@@ -4,6 +4,8 @@
 
 #include "reader.hpp"
 
+#include <procflow/detail/bad_input.hpp>
+
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,14 +15,8 @@ namespace procflow::stages::detail {
 // Creates (truncates) the reject file `path` with its header line (when a reader is declared).
 void create_reject_file(const std::string& path, std::string_view header);
 
-// A malformed row, record or line set aside under pf::skip.
-struct rejected {
-  const std::string& file;
-  std::uint64_t line = 0;            // 0: unknown
-  std::optional<std::size_t> column;  // 1-based; a reader without columns leaves it out
-  std::string_view error;
-  std::string_view text;  // its (first) line, as line_for_reject() gives it
-};
+// A malformed row, record or line set aside under pf::skip (its file, line, column, error, text).
+using rejected = procflow::detail::bad_input;
 
 // Counts one rejected row or record in this stage's counter `counter_name`, keeps it among the
 // run's dead letters (report.dead_letters, pf::dead_letters_to: the message names file, line and

@@ -3,8 +3,9 @@
 // whether the stage it reads for would skip a failing item, and if so sets the row aside itself.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
-#include <string>
+#include <optional>
 #include <string_view>
 
 namespace procflow::detail {
@@ -14,10 +15,21 @@ namespace procflow::detail {
 // refuses error policies).
 bool running_stage_skips() noexcept;
 
+// A row, record or line a reader could not parse.
+struct bad_input {
+  std::string_view file;
+  std::uint64_t line = 0;            // 0: unknown
+  std::optional<std::size_t> column;  // 1-based; a reader without columns leaves it out
+  std::string_view error;             // what is wrong
+  std::string_view text;              // the input itself (its first line)
+};
+
 // Keeps input a reader set aside as a dead letter of the running stage (dead_letter.hpp), among
-// the first dead_letters_per_replica of its replica: `message` (file, line, what is wrong) as its
-// message, exception type "bad input", item_seq `line` (0: unknown), and `text` as its item, a
-// std::string. Does nothing outside a replica process.
-void set_aside_input(const std::string& message, std::string_view text, std::uint64_t line) noexcept;
+// the first dead_letters_per_replica of its replica: exception type "bad input", the message
+// "file:line[:column]: error" (as the error would read without pf::skip; "file: column N: error"
+// when the line is unknown), item_seq the line (0: unknown), and the text as its item, a
+// std::string. Once the replica's letters are full it formats and copies nothing. Does nothing
+// outside a replica process.
+void set_aside_input(const bad_input& input) noexcept;
 
 }  // namespace procflow::detail
