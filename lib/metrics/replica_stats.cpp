@@ -38,7 +38,13 @@ std::uint64_t steady_now_ns() noexcept {
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
 }
 
-ProcessUsage sample_process_usage() noexcept {
+bool private_read_pays(std::uint64_t lived_ns, std::uint64_t peak_rss_bytes) noexcept {
+  constexpr std::uint64_t base_ns = 100'000, ns_per_mib = 20'000, life_per_cost = 100;
+  const std::uint64_t cost_ns = base_ns + (peak_rss_bytes >> 20) * ns_per_mib;
+  return lived_ns / life_per_cost >= cost_ns;
+}
+
+ProcessUsage sample_process_usage(std::uint64_t lived_ns) noexcept {
   ProcessUsage u;
   rusage ru{};
   if (::getrusage(RUSAGE_SELF, &ru) == 0) {
@@ -51,7 +57,7 @@ ProcessUsage sample_process_usage() noexcept {
     std::uint64_t* out[] = {&u.read_bytes, &u.written_bytes};
     read_proc_fields("/proc/self/io", keys, out, 1);
   }
-  {
+  if (private_read_pays(lived_ns, u.peak_rss_bytes)) {
     const char* const keys[] = {"Private_Clean:", "Private_Dirty:"};
     std::uint64_t* out[] = {&u.private_bytes, &u.private_bytes};
     read_proc_fields("/proc/self/smaps_rollup", keys, out, 1024);  // kB
@@ -62,8 +68,10 @@ ProcessUsage sample_process_usage() noexcept {
 void record_start(ReplicaStats& s) noexcept { s.start_ns.store(steady_now_ns(), std::memory_order_relaxed); }
 
 void record_end(ReplicaStats& s) noexcept {
-  s.end_ns.store(steady_now_ns(), std::memory_order_relaxed);  // reading /proc below is not the replica's time
-  const ProcessUsage u = sample_process_usage();
+  const std::uint64_t end = steady_now_ns();
+  s.end_ns.store(end, std::memory_order_relaxed);  // reading /proc below is not the replica's time
+  const std::uint64_t start = s.start_ns.load(std::memory_order_relaxed);
+  const ProcessUsage u = sample_process_usage(start != 0 && end > start ? end - start : 0);
   s.cpu_user_ns.store(u.cpu_user_ns, std::memory_order_relaxed);
   s.cpu_system_ns.store(u.cpu_system_ns, std::memory_order_relaxed);
   s.peak_rss_bytes.store(u.peak_rss_bytes, std::memory_order_relaxed);

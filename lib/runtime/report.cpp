@@ -62,7 +62,7 @@ std::string run_report::to_string(bool per_replica) const {
       out += fmt::format("  {:<22} {:>4} {:>7} {:>12} {:>8.3f} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>8.3f} {:>8} {:>9}\n",
                          r.stages.size() > 22 ? r.stages.substr(0, 19) + "..." : r.stages, r.process_group, r.replica, r.items_in,
                          r.wall_s, share(r.busy_s), share(r.starved_s), share(r.blocked_s), share(r.runtime_s),
-                         r.cpu_user_s + r.cpu_system_s, mebibytes(r.peak_rss_bytes), mebibytes(r.private_bytes));
+                         r.cpu_user_s + r.cpu_system_s, mebibytes(r.peak_rss_bytes), r.private_bytes != 0 ? mebibytes(r.private_bytes) : "-");  // "-": not measured
     }
   }
   // Named counters (pf::counter): the stage's sum, then each replica's count.
