@@ -293,7 +293,7 @@ TEST_CASE("retry with a function that takes its item by value: the retry gets th
     for (i64 x = 0; x < n; ++x) {
       const std::string s = "item " + std::to_string(x);
       expected += static_cast<i64>(s.size());
-      flaky += s.ends_with("05") ? 1 : 0;
+      flaky += s.ends_with("05") ? 1u : 0u;
     }
     const auto r = pf::pipeline("retry value")
                        .source("n", pf::iota<i64>(0, n))
