@@ -18,6 +18,7 @@
 
 #include <procflow/cancel.hpp>
 #include <procflow/codec.hpp>
+#include <procflow/detail/job_place.hpp>
 #include <procflow/mpi.hpp>
 
 #include <fmt/format.h>
@@ -205,9 +206,14 @@ environment::environment(int& argc, char**& argv) {
     MPI_Finalize();
     throw procflow::error("procflow::mpi: the MPI library does not provide MPI_THREAD_SERIALIZED");
   }
+  int world_rank = 0, world_size = 1;
+  check(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank), "MPI_Comm_rank");
+  check(MPI_Comm_size(MPI_COMM_WORLD, &world_size), "MPI_Comm_size");
+  procflow::detail::set_job_place({world_rank, world_size});  // files written by name: one per rank
 }
 
 environment::~environment() {
+  procflow::detail::set_job_place({});
   if (lost_job.empty()) {
     MPI_Finalize();
     return;

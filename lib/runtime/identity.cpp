@@ -1,12 +1,14 @@
 #include "runtime/identity.hpp"
 
 #include <procflow/detail/bad_input.hpp>
+#include <procflow/detail/job_place.hpp>
 #include <procflow/replica.hpp>
 
 #include <unistd.h>
 
 #include <bit>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace procflow::runtime {
@@ -58,6 +60,19 @@ std::uint64_t replica_seed(std::uint64_t run_seed, std::size_t stage, std::uint3
 }  // namespace procflow::runtime
 
 namespace procflow::detail {
+
+namespace {
+job_place current_place;
+}
+
+job_place this_job_place() noexcept { return current_place; }
+
+void set_job_place(job_place place) noexcept { current_place = place; }
+
+std::string path_of_this_rank(const std::string& path) {
+  if (current_place.ranks <= 1) return path;
+  return path + ".rank" + std::to_string(current_place.rank);
+}
 
 bool running_stage_skips() noexcept {
   const runtime::Identity& current = runtime::identity();

@@ -2,6 +2,7 @@
 
 #include <procflow/counter.hpp>
 #include <procflow/detail/bad_input.hpp>
+#include <procflow/detail/job_place.hpp>
 #include <procflow/error.hpp>
 #include <procflow/stages/input.hpp>
 #include <procflow/stages/writers.hpp>
@@ -34,8 +35,10 @@ void write_file(const std::string& path, std::string_view text, int mode) {
 
 }  // namespace
 
-void create_reject_file(const std::string& path, std::string_view header) {
-  write_file(path, std::string(header) + "\n", O_TRUNC);
+std::string create_reject_file(const std::string& path, std::string_view header) {
+  std::string mine = procflow::detail::path_of_this_rank(path);
+  write_file(mine, std::string(header) + "\n", O_TRUNC);
+  return mine;
 }
 
 void reject(std::string_view counter_name, const std::string& path, const rejected& r) {

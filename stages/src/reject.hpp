@@ -6,14 +6,15 @@
 
 #include <procflow/detail/bad_input.hpp>
 
-#include <optional>
 #include <string>
 #include <string_view>
 
 namespace procflow::stages::detail {
 
-// Creates (truncates) the reject file `path` with its header line (when a reader is declared).
-void create_reject_file(const std::string& path, std::string_view header);
+// Creates (truncates) this rank's reject file for `path` with its header line, when a reader is
+// declared, and returns its name: `path`, or "<path>.rank<R>" under procflow::mpi with several
+// ranks (detail/job_place.hpp), so that no rank truncates the file another rank appends to.
+std::string create_reject_file(const std::string& path, std::string_view header);
 
 // A malformed row, record or line set aside under pf::skip (its file, line, column, error, text).
 using rejected = procflow::detail::bad_input;

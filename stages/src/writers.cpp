@@ -1,3 +1,4 @@
+#include <procflow/detail/job_place.hpp>
 #include <procflow/error.hpp>
 #include <procflow/stages/writers.hpp>
 
@@ -14,7 +15,7 @@ namespace {
 constexpr std::size_t flush_at = std::size_t{1} << 16;
 }
 
-file_writer::file_writer(std::string path) : path_(std::move(path)) {}
+file_writer::file_writer(const std::string& path) : path_(procflow::detail::path_of_this_rank(path)) {}
 
 file_writer::~file_writer() { abandon(); }
 

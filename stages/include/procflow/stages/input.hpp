@@ -27,6 +27,9 @@ namespace procflow::stages {
 inline constexpr std::uint64_t default_block_bytes = std::uint64_t{256} << 10;
 
 // The longest line text a reject record keeps (csv_options::reject_file, record_options::reject_file).
+// Under procflow::mpi with several ranks each rank keeps its own reject file, "<reject_file>.rank<R>"
+// (R its rank in MPI_COMM_WORLD), created with the header and holding the rows its replicas set
+// aside: no rank truncates the file another appends to.
 inline constexpr std::size_t reject_text_bytes = std::size_t{64} << 10;
 
 struct input_file {

@@ -11,6 +11,9 @@
 // file (the run fails with a stage_error naming the sink), and the temporary file is removed.
 // A failed run never renames; the temporary file is removed when the writer is destroyed or the
 // run fails in the caller's process (a sink replica killed by a signal can leave its .tmp- file).
+// Under procflow::mpi with several ranks, the sink runs on every rank over that rank's items and
+// each rank writes "<path>.rank<R>" (R its rank in MPI_COMM_WORLD), never `path`: ranks sharing
+// a file system would otherwise rename onto one another's output, keeping one rank's rows.
 //
 // csv_writer accepts std::vector<std::string>, std::pair and std::tuple of fields: strings,
 // integers, floating point (shortest round-trip form), bool. Fields are quoted (RFC 4180) when
@@ -39,7 +42,7 @@ namespace detail {
 // A file written through a temporary name and renamed on commit (library; one per writer).
 class file_writer {
  public:
-  explicit file_writer(std::string path);
+  explicit file_writer(const std::string& path);  // this rank's file for it (detail/job_place.hpp)
   ~file_writer();  // not committed: removes the temporary file
   file_writer(const file_writer&) = delete;
   file_writer& operator=(const file_writer&) = delete;
