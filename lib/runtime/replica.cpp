@@ -36,6 +36,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Replica::begin_reading's scope for a generator's whole stream (a chunk's is its number).
+constexpr std::uint64_t generator_scope = ~std::uint64_t{0} - 1;
+
 std::uint64_t ns_since(Clock::time_point t0) noexcept {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
 }
@@ -69,6 +72,9 @@ struct InputRejects {
   const RunState* state = nullptr;
   ReplicaRecord* record = nullptr;
   std::uint32_t global_replica = 0;
+  // pf::restart: inputs of the block being read that a dead predecessor set aside already
+  // (ReplicaRecord::aside_count; Replica::begin_reading): the reader meets them first, in order.
+  std::uint64_t repeats_left = 0;
 };
 InputRejects input_rejects;
 
@@ -327,6 +333,22 @@ class Replica final : public detail::downstream {
     replay_origin_ = record_->replay_origin;
     replay_sent_ = record_->replay_sent_slots;
     source_replay_ = record_->replay_source;
+    aside_scope_before_ = record_->aside_scope.load(std::memory_order_relaxed);
+    aside_count_before_ = record_->aside_count.load(std::memory_order_relaxed);
+  }
+
+  // pf::restart: the readers are about to read block `scope` (a chunk, or generator_scope). A
+  // replacement reading its predecessor's block again skips the inputs already set aside in it
+  // (detail::set_aside_input). Three stores so that a death between them leaves no wrong pair.
+  void begin_reading(std::uint64_t scope) noexcept {
+    if (!restart_) return;
+    const std::uint64_t key = scope + 1;
+    const std::uint64_t already = key == aside_scope_before_ ? aside_count_before_ : 0;
+    aside_scope_before_ = 0;  // a block is read again once
+    record_->aside_scope.store(0, std::memory_order_relaxed);
+    record_->aside_count.store(already, std::memory_order_relaxed);
+    record_->aside_scope.store(key, std::memory_order_relaxed);
+    input_rejects.repeats_left = already;
   }
 
   // pf::restart: the batch about to run is `origin` of input ring `lane` (faults/redelivery.hpp).
@@ -358,6 +380,7 @@ class Replica final : public detail::downstream {
       // pf::restart: the whole stream is one batch; a replacement runs the generator again from
       // its start and drops the slots already published (faults/redelivery.hpp).
       begin_origin(channel::no_origin_lane, 0, true);
+      begin_reading(generator_scope);
       def_.stages[0]->source()->produce(*outbox_);
       tallies_[0].busy_ns = ns_since(t0) - outbox_->stats().blocked_ns;
     }
@@ -389,6 +412,7 @@ class Replica final : public detail::downstream {
       }
       const auto [first, last] = chunk_range(plan_, chunk, total);
       set_stage(0);
+      begin_reading(chunk);
       const auto t0 = clock_start();
       const std::size_t n = src.fill_into(first, last, *instances_.front());
       if (n == 0 && src.ended()) break;  // a source of unknown length (lib/mpi) has no more
@@ -755,6 +779,8 @@ class Replica final : public detail::downstream {
   channel::SourceReplay source_replay_;  // a generator's replay (begin_origin)
   std::uint64_t replay_origin_ = 0;
   std::uint64_t replay_sent_ = 0;
+  std::uint64_t aside_scope_before_ = 0;  // the predecessor's ReplicaRecord::aside_* (begin_reading)
+  std::uint64_t aside_count_before_ = 0;
   std::uint64_t starved_base_ = 0;  // the predecessor's, for the counters
   std::uint64_t blocked_base_ = 0;
   // pf::recycle.
@@ -801,36 +827,60 @@ int run_replica(const detail::pipeline_def& def, const Plan& plan, const RunStat
 
 namespace procflow::detail {
 
-void set_aside_input(const bad_input& input) noexcept {
-  const runtime::InputRejects& target = runtime::input_rejects;
+namespace {
+
+// "file:line[:column]: error"; without a line, "file: column N: error" (no bare number after the file).
+template <class Out>
+void format_rejection(Out out, const bad_input& input) {
+  fmt::format_to(out, "{}", input.file);
+  if (input.line != 0) {
+    fmt::format_to(out, ":{}", input.line);
+    if (input.column) fmt::format_to(out, ":{}", *input.column);
+  } else if (input.column) {
+    fmt::format_to(out, ": column {}", *input.column);
+  }
+  fmt::format_to(out, ": {}", input.error);
+}
+
+}  // namespace
+
+bool set_aside_input(const bad_input& input) noexcept {
+  runtime::InputRejects& target = runtime::input_rejects;
+  if (target.repeats_left > 0) {  // pf::restart: set aside by this replica's dead predecessor
+    --target.repeats_left;
+    return false;
+  }
   const runtime::Identity& id = runtime::identity();
-  if (!target.record || !id.def) return;
+  if (!target.record || !id.def) return true;
   // A line number names the input: a restarted replica reading its predecessor's block again
   // does not keep it twice. Without one (0), every such letter is kept.
   runtime::DeadLetter* d = runtime::free_dead_letter(*target.record, static_cast<std::uint32_t>(id.stage), input.line, input.line != 0);
-  if (!d) return;
+  if (!d) return true;
   runtime::put_text(d->exception_type, "bad input");
-  try {  // file:line[:column]: error, on the stack unless longer than the letter's field
-    fmt::basic_memory_buffer<char, sizeof d->message> message;
-    const auto out = std::back_inserter(message);
-    fmt::format_to(out, "{}", input.file);
-    if (input.line != 0) fmt::format_to(out, ":{}", input.line);
-    if (input.column && input.line != 0) fmt::format_to(out, ":{}", *input.column);
-    if (input.column && input.line == 0) fmt::format_to(out, ": column {}", *input.column);  // no bare number after the file
-    fmt::format_to(out, ": {}", input.error);
+  d->message[0] = '\0';
+  try {
+    fmt::basic_memory_buffer<char, sizeof d->message> message;  // on the stack unless longer than the letter's field
+    format_rejection(std::back_inserter(message), input);
     runtime::put_text(d->message, std::string_view(message.data(), message.size()));
-  } catch (...) {  // out of memory
-    d->message[0] = '\0';
-  }
-  const std::span<std::byte> room = target.state->dead_letter_item(target.global_replica, target.record->dead_letter_count);
-  d->item_bytes = chars_encoded_size(input.text.size());
-  if (d->item_bytes > room.size()) {
-    d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::too_large);
-  } else {
-    encode_chars(input.text, room.data());
-    d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::kept);
+    const std::span<std::byte> room = target.state->dead_letter_item(target.global_replica, target.record->dead_letter_count);
+    const std::size_t bytes = chars_encoded_size(input.text.size());
+    d->item_bytes = bytes;
+    if (bytes > room.size()) {
+      d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::too_large);
+    } else {
+      encode_chars(input.text, room.data());
+      d->item_state = static_cast<std::uint32_t>(runtime::DeadItemState::kept);
+    }
+  } catch (...) {  // out of memory, or no room set aside for its item: the letter goes as far as it got
+    if (d->message[0] == '\0') runtime::put_text(d->message, input.error);
   }
   ++target.record->dead_letter_count;
+  return true;
+}
+
+void input_set_aside() noexcept {
+  runtime::ReplicaRecord* record = runtime::input_rejects.record;
+  if (record) record->aside_count.store(record->aside_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 }  // namespace procflow::detail

@@ -139,6 +139,12 @@ struct ReplicaRecord {
   std::atomic<std::uint64_t> ordered_resume;
   // A restartable generator's published slots (Outbox::begin_origin checks a replay against it).
   channel::ReplayDigest digest;
+  // pf::restart: what this slot's readers set aside (detail::set_aside_input) in the block they
+  // read now: the block's scope + 1 (0: none; see Replica::begin_reading) and how many inputs
+  // were set aside in it — counted and written out. A replacement reading that block again sets
+  // the first that many aside no more. Relaxed: read after the process was reaped.
+  std::atomic<std::uint64_t> aside_scope;
+  std::atomic<std::uint64_t> aside_count;
   // Dead letters kept (<= dead_letters_per_replica). Read after the replica was reaped.
   std::uint32_t dead_letter_count;
   DeadLetter dead_letters[dead_letters_per_replica];

@@ -42,9 +42,12 @@ std::string create_reject_file(const std::string& path, std::string_view header)
 }
 
 void reject(std::string_view counter_name, const std::string& path, const rejected& r) {
+  if (!procflow::detail::set_aside_input(r)) return;  // its dead predecessor did (pf::restart)
   procflow::counter(counter_name).add();
-  procflow::detail::set_aside_input(r);
-  if (path.empty()) return;
+  if (path.empty()) {
+    procflow::detail::input_set_aside();
+    return;
+  }
   std::string record;
   const auto field = [&](std::string_view f) {
     append_csv_field(record, f, ',');
@@ -57,6 +60,7 @@ void reject(std::string_view counter_name, const std::string& path, const reject
   append_csv_field(record, r.text, ',');
   record += '\n';
   write_file(path, record, O_APPEND);
+  procflow::detail::input_set_aside();
 }
 
 std::string_view line_for_reject(Reader& r) {

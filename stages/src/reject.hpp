@@ -23,7 +23,8 @@ using rejected = procflow::detail::bad_input;
 // run's dead letters (report.dead_letters, pf::dead_letters_to: the message names file, line and
 // column; the item is the text as a std::string), and, when `path` is not empty, appends it to
 // that reject file as one CSV record (file,line[,column],error,text) in one write(2) (O_APPEND:
-// records of several replicas stay whole).
+// records of several replicas stay whole). Under pf::restart, a replacement re-reading its dead
+// predecessor's block does none of this for the rows the predecessor set aside already.
 void reject(std::string_view counter_name, const std::string& path, const rejected& r);
 
 // A cursor's next(): `read()` (true: an item was read; false: the end). Under pf::skip (`skip`)

@@ -28,8 +28,15 @@ struct bad_input {
 // the first dead_letters_per_replica of its replica: exception type "bad input", the message
 // "file:line[:column]: error" (as the error would read without pf::skip; "file: column N: error"
 // when the line is unknown), item_seq the line (0: unknown), and the text as its item, a
-// std::string. Once the replica's letters are full it formats and copies nothing. Does nothing
-// outside a replica process.
-void set_aside_input(const bad_input& input) noexcept;
+// std::string. Once the replica's letters are full it formats and copies nothing. Outside a
+// replica process it keeps nothing and returns true.
+// Returns false when this input was set aside already, by this replica's dead predecessor under
+// pf::restart (its replacement reads the predecessor's block again): the reader then does
+// nothing more with it. Otherwise the reader counts it and writes it out, then calls
+// input_set_aside(), so that a replacement does not do so again. (A replica killed between the
+// write and that call leaves the input to its replacement: one record written twice, never one
+// lost.)
+bool set_aside_input(const bad_input& input) noexcept;
+void input_set_aside() noexcept;
 
 }  // namespace procflow::detail

@@ -30,6 +30,10 @@ inline constexpr std::uint64_t default_block_bytes = std::uint64_t{256} << 10;
 // Under procflow::mpi with several ranks each rank keeps its own reject file, "<reject_file>.rank<R>"
 // (R its rank in MPI_COMM_WORLD), created with the header and holding the rows its replicas set
 // aside: no rank truncates the file another appends to.
+// Under pf::restart a replacement reads its dead predecessor's block (or a source process's
+// stream) again, and sets aside only what the predecessor had not: each bad row is one reject
+// record, one count in the reader's counter and one dead letter (a replica killed between a
+// record's write(2) and noting it leaves that one record to be written again, never lost).
 inline constexpr std::size_t reject_text_bytes = std::size_t{64} << 10;
 
 struct input_file {
