@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -91,6 +92,41 @@ TEST_CASE("as a pipeline sink: the file appears only when the run succeeds") {
   CHECK(pt::read_text(empty) == "a,b\n");
   CHECK(pt::count_children() == 0);
   CHECK(pt::dev_shm_entries() == before);
+}
+
+TEST_CASE("a writer sink needs one process: replicas(n > 1) is refused when declared, own_process writes every item") {
+  pt::temp_dir dir("writers_replicas");
+  const std::string path = dir.path() + "/out.csv";
+  auto pairs = pf::pipeline("write").source("n", pf::iota(0, 100000)).map("p", [](int i) { return std::pair<int, int>{i, 2 * i}; });
+  // Each replica would write the whole file over the others' (seen: 75 425 and 73 727 rows of
+  // 100 000 left with replicas(2)); refused, naming the stage and what to do instead.
+  for (const auto& declare : std::vector<std::function<void()>>{
+           [&] { (void)pairs.sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2)); },
+           [&] { (void)pairs.sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(pf::auto_scale)); },
+           [&] {
+             (void)pf::pipeline("json").source("n", pf::iota(0, 10)).map("kv", [](int i) {
+               return std::vector<std::pair<std::string, std::string>>{{"n", std::to_string(i)}};
+             }).sink("write", pf::stages::jsonl_writer(path), pf::replicas(3));
+           }}) {
+    try {
+      declare();
+      FAIL("declared");
+    } catch (const pf::error& e) {
+      const std::string what = e.what();
+      CHECK(what.find("sink 'write'") != std::string::npos);
+      CHECK(what.find("one process") != std::string::npos);
+    }
+  }
+  CHECK(entries(dir.path()).empty());
+  // One process of its own: every row, once.
+  pairs.sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::own_process).run();
+  std::string want = "a,b\n";
+  for (int i = 0; i < 100000; ++i) want += std::to_string(i) + "," + std::to_string(2 * i) + "\n";
+  const std::string got = pt::read_text(path);
+  CHECK(got.size() == want.size());
+  CHECK(got.substr(0, 4) == "a,b\n");
+  CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv"});
+  CHECK(pt::count_children() == 0);
 }
 
 TEST_CASE("a full disk is an error naming the file, never a short output") {

@@ -11,6 +11,8 @@
 // file (the run fails with a stage_error naming the sink), and the temporary file is removed.
 // A failed run never renames; the temporary file is removed when the writer is destroyed or the
 // run fails in the caller's process (a sink replica killed by a signal can leave its .tmp- file).
+// A writer needs one process: a sink with replicas(n > 1) or replicas(auto_scale) is refused when
+// declared (every replica would write the whole file over the others'); own_process is fine.
 // Under procflow::mpi with several ranks, the sink runs on every rank over that rank's items and
 // each rank writes "<path>.rank<R>" (R its rank in MPI_COMM_WORLD), never `path`: ranks sharing
 // a file system would otherwise rename onto one another's output, keeping one rank's rows.
@@ -93,6 +95,7 @@ void append_csv_value(std::string& line, const T& value, char delimiter) {
 // A sink callable writing CSV rows (see above). Copies share one file.
 class csv_writer {
  public:
+  static constexpr bool writes_one_file = true;  // one process only (flow::sink refuses replicas)
   csv_writer(std::string path, std::vector<std::string> header, char delimiter = ',');
 
   void operator()(const std::vector<std::string>& fields);
@@ -136,6 +139,7 @@ class csv_writer {
 // A sink callable writing one JSON object per line (see above). Copies share one file.
 class jsonl_writer {
  public:
+  static constexpr bool writes_one_file = true;
   explicit jsonl_writer(std::string path);
 
   void operator()(const std::vector<std::pair<std::string, std::string>>& fields);
