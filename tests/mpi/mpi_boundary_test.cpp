@@ -25,17 +25,6 @@ namespace pf = procflow;
 
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
-
 // A run of consecutive items [first, last]; `contiguous`: made of runs that joined up in order.
 struct Span {
   std::int64_t first = -1;

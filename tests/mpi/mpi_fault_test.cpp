@@ -22,12 +22,6 @@ namespace pf = procflow;
 
 namespace {
 
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
-
 // A pipeline whose "boom" stage misbehaves on rank `bad` only; elsewhere it is slow (1 ms per
 // item), so that rank `bad` surely claims chunks before the others finish them.
 template <class Misbehave>

@@ -26,18 +26,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
-int world_size() {
-  int n = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-
 // A fresh directory every rank sees (rank 0 makes it and tells the others), removed with its
 // files once every rank is done with it.
 class shared_dir {

@@ -7,6 +7,18 @@
 
 #include <procflow/mpi.hpp>
 
+// This process's rank in MPI_COMM_WORLD, and the number of ranks.
+inline int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+inline int world_size() {
+  int s = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &s);
+  return s;
+}
+
 int main(int argc, char** argv) {
   procflow::mpi::environment mpi(argc, argv);
   doctest::Context context(argc, argv);

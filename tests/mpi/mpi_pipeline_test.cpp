@@ -20,17 +20,6 @@ namespace pf = procflow;
 
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int s = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &s);
-  return s;
-}
-
 // About `us` microseconds of CPU per call (so that every rank gets a share of the chunks).
 std::int64_t burn(std::int64_t x, int us) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);

@@ -88,6 +88,25 @@ std::string letters_wrong(const pf::run_report& r, const std::vector<std::vector
   return pt::reader_letters_wrong(r, "rows", file_line_text);
 }
 
+// A flag shared by every process of the run (an anonymous shared page made before run()).
+std::atomic<int>* shared_flag() {
+  void* p = ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(p != MAP_FAILED);
+  return new (p) std::atomic<int>(0);
+}
+
+// After one restart (of a replica that died in stage `died_in`): every good row once, every bad
+// row set aside once (counter, reject file, dead letter).
+void check_set_aside_once(const pf::result<std::vector<std::string>>& r, const std::string& died_in, const std::string& reject_file,
+                          const std::vector<std::string>& good, const std::vector<std::vector<std::string>>& bad) {
+  REQUIRE(r.report.restarts.size() == 1);
+  CHECK(r.report.restarts[0].stage == died_in);
+  CHECK(pt::sorted(r.value) == good);
+  CHECK(pt::stage_counter(r.report, 0, "rows rejected") == bad.size());
+  CHECK(pt::reject_records(reject_file, "file,line,column,error,text", 3) == pt::sorted(bad));
+  CHECK(letters_wrong(r.report, bad) == "");
+}
+
 }  // namespace
 
 TEST_CASE("a replica killed after its reader set rows aside: its replacement re-reads the block without setting them aside twice") {
@@ -101,9 +120,7 @@ TEST_CASE("a replica killed after its reader set rows aside: its replacement re-
     std::vector<std::vector<std::string>> bad;  // file, line, column, text
     const std::string path = dir.path() + "/in.csv";
     dir.write("in.csv", make_rows(path, 3000, 400, good, bad));  // 8 bad rows: every one a dead letter
-    auto* killed = static_cast<std::atomic<int>*>(::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-    REQUIRE(killed != MAP_FAILED);
-    new (killed) std::atomic<int>(0);
+    std::atomic<int>* killed = shared_flag();
 
     pf::stages::csv_options o;
     o.block_bytes = 1000;
@@ -120,11 +137,7 @@ TEST_CASE("a replica killed after its reader set rows aside: its replacement re-
                        .collect()
                        .run();
     CHECK(killed->load() == 1);
-    REQUIRE(r.report.restarts.size() == 1);
-    CHECK(pt::sorted(r.value) == good);  // every good row once
-    CHECK(pt::stage_counter(r.report, 0, "rows rejected") == bad.size());
-    CHECK(pt::reject_records(o.reject_file, "file,line,column,error,text", 3) == pt::sorted(bad));
-    CHECK(letters_wrong(r.report, bad) == "");
+    check_set_aside_once(r, "k", o.reject_file, good, bad);
     ::munmap(killed, sizeof(std::atomic<int>));
     CHECK(pt::count_children() == 0);
     CHECK(pt::dev_shm_entries() == shm_before);
@@ -143,9 +156,7 @@ TEST_CASE("a reader in a source process (gzip input) killed after it set rows as
     REQUIRE(gz != nullptr);
     REQUIRE(::gzwrite(gz, text.data(), static_cast<unsigned>(text.size())) == static_cast<int>(text.size()));
     REQUIRE(::gzclose(gz) == Z_OK);
-    auto* killed = static_cast<std::atomic<int>*>(::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-    REQUIRE(killed != MAP_FAILED);
-    new (killed) std::atomic<int>(0);
+    std::atomic<int>* killed = shared_flag();
 
     pf::stages::csv_options o;
     o.reject_file = dir.path() + "/rejects.csv";
@@ -167,12 +178,7 @@ TEST_CASE("a reader in a source process (gzip input) killed after it set rows as
                        .collect()
                        .run();
     CHECK(killed->load() == 1);
-    REQUIRE(r.report.restarts.size() == 1);
-    CHECK(r.report.restarts[0].stage == "rows");
-    CHECK(pt::sorted(r.value) == good);
-    CHECK(pt::stage_counter(r.report, 0, "rows rejected") == bad.size());
-    CHECK(pt::reject_records(o.reject_file, "file,line,column,error,text", 3) == pt::sorted(bad));
-    CHECK(letters_wrong(r.report, bad) == "");
+    check_set_aside_once(r, "rows", o.reject_file, good, bad);
     ::munmap(killed, sizeof(std::atomic<int>));
     CHECK(pt::count_children() == 0);
     CHECK(pt::dev_shm_entries() == shm_before);
