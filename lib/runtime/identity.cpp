@@ -65,8 +65,6 @@ namespace {
 job_place current_place;
 }
 
-job_place this_job_place() noexcept { return current_place; }
-
 void set_job_place(job_place place) noexcept { current_place = place; }
 
 std::string path_of_this_rank(const std::string& path) {

@@ -844,7 +844,7 @@ void format_rejection(Out out, const bad_input& input) {
 
 }  // namespace
 
-bool set_aside_input(const bad_input& input) noexcept {
+bool keep_bad_input(const bad_input& input) noexcept {
   runtime::InputRejects& target = runtime::input_rejects;
   if (target.repeats_left > 0) {  // pf::restart: set aside by this replica's dead predecessor
     --target.repeats_left;
@@ -878,7 +878,7 @@ bool set_aside_input(const bad_input& input) noexcept {
   return true;
 }
 
-void input_set_aside() noexcept {
+void bad_input_written() noexcept {
   runtime::ReplicaRecord* record = runtime::input_rejects.record;
   if (record) record->aside_count.store(record->aside_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }

@@ -644,7 +644,7 @@ csv_source::csv_source(std::string input, csv_options options)
     }
   }
   columns_ = detail::register_columns(std::move(names));
-  if (!options_.reject_file.empty()) options_.reject_file = detail::create_reject_file(options_.reject_file, "file,line,column,error,text");
+  options_.reject_file = detail::create_reject_file(options_.reject_file, "file,line,column,error,text");
 }
 
 std::size_t csv_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<csv_row>& out) const {

@@ -75,7 +75,7 @@ class line_stream {
 
 lines_source::lines_source(std::string input, line_options options)
     : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {
-  if (!options_.reject_file.empty()) options_.reject_file = detail::create_reject_file(options_.reject_file, "file,line,error,text");
+  options_.reject_file = detail::create_reject_file(options_.reject_file, "file,line,error,text");
 }
 
 std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<std::string>& out) const {

@@ -36,31 +36,29 @@ void write_file(const std::string& path, std::string_view text, int mode) {
 }  // namespace
 
 std::string create_reject_file(const std::string& path, std::string_view header) {
+  if (path.empty()) return {};
   std::string mine = procflow::detail::path_of_this_rank(path);
   write_file(mine, std::string(header) + "\n", O_TRUNC);
   return mine;
 }
 
 void reject(std::string_view counter_name, const std::string& path, const rejected& r) {
-  if (!procflow::detail::set_aside_input(r)) return;  // its dead predecessor did (pf::restart)
-  procflow::counter(counter_name).add();
-  if (path.empty()) {
-    procflow::detail::input_set_aside();
-    return;
-  }
-  std::string record;
-  const auto field = [&](std::string_view f) {
-    append_csv_field(record, f, ',');
-    record += ',';
-  };
-  field(r.file);
-  field(std::to_string(r.line));
-  if (r.column) field(std::to_string(*r.column));
-  field(r.error);
-  append_csv_field(record, r.text, ',');
-  record += '\n';
-  write_file(path, record, O_APPEND);
-  procflow::detail::input_set_aside();
+  procflow::detail::set_aside_input(r, [&] {
+    procflow::counter(counter_name).add();
+    if (path.empty()) return;
+    std::string record;
+    const auto field = [&](std::string_view f) {
+      append_csv_field(record, f, ',');
+      record += ',';
+    };
+    field(r.file);
+    field(std::to_string(r.line));
+    if (r.column) field(std::to_string(*r.column));
+    field(r.error);
+    append_csv_field(record, r.text, ',');
+    record += '\n';
+    write_file(path, record, O_APPEND);
+  });
 }
 
 std::string_view line_for_reject(Reader& r) {

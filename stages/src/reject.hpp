@@ -13,7 +13,8 @@ namespace procflow::stages::detail {
 
 // Creates (truncates) this rank's reject file for `path` with its header line, when a reader is
 // declared, and returns its name: `path`, or "<path>.rank<R>" under procflow::mpi with several
-// ranks (detail/job_place.hpp), so that no rank truncates the file another rank appends to.
+// ranks (detail/job_place.hpp), so that no rank truncates the file another rank appends to. An
+// empty `path` (no reject file) creates nothing and returns "".
 std::string create_reject_file(const std::string& path, std::string_view header);
 
 // A malformed row, record or line set aside under pf::skip (its file, line, column, error, text).

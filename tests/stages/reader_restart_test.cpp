@@ -15,7 +15,6 @@
 #include <fmt/ranges.h>
 
 #include <signal.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -88,13 +87,6 @@ std::string letters_wrong(const pf::run_report& r, const std::vector<std::vector
   return pt::reader_letters_wrong(r, "rows", file_line_text);
 }
 
-// A flag shared by every process of the run (an anonymous shared page made before run()).
-std::atomic<int>* shared_flag() {
-  void* p = ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(p != MAP_FAILED);
-  return new (p) std::atomic<int>(0);
-}
-
 // After one restart (of a replica that died in stage `died_in`): every good row once, every bad
 // row set aside once (counter, reject file, dead letter).
 void check_set_aside_once(const pf::result<std::vector<std::string>>& r, const std::string& died_in, const std::string& reject_file,
@@ -120,7 +112,8 @@ TEST_CASE("a replica killed after its reader set rows aside: its replacement re-
     std::vector<std::vector<std::string>> bad;  // file, line, column, text
     const std::string path = dir.path() + "/in.csv";
     dir.write("in.csv", make_rows(path, 3000, 400, good, bad));  // 8 bad rows: every one a dead letter
-    std::atomic<int>* killed = shared_flag();
+    const pt::shared_flag flag;
+    std::atomic<int>* killed = flag.get();
 
     pf::stages::csv_options o;
     o.block_bytes = 1000;
@@ -138,7 +131,6 @@ TEST_CASE("a replica killed after its reader set rows aside: its replacement re-
                        .run();
     CHECK(killed->load() == 1);
     check_set_aside_once(r, "k", o.reject_file, good, bad);
-    ::munmap(killed, sizeof(std::atomic<int>));
     CHECK(pt::count_children() == 0);
     CHECK(pt::dev_shm_entries() == shm_before);
   });
@@ -156,7 +148,8 @@ TEST_CASE("a reader in a source process (gzip input) killed after it set rows as
     REQUIRE(gz != nullptr);
     REQUIRE(::gzwrite(gz, text.data(), static_cast<unsigned>(text.size())) == static_cast<int>(text.size()));
     REQUIRE(::gzclose(gz) == Z_OK);
-    std::atomic<int>* killed = shared_flag();
+    const pt::shared_flag flag;
+    std::atomic<int>* killed = flag.get();
 
     pf::stages::csv_options o;
     o.reject_file = dir.path() + "/rejects.csv";
@@ -179,7 +172,6 @@ TEST_CASE("a reader in a source process (gzip input) killed after it set rows as
                        .run();
     CHECK(killed->load() == 1);
     check_set_aside_once(r, "rows", o.reject_file, good, bad);
-    ::munmap(killed, sizeof(std::atomic<int>));
     CHECK(pt::count_children() == 0);
     CHECK(pt::dev_shm_entries() == shm_before);
   });

@@ -4,14 +4,18 @@
 #include <procflow/dead_letter.hpp>
 #include <procflow/report.hpp>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <new>
 #include <sstream>
 #include <algorithm>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace procflow::test {
@@ -44,6 +48,24 @@ class temp_dir {
 
  private:
   std::filesystem::path path_;
+};
+
+// An int shared by every process forked while it lives (an anonymous shared page): a flag that
+// one replica of a whole run sets once (e.g. to kill itself only once).
+class shared_flag {
+ public:
+  shared_flag() {
+    void* p = ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
+    flag_ = new (p) std::atomic<int>(0);
+  }
+  ~shared_flag() { ::munmap(flag_, sizeof(std::atomic<int>)); }
+  shared_flag(const shared_flag&) = delete;
+  shared_flag& operator=(const shared_flag&) = delete;
+  std::atomic<int>* get() const noexcept { return flag_; }
+
+ private:
+  std::atomic<int>* flag_;
 };
 
 inline std::string read_text(const std::string& path) {

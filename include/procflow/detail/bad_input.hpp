@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 namespace procflow::detail {
 
@@ -16,6 +17,12 @@ namespace procflow::detail {
 bool running_stage_skips() noexcept;
 
 // A row, record or line a reader could not parse.
+struct bad_input;
+// set_aside_input's two halves (lib/runtime/replica.cpp): keeps the letter (false: set aside
+// already by a dead predecessor), and notes the input done after the reader wrote it.
+bool keep_bad_input(const bad_input& input) noexcept;
+void bad_input_written() noexcept;
+
 struct bad_input {
   std::string_view file;
   std::uint64_t line = 0;            // 0: unknown
@@ -24,19 +31,22 @@ struct bad_input {
   std::string_view text;              // the input itself (its first line)
 };
 
-// Keeps input a reader set aside as a dead letter of the running stage (dead_letter.hpp), among
-// the first dead_letters_per_replica of its replica: exception type "bad input", the message
-// "file:line[:column]: error" (as the error would read without pf::skip; "file: column N: error"
-// when the line is unknown), item_seq the line (0: unknown), and the text as its item, a
-// std::string. Once the replica's letters are full it formats and copies nothing. Outside a
-// replica process it keeps nothing and returns true.
-// Returns false when this input was set aside already, by this replica's dead predecessor under
-// pf::restart (its replacement reads the predecessor's block again): the reader then does
-// nothing more with it. Otherwise the reader counts it and writes it out, then calls
-// input_set_aside(), so that a replacement does not do so again. (A replica killed between the
-// write and that call leaves the input to its replacement: one record written twice, never one
-// lost.)
-bool set_aside_input(const bad_input& input) noexcept;
-void input_set_aside() noexcept;
+// Sets aside input a reader found bad: keeps it as a dead letter of the running stage
+// (dead_letter.hpp), among the first dead_letters_per_replica of its replica — exception type
+// "bad input", the message "file:line[:column]: error" (as the error would read without pf::skip;
+// "file: column N: error" when the line is unknown), item_seq the line (0: unknown), and the text
+// as its item, a std::string; once the replica's letters are full it formats and copies nothing —
+// then calls `write()` (the reader counts the input and writes it to its reject file; a throw
+// goes on to the caller). Under pf::restart, input its replica's dead predecessor set aside
+// already (a replacement reads the predecessor's block again) is not set aside again: nothing is
+// kept and `write` is not called. (A replica killed inside `write` leaves the input to its
+// replacement: one record written twice, never one lost.) Outside a replica process it only
+// calls `write`.
+template <class Write>
+void set_aside_input(const bad_input& input, Write&& write) {
+  if (!keep_bad_input(input)) return;
+  std::forward<Write>(write)();
+  bad_input_written();
+}
 
 }  // namespace procflow::detail

@@ -16,7 +16,6 @@ struct job_place {
 
 // {0, 1} unless procflow::mpi::environment set it (MPI_COMM_WORLD's rank and size, for its
 // lifetime). Replicas inherit it.
-job_place this_job_place() noexcept;
 void set_job_place(job_place place) noexcept;
 
 // The file this rank writes for `path`: `path` itself in a job of one rank, "<path>.rank<R>" in
