@@ -70,15 +70,6 @@ inline std::uint64_t known_item_count(const pipeline_def& def) noexcept {
   return source->size();
 }
 
-// A sink whose callable writes one whole file (flow::sink) must run in one process.
-inline void check_one_file_writer(const std::string& stage, const stage_options& o) {
-  if (o.auto_scale || (o.replicas && *o.replicas > 1))
-    throw procflow::error("procflow: sink '" + stage + "': its writer writes one whole file, which " +
-                          (o.auto_scale ? std::string("the replicas of replicas(auto_scale)") : std::to_string(*o.replicas) + " replica processes") +
-                          " would each write over the others' (keeping one replica's items); give the sink one process"
-                          " (by default it runs in the calling process) and its work to a map with replicas before it");
-}
-
 // Runs a complete pipeline in processes (lib/runtime/supervisor.cpp). `collector` receives what
 // the terminal sends back (null for sink). Throws stage_error if a stage fails.
 run_report run_in_processes(const pipeline_def& def, result_collector* collector);
@@ -277,11 +268,12 @@ class flow {
   // through (pf::stages::csv_writer / jsonl_writer, or open it on the first item). If fn has a
   // finish() member, it is called once at the end of a successful stream (in each sink replica,
   // before its end of stream); a throw from it fails run() with a stage_error saying "teardown".
-  // A callable that writes one whole file by name (`static constexpr bool writes_one_file =
-  // true`: pf::stages::csv_writer, jsonl_writer) needs one process: with replicas(n > 1) or
-  // replicas(auto_scale) every replica would write the file over the others' and one replica's
-  // items would be all that is left, so that is refused here with a procflow::error naming the
-  // stage. own_process (one process) is fine.
+  // If fn has commit() (and rollback()), the calling process calls it once after every replica
+  // of the run ended well (rollback() when the run failed): pf::stages::csv_writer and
+  // jsonl_writer are written by all their copies into one temporary file and renamed there, so
+  // a writer sink may have any number of replicas. Such a callable is declared as it is, not
+  // made by per_replica (a compile error). Under pf::restart its flush(), if any, runs after
+  // each batch, before the batch is released.
   template <class F, class... Opts>
   runnable<void> sink(std::string name, F fn, const Opts&... opts) const {
     static_assert(detail::callable_with_item_v<detail::callable_t<F>, T>,
@@ -289,7 +281,9 @@ class flow {
     static_assert(!(detail::is_pre_aggregate_v<Opts> || ...),
                   "procflow: sink(): pre_aggregate::... is an option of reduce_by_key only");
     stage_options options = detail::make_stage_options(opts...);
-    if constexpr (requires { requires F::writes_one_file; }) detail::check_one_file_writer(name, options);
+    static_assert(!detail::is_factory_v<F> || !detail::commits_output_v<detail::callable_t<F>>,
+                  "procflow: sink(): a callable with commit() (csv_writer, jsonl_writer) is declared as it is, not "
+                  "made by per_replica: its copies append to the one output the calling process commits");
     return then<runnable<void>>(detail::with_key_by<T>(std::make_shared<detail::sink_stage<T, F>>(std::move(name), std::move(fn), std::move(options)), opts...));
   }
 

@@ -59,7 +59,11 @@ struct retry {
 // item reaches the restarted stages at least once; the items downstream are exactly those of a
 // run without the death when the replayed stages are deterministic (the same batch gives the same
 // output items in the same order); a stage's own state (a mutable callable, a per_replica
-// factory's result, a file a sink in its own process wrote) starts afresh in the replacement.
+// factory's result) starts afresh in the replacement. A sink callable with flush() gets it after
+// each batch, before the batch is released: the built-in file writers' lines of every finished
+// batch are in their file, and a replacement appends to the same file (stages/writers.hpp); the
+// redelivered batch's rows may be written twice. A pf::counter counts the redelivered batch's
+// items again (at least once, like the items); the readers' own counters are exact.
 // A reduce under restart sends a partial per batch (its init must be combine's identity, as
 // with replicas). The run_report counts restarts per stage and lists each redelivered batch.
 // A generate() source in its own process restarts only with its own restart(n) (not the

@@ -300,7 +300,9 @@ rank_outcome run_on_ranks(const procflow::detail::pipeline_def& def, procflow::d
     imports = std::make_unique<mpi_detail::ImportInbox>(boundary_slots, boundary_slot_bytes);
     local.stages.front() = std::make_shared<mpi_detail::ImportSource>(def.stages.front(), *imports, is_ordered);
   }
-  const bool forward = def.stages.back()->runs_in_supervisor() && def.stages.back()->kind() == procflow::detail::stage_kind::sink;
+  // A sink's collector (in the caller, or committing the output of its own processes) is this
+  // rank's own: it takes this rank's items and ends with this rank's run.
+  const bool forward = def.stages.back()->kind() == procflow::detail::stage_kind::sink;
   mpi_detail::RankCollector results(collector, table.get(), imports.get(), is_ordered, forward);
 
   const std::uint32_t claim_chunks = std::max(2u, std::thread::hardware_concurrency());

@@ -499,6 +499,10 @@ class Replica final : public detail::downstream {
     if (restart_ && ends_in_terminal()) instances_.back()->begin_batch();  // a partial per batch (redelivery.hpp)
     meta_ = meta;
     run_chain(0, n, meta.dense, extra_ns);
+    if (restart_ && ends_in_terminal()) {
+      set_stage(group_.end_stage - 1);
+      instances_.back()->settle();
+    }
     if (outbox_) {
       const auto t0 = clock_start();
       // Waiting for room downstream is blocked time, not busy time: the scheduler's true rate

@@ -12,77 +12,122 @@ namespace procflow::stages {
 namespace detail {
 
 namespace {
+
 constexpr std::size_t flush_at = std::size_t{1} << 16;
-}
 
-file_writer::file_writer(const std::string& path) : path_(procflow::detail::path_of_this_rank(path)) {}
 
-file_writer::~file_writer() { abandon(); }
-
-void file_writer::open() {
+std::string random_suffix() {
   std::random_device rd;
   char suffix[32];
-  for (int attempt = 0; attempt < 16; ++attempt) {
-    std::snprintf(suffix, sizeof suffix, ".tmp-%08x%04x", rd(), static_cast<unsigned>(::getpid() & 0xffff));
-    temp_ = path_ + suffix;
-    fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd_ >= 0) return;
-    if (errno != EEXIST) break;
-  }
+  std::snprintf(suffix, sizeof suffix, "%08x%08x", rd(), rd());
+  return suffix;
+}
+
+[[noreturn]] void fail(const char* what, const std::string& file, const std::string& output) {
   const int e = errno;
-  temp_.clear();
-  throw procflow::system_error(e, "cannot create a temporary file next to '" + path_ + "'");
+  throw procflow::system_error(e, std::string(what) + " '" + file + "' (output '" + output + "')");
 }
 
-void file_writer::write(std::string_view bytes) {
-  if (done_) throw procflow::error("'" + path_ + "': write after the file was closed");
-  if (fd_ < 0) open();
-  buffer_.append(bytes);
-  if (buffer_.size() >= flush_at) flush_buffer();
-}
-
-void file_writer::flush_buffer() {
+void write_all(int fd, std::string_view bytes, const std::string& file, const std::string& output) {
   std::size_t done = 0;
-  while (done < buffer_.size()) {
-    const ssize_t n = ::write(fd_, buffer_.data() + done, buffer_.size() - done);
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      const int e = errno;
-      buffer_.clear();
-      throw procflow::system_error(e, "cannot write '" + temp_ + "' (output '" + path_ + "')");
+      fail("cannot write", file, output);
     }
     done += static_cast<std::size_t>(n);
   }
-  buffer_.clear();
 }
 
-void file_writer::commit() {
-  if (done_) return;
-  if (fd_ < 0) open();
-  flush_buffer();
-  if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) {
-    const int e = errno;
-    throw procflow::system_error(e, "cannot flush '" + temp_ + "' (output '" + path_ + "')");
+void close_checked(int fd, const std::string& file, const std::string& output) {
+  if (::close(fd) != 0 && errno != EINTR) fail("cannot close", file, output);
+}
+
+}  // namespace
+
+output_file::output_file(const std::string& path, std::string header)
+    : path_(procflow::detail::path_of_this_rank(path)), temp_(path_ + ".tmp-" + random_suffix()), header_(std::move(header)) {}
+
+// The header goes in under a private name, then link() puts the whole file under the shared name
+// at once (failing if another copy got there first): a copy that opens the shared name finds the
+// header in it already.
+void output_file::create() const {
+  const std::string own = temp_ + "." + std::to_string(::getpid()) + random_suffix();
+  const int fd = ::open(own.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) fail("cannot create", own, path_);
+  try {
+    write_all(fd, header_, own, path_);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(own.c_str());
+    throw;
   }
-  const int fd = fd_;
-  fd_ = -1;
-  if (::close(fd) != 0) {
-    const int e = errno;
-    throw procflow::system_error(e, "cannot close '" + temp_ + "' (output '" + path_ + "')");
+  const int closed = ::close(fd);
+  const int linked = closed == 0 ? ::link(own.c_str(), temp_.c_str()) : -1;
+  const int e = errno;
+  ::unlink(own.c_str());
+  errno = e;
+  if (closed != 0) fail("cannot close", own, path_);
+  if (linked != 0 && e != EEXIST) fail("cannot create", temp_, path_);
+}
+
+int output_file::open_for_append() const {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int fd = ::open(temp_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd >= 0) return fd;
+    if (errno != ENOENT) break;
+    create();
   }
+  fail("cannot open", temp_, path_);
+}
+
+void output_file::commit() const {
+  const int fd = open_for_append();
+  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    fail("cannot flush", temp_, path_);
+  }
+  close_checked(fd, temp_, path_);
   if (::rename(temp_.c_str(), path_.c_str()) != 0) {
     const int e = errno;
     throw procflow::system_error(e, "cannot rename '" + temp_ + "' to '" + path_ + "'");
   }
-  done_ = true;
 }
 
-void file_writer::abandon() noexcept {
-  if (done_) return;
-  done_ = true;
+void output_file::rollback() const noexcept { ::unlink(temp_.c_str()); }
+
+void output_part::append(const output_file& file, std::string_view line) {
+  buffer_.append(line);
+  if (buffer_.size() >= flush_at) flush(file);
+}
+
+void output_part::flush(const output_file& file) {
+  if (buffer_.empty()) return;
+  if (fd_ < 0) fd_ = file.open_for_append();
+  try {
+    write_all(fd_, buffer_, file.temp_path(), file.path());
+  } catch (...) {
+    buffer_.clear();
+    throw;
+  }
+  buffer_.clear();
+}
+
+void output_part::close(const output_file& file) {
+  flush(file);
+  if (fd_ < 0) return;
+  const int fd = fd_;
+  fd_ = -1;
+  close_checked(fd, file.temp_path(), file.path());
+}
+
+void output_part::drop() noexcept {
+  buffer_.clear();
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
-  if (!temp_.empty()) ::unlink(temp_.c_str());
 }
 
 void append_csv_field(std::string& line, std::string_view field, char delimiter) {
@@ -132,108 +177,72 @@ void append_json_string(std::string& out, std::string_view text) {
 
 }  // namespace detail
 
+// ------------------------------------------------------------------ file_sink
+
+file_sink::file_sink(const std::string& path, std::string header)
+    : file_(std::make_shared<const detail::output_file>(path, std::move(header))) {}
+void file_sink::finish() { part_.close(*file_); }
+void file_sink::flush() { part_.flush(*file_); }
+void file_sink::abort() noexcept { part_.drop(); }
+void file_sink::commit() { file_->commit(); }
+void file_sink::rollback() noexcept { file_->rollback(); }
+
 // ------------------------------------------------------------------ csv_writer
 
-csv_writer::csv_writer(std::string path, std::vector<std::string> header, char delimiter)
-    : state_(std::make_shared<state>()) {
-  state_->path = std::move(path);
-  state_->header = std::move(header);
-  state_->delimiter = delimiter;
-}
+namespace {
 
-std::string& csv_writer::begin_line() {
-  if (!state_->file) {
-    state_->file = std::make_unique<detail::file_writer>(state_->path);
-    if (!state_->header.empty()) {
-      std::string h;
-      for (std::size_t i = 0; i < state_->header.size(); ++i) {
-        if (i) h += state_->delimiter;
-        detail::append_csv_field(h, state_->header[i], state_->delimiter);
-      }
-      h += '\n';
-      state_->file->write(h);
-    }
+std::string csv_header(const std::vector<std::string>& header, char delimiter) {
+  std::string h;
+  for (std::size_t i = 0; i < header.size(); ++i) {
+    if (i) h += delimiter;
+    detail::append_csv_field(h, header[i], delimiter);
   }
-  state_->line.clear();
-  return state_->line;
+  if (!header.empty()) h += '\n';
+  return h;
 }
 
-void csv_writer::end_line() {
-  state_->line += '\n';
-  state_->file->write(state_->line);
-}
+}  // namespace
+
+csv_writer::csv_writer(const std::string& path, const std::vector<std::string>& header, char delimiter)
+    : file_sink(path, csv_header(header, delimiter)), delimiter_(delimiter) {}
 
 void csv_writer::operator()(const std::vector<std::string>& fields) {
-  std::string& line = begin_line();
+  line_.clear();
   for (std::size_t i = 0; i < fields.size(); ++i) {
-    if (i) line += state_->delimiter;
-    detail::append_csv_field(line, fields[i], state_->delimiter);
+    if (i) line_ += delimiter_;
+    detail::append_csv_field(line_, fields[i], delimiter_);
   }
   end_line();
 }
 
-void csv_writer::finish() {
-  if (!state_->file) {
-    begin_line();  // an empty result is a file with its header
-  }
-  try {
-    state_->file->commit();
-  } catch (...) {
-    state_->file->abandon();
-    throw;
-  }
-}
-
-void csv_writer::abort() noexcept {
-  if (state_->file) state_->file->abandon();
-}
-
 // ------------------------------------------------------------------ jsonl_writer
 
-jsonl_writer::jsonl_writer(std::string path) : state_(std::make_shared<state>()) { state_->path = std::move(path); }
+jsonl_writer::jsonl_writer(const std::string& path) : file_sink(path, {}) {}
 
 void jsonl_writer::operator()(const std::vector<std::pair<std::string, std::string>>& fields) {
-  if (!state_->file) state_->file = std::make_unique<detail::file_writer>(state_->path);
-  std::string& line = state_->line;
-  line.clear();
-  line += '{';
+  line_.clear();
+  line_ += '{';
   for (std::size_t i = 0; i < fields.size(); ++i) {
-    if (i) line += ',';
-    detail::append_json_string(line, fields[i].first);
-    line += ':';
-    detail::append_json_string(line, fields[i].second);
+    if (i) line_ += ',';
+    detail::append_json_string(line_, fields[i].first);
+    line_ += ':';
+    detail::append_json_string(line_, fields[i].second);
   }
-  line += "}\n";
-  state_->file->write(line);
+  line_ += "}\n";
+  write_line(line_);
 }
 
 void jsonl_writer::operator()(const record& r) {
-  if (!state_->file) state_->file = std::make_unique<detail::file_writer>(state_->path);
-  std::string& line = state_->line;
-  line.clear();
-  line += '{';
+  line_.clear();
+  line_ += '{';
   for (std::size_t i = 0; i < r.size(); ++i) {
-    if (i) line += ',';
-    detail::append_json_string(line, r.key(i));
-    line += ':';
-    detail::append_json_string(line, r.value(i));
+    if (i) line_ += ',';
+    detail::append_json_string(line_, r.key(i));
+    line_ += ':';
+    detail::append_json_string(line_, r.value(i));
   }
-  line += "}\n";
-  state_->file->write(line);
-}
-
-void jsonl_writer::finish() {
-  if (!state_->file) state_->file = std::make_unique<detail::file_writer>(state_->path);
-  try {
-    state_->file->commit();
-  } catch (...) {
-    state_->file->abandon();
-    throw;
-  }
-}
-
-void jsonl_writer::abort() noexcept {
-  if (state_->file) state_->file->abandon();
+  line_ += "}\n";
+  write_line(line_);
 }
 
 }  // namespace procflow::stages

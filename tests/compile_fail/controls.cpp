@@ -1,5 +1,6 @@
 // The control: every snippet with its bad line switched off must compile, so each compile-fail
 // test fails for the reason it names and not for a typo in the snippet.
+#include "committing_sink_factory.cpp"
 #include "filter_not_bool.cpp"
 #include "mismatched_stage.cpp"
 #include "misplaced_pre_aggregate.cpp"

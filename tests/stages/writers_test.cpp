@@ -1,9 +1,11 @@
 // Checks stages/include/procflow/stages/writers.hpp (issue 9, writers): CSV quoting, JSON string
-// escaping, the temporary file renamed only when the run succeeds, and a full disk (a file size
-// limit, RLIMIT_FSIZE, in a child process: deterministic, no special file system) reported as an
-// error instead of a short file.
+// escaping, the temporary file renamed only when the run succeeds, one file from every replica of
+// a sink (processes, auto_scale, threads, a replica killed under restart), and a full disk (a file
+// size limit, RLIMIT_FSIZE, in a child process: deterministic, no special file system) reported
+// as an error instead of a short file.
 #include "stage_test_support.hpp"
 #include "support/child_process.hpp"
+#include "support/isolated.hpp"
 
 #include <procflow/procflow.hpp>
 #include <procflow/stages/writers.hpp>
@@ -13,14 +15,17 @@
 #include <signal.h>
 #include <sys/resource.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
-#include <functional>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
 
 namespace pf = procflow;
 namespace pt = procflow::test;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -31,19 +36,52 @@ std::vector<std::string> entries(const std::string& dir) {
   return out;
 }
 
+std::vector<std::string> sorted_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::sort(lines.begin(), lines.end());
+  return lines;
+}
+
+// The lines "i,2i" for i in [0, n), sorted as text, after the header "a,b".
+std::vector<std::string> pair_lines(int n) {
+  std::vector<std::string> lines{"a,b"};
+  for (int i = 0; i < n; ++i) lines.push_back(std::to_string(i) + "," + std::to_string(2 * i));
+  std::sort(lines.begin(), lines.end());
+  return lines;
+}
+
+// A csv_writer that kills its process at row `at` (once in the whole run: the flag is shared by
+// every process). It passes the whole writer protocol on, as a wrapper must.
+struct dying_writer {
+  pf::stages::csv_writer w;
+  std::atomic<int>* killed;
+  int at;
+  void operator()(const std::pair<int, int>& p) {
+    if (p.first == at && killed->exchange(1) == 0) ::raise(SIGKILL);
+    w(p);
+  }
+  void finish() { w.finish(); }
+  void flush() { w.flush(); }
+  void abort() noexcept { w.abort(); }
+  void commit() { w.commit(); }
+  void rollback() noexcept { w.rollback(); }
+};
+
 }  // namespace
 
-TEST_CASE("csv_writer quotes fields that need it and prints numbers; renamed at finish()") {
+TEST_CASE("csv_writer quotes fields that need it and prints numbers; renamed at commit()") {
   pt::temp_dir dir("writers_csv");
   const std::string path = dir.path() + "/out.csv";
   pf::stages::csv_writer w(path, {"name", "note"});
   w(std::vector<std::string>{"plain", "a,b"});
   w(std::pair<std::string, int>{"quote \"q\"", -3});
   w(std::tuple<std::string, double, bool, std::uint64_t>{"line\nbreak", 0.1, true, 18446744073709551615ull});
-  CHECK_FALSE(std::filesystem::exists(path));  // not before the end of the stream
+  w.finish();  // the lines written and closed, under the temporary name
   REQUIRE(entries(dir.path()).size() == 1);
   CHECK(entries(dir.path())[0].find("out.csv.tmp-") == 0);
-  w.finish();
+  w.commit();
   CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv"});
   CHECK(pt::read_text(path) ==
         "name,note\n"
@@ -61,6 +99,7 @@ TEST_CASE("jsonl_writer escapes quotes, backslashes and control characters; UTF-
   r.add("Package", "bash");
   w(r);
   w.finish();
+  w.commit();
   CHECK(pt::read_text(path) ==
         "{\"k\\\"1\":\"a\\\\b\",\"ctl\":\"\\n\\t\\u0001\\u001f\",\"utf8\":\"d\xc3\xa9j\xc3\xa0 \xe2\x82\xac\"}\n"
         "{\"Package\":\"bash\"}\n");
@@ -94,39 +133,91 @@ TEST_CASE("as a pipeline sink: the file appears only when the run succeeds") {
   CHECK(pt::dev_shm_entries() == before);
 }
 
-TEST_CASE("a writer sink needs one process: replicas(n > 1) is refused when declared, own_process writes every item") {
+TEST_CASE("a writer sink with several replicas writes one file holding every row once") {
   pt::temp_dir dir("writers_replicas");
   const std::string path = dir.path() + "/out.csv";
-  auto pairs = pf::pipeline("write").source("n", pf::iota(0, 100000)).map("p", [](int i) { return std::pair<int, int>{i, 2 * i}; });
-  // Each replica would write the whole file over the others' (seen: 75 425 and 73 727 rows of
-  // 100 000 left with replicas(2)); refused, naming the stage and what to do instead.
-  for (const auto& declare : std::vector<std::function<void()>>{
-           [&] { (void)pairs.sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2)); },
-           [&] { (void)pairs.sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(pf::auto_scale)); },
-           [&] {
-             (void)pf::pipeline("json").source("n", pf::iota(0, 10)).map("kv", [](int i) {
-               return std::vector<std::pair<std::string, std::string>>{{"n", std::to_string(i)}};
-             }).sink("write", pf::stages::jsonl_writer(path), pf::replicas(3));
-           }}) {
-    try {
-      declare();
-      FAIL("declared");
-    } catch (const pf::error& e) {
-      const std::string what = e.what();
-      CHECK(what.find("sink 'write'") != std::string::npos);
-      CHECK(what.find("one process") != std::string::npos);
-    }
+  auto pairs = [](int n) {
+    return pf::pipeline("write").source("n", pf::iota(0, n)).map("p", [](int i) { return std::pair<int, int>{i, 2 * i}; });
+  };
+  // Before, each replica renamed its own whole file onto the output: 75 425 and 73 727 rows of
+  // 100 000 were left with replicas(2), silently.
+  SUBCASE("replicas(2)") { pairs(100000).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2)).run(); }
+  SUBCASE("replicas(auto_scale)") {
+    pairs(100000).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(pf::auto_scale)).run();
   }
-  CHECK(entries(dir.path()).empty());
-  // One process of its own: every row, once.
-  pairs.sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::own_process).run();
-  std::string want = "a,b\n";
-  for (int i = 0; i < 100000; ++i) want += std::to_string(i) + "," + std::to_string(2 * i) + "\n";
-  const std::string got = pt::read_text(path);
-  CHECK(got.size() == want.size());
-  CHECK(got.substr(0, 4) == "a,b\n");
+  SUBCASE("own_process") { pairs(100000).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::own_process).run(); }
+  SUBCASE("threads") { pairs(100000).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2)).run(pf::in_threads); }
+  CHECK(sorted_lines(pt::read_text(path)) == pair_lines(100000));
+  CHECK(pt::read_text(path).substr(0, 4) == "a,b\n");  // the header first
   CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv"});
   CHECK(pt::count_children() == 0);
+
+  // A second run of the same pipeline writes the file anew; an empty result is the header alone.
+  const auto twice = pairs(3).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2));
+  twice.run();
+  twice.run();
+  CHECK(sorted_lines(pt::read_text(path)) == pair_lines(3));
+  pairs(0).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2)).run();
+  CHECK(pt::read_text(path) == "a,b\n");
+  CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv"});
+}
+
+TEST_CASE("a failed run with a replicated writer sink leaves neither the output nor a temporary file") {
+  pt::temp_dir dir("writers_replicas_fail");
+  const std::string path = dir.path() + "/out.csv";
+  const auto failing = pf::pipeline("write").source("n", pf::iota(0, 100000)).map("p", [](int i) {
+    if (i == 90000) throw std::runtime_error("boom");
+    return std::pair<int, int>{i, 2 * i};
+  }).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2));
+  CHECK_THROWS_AS(failing.run(), pf::stage_error);
+  CHECK(entries(dir.path()).empty());
+
+  // A sink replica killed (no restart): the run fails and the caller removes the file its copies
+  // wrote (before, the killed replica's own temporary file was left behind).
+  const pt::shared_flag flag;
+  std::atomic<int>* killed = flag.get();
+  const auto dying = pf::pipeline("write").source("n", pf::iota(0, 100000)).map("p", [](int i) {
+    return std::pair<int, int>{i, 2 * i};
+  }).sink("write", dying_writer{pf::stages::csv_writer(path, {"a", "b"}), killed, 60000}, pf::replicas(2));
+  CHECK_THROWS_AS(dying.run(), pf::stage_error);
+  CHECK(killed->load() == 1);
+  CHECK(entries(dir.path()).empty());
+  CHECK(pt::count_children() == 0);
+}
+
+// One sink replica of `replicas` killed at row 60 000 under restart(1): every row at least once
+// (restart redelivers the batch the dead replica had taken), in one file.
+template <class Replicas>
+void check_killed_sink_restarts(const Replicas& replicas) {
+  pt::temp_dir dir("writers_restart");
+  const std::string path = dir.path() + "/out.csv";
+  const pt::shared_flag flag;
+  std::atomic<int>* killed = flag.get();
+  const auto report = pf::pipeline("write", pf::restart(1)).source("n", pf::iota(0, 100000)).map("p", [](int i) {
+    return std::pair<int, int>{i, 2 * i};
+  }, pf::replicas(2)).sink("write", dying_writer{pf::stages::csv_writer(path, {"a", "b"}), killed, 60000}, replicas).run().report;
+  CHECK(killed->load() == 1);
+  CHECK(report.restarts.size() == 1);
+  std::vector<std::string> lines = sorted_lines(pt::read_text(path));
+  const std::size_t written = lines.size();
+  lines.erase(std::unique(lines.begin(), lines.end()), lines.end());
+  CHECK(lines == pair_lines(100000));
+  CHECK(written - lines.size() < 10000);  // at most the redelivered batch twice
+  CHECK(pt::read_text(path).substr(0, 4) == "a,b\n");
+  CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv"});
+}
+
+// Before, the replacement started a file of its own and the dead replica's rows were lost (its
+// temporary file left behind); and rows of batches it had finished but not yet written out were
+// lost with it (now written before each batch is released: without that, this test loses rows).
+TEST_CASE("a writer sink replica killed under restart: its replacement appends to the same file, no row lost") {
+  pt::run_isolated(120s, [] {
+    const auto before = pt::dev_shm_entries();
+    check_killed_sink_restarts(pf::own_process);
+    check_killed_sink_restarts(pf::replicas(2));
+    CHECK(pt::count_children() == 0);
+    CHECK(pt::dev_shm_entries() == before);
+  });
 }
 
 TEST_CASE("a full disk is an error naming the file, never a short output") {
@@ -142,11 +233,13 @@ TEST_CASE("a full disk is an error naming the file, never a short output") {
     try {
       for (int i = 0; i < 20000; ++i) w(std::pair<int, std::string>{i, "some text to fill the disk"});
       w.finish();
+      w.commit();
     } catch (const pf::system_error& e) {
       error = e.what();
     }
     if (error.find("cannot write") == std::string::npos || error.find("big.csv") == std::string::npos) return 11;
     w.abort();
+    w.rollback();
     if (std::filesystem::exists(path)) return 12;
     if (!std::filesystem::is_empty(dir.path())) return 13;
 

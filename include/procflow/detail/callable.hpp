@@ -59,6 +59,34 @@ callable_t<F> make_callable(F& declared) {
   }
 }
 
+// A sink callable's end of run, in the process that called run() (stages/writers.hpp): commit()
+// once after every replica ended well (e.g. a file writer renames the file its copies wrote);
+// rollback() when the run failed (it removes that file). Only the declared callable gets them: a
+// pf::per_replica factory's products share nothing to commit (flow::sink refuses the pair).
+template <class F>
+inline constexpr bool commits_output_v = requires(F& f) { f.commit(); };
+
+template <class F>
+void commit_output(F& f) {
+  if constexpr (commits_output_v<F>) {
+    try {
+      f.commit();
+    } catch (const std::exception& e) {
+      throw procflow::error(std::string("commit(): ") + e.what());
+    }
+  }
+}
+
+template <class F>
+void rollback_output(F& f) noexcept {
+  if constexpr (requires { f.rollback(); }) {
+    try {
+      f.rollback();
+    } catch (...) {  // the run already failed; the failure that matters is reported
+    }
+  }
+}
+
 // The callable of one stage in one replica, with its end-of-stream protocol.
 template <class F>
 class replica_callable {
@@ -82,6 +110,13 @@ class replica_callable {
   }
 
   bool has_value() const noexcept { return fn_.has_value(); }
+  // Under pf::restart, after each batch: the callable's flush(), if it has one (a file writer
+  // writes the batch's lines before the batch is released).
+  void flush() {
+    if constexpr (requires(type& f) { f.flush(); }) {
+      if (fn_) fn_->flush();
+    }
+  }
   void emplace(F& declared) { fn_.emplace(make_callable(declared)); }
   type& operator*() noexcept { return *fn_; }
 

@@ -166,6 +166,9 @@ class stage_instance {
   // (reduce_by_key once pre-aggregation stops paying). `key_partitioned`: its input is dispatched
   // by key (each replica owns its keys already).
   virtual void after_batch(output_port& /*results*/, bool /*key_partitioned*/) {}
+  // Under pf::restart, after each batch and before its input is released: what the batch did is
+  // made to last (a sink callable's flush()), so that a death after the release loses none of it.
+  virtual void settle() {}
   // The replica's input has ended: the stage callable's finish(), if any, then its destruction
   // (detail/callable.hpp), before the replica's end of stream goes downstream. Throws on failure.
   virtual void end_of_stream() {}

@@ -450,8 +450,9 @@ class sink_instance final : public terminal_instance_base<T> {
     }
     return 0;
   }
-  // The callable's finish() (the built-in file writers flush, close and rename there), then its
-  // destruction: before the replica's end of stream.
+  void settle() override { fn_.flush(); }
+  // The callable's finish() (the built-in file writers write their last lines and close there),
+  // then its destruction: before the replica's end of stream.
   void end_of_stream() override { fn_.finish(); }
 
  private:
@@ -468,8 +469,9 @@ class sink_stage final : public input_stage<T> {
       : input_stage<T>(std::move(name), stage_kind::sink, options), fn_(std::move(fn)) {}
   std::unique_ptr<stage_instance> instantiate(bool) const override { return std::make_unique<sink_instance<T, F>>(fn_); }
   std::unique_ptr<result_collector> make_collector(bool) const override {
-    if (!this->runs_in_supervisor()) return nullptr;
-    return std::make_unique<collector>(fn_);
+    if (this->runs_in_supervisor()) return std::make_unique<collector>(fn_);
+    if constexpr (commits_output_v<F>) return std::make_unique<committer>(fn_);
+    return nullptr;
   }
   bool holds_state() const noexcept override { return item_holds_state_v<F, T>; }
 
@@ -483,13 +485,15 @@ class sink_stage final : public input_stage<T> {
     explicit collector(F& declared) : declared_(declared) {
       if constexpr (!is_factory_v<F> && std::is_copy_constructible_v<F>) own_.emplace(declared);
     }
-    // A failed run: the callable's abort(), if any (e.g. a file writer removes its temporary file).
+    // A failed run: the callable's abort(), if any, then its rollback() (a file writer removes
+    // its temporary file).
     ~collector() override {
       if constexpr (!is_factory_v<F> && !std::is_copy_constructible_v<F>) {
         if constexpr (requires(F& f) { f.abort(); }) {
           if (!finished_) declared_.abort();
         }
       }
+      if (!committed_) rollback_output(declared_);  // own_ then drops its unwritten lines
     }
     void consume(const batch_view& batch) override {
       decode_items(batch, items_);
@@ -516,6 +520,8 @@ class sink_stage final : public input_stage<T> {
         callable();
         own_.finish();
       }
+      commit_output(declared_);
+      committed_ = true;
     }
 
    private:
@@ -532,6 +538,27 @@ class sink_stage final : public input_stage<T> {
     replica_callable<F> own_;
     batch_buffer<T> items_;
     bool finished_ = false;
+    bool committed_ = false;
+  };
+
+  // A sink in processes (or threads) of its own whose callable commits its output: nothing comes
+  // back through the results channel; at the end of a run in which every replica ended well, the
+  // declared callable's commit(), in the calling process; its rollback() when the run failed.
+  class committer final : public result_collector {
+   public:
+    explicit committer(F& declared) : declared_(declared) {}
+    ~committer() override {
+      if (!committed_) rollback_output(declared_);
+    }
+    void consume(const batch_view&) override { throw std::logic_error("procflow: a sink in its own processes sends nothing back"); }
+    void finish() override {
+      commit_output(declared_);
+      committed_ = true;
+    }
+
+   private:
+    F& declared_;
+    bool committed_ = false;
   };
 
   mutable F fn_;  // mutable: a replica moves a move-only callable out of its copy (instantiate)

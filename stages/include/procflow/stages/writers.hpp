@@ -4,15 +4,28 @@
 //   .sink("write", pf::stages::csv_writer("out.csv", {"word", "count"}))
 //   .sink("write", pf::stages::jsonl_writer("out.jsonl"))
 //
-// A writer writes "<path>.tmp-<random>" next to `path` and renames it to `path` in finish(),
-// which the pipeline calls once at the end of a successful stream (a single-replica sink runs in
-// the caller's process, so that is after every replica succeeded). Every write, the flush and
-// the close are checked: a full disk or an I/O error is a procflow::system_error naming the
-// file (the run fails with a stage_error naming the sink), and the temporary file is removed.
-// A failed run never renames; the temporary file is removed when the writer is destroyed or the
-// run fails in the caller's process (a sink replica killed by a signal can leave its .tmp- file).
-// A writer needs one process: a sink with replicas(n > 1) or replicas(auto_scale) is refused when
-// declared (every replica would write the whole file over the others'); own_process is fine.
+// A writer's copies — the declared one, and every replica's (processes or threads) — append whole
+// lines to one temporary file "<path>.tmp-<random>" next to `path` (the name is chosen when the
+// writer is constructed; the header, if any, is always its first line). The pipeline calls, in
+// this order:
+//   finish()  once per copy that wrote, at its end of stream: its last lines written, its file closed;
+//   commit()  once, in the process that called run(), after every replica ended well: the file
+//             flushed to disk (fsync) and renamed to `path` — the output appears whole or not at all;
+//   rollback() there instead when the run failed: the temporary file removed.
+// abort() drops a copy's unwritten lines (a replica that failed). So a sink may have any number of
+// replicas (replicas(n), auto_scale, own_process, threads) and the output holds every item once, in
+// one file; a sink replica killed under pf::restart leaves its written lines in place, and the lines
+// of every batch it finished are written before that batch is released (flush(), which the pipeline
+// calls per batch under restart): its replacement appends the rest (at least once, as restart says).
+// Lines are written with O_APPEND in whole-line pieces of about 64 KiB, so the copies' lines never
+// mix within a line on a local file system; with one replica the file holds the lines in the order
+// the sink got them (pf::ordered: source order), with several in the order the replicas wrote
+// their pieces. Every write, the flush, the close and the rename are checked: a full disk or an I/O error is a
+// procflow::system_error naming the file (the run fails with a stage_error naming the sink). A file
+// a writer writes is its own: two writers (or two runs at once) must not share a path. A writer made
+// by a pf::per_replica factory is refused (each replica's would have its own temporary file), and a
+// callable wrapping a writer must pass finish(), flush(), commit(), abort() and rollback() on.
+// Used outside a pipeline: call it per row, then finish() and commit().
 // Under procflow::mpi with several ranks, the sink runs on every rank over that rank's items and
 // each rank writes "<path>.rank<R>" (R its rank in MPI_COMM_WORLD), never `path`: ranks sharing
 // a file system would otherwise rename onto one another's output, keeping one rank's rows.
@@ -41,32 +54,51 @@ namespace procflow::stages {
 
 namespace detail {
 
-// A file written through a temporary name and renamed on commit (library; one per writer).
-class file_writer {
+// The file every copy of one writer appends to (library; shared by the copies): its final and
+// temporary names and its first line. The temporary file is created with the header in place
+// (written under a private name, then hard-linked to the shared one) the first time any copy needs
+// it, so no copy's lines can come before the header.
+class output_file {
  public:
-  explicit file_writer(const std::string& path);  // this rank's file for it (detail/job_place.hpp)
-  ~file_writer();  // not committed: removes the temporary file
-  file_writer(const file_writer&) = delete;
-  file_writer& operator=(const file_writer&) = delete;
+  output_file(const std::string& path, std::string header);  // this rank's file (detail/job_place.hpp)
+  output_file(const output_file&) = delete;
+  output_file& operator=(const output_file&) = delete;
 
-  // Appends bytes (buffered); throws procflow::system_error naming the file on a failed write.
-  void write(std::string_view bytes);
-  // Flushes, closes (checked) and renames to the final path. Idempotent.
-  void commit();
-  // Removes the temporary file (a failed run). Never throws.
-  void abandon() noexcept;
+  // A descriptor appending to the temporary file (created with its header if missing).
+  int open_for_append() const;
+  // Creates the file if nothing was written, flushes it to disk and renames it to path().
+  void commit() const;
+  // Removes the temporary file. Never throws.
+  void rollback() const noexcept;
   const std::string& path() const noexcept { return path_; }
   const std::string& temp_path() const noexcept { return temp_; }
 
  private:
-  void open();
-  void flush_buffer();
-
+  void create() const;
   std::string path_;
   std::string temp_;
+  std::string header_;
+};
+
+// One copy's lines not yet written (library): written as whole lines, with O_APPEND, when 64 KiB
+// gather, at flush() and at close(). A copy of a part is empty (the copy writes its own lines).
+class output_part {
+ public:
+  output_part() = default;
+  output_part(const output_part&) noexcept {}
+  output_part(output_part&& o) noexcept : buffer_(std::move(o.buffer_)), fd_(std::exchange(o.fd_, -1)) {}
+  output_part& operator=(const output_part&) = delete;
+  ~output_part() { drop(); }
+
+  // Appends `line` (one or more whole lines); throws procflow::system_error naming the file.
+  void append(const output_file& file, std::string_view line);
+  void flush(const output_file& file);
+  void close(const output_file& file);  // flush, then close (checked)
+  void drop() noexcept;                  // forget what was not written; close
+
+ private:
   std::string buffer_;
   int fd_ = -1;
-  bool done_ = false;
 };
 
 void append_csv_field(std::string& line, std::string_view field, char delimiter);
@@ -92,68 +124,66 @@ void append_csv_value(std::string& line, const T& value, char delimiter) {
 
 }  // namespace detail
 
-// A sink callable writing CSV rows (see above). Copies share one file.
-class csv_writer {
+// The protocol both writers share (see above): the file, shared by the copies, and this copy's
+// lines.
+class file_sink {
  public:
-  static constexpr bool writes_one_file = true;  // one process only (flow::sink refuses replicas)
-  csv_writer(std::string path, std::vector<std::string> header, char delimiter = ',');
+  void finish();
+  void flush();
+  void abort() noexcept;
+  void commit();
+  void rollback() noexcept;
+
+ protected:
+  file_sink(const std::string& path, std::string header);
+  void write_line(std::string_view line) { part_.append(*file_, line); }
+  std::string line_;  // the line being built (a scratch buffer; copies start empty)
+
+ private:
+  std::shared_ptr<const detail::output_file> file_;
+  detail::output_part part_;
+};
+
+// A sink callable writing CSV rows (see above).
+class csv_writer : public file_sink {
+ public:
+  csv_writer(const std::string& path, const std::vector<std::string>& header, char delimiter = ',');
 
   void operator()(const std::vector<std::string>& fields);
   template <class A, class B>
   void operator()(const std::pair<A, B>& p) {
-    std::string& line = begin_line();
-    detail::append_csv_value(line, p.first, state_->delimiter);
-    line += state_->delimiter;
-    detail::append_csv_value(line, p.second, state_->delimiter);
+    line_.clear();
+    detail::append_csv_value(line_, p.first, delimiter_);
+    line_ += delimiter_;
+    detail::append_csv_value(line_, p.second, delimiter_);
     end_line();
   }
   template <class... Ts>
   void operator()(const std::tuple<Ts...>& t) {
-    std::string& line = begin_line();
-    const char d = state_->delimiter;
+    line_.clear();
+    const char d = delimiter_;
     std::apply([&](const Ts&... v) {
       std::size_t i = 0;
-      ((i++ ? void(line += d) : void(), detail::append_csv_value(line, v, d)), ...);
+      ((i++ ? void(line_ += d) : void(), detail::append_csv_value(line_, v, d)), ...);
     }, t);
     end_line();
   }
-  // End of a successful stream: header (if nothing was written), flush, close, rename.
-  void finish();
-  // A failed run: removes the temporary file.
-  void abort() noexcept;
 
  private:
-  struct state {
-    std::string path;
-    std::vector<std::string> header;
-    char delimiter;
-    std::unique_ptr<detail::file_writer> file;
-    std::string line;
-  };
-  std::string& begin_line();
-  void end_line();
-
-  std::shared_ptr<state> state_;
+  void end_line() {
+    line_ += '\n';
+    write_line(line_);
+  }
+  char delimiter_;
 };
 
-// A sink callable writing one JSON object per line (see above). Copies share one file.
-class jsonl_writer {
+// A sink callable writing one JSON object per line (see above).
+class jsonl_writer : public file_sink {
  public:
-  static constexpr bool writes_one_file = true;
-  explicit jsonl_writer(std::string path);
+  explicit jsonl_writer(const std::string& path);
 
   void operator()(const std::vector<std::pair<std::string, std::string>>& fields);
   void operator()(const record& r);
-  void finish();
-  void abort() noexcept;
-
- private:
-  struct state {
-    std::string path;
-    std::unique_ptr<detail::file_writer> file;
-    std::string line;
-  };
-  std::shared_ptr<state> state_;
 };
 
 }  // namespace procflow::stages
