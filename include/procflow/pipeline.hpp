@@ -263,9 +263,10 @@ class flow {
   // Terminal: fn(item) for every item (e.g. writing a file). By default the sink runs in the
   // process that called run(), fed through the results channel like collect, so whatever fn
   // captured by reference (a std::ofstream, a vector) is the caller's. With pf::replicas(n > 1)
-  // or pf::own_process it runs in processes of its own, which end with _exit(): there a stream of
-  // the caller captured by reference is a copy that is never flushed, so let fn own what it writes
-  // through (pf::stages::csv_writer / jsonl_writer, or open it on the first item). If fn has a
+  // it runs in the processes of the stages before it when they have the same count (fused), else
+  // in processes of its own; with pf::own_process in one of its own. Those end with _exit(): a
+  // stream of the caller captured by reference is a copy that is never flushed, so let fn own what
+  // it writes through (pf::stages::csv_writer / jsonl_writer, or open it on the first item). If fn has a
   // finish() member, it is called once at the end of a successful stream (in each sink replica,
   // before its end of stream); a throw from it fails run() with a stage_error saying "teardown".
   // If fn has commit() (and rollback()), the calling process calls it once after every replica

@@ -36,9 +36,11 @@ void fit_boundary(channel::RingGeometry& g, std::uint64_t rings) {
 }
 
 // Whether stage s may run in the processes of the group before it (the group loop's `joins`
-// adds: the same count or both auto, and a group that does not read a generator).
+// adds: the same count or both auto, and a group that does not read a generator). A sink with
+// replicas of its own joins too (a sink in the caller is never in a group): the items it takes
+// cross no ring; own_process keeps any stage (and key_by, which implies it) apart.
 bool may_join(const detail::stage_base& s, bool fusion) {
-  return fusion && !s.options().own_process && s.kind() != detail::stage_kind::sink;
+  return fusion && !s.options().own_process;
 }
 
 // The maps, filters and flat_maps right after the source that took the previous stage's count

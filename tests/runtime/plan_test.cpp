@@ -176,3 +176,17 @@ TEST_CASE("plan: a stage before the first count keeps one process when it holds 
   CHECK(groups_of(pf::pipeline("p", pf::fusion(false)).source("n", pf::iota<std::int64_t>(0, 100)).filter("even", is_even)
                       .map("x2", twice, pf::replicas(3)).collect().definition()) == Groups{{0, 1, 1}, {1, 2, 1}, {2, 3, 3}});
 }
+
+TEST_CASE("plan: a sink with replicas runs in the processes of the stages before it when the counts match") {
+  const auto mapped = [] { return pf::pipeline("p").source("n", pf::iota<std::int64_t>(0, 100)).map("x2", twice, pf::replicas(2)); };
+  const auto drop = [](std::int64_t) {};
+  // The same count: one group of 2 (before, a sink always had processes of its own: 2 + 2 and a ring).
+  CHECK(groups_of(mapped().sink("s", drop, pf::replicas(2)).definition()) == Groups{{0, 3, 2}});
+  // Another count, or own_process: its own group. In the caller (the default): no group.
+  CHECK(groups_of(mapped().sink("s", drop, pf::replicas(3)).definition()) == Groups{{0, 2, 2}, {2, 3, 3}});
+  CHECK(groups_of(mapped().sink("s", drop, pf::own_process).definition()) == Groups{{0, 2, 2}, {2, 3, 1}});
+  CHECK(groups_of(mapped().sink("s", drop).definition()) == Groups{{0, 2, 2}});
+  // Straight after the source: the sink's count is the chunk readers'.
+  CHECK(groups_of(pf::pipeline("p").source("n", pf::iota<std::int64_t>(0, 100)).sink("s", drop, pf::replicas(2)).definition()) ==
+        Groups{{0, 1, 1}, {1, 2, 2}});
+}
