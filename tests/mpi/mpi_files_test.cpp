@@ -93,28 +93,34 @@ TEST_CASE("every rank writes its own output file and reject file: none is rename
   pf::stages::csv_options o;
   o.block_bytes = 4096;  // ~100 blocks, claimed by the ranks as they go
   o.reject_file = dir.path() + "/rejects.csv";
-  const std::string output = dir.path() + "/out.csv";
-  auto job = pf::pipeline("files", pf::skip)
-                 .source("rows", pf::stages::csv_rows(input, o))
-                 .map("kv", [](const pf::stages::csv_row& row) { return std::pair{row.get<std::string>("k"), row.get<std::int64_t>("v")}; })
-                 .sink("write", pf::stages::csv_writer(output, {"k", "v"}));
-  pf::mpi::run(job);
-  MPI_Barrier(MPI_COMM_WORLD);
+  // The sink in each rank's calling process (the default), then with replicas(2) in each rank's
+  // reader processes: each rank's replicas append to that rank's one file, committed by the rank.
+  for (const bool replicated : {false, true}) {
+    CAPTURE(replicated);
+    const std::string output = dir.path() + (replicated ? "/out2.csv" : "/out.csv");
+    auto rows = pf::pipeline("files", pf::skip)
+                    .source("rows", pf::stages::csv_rows(input, o))
+                    .map("kv", [](const pf::stages::csv_row& row) { return std::pair{row.get<std::string>("k"), row.get<std::int64_t>("v")}; });
+    pf::mpi::run(replicated ? rows.sink("write", pf::stages::csv_writer(output, {"k", "v"}), pf::replicas(2))
+                            : rows.sink("write", pf::stages::csv_writer(output, {"k", "v"})));
+    MPI_Barrier(MPI_COMM_WORLD);
 
-  if (world_rank() == 0) {
-    CHECK_FALSE(fs::exists(output));         // no rank writes the shared name
-    CHECK_FALSE(fs::exists(o.reject_file));
-    std::vector<std::string> rows;
-    std::vector<std::vector<std::string>> rejects;
-    for (int rank = 0; rank < world_size(); ++rank) {
-      CAPTURE(rank);
-      const std::string suffix = ".rank" + std::to_string(rank);
-      REQUIRE(fs::exists(output + suffix));  // written (with its header) even without rows
-      for (std::string& row : lines_after_header(output + suffix, "k,v")) rows.push_back(std::move(row));
-      REQUIRE(fs::exists(o.reject_file + suffix));
-      for (auto& r : pt::reject_records(o.reject_file + suffix, "file,line,column,error,text", 3)) rejects.push_back(std::move(r));
+    if (world_rank() == 0) {
+      CHECK_FALSE(fs::exists(output));         // no rank writes the shared name
+      CHECK_FALSE(fs::exists(o.reject_file));
+      std::vector<std::string> written;
+      std::vector<std::vector<std::string>> rejects;
+      for (int rank = 0; rank < world_size(); ++rank) {
+        CAPTURE(rank);
+        const std::string suffix = ".rank" + std::to_string(rank);
+        REQUIRE(fs::exists(output + suffix));  // written (with its header) even without rows
+        for (std::string& row : lines_after_header(output + suffix, "k,v")) written.push_back(std::move(row));
+        REQUIRE(fs::exists(o.reject_file + suffix));
+        for (auto& r : pt::reject_records(o.reject_file + suffix, "file,line,column,error,text", 3)) rejects.push_back(std::move(r));
+      }
+      CHECK(pt::sorted(written) == pt::sorted(good));  // every good row once, in one rank's file
+      CHECK(pt::sorted(rejects) == pt::sorted(bad));   // every bad row once, in one rank's file
     }
-    CHECK(pt::sorted(rows) == pt::sorted(good));     // every good row once, in one rank's file
-    CHECK(pt::sorted(rejects) == pt::sorted(bad));   // every bad row once, in one rank's file
+    MPI_Barrier(MPI_COMM_WORLD);
   }
 }
