@@ -15,7 +15,6 @@ namespace {
 
 constexpr std::size_t flush_at = std::size_t{1} << 16;
 
-
 std::string random_suffix() {
   std::random_device rd;
   char suffix[32];
