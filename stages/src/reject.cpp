@@ -1,5 +1,7 @@
 #include "reject.hpp"
 
+#include "file_io.hpp"
+
 #include <procflow/counter.hpp>
 #include <procflow/detail/bad_input.hpp>
 #include <procflow/detail/job_place.hpp>
@@ -20,17 +22,9 @@ namespace {
 void write_file(const std::string& path, std::string_view text, int mode) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode, 0666);
   if (fd < 0) throw procflow::system_error(errno, "cannot open reject file '" + path + "'");
-  while (!text.empty()) {
-    const ssize_t n = ::write(fd, text.data(), text.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int e = n < 0 ? errno : EIO;
-      ::close(fd);
-      throw procflow::system_error(e, "cannot write reject file '" + path + "'");
-    }
-    text.remove_prefix(static_cast<std::size_t>(n));
-  }
+  const int e = write_all(fd, text);
   ::close(fd);
+  if (e != 0) throw procflow::system_error(e, "cannot write reject file '" + path + "'");
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 #include <procflow/error.hpp>
 #include <procflow/stages/writers.hpp>
 
+#include "file_io.hpp"
+
 #include <cerrno>
 #include <cstdio>
 #include <fcntl.h>
@@ -22,22 +24,10 @@ std::string random_suffix() {
   return suffix;
 }
 
-[[noreturn]] void fail(const char* what, const std::string& file, const std::string& output) {
-  const int e = errno;
+[[noreturn]] void fail(int e, const char* what, const std::string& file, const std::string& output) {
   throw procflow::system_error(e, std::string(what) + " '" + file + "' (output '" + output + "')");
 }
-
-void write_all(int fd, std::string_view bytes, const std::string& file, const std::string& output) {
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("cannot write", file, output);
-    }
-    done += static_cast<std::size_t>(n);
-  }
-}
+[[noreturn]] void fail(const char* what, const std::string& file, const std::string& output) { fail(errno, what, file, output); }
 
 void close_checked(int fd, const std::string& file, const std::string& output) {
   if (::close(fd) != 0 && errno != EINTR) fail("cannot close", file, output);
@@ -45,58 +35,68 @@ void close_checked(int fd, const std::string& file, const std::string& output) {
 
 }  // namespace
 
-output_file::output_file(const std::string& path, std::string header)
-    : path_(procflow::detail::path_of_this_rank(path)), temp_(path_ + ".tmp-" + random_suffix()), header_(std::move(header)) {}
+output_file::output_file(std::string path, std::string header)
+    : path_(std::move(path)), suffix_(".tmp-" + random_suffix()), header_(std::move(header)) {}
+
+std::string output_file::path() const { return procflow::detail::path_of_this_rank(path_); }
+std::string output_file::temp_path() const { return path() + suffix_; }
 
 // The header goes in under a private name, then link() puts the whole file under the shared name
 // at once (failing if another copy got there first): a copy that opens the shared name finds the
 // header in it already.
-void output_file::create() const {
-  const std::string own = temp_ + "." + std::to_string(::getpid()) + random_suffix();
+void output_file::create(const std::string& temp, const std::string& path) const {
+  const std::string own = temp + "." + std::to_string(::getpid()) + random_suffix();
   const int fd = ::open(own.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (fd < 0) fail("cannot create", own, path_);
-  try {
-    write_all(fd, header_, own, path_);
-  } catch (...) {
+  if (fd < 0) fail("cannot create", own, path);
+  if (const int e = write_all(fd, header_); e != 0) {
     ::close(fd);
     ::unlink(own.c_str());
-    throw;
+    fail(e, "cannot write", own, path);
   }
   const int closed = ::close(fd);
-  const int linked = closed == 0 ? ::link(own.c_str(), temp_.c_str()) : -1;
+  const int linked = closed == 0 ? ::link(own.c_str(), temp.c_str()) : -1;
   const int e = errno;
   ::unlink(own.c_str());
   errno = e;
-  if (closed != 0) fail("cannot close", own, path_);
-  if (linked != 0 && e != EEXIST) fail("cannot create", temp_, path_);
+  if (closed != 0) fail("cannot close", own, path);
+  if (linked != 0 && e != EEXIST) fail("cannot create", temp, path);
 }
 
 int output_file::open_for_append() const {
+  const std::string temp = temp_path();
   for (int attempt = 0; attempt < 2; ++attempt) {
-    const int fd = ::open(temp_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd >= 0) return fd;
     if (errno != ENOENT) break;
-    create();
+    create(temp, path());
   }
-  fail("cannot open", temp_, path_);
+  const int e = errno;
+  fail(e, "cannot open", temp, path());
 }
 
 void output_file::commit() const {
+  const std::string temp = temp_path();
+  const std::string final_path = path();
   const int fd = open_for_append();
   if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
     const int e = errno;
     ::close(fd);
     errno = e;
-    fail("cannot flush", temp_, path_);
+    fail("cannot flush", temp, final_path);
   }
-  close_checked(fd, temp_, path_);
-  if (::rename(temp_.c_str(), path_.c_str()) != 0) {
+  close_checked(fd, temp, final_path);
+  if (::rename(temp.c_str(), final_path.c_str()) != 0) {
     const int e = errno;
-    throw procflow::system_error(e, "cannot rename '" + temp_ + "' to '" + path_ + "'");
+    throw procflow::system_error(e, "cannot rename '" + temp + "' to '" + final_path + "'");
   }
 }
 
-void output_file::rollback() const noexcept { ::unlink(temp_.c_str()); }
+void output_file::rollback() const noexcept {
+  try {
+    ::unlink(temp_path().c_str());
+  } catch (...) {  // std::bad_alloc: the temporary file stays
+  }
+}
 
 void output_part::append(const output_file& file, std::string_view line) {
   buffer_.append(line);
@@ -106,13 +106,9 @@ void output_part::append(const output_file& file, std::string_view line) {
 void output_part::flush(const output_file& file) {
   if (buffer_.empty()) return;
   if (fd_ < 0) fd_ = file.open_for_append();
-  try {
-    write_all(fd_, buffer_, file.temp_path(), file.path());
-  } catch (...) {
-    buffer_.clear();
-    throw;
-  }
+  const int e = write_all(fd_, buffer_);
   buffer_.clear();
+  if (e != 0) fail(e, "cannot write", file.temp_path(), file.path());
 }
 
 void output_part::close(const output_file& file) {

@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -58,12 +57,10 @@ class shared_dir {
 
 // The lines of `path` after its header line (which must be `header`).
 std::vector<std::string> lines_after_header(const std::string& path, const std::string& header) {
-  std::istringstream in(pt::read_text(path));
-  std::string line;
-  if (!std::getline(in, line) || line != header) return {"bad header in " + path + ": " + line};
-  std::vector<std::string> out;
-  while (std::getline(in, line)) out.push_back(line);
-  return out;
+  std::vector<std::string> lines = pt::lines_of(pt::read_text(path));
+  if (lines.empty() || lines.front() != header) return {"bad header in " + path};
+  lines.erase(lines.begin());
+  return lines;
 }
 
 }  // namespace

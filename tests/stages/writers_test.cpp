@@ -7,6 +7,7 @@
 #include "support/child_process.hpp"
 #include "support/isolated.hpp"
 
+#include <procflow/detail/job_place.hpp>
 #include <procflow/procflow.hpp>
 #include <procflow/stages/writers.hpp>
 
@@ -18,7 +19,6 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -34,14 +34,6 @@ std::vector<std::string> entries(const std::string& dir) {
   for (const auto& e : std::filesystem::directory_iterator(dir)) out.push_back(e.path().filename().string());
   std::sort(out.begin(), out.end());
   return out;
-}
-
-std::vector<std::string> sorted_lines(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  std::sort(lines.begin(), lines.end());
-  return lines;
 }
 
 // The lines "i,2i" for i in [0, n), sorted as text, after the header "a,b".
@@ -88,6 +80,25 @@ TEST_CASE("csv_writer quotes fields that need it and prints numbers; renamed at 
         "plain,\"a,b\"\n"
         "\"quote \"\"q\"\"\",-3\n"
         "\"line\nbreak\",0.1,true,18446744073709551615\n");
+}
+
+TEST_CASE("a writer constructed before the MPI environment writes its rank's file: the rank applies when it writes") {
+  // procflow::mpi::environment sets the job place; a writer may be constructed before it (a global,
+  // or built before MPI_Init). Its lines and its commit must still go to "<path>.rank<R>".
+  pt::temp_dir dir("writers_rank");
+  const std::string path = dir.path() + "/out.csv";
+  pf::stages::csv_writer w(path, {"k"});
+  procflow::detail::set_job_place({1, 2});
+  struct unset {
+    ~unset() { procflow::detail::set_job_place({}); }
+  } unset_place;
+  w(std::vector<std::string>{"x"});
+  w.finish();
+  REQUIRE(entries(dir.path()).size() == 1);
+  CHECK(entries(dir.path())[0].find("out.csv.rank1.tmp-") == 0);
+  w.commit();
+  CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv.rank1"});
+  CHECK(pt::read_text(path + ".rank1") == "k\nx\n");
 }
 
 TEST_CASE("jsonl_writer escapes quotes, backslashes and control characters; UTF-8 passes through") {
@@ -147,7 +158,7 @@ TEST_CASE("a writer sink with several replicas writes one file holding every row
   }
   SUBCASE("own_process") { pairs(100000).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::own_process).run(); }
   SUBCASE("threads") { pairs(100000).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2)).run(pf::in_threads); }
-  CHECK(sorted_lines(pt::read_text(path)) == pair_lines(100000));
+  CHECK(pt::sorted(pt::lines_of(pt::read_text(path))) == pair_lines(100000));
   CHECK(pt::read_text(path).substr(0, 4) == "a,b\n");  // the header first
   CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv"});
   CHECK(pt::count_children() == 0);
@@ -156,7 +167,7 @@ TEST_CASE("a writer sink with several replicas writes one file holding every row
   const auto twice = pairs(3).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2));
   twice.run();
   twice.run();
-  CHECK(sorted_lines(pt::read_text(path)) == pair_lines(3));
+  CHECK(pt::sorted(pt::lines_of(pt::read_text(path))) == pair_lines(3));
   pairs(0).sink("write", pf::stages::csv_writer(path, {"a", "b"}), pf::replicas(2)).run();
   CHECK(pt::read_text(path) == "a,b\n");
   CHECK(entries(dir.path()) == std::vector<std::string>{"out.csv"});
@@ -198,7 +209,7 @@ void check_killed_sink_restarts(const Replicas& replicas) {
   }, pf::replicas(2)).sink("write", dying_writer{pf::stages::csv_writer(path, {"a", "b"}), killed, 60000}, replicas).run().report;
   CHECK(killed->load() == 1);
   CHECK(report.restarts.size() == 1);
-  std::vector<std::string> lines = sorted_lines(pt::read_text(path));
+  std::vector<std::string> lines = pt::sorted(pt::lines_of(pt::read_text(path)));
   const std::size_t written = lines.size();
   lines.erase(std::unique(lines.begin(), lines.end()), lines.end());
   CHECK(lines == pair_lines(100000));

@@ -5,8 +5,8 @@
 //   .sink("write", pf::stages::jsonl_writer("out.jsonl"))
 //
 // A writer's copies — the declared one, and every replica's (processes or threads) — append whole
-// lines to one temporary file "<path>.tmp-<random>" next to `path` (the name is chosen when the
-// writer is constructed; the header, if any, is always its first line). The pipeline calls, in
+// lines to one temporary file "<path>.tmp-<random>" next to `path` (the random part is chosen when
+// the writer is constructed; the header, if any, is always its first line). The pipeline calls, in
 // this order:
 //   finish()  once per copy that wrote, at its end of stream: its last lines written, its file closed;
 //   commit()  once, in the process that called run(), after every replica ended well: the file
@@ -27,8 +27,9 @@
 // callable wrapping a writer must pass finish(), flush(), commit(), abort() and rollback() on.
 // Used outside a pipeline: call it per row, then finish() and commit().
 // Under procflow::mpi with several ranks, the sink runs on every rank over that rank's items and
-// each rank writes "<path>.rank<R>" (R its rank in MPI_COMM_WORLD), never `path`: ranks sharing
-// a file system would otherwise rename onto one another's output, keeping one rank's rows.
+// each rank writes "<path>.rank<R>" (R its rank in MPI_COMM_WORLD), never `path`, even when the
+// writer was constructed before procflow::mpi::environment: ranks sharing a file system would
+// otherwise rename onto one another's output, keeping one rank's rows.
 //
 // csv_writer accepts std::vector<std::string>, std::pair and std::tuple of fields: strings,
 // integers, floating point (shortest round-trip form), bool. Fields are quoted (RFC 4180) when
@@ -60,7 +61,7 @@ namespace detail {
 // it, so no copy's lines can come before the header.
 class output_file {
  public:
-  output_file(const std::string& path, std::string header);  // this rank's file (detail/job_place.hpp)
+  output_file(std::string path, std::string header);
   output_file(const output_file&) = delete;
   output_file& operator=(const output_file&) = delete;
 
@@ -70,13 +71,16 @@ class output_file {
   void commit() const;
   // Removes the temporary file. Never throws.
   void rollback() const noexcept;
-  const std::string& path() const noexcept { return path_; }
-  const std::string& temp_path() const noexcept { return temp_; }
+  // The final and temporary names of this rank's file (detail/job_place.hpp): the rank applies
+  // when a copy writes, not when the writer is constructed (that may be before
+  // procflow::mpi::environment).
+  std::string path() const;
+  std::string temp_path() const;
 
  private:
-  void create() const;
-  std::string path_;
-  std::string temp_;
+  void create(const std::string& temp, const std::string& path) const;
+  std::string path_;    // as given
+  std::string suffix_;  // of the temporary name: random, chosen at construction
   std::string header_;
 };
 
