@@ -87,6 +87,27 @@ void rollback_output(F& f) noexcept {
   }
 }
 
+// A run's output (a callable with commit()), committed once when the run succeeded, else rolled
+// back when this goes: the collectors of a sink hold one.
+template <class F>
+class output_commit {
+ public:
+  explicit output_commit(F& f) noexcept : f_(f) {}
+  output_commit(const output_commit&) = delete;
+  output_commit& operator=(const output_commit&) = delete;
+  ~output_commit() {
+    if (!committed_) rollback_output(f_);
+  }
+  void commit() {
+    commit_output(f_);
+    committed_ = true;
+  }
+
+ private:
+  F& f_;
+  bool committed_ = false;
+};
+
 // The callable of one stage in one replica, with its end-of-stream protocol.
 template <class F>
 class replica_callable {

@@ -482,18 +482,17 @@ class sink_stage final : public input_stage<T> {
   // same pipeline continues with its state).
   class collector final : public result_collector {
    public:
-    explicit collector(F& declared) : declared_(declared) {
+    explicit collector(F& declared) : declared_(declared), output_(declared) {
       if constexpr (!is_factory_v<F> && std::is_copy_constructible_v<F>) own_.emplace(declared);
     }
-    // A failed run: the callable's abort(), if any, then its rollback() (a file writer removes
-    // its temporary file).
+    // A failed run: the callable's abort(), if any, then its rollback() (output_: a file writer
+    // removes its temporary file; own_ then drops its unwritten lines).
     ~collector() override {
       if constexpr (!is_factory_v<F> && !std::is_copy_constructible_v<F>) {
         if constexpr (requires(F& f) { f.abort(); }) {
           if (!finished_) declared_.abort();
         }
       }
-      if (!committed_) rollback_output(declared_);  // own_ then drops its unwritten lines
     }
     void consume(const batch_view& batch) override {
       decode_items(batch, items_);
@@ -520,8 +519,7 @@ class sink_stage final : public input_stage<T> {
         callable();
         own_.finish();
       }
-      commit_output(declared_);
-      committed_ = true;
+      output_.commit();
     }
 
    private:
@@ -536,9 +534,9 @@ class sink_stage final : public input_stage<T> {
 
     F& declared_;
     replica_callable<F> own_;
+    output_commit<F> output_;
     batch_buffer<T> items_;
     bool finished_ = false;
-    bool committed_ = false;
   };
 
   // A sink in processes (or threads) of its own whose callable commits its output: nothing comes
@@ -546,19 +544,12 @@ class sink_stage final : public input_stage<T> {
   // declared callable's commit(), in the calling process; its rollback() when the run failed.
   class committer final : public result_collector {
    public:
-    explicit committer(F& declared) : declared_(declared) {}
-    ~committer() override {
-      if (!committed_) rollback_output(declared_);
-    }
+    explicit committer(F& declared) : output_(declared) {}
     void consume(const batch_view&) override { throw std::logic_error("procflow: a sink in its own processes sends nothing back"); }
-    void finish() override {
-      commit_output(declared_);
-      committed_ = true;
-    }
+    void finish() override { output_.commit(); }
 
    private:
-    F& declared_;
-    bool committed_ = false;
+    output_commit<F> output_;
   };
 
   mutable F fn_;  // mutable: a replica moves a move-only callable out of its copy (instantiate)
