@@ -161,6 +161,25 @@ inline double wait_child(pid_t pid) {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+// The median wall and CPU seconds (user + system, the child's whole tree) of `repeats` runs of
+// `run`, each in a fresh child process (fork_child): a run starts from the same state every time,
+// and whatever it leaves in memory goes with the child. `run` returns the child's exit status —
+// 0 when its output checked out; anything else ends the benchmark (wait_child).
+struct child_times {
+  double wall_s;
+  double cpu_s;
+};
+inline child_times measure_in_children(int repeats, const std::function<int()>& run) {
+  std::vector<double> walls, cpus;
+  for (int k = 0; k < repeats; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const pid_t pid = fork_child(run);
+    cpus.push_back(wait_child(pid));
+    walls.push_back(seconds_since(t0));
+  }
+  return {median(walls), median(cpus)};
+}
+
 inline std::string json_escape(std::string_view s) {
   std::string out;
   for (char c : s) {

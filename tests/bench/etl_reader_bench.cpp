@@ -214,15 +214,8 @@ int main(int argc, char** argv) {
   std::vector<bench::Row> rows;
   auto measure = [&](const std::string& variant, const std::function<Groups()>& run, const std::string& note) {
     if (!o.wants(variant)) return;
-    std::vector<double> walls, cpus;
-    for (int k = 0; k < o.repeats; ++k) {
-      const auto t0 = std::chrono::steady_clock::now();
-      const pid_t pid = bench::fork_child([&] { return same(run(), expected) ? 0 : 3; });
-      cpus.push_back(bench::wait_child(pid));
-      walls.push_back(bench::seconds_since(t0));
-    }
-    const double wall = bench::median(walls);
-    rows.push_back({"csv_groupby", variant, static_cast<double>(rows_n) / wall, {{"wall_s", wall}, {"cpu_s", bench::median(cpus)}}, note});
+    const bench::child_times t = bench::measure_in_children(o.repeats, [&] { return same(run(), expected) ? 0 : 3; });
+    rows.push_back({"csv_groupby", variant, static_cast<double>(rows_n) / t.wall_s, {{"wall_s", t.wall_s}, {"cpu_s", t.cpu_s}}, note});
   };
   measure("sequential", [&] { return sequential(path); }, "read(2) 1 MiB, memchr, from_chars, hash map");
   measure("procflow", [&] { return with_csv_rows(path, 2); }, "csv_rows -> reduce_by_key (fields by index), 2 replicas");

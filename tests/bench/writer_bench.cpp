@@ -1,7 +1,7 @@
 // Writing a CSV file from a pipeline (issue 9, writers): 2 M rows (i, i*i mod p, a short text)
 // made by a map and written by pf::stages::csv_writer, against the same writer in a sequential
 // loop. Each run writes the whole file (temporary name, fsync, rename); the output is checked
-// (line count and byte size against the sequential file). The file goes to $PROCFLOW_BENCH_DIR
+// (its byte size against the sequential file's). The file goes to $PROCFLOW_BENCH_DIR
 // (default /tmp): on tmpfs the figures are CPU, on a disk they include its fsync.
 //
 //   writer_bench [--json] [--quick] [--repeats=N] [--only=a,b]
@@ -19,7 +19,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <fstream>
 #include <string>
 #include <tuple>
 
@@ -59,18 +58,11 @@ int main(int argc, char** argv) {
   std::vector<bench::Row> rows;
   auto measure = [&](const std::string& variant, const std::function<void()>& run, const std::string& note) {
     if (!o.wants(variant)) return;
-    std::vector<double> walls, cpus;
-    for (int k = 0; k < o.repeats; ++k) {
-      const auto t0 = std::chrono::steady_clock::now();
-      const pid_t pid = bench::fork_child([&] {
-        run();
-        return file_bytes(path) == expected_bytes ? 0 : 3;
-      });
-      cpus.push_back(bench::wait_child(pid));
-      walls.push_back(bench::seconds_since(t0));
-    }
-    const double wall = bench::median(walls);
-    rows.push_back({"csv_writer", variant, static_cast<double>(n) / wall, {{"wall_s", wall}, {"cpu_s", bench::median(cpus)}}, note});
+    const bench::child_times t = bench::measure_in_children(o.repeats, [&] {
+      run();
+      return file_bytes(path) == expected_bytes ? 0 : 3;
+    });
+    rows.push_back({"csv_writer", variant, static_cast<double>(n) / t.wall_s, {{"wall_s", t.wall_s}, {"cpu_s", t.cpu_s}}, note});
   };
   measure("sequential", sequential, "make the row, csv_writer, one process");
   measure("procflow_caller", [&] { rows_flow().sink("write", pf::stages::csv_writer(path, header)).run(); },
