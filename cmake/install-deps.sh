@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(build-essential cmake libtbb-dev libboost-dev libfmt-dev doctest-dev zlib1g-dev python3 nlohmann-json3-dev
   clang-14 libclang-rt-14-dev  # clang 14 and its libFuzzer runtime: the fuzz step (cmake/fuzz.sh)
-  clang-19 libclang-rt-19-dev  # the MPI tests under ASan+UBSan (preset asan-mpi): GCC 12's ASan is not fork-safe beside Open MPI's threads
+  clang-19 libclang-rt-19-dev  # the ASan+UBSan builds (presets asan, asan-mpi): README, "Building, testing, conventions"
   ninja-build  # the sanitizer presets: Ninja builds their list of test targets in parallel (make builds a target list one by one)
   procps  # pgrep/pkill: tests/mpi/silence_check.sh's check that an aborted MPI job left no process
   libopenmpi-dev openmpi-bin)  # optional for the core: the procflow::mpi component and its tests (label mpi)
