@@ -10,6 +10,7 @@
 // second" bound with slack for a loaded machine: a hang fails the case by name.
 #include "support/child_process.hpp"
 #include "support/isolated.hpp"
+#include "support/sanitizers.hpp"
 
 #include <procflow/procflow.hpp>
 
@@ -190,7 +191,7 @@ void check_case(const Case& c) {
       }
       return;
     case Fault::segfault:
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(PROCFLOW_TEST_ASAN)
       CHECK((e.kind() == cause::signal || e.kind() == cause::exit));  // ASan reports the SEGV and exits
 #else
       CHECK(e.kind() == cause::signal);
