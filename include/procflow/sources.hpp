@@ -64,6 +64,8 @@ generator_source<F> generate(F next) {
 //   std::size_t fill(std::uint64_t first, std::uint64_t last, detail::batch_buffer<T>& out) const;
 //                                            // splittable: the items of units [first, last)
 //   std::optional<T> next();                 // not splittable: pulled in the source's own process
+//   void begin_run();                        // optional: called once per run in the calling process
+//                                            // (on each MPI rank) before any replica starts
 template <class S>
 concept custom_source = requires(S& s, const S& cs, detail::batch_buffer<typename S::item_type>& out) {
   typename S::item_type;
@@ -212,6 +214,9 @@ class source_stage final : public stage_base, public source_base {
     } else {
       return splittable_v;
     }
+  }
+  void begin_run() const override {
+    if constexpr (requires { src_.begin_run(); }) src_.begin_run();
   }
   std::uint64_t preferred_chunk_units() const noexcept override {
     if constexpr (is_custom) {

@@ -31,6 +31,7 @@ class RankSource final : public detail::stage_base, public detail::source_base {
   std::uint64_t size() const noexcept override { return size_; }
   std::uint64_t preferred_chunk_units() const noexcept override { return chunk_units_; }
   bool units_are_items() const noexcept override { return source_->units_are_items(); }
+  void begin_run() const override { source_->begin_run(); }
   void fill(std::uint64_t first, std::uint64_t last, void* vector) const override;
   std::size_t fill_items(std::uint64_t first, std::uint64_t last, void* vector) const override;
 

@@ -597,11 +597,17 @@ void check_fork_rule(const pipeline_def& def) {
   }
 }
 
+// What run() and start() do in the calling process before anything of the run exists.
+void prepare_run(const pipeline_def& def) {
+  check_fork_rule(def);
+  if (const source_base* source = def.stages.front()->source()) source->begin_run();
+}
+
 run_report run_in_processes(const pipeline_def& def, result_collector* collector) {
   if (runtime::caller_fed(def))
     throw procflow::error(fmt::format("procflow: pipeline '{}': its source '{}' is fed by the caller (pf::input): use start(), not run()",
                                       def.name, def.stages.front()->name()));
-  check_fork_rule(def);
+  prepare_run(def);
   // pf::this_replica() in a sink or collect running here; restored however run() ends.
   struct IdentityScope {
     Identity saved = identity();
@@ -623,7 +629,7 @@ run_report run_in_processes(const pipeline_def& def, result_collector* collector
 namespace procflow::runtime {
 
 std::unique_ptr<SupervisedRun> start_supervised(const detail::pipeline_def& def, detail::result_collector* collector) {
-  detail::check_fork_rule(def);
+  detail::prepare_run(def);
   auto supervisor = std::make_unique<detail::Supervisor>(def, collector);
   supervisor->start();
   return supervisor;

@@ -202,6 +202,7 @@ class ThreadRun {
         source_owner_(source_of(def).fresh_copy()),
         source_(source_owner_ ? source_owner_.get() : &source_of(def)) {
     refuse_process_only_options();
+    source_->begin_run();
     make_side_identities();
     for (const Group& g : plan_.groups) {
       chains_.push_back(std::make_unique<ChainSet>());

@@ -11,8 +11,8 @@
 
 namespace procflow::stages::detail {
 
-// Creates (truncates) this rank's reject file for `path` with its header line, when a reader is
-// declared, and returns its name: `path`, or "<path>.rank<R>" under procflow::mpi with several
+// Creates (truncates) this rank's reject file for `path` with its header line, when a run starts
+// (the reader's begin_run(), in the calling process), and returns its name: `path`, or "<path>.rank<R>" under procflow::mpi with several
 // ranks (detail/job_place.hpp), so that no rank truncates the file another rank appends to. An
 // empty `path` (no reject file) creates nothing and returns "".
 std::string create_reject_file(const std::string& path, std::string_view header);

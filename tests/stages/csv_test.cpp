@@ -5,7 +5,10 @@
 #include "support/child_process.hpp"
 
 #include <procflow/procflow.hpp>
+#include <procflow/detail/job_place.hpp>
 #include <procflow/stages/csv.hpp>
+#include <procflow/stages/lines.hpp>
+#include <procflow/stages/records.hpp>
 
 #include <doctest/doctest.h>
 
@@ -234,11 +237,51 @@ TEST_CASE("bad rows under pf::skip: counted, written to the reject file with fil
                      .collect(pf::ordered)
                      .run();
   CHECK(r.value == std::vector<std::string>{"1", "3"});
-  // A reject file that cannot be made fails the declaration, naming it.
+  // A reject file that cannot be made fails the run before it starts, naming it.
   pf::stages::csv_options nowhere;
   nowhere.reject_file = dir.path() + "/no/such/dir/rejects.csv";
-  CHECK(error_of([&] { pf::stages::csv_rows(path, nowhere); }).find(nowhere.reject_file) != std::string::npos);
+  const std::string err = error_of([&] {
+    pf::pipeline("nowhere", pf::skip).source("rows", pf::stages::csv_rows(path, nowhere)).collect().run();
+  });
+  CHECK(err.find("cannot open reject file '" + nowhere.reject_file + "'") != std::string::npos);
   CHECK(pt::count_children() == 0);
+}
+
+TEST_CASE("a reader declared before the MPI environment sets aside into its rank's file, made when the run starts") {
+  // procflow::mpi::environment sets the job place; a reader may be declared before it (a global,
+  // or built before MPI_Init). Its reject file must still be "<path>.rank<R>", made with its
+  // header by the run on the rank: made at declaration, it was "<path>" on every rank, each rank
+  // truncating and appending to the one file the others wrote.
+  pt::temp_dir dir("reject_rank");
+  const std::string csv = dir.write("in.csv", "k,v\n1,a\n2,\"b\"x\n3,c\n");
+  const std::string txt = dir.write("in.txt", "1\n" + std::string(300, 'x') + "\n3\n");
+  const std::string deb = dir.write("Packages", "Package: 1\n\nPackage: 2\nnot a field\n\nPackage: 3\n");
+  pf::stages::csv_options co;
+  co.reject_file = dir.path() + "/csv.rejects";
+  pf::stages::line_options lo;
+  lo.max_line_bytes = 100;
+  lo.reject_file = dir.path() + "/lines.rejects";
+  pf::stages::record_options ro;
+  ro.reject_file = dir.path() + "/records.rejects";
+  const auto rows = pf::stages::csv_rows(csv, co);
+  const auto lines = pf::stages::lines(txt, lo);
+  const auto records = pf::stages::records(deb, ro);
+  CHECK_FALSE(std::filesystem::exists(co.reject_file));  // nothing made before a run
+  pf::detail::set_job_place({1, 2});
+  struct unset {
+    ~unset() { pf::detail::set_job_place({}); }
+  } unset_place;
+  const auto ones_and_threes = [](auto source, auto key) {
+    return pt::sorted(pf::pipeline("rank", pf::skip).source("read", source).map("key", key).collect().run().value);
+  };
+  CHECK(ones_and_threes(rows, [](const pf::stages::csv_row& r) { return r.get<std::string>("k"); }) == fields{"1", "3"});
+  CHECK(ones_and_threes(lines, [](const std::string& l) { return l; }) == fields{"1", "3"});
+  CHECK(ones_and_threes(records, [](const pf::stages::record& r) { return std::string(r.find("Package").value_or("?")); }) ==
+        fields{"1", "3"});
+  CHECK(pt::reject_records(co.reject_file + ".rank1", "file,line,column,error,text", 3) == std::vector<fields>{{csv, "3", "2", "2,\"b\"x"}});
+  CHECK(pt::reject_records(lo.reject_file + ".rank1", "file,line,error,text", 2) == std::vector<fields>{{txt, "2", std::string(300, 'x')}});
+  CHECK(pt::reject_records(ro.reject_file + ".rank1", "file,line,error,text", 2) == std::vector<fields>{{deb, "4", "not a field"}});
+  for (const std::string& p : {co.reject_file, lo.reject_file, ro.reject_file}) CHECK_FALSE(std::filesystem::exists(p));
 }
 
 TEST_CASE("a quoted line break: an error when splitting, data with multiline") {

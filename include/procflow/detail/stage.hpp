@@ -204,6 +204,9 @@ class source_base {
   virtual std::size_t fill_into(std::uint64_t first, std::uint64_t last, stage_instance& stage) const {
     return fill_items(first, last, stage.input_buffer());
   }
+  // Called once per run, in the calling process (on each MPI rank), before any replica starts: a
+  // file reader makes its reject file here, under the name the rank it runs on gives it.
+  virtual void begin_run() const {}
   // Units per claimed chunk this source prefers (0: the runtime sizes chunks for balance).
   virtual std::uint64_t preferred_chunk_units() const noexcept { return 0; }
   // True when unit i is item i of the stream (item positions in errors are then source positions).

@@ -41,10 +41,11 @@
 // line: the physical line where the row starts; column: the 1-based field where the error was
 // found, as in the error message; text: that line without its line break, cut at
 // reject_text_bytes. One write(2) per record with O_APPEND, so replicas append whole records, in
-// no particular order. The file is created (truncated) with that header when csv_rows() is
-// declared. A field that parses as CSV but not as the type asked (get<double> of "abc") is no
-// reader error: it fails in the stage that asks, under that stage's policy (a skipped item keeps
-// its row and message in the run's dead letters, dead_letter.hpp).
+// no particular order. Each run creates (truncates) the file with that header as it starts (a
+// file that cannot be made fails the run, naming it). A field that parses as CSV but not as the
+// type asked (get<double> of "abc") is no reader error: it fails in the stage that asks, under
+// that stage's policy (a skipped item keeps its row and message in the run's dead letters,
+// dead_letter.hpp).
 #pragma once
 
 #include <procflow/codec.hpp>
@@ -205,6 +206,8 @@ class csv_source {
   bool units_are_items() const noexcept { return false; }
   std::size_t fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<csv_row>& out) const;
   std::optional<csv_row> next();
+  // At the start of each run (procflow::custom_source): makes this rank's reject file.
+  void begin_run();
 
   const std::vector<std::string>& columns() const { return detail::columns(columns_); }
 
@@ -213,6 +216,7 @@ class csv_source {
   csv_options options_;
   std::uint32_t columns_ = 0;
   std::shared_ptr<detail::csv_stream> stream_;
+  std::string reject_file_;  // as declared (options_.reject_file: the run's, made by begin_run())
 };
 
 inline csv_source csv_rows(std::string input, csv_options options = {}) {

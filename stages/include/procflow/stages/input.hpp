@@ -28,8 +28,9 @@ inline constexpr std::uint64_t default_block_bytes = std::uint64_t{256} << 10;
 
 // The longest line text a reject record keeps (csv_options::reject_file, record_options::reject_file).
 // Under procflow::mpi with several ranks each rank keeps its own reject file, "<reject_file>.rank<R>"
-// (R its rank in MPI_COMM_WORLD), created with the header and holding the rows its replicas set
-// aside: no rank truncates the file another appends to.
+// (R its rank in MPI_COMM_WORLD), created with the header when the run starts on the rank (so a
+// reader declared before procflow::mpi::environment gets its rank's name too) and holding the
+// rows its replicas set aside: no rank truncates the file another appends to.
 // Under pf::restart a replacement reads its dead predecessor's block (or a source process's
 // stream) again, and sets aside only what the predecessor had not: each bad row is one reject
 // record, one count in the reader's counter and one dead letter (a replica killed between a

@@ -16,8 +16,8 @@
 // ("data.txt:1234: line longer than 67108864 bytes"), never an unbounded allocation. Under
 // pf::skip (on the source or the pipeline) it is set aside instead: counted in the stage's
 // counter "lines rejected" and, with `reject_file` set, appended to that CSV file as
-// `file,line,error,text` (text cut at reject_text_bytes; one O_APPEND write each; the file is
-// created with that header when lines() is declared), and reading goes on at the next line.
+// `file,line,error,text` (text cut at reject_text_bytes; one O_APPEND write each; each run
+// creates the file with that header as it starts), and reading goes on at the next line.
 #pragma once
 
 #include <procflow/error.hpp>
@@ -57,11 +57,14 @@ class lines_source {
   std::size_t fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<std::string>& out) const;
   // The next line of a sequential read (stdin, gzip), nullopt at the end.
   std::optional<std::string> next();
+  // At the start of each run (procflow::custom_source): makes this rank's reject file.
+  void begin_run();
 
  private:
   std::shared_ptr<const detail::input_set> input_;
   line_options options_;
   std::shared_ptr<detail::line_stream> stream_;
+  std::string reject_file_;  // as declared (options_.reject_file: the run's, made by begin_run())
 };
 
 inline lines_source lines(std::string input, line_options options = {}) {

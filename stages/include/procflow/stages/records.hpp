@@ -17,7 +17,7 @@
 // the stage's counter "records rejected", and with `reject_file` set appended to that file as a
 // CSV record `file,line,error,text` (line and text: the line at fault, cut at
 // reject_text_bytes; one O_APPEND write each, replicas' records whole, in no particular order;
-// the file is created with that header when records() is declared). Reading goes on after the
+// each run creates the file with that header as it starts). Reading goes on after the
 // record's next blank line; the fields read before the fault are dropped with the record.
 //
 // Plain files (without `comment` set) are SPLITTABLE like lines(): a record belongs to the block where its first line
@@ -173,11 +173,14 @@ class records_source {
   bool units_are_items() const noexcept { return false; }
   std::size_t fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const;
   std::optional<record> next();
+  // At the start of each run (procflow::custom_source): makes this rank's reject file.
+  void begin_run();
 
  private:
   std::shared_ptr<const detail::input_set> input_;
   record_options options_;
   std::shared_ptr<detail::record_stream> stream_;
+  std::string reject_file_;  // as declared (options_.reject_file: the run's, made by begin_run())
 };
 
 inline records_source records(std::string input, record_options options = {}) {
