@@ -1,6 +1,7 @@
 #include "process/child.hpp"
 
 #include <procflow/error.hpp>
+#include <procflow/detail/sanitizers.hpp>
 #include <procflow/detail/table_memory.hpp>
 
 #include <fmt/format.h>
@@ -23,16 +24,6 @@
 #include <filesystem>
 #include <iostream>
 #include <thread>
-
-// AddressSanitizer checks only memory malloc hands out: under it replicas keep operator new for
-// their tables (GCC defines __SANITIZE_ADDRESS__, clang has the feature test).
-#if defined(__SANITIZE_ADDRESS__)
-#define PROCFLOW_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PROCFLOW_UNDER_ASAN 1
-#endif
-#endif
 
 #ifndef P_PIDFD
 #define P_PIDFD 3  // <linux/wait.h>; glibc 2.36's <sys/wait.h> does not define it
@@ -160,7 +151,7 @@ std::size_t ChildSet::spawn(const std::function<int()>& body) {
     for (const Child& sibling : children_)
       if (sibling.pidfd >= 0) ::close(sibling.pidfd);
     reset_stop_signals(host_mask);
-#ifndef PROCFLOW_UNDER_ASAN
+#ifndef PROCFLOW_ASAN  // AddressSanitizer checks only memory malloc hands out: keep operator new
     detail::table_memory::use_arena_in_this_process();  // large tables on huge pages: the child exits at its end
 #endif
     int status = 71;

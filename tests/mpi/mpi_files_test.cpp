@@ -58,7 +58,7 @@ class shared_dir {
 // The lines of `path` after its header line (which must be `header`).
 std::vector<std::string> lines_after_header(const std::string& path, const std::string& header) {
   std::vector<std::string> lines = pt::lines_of(pt::read_text(path));
-  if (lines.empty() || lines.front() != header) return {"bad header in " + path};
+  if (lines.empty() || lines.front() != header) return {"bad header in " + path + ": " + (lines.empty() ? "" : lines.front())};
   lines.erase(lines.begin());
   return lines;
 }

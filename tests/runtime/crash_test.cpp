@@ -10,8 +10,8 @@
 // second" bound with slack for a loaded machine: a hang fails the case by name.
 #include "support/child_process.hpp"
 #include "support/isolated.hpp"
-#include "support/sanitizers.hpp"
 
+#include <procflow/detail/sanitizers.hpp>
 #include <procflow/procflow.hpp>
 
 #include <doctest/doctest.h>
@@ -191,7 +191,7 @@ void check_case(const Case& c) {
       }
       return;
     case Fault::segfault:
-#if defined(PROCFLOW_TEST_ASAN)
+#if defined(PROCFLOW_ASAN)
       CHECK((e.kind() == cause::signal || e.kind() == cause::exit));  // ASan reports the SEGV and exits
 #else
       CHECK(e.kind() == cause::signal);

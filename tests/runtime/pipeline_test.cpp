@@ -6,8 +6,8 @@
 // a user struct with its own procflow::codec<>, a sink writing a file, and per-stage report counts.
 #include "support/cleanup_check.hpp"
 #include "support/host_signals.hpp"
-#include "support/sanitizers.hpp"
 
+#include <procflow/detail/sanitizers.hpp>
 #include <procflow/procflow.hpp>
 
 #include <doctest/doctest.h>
@@ -657,7 +657,7 @@ TEST_CASE("run() works when the program ignores SIGCHLD or reaps every child fro
   // exit status is then taken by the kernel (SIG_IGN) or by the handler. (Before the pidfd was
   // obtained race-free, about half of such runs failed.)
   CleanupCheck cleanup;
-#if defined(PROCFLOW_TEST_ASAN) || defined(PROCFLOW_TEST_TSAN)
+#if defined(PROCFLOW_ASAN) || defined(PROCFLOW_TSAN)
   constexpr int rounds = 25;  // under ASan a fork of this test process (large by now) costs ~0.1 s
 #else
   constexpr int rounds = 200;

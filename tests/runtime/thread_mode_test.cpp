@@ -5,8 +5,8 @@
 // generator flowing before it ends, sinks' finish(), and errors on the caller's side.
 // Each case runs in a child under a watchdog (run_isolated): a hang fails naming the case.
 #include "support/isolated.hpp"
-#include "support/sanitizers.hpp"
 
+#include <procflow/detail/sanitizers.hpp>
 #include <procflow/procflow.hpp>
 
 #include <doctest/doctest.h>
@@ -35,7 +35,7 @@ void isolated(const std::function<void()>& body) { pt::run_isolated(std::chrono:
 // ThreadSanitizer runs a background thread of its own, so under it the process is never
 // single-threaded: process-mode runs (which refuse to fork from a multi-threaded process, issue 8)
 // are left to the release build, and thread counts are compared with the count before the run.
-#if defined(PROCFLOW_TEST_TSAN)
+#if defined(PROCFLOW_TSAN)
 constexpr bool under_tsan = true;
 #else
 constexpr bool under_tsan = false;
