@@ -50,8 +50,10 @@ if [ -n "$mpiexec" ]; then
 fi
 consume_mpi=OFF
 [ -n "$mpiexec" ] && consume_mpi=ON
+# Unoptimized (no build type): this checks the CMake integration, and compiles the library from
+# source in 58 s instead of 80 s.
 cmake -S "$src/tests/consumer" -B "$work/subdir" -DPROCFLOW_CONSUME=subdir -DPROCFLOW_SOURCE_DIR="$src" \
-  -DPROCFLOW_CONSUME_MPI=$consume_mpi -DCMAKE_BUILD_TYPE=Release >/dev/null
+  -DPROCFLOW_CONSUME_MPI=$consume_mpi >/dev/null
 cmake --build "$work/subdir" -j2 --target consumer >/dev/null
 "$work/subdir/consumer"
 if [ -n "$mpiexec" ]; then
