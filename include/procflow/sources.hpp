@@ -64,8 +64,9 @@ generator_source<F> generate(F next) {
 //   std::size_t fill(std::uint64_t first, std::uint64_t last, detail::batch_buffer<T>& out) const;
 //                                            // splittable: the items of units [first, last)
 //   std::optional<T> next();                 // not splittable: pulled in the source's own process
-//   void begin_run();                        // optional: called once per run in the calling process
-//                                            // (on each MPI rank) before any replica starts
+//   void begin_run() const;                  // optional: called once per run in the calling process
+//                                            // (on each MPI rank) before any replica starts (const:
+//                                            // runs of one declaration may start from several threads)
 template <class S>
 concept custom_source = requires(S& s, const S& cs, detail::batch_buffer<typename S::item_type>& out) {
   typename S::item_type;

@@ -644,10 +644,9 @@ csv_source::csv_source(std::string input, csv_options options)
     }
   }
   columns_ = detail::register_columns(std::move(names));
-  reject_file_ = std::exchange(options_.reject_file, {});  // made by begin_run()
 }
 
-void csv_source::begin_run() { options_.reject_file = detail::create_reject_file(reject_file_, "file,line,column,error,text"); }
+void csv_source::begin_run() const { detail::create_reject_file(options_.reject_file, "file,line,column,error,text"); }
 
 std::size_t csv_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<csv_row>& out) const {
   // The previous chunk's rows are reused as storage (no allocation per row once warm).

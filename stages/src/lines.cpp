@@ -75,10 +75,9 @@ class line_stream {
 
 lines_source::lines_source(std::string input, line_options options)
     : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {
-  reject_file_ = std::exchange(options_.reject_file, {});  // made by begin_run()
 }
 
-void lines_source::begin_run() { options_.reject_file = detail::create_reject_file(reject_file_, "file,line,error,text"); }
+void lines_source::begin_run() const { detail::create_reject_file(options_.reject_file, "file,line,error,text"); }
 
 std::size_t lines_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<std::string>& out) const {
   // Items of the previous chunk are reused as storage: assigning into a string that has the

@@ -299,10 +299,9 @@ class record_stream {
 
 records_source::records_source(std::string input, record_options options)
     : input_(std::make_shared<const detail::input_set>(input, options.block_bytes)), options_(options) {
-  reject_file_ = std::exchange(options_.reject_file, {});  // made by begin_run()
 }
 
-void records_source::begin_run() { options_.reject_file = detail::create_reject_file(reject_file_, "file,line,error,text"); }
+void records_source::begin_run() const { detail::create_reject_file(options_.reject_file, "file,line,error,text"); }
 
 std::size_t records_source::fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const {
   // Records are parsed into out's existing elements (left from an earlier batch when the buffer

@@ -29,11 +29,8 @@ void write_file(const std::string& path, std::string_view text, int mode) {
 
 }  // namespace
 
-std::string create_reject_file(const std::string& path, std::string_view header) {
-  if (path.empty()) return {};
-  std::string mine = procflow::detail::path_of_this_rank(path);
-  write_file(mine, std::string(header) + "\n", O_TRUNC);
-  return mine;
+void create_reject_file(const std::string& path, std::string_view header) {
+  if (!path.empty()) write_file(procflow::detail::path_of_this_rank(path), std::string(header) + "\n", O_TRUNC);
 }
 
 void reject(std::string_view counter_name, const std::string& path, const rejected& r) {
@@ -51,7 +48,7 @@ void reject(std::string_view counter_name, const std::string& path, const reject
     field(r.error);
     append_csv_field(record, r.text, ',');
     record += '\n';
-    write_file(path, record, O_APPEND);
+    write_file(procflow::detail::path_of_this_rank(path), record, O_APPEND);
   });
 }
 

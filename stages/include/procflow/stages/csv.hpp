@@ -207,7 +207,7 @@ class csv_source {
   std::size_t fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<csv_row>& out) const;
   std::optional<csv_row> next();
   // At the start of each run (procflow::custom_source): makes this rank's reject file.
-  void begin_run();
+  void begin_run() const;
 
   const std::vector<std::string>& columns() const { return detail::columns(columns_); }
 
@@ -216,7 +216,6 @@ class csv_source {
   csv_options options_;
   std::uint32_t columns_ = 0;
   std::shared_ptr<detail::csv_stream> stream_;
-  std::string reject_file_;  // as declared (options_.reject_file: the run's, made by begin_run())
 };
 
 inline csv_source csv_rows(std::string input, csv_options options = {}) {

@@ -58,13 +58,12 @@ class lines_source {
   // The next line of a sequential read (stdin, gzip), nullopt at the end.
   std::optional<std::string> next();
   // At the start of each run (procflow::custom_source): makes this rank's reject file.
-  void begin_run();
+  void begin_run() const;
 
  private:
   std::shared_ptr<const detail::input_set> input_;
   line_options options_;
   std::shared_ptr<detail::line_stream> stream_;
-  std::string reject_file_;  // as declared (options_.reject_file: the run's, made by begin_run())
 };
 
 inline lines_source lines(std::string input, line_options options = {}) {

@@ -174,13 +174,12 @@ class records_source {
   std::size_t fill(std::uint64_t first, std::uint64_t last, procflow::detail::batch_buffer<record>& out) const;
   std::optional<record> next();
   // At the start of each run (procflow::custom_source): makes this rank's reject file.
-  void begin_run();
+  void begin_run() const;
 
  private:
   std::shared_ptr<const detail::input_set> input_;
   record_options options_;
   std::shared_ptr<detail::record_stream> stream_;
-  std::string reject_file_;  // as declared (options_.reject_file: the run's, made by begin_run())
 };
 
 inline records_source records(std::string input, record_options options = {}) {
