@@ -23,8 +23,9 @@ using rejected = procflow::detail::bad_input;
 // Counts one rejected row or record in this stage's counter `counter_name`, keeps it among the
 // run's dead letters (report.dead_letters, pf::dead_letters_to: the message names file, line and
 // column; the item is the text as a std::string), and, when `path` is not empty, appends it to
-// that reject file (this rank's, as create_reject_file names it) as one CSV record (file,line[,column],error,text) in one write(2) (O_APPEND:
-// records of several replicas stay whole). Under pf::restart, a replacement re-reading its dead
+// that reject file (this rank's, as create_reject_file names it) as one CSV record
+// (file,line[,column],error,text) in one write(2) (O_APPEND: records of several replicas stay
+// whole). Under pf::restart, a replacement re-reading its dead
 // predecessor's block does none of this for the rows the predecessor set aside already.
 void reject(std::string_view counter_name, const std::string& path, const rejected& r);
 

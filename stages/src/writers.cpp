@@ -62,22 +62,23 @@ void output_file::create(const std::string& temp, const std::string& path) const
   if (linked != 0 && e != EEXIST) fail("cannot create", temp, path);
 }
 
-int output_file::open_for_append() const {
-  const std::string temp = temp_path();
+int output_file::open_for_append() const { return open_for_append(temp_path(), path()); }
+
+int output_file::open_for_append(const std::string& temp, const std::string& final_path) const {
   for (int attempt = 0; attempt < 2; ++attempt) {
     const int fd = ::open(temp.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd >= 0) return fd;
     if (errno != ENOENT) break;
-    create(temp, path());
+    create(temp, final_path);
   }
   const int e = errno;
-  fail(e, "cannot open", temp, path());
+  fail(e, "cannot open", temp, final_path);
 }
 
 void output_file::commit() const {
   const std::string temp = temp_path();
   const std::string final_path = path();
-  const int fd = open_for_append();
+  const int fd = open_for_append(temp, final_path);
   if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
     const int e = errno;
     ::close(fd);

@@ -32,6 +32,13 @@
     }                                                                                         \
   } while (0)
 
+// Inside a child of the test: reaching this line is a failure (e.g. a call that must throw returned).
+#define CHILD_FAIL(what)                                                            \
+  do {                                                                              \
+    std::fprintf(stderr, "%s:%d: in child: %s\n", __FILE__, __LINE__, what);       \
+    return 1;                                                                       \
+  } while (0)
+
 namespace procflow::test {
 
 class ChildProcess {

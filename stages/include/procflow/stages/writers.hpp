@@ -78,6 +78,8 @@ class output_file {
   std::string temp_path() const;
 
  private:
+  // open_for_append() with this rank's names, built once by the caller.
+  int open_for_append(const std::string& temp, const std::string& final_path) const;
   void create(const std::string& temp, const std::string& path) const;
   std::string path_;    // as given
   std::string suffix_;  // of the temporary name: random, chosen at construction
