@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -13,7 +15,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sys/mman.h>
 #include <unistd.h>
 
 namespace procflow::stages {
@@ -158,43 +159,66 @@ std::uint64_t count_newlines(const char* p, std::size_t n) noexcept {
   for (; i < n; ++i) count += p[i] == '\n';
   return count;
 }
+
+
+// What line_at() knows of one file in this process.
+struct known_lines {
+  // newlines_before[k]: newlines in bytes [0, k * piece) of the file.
+  std::vector<std::uint64_t> newlines_before{0};
+  // The last answers, as {offset, newlines before it}: a reader that sets aside row after row
+  // asks for offsets a little further on each time (several readers in threads: a few such
+  // streams at once), so each answer counts only the bytes since a recent one.
+  static constexpr std::size_t remembered = 8;
+  std::array<std::pair<std::uint64_t, std::uint64_t>, remembered> recent{};
+  std::size_t next = 0;
+};
+
+std::atomic<std::uint64_t> bytes_counted{0};
+
+// Newlines in bytes [from, to) of `fd`, read in pieces (stops early at the end of the file).
+std::uint64_t count_range(int fd, std::uint64_t from, std::uint64_t to) {
+  static char buffer[std::size_t{64} << 10];  // under line_at's lock
+  std::uint64_t n = 0;
+  while (from < to) {
+    const ssize_t got = ::pread(fd, buffer, static_cast<std::size_t>(std::min<std::uint64_t>(sizeof buffer, to - from)),
+                                static_cast<off_t>(from));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    n += count_newlines(buffer, static_cast<std::size_t>(got));
+    from += static_cast<std::uint64_t>(got);
+    bytes_counted.fetch_add(static_cast<std::uint64_t>(got), std::memory_order_relaxed);
+  }
+  return n;
+}
 }  // namespace
 
 std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset) {
-  // newlines_before[k]: newlines in bytes [0, k * piece) of the file (this process's cache).
   constexpr std::uint64_t piece = std::uint64_t{1} << 20;
   static std::mutex mutex;
-  static std::map<std::uint32_t, std::vector<std::uint64_t>> cache;
+  static std::map<std::uint32_t, known_lines> cache;
   const std::string path = file_name(file_id);
   std::lock_guard lock(mutex);
-  auto& counts = cache[file_id];
-  if (counts.empty()) counts.push_back(0);
+  known_lines& known = cache[file_id];
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return 0;
-  // The range is mapped, not read: no copy into a buffer, and the count runs 8 bytes at a time.
-  struct stat st{};
-  const std::uint64_t file_size = ::fstat(fd, &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
-  auto count_range = [&](std::uint64_t from, std::uint64_t to) -> std::uint64_t {
-    to = std::min(to, file_size);  // never touch a mapped page past the end (SIGBUS)
-    if (from >= to) return 0;
-    const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-    const std::uint64_t base = from - from % page;
-    const std::size_t length = static_cast<std::size_t>(to - base);
-    void* map = ::mmap(nullptr, length, PROT_READ, MAP_PRIVATE, fd, static_cast<off_t>(base));
-    if (map == MAP_FAILED) return 0;
-    const std::uint64_t n = count_newlines(static_cast<const char*>(map) + (from - base), static_cast<std::size_t>(to - from));
-    ::munmap(map, length);
-    return n;
-  };
+  auto& before = known.newlines_before;
   const std::uint64_t k = offset / piece;
-  while (counts.size() <= k) {
-    const std::uint64_t start = (counts.size() - 1) * piece;
-    counts.push_back(counts.back() + count_range(start, start + piece));
+  while (before.size() <= k) {
+    const std::uint64_t start = (before.size() - 1) * piece;
+    before.push_back(before.back() + count_range(fd, start, start + piece));
   }
-  const std::uint64_t line = counts[k] + count_range(k * piece, offset) + 1;
+  // Count from the nearest known point at or before `offset`: its piece's start or a recent answer.
+  std::pair<std::uint64_t, std::uint64_t> from{k * piece, before[k]};
+  for (const auto& r : known.recent)
+    if (r.first <= offset && r.first > from.first) from = r;
+  const std::uint64_t newlines = from.second + count_range(fd, from.first, offset);
   ::close(fd);
-  return line;
+  known.recent[known.next] = {offset, newlines};
+  known.next = (known.next + 1) % known_lines::remembered;
+  return newlines + 1;
 }
+
+std::uint64_t line_at_bytes_counted() noexcept { return bytes_counted.load(std::memory_order_relaxed); }
 
 }  // namespace detail
 }  // namespace procflow::stages

@@ -83,3 +83,35 @@ TEST_CASE("lines() as a pipeline source: every line once; a missing file is a st
   CHECK(procflow::test::count_children() == 0);
   CHECK(procflow::test::dev_shm_entries() == before);
 }
+
+TEST_CASE("line_at counts each byte about once when asked line after line, by two readers at once") {
+  // A reader setting aside bad row after bad row asks for the line of each: two split blocks of
+  // one file read in threads ask alternately. Each answer used to count newlines from the start
+  // of its 1 MiB piece (half a MiB per bad row: hours for a file with a million bad rows).
+  std::string text;
+  std::vector<std::uint64_t> starts;  // starts[i]: offset of line i + 1
+  while (text.size() < (std::size_t{3} << 20) + 12345) {
+    starts.push_back(text.size());
+    text.append(starts.size() % 97, 'x');
+    text += '\n';
+  }
+  const std::string path = write_temp("lines_line_at", text);
+  const std::uint32_t id = pf::stages::detail::register_file_name(path);
+  const std::uint64_t counted_before = pf::stages::detail::line_at_bytes_counted();
+  const std::size_t half = starts.size() / 2;
+  std::size_t wrong = 0, asked = 0;
+  for (std::size_t i = 0; i < half; i += 25) {
+    for (const std::size_t line : {i, half + i}) {
+      ++asked;
+      if (pf::stages::detail::line_at(id, starts[line]) != line + 1) ++wrong;
+    }
+  }
+  const std::uint64_t counted = pf::stages::detail::line_at_bytes_counted() - counted_before;
+  std::filesystem::remove(path);
+  CHECK(asked > 2000);
+  CHECK(wrong == 0);
+  // Each byte at most twice (for its piece's count of the prefix, and between two answers), plus
+  // the first answer's way into its piece; counting from each piece's start: ~1.3 GB.
+  INFO("bytes counted: " << counted << " for a file of " << text.size());
+  CHECK(counted <= 3 * text.size());
+}

@@ -80,9 +80,13 @@ class input_set {
 std::uint32_t register_file_name(const std::string& path);
 const std::string& file_name(std::uint32_t id);
 
-// The 1-based line number of the byte at `offset` of a plain file (counts newlines from the
-// start; cached per process, so each file prefix is read at most once per process).
+// The 1-based line number of the byte at `offset` of a plain file (0 if it cannot be opened). Counts
+// newlines, cached per process: each 1 MiB piece of a file's prefix is counted once, and the
+// rest from the nearest of the piece's start and the last few answers. So a reader setting aside
+// bad row after bad row of its block counts each byte about once, not a piece per row.
 std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset);
+// Bytes line_at() has counted in this process (what a test checks its cost by).
+std::uint64_t line_at_bytes_counted() noexcept;
 
 }  // namespace detail
 }  // namespace procflow::stages
