@@ -160,9 +160,11 @@ std::uint64_t count_newlines(const char* p, std::size_t n) noexcept {
   return count;
 }
 
-
-// What line_at() knows of one file in this process.
+// What line_at() knows of one file in this process, while the file stays the one it counted
+// (same device, inode, size and modification time: a file rewritten between two runs of a
+// long-lived program is counted again).
 struct known_lines {
+  struct stat identity {};
   // newlines_before[k]: newlines in bytes [0, k * piece) of the file.
   std::vector<std::uint64_t> newlines_before{0};
   // The last answers, as {offset, newlines before it}: a reader that sets aside row after row
@@ -190,17 +192,47 @@ std::uint64_t count_range(int fd, std::uint64_t from, std::uint64_t to) {
   }
   return n;
 }
+
+
+bool same_file(const struct stat& a, const struct stat& b) noexcept {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_size == b.st_size && a.st_mtim.tv_sec == b.st_mtim.tv_sec &&
+         a.st_mtim.tv_nsec == b.st_mtim.tv_nsec;
+}
+
+// The file line_at() read last, kept open (one descriptor per process, whatever the file count).
+struct held_file {
+  std::uint32_t id = UINT32_MAX;
+  int fd = -1;
+  void close() noexcept {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+    id = UINT32_MAX;
+  }
+};
 }  // namespace
 
 std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset) {
   constexpr std::uint64_t piece = std::uint64_t{1} << 20;
   static std::mutex mutex;
   static std::map<std::uint32_t, known_lines> cache;
+  static held_file held;
   const std::string path = file_name(file_id);
   std::lock_guard lock(mutex);
+  struct stat now {};
+  if (::stat(path.c_str(), &now) != 0) return 0;
   known_lines& known = cache[file_id];
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (!same_file(known.identity, now)) {
+    known = known_lines{};
+    known.identity = now;
+    if (held.id == file_id) held.close();
+  }
+  if (held.id != file_id) {
+    held.close();
+    held.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (held.fd < 0) return 0;
+    held.id = file_id;
+  }
+  const int fd = held.fd;
   auto& before = known.newlines_before;
   const std::uint64_t k = offset / piece;
   while (before.size() <= k) {
@@ -212,7 +244,6 @@ std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset) {
   for (const auto& r : known.recent)
     if (r.first <= offset && r.first > from.first) from = r;
   const std::uint64_t newlines = from.second + count_range(fd, from.first, offset);
-  ::close(fd);
   known.recent[known.next] = {offset, newlines};
   known.next = (known.next + 1) % known_lines::remembered;
   return newlines + 1;

@@ -13,24 +13,72 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 
 namespace procflow::stages::detail {
 
 namespace {
 
-void write_file(const std::string& path, std::string_view text, int mode) {
+int open_reject_file(const std::string& path, int mode) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode, 0666);
   if (fd < 0) throw procflow::system_error(errno, "cannot open reject file '" + path + "'");
-  const int e = write_all(fd, text);
-  ::close(fd);
-  if (e != 0) throw procflow::system_error(e, "cannot write reject file '" + path + "'");
+  return fd;
 }
+
+void write_checked(int fd, const std::string& path, std::string_view text) {
+  if (const int e = write_all(fd, text); e != 0) throw procflow::system_error(e, "cannot write reject file '" + path + "'");
+}
+
+// Moved by create_reject_file(), at the start of every run that has a reject file.
+std::atomic<std::uint64_t> runs_begun{0};
+
+// The reject file a thread appended to last, kept open: a rejected record costs one write(2)
+// instead of open, write and close. Opened again by name when another file is written or a run
+// began since (so a descriptor is never used past its run: a file truncated, removed or renamed
+// between runs is not written through an old one). One per thread, so no lock is taken; a replica
+// inherits its creator's and opens its own, the run having begun since.
+class append_descriptor {
+ public:
+  append_descriptor() = default;
+  append_descriptor(const append_descriptor&) = delete;
+  append_descriptor& operator=(const append_descriptor&) = delete;
+  ~append_descriptor() { close(); }
+
+  int of(const std::string& path) {
+    const std::uint64_t run = runs_begun.load(std::memory_order_acquire);
+    if (fd_ >= 0 && run == run_ && path == path_) return fd_;
+    close();
+    fd_ = open_reject_file(path, O_APPEND);
+    path_ = path;
+    run_ = run;
+    return fd_;
+  }
+
+ private:
+  void close() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  std::string path_;
+  std::uint64_t run_ = 0;
+  int fd_ = -1;
+};
 
 }  // namespace
 
 void create_reject_file(const std::string& path, std::string_view header) {
-  if (!path.empty()) write_file(procflow::detail::path_of_this_rank(path), std::string(header) + "\n", O_TRUNC);
+  if (path.empty()) return;
+  const std::string name = procflow::detail::path_of_this_rank(path);
+  const int fd = open_reject_file(name, O_TRUNC);
+  try {
+    write_checked(fd, name, std::string(header) + "\n");
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  runs_begun.fetch_add(1, std::memory_order_acq_rel);
 }
 
 void reject(std::string_view counter_name, const std::string& path, const rejected& r) {
@@ -48,7 +96,9 @@ void reject(std::string_view counter_name, const std::string& path, const reject
     field(r.error);
     append_csv_field(record, r.text, ',');
     record += '\n';
-    write_file(procflow::detail::path_of_this_rank(path), record, O_APPEND);
+    static thread_local append_descriptor appender;
+    const std::string name = procflow::detail::path_of_this_rank(path);
+    write_checked(appender.of(name), name, record);
   });
 }
 

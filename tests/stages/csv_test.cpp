@@ -510,3 +510,35 @@ TEST_CASE("a csv_row crosses processes whole, and a corrupt one is rejected") {
   pf::decoder corrupt(b3);
   CHECK_THROWS_AS(pf::codec<pf::stages::csv_row>::decode(corrupt), pf::codec_error);
 }
+
+TEST_CASE("a reject file removed or renamed between runs of one declaration is made again and gets each run's rows") {
+  // A reader keeps its reject file open between bad rows; each run must write the file its start
+  // made, never one an earlier run opened (removed: its rows would be lost; renamed: they would
+  // land in the renamed file).
+  pt::temp_dir dir("csv_reject_threads");
+  std::string text = "k,v\n";
+  std::vector<fields> rejects;
+  const std::string path = dir.path() + "/in.csv";
+  for (int i = 0; i < 2000; ++i) {
+    const bool bad = i % 7 == 0;
+    text += std::to_string(i) + (bad ? ",\"x\"y\n" : ",v\n");
+    if (bad) rejects.push_back({path, std::to_string(i + 2), "2", std::to_string(i) + ",\"x\"y"});
+  }
+  dir.write("in.csv", text);
+  pf::stages::csv_options o;
+  o.block_bytes = 512;
+  o.reject_file = dir.path() + "/rejects.csv";
+  const auto job = pf::pipeline("reject twice")
+                       .source("rows", pf::stages::csv_rows(path, o), pf::skip)
+                       .map("k", [](const pf::stages::csv_row& row) { return row.get<std::string>("k"); }, pf::replicas(2))
+                       .collect();
+  for (int run = 0; run < 3; ++run) {
+    CAPTURE(run);
+    const auto r = job.run();
+    CHECK(r.value.size() == 2000 - rejects.size());
+    CHECK(pt::reject_records(o.reject_file, "file,line,column,error,text", 3) == pt::sorted(rejects));
+    if (run == 0) std::filesystem::remove(o.reject_file);
+    if (run == 1) std::filesystem::rename(o.reject_file, dir.path() + "/kept.csv");
+  }
+  CHECK(pt::reject_records(dir.path() + "/kept.csv", "file,line,column,error,text", 3) == pt::sorted(rejects));
+}

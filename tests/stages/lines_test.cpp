@@ -115,3 +115,12 @@ TEST_CASE("line_at counts each byte about once when asked line after line, by tw
   INFO("bytes counted: " << counted << " for a file of " << text.size());
   CHECK(counted <= 3 * text.size());
 }
+
+TEST_CASE("line_at counts a file rewritten since its last answer again (a long-lived program reading it run after run)") {
+  const std::string path = write_temp("lines_rewritten", "a\nb\nc\nd\n");
+  const std::uint32_t id = pf::stages::detail::register_file_name(path);
+  CHECK(pf::stages::detail::line_at(id, 6) == 4);  // "d"
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << "a\n\n\n\n\nb\nc\n";
+  CHECK(pf::stages::detail::line_at(id, 6) == 6);  // "b"
+  std::filesystem::remove(path);
+}
