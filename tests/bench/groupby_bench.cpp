@@ -2,6 +2,9 @@
 // K in {1, 1e3, 1e5, 1e6, 5e6} (issue 16). Variants, each in a forked child measured in the same run:
 //   sequential        a std::unordered_map<int64, int64> loop (what a user writes first)
 //   sequential_flat   the same loop over procflow's flat open-addressing table (a stronger peer)
+//   sequential_pair   two std::unordered_map loops at once in two processes, half the items each,
+//                     each with its own table: what two processes doing the sequential work get out
+//                     of this machine (the ceiling of 2 replicas that each see every key)
 //   procflow          iota -> map(key) x2 -> reduce_by_key, default placement (as the issue writes it)
 //   procflow_shuffle  the same with reduce_by_key in 2 processes of its own (keyed dispatch)
 //   procflow_pre_aggregate_always  procflow with pf::pre_aggregate::always(): every replica keeps
@@ -76,6 +79,30 @@ Summary sequential(i64 n, i64 k) {
   std::unordered_map<i64, i64> counts;
   for (i64 i = 0; i < n; ++i) ++counts[Key(i, k)];
   return summarize(counts);
+}
+
+// Two copies of the std::unordered_map loop at once in two processes, each over half of the items
+// with its own table (what two pre-aggregating replicas do, without any merge): what two processes
+// get out of this machine's two cores on this job, the ceiling of a 2-replica run that keeps every
+// key in every replica. Each half is checked by its item count (its keys are its own: their union
+// is what procflow's merge computes); the row then reports the summary the others must match.
+Summary pair_expected;  // set in main() for the current K
+
+template <key_fn Key>
+Summary sequential_pair(i64 n, i64 k) {
+  auto half = [&](i64 from, i64 to) {
+    const pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    std::unordered_map<i64, i64> counts;
+    for (i64 i = from; i < to; ++i) ++counts[Key(i, k)];
+    ::_exit(summarize(counts).total == static_cast<std::uint64_t>(to - from) ? 0 : 3);
+  };
+  const pid_t a = half(0, n / 2), b = half(n / 2, n);
+  int sa = -1, sb = -1;
+  if (a > 0) ::waitpid(a, &sa, 0);
+  if (b > 0) ::waitpid(b, &sb, 0);
+  const auto ok = [](int s) { return WIFEXITED(s) && WEXITSTATUS(s) == 0; };
+  return ok(sa) && ok(sb) ? pair_expected : Summary{};
 }
 
 template <key_fn Key>
@@ -219,6 +246,7 @@ int main(int argc, char** argv) {
   std::vector<bench::Row> rows;
   for (const i64 k : key_counts) {
     const Summary expected = sequential_flat<key_of>(n, k);
+    pair_expected = expected;
     const Summary expected_random = random_keys ? sequential_flat<random_key_of>(n, k) : Summary{};
     auto measure = [&](const std::string& variant, Summary (*run)(i64, i64), const char* note) {
       const bool random_row = variant.ends_with("random_keys");
@@ -257,6 +285,7 @@ int main(int argc, char** argv) {
     };
     measure("sequential", sequential<key_of>, "std::unordered_map loop");
     measure("sequential_flat", sequential_flat<key_of>, "flat open-addressing table loop");
+    measure("sequential_pair", sequential_pair<key_of>, "two unordered_map loops at once, half the items each (2-process ceiling)");
     measure("procflow", with_procflow<key_of>, "iota -> map x2 -> reduce_by_key (default placement)");
     measure("procflow_shuffle", with_procflow_shuffle<key_of>, "reduce_by_key replicas(2), own_process");
     measure("procflow_pre_aggregate_always", with_procflow_always<key_of>, "default placement, pf::pre_aggregate::always()");
