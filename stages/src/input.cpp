@@ -193,7 +193,6 @@ std::uint64_t count_range(int fd, std::uint64_t from, std::uint64_t to) {
   return n;
 }
 
-
 bool same_file(const struct stat& a, const struct stat& b) noexcept {
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_size == b.st_size && a.st_mtim.tv_sec == b.st_mtim.tv_sec &&
          a.st_mtim.tv_nsec == b.st_mtim.tv_nsec;
