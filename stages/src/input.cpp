@@ -1,6 +1,8 @@
 #include <procflow/error.hpp>
 #include <procflow/stages/input.hpp>
 
+#include "file_io.hpp"
+
 #include <glob.h>
 #include <sys/stat.h>
 
@@ -201,10 +203,9 @@ bool same_file(const struct stat& a, const struct stat& b) noexcept {
 // The file line_at() read last, kept open (one descriptor per process, whatever the file count).
 struct held_file {
   std::uint32_t id = UINT32_MAX;
-  int fd = -1;
+  unique_fd fd;
   void close() noexcept {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
+    fd.reset();
     id = UINT32_MAX;
   }
 };
@@ -227,11 +228,11 @@ std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset) {
   }
   if (held.id != file_id) {
     held.close();
-    held.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (held.fd < 0) return 0;
+    held.fd.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!held.fd) return 0;
     held.id = file_id;
   }
-  const int fd = held.fd;
+  const int fd = held.fd.get();
   auto& before = known.newlines_before;
   const std::uint64_t k = offset / piece;
   while (before.size() <= k) {

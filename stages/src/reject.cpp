@@ -20,9 +20,9 @@ namespace procflow::stages::detail {
 
 namespace {
 
-int open_reject_file(const std::string& path, int mode) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode, 0666);
-  if (fd < 0) throw procflow::system_error(errno, "cannot open reject file '" + path + "'");
+unique_fd open_reject_file(const std::string& path, int mode) {
+  unique_fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | mode, 0666));
+  if (!fd) throw procflow::system_error(errno, "cannot open reject file '" + path + "'");
   return fd;
 }
 
@@ -40,29 +40,20 @@ std::atomic<std::uint64_t> runs_begun{0};
 // inherits its creator's and opens its own, the run having begun since.
 class append_descriptor {
  public:
-  append_descriptor() = default;
-  append_descriptor(const append_descriptor&) = delete;
-  append_descriptor& operator=(const append_descriptor&) = delete;
-  ~append_descriptor() { close(); }
-
   int of(const std::string& path) {
     const std::uint64_t run = runs_begun.load(std::memory_order_acquire);
-    if (fd_ >= 0 && run == run_ && path == path_) return fd_;
-    close();
+    if (fd_ && run == run_ && path == path_) return fd_.get();
+    fd_.reset();
     fd_ = open_reject_file(path, O_APPEND);
     path_ = path;
     run_ = run;
-    return fd_;
+    return fd_.get();
   }
 
  private:
-  void close() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
   std::string path_;
   std::uint64_t run_ = 0;
-  int fd_ = -1;
+  unique_fd fd_;
 };
 
 }  // namespace
@@ -70,14 +61,7 @@ class append_descriptor {
 void create_reject_file(const std::string& path, std::string_view header) {
   if (path.empty()) return;
   const std::string name = procflow::detail::path_of_this_rank(path);
-  const int fd = open_reject_file(name, O_TRUNC);
-  try {
-    write_checked(fd, name, std::string(header) + "\n");
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  ::close(fd);
+  write_checked(open_reject_file(name, O_TRUNC).get(), name, std::string(header) + "\n");
   runs_begun.fetch_add(1, std::memory_order_acq_rel);
 }
 

@@ -46,20 +46,17 @@ std::string output_file::temp_path() const { return path() + suffix_; }
 // header in it already.
 void output_file::create(const std::string& temp, const std::string& path) const {
   const std::string own = temp + "." + std::to_string(::getpid()) + random_suffix();
-  const int fd = ::open(own.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (fd < 0) fail("cannot create", own, path);
-  if (const int e = write_all(fd, header_); e != 0) {
-    ::close(fd);
+  unique_fd fd(::open(own.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
+  if (!fd) fail("cannot create", own, path);
+  // The private name goes whatever happens: linked under `temp`, or given up.
+  const auto give_up = [&](int e, const char* what, const std::string& file) {
     ::unlink(own.c_str());
-    fail(e, "cannot write", own, path);
-  }
-  const int closed = ::close(fd);
-  const int linked = closed == 0 ? ::link(own.c_str(), temp.c_str()) : -1;
-  const int e = errno;
+    fail(e, what, file, path);
+  };
+  if (const int e = write_all(fd.get(), header_); e != 0) give_up(e, "cannot write", own);
+  if (const int e = fd.close(); e != 0) give_up(e, "cannot close", own);
+  if (::link(own.c_str(), temp.c_str()) != 0 && errno != EEXIST) give_up(errno, "cannot create", temp);
   ::unlink(own.c_str());
-  errno = e;
-  if (closed != 0) fail("cannot close", own, path);
-  if (linked != 0 && e != EEXIST) fail("cannot create", temp, path);
 }
 
 int output_file::open_for_append() const { return open_for_append(temp_path(), path()); }
@@ -78,14 +75,9 @@ int output_file::open_for_append(const std::string& temp, const std::string& fin
 void output_file::commit() const {
   const std::string temp = temp_path();
   const std::string final_path = path();
-  const int fd = open_for_append(temp, final_path);
-  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
-    const int e = errno;
-    ::close(fd);
-    errno = e;
-    fail("cannot flush", temp, final_path);
-  }
-  close_checked(fd, temp, final_path);
+  unique_fd fd(open_for_append(temp, final_path));
+  if (::fsync(fd.get()) != 0 && errno != EINVAL && errno != EROFS) fail("cannot flush", temp, final_path);
+  if (const int e = fd.close(); e != 0) fail(e, "cannot close", temp, final_path);
   if (::rename(temp.c_str(), final_path.c_str()) != 0) {
     const int e = errno;
     throw procflow::system_error(e, "cannot rename '" + temp + "' to '" + final_path + "'");

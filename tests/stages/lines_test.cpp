@@ -84,7 +84,7 @@ TEST_CASE("lines() as a pipeline source: every line once; a missing file is a st
   CHECK(procflow::test::dev_shm_entries() == before);
 }
 
-TEST_CASE("line_at counts each byte about once when asked line after line, by two readers at once") {
+TEST_CASE("line_at counts each byte at most about twice when asked line after line, by two readers at once") {
   // A reader setting aside bad row after bad row asks for the line of each: two split blocks of
   // one file read in threads ask alternately. Each answer used to count newlines from the start
   // of its 1 MiB piece (half a MiB per bad row: hours for a file with a million bad rows).

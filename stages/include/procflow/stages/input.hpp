@@ -83,7 +83,8 @@ const std::string& file_name(std::uint32_t id);
 // The 1-based line number of the byte at `offset` of a plain file (0 if it cannot be opened). Counts
 // newlines, cached per process: each 1 MiB piece of a file's prefix is counted once, and the
 // rest from the nearest of the piece's start and the last few answers. So a reader setting aside
-// bad row after bad row of its block counts each byte about once, not a piece per row.
+// bad row after bad row of its block counts each byte at most twice (once for its piece's
+// count, once between two answers), not half a piece per row.
 std::uint64_t line_at(std::uint32_t file_id, std::uint64_t offset);
 // Bytes line_at() has counted in this process (what a test checks its cost by).
 std::uint64_t line_at_bytes_counted() noexcept;
