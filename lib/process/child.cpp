@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -153,6 +155,11 @@ std::size_t ChildSet::spawn(const std::function<int()>& body) {
     reset_stop_signals(host_mask);
 #ifndef PROCFLOW_ASAN  // AddressSanitizer checks only memory malloc hands out: keep operator new
     detail::table_memory::use_arena_in_this_process();  // large tables on huge pages: the child exits at its end
+    // The parent's free heap memory is still shared with it after the fork: the first write to a
+    // page of it (a large item decoded or built into a reused block) copies the page and flushes
+    // the TLB of every CPU the process ran on. Given back here, those pages fault in fresh and
+    // zeroed instead; malloc's free blocks only, nothing anybody holds.
+    ::malloc_trim(0);
 #endif
     int status = 71;
     try {
