@@ -108,6 +108,9 @@ struct run_report {
   std::string pipeline;
   double wall_s = 0;
   std::uint32_t processes = 0;  // replicas forked (auto_scale: over the whole run)
+  // The most of them alive at once (a retiring replica until it exits); 0 where not counted
+  // (thread mode, the totals of an MPI job).
+  std::uint32_t peak_processes = 0;
   std::uint32_t cores = 0;      // the core budget the scheduler shared out
   std::vector<stage_report> stages;
   std::vector<scheduler_decision> decisions;

@@ -109,6 +109,7 @@ std::string run_report::to_json() const {
   j["pipeline"] = pipeline;
   j["wall_s"] = wall_s;
   j["processes"] = processes;
+  j["peak_processes"] = peak_processes;
   j["cores"] = cores;
   const stage_report* hot = bottleneck();
   j["bottleneck"] = hot ? json(hot->name) : json(nullptr);

@@ -25,7 +25,8 @@ std::string restart_record::to_string() const {
 }
 
 std::string run_report::to_string(bool per_replica) const {
-  std::string out = fmt::format("pipeline '{}': {:.3f} s wall, {} processes\n", pipeline, wall_s, processes);
+  std::string out = fmt::format("pipeline '{}': {:.3f} s wall, {} processes{}\n", pipeline, wall_s, processes,
+                                peak_processes != 0 && peak_processes < processes ? fmt::format(" (at most {} at once)", peak_processes) : "");
   out += fmt::format("  {:<16} {:<13} {:>4} {:>5} {:>12} {:>12} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9}\n", "stage", "kind",
                      "proc", "repl", "items in", "items out", "items/s", "busy %", "starv %", "block %", "CPU s", "RSS MiB",
                      "read MiB", "write MiB");

@@ -490,6 +490,7 @@ class Supervisor final : public SupervisedRun {
     report.pipeline = def_.name;
     report.wall_s = wall_s;
     report.processes = elastic_.processes();
+    report.peak_processes = elastic_.peak_processes();
     report.cores = plan_.cores;
     report.decisions = elastic_.decisions();
     for (std::size_t i = 0; i < def_.stages.size(); ++i) {

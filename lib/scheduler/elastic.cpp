@@ -31,6 +31,7 @@ Elastic::Elastic(const detail::pipeline_def& def, const runtime::Plan& plan, con
   slots_.resize(n);
   for (std::size_t g = 0; g < n; ++g) slots_[g].resize(plan.groups[g].slots);
   active_.assign(n, 0);
+  deferred_.assign(n, 0);
   peak_.assign(n, 0);
   final_.assign(n, 0);
   next_slot_.assign(n, 0);
@@ -100,6 +101,8 @@ void Elastic::start_slot(std::size_t group) {
   ++next_slot_[group];
   ++active_[group];
   ++processes_;
+  ++live_;
+  peak_live_ = std::max(peak_live_, live_);
   peak_[group] = std::max(peak_[group], active_[group]);
   final_[group] = active_[group];
   spawn_(group, slot);
@@ -118,6 +121,7 @@ void Elastic::retire_slot(std::size_t group, std::uint32_t slot) {
   record.retire.store(flag, std::memory_order_release);
   if (g.input == GroupInput::channel) channel::notify(state_.input_of(group).data_event(slot));
   slots_[group][slot].retiring = true;
+  ++retiring_live_;
   --active_[group];
   final_[group] = active_[group];
 }
@@ -125,21 +129,44 @@ void Elastic::retire_slot(std::size_t group, std::uint32_t slot) {
 void Elastic::apply(std::size_t group, std::uint32_t target) {
   if (input_done_[group] || !plan_.groups[group].scalable) return;  // ended, or not safe to change (see README)
   target = std::max<std::uint32_t>(target, 1);
-  while (active_[group] < target && next_slot_[group] < plan_.groups[group].slots) start_slot(group);
+  // Fewer: starts still waiting go first, then the newest replicas retire.
+  while (deferred_[group] > 0 && active_[group] + deferred_[group] > target) --deferred_[group];
   for (std::uint32_t slot = next_slot_[group]; slot-- > 0 && active_[group] > target;) {
     const SlotState& s = slots_[group][slot];
     if (s.started && !s.retiring && !s.ended) retire_slot(group, slot);
+  }
+  // More: started now, or once a retiring replica has exited (may_start_now).
+  while (active_[group] + deferred_[group] < target && next_slot_[group] + deferred_[group] < plan_.groups[group].slots) {
+    if (deferred_[group] == 0 && may_start_now()) {
+      start_slot(group);
+    } else {
+      ++deferred_[group];
+    }
+  }
+}
+
+void Elastic::start_deferred() {
+  for (std::size_t g = 0; g < plan_.groups.size(); ++g) {
+    if (input_done_[g]) deferred_[g] = 0;  // its input is finished: nothing to start for
+    while (deferred_[g] > 0 && may_start_now()) {
+      --deferred_[g];
+      start_slot(g);
+    }
   }
 }
 
 void Elastic::on_exit(std::size_t group, std::uint32_t slot) {
   SlotState& s = slots_.at(group).at(slot);
   s.ended = true;
-  if (!s.retiring) {
+  --live_;
+  if (s.retiring) {
+    --retiring_live_;
+  } else {
     --active_[group];
     input_done_[group] = true;
   }
   end_if_completed(group);
+  start_deferred();
 }
 
 void Elastic::on_completions() {
@@ -193,7 +220,7 @@ Snapshot Elastic::snapshot() const {
       c.blocked_ns += state_.counters(g.end_stage - 1, r).blocked_ns.load(std::memory_order_relaxed);
     }
     s.groups.push_back(c);
-    s.replicas.push_back(active_[k]);
+    s.replicas.push_back(active_[k] + deferred_[k]);
   }
   return s;
 }
@@ -214,7 +241,7 @@ void Elastic::tick() {
       d.stages = def_.stages[plan_.groups.at(step.group).first_stage]->name();
       d.from = active_[step.group];
       apply(step.group, step.replicas);
-      d.to = active_[step.group];
+      d.to = active_[step.group] + deferred_[step.group];
       d.forced = true;
       decisions_.push_back(std::move(d));
     }
@@ -234,7 +261,7 @@ void Elastic::tick() {
     d.stages = m.stages;
     d.from = m.from;
     apply(m.group, m.to);
-    d.to = active_[m.group];
+    d.to = active_[m.group] + deferred_[m.group];
     d.true_rate = m.true_rate;
     d.required_rate = m.required_rate;
     d.observed_rate = m.observed_rate;

@@ -12,6 +12,12 @@
 //   a group whose replicas all ended: the output lanes of slots never started are closed, so the
 //                               consumers' end of stream counts only lanes that were ever active.
 //
+// The core budget counts processes alive, not only the active ones: a retiring replica still runs
+// while it drains. A start that would take the processes alive past the budget while a retiring
+// one is still draining waits for that one's exit (a deferred start, counted as a replica of its
+// group meanwhile); so a decision moving replicas from one group to another never has more
+// processes running than the budget, even for the milliseconds of a drain.
+//
 // Single-threaded, like the supervisor. Slots are never reused (a retired replica's closed
 // output rings stay closed); a group has Group::slots of them.
 #pragma once
@@ -68,6 +74,8 @@ class Elastic {
   std::uint32_t final_replicas(std::size_t group) const { return final_.at(group); }
   std::uint32_t peak_replicas(std::size_t group) const { return peak_.at(group); }
   std::uint32_t processes() const noexcept { return processes_; }
+  // The most replica processes alive at once (retiring ones until they exit).
+  std::uint32_t peak_processes() const noexcept { return peak_live_; }
   std::vector<scheduler_decision> decisions() const { return decisions_; }
 
  private:
@@ -79,6 +87,10 @@ class Elastic {
   Snapshot snapshot() const;
   void apply(std::size_t group, std::uint32_t target);
   void start_slot(std::size_t group);
+  // A start now would not take the processes alive past the budget while one still drains.
+  bool may_start_now() const noexcept { return retiring_live_ == 0 || live_ < plan_.cores; }
+  // Starts what waited for a retiring replica's exit, as far as the budget allows now.
+  void start_deferred();
   void retire_slot(std::size_t group, std::uint32_t slot);
   // The group ended once every started replica recorded its completion (reaped or not yet):
   // its input is done and the lanes of its slots never started are closed, once.
@@ -96,6 +108,7 @@ class Elastic {
   std::vector<ForcedStep> forced_;
   std::vector<std::vector<SlotState>> slots_;
   std::vector<std::uint32_t> active_;    // started, not retiring, not ended
+  std::vector<std::uint32_t> deferred_;  // starts waiting for a retiring replica's exit (may_start_now)
   std::vector<std::uint32_t> peak_;
   std::vector<std::uint32_t> final_;
   std::vector<std::uint32_t> next_slot_;
@@ -104,6 +117,9 @@ class Elastic {
   std::vector<bool> ended_;              // end_if_completed closed the group's unstarted lanes
   std::vector<scheduler_decision> decisions_;
   std::uint32_t processes_ = 0;
+  std::uint32_t live_ = 0;           // replica processes started and not ended (retiring ones included)
+  std::uint32_t retiring_live_ = 0;  // of which retiring
+  std::uint32_t peak_live_ = 0;
 };
 
 }  // namespace procflow::scheduler

@@ -8,6 +8,9 @@
 // Variants: one_each; static_A_B_C for every split of the budget left after the generator;
 // oversubscribed (every map at budget replicas, the kernel shares); fused (the three maps in one
 // process group of budget-1 replicas); best_static (the best of those); auto.
+// Fields: items_per_s, replicas (each map's peak count), processes (replica processes forked over
+// the run, the generator's included) and peak_processes (the most alive at once: what the budget
+// bounds; auto forks a new process for every replica it adds, so it may fork more than it runs).
 // Then workload end_of_stream, variants auto and fixed (field lag_ms; selected with --only=
 // end_of_stream_auto / end_of_stream_fixed, since the other workloads have an `auto` too): how
 // long a run's end takes to cross each boundary between groups in processes of their own.
@@ -33,7 +36,8 @@ namespace {
 struct Result {
   double items_per_s = 0;
   std::string split;       // replicas of the three maps ("4/1/2"; auto: peak counts)
-  std::uint32_t processes = 0;
+  std::uint32_t processes = 0;       // replica processes forked over the run (the generator's included)
+  std::uint32_t peak_processes = 0;  // the most alive at once
   std::string decisions;
 };
 
@@ -91,6 +95,7 @@ Result run_pipeline(const Costs& c, std::uint32_t cores, bool fused, pf::replica
   }
   res.split = fmt::format("{}/{}/{}", peaks[0], peaks[1], peaks[2]);
   res.processes = report->processes;
+  res.peak_processes = report->peak_processes;
   for (const auto& d : report->decisions) res.decisions += fmt::format("{}@{:.2f}s:{}->{} ", d.stages, d.time_s, d.from, d.to);
   return res;
 }
@@ -191,12 +196,12 @@ int main(int argc, char** argv) {
     for (const auto& l : lines) {
       if (o.json) {
         fmt::print("{{\"bench\":\"scheduler_bench\",\"workload\":\"{}\",\"variant\":\"{}\",\"items_per_s\":{:.1f},\"replicas\":\"{}\","
-                   "\"processes\":{},\"cores\":{},\"pinned\":{}{}}}\n",
-                   w.name, l.variant, l.r.items_per_s, l.r.split, l.r.processes, cores, pin,
+                   "\"processes\":{},\"peak_processes\":{},\"cores\":{},\"pinned\":{}{}}}\n",
+                   w.name, l.variant, l.r.items_per_s, l.r.split, l.r.processes, l.r.peak_processes, cores, pin,
                    l.variant == "best_static" ? fmt::format(",\"of\":\"{}\"", best_variant) : "");
       } else {
-        fmt::print("{:<11} {:<16} {:>11.4g} items/s  maps {:<9} {:>2} processes{}{}\n", w.name, l.variant, l.r.items_per_s, l.r.split,
-                   l.r.processes, auto_line && l.variant != "auto" ? fmt::format("  auto/this {:.2f}", auto_line->r.items_per_s / l.r.items_per_s) : "",
+        fmt::print("{:<11} {:<16} {:>11.4g} items/s  maps {:<9} {:>2} processes ({} at once){}{}\n", w.name, l.variant, l.r.items_per_s, l.r.split,
+                   l.r.processes, l.r.peak_processes, auto_line && l.variant != "auto" ? fmt::format("  auto/this {:.2f}", auto_line->r.items_per_s / l.r.items_per_s) : "",
                    l.r.decisions.empty() ? "" : "  decisions: " + l.r.decisions);
       }
     }

@@ -32,6 +32,8 @@ TEST_CASE("the report's JSON parses and carries every stage, replica and sample"
   CHECK(j.at("pipeline") == "json \"quoted\"\\pipe");
   CHECK(j.at("wall_s").get<double>() == doctest::Approx(r.report.wall_s));
   CHECK(j.at("processes") == r.report.processes);
+  CHECK(j.at("peak_processes") == r.report.peak_processes);
+  CHECK(r.report.peak_processes == r.report.processes);  // fixed counts: every replica alive at once
   REQUIRE(j.at("stages").size() == r.report.stages.size());
   for (std::size_t i = 0; i < r.report.stages.size(); ++i) {
     const auto& s = r.report.stages[i];

@@ -104,6 +104,31 @@ TEST_CASE("two adjacent scalable groups: retiring producers and consumers at one
   CHECK(peak_of(r.report, "b") == 3);
 }
 
+TEST_CASE("a replica moved between groups starts once the retiring one exited: never more processes than the budget") {
+  CleanupCheck cleanup;
+  // groups: 0 generator, 1 map a, 2 map b -> collect; budget 4 processes. At n/2 one replica moves
+  // from a to b: the retiring replica of a still runs while it drains, so b's new one waits for its
+  // exit instead of making 5 processes for those milliseconds.
+  sch::force_next_run({{0, n / 6, 1, 2}, {0, n / 2, 1, 1}, {0, n / 2, 2, 2}});
+  auto r = pf::pipeline("elastic_move", pf::cores(4), pf::batch_bytes(1024), pf::ring_slots(4))
+               .source("gen", counter_source(n))
+               .map("a", [](i64 x) { return burn(x, work_us / 2) * 2; }, pf::replicas(pf::auto_scale), pf::own_process)
+               .map("b", [](i64 x) { return burn(x, work_us / 2) + 1; }, pf::replicas(pf::auto_scale), pf::own_process)
+               .collect()
+               .run();
+  auto got = r.value;
+  std::sort(got.begin(), got.end());
+  std::vector<i64> want;
+  for (i64 x = 0; x < n; ++x) want.push_back(2 * x + 1);
+  CHECK(got == want);
+  CHECK(forced_changes(r.report) == 3);
+  CHECK(peak_of(r.report, "a") == 2);
+  CHECK(peak_of(r.report, "b") == 2);  // the deferred start did happen
+  CHECK(r.report.processes == 1 + 1 + 1 + 1 + 1);  // generator, a, b, a's second, b's second
+  CHECK(r.report.peak_processes == 4);
+  CHECK(r.report.to_string().find("5 processes (at most 4 at once)") != std::string::npos);
+}
+
 TEST_CASE("reduce: a retiring replica sends its partial before it exits") {
   CleanupCheck cleanup;
   using Sums = std::tuple<i64, i64, i64>;  // count, sum, sum of squares: a lost or doubled id shows
