@@ -6,7 +6,6 @@
 
 #include <fmt/format.h>
 
-
 #include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
