@@ -64,6 +64,23 @@ std::size_t forced_changes(const pf::run_report& r) {
 constexpr i64 n = 24'000;
 constexpr int work_us = 20;
 
+// generator -> map a (own processes, auto) -> map b (own processes, auto) -> collect, on a budget of
+// `cores`; checks that every item came through both maps once.
+pf::result<std::vector<i64>> run_chain(const std::string& name, std::uint32_t cores) {
+  auto r = pf::pipeline(name, pf::cores(cores), pf::batch_bytes(1024), pf::ring_slots(4))
+               .source("gen", counter_source(n))
+               .map("a", [](i64 x) { return burn(x, work_us / 2) * 2; }, pf::replicas(pf::auto_scale), pf::own_process)
+               .map("b", [](i64 x) { return burn(x, work_us / 2) + 1; }, pf::replicas(pf::auto_scale), pf::own_process)
+               .collect()
+               .run();
+  auto got = r.value;
+  std::sort(got.begin(), got.end());
+  std::vector<i64> want;
+  for (i64 x = 0; x < n; ++x) want.push_back(2 * x + 1);
+  CHECK(got == want);
+  return r;
+}
+
 }  // namespace
 
 TEST_CASE("unordered: a map scaled 1 -> 3 -> 1 mid-run loses and duplicates no item") {
@@ -88,17 +105,7 @@ TEST_CASE("two adjacent scalable groups: retiring producers and consumers at one
   CleanupCheck cleanup;
   // groups: 0 generator, 1 map a, 2 map b -> collect
   sch::force_next_run({{0, n / 6, 1, 3}, {0, n / 6, 2, 3}, {0, n / 3, 1, 1}, {0, n / 2, 2, 1}, {0, 2 * n / 3, 1, 2}});
-  auto r = pf::pipeline("elastic_chain", pf::cores(2), pf::batch_bytes(1024), pf::ring_slots(4))
-               .source("gen", counter_source(n))
-               .map("a", [](i64 x) { return burn(x, work_us / 2) * 2; }, pf::replicas(pf::auto_scale), pf::own_process)
-               .map("b", [](i64 x) { return burn(x, work_us / 2) + 1; }, pf::replicas(pf::auto_scale), pf::own_process)
-               .collect()
-               .run();
-  auto got = r.value;
-  std::sort(got.begin(), got.end());
-  std::vector<i64> want;
-  for (i64 x = 0; x < n; ++x) want.push_back(2 * x + 1);
-  CHECK(got == want);
+  const auto r = run_chain("elastic_chain", 2);
   CHECK(forced_changes(r.report) == 5);
   CHECK(peak_of(r.report, "a") == 3);
   CHECK(peak_of(r.report, "b") == 3);
@@ -110,17 +117,7 @@ TEST_CASE("a replica moved between groups starts once the retiring one exited: n
   // from a to b: the retiring replica of a still runs while it drains, so b's new one waits for its
   // exit instead of making 5 processes for those milliseconds.
   sch::force_next_run({{0, n / 6, 1, 2}, {0, n / 2, 1, 1}, {0, n / 2, 2, 2}});
-  auto r = pf::pipeline("elastic_move", pf::cores(4), pf::batch_bytes(1024), pf::ring_slots(4))
-               .source("gen", counter_source(n))
-               .map("a", [](i64 x) { return burn(x, work_us / 2) * 2; }, pf::replicas(pf::auto_scale), pf::own_process)
-               .map("b", [](i64 x) { return burn(x, work_us / 2) + 1; }, pf::replicas(pf::auto_scale), pf::own_process)
-               .collect()
-               .run();
-  auto got = r.value;
-  std::sort(got.begin(), got.end());
-  std::vector<i64> want;
-  for (i64 x = 0; x < n; ++x) want.push_back(2 * x + 1);
-  CHECK(got == want);
+  const auto r = run_chain("elastic_move", 4);
   CHECK(forced_changes(r.report) == 3);
   CHECK(peak_of(r.report, "a") == 2);
   CHECK(peak_of(r.report, "b") == 2);  // the deferred start did happen
